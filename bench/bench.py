@@ -1,0 +1,830 @@
+#!/usr/bin/env python3
+"""
+Benchmark txsmtpsrv against aiosmtpd and twisted.mail.smtp in one run.
+
+Each server runs as its own process on 127.0.0.1 (see ``_peers.py``), pinned
+to one core; this process is the load generator (see ``_load.py``), pinned to
+the other core when there are two.  Every figure is a *server-side* cost read
+from ``/proc/PID`` around the load phase only -- CPU time (utime + stime) per
+message or per MiB, resident memory per idle connection, peak resident memory
+while large messages stream through -- because on a shared, noisy machine the
+CPU time a server spends per message is far steadier than any wall-clock rate.
+Each scenario runs ``--repeat`` times (a fresh server process each time,
+servers interleaved) and the median is reported, with txsmtpsrv/peer ratios.
+
+This is a benchmark, not a test: it never asserts timings.  It does check
+every SMTP reply and reports runs that had failures.
+
+    python bench/bench.py            # full run (~3-5 minutes on 2 cores)
+    python bench/bench.py --quick    # smoke run (~30 seconds)
+    python bench/bench.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import datetime
+import json
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _load  # noqa: E402
+import _peers  # noqa: E402
+
+KIB = 1024
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SUBJECT = "txsmtpsrv"
+PEERS = ("aiosmtpd", "twisted.mail")
+START_TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class Config:
+    """Workload sizes; ``quick()`` shrinks them for a smoke run."""
+
+    repeat: int = 3
+    pipelining: bool = False
+    message_size: int = 1 * KIB
+    persist_sessions: int = 20
+    persist_per_connection: int = 100
+    persist_total: int = 4000
+    churn_sessions: int = 20
+    churn_total: int = 2000
+    large_size: int = 10 * MIB
+    large_sessions: int = 4
+    large_messages: int = 12
+    idle_connections: int = 2000
+    idle_concurrency: int = 32
+    latency_transactions: int = 500
+
+    @classmethod
+    def quick(cls) -> Config:
+        """A run that exercises every scenario once, in well under a minute."""
+        return cls(
+            repeat=1,
+            persist_total=2000,
+            churn_total=400,
+            large_messages=4,
+            idle_connections=500,
+            latency_transactions=100,
+        )
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One reported number: which scenario produces it and how to print it."""
+
+    key: str
+    scenario: str
+    label: str
+    unit: str
+    digits: int
+
+
+def figures(cfg: Config) -> list[Figure]:
+    """The table rows, in order (all are lower-is-better)."""
+    size = f"{cfg.message_size // KIB} KiB"
+    large = f"{cfg.large_size // MIB} MiB"
+    return [
+        Figure(
+            "persist_cpu_us_per_msg",
+            "persist",
+            f"persist: {size}, {cfg.persist_per_connection} msg/conn, "
+            f"{cfg.persist_sessions} sessions - server CPU per message",
+            "µs",
+            0,
+        ),
+        Figure(
+            "churn_cpu_us_per_msg",
+            "churn",
+            f"churn: {size}, 1 msg/conn, {cfg.churn_sessions} sessions - server CPU per message",
+            "µs",
+            0,
+        ),
+        Figure(
+            "large_cpu_ms_per_mib",
+            "large",
+            f"large: {large} messages, {cfg.large_sessions} sessions - server CPU per MiB",
+            "ms",
+            1,
+        ),
+        Figure(
+            "large_peak_rss_mib",
+            "large",
+            f"large: peak server RSS while {large} messages stream",
+            "MiB",
+            1,
+        ),
+        Figure(
+            "large_rss_growth_mib",
+            "large",
+            "large: peak RSS minus RSS before the load",
+            "MiB",
+            1,
+        ),
+        Figure(
+            "idle_kib_per_conn",
+            "idle",
+            f"idle: {cfg.idle_connections} connections after EHLO - server RSS per connection",
+            "KiB",
+            1,
+        ),
+        Figure(
+            "latency_p50_us",
+            "latency",
+            f"latency: 1 client, lock-step, {size} - wall p50 per transaction",
+            "µs",
+            0,
+        ),
+    ]
+
+
+SCENARIOS = ("persist", "churn", "large", "idle", "latency")
+
+
+# ---------------------------------------------------------------- /proc readers
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads) in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line (VmRSS, VmHWM, ...) of /proc/PID/status."""
+    prefix = key.encode() + b":"
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(prefix):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > clear_refs``); False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+async def settle_cpu(pid: int, limit: float = 1.5) -> float:
+    """
+    Wait until the server's CPU time stops moving (it may still be closing
+    connections after the last reply) and return it; bounded by ``limit`` s.
+    """
+    end = time.monotonic() + limit
+    last = proc_cpu_seconds(pid)
+    while time.monotonic() < end:
+        await asyncio.sleep(0.03)
+        now = proc_cpu_seconds(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+# ---------------------------------------------------------------- server processes
+
+
+class ServerError(Exception):
+    """A server process did not start or died."""
+
+
+class ServerProcess:
+    """One server subprocess: start, pin, read its READY line, stop (always)."""
+
+    live: set[ServerProcess] = set()
+
+    def __init__(self, kind: str, cpu: int | None) -> None:
+        self.kind = kind
+        self.cpu = cpu
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.detail = ""
+        self.stderr_file = tempfile.TemporaryFile()
+        self.stderr_text = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (ROOT, env.get("PYTHONPATH", "")) if p
+        )
+        env.pop("PYTHONASYNCIODEBUG", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "_peers.py"), self.kind],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_file,
+            env=env,
+            cwd=ROOT,
+        )
+        ServerProcess.live.add(self)
+        if self.cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {self.cpu})
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        line = b""
+        end = time.monotonic() + START_TIMEOUT
+        while not line.endswith(b"\n"):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise ServerError(f"{self.kind}: no READY line within {START_TIMEOUT:.0f} s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    self.proc.wait(5)
+                    raise ServerError(
+                        f"{self.kind}: exited with {self.proc.returncode} before listening"
+                        f"\n{self.read_stderr()}"
+                    )
+                line += chunk
+        parts = line.decode().split(None, 3)
+        if len(parts) < 3 or parts[0] != "READY":
+            raise ServerError(f"{self.kind}: unexpected start line {line!r}")
+        self.port = int(parts[1])
+        self.detail = parts[3].strip() if len(parts) > 3 else ""
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise ServerError(
+                f"{self.kind}: died with {self.proc.returncode}\n{self.read_stderr()}"
+            )
+
+    def read_stderr(self, limit: int = 4000) -> str:
+        self.stderr_file.flush()
+        self.stderr_file.seek(0)
+        text = self.stderr_file.read().decode(errors="replace")
+        return text if len(text) <= limit else "...\n" + text[-limit:]
+
+    def stop(self) -> None:
+        """Terminate, then kill; keep what it wrote to stderr."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr_text = self.read_stderr()
+        self.stderr_file.close()
+        ServerProcess.live.discard(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for srv in list(cls.live):
+            try:
+                srv.stop()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                if srv.proc is not None:
+                    srv.proc.kill()
+
+
+atexit.register(ServerProcess.stop_all)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+@dataclass
+class RunResult:
+    """One scenario run on one server."""
+
+    server: str
+    scenario: str
+    repeat: int
+    values: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    delivered: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failures == 0
+
+
+async def warm_up(srv: ServerProcess, cfg: Config, payload: bytes) -> None:
+    """A few messages first, so first-use costs (imports, caches) are not measured."""
+    tally = _load.Tally()
+    await _load.message_load(
+        srv.port,
+        sessions=2,
+        total=40,
+        per_connection=10,
+        payload=payload,
+        pipelining=cfg.pipelining,
+        tally=tally,
+        deadline=30,
+    )
+    if tally.failures:
+        raise ServerError(f"{srv.kind}: warm-up failed: {tally.errors}")
+
+
+async def scenario_messages(
+    srv: ServerProcess, cfg: Config, res: RunResult, *, churn: bool
+) -> None:
+    """persist / churn: CPU per message for 1 KiB messages."""
+    payload = _load.make_message(cfg.message_size)
+    await warm_up(srv, cfg, payload)
+    if churn:
+        sessions, total, per_conn = cfg.churn_sessions, cfg.churn_total, 1
+    else:
+        sessions, total = cfg.persist_sessions, cfg.persist_total
+        per_conn = cfg.persist_per_connection
+    tally = _load.Tally()
+    cpu0 = await settle_cpu(srv.pid)
+    t0 = time.perf_counter()
+    await _load.message_load(
+        srv.port,
+        sessions=sessions,
+        total=total,
+        per_connection=per_conn,
+        payload=payload,
+        pipelining=cfg.pipelining,
+        tally=tally,
+        deadline=60 + total * 0.005,
+    )
+    wall = time.perf_counter() - t0
+    cpu = await settle_cpu(srv.pid) - cpu0
+    res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
+    key = "churn_cpu_us_per_msg" if churn else "persist_cpu_us_per_msg"
+    if tally.delivered:
+        res.values[key] = cpu / tally.delivered * 1e6
+    res.extra.update(cpu_seconds=cpu, load_wall_seconds=wall, msgs_per_wall_second=tally.delivered / wall)
+
+
+async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
+    """large: CPU per MiB and peak RSS while 10 MiB messages stream through."""
+    await warm_up(srv, cfg, _load.make_message(cfg.message_size))
+    payload = _load.make_message(cfg.large_size)
+    # One large message first, so the buffers a server keeps around are not "growth".
+    tally = _load.Tally()
+    await _load.message_load(
+        srv.port, sessions=1, total=1, per_connection=1, payload=payload,
+        pipelining=cfg.pipelining, tally=tally, deadline=60,
+    )
+    if tally.failures:
+        raise ServerError(f"{srv.kind}: large warm-up failed: {tally.errors}")
+    cpu0 = await settle_cpu(srv.pid)
+    rss_before = proc_status_kib(srv.pid, "VmRSS")
+    hwm_reset = reset_peak_rss(srv.pid)
+    sampled_peak = rss_before
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal sampled_peak
+        while not stop.is_set():
+            try:
+                sampled_peak = max(sampled_peak, proc_status_kib(srv.pid, "VmRSS"))
+            except (OSError, KeyError):
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), 0.02)
+            except asyncio.TimeoutError:
+                pass
+
+    sampler = asyncio.ensure_future(sample())
+    tally = _load.Tally()
+    t0 = time.perf_counter()
+    try:
+        await _load.message_load(
+            srv.port,
+            sessions=cfg.large_sessions,
+            total=cfg.large_messages,
+            per_connection=cfg.large_messages,
+            payload=payload,
+            pipelining=cfg.pipelining,
+            tally=tally,
+            deadline=60 + cfg.large_messages * 10,
+        )
+    finally:
+        stop.set()
+        await sampler
+    wall = time.perf_counter() - t0
+    cpu = await settle_cpu(srv.pid) - cpu0
+    peak = sampled_peak
+    if hwm_reset:
+        peak = max(peak, proc_status_kib(srv.pid, "VmHWM"))
+    res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
+    mib = tally.delivered * cfg.large_size / MIB
+    if tally.delivered:
+        res.values["large_cpu_ms_per_mib"] = cpu / mib * 1e3
+    res.values["large_peak_rss_mib"] = peak / KIB
+    res.values["large_rss_growth_mib"] = (peak - rss_before) / KIB
+    res.extra.update(
+        cpu_seconds=cpu,
+        load_wall_seconds=wall,
+        mib_per_wall_second=mib / wall,
+        rss_before_mib=rss_before / KIB,
+        peak_from="VmHWM+sampling" if hwm_reset else "sampling every 20 ms",
+    )
+
+
+async def scenario_idle(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
+    """idle: resident memory per connection that has done EHLO and sits idle."""
+    await warm_up(srv, cfg, _load.make_message(cfg.message_size))
+    tally = _load.Tally()
+    # Warm the connection path itself (first-connection allocations are not per-connection).
+    await _load.idle_connections(
+        srv.port, count=50, concurrency=cfg.idle_concurrency, tally=tally,
+        deadline=30, while_open=lambda: asyncio.sleep(0),
+    )
+    if tally.failures:
+        raise ServerError(f"{srv.kind}: idle warm-up failed: {tally.errors}")
+    await asyncio.sleep(0.2)
+    await settle_cpu(srv.pid)
+    rss_before = proc_status_kib(srv.pid, "VmRSS")
+    measured: dict[str, int] = {}
+
+    async def measure() -> None:
+        await settle_cpu(srv.pid)
+        await asyncio.sleep(0.2)
+        measured["rss_after"] = proc_status_kib(srv.pid, "VmRSS")
+
+    tally = _load.Tally(max_failures=max(20, cfg.idle_connections // 20))
+    t0 = time.perf_counter()
+    opened = await _load.idle_connections(
+        srv.port,
+        count=cfg.idle_connections,
+        concurrency=cfg.idle_concurrency,
+        tally=tally,
+        deadline=120,
+        while_open=measure,
+    )
+    res.failures, res.errors = tally.failures, tally.errors
+    res.delivered = opened
+    if opened and "rss_after" in measured:
+        res.values["idle_kib_per_conn"] = (measured["rss_after"] - rss_before) / opened
+        res.extra.update(
+            rss_before_mib=rss_before / KIB,
+            rss_after_mib=measured["rss_after"] / KIB,
+            connections=opened,
+            open_wall_seconds=time.perf_counter() - t0,
+        )
+
+
+async def scenario_latency(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
+    """latency: one lock-step client; wall-clock time per transaction (noisy; for context)."""
+    payload = _load.make_message(cfg.message_size)
+    await warm_up(srv, cfg, payload)
+    tally = _load.Tally()
+    samples = await _load.latency(
+        srv.port, count=cfg.latency_transactions, payload=payload, tally=tally, deadline=60
+    )
+    res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
+    if samples:
+        samples.sort()
+        res.values["latency_p50_us"] = statistics.median(samples) / 1e3
+        res.extra["p90_us"] = samples[int(len(samples) * 0.9)] / 1e3
+
+
+async def run_scenario(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
+    if res.scenario == "persist":
+        await scenario_messages(srv, cfg, res, churn=False)
+    elif res.scenario == "churn":
+        await scenario_messages(srv, cfg, res, churn=True)
+    elif res.scenario == "large":
+        await scenario_large(srv, cfg, res)
+    elif res.scenario == "idle":
+        await scenario_idle(srv, cfg, res)
+    elif res.scenario == "latency":
+        await scenario_latency(srv, cfg, res)
+    else:
+        raise ValueError(res.scenario)
+
+
+def run_one(kind: str, scenario: str, repeat: int, cfg: Config, server_cpu: int | None) -> RunResult:
+    """Start a fresh server, run one scenario against it, stop it (always)."""
+    res = RunResult(kind, scenario, repeat)
+    srv = ServerProcess(kind, server_cpu)
+    t0 = time.perf_counter()
+    try:
+        srv.start()
+        res.extra["server"] = srv.detail
+        asyncio.run(run_scenario(srv, cfg, res))
+        srv.check_alive()
+    except ServerError as exc:
+        res.failures += 1
+        res.errors.append(str(exc))
+    finally:
+        srv.stop()
+        res.stderr = srv.stderr_text
+        res.wall_seconds = time.perf_counter() - t0
+    return res
+
+
+def check_available(kind: str) -> str | None:
+    """None if the server can be imported, else the error (so it is skipped, not failed N times)."""
+    module = {"txsmtpsrv": "from txsmtpsrv import SMTPServer",
+              "aiosmtpd": "from aiosmtpd.smtp import SMTP",
+              "twisted.mail": "from twisted.mail import smtp"}[kind]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", module], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def summarise(results: list[RunResult], cfg: Config, servers: list[str]) -> dict[str, Any]:
+    """Medians over the runs without failures, and txsmtpsrv/peer ratios."""
+    out: dict[str, Any] = {}
+    for fig in figures(cfg):
+        per_server: dict[str, Any] = {}
+        for kind in servers:
+            runs = [r for r in results if r.server == kind and r.scenario == fig.scenario]
+            if not runs:
+                continue
+            clean = [r.values[fig.key] for r in runs if r.ok and fig.key in r.values]
+            per_server[kind] = {
+                "median": statistics.median(clean) if clean else None,
+                "runs": [r.values.get(fig.key) if r.ok else None for r in runs],
+                "failed_runs": sum(1 for r in runs if not r.ok),
+                "spread_pct": (
+                    (max(clean) - min(clean)) / statistics.median(clean) * 100
+                    if len(clean) > 1 and statistics.median(clean) else None
+                ),
+            }
+        ratios: dict[str, float | None] = {}
+        subject = per_server.get(SUBJECT, {}).get("median")
+        for peer in PEERS:
+            peer_median = per_server.get(peer, {}).get("median")
+            if peer in per_server and SUBJECT in per_server:
+                ratios[f"{SUBJECT}/{peer}"] = (
+                    subject / peer_median if subject is not None and peer_median else None
+                )
+        if per_server:
+            out[fig.key] = {
+                "label": fig.label,
+                "unit": fig.unit,
+                "servers": per_server,
+                "ratios": ratios,
+            }
+    return out
+
+
+def fmt_value(entry: dict[str, Any] | None, digits: int) -> str:
+    if entry is None:
+        return "-"
+    if entry["median"] is None:
+        return "FAILED"
+    text = f"{entry['median']:.{digits}f}"
+    if entry["failed_runs"]:
+        text += "*"
+    return text
+
+
+def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        f"SMTP server benchmark - {meta['date']} - {meta['machine']}",
+        f"server pinned to CPU {meta['server_cpu']}, load generator to CPU {meta['client_cpu']}; "
+        f"{'pipelining where advertised' if cfg.pipelining else 'lock-step client for every server'}; "
+        f"median of {cfg.repeat} run(s); lower is better everywhere",
+    ]
+    for kind in servers:
+        lines.append(f"  {kind:13} {meta['servers'][kind]}")
+    lines.append("")
+    ratio_cols = [f"{SUBJECT}/{p}" for p in PEERS if p in servers] if SUBJECT in servers else []
+    headers = ["figure", "unit"] + servers + [c.replace(SUBJECT, "tx") for c in ratio_cols]
+    rows = []
+    by_key = {f.key: f for f in figures(cfg)}
+    for key, entry in summary.items():
+        fig = by_key[key]
+        row = [fig.label, fig.unit]
+        for kind in servers:
+            row.append(fmt_value(entry["servers"].get(kind), fig.digits))
+        for col in ratio_cols:
+            ratio = entry["ratios"].get(col)
+            row.append(f"{ratio:.2f}" if ratio is not None else "n/a")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    def line(row: list[str]) -> str:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [str(c).rjust(w) for c, w in zip(row[2:], widths[2:])]
+        return "  ".join(cells)
+    lines.append(line(headers))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(line(r) for r in rows)
+    return "\n".join(lines)
+
+
+def render_problems(results: list[RunResult]) -> str:
+    out = []
+    for r in results:
+        if not r.ok:
+            out.append(
+                f"FAILED: {r.server} {r.scenario} run {r.repeat + 1}: {r.failures} failure(s); "
+                + "; ".join(e.splitlines()[0] if e else e for e in r.errors[:3])
+            )
+            for e in r.errors:
+                if "\n" in e:
+                    out.append("    " + e.replace("\n", "\n    "))
+        if r.stderr.strip():
+            out.append(f"stderr of {r.server} ({r.scenario} run {r.repeat + 1}):")
+            out.append("    " + r.stderr.strip().replace("\n", "\n    "))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- main
+
+
+def pin_cpus() -> tuple[int | None, int | None]:
+    """Server on one core, this process on another, when at least two are available."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    server_cpu, client_cpu = cpus[0], cpus[1]
+    os.sched_setaffinity(0, {client_cpu})
+    return server_cpu, client_cpu
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPU(s) ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--quick", action="store_true", help="small smoke run (1 repeat, smaller loads)")
+    p.add_argument("--repeat", type=int, help="runs per scenario and server (default 3; median reported)")
+    p.add_argument("--json", metavar="PATH", help="also write machine-readable results ('-' = stdout only)")
+    p.add_argument("--servers", default=",".join((SUBJECT,) + PEERS),
+                   help="comma-separated subset of: " + ", ".join((SUBJECT,) + PEERS))
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    p.add_argument("--pipelining", action="store_true",
+                   help="pipeline MAIL/RCPT/DATA when the server advertises PIPELINING "
+                        "(default: lock-step for every server, for a like-for-like comparison)")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every run")
+    args = p.parse_args(argv)
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in args.servers:
+        if s not in (SUBJECT,) + PEERS:
+            p.error(f"unknown server {s!r}")
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}")
+    if args.repeat is not None and not 1 <= args.repeat <= 50:
+        p.error("--repeat must be between 1 and 50")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = Config.quick() if args.quick else Config()
+    if args.repeat is not None:
+        cfg.repeat = args.repeat
+    cfg.pipelining = args.pipelining
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = _peers.raise_nofile(cfg.idle_connections + 1000)
+    if nofile < cfg.idle_connections + 200:
+        print(f"warning: RLIMIT_NOFILE is {nofile}; the idle scenario may fail", file=sys.stderr)
+    server_cpu, client_cpu = pin_cpus()
+    log = sys.stderr
+
+    servers: list[str] = []
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_description(),
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "servers": {},
+        "unavailable": {},
+    }
+    for kind in args.servers:
+        error = check_available(kind)
+        if error is None:
+            servers.append(kind)
+        else:
+            meta["unavailable"][kind] = error
+            print(f"skipping {kind}: cannot import it ({error})", file=log)
+    if not servers:
+        print("no server available", file=log)
+        return 2
+
+    results: list[RunResult] = []
+    started = time.perf_counter()
+    try:
+        for rep in range(cfg.repeat):
+            for scenario in args.scenarios:
+                # Rotate the order each repeat so no server always runs first/last.
+                order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+                for kind in order:
+                    res = run_one(kind, scenario, rep, cfg, server_cpu)
+                    results.append(res)
+                    if res.extra.get("server"):
+                        meta["servers"][kind] = res.extra["server"]
+                    shown = ", ".join(f"{k}={v:.1f}" for k, v in res.values.items())
+                    status = "ok" if res.ok else f"{res.failures} FAILURE(S)"
+                    print(
+                        f"[{time.perf_counter() - started:6.1f}s] run {rep + 1}/{cfg.repeat} "
+                        f"{scenario:8} {kind:13} {status:12} {shown}",
+                        file=log,
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        print("interrupted; reporting what was measured", file=log)
+    finally:
+        ServerProcess.stop_all()
+
+    for kind in servers:
+        meta["servers"].setdefault(kind, "did not start")
+    summary = summarise(results, cfg, servers)
+    meta["total_seconds"] = round(time.perf_counter() - started, 1)
+    table = render_table(summary, cfg, servers, meta)
+    problems = render_problems(results)
+    failed = any(not r.ok for r in results)
+    notes = []
+    if failed:
+        notes.append("* = some runs had failures and were left out of the median; FAILED = all runs failed")
+    if meta["unavailable"]:
+        notes.extend(f"{k} not measured: {v}" for k, v in meta["unavailable"].items())
+    notes.append(f"total time {meta['total_seconds']} s")
+
+    if args.json != "-":
+        print(table)
+        if notes:
+            print("\n" + "\n".join(notes))
+        if problems:
+            print("\n" + problems)
+        if args.verbose:
+            print("\nruns:")
+            for r in results:
+                print(f"  {r.server:13} {r.scenario:8} run {r.repeat + 1}: "
+                      f"{json.dumps(r.values)} {json.dumps(r.extra, default=str)}")
+    if args.json:
+        doc = {
+            "meta": meta,
+            "config": asdict(cfg),
+            "figures": summary,
+            "runs": [asdict(r) for r in results],
+            "failed": failed,
+        }
+        text = json.dumps(doc, indent=2, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

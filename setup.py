@@ -1,0 +1,33 @@
+"""Packaging for txsmtpsrv: the library plus its twistd plugin."""
+
+from setuptools import setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+version: dict = {}
+with open("txsmtpsrv/_version.py", encoding="utf-8") as f:
+    exec(f.read(), version)
+
+setup(
+    name="txsmtpsrv",
+    version=version["__version__"],
+    description="An embeddable SMTP and LMTP server for Twisted",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["txsmtpsrv", "twisted.plugins"],
+    package_data={"txsmtpsrv": ["py.typed"], "twisted": ["plugins/txsmtpsrv_plugin.py",
+                                                          "plugins/txsmtpsrv_endpoints.py"]},
+    include_package_data=True,
+    install_requires=["twisted[tls]>=26.4"],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+        "bench": ["aiosmtpd>=1.4"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Email :: Mail Transport Agents",
+    ],
+)

@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_tls_config -*-
+"""
+Test certificates generated at run time with C{cryptography}.
+
+Tests need real CAs, server certificates for several names and client
+certificates from trusted and foreign issuers; generating them (EC P-256,
+fast) avoids checked-in keys that expire. Shared by every TLS test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["CA", "Leaf", "common_name", "make_ca", "write_pem"]
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def common_name(cert: x509.Certificate) -> str:
+    """The subject CN of C{cert}, to tell certificates apart in assertions."""
+    value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """An end-entity key and certificate, as objects and PEM."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self.key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+
+
+@dataclass(frozen=True)
+class CA:
+    """A certificate authority that issues server, client and CA certificates."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
+
+    def issue(self, cn: str, *, names: Sequence[str] | None = None, client: bool = False, days: int = 2) -> Leaf:
+        """Issue a server certificate (SAN = C{names} or C{[cn]}) or a client one."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = self._builder(_name(cn), key.public_key(), days).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True
+        )
+        if client:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in (names or [cn])]), critical=False
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return Leaf(key, cert, (self.cert, *self.chain) if self.chain else ())
+
+    def intermediate(self, cn: str) -> CA:
+        """Issue an intermediate CA whose leaves carry it as their chain."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            self._builder(_name(cn), key.public_key(), 30)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        # A marker so that leaves know they need a chain: the chain of an
+        # intermediate's leaves is the intermediate itself (root excluded).
+        return CA(key, cert, chain=(cert,))
+
+
+def make_ca(cn: str = "txsmtpsrv Test CA") -> CA:
+    """Create a self-signed root CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CA(key, cert)
+
+
+def write_pem(directory: str, filename: str, *parts: bytes) -> str:
+    """Write PEM C{parts} to C{directory/filename} and return the path."""
+    path = os.path.join(directory, filename)
+    with open(path, "wb") as f:
+        f.write(b"".join(parts))
+    return path

@@ -1,0 +1,35 @@
+# -*- test-case-name: tests.test_exports -*-
+"""
+txsmtpsrv: an SMTP and LMTP server library for Twisted.
+
+Create an L{SMTPServer} with a hooks object, listen on any endpoint, and
+receive mail as a stream. Everything not named in C{__all__} is private.
+"""
+
+from __future__ import annotations
+
+from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
+from ._errors import Reply, SMTPError
+from ._hooks import Hooks
+from ._options import ServerOptions
+from ._server import OBSERVER_EVENTS, SMTPServer
+from ._session import Address, Envelope, Session
+from ._version import __version__
+
+__all__ = [
+    "Address",
+    "BareLineEnding",
+    "Envelope",
+    "Hooks",
+    "MessageDiscarded",
+    "MessageDone",
+    "MessageStream",
+    "MessageTooLarge",
+    "OBSERVER_EVENTS",
+    "Reply",
+    "SMTPError",
+    "SMTPServer",
+    "ServerOptions",
+    "Session",
+    "__version__",
+]

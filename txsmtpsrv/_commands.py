@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.test_commands -*-
+"""
+Sans-IO parsing of command arguments: MAIL / RCPT paths and ESMTP parameters.
+
+Pure functions over C{str}, so they are unit- and property-tested without a
+transport. Errors carry the exact reply the protocol sends.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional, Tuple
+
+__all__ = ["CommandError", "parse_path_argument", "parse_params"]
+
+
+class CommandError(Exception):
+    """A syntax or policy error with the reply that describes it."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(code, enhanced, text)
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_QUOTED = r'"(?:[^"\\\r\n]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+_MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
+_SOURCE_ROUTE = re.compile(rf"^@{_DOMAIN}(?:,@{_DOMAIN})*:")
+_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
+# esmtp-value: any printable except "=" and SP; RFC 6531 adds UTF-8.
+_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+$")
+
+
+def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, str]:
+    """
+    Split C{"FROM:<a@b> SIZE=10"} into the mailbox and the parameter text.
+
+    @param keyword: C{"FROM"} or C{"TO"}.
+    @param null_ok: whether C{<>} is allowed (the reverse-path only).
+    @return: C{(mailbox, params)}; the mailbox is C{""} for C{<>}.
+    @raise CommandError: 501 with the RFC 3463 code for bad syntax.
+    """
+    bad = "5.5.4" if keyword == "FROM" else "5.5.4"
+    what = "sender" if keyword == "FROM" else "recipient"
+    addr_code = "5.1.7" if keyword == "FROM" else "5.1.3"
+    head = arg[: len(keyword) + 1]
+    if head.upper() != keyword + ":":
+        raise CommandError(501, bad, f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+    rest = arg[len(keyword) + 1:].lstrip(" ")
+    if not rest.startswith("<"):
+        raise CommandError(501, addr_code, f"Bad {what} address syntax: expected <address>")
+    # Find the closing bracket outside a quoted local part.
+    i, n, quoted = 1, len(rest), False
+    while i < n:
+        c = rest[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ">":
+            break
+        i += 1
+    else:
+        raise CommandError(501, addr_code, f"Bad {what} address syntax: missing >")
+    mailbox = rest[1:i]
+    params = rest[i + 1:]
+    if params and not params.startswith(" "):
+        raise CommandError(501, addr_code, f"Bad {what} address syntax: text after >")
+    if mailbox == "":
+        if not null_ok:
+            raise CommandError(501, addr_code, "Null recipient address <> is not allowed")
+        return "", params.strip(" ")
+    route = _SOURCE_ROUTE.match(mailbox)
+    if route:  # RFC 5321 4.1.1.3: accept and ignore source routes.
+        mailbox = mailbox[route.end():]
+    if keyword == "TO" and mailbox.lower() == "postmaster":
+        return mailbox, params.strip(" ")
+    if not _MAILBOX.match(mailbox):
+        raise CommandError(501, addr_code, f"Bad {what} address syntax")
+    local, _, domain = mailbox.rpartition("@")
+    if len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255:
+        raise CommandError(501, addr_code, f"Bad {what} address: too long")
+    return mailbox, params.strip(" ")
+
+
+def parse_params(text: str) -> Dict[str, Optional[str]]:
+    """
+    Parse C{"SIZE=100 BODY=8BITMIME SMTPUTF8"} into an upper-cased dict.
+
+    @raise CommandError: C{501 5.5.4} for bad syntax or a repeated keyword.
+    """
+    params: Dict[str, Optional[str]] = {}
+    if not text:
+        return params
+    for item in text.split(" "):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not _KEYWORD.match(key) or (eq and not _VALUE.match(value)):
+            raise CommandError(501, "5.5.4", f"Bad parameter syntax: {item[:40]}")
+        key = key.upper()
+        if key in params:
+            raise CommandError(501, "5.5.4", f"Parameter {key} given twice")
+        params[key] = value if eq else None
+    return params

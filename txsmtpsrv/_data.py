@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_data -*-
+"""
+The message body: a CRLF-strict DATA decoder and the stream hooks read from.
+
+L{DotDecoder} is sans-IO: it turns the raw bytes after C{354} into payload
+chunks, undoes dot-stuffing and finds the end of the message, carrying at most
+four bytes across reads. Only C{<CRLF>.<CRLF>} ends a message, so C{<LF>.<LF>}
+or C{<LF>.<CR><LF>} cannot smuggle a second message past us.
+
+L{MessageStream} hands those chunks to whoever reads the body, chunk by chunk
+as they arrive, and pauses the connection while that reader is behind: the
+body is never held whole in memory unless the hook asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["DotDecoder", "MessageStream", "MessageDone", "MessageTooLarge", "BareLineEnding",
+           "MessageDiscarded"]
+
+_TERMINATOR = b"\r\n.\r\n"
+
+
+class MessageDone(Exception):
+    """The body ended normally: the reader has seen every byte."""
+
+
+class MessageTooLarge(Exception):
+    """The body grew past the server's size limit; the rest is discarded."""
+
+
+class BareLineEnding(Exception):
+    """The body had a CR or LF not part of CRLF and the server rejects that."""
+
+
+class MessageDiscarded(Exception):
+    """The data hook finished or stopped the stream, so the rest of the body is skipped."""
+
+
+class DotDecoder:
+    """
+    Incremental DATA decoder (RFC 5321 4.1.1.4, 4.5.2).
+
+    @ivar bare: set once a bare CR or LF was seen (only if C{check_bare}).
+    """
+
+    __slots__ = ("_carry", "_first", "_check_bare", "bare")
+
+    def __init__(self, check_bare: bool = True) -> None:
+        # The body starts at a line start: pretend a CRLF came before it so
+        # that a dot on the first line is handled like any other.
+        self._carry = b"\r\n"
+        self._first = True
+        self._check_bare = check_bare
+        self.bare = False
+
+    def feed(self, data: bytes) -> tuple[bytes, Optional[bytes]]:
+        """
+        Decode the next bytes.
+
+        @return: C{(payload, rest)}; C{rest} is C{None} while the message goes
+            on, else the bytes after the terminating dot (pipelined commands).
+        """
+        buf = self._carry + data if self._carry else data
+        end = buf.find(_TERMINATOR)
+        if end >= 0:
+            body = buf[: end + 2]
+            rest: Optional[bytes] = buf[end + 5:]
+            self._carry = b""
+        else:
+            rest = None
+            # Keep the longest tail that may begin the terminator.
+            if buf.endswith(b"\r"):
+                keep = 4 if buf.endswith(b"\r\n.\r") else 1
+            elif buf.endswith(b"\r\n"):
+                keep = 2
+            elif buf.endswith(b"\r\n."):
+                keep = 3
+            else:
+                keep = 0
+            if keep:
+                body, self._carry = buf[:-keep], buf[-keep:]
+            else:
+                body, self._carry = buf, b""
+        if not body:
+            return b"", rest
+        if self._check_bare and not self.bare:
+            crlf = body.count(b"\r\n")
+            if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+                self.bare = True
+        if b"\r\n." in body:
+            body = body.replace(b"\r\n..", b"\r\n.")
+        if self._first:
+            self._first = False
+            body = body[2:]
+        return body, rest
+
+
+@implementer(IPushProducer)
+class MessageStream:
+    """
+    The body of the message being received, as it arrives.
+
+    Read it in one of three ways, once: L{content} (all bytes, for small
+    messages), L{collect} (a callback per chunk; a callback returning a
+    Deferred pauses the client until it fires), or L{deliver_body} (a Twisted
+    L{IProtocol}, as C{twisted.web}'s C{Response.deliverBody}).
+
+    @ivar byte_length: payload bytes received so far (after dot-unstuffing).
+    @ivar size_exceeded: whether C{byte_length} went past the server's limit.
+    """
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None], limit: int = 0) -> None:
+        self.byte_length = 0
+        self.size_exceeded = False
+        self._limit = limit
+        self._pause = pause
+        self._resume = resume
+        self._holding = False  # whether we asked the connection to pause
+        self._consumer: Optional[Any] = None
+        self._buffer: List[bytes] = []
+        self._paused = False  # the reader asked us to pause
+        self._end: Optional[Failure] = None  # end reason not yet delivered
+        self._closed = False  # the reader got connectionLost
+        self._discard = False  # drop everything from now on
+
+    # -- reader side ------------------------------------------------------
+
+    def deliver_body(self, protocol: IProtocol) -> None:
+        """
+        Connect C{protocol} to the body: C{makeConnection(producer)},
+        C{dataReceived(chunk)}s, then C{connectionLost(reason)} with
+        L{MessageDone} or the failure that cut the body short.
+        """
+        if self._consumer is not None:
+            raise RuntimeError("the message body is already being read")
+        self._consumer = protocol
+        protocol.makeConnection(self)
+        if self._discard and not self._closed:
+            self._close(self._end or Failure(MessageDiscarded()))
+            return
+        self._drain()
+
+    def collect(self, callback: Callable[[bytes], Any]) -> "Deferred[None]":
+        """
+        Call C{callback(chunk)} for each chunk; if it returns a Deferred, wait
+        for it before the next. The result fires when the body ended, or fails
+        with the reason it was cut short (or the callback's error).
+        """
+        collector = _Collector(callback)
+        self.deliver_body(collector)
+        return collector.done
+
+    def content(self) -> "Deferred[bytes]":
+        """Collect the whole body in memory; only for messages known to be small."""
+        chunks: List[bytes] = []
+        d = self.collect(chunks.append)
+        return d.addCallback(lambda _: b"".join(chunks))
+
+    # -- IPushProducer, for the reader -----------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._hold()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._drain()
+
+    def stopProducing(self) -> None:
+        """The reader wants no more: the rest of the body is discarded."""
+        self.discard()
+
+    # -- protocol side ----------------------------------------------------
+
+    def write(self, chunk: bytes) -> None:
+        """Called by the protocol with each decoded chunk."""
+        self.byte_length += len(chunk)
+        if self._discard:
+            return
+        if self._limit and self.byte_length > self._limit:
+            self.size_exceeded = True
+            self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
+            return
+        if self._consumer is not None and not self._paused and not self._buffer:
+            self._consumer.dataReceived(chunk)
+        else:
+            self._buffer.append(chunk)
+            self._hold()
+
+    def finish(self, reason: Optional[Failure] = None) -> None:
+        """The body ended (C{reason} None) or was cut short."""
+        if self._closed:
+            return
+        if reason is not None:
+            # Errors are not queued behind data: the reader learns at once.
+            self._buffer.clear()
+            self._close(reason)
+            return
+        self._end = Failure(MessageDone())
+        self._drain()
+
+    def abort(self, reason: Failure) -> None:
+        """Stop the body now with C{reason}; later bytes are only counted."""
+        self._discard = True
+        self._buffer.clear()
+        self._release()
+        if self._consumer is not None and not self._closed:
+            self._close(reason)
+        else:
+            self._end = reason
+
+    def discard(self) -> None:
+        """Nobody will read the rest (the hook finished or stopped us)."""
+        if not self._discard:
+            self.abort(Failure(MessageDiscarded()))
+
+    @property
+    def has_reader(self) -> bool:
+        """Whether someone called L{deliver_body}, L{collect} or L{content}."""
+        return self._consumer is not None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the reader has been told the body is over (or nobody reads)."""
+        return self._closed or self._discard
+
+    # -- internals ----------------------------------------------------------
+
+    def _hold(self) -> None:
+        if not self._holding:
+            self._holding = True
+            self._pause()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._resume()
+
+    def _drain(self) -> None:
+        consumer = self._consumer
+        if consumer is None or self._closed:
+            return
+        while self._buffer and not self._paused and not self._closed:
+            consumer.dataReceived(self._buffer.pop(0))
+        if self._paused or self._closed:
+            return
+        if self._end is not None:
+            self._close(self._end)
+        self._release()
+
+    def _close(self, reason: Failure) -> None:
+        self._closed = True
+        self._end = None
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.connectionLost(reason)
+        self._release()
+
+
+class _Collector:
+    """An IProtocol that feeds chunks to a callback, honouring Deferreds it returns."""
+
+    def __init__(self, callback: Callable[[bytes], Any]) -> None:
+        self._callback = callback
+        self._producer: Optional[MessageStream] = None
+        self._failed = False
+        self.done: Deferred[None] = Deferred()
+
+    def makeConnection(self, producer: MessageStream) -> None:
+        self._producer = producer
+
+    def dataReceived(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            result = self._callback(chunk)
+        except Exception:
+            self._fail(Failure())
+            return
+        if isinstance(result, Deferred):
+            assert self._producer is not None
+            self._producer.pauseProducing()
+            result.addCallbacks(self._resume, self._fail)
+
+    def _resume(self, _: object) -> None:
+        if not self._failed and self._producer is not None:
+            self._producer.resumeProducing()
+
+    def _fail(self, failure: Failure) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        if not self.done.called:
+            self.done.errback(failure)
+        if self._producer is not None:
+            self._producer.discard()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        if reason.check(MessageDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)

@@ -1,0 +1,68 @@
+# -*- test-case-name: tests.test_hooks -*-
+"""
+The hooks a server calls, and how a user's hooks object is resolved.
+
+A hooks object is any object with some of the C{on_*} methods; subclassing
+L{Hooks} only documents them. Methods a user did not provide are recorded as
+C{None} so that the protocol skips them without a call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ._data import MessageStream
+from ._session import Address, Session
+
+__all__ = ["Hooks", "HOOK_NAMES"]
+
+HOOK_NAMES = ("on_connect", "on_helo", "on_secure", "on_auth", "on_mail_from", "on_rcpt_to",
+              "on_data", "on_close")
+
+
+class Hooks:
+    """
+    Base class for hooks. Override the phases you care about; each may return
+    C{None} (accept with the default reply), a L{Reply} (accept with that
+    text), a C{Deferred}, or be an C{async def}; raise L{SMTPError} to reject.
+    """
+
+    def on_connect(self, session: Session) -> Any:
+        """A client connected; reject to refuse it (e.g. C{SMTPError(554, ...)})."""
+
+    def on_helo(self, session: Session, hostname: str) -> Any:
+        """The client sent HELO, EHLO or LHLO with C{hostname}."""
+
+    def on_mail_from(self, session: Session, address: Address) -> Any:
+        """The client proposes a sender; C{session.envelope} is still empty."""
+
+    def on_rcpt_to(self, session: Session, address: Address) -> Any:
+        """The client proposes a recipient."""
+
+    def on_data(self, session: Session, stream: MessageStream) -> Any:
+        """
+        A message is arriving on C{stream}. The final reply goes out when
+        both this hook has answered and the body has ended; a hook that
+        returns without reading the stream has the rest discarded.
+        """
+
+    def on_close(self, session: Session) -> Any:
+        """The connection closed; the result is not waited for."""
+
+
+class ResolvedHooks:
+    """The user's hook methods, or None where the default applies."""
+
+    __slots__ = HOOK_NAMES
+
+    def __init__(self, hooks: Optional[object]) -> None:
+        for name in HOOK_NAMES:
+            method: Optional[Callable[..., Any]] = getattr(hooks, name, None) if hooks is not None else None
+            base = getattr(Hooks, name, None)
+            if method is not None and base is not None and getattr(method, "__func__", None) is base:
+                method = None  # not overridden: same as having none
+            if method is not None and not callable(method):
+                raise TypeError(f"hooks.{name} must be callable, not {method!r}")
+            setattr(self, name, method)
+
+

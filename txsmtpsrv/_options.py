@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_options -*-
+"""
+Server options: one frozen value holding every knob, validated once.
+
+Names follow Node's C{smtp-server} options in snake_case (C{hideSize} is
+C{hide_size}); times are seconds, as everywhere in Twisted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import socket
+from dataclasses import dataclass, field
+from typing import Any, FrozenSet, Optional
+
+__all__ = ["ServerOptions"]
+
+#: Commands a server can be told to refuse with C{disabled_commands}.
+KNOWN_COMMANDS = frozenset(
+    {"EHLO", "HELO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
+     "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "XCLIENT", "XFORWARD"}
+)
+
+
+def _upper_set(value: Any) -> FrozenSet[str]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    return frozenset(str(v).upper() for v in value)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """
+    Everything that shapes the dialogue, with safe defaults.
+
+    Pass the fields as keyword arguments to L{txsmtpsrv.SMTPServer}.
+    """
+
+    #: Host name used in the greeting, the EHLO reply and Received headers.
+    name: str = field(default_factory=socket.gethostname)
+    #: Extra text after C{220 name ESMTP} in the greeting.
+    banner: str = ""
+    #: Format of the first line of the EHLO/HELO reply; fields: name,
+    #: client_hostname, remote_address, helo.
+    helo_response: str = "{name} Nice to meet you, {client_hostname}"
+    #: Largest message in octets (0 means no limit); advertised as SIZE.
+    size: int = 32 * 1024 * 1024
+    #: Advertise C{SIZE} without the number.
+    hide_size: bool = False
+    hide_pipelining: bool = False
+    hide_8bitmime: bool = False
+    hide_smtputf8: bool = False
+    hide_enhancedstatuscodes: bool = False
+    #: Commands answered with C{502 5.5.1} as if not implemented.
+    disabled_commands: FrozenSet[str] = frozenset()
+    #: Concurrent connections; the next client gets C{421} (None: no limit).
+    max_clients: Optional[int] = None
+    #: Idle time before C{421} and close; also bounds one command or chunk.
+    socket_timeout: float = 60.0
+    #: How long L{SMTPServer.close} lets running transactions finish.
+    close_timeout: float = 30.0
+    #: Slowest accepted transfer in bytes per second: each byte read extends
+    #: the current deadline by C{1 / min_data_rate} s only, so a client that
+    #: trickles bytes cannot hold a connection forever (Postfix's
+    #: C{smtpd_min_data_rate}). 0 turns this off.
+    min_data_rate: int = 500
+    #: Longest command line in octets (RFC 5321 allows 512 before extensions).
+    max_command_length: int = 4096
+    #: Recipients per message; more get C{452 4.5.3}.
+    max_recipients: int = 1000
+    #: Unknown or malformed commands before C{421} and close (0: no limit).
+    max_unrecognized_commands: int = 10
+    #: Time a hook may take before the client gets C{451 4.3.0}.
+    hook_timeout: float = 300.0
+    #: What a bare CR or LF inside DATA does: C{"reject"} answers
+    #: C{550 5.6.0} after the message (defends against SMTP smuggling and
+    #: broken clients), C{"accept"} passes the bytes on unchanged.
+    bare_line_endings: str = "reject"
+    #: Extra ESMTP parameter names accepted on MAIL / RCPT and passed to
+    #: hooks (others get C{555 5.5.4}).
+    mail_params: FrozenSet[str] = frozenset()
+    rcpt_params: FrozenSet[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("disabled_commands", "mail_params", "rcpt_params"):
+            set_(self, name, _upper_set(getattr(self, name)))
+        unknown = self.disabled_commands - KNOWN_COMMANDS
+        if unknown:
+            raise ValueError(f"disabled_commands: unknown command(s) {', '.join(sorted(unknown))}")
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"name must be a host name without spaces, not {self.name!r}")
+        if "\r" in self.banner or "\n" in self.banner:
+            raise ValueError("banner may not contain CR or LF")
+        for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",
+                     "min_data_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, not {value!r}")
+        if self.max_command_length < 512:
+            raise ValueError("max_command_length must be at least 512 (RFC 5321 4.5.3.1.4)")
+        if self.max_recipients < 1:
+            raise ValueError("max_recipients must be at least 1")
+        if self.max_clients is not None and (not isinstance(self.max_clients, int) or self.max_clients < 1):
+            raise ValueError(f"max_clients must be None or a positive int, not {self.max_clients!r}")
+        for name in ("socket_timeout", "close_timeout", "hook_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.bare_line_endings not in ("reject", "accept"):
+            raise ValueError('bare_line_endings must be "reject" or "accept"')
+        try:
+            self.helo_response.format(name="n", client_hostname="c", remote_address="a", helo="h")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"helo_response has an unknown field or bad format: {e}") from None
+
+    @classmethod
+    def build(cls, base: "ServerOptions | None" = None, **kwargs: Any) -> "ServerOptions":
+        """
+        Make options from keyword arguments, naming the closest valid option
+        when one is misspelt (C{maxClients} → C{max_clients}).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in kwargs:
+            if key not in names:
+                snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
+                hint = difflib.get_close_matches(snake, names, 1, 0.6)
+                raise TypeError(f"unknown server option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if base is None:
+            return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)

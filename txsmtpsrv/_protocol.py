@@ -1,0 +1,684 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The SMTP dialogue: one L{SMTPServerProtocol} per connection.
+
+It parses and sequences commands, calls the user's hooks and frames replies;
+it decides no policy itself. Three rules shape it:
+
+  - Replies go out in command order. While a hook has not answered, reading
+    pauses (C{LineReceiver.pauseProducing}), so pipelined commands wait in
+    the line buffer instead of overtaking it.
+  - Replies produced while handling one read are written with one write.
+  - DATA is read in raw mode, chunk by chunk, through L{DotDecoder} into a
+    L{MessageStream}; the final reply waits for both the terminating dot and
+    the data hook.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from ._commands import CommandError, parse_params, parse_path_argument
+from ._data import BareLineEnding, DotDecoder, MessageStream
+from ._errors import Reply, SMTPError, format_reply
+from ._session import Address, Envelope, Session
+
+if TYPE_CHECKING:
+    from ._server import SMTPServer
+
+__all__ = ["SMTPServerProtocol"]
+
+# Why reading is paused; reading resumes when no reason is left.
+_HOOK = 1  # a hook has not answered (or a final reply is not out yet)
+_STREAM = 2  # the body's reader is behind
+
+_LOCAL_ERROR = "Requested action aborted: local error in processing"
+
+
+def _address_parts(address: Any) -> Tuple[str, int]:
+    host = getattr(address, "host", None)
+    if host is None:  # UNIX sockets and friends
+        return "", 0
+    return str(host), int(getattr(address, "port", 0) or 0)
+
+
+class SMTPServerProtocol(LineReceiver):
+    """
+    One SMTP (or LMTP) connection. Built by L{txsmtpsrv.SMTPServer}; users
+    never subclass it, they pass hooks to the server.
+    """
+
+    delimiter = b"\n"  # commands end on LF; the CR is stripped (lenient like Postfix)
+    log = Logger()
+
+    def __init__(self, server: "SMTPServer") -> None:
+        self.server = server
+        options = server.options
+        self.options = options
+        self.MAX_LENGTH = options.max_command_length
+        self._clock = server.reactor
+        self._esc = not options.hide_enhancedstatuscodes
+        self._out: List[bytes] = []
+        self._pauses = 0
+        self._pending: List[Deferred[Any]] = []
+        self._closing = False  # QUIT or 421 sent: ignore the rest
+        self._shutdown = False  # the server is closing: 421 after this transaction
+        self._gone = False  # connectionLost ran
+        self._discard_line = False  # skipping the tail of an over-long line
+        self._line_rest = b""  # commands after an over-long line, to parse again
+        self._unrecognized = 0
+        self._timer: Any = None
+        self._deadline = 0.0
+        self._per_byte = 1.0 / options.min_data_rate if options.min_data_rate else 0.0
+        # DATA state
+        self._stream: Optional[MessageStream] = None
+        self._decoder: Optional[DotDecoder] = None
+        self._data_dot = False
+        self._data_bare = False
+        self._data_outcome: Optional[Tuple[Any, Optional[Failure]]] = None
+        self.session: Session
+
+    # -- connection lifecycle ----------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = _address_parts(self.transport.getPeer())
+        host = _address_parts(self.transport.getHost())
+        sid = base64.b32encode(os.urandom(10)).decode("ascii").lower()
+        self.session = Session(sid, host[0], host[1], peer[0], peer[1], lmtp=False)
+        self.server._connected(self)
+        now = self._clock.seconds()
+        self._deadline = now + self.options.socket_timeout
+        self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
+        self.log.info("connection from {remote_address}:{remote_port}", session_id=sid,
+                      remote_address=peer[0], remote_port=peer[1])
+        self.server._notify("connect", self.session)
+        hook = self.server._hooks.on_connect
+        if hook is None:
+            self._greet()
+        else:
+            self._invoke(hook, (self.session,), self._connect_done, pause=True)
+        if self._out:
+            self._flush()
+
+    def _connect_done(self, value: Any, failure: Optional[Failure]) -> None:
+        if failure is None and value is None:
+            self._greet()
+        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
+        elif not self._send_outcome(value, failure, 220, "", "", greeting=True):
+            self._close()
+
+    def _greet(self) -> None:
+        o = self.options
+        text = f"{o.name} ESMTP" + (f" {o.banner}" if o.banner else "")
+        self._out.append(format_reply(220, [text], None))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._gone = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._stream is not None and not self._stream.ended:
+            self._stream.finish(Failure(ConnectionLost("client disconnected during DATA")))
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.cancel()
+        self.log.info("connection closed", session_id=self.session.id)
+        self.server._disconnected(self)
+        self.server._notify("disconnect", self.session)
+        hook = self.server._hooks.on_close
+        if hook is not None:
+            try:
+                result = hook(self.session)
+                if isinstance(result, CoroutineType):
+                    result = Deferred.fromCoroutine(result)
+                if isinstance(result, Deferred):
+                    result.addErrback(self._log_hook_failure, "on_close")
+            except Exception:
+                self.log.failure("hook on_close failed", session_id=self.session.id)
+
+    def _log_hook_failure(self, failure: Failure, name: str) -> None:
+        self.log.failure("hook {hook} failed", failure, hook=name, session_id=self.session.id)
+
+    # -- reading -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._busyReceiving:  # setLineMode(rest) from rawDataReceived
+            LineReceiver.dataReceived(self, data)
+            return
+        if self._closing:
+            return
+        if data:
+            now = self._clock.seconds()
+            if self.line_mode and not self._buffer:
+                # A new command starts: it gets a whole socket_timeout.
+                self._deadline = now + self.options.socket_timeout
+            elif self._per_byte:
+                self._deadline = min(self._deadline + len(data) * self._per_byte,
+                                     now + self.options.socket_timeout)
+        while True:
+            if self._discard_line and self.line_mode:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    break
+                data, self._discard_line = data[nl + 1:], False
+            LineReceiver.dataReceived(self, data)
+            if not self._line_rest or self._closing:
+                break
+            data, self._line_rest = self._line_rest, b""
+        if self._out:
+            self._flush()
+
+    def lineLengthExceeded(self, rest: bytes) -> None:
+        nl = rest.find(b"\n")
+        if nl < 0:
+            self._discard_line = True
+        else:
+            self._line_rest = rest[nl + 1:]
+        self._reply(500, "5.5.2", "Error: line too long")
+        self._count_unrecognized()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        sp = line.find(b" ")
+        verb = (line if sp < 0 else line[:sp]).upper()
+        handler = self._handlers.get(verb)
+        if handler is None:
+            self._unrecognized_command(verb)
+            return
+        name = handler.__name__[4:]
+        if name in self.options.disabled_commands:
+            self._reply(502, "5.5.1", "Error: command not implemented")
+            return
+        try:
+            arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
+        except UnicodeDecodeError:
+            self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
+            return
+        if self.server._observers["command"]:
+            self.server._notify("command", self.session, name, arg)
+        handler(self, arg)
+
+    def _unrecognized_command(self, verb: bytes) -> None:
+        if not verb:
+            self._reply(500, "5.5.2", "Error: bad syntax")
+        else:
+            self._reply(500, "5.5.2", "Error: command not recognized")
+        self._count_unrecognized()
+
+    def _count_unrecognized(self) -> None:
+        self._unrecognized += 1
+        limit = self.options.max_unrecognized_commands
+        if limit and self._unrecognized >= limit:
+            self._reply(421, "4.7.0", f"{self.options.name} Error: too many unrecognized commands")
+            self._close()
+
+    # -- writing and flow control --------------------------------------------
+
+    def _reply(self, code: int, enhanced: Optional[str], text: str) -> None:
+        key = (code, enhanced, text)
+        cache = self.server._reply_cache
+        data = cache.get(key)
+        if data is None:
+            data = format_reply(code, text.split("\n"), enhanced if self._esc else None)
+            if len(cache) < 512:
+                cache[key] = data
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._gone:
+            return
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _close(self) -> None:
+        """Send what is queued and close; nothing more is read."""
+        self._closing = True
+        self.clearLineBuffer()
+        if self._out:
+            self._flush()
+        if not self._gone:
+            self.transport.loseConnection()
+
+    def _pause(self, why: int) -> None:
+        if not self._pauses and not self._gone:
+            self.pauseProducing()
+        self._pauses |= why
+
+    def _resume(self, why: int) -> None:
+        if not self._pauses & why:
+            return
+        self._pauses &= ~why
+        if not self._pauses and not self._gone and not self._closing:
+            self._deadline = self._clock.seconds() + self.options.socket_timeout
+            self.resumeProducing()  # replays buffered lines via dataReceived(b"")
+
+    def _check_timeout(self) -> None:
+        if self._gone:
+            return
+        now = self._clock.seconds()
+        timeout = self.options.socket_timeout
+        if self._pauses or now < self._deadline:
+            # Waiting on our own hooks or reader never times the client out.
+            delay = timeout if self._pauses else self._deadline - now
+            self._timer = self._clock.callLater(delay, self._check_timeout)
+            return
+        self._timer = None
+        self.log.info("timeout after {timeout}s", timeout=timeout, session_id=self.session.id)
+        self._reply(421, "4.4.2", f"{self.options.name} Error: timeout exceeded")
+        if self._stream is not None and not self._stream.ended:
+            self._stream.finish(Failure(ConnectionLost("timeout during DATA")))
+        self._close()
+
+    # -- hooks -----------------------------------------------------------------
+
+    def _invoke(self, hook: Callable[..., Any], args: Tuple[Any, ...],
+                done: Callable[[Any, Optional[Failure]], None], pause: bool) -> None:
+        """
+        Call C{hook(*args)} and pass its outcome to C{done(value, failure)},
+        at once when the hook answers at once (no Deferred is made then).
+
+        A Deferred or coroutine result is bounded by C{hook_timeout} and
+        cancelled on disconnect; with C{pause}, reading stops until it fires,
+        which keeps pipelined replies in command order.
+        """
+        try:
+            result = hook(*args)
+            if isinstance(result, CoroutineType):
+                result = Deferred.fromCoroutine(result)
+        except Exception:
+            done(None, Failure())
+            return
+        if not isinstance(result, Deferred):
+            done(result, None)
+            return
+        waiting = False
+
+        def fired(outcome: Any) -> None:
+            if waiting:
+                self._pending.remove(result)
+                if self._gone:
+                    if isinstance(outcome, Failure) and not outcome.check(CancelledError):
+                        self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
+                    return None
+            if isinstance(outcome, Failure):
+                done(None, outcome)
+            else:
+                done(outcome, None)
+            if waiting and not self._gone:
+                if pause:
+                    self._resume(_HOOK)
+                if self._out and not self._busyReceiving:
+                    self._flush()
+            return None
+
+        if not result.called:
+            result.addTimeout(self.options.hook_timeout, self._clock)
+        result.addBoth(fired)
+        if result.called and not result.paused and not result.callbacks:
+            return  # fired already: done ran synchronously
+        waiting = True
+        self._pending.append(result)
+        if pause:
+            self._pause(_HOOK)
+
+    def _send_outcome(self, value: Any, failure: Optional[Failure], code: int, enhanced: str,
+                      text: str, greeting: bool = False) -> bool:
+        """
+        Reply with a hook's outcome: its Reply, its SMTPError, or the default
+        C{code enhanced text}. Other errors become 451 4.3.0 and are logged.
+
+        @return: whether the outcome was a success.
+        """
+        if failure is None:
+            if value is None:
+                self._reply(code, enhanced, text)
+                return True
+            if isinstance(value, Reply):
+                self._reply_obj(value.code, value.enhanced, value.lines, greeting)
+                return value.code < 400
+            failure = Failure(TypeError(f"hook returned {value!r}; expected None or a Reply"))
+        err = failure.value
+        if isinstance(err, SMTPError):
+            self._reply_obj(err.code, err.enhanced, err.lines, greeting)
+            return False
+        if isinstance(err, TimeoutError):
+            self.log.warn("hook timed out after {timeout}s", timeout=self.options.hook_timeout,
+                          session_id=self.session.id)
+        else:
+            self.log.failure("hook failed", failure, session_id=self.session.id)
+        self._reply(451, "4.3.0", _LOCAL_ERROR)
+        return False
+
+    def _reply_obj(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
+        if greeting and code < 400:
+            enhanced = None
+        elif enhanced is None:
+            enhanced = f"{str(code)[0]}.0.0" if code >= 400 or code < 300 else None
+        self._out.append(format_reply(code, lines, enhanced if self._esc else None))
+
+    # -- commands -----------------------------------------------------------------
+
+    def _cmd_EHLO(self, arg: str) -> None:
+        self._hello("EHLO", arg)
+
+    def _cmd_HELO(self, arg: str) -> None:
+        self._hello("HELO", arg)
+
+    def _hello(self, command: str, arg: str) -> None:
+        hostname = arg.split(" ", 1)[0]
+        if not hostname:
+            self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
+            return
+        self._reset_transaction()
+        hook = self.server._hooks.on_helo
+
+        def done(value: Any, failure: Optional[Failure]) -> None:
+            custom = failure is None and isinstance(value, Reply) and value.code < 400
+            if not custom and (failure is not None or value is not None):
+                self._send_outcome(value, failure, 250, "", "")
+                return
+            s = self.session
+            s.host_name_appears_as = hostname
+            s.opening_command = command
+            o = self.options
+            if custom:  # a Reply from on_helo replaces the greeting line(s)
+                lines = list(value.lines)
+            else:
+                lines = [o.helo_response.format(name=o.name, client_hostname=s.client_hostname,
+                                                remote_address=s.remote_address, helo=hostname)]
+            if command != "HELO":
+                lines.extend(self._extensions())
+            self._out.append(format_reply(250, lines, None))
+            self.server._notify("helo", s, hostname)
+
+        if hook is None:
+            done(None, None)
+        else:
+            self._invoke(hook, (self.session, hostname), done, pause=True)
+
+    def _extensions(self) -> List[str]:
+        o = self.options
+        ext = []
+        if not o.hide_pipelining:
+            ext.append("PIPELINING")
+        if not o.hide_8bitmime:
+            ext.append("8BITMIME")
+        if not o.hide_smtputf8:
+            ext.append("SMTPUTF8")
+        if self._esc:
+            ext.append("ENHANCEDSTATUSCODES")
+        if o.hide_size or not o.size:
+            ext.append("SIZE")
+        else:
+            ext.append(f"SIZE {o.size}")
+        return ext
+
+    def _cmd_MAIL(self, arg: str) -> None:
+        s = self.session
+        if not s.opening_command:
+            self._reply(503, "5.5.1", "Error: send HELO/EHLO first")
+            return
+        if s.envelope.mail_from is not None:
+            self._reply(503, "5.5.1", "Error: nested MAIL command")
+            return
+        try:
+            mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
+            params = parse_params(ptext)
+            env = self._mail_params(params)
+        except CommandError as e:
+            self._reply(e.code, e.enhanced, e.text)
+            return
+        if not mailbox.isascii() and not env.smtputf8:
+            self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+            return
+        address = Address(mailbox, params)
+        env.mail_from = address
+        hook = self.server._hooks.on_mail_from
+
+        def done(value: Any, failure: Optional[Failure]) -> None:
+            if self._send_outcome(value, failure, 250, "2.1.0", "Accepted"):
+                s.envelope = env
+                s.transaction += 1
+                self.server._notify("mail", s, address)
+
+        if hook is None:
+            done(None, None)
+        else:
+            self._invoke(hook, (s, address), done, pause=True)
+
+    def _mail_params(self, params: Dict[str, Optional[str]]) -> Envelope:
+        """Check MAIL parameters; the result is the envelope to use on success."""
+        o = self.options
+        env = Envelope()
+        if params and self.session.opening_command == "HELO":
+            raise CommandError(555, "5.5.4", "Error: MAIL parameters need EHLO")
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise CommandError(501, "5.5.4", "Error: bad SIZE value")
+                env.size = int(value)
+                if o.size and env.size > o.size:
+                    raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            elif key == "BODY":
+                body = (value or "").upper()
+                if body == "7BIT" or (body == "8BITMIME" and not o.hide_8bitmime):
+                    env.body_type = body
+                else:
+                    raise CommandError(501, "5.5.4", f"Error: unsupported BODY value {(value or '')[:20]}")
+            elif key == "SMTPUTF8" and not o.hide_smtputf8:
+                if value is not None:
+                    raise CommandError(501, "5.5.4", "Error: SMTPUTF8 takes no value")
+                env.smtputf8 = True
+            elif key not in o.mail_params:
+                raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key}")
+        return env
+
+    def _cmd_RCPT(self, arg: str) -> None:
+        s = self.session
+        env = s.envelope
+        if env.mail_from is None:
+            self._reply(503, "5.5.1", "Error: need MAIL command")
+            return
+        if len(env.rcpt_to) >= self.options.max_recipients:
+            self._reply(452, "4.5.3", "Error: too many recipients")
+            return
+        try:
+            mailbox, ptext = parse_path_argument(arg, "TO", null_ok=False)
+            params = parse_params(ptext)
+        except CommandError as e:
+            self._reply(e.code, e.enhanced, e.text)
+            return
+        for key in params:
+            if key not in self.options.rcpt_params:
+                self._reply(555, "5.5.4", f"Error: unsupported RCPT parameter {key}")
+                return
+        if not mailbox.isascii() and not env.smtputf8:
+            self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+            return
+        address = Address(mailbox, params)
+        hook = self.server._hooks.on_rcpt_to
+
+        def done(value: Any, failure: Optional[Failure]) -> None:
+            if self._send_outcome(value, failure, 250, "2.1.5", "Accepted"):
+                if s.envelope is env:  # not reset meanwhile
+                    env.rcpt_to.append(address)
+                    self.server._notify("rcpt", s, address)
+
+        if hook is None:
+            done(None, None)
+        else:
+            self._invoke(hook, (s, address), done, pause=True)
+
+    def _cmd_DATA(self, arg: str) -> None:
+        env = self.session.envelope
+        if arg:
+            self._reply(501, "5.5.4", "Error: syntax: DATA")
+            return
+        if env.mail_from is None:
+            self._reply(503, "5.5.1", "Error: need MAIL command")
+            return
+        if not env.rcpt_to:
+            self._reply(554, "5.5.1", "Error: no valid recipients")
+            return
+        self._reply(354, None, "End data with <CR><LF>.<CR><LF>")
+        self.setRawMode()
+        self._deadline = self._clock.seconds() + self.options.socket_timeout
+        self._decoder = DotDecoder(self.options.bare_line_endings == "reject")
+        self._start_data()
+
+    def _start_data(self) -> None:
+        """Open the stream and call the data hook; shared by DATA and BDAT."""
+        self._data_dot = False
+        self._data_bare = False
+        self._data_outcome = None
+        stream = self._stream = MessageStream(
+            lambda: self._pause(_STREAM), lambda: self._resume(_STREAM), self.options.size)
+        hook = self.server._hooks.on_data
+        if hook is None:
+            stream.discard()
+            self._data_outcome = (None, None)
+        else:
+            self._invoke(hook, (self.session, stream), self._data_hook_done, pause=False)
+
+    def _data_hook_done(self, value: Any, failure: Optional[Failure]) -> None:
+        self._data_outcome = (value, failure)
+        stream = self._stream
+        if stream is not None and (not stream.has_reader or failure is not None):
+            # Nobody reads the rest: skip it up to the dot, then answer.
+            stream.discard()
+        if self._data_dot:
+            self._data_reply()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
+        assert decoder is not None and self._stream is not None
+        payload, rest = decoder.feed(data)
+        stream = self._stream
+        if payload:
+            stream.write(payload)
+        if decoder.bare and not self._data_bare:
+            self._data_bare = True
+            stream.abort(Failure(BareLineEnding("bare CR or LF in message body")))
+        if rest is None:
+            return
+        self._decoder = None
+        self._data_dot = True
+        stream.finish()
+        if self._data_outcome is None or not stream.ended:
+            self._pause(_HOOK)
+        else:
+            self._data_reply()
+        self.setLineMode(rest)
+
+    def _data_reply(self) -> None:
+        stream = self._stream
+        assert stream is not None and self._data_outcome is not None
+        self._stream = None
+        value, failure = self._data_outcome
+        s = self.session
+        if stream.size_exceeded:
+            self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            ok = False
+        elif self._data_bare:
+            self._reply(550, "5.6.0", "Error: message contains bare CR or LF characters")
+            ok = False
+        else:
+            ok = self._send_outcome(value, failure, 250, "2.0.0", "OK: message accepted")
+        if ok:
+            self.log.info("message accepted: {size} bytes for {count} recipient(s)", size=stream.byte_length,
+                          count=len(s.envelope.rcpt_to), session_id=s.id)
+            self.server._notify("message", s, s.envelope, stream.byte_length)
+        self._reset_transaction()
+        self._end_transaction()
+
+    def _end_transaction(self) -> None:
+        if self._shutdown:
+            self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
+            self._close()
+            return
+        self._resume(_HOOK)
+        if self._out and not self._busyReceiving:
+            self._flush()
+
+    def _cmd_RSET(self, arg: str) -> None:
+        if arg:
+            self._reply(501, "5.5.4", "Error: syntax: RSET")
+            return
+        self._reset_transaction()
+        self._reply(250, "2.0.0", "OK")
+        if self._shutdown:
+            self._end_transaction()
+
+    def _reset_transaction(self) -> None:
+        if self.session.envelope.mail_from is not None or self.session.envelope.rcpt_to:
+            self.session.envelope = Envelope()
+
+    def _cmd_NOOP(self, arg: str) -> None:
+        self._reply(250, "2.0.0", "OK")
+
+    def _cmd_QUIT(self, arg: str) -> None:
+        self._reply(221, "2.0.0", "Bye")
+        self._close()
+
+    def _cmd_VRFY(self, arg: str) -> None:
+        if not arg:
+            self._reply(501, "5.5.4", "Error: syntax: VRFY address")
+            return
+        self._reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def _cmd_EXPN(self, arg: str) -> None:
+        self._reply(502, "5.5.1", "Error: EXPN not implemented")
+
+    def _cmd_HELP(self, arg: str) -> None:
+        self._reply(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")
+
+    # -- server shutdown ------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """
+        The server is closing: an idle connection gets 421 now, one in a
+        transaction when the transaction ends.
+        """
+        if self._gone or self._closing:
+            return
+        self._shutdown = True
+        busy = self.session.envelope.mail_from is not None or self._stream is not None or self._pauses
+        if not busy:
+            self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
+            self._close()
+
+    def force_close(self) -> None:
+        """close_timeout passed: 421 and drop whatever is going on."""
+        if self._gone:
+            return
+        if not self._closing:
+            self._out.append(format_reply(421, [f"{self.options.name} Service shutting down"],
+                                          "4.3.2" if self._esc else None))
+            self._close()
+
+    def abort(self) -> None:
+        if not self._gone:
+            self.transport.abortConnection()
+
+
+def _build_handlers() -> Dict[bytes, Callable[..., None]]:
+    table = {}
+    for name in dir(SMTPServerProtocol):
+        if name.startswith("_cmd_"):
+            table[name[5:].encode("ascii")] = getattr(SMTPServerProtocol, name)
+    return table
+
+
+SMTPServerProtocol._handlers = _build_handlers()  # type: ignore[attr-defined]

@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+L{SMTPServer}: the factory users create, listen with and close.
+
+It holds what all connections share (options, hooks, observers, the clock,
+the reply cache), enforces C{max_clients}, and runs the graceful shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Set, Union
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._errors import format_reply
+from ._hooks import ResolvedHooks
+from ._options import ServerOptions
+from ._protocol import SMTPServerProtocol
+
+__all__ = ["SMTPServer", "OBSERVER_EVENTS"]
+
+#: Events that L{SMTPServer.observe} accepts, with their callback arguments.
+OBSERVER_EVENTS = {
+    "connect": "(session)",
+    "disconnect": "(session)",
+    "command": "(session, verb, argument)",
+    "helo": "(session, hostname)",
+    "mail": "(session, address)",
+    "rcpt": "(session, address)",
+    "message": "(session, envelope, size)",
+}
+
+
+class _TooBusy(Protocol):
+    """Answers the client over C{max_clients} with 421 and hangs up."""
+
+    def __init__(self, reply: bytes) -> None:
+        self._reply = reply
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._reply)
+        self.transport.loseConnection()
+
+
+class SMTPServer(ServerFactory):
+    """
+    An SMTP server: options plus hooks, listening on any Twisted endpoint.
+
+        server = SMTPServer(MyHooks(), name="mx.example.com", size=10_000_000)
+        await server.listen("tcp:2525:interface=127.0.0.1")
+        ...
+        await server.close()
+
+    Keyword arguments are L{ServerOptions} fields; C{options} may give a
+    whole L{ServerOptions} instead (keywords then override it).
+    """
+
+    log = Logger()
+
+    def __init__(self, hooks: Optional[object] = None, options: Optional[ServerOptions] = None, *,
+                 reactor: Any = None, **kwargs: Any) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.options = ServerOptions.build(options, **kwargs) if kwargs or options is None else options
+        self.hooks = hooks
+        self._hooks = ResolvedHooks(hooks)
+        self._observers: Dict[str, List[Callable[..., Any]]] = {e: [] for e in OBSERVER_EVENTS}
+        self._reply_cache: Dict[Any, bytes] = {}
+        self._connections: Set[SMTPServerProtocol] = set()
+        self._ports: List[IListeningPort] = []
+        self._closing = False
+        self._close_waiters: Optional[List[Deferred[None]]] = None
+        self._drained: List[Deferred[None]] = []
+        o = self.options
+        esc = "4.7.0 " if not o.hide_enhancedstatuscodes else ""
+        self._busy_reply = f"421 {esc}{o.name} Too many connected clients, try again in a moment\r\n".encode()
+
+    # -- factory ---------------------------------------------------------------
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        limit = self.options.max_clients
+        if self._closing or (limit is not None and len(self._connections) >= limit):
+            self.log.warn("refusing {peer}: {why}", peer=str(addr),
+                          why="shutting down" if self._closing else "max_clients reached")
+            reply = self._busy_reply if not self._closing else format_reply(
+                421, [f"{self.options.name} Service shutting down"],
+                None if self.options.hide_enhancedstatuscodes else "4.3.2")
+            p: Protocol = _TooBusy(reply)
+            p.factory = self
+            return p
+        proto = SMTPServerProtocol(self)
+        proto.factory = self
+        return proto
+
+    @property
+    def connections(self) -> int:
+        """How many clients are connected now."""
+        return len(self._connections)
+
+    def _connected(self, proto: SMTPServerProtocol) -> None:
+        self._connections.add(proto)
+
+    def _disconnected(self, proto: SMTPServerProtocol) -> None:
+        self._connections.discard(proto)
+        if not self._connections and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    # -- observers ---------------------------------------------------------------
+
+    def observe(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
+        """
+        Call C{callback} on C{event} (see L{OBSERVER_EVENTS}) for logging or
+        metrics. Observers cannot delay or change the dialogue: their return
+        value is ignored and their exceptions are logged.
+
+        @return: a function that removes the observer.
+        """
+        if event not in self._observers:
+            raise ValueError(f"unknown event {event!r}; choose from {', '.join(OBSERVER_EVENTS)}")
+        self._observers[event].append(callback)
+        return lambda: self._observers[event].remove(callback)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for callback in self._observers[event]:
+            try:
+                result = callback(*args)
+                if isinstance(result, Deferred):
+                    result.addErrback(self._observer_failed, event)
+            except Exception:
+                self._observer_failed(Failure(), event)
+
+    def _observer_failed(self, failure: Failure, event: str) -> None:
+        self.log.failure("observer of {event} failed", failure, event=event)
+
+    # -- listening and closing ---------------------------------------------------
+
+    def listen(self, endpoint: Union[str, IStreamServerEndpoint]) -> "Deferred[IListeningPort]":
+        """
+        Listen on an endpoint object or an endpoint string such as
+        C{"tcp:2525:interface=127.0.0.1"} or C{"unix:/run/lmtp.sock"}.
+        The port is closed by L{close}.
+        """
+        if isinstance(endpoint, str):
+            from twisted.internet.endpoints import serverFromString
+            endpoint = serverFromString(self.reactor, endpoint)
+        d = endpoint.listen(self)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._ports.append(port)
+            return port
+
+        return d.addCallback(listening)
+
+    def close(self) -> "Deferred[None]":
+        """
+        Stop accepting, let transactions in progress finish for
+        C{close_timeout} seconds, then answer 421 to the rest and drop them.
+
+        @return: fires when every port is closed and every client is gone.
+        """
+        d: Deferred[None] = Deferred()
+        if self._close_waiters is not None:
+            self._close_waiters.append(d)
+            return d
+        self._closing = True
+        self._close_waiters = [d]
+        ports, self._ports = self._ports, []
+        stopping = [p for p in (port.stopListening() for port in ports) if isinstance(p, Deferred)]
+        for proto in list(self._connections):
+            proto.shutdown()
+        timers = [self.reactor.callLater(self.options.close_timeout, self._force_close)]
+        # A client that does not read may hold loseConnection open: abort it.
+        timers.append(self.reactor.callLater(self.options.close_timeout + 2.0, self._abort_all))
+
+        def done(_: object) -> None:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            waiters, self._close_waiters = self._close_waiters or [], None
+            for waiter in waiters:
+                waiter.callback(None)
+
+        DeferredList(stopping + [self._wait_drained()], consumeErrors=True).addCallback(done)
+        return d
+
+    def _wait_drained(self) -> "Deferred[None]":
+        if not self._connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def _force_close(self) -> None:
+        if self._connections:
+            self.log.info("close_timeout passed: dropping {n} connection(s)", n=len(self._connections))
+        for proto in list(self._connections):
+            proto.force_close()
+
+    def _abort_all(self) -> None:
+        for proto in list(self._connections):
+            proto.abort()

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+What hooks see: the session, its current envelope and the addresses in it.
+
+The protocol owns and updates these objects; hooks read them. Addresses are
+immutable values, the session and envelope change as the dialogue goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from typing import Any, List, Mapping, Optional
+
+__all__ = ["Address", "Envelope", "Session"]
+
+
+
+@dataclass(frozen=True)
+class Address:
+    """
+    A reverse-path or forward-path with its ESMTP parameters.
+
+    @ivar address: the mailbox, C{""} for the null reverse-path C{<>}.
+        Decoded as UTF-8, so SMTPUTF8 addresses are plain C{str}.
+    @ivar params: ESMTP parameters, upper-cased keyword to value (C{None}
+        for a parameter without a value, e.g. C{SMTPUTF8}).
+    """
+
+    address: str
+    params: Mapping[str, Optional[str]] = field(default_factory=dict, hash=False)
+
+    @property
+    def local_part(self) -> str:
+        """The part before the last C{@} (the whole address if there is none)."""
+        return self.address.rpartition("@")[0] if "@" in self.address else self.address
+
+    @property
+    def domain(self) -> str:
+        """The part after the last C{@}, or C{""}."""
+        return self.address.rpartition("@")[2] if "@" in self.address else ""
+
+    @property
+    def utf8(self) -> bool:
+        """Whether the address needs SMTPUTF8 (RFC 6531) to be carried."""
+        return not self.address.isascii()
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class Envelope:
+    """
+    The transaction being built: sender, recipients and body parameters.
+
+    @ivar mail_from: the sender's L{Address} once MAIL was accepted.
+    @ivar rcpt_to: accepted recipients in the order given (duplicates kept).
+    @ivar body_type: C{"7BIT"}, C{"8BITMIME"} or C{"BINARYMIME"}.
+    @ivar smtputf8: whether the client asked for SMTPUTF8 on MAIL.
+    @ivar size: the SIZE the client declared on MAIL, or C{None}.
+    """
+
+    __slots__ = ("mail_from", "rcpt_to", "body_type", "smtputf8", "size", "extra")
+
+    def __init__(self) -> None:
+        self.mail_from: Optional[Address] = None
+        self.rcpt_to: List[Address] = []
+        self.body_type = "7BIT"
+        self.smtputf8 = False
+        self.size: Optional[int] = None
+        #: Room for later extensions (DSN, REQUIRETLS, XFORWARD).
+        self.extra: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Envelope from={self.mail_from!r} to={self.rcpt_to!r}>"
+
+
+class Session:
+    """
+    One client connection as hooks see it.
+
+    @ivar id: a random id that also appears in every log event.
+    @ivar client_hostname: reverse-DNS name, or C{[ip]} when unknown.
+    @ivar host_name_appears_as: the name the client gave in HELO/EHLO/LHLO.
+    @ivar opening_command: C{"HELO"}, C{"EHLO"} or C{"LHLO"} (C{""} before).
+    @ivar transaction: number of MAIL commands accepted on this connection.
+    @ivar user: what the auth hook returned, once authenticated.
+    @ivar secure: whether the connection is encrypted.
+    """
+
+    __slots__ = (
+        "id", "local_address", "local_port", "remote_address", "remote_port",
+        "client_hostname", "host_name_appears_as", "opening_command", "envelope",
+        "transaction", "user", "secure", "tls", "proxy", "lmtp", "xclient", "xforward",
+    )
+
+    def __init__(self, id: str, local_address: str, local_port: int, remote_address: str,
+                 remote_port: int, lmtp: bool = False) -> None:
+        self.id = id
+        self.local_address = local_address
+        self.local_port = local_port
+        self.remote_address = remote_address
+        self.remote_port = remote_port
+        self.client_hostname = f"[{remote_address}]" if remote_address else ""
+        self.host_name_appears_as = ""
+        self.opening_command = ""
+        self.envelope = Envelope()
+        self.transaction = 0
+        self.user: Any = None
+        self.secure = False
+        self.tls: Any = None
+        self.proxy: Any = None
+        self.lmtp = lmtp
+        self.xclient: dict[str, str] = {}
+        self.xforward: dict[str, str] = {}
+
+    @property
+    def transmission_type(self) -> str:
+        """
+        The C{with} keyword of a Received header (RFC 3848, RFC 6531):
+        SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP..., UTF8SMTP... .
+        """
+        if self.lmtp:
+            base = "LMTP"
+        elif self.envelope.smtputf8:
+            base = "UTF8SMTP"
+        elif self.opening_command == "EHLO":
+            base = "ESMTP"
+        else:
+            return "SMTP"
+        return base + ("S" if self.secure else "") + ("A" if self.user is not None else "")
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.remote_address}:{self.remote_port}>"
