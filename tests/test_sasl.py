@@ -146,6 +146,8 @@ def test_done_after_error():
     assert exchange.done and not exchange.awaiting_error_ack
     with pytest.raises(RuntimeError):
         exchange.step(b"")
+    with pytest.raises(RuntimeError):
+        exchange.reject()
 
 
 def test_reject_unsupported():
@@ -464,6 +466,8 @@ def test_xoauth2_error_flow():
     assert exchange.done and not exchange.awaiting_error_ack
     with pytest.raises(RuntimeError):
         exchange.step(b"")
+    with pytest.raises(RuntimeError):
+        exchange.reject()
 
 
 def test_xoauth2_error_flow_any_line():
@@ -488,6 +492,10 @@ def test_xoauth2_error_flow_cancel():
 def test_xoauth2_reject_needs_credentials():
     """reject() is only valid once, after credentials were produced."""
     exchange, _ = start("XOAUTH2")
+    with pytest.raises(RuntimeError):
+        exchange.reject()
+    with pytest.raises(SASLMalformed):
+        exchange.step(b64("user=a"))
     with pytest.raises(RuntimeError):
         exchange.reject()
     exchange = XOAuth2Exchange(xoauth2("a", "t"))

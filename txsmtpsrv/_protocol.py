@@ -575,11 +575,12 @@ class SMTPServerProtocol(LineReceiver):
             return
         self._decoder = None
         self._data_dot = True
-        stream.finish()
-        if self._data_outcome is None or not stream.ended:
-            self._pause(_HOOK)
-        else:
-            self._data_reply()
+        stream.finish()  # may run the data hook to completion, and so reply
+        if self._stream is stream:
+            if self._data_outcome is None:
+                self._pause(_HOOK)  # commands after the dot wait for the verdict
+            else:
+                self._data_reply()
         self.setLineMode(rest)
 
     def _data_reply(self) -> None:

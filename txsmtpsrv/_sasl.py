@@ -261,6 +261,7 @@ class Exchange:
         self._started = False
         self._done = False
         self._error_sent = False
+        self._produced_credentials = False
 
     @property
     def done(self) -> bool:
@@ -295,10 +296,10 @@ class Exchange:
                 result = self._continue(client_line)
         except SASLError:
             self._done = True
-            self._error_sent = False
+            self._error_sent = self._produced_credentials = False
             raise
         if isinstance(result, Credentials):
-            self._done = True
+            self._done = self._produced_credentials = True
         return result
 
     def reject(self, challenge: bytes | None = None) -> Challenge:
@@ -310,9 +311,11 @@ class Exchange:
         return self._respond(_decode_line(line))
 
     def _start(self, initial: bytes | None) -> Result:
+        """First move: the decoded initial response, or C{None} if none was sent."""
         raise NotImplementedError  # pragma: no cover
 
     def _respond(self, data: bytes) -> Result:
+        """Handle one decoded client response."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -418,7 +421,7 @@ class XOAuth2Exchange(Exchange):
         challenge to send (default L{xoauth2_error_challenge}()), after which
         the next L{step} raises L{SASLAuthFailed} (or L{SASLCancelled} on C{*}).
         """
-        if not self._done or self._error_sent:
+        if not self._produced_credentials or self._error_sent:
             raise RuntimeError("reject() only after the exchange returned Credentials")
         self._error_sent = True
         return Challenge(xoauth2_error_challenge() if challenge is None else challenge)

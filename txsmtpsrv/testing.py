@@ -74,7 +74,7 @@ def parse_replies(data: bytes) -> Tuple[List[Reply], bytes]:
 
 def dot_stuff(body: bytes) -> bytes:
     """Prepare a body for DATA: CRLF-terminated, leading dots doubled, with the final dot."""
-    if not body.endswith(b"\r\n"):
+    if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     if body.startswith(b"."):
         body = b"." + body
