@@ -63,7 +63,12 @@ class Leaf:
 
 @dataclass(frozen=True)
 class CA:
-    """A certificate authority that issues server, client and CA certificates."""
+    """
+    A certificate authority that issues server, client and CA certificates.
+
+    C{chain} is what its leaves must send after their own certificate
+    (empty for a root).
+    """
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
@@ -105,7 +110,7 @@ class CA:
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in (names or [cn])]), critical=False
             ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        return Leaf(key, cert, (self.cert, *self.chain) if self.chain else ())
+        return Leaf(key, cert, self.chain)
 
     def intermediate(self, cn: str) -> CA:
         """Issue an intermediate CA whose leaves carry it as their chain."""
@@ -123,9 +128,8 @@ class CA:
             )
             .sign(self.key, hashes.SHA256())
         )
-        # A marker so that leaves know they need a chain: the chain of an
-        # intermediate's leaves is the intermediate itself (root excluded).
-        return CA(key, cert, chain=(cert,))
+        # Leaves of an intermediate must send it (and any above it, not the root).
+        return CA(key, cert, chain=(cert, *self.chain))
 
 
 def make_ca(cn: str = "txsmtpsrv Test CA") -> CA:

@@ -8,10 +8,12 @@ receive mail as a stream. Everything not named in C{__all__} is private.
 
 from __future__ import annotations
 
+from ._cred import CredAuthenticator, IOAuth2Token
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
 from ._hooks import Hooks
 from ._options import ServerOptions
+from ._sasl import Credentials, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
 from ._session import Address, Envelope, Session
 from ._version import __version__
@@ -19,6 +21,9 @@ from ._version import __version__
 __all__ = [
     "Address",
     "BareLineEnding",
+    "CredAuthenticator",
+    "Credentials",
+    "IOAuth2Token",
     "Envelope",
     "Hooks",
     "MessageDiscarded",
@@ -32,4 +37,5 @@ __all__ = [
     "ServerOptions",
     "Session",
     "__version__",
+    "constant_time_equals",
 ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional, Tuple
 
-__all__ = ["CommandError", "parse_path_argument", "parse_params"]
+__all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_notify", "parse_orcpt",
+           "parse_envid", "parse_bdat"]
 
 
 class CommandError(Exception):
@@ -112,3 +113,53 @@ def parse_params(text: str) -> Dict[str, Optional[str]]:
             raise CommandError(501, "5.5.4", f"Parameter {key} given twice")
         params[key] = value if eq else None
     return params
+
+
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_ADDR_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
+
+
+def _xtext(value: str, what: str) -> str:
+    from ._xclient import XTextError, xtext_decode
+    try:
+        return xtext_decode(value).decode("utf-8")
+    except (XTextError, UnicodeDecodeError):
+        raise CommandError(501, "5.5.4", f"Error: bad xtext in {what}") from None
+
+
+def parse_notify(value: Optional[str]) -> Tuple[str, ...]:
+    """RFC 3461 4.1: C{NEVER}, or a comma list of SUCCESS, FAILURE, DELAY."""
+    items = tuple((value or "").upper().split(","))
+    if items == ("NEVER",):
+        return items
+    if not value or any(i not in _NOTIFY for i in items) or len(set(items)) != len(items):
+        raise CommandError(501, "5.5.4", "Error: NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY")
+    return items
+
+
+def parse_orcpt(value: Optional[str]) -> Tuple[str, str]:
+    """RFC 3461 4.2: C{addr-type ";" xtext}; returns the type and the decoded address."""
+    addr_type, semi, text = (value or "").partition(";")
+    if not semi or not text or not _ADDR_TYPE.match(addr_type) or len(value or "") > 500:
+        raise CommandError(501, "5.5.4", "Error: ORCPT must be addr-type;address")
+    if addr_type.lower() == "utf-8":  # RFC 6533 utf-8-addr-xtext: \x{HEX}
+        decoded = re.sub(r"\\x\{([0-9A-Fa-f]{1,6})\}", lambda m: chr(int(m.group(1), 16)), text)
+    else:
+        decoded = _xtext(text, "ORCPT")
+    return addr_type.lower(), decoded
+
+
+def parse_envid(value: Optional[str]) -> str:
+    """RFC 3461 4.4: ENVID is xtext, at most 100 characters."""
+    if not value or len(value) > 100:
+        raise CommandError(501, "5.5.4", "Error: ENVID must be 1 to 100 characters of xtext")
+    return _xtext(value, "ENVID")
+
+
+def parse_bdat(arg: str) -> Tuple[int, bool]:
+    """C{"<size> [LAST]"} → C{(size, last)} (RFC 3030)."""
+    parts = arg.split(" ")
+    if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 18 or (
+            len(parts) == 2 and parts[1].upper() != "LAST"):
+        raise CommandError(501, "5.5.4", "Error: syntax: BDAT chunk-size [LAST]")
+    return int(parts[0]), len(parts) == 2

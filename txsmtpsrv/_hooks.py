@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ._data import MessageStream
+from ._sasl import Credentials
 from ._session import Address, Session
 
 __all__ = ["Hooks", "HOOK_NAMES"]
@@ -32,6 +33,21 @@ class Hooks:
 
     def on_helo(self, session: Session, hostname: str) -> Any:
         """The client sent HELO, EHLO or LHLO with C{hostname}."""
+
+    def on_secure(self, session: Session) -> Any:
+        """
+        TLS is up (STARTTLS or implicit TLS); C{session.tls} tells the
+        version, cipher, SNI name and client certificate. Reject to drop.
+        """
+
+    def on_auth(self, session: Session, credentials: Credentials) -> Any:
+        """
+        The client authenticated with C{credentials}; check them (e.g.
+        C{credentials.validate_password(pw)}, which also serves CRAM-MD5).
+        Return the user object to keep as C{session.user} (or a 235 L{Reply}
+        to also choose the text); C{None} or an L{SMTPError} is a failure
+        (535). Only offered when the hooks define it.
+        """
 
     def on_mail_from(self, session: Session, address: Address) -> Any:
         """The client proposes a sender; C{session.envelope} is still empty."""

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import socket
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional
+from typing import Any, FrozenSet, Optional, Tuple
 
 __all__ = ["ServerOptions"]
 
@@ -52,6 +52,23 @@ class ServerOptions:
     hide_8bitmime: bool = False
     hide_smtputf8: bool = False
     hide_enhancedstatuscodes: bool = False
+    #: CHUNKING (RFC 3030): BDAT and BODY=BINARYMIME.
+    hide_chunking: bool = False
+    #: DSN (RFC 3461): RET, ENVID, NOTIFY and ORCPT parameters.
+    hide_dsn: bool = False
+    #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA.
+    lmtp: bool = False
+    #: Certificates and TLS policy (a L{TLSConfig} or a dict of its fields);
+    #: without one, STARTTLS uses a self-signed development certificate
+    #: made at start-up (with a warning).
+    tls: Any = None
+    #: Implicit TLS (port 465 style): L{SMTPServer.listen} wraps endpoints in TLS.
+    secure: bool = False
+    hide_starttls: bool = False
+    #: Refuse MAIL and AUTH until the connection is encrypted.
+    needs_upgrade: bool = False
+    #: REQUIRETLS (RFC 8689), advertised and accepted only inside TLS.
+    hide_requiretls: bool = False
     #: Commands answered with C{502 5.5.1} as if not implemented.
     disabled_commands: FrozenSet[str] = frozenset()
     #: Concurrent connections; the next client gets C{421} (None: no limit).
@@ -65,8 +82,9 @@ class ServerOptions:
     #: trickles bytes cannot hold a connection forever (Postfix's
     #: C{smtpd_min_data_rate}). 0 turns this off.
     min_data_rate: int = 500
-    #: Longest command line in octets (RFC 5321 allows 512 before extensions).
-    max_command_length: int = 4096
+    #: Longest command line in octets: RFC 5321 allows 512 before extensions,
+    #: RFC 4954 asks for 12288 for AUTH initial responses (OAuth tokens).
+    max_command_length: int = 12288
     #: Recipients per message; more get C{452 4.5.3}.
     max_recipients: int = 1000
     #: Unknown or malformed commands before C{421} and close (0: no limit).
@@ -81,11 +99,34 @@ class ServerOptions:
     #: hooks (others get C{555 5.5.4}).
     mail_params: FrozenSet[str] = frozenset()
     rcpt_params: FrozenSet[str] = frozenset()
+    #: SASL mechanisms offered when the hooks have C{on_auth} (RFC 4954).
+    auth_methods: Tuple[str, ...] = ("PLAIN", "LOGIN")
+    #: With an auth hook, MAIL is refused (530 5.7.0) until the client
+    #: authenticates, unless this is set.
+    auth_optional: bool = False
+    #: Offer AUTH on connections that are not encrypted.
+    allow_insecure_auth: bool = False
+    #: Text of the C{530 5.7.0} reply to MAIL without authentication.
+    auth_required_message: str = "Error: authentication required"
+    #: Commands a client may send before authenticating, when the auth hook
+    #: makes authentication required; then C{421} and close (0: no limit).
+    max_allowed_unauthenticated_commands: int = 10
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
+        if isinstance(self.tls, dict):
+            from ._tls import TLSConfig
+            set_(self, "tls", TLSConfig(**self.tls))
+        methods = self.auth_methods
+        if isinstance(methods, str):
+            methods = methods.replace(",", " ").split()
+        set_(self, "auth_methods", tuple(dict.fromkeys(str(m).upper() for m in methods)))
+        from ._sasl import MECHANISMS
+        bad = [m for m in self.auth_methods if m not in MECHANISMS]
+        if bad:
+            raise ValueError(f"auth_methods: unsupported {', '.join(bad)}; choose from {', '.join(MECHANISMS)}")
         unknown = self.disabled_commands - KNOWN_COMMANDS
         if unknown:
             raise ValueError(f"disabled_commands: unknown command(s) {', '.join(sorted(unknown))}")
@@ -94,7 +135,7 @@ class ServerOptions:
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",
-                     "min_data_rate"):
+                     "min_data_rate", "max_allowed_unauthenticated_commands"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, not {value!r}")

@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from ._commands import CommandError, parse_params, parse_path_argument
-from ._data import BareLineEnding, DotDecoder, MessageStream
+from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params,
+                        parse_path_argument)
+from ._data import BareLineEnding, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
+from ._sasl import Challenge, Exchange, SASLAuthFailed, UnknownMechanism, start_mechanism
 from ._session import Address, Envelope, Session
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ def _address_parts(address: Any) -> Tuple[str, int]:
     return str(host), int(getattr(address, "port", 0) or 0)
 
 
+@implementer(IHandshakeListener)
 class SMTPServerProtocol(LineReceiver):
     """
     One SMTP (or LMTP) connection. Built by L{txsmtpsrv.SMTPServer}; users
@@ -66,7 +71,8 @@ class SMTPServerProtocol(LineReceiver):
         self.options = options
         self.MAX_LENGTH = options.max_command_length
         self._clock = server.reactor
-        self._esc = not options.hide_enhancedstatuscodes
+        # RFC 2033: LMTP servers always do ENHANCEDSTATUSCODES and PIPELINING.
+        self._esc = options.lmtp or not options.hide_enhancedstatuscodes
         self._out: List[bytes] = []
         self._pauses = 0
         self._pending: List[Deferred[Any]] = []
@@ -76,7 +82,14 @@ class SMTPServerProtocol(LineReceiver):
         self._discard_line = False  # skipping the tail of an over-long line
         self._line_rest = b""  # commands after an over-long line, to parse again
         self._unrecognized = 0
+        self._unauthenticated = 0
+        # AUTH: the exchange waiting for a client line, and the error to
+        # give after an XOAUTH2 error challenge is acknowledged.
+        self._auth: Optional[Exchange] = None
+        self._auth_error: Optional[SMTPError] = None
+        self._auth_needed = server._hooks.on_auth is not None and not options.auth_optional
         self._timer: Any = None
+        self._tls_timer: Any = None
         self._deadline = 0.0
         self._per_byte = 1.0 / options.min_data_rate if options.min_data_rate else 0.0
         # DATA state
@@ -84,6 +97,13 @@ class SMTPServerProtocol(LineReceiver):
         self._decoder: Optional[DotDecoder] = None
         self._data_dot = False
         self._data_bare = False
+        self._data_hook: Optional[Deferred[Any]] = None
+        # BDAT state: bytes left in the chunk being read, whether it is the
+        # last one, and the reply owed for it when the transaction failed.
+        self._chunk_left: Optional[int] = None
+        self._chunk_last = False
+        self._chunk_error: Optional[Tuple[int, str, str]] = None
+        self._bdat_error: Optional[Tuple[int, str, str]] = None
         self._data_outcome: Optional[Tuple[Any, Optional[Failure]]] = None
         self.session: Session
 
@@ -93,8 +113,10 @@ class SMTPServerProtocol(LineReceiver):
         peer = _address_parts(self.transport.getPeer())
         host = _address_parts(self.transport.getHost())
         sid = base64.b32encode(os.urandom(10)).decode("ascii").lower()
-        self.session = Session(sid, host[0], host[1], peer[0], peer[1], lmtp=False)
+        self.session = Session(sid, host[0], host[1], peer[0], peer[1], lmtp=self.options.lmtp)
         self.server._connected(self)
+        if ISSLTransport.providedBy(self.transport):  # implicit TLS: the handshake is under way
+            self._tls_timer = self._start_handshake_timer()
         now = self._clock.seconds()
         self._deadline = now + self.options.socket_timeout
         self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
@@ -118,14 +140,15 @@ class SMTPServerProtocol(LineReceiver):
 
     def _greet(self) -> None:
         o = self.options
-        text = f"{o.name} ESMTP" + (f" {o.banner}" if o.banner else "")
+        text = f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else "")
         self._out.append(format_reply(220, [text], None))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._gone = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._tls_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._tls_timer = None
         if self._stream is not None and not self._stream.ended:
             self._stream.finish(Failure(ConnectionLost("client disconnected during DATA")))
         pending, self._pending = self._pending, []
@@ -191,6 +214,11 @@ class SMTPServerProtocol(LineReceiver):
             return
         if line[-1:] == b"\r":
             line = line[:-1]
+        if self._auth is not None:
+            # A SASL response: never dispatched, observed or logged.
+            exchange, self._auth = self._auth, None
+            self._auth_step(exchange, line)
+            return
         sp = line.find(b" ")
         verb = (line if sp < 0 else line[:sp]).upper()
         handler = self._handlers.get(verb)
@@ -206,8 +234,16 @@ class SMTPServerProtocol(LineReceiver):
         except UnicodeDecodeError:
             self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
             return
+        if self._auth_needed and self.session.user is None:
+            self._unauthenticated += 1
+            limit = self.options.max_allowed_unauthenticated_commands
+            if limit and self._unauthenticated > limit:
+                self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
+                self._close()
+                return
         if self.server._observers["command"]:
-            self.server._notify("command", self.session, name, arg)
+            # AUTH's argument may hold a password (initial response): not shown.
+            self.server._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
         handler(self, arg)
 
     def _unrecognized_command(self, verb: bytes) -> None:
@@ -284,7 +320,7 @@ class SMTPServerProtocol(LineReceiver):
     # -- hooks -----------------------------------------------------------------
 
     def _invoke(self, hook: Callable[..., Any], args: Tuple[Any, ...],
-                done: Callable[[Any, Optional[Failure]], None], pause: bool) -> None:
+                done: Callable[[Any, Optional[Failure]], None], pause: bool) -> Optional[Deferred[Any]]:
         """
         Call C{hook(*args)} and pass its outcome to C{done(value, failure)},
         at once when the hook answers at once (no Deferred is made then).
@@ -292,6 +328,8 @@ class SMTPServerProtocol(LineReceiver):
         A Deferred or coroutine result is bounded by C{hook_timeout} and
         cancelled on disconnect; with C{pause}, reading stops until it fires,
         which keeps pipelined replies in command order.
+
+        @return: the hook's Deferred while it is pending, else C{None}.
         """
         try:
             result = hook(*args)
@@ -299,10 +337,10 @@ class SMTPServerProtocol(LineReceiver):
                 result = Deferred.fromCoroutine(result)
         except Exception:
             done(None, Failure())
-            return
+            return None
         if not isinstance(result, Deferred):
             done(result, None)
-            return
+            return None
         waiting = False
 
         def fired(outcome: Any) -> None:
@@ -327,11 +365,12 @@ class SMTPServerProtocol(LineReceiver):
             result.addTimeout(self.options.hook_timeout, self._clock)
         result.addBoth(fired)
         if result.called and not result.paused and not result.callbacks:
-            return  # fired already: done ran synchronously
+            return None  # fired already: done ran synchronously
         waiting = True
         self._pending.append(result)
         if pause:
             self._pause(_HOOK)
+        return result
 
     def _send_outcome(self, value: Any, failure: Optional[Failure], code: int, enhanced: str,
                       text: str, greeting: bool = False) -> bool:
@@ -376,7 +415,16 @@ class SMTPServerProtocol(LineReceiver):
     def _cmd_HELO(self, arg: str) -> None:
         self._hello("HELO", arg)
 
+    def _cmd_LHLO(self, arg: str) -> None:
+        self._hello("LHLO", arg)
+
     def _hello(self, command: str, arg: str) -> None:
+        if self.options.lmtp != (command == "LHLO"):
+            if command == "LHLO":
+                self._unrecognized_command(b"LHLO")
+            else:
+                self._reply(500, "5.5.1", "Error: this is an LMTP server, send LHLO")
+            return
         hostname = arg.split(" ", 1)[0]
         if not hostname:
             self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
@@ -411,7 +459,7 @@ class SMTPServerProtocol(LineReceiver):
     def _extensions(self) -> List[str]:
         o = self.options
         ext = []
-        if not o.hide_pipelining:
+        if o.lmtp or not o.hide_pipelining:
             ext.append("PIPELINING")
         if not o.hide_8bitmime:
             ext.append("8BITMIME")
@@ -419,6 +467,17 @@ class SMTPServerProtocol(LineReceiver):
             ext.append("SMTPUTF8")
         if self._esc:
             ext.append("ENHANCEDSTATUSCODES")
+        if not o.hide_chunking:
+            ext.append("CHUNKING")
+            ext.append("BINARYMIME")
+        if not o.hide_dsn:
+            ext.append("DSN")
+        if self._starttls_offered():
+            ext.append("STARTTLS")
+        if self.session.secure and not o.hide_requiretls:
+            ext.append("REQUIRETLS")
+        if self._auth_offered():
+            ext.append("AUTH " + " ".join(o.auth_methods))
         if o.hide_size or not o.size:
             ext.append("SIZE")
         else:
@@ -432,6 +491,12 @@ class SMTPServerProtocol(LineReceiver):
             return
         if s.envelope.mail_from is not None:
             self._reply(503, "5.5.1", "Error: nested MAIL command")
+            return
+        if self.options.needs_upgrade and not s.secure:
+            self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
+            return
+        if self._auth_needed and s.user is None:
+            self._reply(530, "5.7.0", self.options.auth_required_message)
             return
         try:
             mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
@@ -473,7 +538,8 @@ class SMTPServerProtocol(LineReceiver):
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
-                if body == "7BIT" or (body == "8BITMIME" and not o.hide_8bitmime):
+                if body == "7BIT" or (body == "8BITMIME" and not o.hide_8bitmime) or (
+                        body == "BINARYMIME" and not o.hide_chunking):
                     env.body_type = body
                 else:
                     raise CommandError(501, "5.5.4", f"Error: unsupported BODY value {(value or '')[:20]}")
@@ -481,6 +547,19 @@ class SMTPServerProtocol(LineReceiver):
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: SMTPUTF8 takes no value")
                 env.smtputf8 = True
+            elif key == "RET" and not o.hide_dsn:
+                ret = (value or "").upper()
+                if ret not in ("FULL", "HDRS"):
+                    raise CommandError(501, "5.5.4", "Error: RET must be FULL or HDRS")
+                env.dsn_ret = ret
+            elif key == "ENVID" and not o.hide_dsn:
+                env.dsn_envid = parse_envid(value)
+            elif key == "REQUIRETLS" and not o.hide_requiretls:
+                if not self.session.secure:
+                    raise CommandError(530, "5.7.10", "Error: REQUIRETLS needs a TLS connection")
+                if value is not None:
+                    raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
+                env.requiretls = True
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key}")
         return env
@@ -494,20 +573,25 @@ class SMTPServerProtocol(LineReceiver):
         if len(env.rcpt_to) >= self.options.max_recipients:
             self._reply(452, "4.5.3", "Error: too many recipients")
             return
+        dsn = not self.options.hide_dsn
+        notify = orcpt = None
         try:
             mailbox, ptext = parse_path_argument(arg, "TO", null_ok=False)
             params = parse_params(ptext)
+            for key, value in params.items():
+                if key == "NOTIFY" and dsn:
+                    notify = parse_notify(value)
+                elif key == "ORCPT" and dsn:
+                    orcpt = parse_orcpt(value)
+                elif key not in self.options.rcpt_params:
+                    raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key}")
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text)
             return
-        for key in params:
-            if key not in self.options.rcpt_params:
-                self._reply(555, "5.5.4", f"Error: unsupported RCPT parameter {key}")
-                return
         if not mailbox.isascii() and not env.smtputf8:
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
-        address = Address(mailbox, params)
+        address = Address(mailbox, params, notify, orcpt)
         hook = self.server._hooks.on_rcpt_to
 
         def done(value: Any, failure: Optional[Failure]) -> None:
@@ -532,6 +616,12 @@ class SMTPServerProtocol(LineReceiver):
         if not env.rcpt_to:
             self._reply(554, "5.5.1", "Error: no valid recipients")
             return
+        if self._stream is not None:
+            self._reply(503, "5.5.1", "Error: DATA not allowed after BDAT in one transaction")
+            return
+        if env.body_type == "BINARYMIME":
+            self._reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT")
+            return
         self._reply(354, None, "End data with <CR><LF>.<CR><LF>")
         self.setRawMode()
         self._deadline = self._clock.seconds() + self.options.socket_timeout
@@ -546,22 +636,39 @@ class SMTPServerProtocol(LineReceiver):
         stream = self._stream = MessageStream(
             lambda: self._pause(_STREAM), lambda: self._resume(_STREAM), self.options.size)
         hook = self.server._hooks.on_data
+        self._data_hook = None
         if hook is None:
             stream.discard()
             self._data_outcome = (None, None)
         else:
-            self._invoke(hook, (self.session, stream), self._data_hook_done, pause=False)
+            def done(value: Any, failure: Optional[Failure]) -> None:
+                if stream is self._stream:  # not a transaction abandoned meanwhile
+                    self._data_hook_done(value, failure)
+            self._data_hook = self._invoke(hook, (self.session, stream), done, pause=False)
 
     def _data_hook_done(self, value: Any, failure: Optional[Failure]) -> None:
         self._data_outcome = (value, failure)
+        self._data_hook = None
         stream = self._stream
         if stream is not None and (not stream.has_reader or failure is not None):
-            # Nobody reads the rest: skip it up to the dot, then answer.
+            # Nobody reads the rest: skip it up to the end, then answer.
             stream.discard()
         if self._data_dot:
             self._data_reply()
 
+    def _abandon_data(self) -> None:
+        """A BDAT transaction was reset or failed: stop its stream and hook."""
+        stream, self._stream = self._stream, None
+        if stream is not None and not stream.ended:
+            stream.finish(Failure(MessageDiscarded("transaction abandoned")))
+        hook, self._data_hook = self._data_hook, None
+        if hook is not None:
+            hook.cancel()
+
     def rawDataReceived(self, data: bytes) -> None:
+        if self._chunk_left is not None:
+            self._read_chunk(data)
+            return
         decoder = self._decoder
         assert decoder is not None and self._stream is not None
         payload, rest = decoder.feed(data)
@@ -589,14 +696,32 @@ class SMTPServerProtocol(LineReceiver):
         self._stream = None
         value, failure = self._data_outcome
         s = self.session
+        # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
+        rcpts = s.envelope.rcpt_to if self.options.lmtp else [None]
         if stream.size_exceeded:
-            self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            for _ in rcpts:
+                self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             ok = False
         elif self._data_bare:
-            self._reply(550, "5.6.0", "Error: message contains bare CR or LF characters")
+            for _ in rcpts:
+                self._reply(550, "5.6.0", "Error: message contains bare CR or LF characters")
             ok = False
+        elif self.options.lmtp and failure is None and isinstance(value, (list, tuple)):
+            if len(value) != len(rcpts):
+                self.log.error("on_data returned {n} answers for {m} recipients", n=len(value),
+                               m=len(rcpts), session_id=s.id)
+                value = [SMTPError(451, _LOCAL_ERROR, "4.3.0")] * len(rcpts)
+            ok = False
+            for rcpt, item in zip(rcpts, value):
+                if isinstance(item, BaseException):
+                    ok = self._send_outcome(None, Failure(item), 250, "", "") or ok
+                else:
+                    ok = self._send_outcome(item, None, 250, "2.0.0", f"OK: message accepted for <{rcpt}>") or ok
         else:
-            ok = self._send_outcome(value, failure, 250, "2.0.0", "OK: message accepted")
+            ok = False
+            for rcpt in rcpts:
+                text = "OK: message accepted" if rcpt is None else f"OK: message accepted for <{rcpt}>"
+                ok = self._send_outcome(value, failure, 250, "2.0.0", text) or ok
         if ok:
             self.log.info("message accepted: {size} bytes for {count} recipient(s)", size=stream.byte_length,
                           count=len(s.envelope.rcpt_to), session_id=s.id)
@@ -613,6 +738,255 @@ class SMTPServerProtocol(LineReceiver):
         if self._out and not self._busyReceiving:
             self._flush()
 
+    # -- TLS (RFC 3207) ---------------------------------------------------------------
+
+    def _starttls_offered(self) -> bool:
+        return (not self.options.hide_starttls and not self.session.secure
+                and "STARTTLS" not in self.options.disabled_commands
+                and ITLSTransport.providedBy(self.transport))
+
+    def _cmd_STARTTLS(self, arg: str) -> None:
+        if arg:
+            self._reply(501, "5.5.4", "Error: syntax: STARTTLS")
+            return
+        if self.session.secure or ISSLTransport.providedBy(self.transport):
+            self._reply(503, "5.5.1", "Error: TLS already active")
+            return
+        if self.options.hide_starttls:
+            self._reply(502, "5.5.1", "Error: command not implemented")
+            return
+        if not ITLSTransport.providedBy(self.transport):
+            self._reply(454, "4.7.0", "Error: TLS not available on this connection")
+            return
+        try:
+            holder = self.server.tls
+        except Exception:
+            self.log.failure("TLS configuration failed", session_id=self.session.id)
+            self._reply(454, "4.7.0", "Error: TLS not available due to temporary reason")
+            return
+        # Plaintext pipelined after STARTTLS must never run inside TLS
+        # (CVE-2011-0411): drop it with the rest of the read.
+        leftover = self.clearLineBuffer()
+        self._line_rest, self._discard_line = b"", False
+        if leftover:
+            self.log.warn("discarded {n} bytes of plaintext sent after STARTTLS", n=len(leftover),
+                          session_id=self.session.id)
+        self._reply(220, "2.0.0", "Ready to start TLS")
+        self._flush()
+        self.transport.startTLS(holder)
+        self._tls_timer = self._start_handshake_timer()
+        # RFC 3207 4.2: forget everything learnt from the client in plaintext.
+        self._reset_transaction()
+        s = self.session
+        s.opening_command = s.host_name_appears_as = ""
+        s.user = None
+        self._auth = self._auth_error = None
+
+    def _start_handshake_timer(self) -> Any:
+        from ._tls import start_handshake_timer
+        try:
+            timeout = self.server.tls.handshake_timeout
+        except Exception:
+            timeout = 30.0
+        return start_handshake_timer(self.transport, timeout, self._clock)
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS is up; tell the on_secure hook."""
+        from ._tls import tls_info
+        if self._tls_timer is not None and self._tls_timer.active():
+            self._tls_timer.cancel()
+        self._tls_timer = None
+        s = self.session
+        s.secure = True
+        s.tls = tls_info(self.transport)
+        if s.tls is not None:
+            self.log.info("TLS established: {version} {cipher}", version=s.tls.version, cipher=s.tls.cipher,
+                          session_id=s.id)
+        hook = self.server._hooks.on_secure
+        if hook is not None:
+            self._invoke(hook, (s,), self._secure_done, pause=True)
+
+    def _secure_done(self, value: Any, failure: Optional[Failure]) -> None:
+        if failure is not None:
+            self._send_outcome(None, failure, 250, "", "")
+            self._close()
+
+    # -- BDAT (RFC 3030) ------------------------------------------------------------
+
+    def _cmd_BDAT(self, arg: str) -> None:
+        if self.options.hide_chunking:
+            self._reply(502, "5.5.1", "Error: command not implemented")
+            return
+        try:
+            size, last = parse_bdat(arg)
+        except CommandError as e:
+            # Without a size we cannot find the next command: give up.
+            self._reply(e.code, e.enhanced, e.text)
+            self._close()
+            return
+        env = self.session.envelope
+        error: Optional[Tuple[int, str, str]] = None
+        if env.mail_from is None:
+            error = (503, "5.5.1", "Error: need MAIL command")
+        elif not env.rcpt_to:
+            error = (554, "5.5.1", "Error: no valid recipients")
+        elif self._bdat_error is not None:
+            error = self._bdat_error
+        elif self._stream is None:
+            self._start_data()
+        self._chunk_error = error
+        self._chunk_last = last
+        if error is None and self._per_byte:
+            # A chunk may take as long as its size needs at min_data_rate.
+            self._deadline = self._clock.seconds() + self.options.socket_timeout
+        if size == 0:
+            self._chunk_done()
+            return
+        self._chunk_left = size
+        self.setRawMode()
+
+    def _read_chunk(self, data: bytes) -> None:
+        left = self._chunk_left
+        assert left is not None
+        if len(data) <= left:
+            piece, rest = data, b""
+        else:
+            piece, rest = data[:left], data[left:]
+        left -= len(piece)
+        if self._chunk_error is None and self._stream is not None:
+            self._stream.write(piece)
+        if left:
+            self._chunk_left = left
+            return
+        self._chunk_left = None
+        self._chunk_done()
+        self.setLineMode(rest)
+
+    def _chunk_done(self) -> None:
+        """A whole chunk was read: answer it, or (LAST) wait for the verdict."""
+        error = self._chunk_error
+        stream = self._stream
+        if error is None and stream is not None:
+            if stream.size_exceeded:
+                error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            elif self._data_outcome is not None and self._data_outcome[1] is not None:
+                # The hook refused before the last chunk: its reply, now.
+                self._send_outcome(None, self._data_outcome[1], 250, "", "")
+                error = (554, "5.6.0", "Error: message refused")
+                self._bdat_error = error
+                if self._chunk_last:
+                    self._reset_transaction()
+                return
+        if error is not None:
+            self._reply(*error)
+            if self._chunk_last:
+                self._reset_transaction()
+            else:
+                self._bdat_error = error
+            return
+        assert stream is not None
+        if not self._chunk_last:
+            self._reply(250, "2.0.0", f"{stream.byte_length} octets received")
+            return
+        self._data_dot = True
+        stream.finish()  # may run the data hook to completion, and so reply
+        if self._stream is stream:
+            if self._data_outcome is None:
+                self._pause(_HOOK)
+            else:
+                self._data_reply()
+
+    # -- AUTH (RFC 4954); the mechanisms live in _sasl -------------------------
+
+    def _auth_offered(self) -> bool:
+        return (self.server._hooks.on_auth is not None and bool(self.options.auth_methods)
+                and "AUTH" not in self.options.disabled_commands
+                and (self.session.secure or self.options.allow_insecure_auth))
+
+    def _cmd_AUTH(self, arg: str) -> None:
+        s = self.session
+        if self.server._hooks.on_auth is None:
+            self._reply(502, "5.5.1", "Error: command not implemented")
+            return
+        if s.opening_command != "EHLO":
+            self._reply(503, "5.5.1", "Error: send EHLO first")
+            return
+        if s.user is not None:
+            self._reply(503, "5.5.1", "Error: already authenticated")
+            return
+        if s.envelope.mail_from is not None:
+            self._reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+            return
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2:
+            self._reply(501, "5.5.4", "Error: syntax: AUTH mechanism [initial-response]")
+            return
+        name = parts[0].upper()
+        if name not in self.options.auth_methods:
+            self._reply(504, "5.5.4", "Error: unrecognized authentication type")
+            return
+        if self.options.needs_upgrade and not s.secure:
+            self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
+            return
+        if not (s.secure or self.options.allow_insecure_auth):
+            self._reply(538, "5.7.11", "Error: encryption required for requested authentication mechanism")
+            return
+        try:
+            exchange = start_mechanism(name, parts[1].encode("ascii", "replace") if len(parts) == 2 else None,
+                                       hostname=self.options.name)
+        except UnknownMechanism as e:  # pragma: no cover - auth_methods is validated
+            self._reply_obj(e.code, e.enhanced, e.lines, False)
+            return
+        self._auth_step(exchange, None)
+
+    def _auth_step(self, exchange: Exchange, line: Optional[bytes]) -> None:
+        try:
+            result = exchange.step(line)
+        except SMTPError as e:
+            err = e
+            if isinstance(e, SASLAuthFailed) and self._auth_error is not None:
+                err = self._auth_error
+            self._auth_error = None
+            self._reply_obj(err.code, err.enhanced, err.lines, False)
+            return
+        if isinstance(result, Challenge):
+            self._auth = exchange
+            self._out.append(result.reply_line())
+            return
+        hook = self.server._hooks.on_auth
+        assert hook is not None
+
+        def done(value: Any, failure: Optional[Failure]) -> None:
+            self._auth_done(exchange, result, value, failure)
+
+        self._invoke(hook, (self.session, result), done, pause=True)
+
+    def _auth_done(self, exchange: Exchange, credentials: Any, value: Any, failure: Optional[Failure]) -> None:
+        s = self.session
+        if failure is None and value is not None and not (isinstance(value, Reply) and value.code >= 300):
+            if isinstance(value, Reply):  # a custom success message
+                s.user = credentials.username
+                self._reply_obj(235, value.enhanced or "2.7.0", value.lines, False)
+            else:
+                s.user = value
+                self._reply(235, "2.7.0", "Authentication successful")
+            self.log.info("authenticated with {method}", method=credentials.method, session_id=s.id)
+            return
+        if failure is None and not isinstance(value, Reply):
+            err = SMTPError(535, "Authentication credentials invalid", "5.7.8")  # None: fail closed
+        elif failure is not None and isinstance(failure.value, SMTPError):
+            err = failure.value
+        else:
+            self._send_outcome(value, failure, 535, "5.7.8", "Authentication credentials invalid")
+            return
+        self.log.info("authentication failed with {method}", method=credentials.method, session_id=s.id)
+        if err.code == 535 and exchange.supports_error_challenge:
+            # RFC 7628: an error challenge, then 535 once the client acknowledges it.
+            self._auth, self._auth_error = exchange, err
+            self._out.append(exchange.reject().reply_line())
+            return
+        self._reply_obj(err.code, err.enhanced, err.lines, False)
+
     def _cmd_RSET(self, arg: str) -> None:
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: RSET")
@@ -623,6 +997,9 @@ class SMTPServerProtocol(LineReceiver):
             self._end_transaction()
 
     def _reset_transaction(self) -> None:
+        if self._stream is not None and self._chunk_left is None and self._decoder is None:
+            self._abandon_data()  # RSET or EHLO between BDAT chunks
+        self._bdat_error = None
         if self.session.envelope.mail_from is not None or self.session.envelope.rcpt_to:
             self.session.envelope = Envelope()
 

@@ -77,6 +77,7 @@ class SMTPServer(ServerFactory):
         self._closing = False
         self._close_waiters: Optional[List[Deferred[None]]] = None
         self._drained: List[Deferred[None]] = []
+        self._tls_holder: Any = None
         o = self.options
         esc = "4.7.0 " if not o.hide_enhancedstatuscodes else ""
         self._busy_reply = f"421 {esc}{o.name} Too many connected clients, try again in a moment\r\n".encode()
@@ -140,17 +141,43 @@ class SMTPServer(ServerFactory):
     def _observer_failed(self, failure: Failure, event: str) -> None:
         self.log.failure("observer of {event} failed", failure, event=event)
 
+    # -- TLS ---------------------------------------------------------------------
+
+    @property
+    def tls(self) -> Any:
+        """
+        The server's L{TLSContextHolder}, built on first use; with no
+        certificate configured it serves a development certificate.
+        """
+        if self._tls_holder is None:
+            from ._tls import TLSConfig, TLSContextHolder
+            self._tls_holder = TLSContextHolder(self.options.tls or TLSConfig(), hostname=self.options.name)
+        return self._tls_holder
+
+    def reload_tls(self, config: Any = None) -> None:
+        """
+        Use new certificates (a L{TLSConfig}; C{None} re-reads the files) for
+        new connections; established ones keep theirs.
+        """
+        self.tls.reload(config)
+
     # -- listening and closing ---------------------------------------------------
 
     def listen(self, endpoint: Union[str, IStreamServerEndpoint]) -> "Deferred[IListeningPort]":
         """
         Listen on an endpoint object or an endpoint string such as
         C{"tcp:2525:interface=127.0.0.1"} or C{"unix:/run/lmtp.sock"}.
-        The port is closed by L{close}.
+        With the C{secure} option the endpoint is wrapped in TLS (implicit
+        TLS). The port is closed by L{close}.
         """
         if isinstance(endpoint, str):
             from twisted.internet.endpoints import serverFromString
             endpoint = serverFromString(self.reactor, endpoint)
+        if self.options.secure:
+            from twisted.internet.endpoints import wrapServerTLS
+            endpoint = wrapServerTLS(self.tls, endpoint)
+        elif not self.options.hide_starttls:
+            self.tls.config  # load certificates now: errors and the dev-certificate warning at start-up
         d = endpoint.listen(self)
 
         def listening(port: IListeningPort) -> IListeningPort:

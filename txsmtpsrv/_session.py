@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 __all__ = ["Address", "Envelope", "Session"]
 
@@ -29,6 +29,11 @@ class Address:
 
     address: str
     params: Mapping[str, Optional[str]] = field(default_factory=dict, hash=False)
+    #: DSN NOTIFY (RFC 3461 4.1): C{("NEVER",)} or some of SUCCESS, FAILURE,
+    #: DELAY; C{None} when not given.
+    notify: Optional[Tuple[str, ...]] = None
+    #: DSN ORCPT (RFC 3461 4.2): C{(addr_type, decoded original address)}.
+    orcpt: Optional[Tuple[str, str]] = None
 
     @property
     def local_part(self) -> str:
@@ -58,9 +63,13 @@ class Envelope:
     @ivar body_type: C{"7BIT"}, C{"8BITMIME"} or C{"BINARYMIME"}.
     @ivar smtputf8: whether the client asked for SMTPUTF8 on MAIL.
     @ivar size: the SIZE the client declared on MAIL, or C{None}.
+    @ivar dsn_ret: DSN RET (C{"FULL"} or C{"HDRS"}), or C{None}.
+    @ivar dsn_envid: DSN ENVID, xtext-decoded, or C{None}.
+    @ivar requiretls: whether MAIL carried REQUIRETLS (RFC 8689).
     """
 
-    __slots__ = ("mail_from", "rcpt_to", "body_type", "smtputf8", "size", "extra")
+    __slots__ = ("mail_from", "rcpt_to", "body_type", "smtputf8", "size", "dsn_ret", "dsn_envid",
+                 "requiretls", "extra")
 
     def __init__(self) -> None:
         self.mail_from: Optional[Address] = None
@@ -68,6 +77,9 @@ class Envelope:
         self.body_type = "7BIT"
         self.smtputf8 = False
         self.size: Optional[int] = None
+        self.dsn_ret: Optional[str] = None
+        self.dsn_envid: Optional[str] = None
+        self.requiretls = False
         #: Room for later extensions (DSN, REQUIRETLS, XFORWARD).
         self.extra: dict[str, Any] = {}
 
@@ -86,6 +98,8 @@ class Session:
     @ivar transaction: number of MAIL commands accepted on this connection.
     @ivar user: what the auth hook returned, once authenticated.
     @ivar secure: whether the connection is encrypted.
+    @ivar tls: a L{TLSInfo} (version, cipher, SNI name, client certificate)
+        once TLS is up.
     """
 
     __slots__ = (

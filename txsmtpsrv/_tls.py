@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import idna
+from constantly import NamedConstant
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -189,8 +190,9 @@ class TLSConfig:
         as the chain.
     @ivar chain: intermediate certificates sent after C{cert}.
     @ivar ca: CA certificate(s) client certificates are verified against.
-        Without C{ca}, a requested client certificate is accepted whatever
-        its issuer (the hook decides; L{TLSInfo.peer_certificate_verified}
+        With C{ca}, a certificate the client presents must verify or the
+        handshake fails. Without C{ca}, a requested client certificate is
+        accepted whatever its issuer (the hook decides; L{TLSInfo.peer_certificate_verified}
         is then C{False}).
     @ivar sni: host name -> certificate for that name (a L{TLSConfig} whose
         key/cert/chain are used, a C{(key, cert)} or C{(key, cert, chain)}
@@ -203,8 +205,9 @@ class TLSConfig:
     @ivar request_client_cert: ask clients for a certificate (optional).
     @ivar require_client_cert: fail the handshake without a client
         certificate (implies C{request_client_cert}).
-    @ivar min_version: lowest TLS version, e.g. C{"TLSv1.2"} (Twisted's
-        default floor, TLSv1.2, when C{None}).
+    @ivar min_version: lowest TLS version, e.g. C{"TLSv1.2"} (also
+        C{"1.2"}, C{"tls1.2"} or a Twisted C{TLSVersion}); Twisted's default
+        floor, TLSv1.2, when C{None}.
     @ivar max_version: highest TLS version (OpenSSL's newest when C{None}).
     @ivar handshake_timeout: seconds a client gets to finish the handshake;
         C{None} disables. Applied by the protocol via L{start_handshake_timer}.
@@ -221,8 +224,8 @@ class TLSConfig:
     sni_callback: Callable[[str], Any] | None = None
     request_client_cert: bool = False
     require_client_cert: bool = False
-    min_version: Any = None
-    max_version: Any = None
+    min_version: str | NamedConstant | None = None
+    max_version: str | NamedConstant | None = None
     handshake_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
@@ -411,11 +414,13 @@ def _load_identity(key_src: object, cert_src: object, chain_src: object, what: s
 
 
 def _identity_from_entry(entry: object, what: str) -> _Identity:
-    """Accept a L{TLSConfig}, a (key, cert[, chain]) tuple or a key/cert object."""
+    """Accept a L{TLSConfig}, a (key, cert[, chain]) tuple, a mapping or a key/cert object."""
     if isinstance(entry, tuple):
         if len(entry) not in (2, 3):
             raise TLSConfigError(f"{what}: expected (key, cert) or (key, cert, chain), got {len(entry)} items")
         return _load_identity(entry[0], entry[1], entry[2] if len(entry) == 3 else None, what)
+    if isinstance(entry, Mapping):
+        return _load_identity(entry.get("key"), entry.get("cert"), entry.get("chain"), what)
     if hasattr(entry, "key") or hasattr(entry, "cert"):
         return _load_identity(
             getattr(entry, "key", None), getattr(entry, "cert", None), getattr(entry, "chain", None), what
@@ -459,6 +464,8 @@ class _Policy:
     @classmethod
     def from_config(cls, config: TLSConfig) -> _Policy:
         ca = tuple(_load_certs(config.ca, "ca")) if config.ca is not None else ()
+        if config.ca is not None and not ca:
+            raise TLSConfigError("ca: no CA certificates given (use None to accept any client certificate)")
         minimum = _parse_version(config.min_version, "min_version")
         if minimum is not None and _VERSION_ORDER.index(minimum) < _VERSION_ORDER.index(TLSVersion.TLSv1_2):
             log.warn("TLS min_version {version} allows obsolete TLS versions", version=config.min_version)
@@ -534,8 +541,6 @@ class _ContextSet:
         self._cache: OrderedDict[str, SSL.Context | None] = OrderedDict()
 
     def _build(self, entry: object, what: str) -> SSL.Context:
-        if isinstance(entry, TLSConfig) and entry.key is None and entry.cert is None:
-            raise TLSConfigError(f"{what}: no key and certificate given")
         return self.policy.options(_identity_from_entry(entry, what)).getContext()
 
     def context_for_name(self, raw: bytes | None) -> SSL.Context | None:
