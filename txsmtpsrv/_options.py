@@ -58,6 +58,10 @@ class ServerOptions:
     hide_dsn: bool = False
     #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA.
     lmtp: bool = False
+    #: Skip the client's reverse DNS lookup (C{client_hostname} stays C{[ip]}).
+    disable_reverse_lookup: bool = False
+    #: Hard cap on the reverse lookup: the greeting never waits longer.
+    reverse_lookup_timeout: float = 1.5
     #: Certificates and TLS policy (a L{TLSConfig} or a dict of its fields);
     #: without one, STARTTLS uses a self-signed development certificate
     #: made at start-up (with a warning).
@@ -145,7 +149,7 @@ class ServerOptions:
             raise ValueError("max_recipients must be at least 1")
         if self.max_clients is not None and (not isinstance(self.max_clients, int) or self.max_clients < 1):
             raise ValueError(f"max_clients must be None or a positive int, not {self.max_clients!r}")
-        for name in ("socket_timeout", "close_timeout", "hook_timeout"):
+        for name in ("socket_timeout", "close_timeout", "hook_timeout", "reverse_lookup_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")

@@ -17,6 +17,7 @@ it decides no policy itself. Three rules shape it:
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -33,6 +34,7 @@ from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, par
                         parse_path_argument)
 from ._data import BareLineEnding, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
+from ._rdns import address_literal, reverse_lookup
 from ._sasl import Challenge, Exchange, SASLAuthFailed, UnknownMechanism, start_mechanism
 from ._session import Address, Envelope, Session
 
@@ -41,9 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SMTPServerProtocol"]
 
-# Why reading is paused; reading resumes when no reason is left.
-_HOOK = 1  # a hook has not answered (or a final reply is not out yet)
+# Why reading is paused; reading resumes when no reason is left. Hooks can
+# nest (on_connect runs when the reverse lookup answers), so _HOOK counts.
+_HOOK = 1  # a hook has not answered
 _STREAM = 2  # the body's reader is behind
+_VERDICT = 4  # the message ended; its final reply waits for the data hook
 
 _LOCAL_ERROR = "Requested action aborted: local error in processing"
 
@@ -75,6 +79,7 @@ class SMTPServerProtocol(LineReceiver):
         self._esc = options.lmtp or not options.hide_enhancedstatuscodes
         self._out: List[bytes] = []
         self._pauses = 0
+        self._hook_waits = 0
         self._pending: List[Deferred[Any]] = []
         self._closing = False  # QUIT or 421 sent: ignore the rest
         self._shutdown = False  # the server is closing: 421 after this transaction
@@ -120,16 +125,35 @@ class SMTPServerProtocol(LineReceiver):
         now = self._clock.seconds()
         self._deadline = now + self.options.socket_timeout
         self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
+        ip = peer[0]
+        if ip:
+            self.session.client_hostname = address_literal(ip)
         self.log.info("connection from {remote_address}:{remote_port}", session_id=sid,
-                      remote_address=peer[0], remote_port=peer[1])
+                      remote_address=ip, remote_port=peer[1])
         self.server._notify("connect", self.session)
+        if ip and not self.options.disable_reverse_lookup:
+            self._invoke(self._reverse_lookup, (ip,), self._lookup_done, pause=True)
+        else:
+            self._connect_hook()
+        if self._out:
+            self._flush()
+
+    def _reverse_lookup(self, ip: str) -> Any:
+        if ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback:
+            return "localhost"  # a PTR query for loopback tells nothing
+        return reverse_lookup(ip, self.server.resolver, self.options.reverse_lookup_timeout, self._clock)
+
+    def _lookup_done(self, name: Any, failure: Optional[Failure]) -> None:
+        if name:
+            self.session.client_hostname = name
+        self._connect_hook()
+
+    def _connect_hook(self) -> None:
         hook = self.server._hooks.on_connect
         if hook is None:
             self._greet()
         else:
             self._invoke(hook, (self.session,), self._connect_done, pause=True)
-        if self._out:
-            self._flush()
 
     def _connect_done(self, value: Any, failure: Optional[Failure]) -> None:
         if failure is None and value is None:
@@ -291,10 +315,16 @@ class SMTPServerProtocol(LineReceiver):
         if not self._pauses and not self._gone:
             self.pauseProducing()
         self._pauses |= why
+        if why == _HOOK:
+            self._hook_waits += 1
 
     def _resume(self, why: int) -> None:
         if not self._pauses & why:
             return
+        if why == _HOOK:
+            self._hook_waits -= 1
+            if self._hook_waits:
+                return
         self._pauses &= ~why
         if not self._pauses and not self._gone and not self._closing:
             self._deadline = self._clock.seconds() + self.options.socket_timeout
@@ -685,7 +715,7 @@ class SMTPServerProtocol(LineReceiver):
         stream.finish()  # may run the data hook to completion, and so reply
         if self._stream is stream:
             if self._data_outcome is None:
-                self._pause(_HOOK)  # commands after the dot wait for the verdict
+                self._pause(_VERDICT)  # commands after the dot wait for the verdict
             else:
                 self._data_reply()
         self.setLineMode(rest)
@@ -734,7 +764,7 @@ class SMTPServerProtocol(LineReceiver):
             self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
             self._close()
             return
-        self._resume(_HOOK)
+        self._resume(_VERDICT)
         if self._out and not self._busyReceiving:
             self._flush()
 
@@ -892,7 +922,7 @@ class SMTPServerProtocol(LineReceiver):
         stream.finish()  # may run the data hook to completion, and so reply
         if self._stream is stream:
             if self._data_outcome is None:
-                self._pause(_HOOK)
+                self._pause(_VERDICT)
             else:
                 self._data_reply()
 

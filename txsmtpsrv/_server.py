@@ -56,17 +56,20 @@ class SMTPServer(ServerFactory):
         await server.close()
 
     Keyword arguments are L{ServerOptions} fields; C{options} may give a
-    whole L{ServerOptions} instead (keywords then override it).
+    whole L{ServerOptions} instead (keywords then override it). C{reactor}
+    and C{resolver} (an C{IResolver} for reverse DNS) are injectable.
     """
 
     log = Logger()
 
     def __init__(self, hooks: Optional[object] = None, options: Optional[ServerOptions] = None, *,
-                 reactor: Any = None, **kwargs: Any) -> None:
+                 reactor: Any = None, resolver: Any = None, **kwargs: Any) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.reactor = reactor
+        #: The C{IResolver} for reverse lookups (None: C{twisted.names}' default).
+        self.resolver = resolver
         self.options = ServerOptions.build(options, **kwargs) if kwargs or options is None else options
         self.hooks = hooks
         self._hooks = ResolvedHooks(hooks)

@@ -19,27 +19,64 @@ can be tested deterministically.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from ._errors import Reply
 from ._server import SMTPServer
 
-__all__ = ["TestClient", "make_server", "parse_replies", "dot_stuff"]
+__all__ = ["FakeResolver", "TestClient", "make_server", "parse_replies", "dot_stuff"]
 
 _LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3}) ")
 
 
-def make_server(hooks: Optional[object] = None, **options: Any) -> Tuple[SMTPServer, Clock]:
-    """A server on a fake clock: C{clock.advance(seconds)} drives its timers."""
+def make_server(hooks: Optional[object] = None, *, resolver: Any = None,
+                **options: Any) -> Tuple[SMTPServer, Clock]:
+    """
+    A server on a fake clock: C{clock.advance(seconds)} drives its timers.
+
+    Reverse DNS is off unless a C{resolver} (e.g. L{FakeResolver}) is given,
+    so no test depends on real DNS.
+    """
     clock = Clock()
     options.setdefault("name", "mx.test")
-    return SMTPServer(hooks, reactor=clock, **options), clock
+    if resolver is None:
+        options.setdefault("disable_reverse_lookup", True)
+    return SMTPServer(hooks, reactor=clock, resolver=resolver, **options), clock
+
+
+class FakeResolver:
+    """
+    An C{IResolver} stand-in answering PTR queries from a dict of
+    C{ip: name}; other addresses get NXDOMAIN. Set C{hang=True} to never
+    answer (to test the lookup time limit).
+    """
+
+    def __init__(self, names: Optional[dict] = None, hang: bool = False) -> None:
+        self.names = dict(names or {})
+        self.hang = hang
+        self.queries: List[str] = []
+
+    def lookupPointer(self, name: Union[str, bytes], timeout: Any = None) -> "Deferred[Any]":
+        from twisted.internet.defer import Deferred, fail, succeed
+        from twisted.names import dns, error
+
+        name = name.decode("ascii") if isinstance(name, bytes) else name
+        self.queries.append(name)
+        if self.hang:
+            return Deferred()
+        for ip, host in self.names.items():
+            if ipaddress.ip_address(ip).reverse_pointer == name:
+                rr = dns.RRHeader(name=name, type=dns.PTR, payload=dns.Record_PTR(host))
+                return succeed(([rr], [], []))
+        return fail(error.DNSNameError(name))
 
 
 def parse_replies(data: bytes) -> Tuple[List[Reply], bytes]:
