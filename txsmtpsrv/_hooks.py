@@ -44,9 +44,10 @@ class Hooks:
         """
         The client authenticated with C{credentials}; check them (e.g.
         C{credentials.validate_password(pw)}, which also serves CRAM-MD5).
-        Return the user object to keep as C{session.user} (or a 235 L{Reply}
-        to also choose the text); C{None} or an L{SMTPError} is a failure
-        (535). Only offered when the hooks define it.
+        Return the user object to keep as C{session.user} (C{True} keeps the
+        user name; a 235 L{Reply} also chooses the text); C{None}, C{False}
+        or an L{SMTPError} is a failure (535). Only offered when the hooks
+        define it.
         """
 
     def on_mail_from(self, session: Session, address: Address) -> Any:

@@ -230,6 +230,10 @@ class SMTPServerProtocol(LineReceiver):
             self._discard_line = True
         else:
             self._line_rest = rest[nl + 1:]
+        if self._auth is not None:  # RFC 4954 6: the exchange ends
+            self._auth = self._auth_error = None
+            self._reply(500, "5.5.6", "Error: authentication exchange line is too long")
+            return
         self._reply(500, "5.5.2", "Error: line too long")
         self._count_unrecognized()
 
@@ -249,7 +253,7 @@ class SMTPServerProtocol(LineReceiver):
         if handler is None:
             self._unrecognized_command(verb)
             return
-        name = handler.__name__[4:]
+        name = verb.decode("ascii")  # the table's keys are ASCII
         if name in self.options.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
@@ -371,9 +375,11 @@ class SMTPServerProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             done(result, None)
             return None
-        waiting = False
+        waiting = answered = False
 
         def fired(outcome: Any) -> None:
+            nonlocal answered
+            answered = True
             if waiting:
                 self._pending.remove(result)
                 if self._gone:
@@ -394,7 +400,7 @@ class SMTPServerProtocol(LineReceiver):
         if not result.called:
             result.addTimeout(self.options.hook_timeout, self._clock)
         result.addBoth(fired)
-        if result.called and not result.paused and not result.callbacks:
+        if answered:
             return None  # fired already: done ran synchronously
         waiting = True
         self._pending.append(result)
@@ -993,6 +999,10 @@ class SMTPServerProtocol(LineReceiver):
 
     def _auth_done(self, exchange: Exchange, credentials: Any, value: Any, failure: Optional[Failure]) -> None:
         s = self.session
+        if value is True:
+            value = credentials.username
+        elif value is False:
+            value = None
         if failure is None and value is not None and not (isinstance(value, Reply) and value.code >= 300):
             if isinstance(value, Reply):  # a custom success message
                 s.user = credentials.username
