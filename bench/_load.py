@@ -40,6 +40,7 @@ class Tally:
     failures: int = 0
     errors: list[str] = field(default_factory=list)
     max_failures: int = 20
+    pipelining_advertised: bool | None = None
 
     def fail(self, what: str, count: int = 1) -> None:
         """Count ``count`` failed messages/connections and remember the reason."""
@@ -140,6 +141,8 @@ class ClientProtocol(asyncio.Protocol):
                 code = -1
             reply = (code, b"".join(self.current))
             self.current = []
+            while self.waiters and self.waiters[0].done():
+                self.waiters.popleft()  # its task was cancelled (deadline, Ctrl-C)
             if self.waiters:
                 self.waiters.popleft().set_result(reply)
             else:
@@ -256,6 +259,7 @@ async def connection_run(
     try:
         proto = await connect(port)
         await ehlo(proto)
+        tally.pipelining_advertised = proto.pipelining
         for _ in range(count):
             await send_message(proto, payload, pipelining)
             sent += 1

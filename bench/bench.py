@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import select
 import signal
 import statistics
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -52,6 +53,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUBJECT = "txsmtpsrv"
 PEERS = ("aiosmtpd", "twisted.mail")
 START_TIMEOUT = 30.0
+STDERR_LINES = 25
 
 
 # ---------------------------------------------------------------- configuration
@@ -98,6 +100,7 @@ class Figure:
     label: str
     unit: str
     digits: int
+    ratio: bool = True  # False where the values are near zero and a ratio means nothing
 
 
 def figures(cfg: Config) -> list[Figure]:
@@ -137,9 +140,10 @@ def figures(cfg: Config) -> list[Figure]:
         Figure(
             "large_rss_growth_mib",
             "large",
-            "large: peak RSS minus RSS before the load",
+            "large: peak RSS minus RSS before any large message",
             "MiB",
             1,
+            ratio=False,
         ),
         Figure(
             "idle_kib_per_conn",
@@ -235,6 +239,10 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def command(self) -> list[str]:
+        """The server's command line (a separate method so it can be swapped when debugging)."""
+        return [sys.executable, os.path.join(HERE, "_peers.py"), self.kind]
+
     def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -243,7 +251,7 @@ class ServerProcess:
         env.pop("PYTHONASYNCIODEBUG", None)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_peers.py"), self.kind],
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.stderr_file,
@@ -284,11 +292,14 @@ class ServerProcess:
                 f"{self.kind}: died with {self.proc.returncode}\n{self.read_stderr()}"
             )
 
-    def read_stderr(self, limit: int = 4000) -> str:
+    def read_stderr(self, head: int = 8000, tail: int = 2000) -> str:
+        """What the server wrote to stderr: the start (first error) and the end."""
         self.stderr_file.flush()
         self.stderr_file.seek(0)
         text = self.stderr_file.read().decode(errors="replace")
-        return text if len(text) <= limit else "...\n" + text[-limit:]
+        if len(text) <= head + tail:
+            return text
+        return f"{text[:head]}\n... ({len(text) - head - tail} characters left out) ...\n{text[-tail:]}"
 
     def stop(self) -> None:
         """Terminate, then kill; keep what it wrote to stderr."""
@@ -385,6 +396,7 @@ async def scenario_messages(
     wall = time.perf_counter() - t0
     cpu = await settle_cpu(srv.pid) - cpu0
     res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
+    res.extra["pipelining_advertised"] = tally.pipelining_advertised
     key = "churn_cpu_us_per_msg" if churn else "persist_cpu_us_per_msg"
     if tally.delivered:
         res.values[key] = cpu / tally.delivered * 1e6
@@ -395,7 +407,9 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
     """large: CPU per MiB and peak RSS while 10 MiB messages stream through."""
     await warm_up(srv, cfg, _load.make_message(cfg.message_size))
     payload = _load.make_message(cfg.large_size)
-    # One large message first, so the buffers a server keeps around are not "growth".
+    await settle_cpu(srv.pid)
+    rss_before = proc_status_kib(srv.pid, "VmRSS")  # before any large message
+    # One large message first, so first-use costs are not in the CPU figure.
     tally = _load.Tally()
     await _load.message_load(
         srv.port, sessions=1, total=1, per_connection=1, payload=payload,
@@ -404,9 +418,8 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
     if tally.failures:
         raise ServerError(f"{srv.kind}: large warm-up failed: {tally.errors}")
     cpu0 = await settle_cpu(srv.pid)
-    rss_before = proc_status_kib(srv.pid, "VmRSS")
     hwm_reset = reset_peak_rss(srv.pid)
-    sampled_peak = rss_before
+    sampled_peak = proc_status_kib(srv.pid, "VmRSS")
     stop = asyncio.Event()
 
     async def sample() -> None:
@@ -593,7 +606,7 @@ def summarise(results: list[RunResult], cfg: Config, servers: list[str]) -> dict
         subject = per_server.get(SUBJECT, {}).get("median")
         for peer in PEERS:
             peer_median = per_server.get(peer, {}).get("median")
-            if peer in per_server and SUBJECT in per_server:
+            if fig.ratio and peer in per_server and SUBJECT in per_server:
                 ratios[f"{SUBJECT}/{peer}"] = (
                     subject / peer_median if subject is not None and peer_median else None
                 )
@@ -627,7 +640,9 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
         f"median of {cfg.repeat} run(s); lower is better everywhere",
     ]
     for kind in servers:
-        lines.append(f"  {kind:13} {meta['servers'][kind]}")
+        piped = meta["pipelining_advertised"].get(kind)
+        note = "" if piped is None else f" (PIPELINING {'advertised' if piped else 'not advertised'})"
+        lines.append(f"  {kind:13} {meta['servers'][kind]}{note}")
     lines.append("")
     ratio_cols = [f"{SUBJECT}/{p}" for p in PEERS if p in servers] if SUBJECT in servers else []
     headers = ["figure", "unit"] + servers + [c.replace(SUBJECT, "tx") for c in ratio_cols]
@@ -640,7 +655,7 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
             row.append(fmt_value(entry["servers"].get(kind), fig.digits))
         for col in ratio_cols:
             ratio = entry["ratios"].get(col)
-            row.append(f"{ratio:.2f}" if ratio is not None else "n/a")
+            row.append(f"{ratio:.2f}" if ratio is not None else "-" if col not in entry["ratios"] else "n/a")
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
     def line(row: list[str]) -> str:
@@ -654,6 +669,7 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
 
 
 def render_problems(results: list[RunResult]) -> str:
+    """Failed runs, then what servers wrote to stderr (each distinct text once)."""
     out = []
     for r in results:
         if not r.ok:
@@ -662,11 +678,22 @@ def render_problems(results: list[RunResult]) -> str:
                 + "; ".join(e.splitlines()[0] if e else e for e in r.errors[:3])
             )
             for e in r.errors:
-                if "\n" in e:
-                    out.append("    " + e.replace("\n", "\n    "))
-        if r.stderr.strip():
-            out.append(f"stderr of {r.server} ({r.scenario} run {r.repeat + 1}):")
-            out.append("    " + r.stderr.strip().replace("\n", "\n    "))
+                rest = e.strip().splitlines()[1:]
+                out.extend("    " + line for line in rest[:STDERR_LINES])
+    seen: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        text = r.stderr.strip()
+        if text:
+            # Timestamps differ from run to run; compare without them.
+            key = re.sub(r"^\d{4}-\d\d-\d\dT[\d:.]+[+-]\d{4} ", "", text, flags=re.M)
+            seen.setdefault((r.server, key), []).append(r)
+    for (server, _), runs in seen.items():
+        lines = runs[0].stderr.strip().splitlines()
+        where = ", ".join(f"{r.scenario} run {r.repeat + 1}" for r in runs)
+        out.append(f"stderr of {server} ({len(runs)} run(s): {where}):")
+        out.extend("    " + line for line in lines[:STDERR_LINES])
+        if len(lines) > STDERR_LINES:
+            out.append(f"    ... {len(lines) - STDERR_LINES} more line(s) (see --json)")
     return "\n".join(out)
 
 
@@ -746,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
         "servers": {},
+        "pipelining_advertised": {},
         "unavailable": {},
     }
     for kind in args.servers:
@@ -760,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: list[RunResult] = []
+    interrupted = False
     started = time.perf_counter()
     try:
         for rep in range(cfg.repeat):
@@ -771,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(res)
                     if res.extra.get("server"):
                         meta["servers"][kind] = res.extra["server"]
+                    if res.extra.get("pipelining_advertised") is not None:
+                        meta["pipelining_advertised"][kind] = res.extra["pipelining_advertised"]
                     shown = ", ".join(f"{k}={v:.1f}" for k, v in res.values.items())
                     status = "ok" if res.ok else f"{res.failures} FAILURE(S)"
                     print(
@@ -780,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted; reporting what was measured", file=log)
     finally:
         ServerProcess.stop_all()
@@ -823,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
-    return 1 if failed else 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 if __name__ == "__main__":

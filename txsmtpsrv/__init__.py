@@ -13,9 +13,11 @@ from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream,
 from ._errors import Reply, SMTPError
 from ._hooks import Hooks
 from ._options import ServerOptions
+from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
 from ._sasl import Credentials, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
 from ._session import Address, Envelope, Session
+from ._tls import TLSConfig, TLSConfigError, TLSInfo, development_certificate
 from ._version import __version__
 
 __all__ = [
@@ -31,11 +33,20 @@ __all__ = [
     "MessageStream",
     "MessageTooLarge",
     "OBSERVER_EVENTS",
+    "ProxyHeaderError",
+    "ProxyInfo",
+    "ProxySSLInfo",
+    "ProxyWrappingFactory",
     "Reply",
     "SMTPError",
     "SMTPServer",
     "ServerOptions",
     "Session",
+    "TLSConfig",
+    "TLSConfigError",
+    "TLSInfo",
     "__version__",
     "constant_time_equals",
+    "development_certificate",
+    "proxyEndpoint",
 ]

@@ -12,7 +12,7 @@ import re
 from typing import Dict, Optional, Tuple
 
 __all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_notify", "parse_orcpt",
-           "parse_envid", "parse_bdat"]
+           "parse_envid", "parse_bdat", "XTextError", "xtext_decode", "xtext_encode"]
 
 
 class CommandError(Exception):
@@ -115,12 +115,56 @@ def parse_params(text: str) -> Dict[str, Optional[str]]:
     return params
 
 
+class XTextError(ValueError):
+    """A string is not valid xtext (RFC 3461 section 4)."""
+
+
+_HEX = b"0123456789ABCDEF"
+
+
+def xtext_decode(text: str | bytes, strict: bool = True) -> bytes:
+    """
+    Decode RFC 3461 xtext into the octets it stands for.
+
+    xtext is printable ASCII except C{+} and C{=}, with any octet written as
+    C{+XX} (two upper-case hex digits).  With C{strict=False} lower-case hex
+    digits are tolerated.  Raises L{XTextError} otherwise.
+    """
+    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    out = bytearray()
+    i = 0
+    n = len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x2B:  # "+"
+            pair = raw[i + 1 : i + 3]
+            check = pair if strict else pair.upper()
+            if len(pair) != 2 or check[0] not in _HEX or check[1] not in _HEX:
+                raise XTextError(f"bad xtext escape at offset {i}")
+            out.append(int(check, 16))
+            i += 3
+            continue
+        if c < 33 or c > 126 or c == 0x3D:  # controls, space, DEL, 8-bit, "="
+            raise XTextError(f"character not allowed in xtext at offset {i}")
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def xtext_encode(value: str | bytes) -> str:
+    """Encode octets (a C{str} is UTF-8 encoded first) as xtext."""
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return "".join(
+        chr(c) if 33 <= c <= 126 and c not in (0x2B, 0x3D) else f"+{c:02X}" for c in raw
+    )
+
+
+
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _ADDR_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
 
 
 def _xtext(value: str, what: str) -> str:
-    from ._xclient import XTextError, xtext_decode
     try:
         return xtext_decode(value).decode("utf-8")
     except (XTextError, UnicodeDecodeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Optional, Tuple
@@ -58,6 +59,12 @@ class ServerOptions:
     hide_dsn: bool = False
     #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA.
     lmtp: bool = False
+    #: Accept Postfix's XCLIENT / XFORWARD from C{xclient_trusted} networks.
+    use_xclient: bool = False
+    use_xforward: bool = False
+    xclient_trusted: Tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: Addresses or networks whose connections are not logged (health checks).
+    ignored_hosts: Tuple[str, ...] = ()
     #: Skip the client's reverse DNS lookup (C{client_hostname} stays C{[ip]}).
     disable_reverse_lookup: bool = False
     #: Hard cap on the reverse lookup: the greeting never waits longer.
@@ -120,6 +127,14 @@ class ServerOptions:
         set_ = object.__setattr__
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
+        for name in ("xclient_trusted", "ignored_hosts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            try:
+                set_(self, name, tuple(ipaddress.ip_network(v, strict=False) for v in value))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
         if isinstance(self.tls, dict):
             from ._tls import TLSConfig
             set_(self, "tls", TLSConfig(**self.tls))

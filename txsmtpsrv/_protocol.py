@@ -35,6 +35,8 @@ from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, par
 from ._data import BareLineEnding, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
 from ._rdns import address_literal, reverse_lookup
+from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES, XClientError,
+                       parse_xclient, parse_xforward)
 from ._sasl import Challenge, Exchange, SASLAuthFailed, UnknownMechanism, start_mechanism
 from ._session import Address, Envelope, Session
 
@@ -50,6 +52,13 @@ _STREAM = 2  # the body's reader is behind
 _VERDICT = 4  # the message ended; its final reply waits for the data hook
 
 _LOCAL_ERROR = "Requested action aborted: local error in processing"
+
+
+def _ip(text: str) -> Any:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
 
 
 def _address_parts(address: Any) -> Tuple[str, int]:
@@ -126,10 +135,16 @@ class SMTPServerProtocol(LineReceiver):
         self._deadline = now + self.options.socket_timeout
         self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
         ip = peer[0]
+        # Behind our PROXY wrapper getPeer() is already the real client.
+        self.session.proxy = getattr(self.transport, "proxy_info", None)
+        addr = _ip(ip)
+        self._quiet = addr is not None and any(addr in net for net in self.options.ignored_hosts)
+        self._trusted = addr is not None and any(addr in net for net in self.options.xclient_trusted)
         if ip:
             self.session.client_hostname = address_literal(ip)
-        self.log.info("connection from {remote_address}:{remote_port}", session_id=sid,
-                      remote_address=ip, remote_port=peer[1])
+        if not self._quiet:
+            self.log.info("connection from {remote_address}:{remote_port}", session_id=sid,
+                          remote_address=ip, remote_port=peer[1])
         self.server._notify("connect", self.session)
         if ip and not self.options.disable_reverse_lookup:
             self._invoke(self._reverse_lookup, (ip,), self._lookup_done, pause=True)
@@ -139,7 +154,8 @@ class SMTPServerProtocol(LineReceiver):
             self._flush()
 
     def _reverse_lookup(self, ip: str) -> Any:
-        if ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback:
+        addr = _ip(ip)
+        if addr is not None and addr.is_loopback:
             return "localhost"  # a PTR query for loopback tells nothing
         return reverse_lookup(ip, self.server.resolver, self.options.reverse_lookup_timeout, self._clock)
 
@@ -178,7 +194,8 @@ class SMTPServerProtocol(LineReceiver):
         pending, self._pending = self._pending, []
         for d in pending:
             d.cancel()
-        self.log.info("connection closed", session_id=self.session.id)
+        if not self._quiet:
+            self.log.info("connection closed", session_id=self.session.id)
         self.server._disconnected(self)
         self.server._notify("disconnect", self.session)
         hook = self.server._hooks.on_close
@@ -514,6 +531,10 @@ class SMTPServerProtocol(LineReceiver):
             ext.append("REQUIRETLS")
         if self._auth_offered():
             ext.append("AUTH " + " ".join(o.auth_methods))
+        if o.use_xclient and self._trusted and "XCLIENT" not in o.disabled_commands:
+            ext.append("XCLIENT " + XCLIENT_ATTRIBUTES)
+        if o.use_xforward and self._trusted and "XFORWARD" not in o.disabled_commands:
+            ext.append("XFORWARD " + XFORWARD_ATTRIBUTES)
         if o.hide_size or not o.size:
             ext.append("SIZE")
         else:
@@ -847,6 +868,57 @@ class SMTPServerProtocol(LineReceiver):
             self._send_outcome(None, failure, 250, "", "")
             self._close()
 
+    # -- XCLIENT / XFORWARD (Postfix) -------------------------------------------------
+
+    def _x_allowed(self, enabled: bool) -> bool:
+        if not enabled:
+            self._reply(502, "5.5.1", "Error: command not implemented")
+        elif not self._trusted:
+            self._reply(550, "5.7.0", "Error: insufficient authorization")
+        elif self.session.envelope.mail_from is not None:
+            self._reply(503, "5.5.1", "Error: not allowed during a mail transaction")
+        else:
+            return True
+        return False
+
+    def _cmd_XCLIENT(self, arg: str) -> None:
+        if not self._x_allowed(self.options.use_xclient):
+            return
+        try:
+            attrs = parse_xclient(arg)
+        except XClientError as e:
+            self._reply(501, "5.5.4", f"Error: {e}")
+            return
+        s = self.session
+        known = {k: v for k, v in attrs.items() if v is not UNAVAILABLE and v is not TEMPUNAVAIL}
+        s.remote_address = str(known.get("ADDR", s.remote_address))
+        s.remote_port = int(known.get("PORT", s.remote_port))
+        s.local_address = str(known.get("DESTADDR", s.local_address))
+        s.local_port = int(known.get("DESTPORT", s.local_port))
+        if "NAME" in attrs or "ADDR" in attrs:
+            s.client_hostname = str(known["NAME"]) if "NAME" in known else address_literal(s.remote_address)
+        s.xclient.update({k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v) for k, v in attrs.items()})
+        self.log.info("XCLIENT: client is now {remote_address}", remote_address=s.remote_address, session_id=s.id)
+        # Postfix restarts the session as if the real client had connected.
+        self._reset_transaction()
+        s.opening_command = ""
+        s.host_name_appears_as = str(known.get("HELO", ""))
+        s.user = known.get("LOGIN")
+        self._trusted = False  # the new client is not the trusted proxy
+        self._greet()
+
+    def _cmd_XFORWARD(self, arg: str) -> None:
+        if not self._x_allowed(self.options.use_xforward):
+            return
+        try:
+            attrs = parse_xforward(arg)
+        except XClientError as e:
+            self._reply(501, "5.5.4", f"Error: {e}")
+            return
+        self.session.xforward.update({k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v)
+                                      for k, v in attrs.items()})
+        self._reply(250, "2.0.0", "OK")
+
     # -- BDAT (RFC 3030) ------------------------------------------------------------
 
     def _cmd_BDAT(self, arg: str) -> None:
@@ -1040,8 +1112,11 @@ class SMTPServerProtocol(LineReceiver):
         if self._stream is not None and self._chunk_left is None and self._decoder is None:
             self._abandon_data()  # RSET or EHLO between BDAT chunks
         self._bdat_error = None
-        if self.session.envelope.mail_from is not None or self.session.envelope.rcpt_to:
-            self.session.envelope = Envelope()
+        s = self.session
+        if s.envelope.mail_from is not None or s.envelope.rcpt_to:
+            s.envelope = Envelope()
+            if s.xforward:  # XFORWARD describes one transaction
+                s.xforward = {}
 
     def _cmd_NOOP(self, arg: str) -> None:
         self._reply(250, "2.0.0", "OK")

@@ -83,6 +83,8 @@ from twisted.plugin import IPlugin
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from ._rdns import canonical_ip
+
 __all__ = [
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_TRUSTED",
@@ -307,7 +309,7 @@ def _ip(text: str, version: int) -> str:
         addr = ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text)
     except ValueError:
         raise ProxyHeaderError(f"invalid IPv{version} address {text!r}") from None
-    return addr.compressed
+    return canonical_ip(addr)
 
 
 def _port(text: str) -> int:
@@ -416,8 +418,8 @@ def _parse_v2(header: bytes) -> ProxyInfo:
         dst = str(ipaddress.IPv4Address(block[4:8]))
         sport, dport = struct.unpack_from("!HH", block, 8)
     elif family == "INET6":
-        src = ipaddress.IPv6Address(block[0:16]).compressed
-        dst = ipaddress.IPv6Address(block[16:32]).compressed
+        src = canonical_ip(ipaddress.IPv6Address(block[0:16]))
+        dst = canonical_ip(ipaddress.IPv6Address(block[16:32]))
         sport, dport = struct.unpack_from("!HH", block, 32)
     elif family == "UNIX":
         src, dst = _unix_path(block[:108]), _unix_path(block[108:216])
@@ -567,7 +569,7 @@ def _peer_ip(addr: IAddress) -> tuple[str | None, int | None]:
     host = getattr(addr, "host", None)
     if isinstance(addr, (IPv4Address, IPv6Address)) and isinstance(host, str):
         try:
-            return ipaddress.ip_address(host.split("%", 1)[0]).compressed, addr.port
+            return canonical_ip(host), addr.port
         except ValueError:
             return host, addr.port
     if isinstance(addr, UNIXAddress):
@@ -785,7 +787,6 @@ class ProxyWrappingFactory(WrappingFactory):
     """
 
     protocol = ProxyProtocolWrapper  # type: ignore[assignment]
-    log = Logger()
 
     def __init__(
         self,
@@ -851,7 +852,12 @@ class ProxyServerEndpoint:
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ) -> None:
         self.endpoint = endpoint
-        self.trusted = _networks(trusted)  # validate early, not at listen time
+        # validate early, not at listen time
+        self.trusted = _networks(trusted)
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0")
+        if max_header_size < 16:
+            raise ValueError("max_header_size must be at least 16")
         self.timeout = timeout
         self.reactor = reactor
         self.allow_untrusted = allow_untrusted

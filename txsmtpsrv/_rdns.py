@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.test_rdns -*-
+"""
+Reverse DNS for connecting clients, bounded in time and never failing.
+
+An SMTP server looks up the client's PTR record before greeting it (for
+C{Received:} headers and hooks), but must not let a slow or broken DNS delay
+the greeting for long: C{twisted.names}' default query timeout adds up to
+60 seconds.  L{reverse_lookup} asks with a short retry schedule, caps the
+whole lookup with C{Deferred.addTimeout}, and turns every failure into
+C{None}.  The resolver is injectable (any C{IResolver}), so tests use a fake
+one and deployments can point at a local caching resolver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["address_literal", "canonical_ip", "client_hostname", "reverse_lookup"]
+
+log = Logger()
+
+# A PTR target is attacker-controlled text that ends up in Received: headers
+# and logs: only accept something shaped like a host name.
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
+def canonical_ip(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """
+    One spelling per address: IPv6 compressed and lower-case, IPv4-mapped
+    IPv6 as C{::ffff:192.0.2.1} (what Python 3.13+ prints anyway), scope id
+    dropped.  Raises C{ValueError} for text that is not an IP address.
+    """
+    if isinstance(addr, str):
+        addr = ipaddress.ip_address(addr.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return f"::ffff:{addr.ipv4_mapped}"
+        return ipaddress.IPv6Address(addr.packed).compressed
+    return str(addr)
+
+
+def _unmapped(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address (dual-stack socket) as the IPv4 address it is."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _query_timeouts(total: float) -> tuple[float, ...]:
+    """Per-attempt timeouts for C{lookupPointer}: one retry, summing to C{total}."""
+    return (total * 0.4, total * 0.6)
+
+
+def _ptr_name(answers: Any) -> str | None:
+    from twisted.names import dns
+
+    records, _authority, _additional = answers
+    for record in records:
+        if record.type == dns.PTR:
+            name = record.payload.name.name
+            if isinstance(name, bytes):
+                try:
+                    name = name.decode("ascii")
+                except UnicodeDecodeError:
+                    return None
+            name = name.rstrip(".")
+            if len(name) <= 253 and _HOSTNAME.match(name):
+                return name.lower()
+            return None
+    return None
+
+
+def reverse_lookup(
+    ip: str,
+    resolver: IResolver | None = None,
+    timeout: float = 1.5,
+    clock: IReactorTime | None = None,
+) -> Deferred[str | None]:
+    """
+    Look up the PTR name of C{ip}; fire with it, or C{None} on any failure.
+
+    @param ip: IPv4 or IPv6 address text (an IPv6 scope id is ignored; an
+        IPv4-mapped IPv6 address is looked up under in-addr.arpa).
+    @param resolver: an C{IResolver}; default: C{twisted.names.client}'s
+        global resolver (C{/etc/resolv.conf}).
+    @param timeout: hard cap in seconds on the whole lookup.
+    @param clock: C{IReactorTime} for the cap (default: the global reactor).
+    @return: a Deferred that never fails: the lower-cased host name without
+        the trailing dot, or C{None} for NXDOMAIN, no PTR record, an
+        implausible name, a DNS error or a timeout.  Cancelling it cancels
+        the query and also fires it with C{None}.
+    """
+    try:
+        name = _unmapped(ipaddress.ip_address(ip.split("%", 1)[0])).reverse_pointer
+    except ValueError:
+        log.debug("reverse lookup skipped: {ip!r} is not an IP address", ip=ip)
+        return succeed(None)
+    if resolver is None:
+        from twisted.names import client
+
+        resolver = client.getResolver()
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = reactor  # type: ignore[assignment]
+
+    d: Deferred[Any] = maybeDeferred(resolver.lookupPointer, name, timeout=_query_timeouts(timeout))
+    d.addTimeout(timeout, clock)
+    d.addCallback(_ptr_name)
+
+    def failed(reason: Failure) -> None:
+        log.debug(
+            "reverse lookup of {ip} failed: {error}",
+            ip=ip,
+            error=reason.getErrorMessage() or reason.type.__name__,
+        )
+        return None
+
+    d.addErrback(failed)
+    return d
+
+
+def address_literal(ip: str) -> str:
+    """
+    RFC 5321 address literal: C{[192.0.2.1]} or C{[IPv6:2001:db8::1]}.
+
+    IPv4-mapped IPv6 peers (dual-stack listeners) are shown as IPv4, as
+    Postfix does.
+    """
+    try:
+        addr = _unmapped(ipaddress.ip_address(ip.split("%", 1)[0]))
+    except ValueError:
+        return f"[{ip}]"
+    if addr.version == 6:
+        return f"[IPv6:{canonical_ip(addr)}]"
+    return f"[{addr}]"
+
+
+def client_hostname(ip: str, name: str | None) -> str:
+    """The name to show for a client: its PTR name, else its address literal."""
+    return name if name else address_literal(ip)
