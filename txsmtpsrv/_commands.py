@@ -57,20 +57,24 @@ def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, 
     if not rest.startswith("<"):
         raise CommandError(501, addr_code, f"Bad {what} address syntax: expected <address>")
     # Find the closing bracket outside a quoted local part.
-    i, n, quoted = 1, len(rest), False
-    while i < n:
-        c = rest[i]
-        if quoted:
-            if c == "\\":
-                i += 1
+    i = rest.find(">")
+    if '"' in rest[:i if i >= 0 else None]:
+        i, n, quoted = 1, len(rest), False
+        while i < n:
+            c = rest[i]
+            if quoted:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    quoted = False
             elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == ">":
-            break
-        i += 1
-    else:
+                quoted = True
+            elif c == ">":
+                break
+            i += 1
+        else:
+            i = -1
+    if i < 0:
         raise CommandError(501, addr_code, f"Bad {what} address syntax: missing >")
     mailbox = rest[1:i]
     params = rest[i + 1:]

@@ -127,6 +127,7 @@ class MessageStream:
         self._buffer: List[bytes] = []
         self._paused = False  # the reader asked us to pause
         self._end: Optional[Failure] = None  # end reason not yet delivered
+        self._ending = False  # the body ended normally, not yet told
         self._closed = False  # the reader got connectionLost
         self._discard = False  # drop everything from now on
 
@@ -182,11 +183,11 @@ class MessageStream:
     def write(self, chunk: bytes) -> None:
         """Called by the protocol with each decoded chunk."""
         self.byte_length += len(chunk)
-        if self._discard:
-            return
-        if self._limit and self.byte_length > self._limit:
+        if self._limit and self.byte_length > self._limit and not self.size_exceeded:
             self.size_exceeded = True
             self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
+            return
+        if self._discard:
             return
         if self._consumer is not None and not self._paused and not self._buffer:
             self._consumer.dataReceived(chunk)
@@ -203,7 +204,7 @@ class MessageStream:
             self._buffer.clear()
             self._close(reason)
             return
-        self._end = Failure(MessageDone())
+        self._ending = True
         self._drain()
 
     def abort(self, reason: Failure) -> None:
@@ -251,16 +252,19 @@ class MessageStream:
             consumer.dataReceived(self._buffer.pop(0))
         if self._paused or self._closed:
             return
-        if self._end is not None:
+        if self._end is not None or self._ending:
             self._close(self._end)
         self._release()
 
-    def _close(self, reason: Failure) -> None:
+    def _close(self, reason: Optional[Failure]) -> None:
+        """Tell the reader the body is over; C{None} means it ended normally."""
         self._closed = True
         self._end = None
         consumer = self._consumer
-        if consumer is not None:
-            consumer.connectionLost(reason)
+        if isinstance(consumer, _Collector):
+            consumer.ended(reason)  # no Failure needed for the common case
+        elif consumer is not None:
+            consumer.connectionLost(reason or Failure(MessageDone()))
         self._release()
 
 
@@ -303,9 +307,13 @@ class _Collector:
             self._producer.discard()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.ended(None if reason.check(MessageDone) else reason)
+
+    def ended(self, reason: Optional[Failure]) -> None:
+        """The body ended (C{None}) or was cut short."""
         if self.done.called:
             return
-        if reason.check(MessageDone):
+        if reason is None:
             self.done.callback(None)
         else:
             self.done.errback(reason)

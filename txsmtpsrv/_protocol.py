@@ -326,6 +326,8 @@ class SMTPServerProtocol(LineReceiver):
     def _close(self) -> None:
         """Send what is queued and close; nothing more is read."""
         self._closing = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self.clearLineBuffer()
         if self._out:
             self._flush()
@@ -352,7 +354,7 @@ class SMTPServerProtocol(LineReceiver):
             self.resumeProducing()  # replays buffered lines via dataReceived(b"")
 
     def _check_timeout(self) -> None:
-        if self._gone:
+        if self._gone or self._closing:
             return
         now = self._clock.seconds()
         timeout = self.options.socket_timeout
@@ -398,7 +400,8 @@ class SMTPServerProtocol(LineReceiver):
             nonlocal answered
             answered = True
             if waiting:
-                self._pending.remove(result)
+                if result in self._pending:  # connectionLost empties the list
+                    self._pending.remove(result)
                 if self._gone:
                     if isinstance(outcome, Failure) and not outcome.check(CancelledError):
                         self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
@@ -410,6 +413,7 @@ class SMTPServerProtocol(LineReceiver):
             if waiting and not self._gone:
                 if pause:
                     self._resume(_HOOK)
+                    self._shutdown_if_idle()
                 if self._out and not self._busyReceiving:
                     self._flush()
             return None
@@ -438,7 +442,10 @@ class SMTPServerProtocol(LineReceiver):
                 self._reply(code, enhanced, text)
                 return True
             if isinstance(value, Reply):
-                self._reply_obj(value.code, value.enhanced, value.lines, greeting)
+                enh = value.enhanced
+                if enh is None and enhanced and enhanced[0] == str(value.code)[0]:
+                    enh = enhanced  # the command's own code, e.g. 2.1.5 for RCPT
+                self._reply_obj(value.code, enh, value.lines, greeting)
                 return value.code < 400
             failure = Failure(TypeError(f"hook returned {value!r}; expected None or a Reply"))
         err = failure.value
@@ -450,7 +457,10 @@ class SMTPServerProtocol(LineReceiver):
                           session_id=self.session.id)
         else:
             self.log.failure("hook failed", failure, session_id=self.session.id)
-        self._reply(451, "4.3.0", _LOCAL_ERROR)
+        if greeting:  # RFC 5321 4.3.2: only 220, 421 or 554 may greet
+            self._reply(421, "4.3.0", f"{self.options.name} Service not available, try again later")
+        else:
+            self._reply(451, "4.3.0", _LOCAL_ERROR)
         return False
 
     def _reply_obj(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
@@ -779,19 +789,15 @@ class SMTPServerProtocol(LineReceiver):
             for rcpt in rcpts:
                 text = "OK: message accepted" if rcpt is None else f"OK: message accepted for <{rcpt}>"
                 ok = self._send_outcome(value, failure, 250, "2.0.0", text) or ok
-        if ok:
-            self.log.info("message accepted: {size} bytes for {count} recipient(s)", size=stream.byte_length,
-                          count=len(s.envelope.rcpt_to), session_id=s.id)
+        if ok:  # logged by deliveries and observers, not here: this is the hot path
             self.server._notify("message", s, s.envelope, stream.byte_length)
         self._reset_transaction()
         self._end_transaction()
 
     def _end_transaction(self) -> None:
-        if self._shutdown:
-            self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
-            self._close()
-            return
         self._resume(_VERDICT)
+        if self._shutdown_if_idle():
+            return
         if self._out and not self._busyReceiving:
             self._flush()
 
@@ -1105,8 +1111,7 @@ class SMTPServerProtocol(LineReceiver):
             return
         self._reset_transaction()
         self._reply(250, "2.0.0", "OK")
-        if self._shutdown:
-            self._end_transaction()
+        self._shutdown_if_idle()
 
     def _reset_transaction(self) -> None:
         if self._stream is not None and self._chunk_left is None and self._decoder is None:
@@ -1147,10 +1152,19 @@ class SMTPServerProtocol(LineReceiver):
         if self._gone or self._closing:
             return
         self._shutdown = True
-        busy = self.session.envelope.mail_from is not None or self._stream is not None or self._pauses
-        if not busy:
-            self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
-            self._close()
+        self._shutdown_if_idle()
+        if self._out and not self._gone:
+            self._flush()
+
+    def _shutdown_if_idle(self) -> bool:
+        """During shutdown, a client between transactions gets 421 and is closed."""
+        if not self._shutdown or self._closing or self._gone:
+            return False
+        if self.session.envelope.mail_from is not None or self._stream is not None or self._pauses:
+            return False
+        self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
+        self._close()
+        return True
 
     def force_close(self) -> None:
         """close_timeout passed: 421 and drop whatever is going on."""
