@@ -980,26 +980,28 @@ class SMTPServerProtocol(LineReceiver):
         """A whole chunk was read: answer it, or (LAST) wait for the verdict."""
         error = self._chunk_error
         stream = self._stream
+        last = self._chunk_last
+        # LMTP answers the last chunk once per recipient, like the end of DATA.
+        count = len(self.session.envelope.rcpt_to) if last and self.options.lmtp else 1
         if error is None and stream is not None:
             if stream.size_exceeded:
                 error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif self._data_outcome is not None and self._data_outcome[1] is not None:
                 # The hook refused before the last chunk: its reply, now.
-                self._send_outcome(None, self._data_outcome[1], 250, "", "")
+                for _ in range(count):
+                    self._send_outcome(None, self._data_outcome[1], 250, "", "")
                 error = (554, "5.6.0", "Error: message refused")
-                self._bdat_error = error
-                if self._chunk_last:
-                    self._reset_transaction()
-                return
+                count = 0
         if error is not None:
-            self._reply(*error)
-            if self._chunk_last:
+            for _ in range(count):
+                self._reply(*error)
+            if last:
                 self._reset_transaction()
-            else:
+            elif self._stream is not None:  # later chunks of this transaction fail too
                 self._bdat_error = error
             return
         assert stream is not None
-        if not self._chunk_last:
+        if not last:
             self._reply(250, "2.0.0", f"{stream.byte_length} octets received")
             return
         self._data_dot = True

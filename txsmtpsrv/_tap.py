@@ -229,6 +229,8 @@ class Options(usage.Options, AuthOptionMixin):
         for key in ("tls-key", "tls-cert"):
             if self[key]:
                 self[key] = os.path.abspath(os.path.expanduser(self[key]))
+        if self["tls-key"] or self["tls-cert"]:
+            _check_tls_files(self["tls-key"], self["tls-cert"])
         if not self["listen"] and not self["adopt"]:
             self["listen"] = [DEFAULT_LISTEN]
         if self["workers"] > 1:
@@ -242,6 +244,16 @@ class Options(usage.Options, AuthOptionMixin):
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
         return list(self.get("credCheckers", []))
+
+
+def _check_tls_files(key: Optional[str], cert: Optional[str]) -> None:
+    """Load the certificate now, so a bad one is a usage error rather than a traceback."""
+    from txsmtpsrv._tls import TLSConfig, TLSContextHolder
+
+    try:
+        TLSContextHolder(TLSConfig(key=key, cert=cert))
+    except ValueError as e:  # TLSConfigError
+        raise usage.UsageError(f"--tls-key/--tls-cert: {e}") from None
 
 
 def _load_hooks_target(spec: str) -> Any:

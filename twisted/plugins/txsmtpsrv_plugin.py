@@ -1,0 +1,5 @@
+# -*- test-case-name: tests.test_tap -*-
+"""The C{twistd smtpsrv} plugin; all logic lives in L{txsmtpsrv._tap}."""
+from twisted.application.service import ServiceMaker
+
+smtpsrv = ServiceMaker("txsmtpsrv", "txsmtpsrv._tap", "An SMTP/LMTP mail receiver.", "smtpsrv")
