@@ -175,6 +175,5 @@ def test_greeting_then_early_commands_in_order():
     assert [r.code for r in client.replies()] == [220, 250, 250]
 
 
-@pytest.mark.skip(reason="STARTTLS is not implemented yet")
 def test_starttls_discards_pipelined_commands():
     """Commands pipelined after STARTTLS are discarded, not run after the handshake (CVE-2011-0411)."""

@@ -201,7 +201,10 @@ def parse_envid(value: Optional[str]) -> str:
     """RFC 3461 4.4: ENVID is xtext, at most 100 characters."""
     if not value or len(value) > 100:
         raise CommandError(501, "5.5.4", "Error: ENVID must be 1 to 100 characters of xtext")
-    return _xtext(value, "ENVID")
+    decoded = _xtext(value, "ENVID")
+    if not all(" " <= c <= "~" for c in decoded):
+        raise CommandError(501, "5.5.4", "Error: ENVID must be printable US-ASCII")
+    return decoded
 
 
 def parse_bdat(arg: str) -> Tuple[int, bool]:

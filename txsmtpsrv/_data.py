@@ -64,39 +64,52 @@ class DotDecoder:
         """
         Decode the next bytes.
 
+        One scan for C{CRLF "."} finds both the end of the message and the
+        lines whose leading dot must go (RFC 5321 4.5.2: the first character
+        of a line is deleted when it is a period); the bare CR/LF check
+        counts within the same buffer without copying it.
+
         @return: C{(payload, rest)}; C{rest} is C{None} while the message goes
             on, else the bytes after the terminating dot (pipelined commands).
         """
         buf = self._carry + data if self._carry else data
-        end = buf.find(_TERMINATOR)
-        if end >= 0:
-            body = buf[: end + 2]
-            rest: Optional[bytes] = buf[end + 5:]
-            self._carry = b""
+        n = len(buf)
+        parts: list[bytes] = []
+        start = 0
+        end = n  # where the payload of this buffer stops
+        rest: Optional[bytes] = None
+        pos = buf.find(b"\r\n.")
+        while pos >= 0:
+            after = buf[pos + 3:pos + 5]
+            if after == b"\r\n":  # the terminator
+                end = pos + 2
+                rest = buf[pos + 5:]
+                break
+            if after == b"" or after == b"\r":  # cannot tell yet: keep it
+                end = pos
+                break
+            parts.append(buf[start:pos + 2])  # keep the CRLF, drop the dot
+            start = pos + 3
+            pos = buf.find(b"\r\n.", start)
         else:
-            rest = None
-            # Keep the longest tail that may begin the terminator.
+            # Keep a tail that may begin the terminator.
             if buf.endswith(b"\r"):
-                keep = 4 if buf.endswith(b"\r\n.\r") else 1
+                end = n - 1
             elif buf.endswith(b"\r\n"):
-                keep = 2
-            elif buf.endswith(b"\r\n."):
-                keep = 3
-            else:
-                keep = 0
-            if keep:
-                body, self._carry = buf[:-keep], buf[-keep:]
-            else:
-                body, self._carry = buf, b""
-        if not body:
-            return b"", rest
+                end = n - 2
+        self._carry = buf[end:] if rest is None else b""
         if self._check_bare and not self.bare:
-            crlf = body.count(b"\r\n")
-            if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+            crlf = buf.count(b"\r\n", 0, end)
+            if buf.count(b"\n", 0, end) != crlf or buf.count(b"\r", 0, end) != crlf:
                 self.bare = True
-        if b"\r\n." in body:
-            body = body.replace(b"\r\n..", b"\r\n.")
-        if self._first:
+        if parts:
+            parts.append(buf[start:end])
+            body = b"".join(parts)
+        elif start == 0 and end == n:
+            body = buf
+        else:
+            body = buf[start:end]
+        if self._first and body:
             self._first = False
             body = body[2:]
         return body, rest

@@ -349,6 +349,8 @@ class SMTPServerProtocol(LineReceiver):
             if self._hook_waits:
                 return
         self._pauses &= ~why
+        if why == _HOOK and self._tls_timer is not None:
+            self._tls_timer.restart()  # our hook held the handshake up, not the client
         if not self._pauses and not self._gone and not self._closing:
             self._deadline = self._clock.seconds() + self.options.socket_timeout
             self.resumeProducing()  # replays buffered lines via dataReceived(b"")
@@ -645,6 +647,8 @@ class SMTPServerProtocol(LineReceiver):
         try:
             mailbox, ptext = parse_path_argument(arg, "TO", null_ok=False)
             params = parse_params(ptext)
+            if params and s.opening_command == "HELO":
+                raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
             for key, value in params.items():
                 if key == "NOTIFY" and dsn:
                     notify = parse_notify(value)
@@ -851,7 +855,8 @@ class SMTPServerProtocol(LineReceiver):
             timeout = self.server.tls.handshake_timeout
         except Exception:
             timeout = 30.0
-        return start_handshake_timer(self.transport, timeout, self._clock)
+        return start_handshake_timer(self.transport, timeout, self._clock,
+                                     hold=lambda: bool(self._pauses & _HOOK))
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up; tell the on_secure hook."""
@@ -870,9 +875,10 @@ class SMTPServerProtocol(LineReceiver):
             self._invoke(hook, (s,), self._secure_done, pause=True)
 
     def _secure_done(self, value: Any, failure: Optional[Failure]) -> None:
-        if failure is not None:
-            self._send_outcome(None, failure, 250, "", "")
-            self._close()
+        if failure is None and (value is None or (isinstance(value, Reply) and value.code < 400)):
+            return
+        self._send_outcome(value, failure, 250, "", "")
+        self._close()
 
     # -- XCLIENT / XFORWARD (Postfix) -------------------------------------------------
 
@@ -982,7 +988,7 @@ class SMTPServerProtocol(LineReceiver):
         stream = self._stream
         last = self._chunk_last
         # LMTP answers the last chunk once per recipient, like the end of DATA.
-        count = len(self.session.envelope.rcpt_to) if last and self.options.lmtp else 1
+        count = max(1, len(self.session.envelope.rcpt_to)) if last and self.options.lmtp else 1
         if error is None and stream is not None:
             if stream.size_exceeded:
                 error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")

@@ -773,26 +773,65 @@ def tls_info(transport: object) -> TLSInfo | None:
     )
 
 
+class HandshakeTimer:
+    """
+    Aborts a connection whose TLS handshake does not finish in time.
+
+    While C{hold()} is true (the server itself holds reading, e.g. a slow
+    on_connect hook under implicit TLS) the time does not count against the
+    client: the timer starts again.
+    """
+
+    def __init__(self, transport: ITransport, timeout: float, clock: IReactorTime,
+                 hold: Callable[[], bool] | None = None) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._clock = clock
+        self._hold = hold
+        self._call: IDelayedCall | None = clock.callLater(timeout, self._expire)
+
+    def active(self) -> bool:
+        """Whether the timer is still running."""
+        return self._call is not None and self._call.active()
+
+    def restart(self) -> None:
+        """The server stopped holding reading: the client gets the whole time again."""
+        if self.active():
+            assert self._call is not None
+            self._call.reset(self._timeout)
+
+    def cancel(self) -> None:
+        """The handshake completed (or the connection went away)."""
+        if self.active():
+            assert self._call is not None
+            self._call.cancel()
+        self._call = None
+
+    def _expire(self) -> None:
+        if self._hold is not None and self._hold():
+            self._call = self._clock.callLater(self._timeout, self._expire)
+            return
+        self._call = None
+        log.info("TLS handshake not completed within {timeout} s, aborting", timeout=self._timeout)
+        abort = getattr(self._transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self._transport.loseConnection()
+
+
 def start_handshake_timer(
-    transport: ITransport, timeout: float | None, clock: IReactorTime
-) -> IDelayedCall | None:
+    transport: ITransport, timeout: float | None, clock: IReactorTime,
+    hold: Callable[[], bool] | None = None,
+) -> HandshakeTimer | None:
     """
     Abort C{transport} unless the TLS handshake finishes within C{timeout} s.
 
     Call right after C{startTLS} (or in C{connectionMade} under implicit
-    TLS); cancel the returned call in C{handshakeCompleted} and
+    TLS); cancel the returned timer in C{handshakeCompleted} and
     C{connectionLost}. No SMTP reply is possible mid-handshake, hence abort.
     """
     if timeout is None:
         return None
-
-    def expire() -> None:
-        log.info("TLS handshake not completed within {timeout} s, aborting", timeout=timeout)
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
-
-    return clock.callLater(timeout, expire)
+    return HandshakeTimer(transport, timeout, clock, hold)
 
