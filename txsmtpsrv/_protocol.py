@@ -78,6 +78,15 @@ class SMTPServerProtocol(LineReceiver):
     delimiter = b"\n"  # commands end on LF; the CR is stripped (lenient like Postfix)
     log = Logger()
 
+    # Thousands of idle connections must stay cheap: our state lives in slots.
+    __slots__ = (
+        "server", "options", "session", "_clock", "_esc", "_out", "_pauses", "_hook_waits", "_pending",
+        "_closing", "_shutdown", "_gone", "_discard_line", "_line_rest", "_unrecognized",
+        "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
+        "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
+        "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error",
+    )
+
     def __init__(self, server: "SMTPServer") -> None:
         self.server = server
         options = server.options
