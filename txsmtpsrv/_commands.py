@@ -47,12 +47,11 @@ def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, 
     @return: C{(mailbox, params)}; the mailbox is C{""} for C{<>}.
     @raise CommandError: 501 with the RFC 3463 code for bad syntax.
     """
-    bad = "5.5.4" if keyword == "FROM" else "5.5.4"
     what = "sender" if keyword == "FROM" else "recipient"
     addr_code = "5.1.7" if keyword == "FROM" else "5.1.3"
     head = arg[: len(keyword) + 1]
     if head.upper() != keyword + ":":
-        raise CommandError(501, bad, f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+        raise CommandError(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
     rest = arg[len(keyword) + 1:].lstrip(" ")
     if not rest.startswith("<"):
         raise CommandError(501, addr_code, f"Bad {what} address syntax: expected <address>")
@@ -84,15 +83,17 @@ def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, 
         if not null_ok:
             raise CommandError(501, addr_code, "Null recipient address <> is not allowed")
         return "", params.strip(" ")
-    route = _SOURCE_ROUTE.match(mailbox)
-    if route:  # RFC 5321 4.1.1.3: accept and ignore source routes.
-        mailbox = mailbox[route.end():]
+    if mailbox[0] == "@":
+        route = _SOURCE_ROUTE.match(mailbox)
+        if route:  # RFC 5321 4.1.1.3: accept and ignore source routes.
+            mailbox = mailbox[route.end():]
     if keyword == "TO" and mailbox.lower() == "postmaster":
         return mailbox, params.strip(" ")
     if not _MAILBOX.match(mailbox):
         raise CommandError(501, addr_code, f"Bad {what} address syntax")
     local, _, domain = mailbox.rpartition("@")
-    if len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255:
+    if (len(local) > 64 or len(domain) > 255) if mailbox.isascii() else (
+            len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255):
         raise CommandError(501, addr_code, f"Bad {what} address: too long")
     return mailbox, params.strip(" ")
 

@@ -865,7 +865,7 @@ class SMTPServerProtocol(LineReceiver):
         except Exception:
             timeout = 30.0
         return start_handshake_timer(self.transport, timeout, self._clock,
-                                     hold=lambda: bool(self._pauses & _HOOK))
+                                     hold=lambda: bool(self._pauses & _HOOK), session_id=self.session.id)
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up; tell the on_secure hook."""

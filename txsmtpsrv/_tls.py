@@ -783,7 +783,8 @@ class HandshakeTimer:
     """
 
     def __init__(self, transport: ITransport, timeout: float, clock: IReactorTime,
-                 hold: Callable[[], bool] | None = None) -> None:
+                 hold: Callable[[], bool] | None = None, session_id: str | None = None) -> None:
+        self._session_id = session_id
         self._transport = transport
         self._timeout = timeout
         self._clock = clock
@@ -812,7 +813,8 @@ class HandshakeTimer:
             self._call = self._clock.callLater(self._timeout, self._expire)
             return
         self._call = None
-        log.info("TLS handshake not completed within {timeout} s, aborting", timeout=self._timeout)
+        log.info("TLS handshake not completed within {timeout} s, aborting", timeout=self._timeout,
+                 session_id=self._session_id)
         abort = getattr(self._transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -822,7 +824,7 @@ class HandshakeTimer:
 
 def start_handshake_timer(
     transport: ITransport, timeout: float | None, clock: IReactorTime,
-    hold: Callable[[], bool] | None = None,
+    hold: Callable[[], bool] | None = None, session_id: str | None = None,
 ) -> HandshakeTimer | None:
     """
     Abort C{transport} unless the TLS handshake finishes within C{timeout} s.
@@ -833,5 +835,5 @@ def start_handshake_timer(
     """
     if timeout is None:
         return None
-    return HandshakeTimer(transport, timeout, clock, hold)
+    return HandshakeTimer(transport, timeout, clock, hold, session_id)
 
