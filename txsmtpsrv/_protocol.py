@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -50,15 +50,20 @@ __all__ = ["SMTPServerProtocol"]
 _HOOK = 1  # a hook has not answered
 _STREAM = 2  # the body's reader is behind
 _VERDICT = 4  # the message ended; its final reply waits for the data hook
+_WRITE = 8  # the client does not read our replies: the transport's buffer is full
+_OURS = _HOOK | _STREAM | _VERDICT  # waits that never time the client out
 
 _LOCAL_ERROR = "Requested action aborted: local error in processing"
 
 
 def _ip(text: str) -> Any:
     try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d: match them as IPv4.
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return mapped if mapped is not None else addr
 
 
 def _address_parts(address: Any) -> Tuple[str, int]:
@@ -66,6 +71,29 @@ def _address_parts(address: Any) -> Tuple[str, int]:
     if host is None:  # UNIX sockets and friends
         return "", 0
     return str(host), int(getattr(address, "port", 0) or 0)
+
+
+@implementer(IPushProducer)
+class _ReplyBackpressure:
+    """
+    Registered with the transport: when a client pipelines commands but does
+    not read the replies, the write buffer fills and we stop reading
+    commands, so replies cannot pile up in memory.
+    """
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: "SMTPServerProtocol") -> None:
+        self._proto = proto
+
+    def pauseProducing(self) -> None:
+        self._proto._pause(_WRITE)
+
+    def resumeProducing(self) -> None:
+        self._proto._resume(_WRITE)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IHandshakeListener)
@@ -140,6 +168,10 @@ class SMTPServerProtocol(LineReceiver):
         self.server._connected(self)
         if ISSLTransport.providedBy(self.transport):  # implicit TLS: the handshake is under way
             self._tls_timer = self._start_handshake_timer()
+        else:
+            # Under TLS only once the handshake is done: before, the TLS layer
+            # pauses its producer while it buffers our greeting.
+            self.transport.registerProducer(_ReplyBackpressure(self), True)
         now = self._clock.seconds()
         self._deadline = now + self.options.socket_timeout
         self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
@@ -341,6 +373,8 @@ class SMTPServerProtocol(LineReceiver):
         if self._out:
             self._flush()
         if not self._gone:
+            # A registered producer would hold the close back until it leaves.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _pause(self, why: int) -> None:
@@ -358,6 +392,9 @@ class SMTPServerProtocol(LineReceiver):
             if self._hook_waits:
                 return
         self._pauses &= ~why
+        if why == _WRITE:
+            # The client read its replies: it gets a whole timeout again.
+            self._deadline = max(self._deadline, self._clock.seconds() + self.options.socket_timeout)
         if why == _HOOK and self._tls_timer is not None:
             self._tls_timer.restart()  # our hook held the handshake up, not the client
         if not self._pauses and not self._gone and not self._closing:
@@ -369,16 +406,21 @@ class SMTPServerProtocol(LineReceiver):
             return
         now = self._clock.seconds()
         timeout = self.options.socket_timeout
-        if self._pauses or now < self._deadline:
+        ours = self._pauses & _OURS
+        if ours or now < self._deadline:
             # Waiting on our own hooks or reader never times the client out.
-            delay = timeout if self._pauses else self._deadline - now
+            delay = timeout if ours else self._deadline - now
             self._timer = self._clock.callLater(delay, self._check_timeout)
             return
         self._timer = None
         self.log.info("timeout after {timeout}s", timeout=timeout, session_id=self.session.id)
-        self._reply(421, "4.4.2", f"{self.options.name} Error: timeout exceeded")
         if self._stream is not None and not self._stream.ended:
             self._stream.finish(Failure(ConnectionLost("timeout during DATA")))
+        if self._pauses & _WRITE:  # it does not read: a 421 would never arrive
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self._reply(421, "4.4.2", f"{self.options.name} Error: timeout exceeded")
         self._close()
 
     # -- hooks -----------------------------------------------------------------
@@ -874,6 +916,9 @@ class SMTPServerProtocol(LineReceiver):
             self._tls_timer.cancel()
         self._tls_timer = None
         s = self.session
+        if not s.secure and ISSLTransport.providedBy(self.transport) and not self._gone \
+                and getattr(self.transport, "producer", None) is None:
+            self.transport.registerProducer(_ReplyBackpressure(self), True)
         s.secure = True
         s.tls = tls_info(self.transport)
         if s.tls is not None:
@@ -926,7 +971,7 @@ class SMTPServerProtocol(LineReceiver):
         s.host_name_appears_as = str(known.get("HELO", ""))
         s.user = known.get("LOGIN")
         self._trusted = False  # the new client is not the trusted proxy
-        self._greet()
+        self._connect_hook()  # policy sees the real client (on_connect, then 220)
 
     def _cmd_XFORWARD(self, arg: str) -> None:
         if not self._x_allowed(self.options.use_xforward):
@@ -1137,8 +1182,8 @@ class SMTPServerProtocol(LineReceiver):
         s = self.session
         if s.envelope.mail_from is not None or s.envelope.rcpt_to:
             s.envelope = Envelope()
-            if s.xforward:  # XFORWARD describes one transaction
-                s.xforward = {}
+        if s.xforward:  # XFORWARD describes one transaction
+            s.xforward = {}
 
     def _cmd_NOOP(self, arg: str) -> None:
         self._reply(250, "2.0.0", "OK")
