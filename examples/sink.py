@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from twisted.internet import defer, task
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from txsmtpsrv import Hooks, SMTPServer
 
@@ -37,7 +37,7 @@ class PrintingHooks(Hooks):
 async def main(reactor, endpoint="tcp:2525:interface=127.0.0.1"):
     server = SMTPServer(PrintingHooks(), name="sink.localhost")
     port = await server.listen(endpoint)
-    print(f"listening on {port.getHost()}", file=sys.stderr)
+    Logger().info("listening on {address}", address=port.getHost())
     await defer.Deferred()  # run until interrupted
 
 

@@ -9,6 +9,7 @@ receive mail as a stream. Everything not named in C{__all__} is private.
 from __future__ import annotations
 
 from ._cred import CredAuthenticator, IOAuth2Token
+from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
 from ._hooks import Hooks
@@ -28,11 +29,14 @@ __all__ = [
     "IOAuth2Token",
     "Envelope",
     "Hooks",
+    "MaildirDelivery",
+    "MboxDelivery",
     "MessageDiscarded",
     "MessageDone",
     "MessageStream",
     "MessageTooLarge",
     "OBSERVER_EVENTS",
+    "PrintDelivery",
     "ProxyHeaderError",
     "ProxyInfo",
     "ProxySSLInfo",
@@ -49,4 +53,5 @@ __all__ = [
     "constant_time_equals",
     "development_certificate",
     "proxyEndpoint",
+    "received_header",
 ]

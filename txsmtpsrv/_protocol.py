@@ -184,8 +184,8 @@ class SMTPServerProtocol(LineReceiver):
         if ip:
             self.session.client_hostname = address_literal(ip)
         if not self._quiet:
-            self.log.info("connection from {remote_address}:{remote_port}", session_id=sid,
-                          remote_address=ip, remote_port=peer[1])
+            self.log.info("connection from {peer}", session_id=sid, remote_address=ip, remote_port=peer[1],
+                          peer=f"{ip}:{peer[1]}" if ip else "a local socket")
         self.server._notify("connect", self.session)
         if ip and not self.options.disable_reverse_lookup:
             self._invoke(self._reverse_lookup, (ip,), self._lookup_done, pause=True)
