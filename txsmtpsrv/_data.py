@@ -24,7 +24,8 @@ from zope.interface import implementer
 __all__ = ["DotDecoder", "MessageStream", "MessageDone", "MessageTooLarge", "BareLineEnding",
            "MessageDiscarded"]
 
-_TERMINATOR = b"\r\n.\r\n"
+_CRLF = b"\r\n"
+_NOT_CR_LF = bytes(i for i in range(256) if i not in (10, 13))
 
 
 class MessageDone(Exception):
@@ -99,8 +100,9 @@ class DotDecoder:
                 end = n - 2
         self._carry = buf[end:] if rest is None else b""
         if self._check_bare and not self.bare:
-            crlf = buf.count(b"\r\n", 0, end)
-            if buf.count(b"\n", 0, end) != crlf or buf.count(b"\r", 0, end) != crlf:
+            # Keep only the CRs and LFs: they must read CRLF CRLF ... exactly.
+            ends = (buf if end == n else buf[:end]).translate(None, _NOT_CR_LF)
+            if ends != _CRLF * (len(ends) >> 1) or len(ends) & 1:
                 self.bare = True
         if parts:
             parts.append(buf[start:end])
