@@ -468,8 +468,8 @@ def test_hook_smtp_error_passes_through():
     assert client.protocol.session.user is None
 
 
-def test_hook_exception_is_451():
-    """Any other exception is 451 4.3.0; it is logged, never shown to the client."""
+def test_hook_exception_is_454():
+    """Any other exception is 454 4.7.0 (RFC 4954 6); it is logged, never shown to the client."""
     class Hooks:
         def on_auth(self, session, credentials):
             raise RuntimeError("database exploded")
@@ -477,7 +477,7 @@ def test_hook_exception_is_451():
     with capturedLogs() as events:
         client = connect(Hooks())
         reply = client.command("AUTH PLAIN " + plain_ir())
-    assert code(reply) == (451, "4.3.0")
+    assert code(reply) == (454, "4.7.0")
     assert "exploded" not in reply.text
     text = "\n".join(eventAsText(e) for e in events)
     assert "database exploded" in text

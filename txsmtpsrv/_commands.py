@@ -192,7 +192,12 @@ def parse_orcpt(value: Optional[str]) -> Tuple[str, str]:
     if not semi or not text or not _ADDR_TYPE.match(addr_type) or len(value or "") > 500:
         raise CommandError(501, "5.5.4", "Error: ORCPT must be addr-type;address")
     if addr_type.lower() == "utf-8":  # RFC 6533 utf-8-addr-xtext: \x{HEX}
-        decoded = re.sub(r"\\x\{([0-9A-Fa-f]{1,6})\}", lambda m: chr(int(m.group(1), 16)), text)
+        def char(m: "re.Match[str]") -> str:
+            code = int(m.group(1), 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise CommandError(501, "5.5.4", "Error: bad code point in ORCPT")
+            return chr(code)
+        decoded = re.sub(r"\\x\{([0-9A-Fa-f]{1,6})\}", char, text)
     else:
         decoded = _xtext(text, "ORCPT")
     return addr_type.lower(), decoded
@@ -211,7 +216,7 @@ def parse_envid(value: Optional[str]) -> str:
 def parse_bdat(arg: str) -> Tuple[int, bool]:
     """C{"<size> [LAST]"} → C{(size, last)} (RFC 3030)."""
     parts = arg.split(" ")
-    if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 18 or (
+    if not 1 <= len(parts) <= 2 or not (parts[0].isascii() and parts[0].isdigit()) or len(parts[0]) > 18 or (
             len(parts) == 2 and parts[1].upper() != "LAST"):
         raise CommandError(501, "5.5.4", "Error: syntax: BDAT chunk-size [LAST]")
     return int(parts[0]), len(parts) == 2

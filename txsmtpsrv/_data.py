@@ -14,6 +14,7 @@ body is never held whole in memory unless the hook asks for it.
 
 from __future__ import annotations
 
+from types import CoroutineType
 from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import Deferred
@@ -273,9 +274,15 @@ class MessageStream:
 
     def _close(self, reason: Optional[Failure]) -> None:
         """Tell the reader the body is over; C{None} means it ended normally."""
+        consumer = self._consumer
+        if consumer is None:
+            # Nobody reads yet: keep the reason for whoever attaches later.
+            self._discard = True
+            self._end = reason
+            self._release()
+            return
         self._closed = True
         self._end = None
-        consumer = self._consumer
         if isinstance(consumer, _Collector):
             consumer.ended(reason)  # no Failure needed for the common case
         elif consumer is not None:
@@ -300,10 +307,15 @@ class _Collector:
             return
         try:
             result = self._callback(chunk)
+            if isinstance(result, CoroutineType):  # an async def callback
+                result = Deferred.fromCoroutine(result)
         except Exception:
             self._fail(Failure())
             return
         if isinstance(result, Deferred):
+            if result.called:  # already done: no need to pause
+                result.addErrback(self._fail)
+                return
             assert self._producer is not None
             self._producer.pauseProducing()
             result.addCallbacks(self._resume, self._fail)

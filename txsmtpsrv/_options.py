@@ -122,6 +122,8 @@ class ServerOptions:
     #: Commands a client may send before authenticating, when the auth hook
     #: makes authentication required; then C{421} and close (0: no limit).
     max_allowed_unauthenticated_commands: int = 10
+    #: Failed AUTH attempts per connection before C{421} and close (0: no limit).
+    max_auth_failures: int = 5
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -154,7 +156,7 @@ class ServerOptions:
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",
-                     "min_data_rate", "max_allowed_unauthenticated_commands"):
+                     "min_data_rate", "max_allowed_unauthenticated_commands", "max_auth_failures"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, not {value!r}")

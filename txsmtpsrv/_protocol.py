@@ -109,7 +109,7 @@ class SMTPServerProtocol(LineReceiver):
     # Thousands of idle connections must stay cheap: our state lives in slots.
     __slots__ = (
         "server", "options", "session", "_clock", "_esc", "_out", "_pauses", "_hook_waits", "_pending",
-        "_closing", "_shutdown", "_gone", "_discard_line", "_line_rest", "_unrecognized",
+        "_closing", "_hungup", "_shutdown", "_auth_failures", "_stream_wait", "_gone", "_discard_line", "_line_rest", "_unrecognized",
         "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
         "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
         "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error",
@@ -128,12 +128,15 @@ class SMTPServerProtocol(LineReceiver):
         self._hook_waits = 0
         self._pending: List[Deferred[Any]] = []
         self._closing = False  # QUIT or 421 sent: ignore the rest
+        self._hungup = False  # the final reply is out: write nothing more
         self._shutdown = False  # the server is closing: 421 after this transaction
         self._gone = False  # connectionLost ran
         self._discard_line = False  # skipping the tail of an over-long line
         self._line_rest = b""  # commands after an over-long line, to parse again
         self._unrecognized = 0
         self._unauthenticated = 0
+        self._auth_failures = 0
+        self._stream_wait = 0.0  # when the body's reader paused us
         # AUTH: the exchange waiting for a client line, and the error to
         # give after an XOAUTH2 error challenge is acknowledged.
         self._auth: Optional[Exchange] = None
@@ -327,10 +330,17 @@ class SMTPServerProtocol(LineReceiver):
                 self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
                 self._close()
                 return
+        if self._shutdown_if_idle():
+            return
         if self.server._observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
             self.server._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
-        handler(self, arg)
+        try:
+            handler(self, arg)
+        except Exception:
+            # A bug of ours must cost one command, not the connection.
+            self.log.failure("error handling {verb}", verb=name, session_id=self.session.id)
+            self._reply(451, "4.3.0", _LOCAL_ERROR)
 
     def _unrecognized_command(self, verb: bytes) -> None:
         if not verb:
@@ -348,27 +358,32 @@ class SMTPServerProtocol(LineReceiver):
 
     # -- writing and flow control --------------------------------------------
 
-    def _reply(self, code: int, enhanced: Optional[str], text: str) -> None:
+    def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
+        """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
+        if not cache:
+            self._out.append(format_reply(code, text.split("\n"), enhanced if self._esc else None))
+            return
         key = (code, enhanced, text)
-        cache = self.server._reply_cache
-        data = cache.get(key)
+        replies = self.server._reply_cache
+        data = replies.get(key)
         if data is None:
-            data = format_reply(code, text.split("\n"), enhanced if self._esc else None)
-            if len(cache) < 512:
-                cache[key] = data
+            data = replies[key] = format_reply(code, text.split("\n"), enhanced if self._esc else None)
         self._out.append(data)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self._gone:
+        if self._gone or self._hungup:
             return
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _close(self) -> None:
-        """Send what is queued and close; nothing more is read."""
+        """Send what is queued and close; nothing more is read or answered."""
         self._closing = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.cancel()
         self.clearLineBuffer()
         if self._out:
             self._flush()
@@ -376,6 +391,7 @@ class SMTPServerProtocol(LineReceiver):
             # A registered producer would hold the close back until it leaves.
             self.transport.unregisterProducer()
             self.transport.loseConnection()
+        self._hungup = True  # whatever happens later is not sent
 
     def _pause(self, why: int) -> None:
         if not self._pauses and not self._gone:
@@ -406,6 +422,14 @@ class SMTPServerProtocol(LineReceiver):
             return
         now = self._clock.seconds()
         timeout = self.options.socket_timeout
+        stream = self._stream
+        if (self._pauses & _OURS == _STREAM and stream is not None and self._data_outcome is not None
+                and now - self._stream_wait >= self.options.hook_timeout):
+            # The hook answered but left a reader that stopped reading.
+            self.log.warn("message reader stalled for {timeout}s", timeout=self.options.hook_timeout,
+                          session_id=self.session.id)
+            self._data_outcome = (None, Failure(TimeoutError("the message reader stalled")))
+            stream.abort(Failure(TimeoutError("the message reader stalled")))
         ours = self._pauses & _OURS
         if ours or now < self._deadline:
             # Waiting on our own hooks or reader never times the client out.
@@ -455,8 +479,11 @@ class SMTPServerProtocol(LineReceiver):
             if waiting:
                 if result in self._pending:  # connectionLost empties the list
                     self._pending.remove(result)
-                if self._gone:
-                    if isinstance(outcome, Failure) and not outcome.check(CancelledError):
+                if self._gone or self._closing:
+                    # Nobody to answer. A hook failing because the client left
+                    # (or we cancelled it) is not worth a traceback.
+                    if isinstance(outcome, Failure) and not outcome.check(
+                            CancelledError, ConnectionLost, ConnectionDone, MessageDiscarded):
                         self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
                     return None
             if isinstance(outcome, Failure):
@@ -483,7 +510,7 @@ class SMTPServerProtocol(LineReceiver):
         return result
 
     def _send_outcome(self, value: Any, failure: Optional[Failure], code: int, enhanced: str,
-                      text: str, greeting: bool = False) -> bool:
+                      text: str, greeting: bool = False, cache: bool = True) -> bool:
         """
         Reply with a hook's outcome: its Reply, its SMTPError, or the default
         C{code enhanced text}. Other errors become 451 4.3.0 and are logged.
@@ -492,7 +519,7 @@ class SMTPServerProtocol(LineReceiver):
         """
         if failure is None:
             if value is None:
-                self._reply(code, enhanced, text)
+                self._reply(code, enhanced, text, cache)
                 return True
             if isinstance(value, Reply):
                 enh = value.enhanced
@@ -545,7 +572,6 @@ class SMTPServerProtocol(LineReceiver):
         if not hostname:
             self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
             return
-        self._reset_transaction()
         hook = self.server._hooks.on_helo
 
         def done(value: Any, failure: Optional[Failure]) -> None:
@@ -553,6 +579,7 @@ class SMTPServerProtocol(LineReceiver):
             if not custom and (failure is not None or value is not None):
                 self._send_outcome(value, failure, 250, "", "")
                 return
+            self._reset_transaction()  # RFC 5321 4.1.4: like RSET
             s = self.session
             s.host_name_appears_as = hostname
             s.opening_command = command
@@ -623,7 +650,7 @@ class SMTPServerProtocol(LineReceiver):
             params = parse_params(ptext)
             env = self._mail_params(params)
         except CommandError as e:
-            self._reply(e.code, e.enhanced, e.text)
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             return
         if not mailbox.isascii() and not env.smtputf8:
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
@@ -651,7 +678,7 @@ class SMTPServerProtocol(LineReceiver):
             raise CommandError(555, "5.5.4", "Error: MAIL parameters need EHLO")
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
                 env.size = int(value)
                 if o.size and env.size > o.size:
@@ -681,7 +708,7 @@ class SMTPServerProtocol(LineReceiver):
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
                 env.requiretls = True
             elif key not in o.mail_params:
-                raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key}")
+                raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
         return env
 
     def _cmd_RCPT(self, arg: str) -> None:
@@ -706,9 +733,9 @@ class SMTPServerProtocol(LineReceiver):
                 elif key == "ORCPT" and dsn:
                     orcpt = parse_orcpt(value)
                 elif key not in self.options.rcpt_params:
-                    raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key}")
+                    raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key[:40]}")
         except CommandError as e:
-            self._reply(e.code, e.enhanced, e.text)
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             return
         if not mailbox.isascii() and not env.smtputf8:
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
@@ -755,8 +782,8 @@ class SMTPServerProtocol(LineReceiver):
         self._data_dot = False
         self._data_bare = False
         self._data_outcome = None
-        stream = self._stream = MessageStream(
-            lambda: self._pause(_STREAM), lambda: self._resume(_STREAM), self.options.size)
+        stream = self._stream = MessageStream(self._stream_paused, lambda: self._resume(_STREAM),
+                                              self.options.size)
         hook = self.server._hooks.on_data
         self._data_hook = None
         if hook is None:
@@ -768,14 +795,19 @@ class SMTPServerProtocol(LineReceiver):
                     self._data_hook_done(value, failure)
             self._data_hook = self._invoke(hook, (self.session, stream), done, pause=False)
 
+    def _stream_paused(self) -> None:
+        self._stream_wait = self._clock.seconds()
+        self._pause(_STREAM)
+
     def _data_hook_done(self, value: Any, failure: Optional[Failure]) -> None:
         self._data_outcome = (value, failure)
         self._data_hook = None
         stream = self._stream
         if stream is not None and (not stream.has_reader or failure is not None):
-            # Nobody reads the rest: skip it up to the end, then answer.
+            # Nobody reads the rest: skip it up to the end, then answer. This
+            # may resume reading and so reach the end (and the reply) at once.
             stream.discard()
-        if self._data_dot:
+        if self._data_dot and stream is not None and self._stream is stream:
             self._data_reply()
 
     def _abandon_data(self) -> None:
@@ -803,19 +835,30 @@ class SMTPServerProtocol(LineReceiver):
         if rest is None:
             return
         self._decoder = None
+        self._body_ended(stream)
+        self.setLineMode(rest)
+
+    def _body_ended(self, stream: MessageStream) -> None:
+        """The dot (or BDAT LAST) arrived: answer now, or once the data hook has."""
         self._data_dot = True
         stream.finish()  # may run the data hook to completion, and so reply
-        if self._stream is stream:
-            if self._data_outcome is None:
-                self._pause(_VERDICT)  # commands after the dot wait for the verdict
-            else:
-                self._data_reply()
-        self.setLineMode(rest)
+        if self._stream is not stream:
+            return
+        if self._data_outcome is None and self._data_hook is not None and (
+                stream.size_exceeded or self._data_bare):
+            self._data_hook.cancel()  # the verdict is known: no need to wait (replies)
+        if self._stream is not stream:
+            return
+        if self._data_outcome is None:
+            self._pause(_VERDICT)  # commands after the end wait for the verdict
+        else:
+            self._data_reply()
 
     def _data_reply(self) -> None:
         stream = self._stream
         assert stream is not None and self._data_outcome is not None
         self._stream = None
+        self._data_dot = False
         value, failure = self._data_outcome
         s = self.session
         # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
@@ -838,12 +881,13 @@ class SMTPServerProtocol(LineReceiver):
                 if isinstance(item, BaseException):
                     ok = self._send_outcome(None, Failure(item), 250, "", "") or ok
                 else:
-                    ok = self._send_outcome(item, None, 250, "2.0.0", f"OK: message accepted for <{rcpt}>") or ok
+                    ok = self._send_outcome(item, None, 250, "2.0.0", f"OK: message accepted for <{rcpt}>",
+                                            cache=False) or ok
         else:
             ok = False
             for rcpt in rcpts:
                 text = "OK: message accepted" if rcpt is None else f"OK: message accepted for <{rcpt}>"
-                ok = self._send_outcome(value, failure, 250, "2.0.0", text) or ok
+                ok = self._send_outcome(value, failure, 250, "2.0.0", text, cache=rcpt is None) or ok
         if ok:  # logged by deliveries and observers, not here: this is the hot path
             self.server._notify("message", s, s.envelope, stream.byte_length)
         self._reset_transaction()
@@ -953,7 +997,7 @@ class SMTPServerProtocol(LineReceiver):
         try:
             attrs = parse_xclient(arg)
         except XClientError as e:
-            self._reply(501, "5.5.4", f"Error: {e}")
+            self._reply(501, "5.5.4", f"Error: {e}", cache=False)
             return
         s = self.session
         known = {k: v for k, v in attrs.items() if v is not UNAVAILABLE and v is not TEMPUNAVAIL}
@@ -979,7 +1023,7 @@ class SMTPServerProtocol(LineReceiver):
         try:
             attrs = parse_xforward(arg)
         except XClientError as e:
-            self._reply(501, "5.5.4", f"Error: {e}")
+            self._reply(501, "5.5.4", f"Error: {e}", cache=False)
             return
         self.session.xforward.update({k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v)
                                       for k, v in attrs.items()})
@@ -995,7 +1039,7 @@ class SMTPServerProtocol(LineReceiver):
             size, last = parse_bdat(arg)
         except CommandError as e:
             # Without a size we cannot find the next command: give up.
-            self._reply(e.code, e.enhanced, e.text)
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             self._close()
             return
         env = self.session.envelope
@@ -1062,15 +1106,9 @@ class SMTPServerProtocol(LineReceiver):
             return
         assert stream is not None
         if not last:
-            self._reply(250, "2.0.0", f"{stream.byte_length} octets received")
+            self._reply(250, "2.0.0", f"{stream.byte_length} octets received", cache=False)
             return
-        self._data_dot = True
-        stream.finish()  # may run the data hook to completion, and so reply
-        if self._stream is stream:
-            if self._data_outcome is None:
-                self._pause(_VERDICT)
-            else:
-                self._data_reply()
+        self._body_ended(stream)
 
     # -- AUTH (RFC 4954); the mechanisms live in _sasl -------------------------
 
@@ -1156,10 +1194,18 @@ class SMTPServerProtocol(LineReceiver):
             err = SMTPError(535, "Authentication credentials invalid", "5.7.8")  # None: fail closed
         elif failure is not None and isinstance(failure.value, SMTPError):
             err = failure.value
-        else:
-            self._send_outcome(value, failure, 535, "5.7.8", "Authentication credentials invalid")
-            return
+        else:  # RFC 4954 6: a failure of ours is temporary
+            assert failure is not None
+            self.log.failure("hook on_auth failed", failure, session_id=s.id)
+            err = SMTPError(454, "Temporary authentication failure", "4.7.0")
         self.log.info("authentication failed with {method}", method=credentials.method, session_id=s.id)
+        self._auth_failures += 1
+        limit = self.options.max_auth_failures
+        if limit and self._auth_failures >= limit and err.code == 535:
+            self._reply_obj(err.code, err.enhanced, err.lines, False)
+            self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
+            self._close()
+            return
         if err.code == 535 and exchange.supports_error_challenge:
             # RFC 7628: an error challenge, then 535 once the client acknowledges it.
             self._auth, self._auth_error = exchange, err

@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_robustness -*-
+"""
+Hostile and unlucky clients: each test pins a defence found in review
+(unbounded output, exceptions out of dataReceived, double verdicts, replies
+after goodbye, readers that stall or attach late).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
+from twisted.logger import capturedLogs, eventAsText
+
+from txsmtpsrv import SMTPError
+from txsmtpsrv.testing import TestClient, make_server
+
+PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+
+
+def codes(client: TestClient) -> list:
+    """(code, enhanced) of each reply since the last call."""
+    return [(r.code, r.enhanced) for r in client.replies()]
+
+
+def failures(events: List[dict]) -> List[str]:
+    """The rendered log events that carry a traceback."""
+    return [eventAsText(e) for e in events if "log_failure" in e]
+
+
+def test_client_not_reading_replies_stops_command_reading():
+    """When the transport's write buffer is full, pipelined commands wait until it drains."""
+    server, _ = make_server()
+    client = TestClient(server)
+    producer = client.transport.producer
+    assert producer is not None  # registered at connection
+    producer.pauseProducing()  # what a full write buffer does
+    client.send(b"NOOP\r\nNOOP\r\n")
+    assert codes(client) == []
+    assert client.transport.producerState == "paused"
+    producer.resumeProducing()
+    assert codes(client) == [(250, "2.0.0"), (250, "2.0.0")]
+
+
+def test_client_not_reading_is_aborted_at_timeout():
+    """A client that never reads its replies is aborted when its time is up, not kept forever."""
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    client.transport.producer.pauseProducing()
+    client.send(b"NOOP\r\n")
+    clock.advance(31)
+    assert client.transport.disconnecting
+
+
+def test_unicode_digits_are_not_sizes():
+    """SIZE=² and BDAT ² are syntax errors, not crashes."""
+    server, _ = make_server()
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    assert (client.command("MAIL FROM:<a@x.test> SIZE=²").code) == 501
+    client.command("MAIL FROM:<a@x.test>")
+    client.command("RCPT TO:<b@y.test>")
+    assert client.command("BDAT ٣ LAST").code == 501
+    assert client.closed
+
+
+def test_orcpt_code_points_out_of_range():
+    """An ORCPT utf-8 escape beyond U+10FFFF or a surrogate gets 501."""
+    server, _ = make_server()
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    client.command("MAIL FROM:<a@x.test>")
+    for bad in ("\\x{FFFFFF}", "\\x{D800}"):
+        reply = client.command(f"RCPT TO:<b@y.test> ORCPT=utf-8;a{bad}@y.test")
+        assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert client.command("NOOP").code == 250
+
+
+def test_handler_bug_costs_one_command():
+    """An unexpected exception in a command handler is a 451, logged; the connection goes on."""
+    class Broken:
+        def on_helo(self, session, hostname):
+            return None
+
+    server, _ = make_server(Broken())
+    client = TestClient(server)
+    client.protocol._extensions = None  # sabotage: calling it raises TypeError
+    with capturedLogs() as events:
+        reply = client.command("EHLO c.test")
+    assert (reply.code, reply.enhanced) == (451, "4.3.0")
+    assert failures(events)
+    assert client.command("NOOP").code == 250
+
+
+def test_hook_failing_while_body_buffered_answers_once():
+    """A data hook that fails without reading while body bytes are buffered gives one reply."""
+    pending: List[Deferred] = []
+
+    class H:
+        def on_data(self, session, stream):
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"part one\r\n")  # buffered: nobody reads, reading paused
+    client.send(b"part two\r\n.\r\nNOOP\r\n")
+    with capturedLogs() as events:
+        pending[0].errback(SMTPError(554, "no thanks", "5.7.1"))
+    assert codes(client)[-2:] == [(554, "5.7.1"), (250, "2.0.0")]
+    assert failures(events) == []
+    left: List[Any] = []
+    pending[0].addBoth(left.append)
+    assert left == [None]  # nothing raised inside the server's callbacks
+
+
+def test_failing_collect_callback_answers_once():
+    """A collect callback whose Deferred fails gives one 451 and no unhandled error."""
+    class H:
+        async def on_data(self, session, stream):
+            def write(chunk):
+                d: Deferred = Deferred()
+                reactor_like.append(d)
+                return d
+            await stream.collect(write)
+
+    reactor_like: List[Deferred] = []
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"hello\r\n")
+    client.send(b"world\r\n.\r\nNOOP\r\n")
+    with capturedLogs():
+        reactor_like[0].errback(OSError("disk full"))
+    left: List[Any] = []
+    reactor_like[0].addBoth(left.append)
+    assert left == [None]  # the error went to the collector, nothing raised after
+    replies = codes(client)
+    assert replies[-2:] == [(451, "4.3.0"), (250, "2.0.0")]
+    assert [r for r in replies if r[0] >= 400] == [(451, "4.3.0")]
+
+
+def test_async_collect_callback_is_awaited():
+    """An async def collect callback gets every chunk before the 250."""
+    got: List[bytes] = []
+
+    class H:
+        async def on_data(self, session, stream):
+            async def write(chunk):
+                got.append(chunk)
+            await stream.collect(write)
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"hello\r\nworld\r\n.\r\n")
+    assert codes(client)[-1] == (250, "2.0.0")
+    assert b"".join(got) == b"hello\r\nworld\r\n"
+
+
+def test_fired_deferred_from_collect_does_not_pause():
+    """A collect callback returning an already-fired Deferred never pauses the transport."""
+    class H:
+        def on_data(self, session, stream):
+            return stream.collect(lambda chunk: succeed(None))
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    pauses: List[int] = []
+    original = client.transport.pauseProducing
+    client.transport.pauseProducing = lambda: (pauses.append(1), original())[1]
+    client.send(PREFIX + b"a\r\n")
+    client.send(b"b\r\n")
+    client.send(b".\r\n")
+    assert codes(client)[-1] == (250, "2.0.0")
+    assert pauses == []
+
+
+def test_nothing_written_after_shutdown_421():
+    """A hook answering after close()'s 421 writes nothing more."""
+    pending: List[Deferred] = []
+
+    class H:
+        def on_mail_from(self, session, address):
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+    server, clock = make_server(H(), close_timeout=5)
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    client.send(b"MAIL FROM:<a@x.test>\r\n")
+    server.close()
+    clock.advance(5)  # close_timeout: 421 and drop
+    assert codes(client) == [(421, "4.3.2")]
+    assert pending[0].called  # cancelled
+    assert client.read() == b""
+
+
+def test_reader_attaching_after_disconnect_is_told():
+    """content() called after the client vanished mid-DATA fails instead of hanging."""
+    streams: List[Any] = []
+    pending: List[Deferred] = []
+
+    class H:
+        def on_data(self, session, stream):
+            streams.append(stream)
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"partial")
+    client.disconnect()
+    results: List[Any] = []
+    streams[0].content().addBoth(results.append)
+    assert len(results) == 1 and results[0].check(ConnectionLost)
+
+
+def test_stalled_reader_is_bounded_by_hook_timeout():
+    """A reader left behind by a hook that answered cannot hold the connection forever."""
+    class StuckReader:
+        def makeConnection(self, producer):
+            producer.pauseProducing()  # and never resumes
+
+        def dataReceived(self, data):
+            pass
+
+        def connectionLost(self, reason):
+            pass
+
+    class H:
+        def on_data(self, session, stream):
+            stream.deliver_body(StuckReader())  # and returns at once
+
+    server, clock = make_server(H(), hook_timeout=100, socket_timeout=30)
+    client = TestClient(server)
+    client.send(PREFIX + b"body\r\n.\r\nNOOP\r\n")
+    assert codes(client)[-1] == (354, None)
+    with capturedLogs():
+        clock.advance(130)
+    assert codes(client) == [(451, "4.3.0"), (250, "2.0.0")]
+
+
+def test_shutdown_421_after_ehlo_between_transactions():
+    """During close(), the next command of an idle client gets 421 and the connection closes."""
+    pending: List[Deferred] = []
+
+    class H:
+        def on_helo(self, session, hostname):
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+    server.close()
+    pending[0].callback(None)
+    assert codes(client) == [(250, None), (421, "4.3.2")]
+    assert client.closed
+
+
+def test_reply_cache_does_not_keep_client_text():
+    """Replies that echo client input are not cached per server."""
+    server, _ = make_server()
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    before = len(server._reply_cache)
+    for i in range(50):
+        client.command(f"MAIL FROM:<a@x.test> X{i}{'Y' * 500}=1")
+    assert len(server._reply_cache) <= before + 1
+    reply = client.command("MAIL FROM:<a@x.test> Z" + "Q" * 5000 + "=1")
+    assert reply.code == 555 and len(reply.text) < 100
+
+
+def test_disconnect_mid_data_logs_no_traceback():
+    """A client vanishing mid-DATA while the hook awaits content() logs no traceback."""
+    class H:
+        async def on_data(self, session, stream):
+            await stream.content()
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"partial")
+    with capturedLogs() as events:
+        client.disconnect()
+    assert failures(events) == []
+
+
+def test_auth_failures_are_limited():
+    """After max_auth_failures failed logins the client gets 421 and is dropped."""
+    class H:
+        def on_auth(self, session, credentials):
+            return None
+
+    server, _ = make_server(H(), allow_insecure_auth=True, auth_optional=True, max_auth_failures=3)
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    import base64
+    attempt = "AUTH PLAIN " + base64.b64encode(b"\0bob\0wrong").decode()
+    assert client.command(attempt).code == 535
+    assert client.command(attempt).code == 535
+    client.send(attempt + "\r\n")
+    assert codes(client) == [(535, "5.7.8"), (421, "4.7.0")]
+    assert client.closed
+
+
+def test_oversized_message_answered_without_waiting_for_hook():
+    """Past the size limit the 552 goes out at the dot even if the hook never answers."""
+    pending: List[Deferred] = []
+
+    class H:
+        def on_data(self, session, stream):
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+    server, _ = make_server(H(), size=10)
+    client = TestClient(server)
+    client.send(PREFIX)
+    client.send(b"x" * 100 + b"\r\n.\r\n")
+    assert codes(client)[-1] == (552, "5.3.4")
