@@ -980,7 +980,9 @@ class SMTPServerProtocol(LineReceiver):
 
     # -- XCLIENT / XFORWARD (Postfix) -------------------------------------------------
 
-    def _x_allowed(self, enabled: bool) -> bool:
+    def _x_attributes(self, enabled: bool, parse: Callable[[str], Dict[str, Any]],
+                      arg: str) -> Optional[Dict[str, Any]]:
+        """Check who may send XCLIENT/XFORWARD and parse it, or answer why not."""
         if not enabled:
             self._reply(502, "5.5.1", "Error: command not implemented")
         elif not self._trusted:
@@ -988,16 +990,19 @@ class SMTPServerProtocol(LineReceiver):
         elif self.session.envelope.mail_from is not None:
             self._reply(503, "5.5.1", "Error: not allowed during a mail transaction")
         else:
-            return True
-        return False
+            try:
+                return parse(arg)
+            except XClientError as e:
+                self._reply(501, "5.5.4", f"Error: {e}", cache=False)
+        return None
+
+    @staticmethod
+    def _as_text(attrs: Dict[str, Any]) -> Dict[str, str]:
+        return {k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v) for k, v in attrs.items()}
 
     def _cmd_XCLIENT(self, arg: str) -> None:
-        if not self._x_allowed(self.options.use_xclient):
-            return
-        try:
-            attrs = parse_xclient(arg)
-        except XClientError as e:
-            self._reply(501, "5.5.4", f"Error: {e}", cache=False)
+        attrs = self._x_attributes(self.options.use_xclient, parse_xclient, arg)
+        if attrs is None:
             return
         s = self.session
         known = {k: v for k, v in attrs.items() if v is not UNAVAILABLE and v is not TEMPUNAVAIL}
@@ -1007,7 +1012,7 @@ class SMTPServerProtocol(LineReceiver):
         s.local_port = int(known.get("DESTPORT", s.local_port))
         if "NAME" in attrs or "ADDR" in attrs:
             s.client_hostname = str(known["NAME"]) if "NAME" in known else address_literal(s.remote_address)
-        s.xclient.update({k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v) for k, v in attrs.items()})
+        s.xclient.update(self._as_text(attrs))
         self.log.info("XCLIENT: client is now {remote_address}", remote_address=s.remote_address, session_id=s.id)
         # Postfix restarts the session as if the real client had connected.
         self._reset_transaction()
@@ -1018,16 +1023,10 @@ class SMTPServerProtocol(LineReceiver):
         self._connect_hook()  # policy sees the real client (on_connect, then 220)
 
     def _cmd_XFORWARD(self, arg: str) -> None:
-        if not self._x_allowed(self.options.use_xforward):
-            return
-        try:
-            attrs = parse_xforward(arg)
-        except XClientError as e:
-            self._reply(501, "5.5.4", f"Error: {e}", cache=False)
-            return
-        self.session.xforward.update({k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v)
-                                      for k, v in attrs.items()})
-        self._reply(250, "2.0.0", "OK")
+        attrs = self._x_attributes(self.options.use_xforward, parse_xforward, arg)
+        if attrs is not None:
+            self.session.xforward.update(self._as_text(attrs))
+            self._reply(250, "2.0.0", "OK")
 
     # -- BDAT (RFC 3030) ------------------------------------------------------------
 
