@@ -4,13 +4,18 @@ Test certificates generated at run time with C{cryptography}.
 
 Tests need real CAs, server certificates for several names and client
 certificates from trusted and foreign issuers; generating them (EC P-256,
-fast) avoids checked-in keys that expire. Shared by every TLS test.
+fast) avoids checked-in keys that expire. Shared by every TLS test, with
+the PEM-file and client C{ssl} context helpers those tests need.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import shutil
+import ssl
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,7 +24,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CA", "Leaf", "common_name", "make_ca", "write_pem"]
+__all__ = [
+    "CA", "Leaf", "client_context", "common_name", "make_ca", "pem_dir", "self_signed", "write_leaf", "write_pem",
+]
+
+
+#: Key usage of every test CA: signs certificates and CRLs (and may sign itself).
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+    crl_sign=True, encipher_only=False, decipher_only=False,
+)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -32,6 +47,21 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+             days: int) -> x509.CertificateBuilder:
+    """A certificate builder for C{subject} signed by C{issuer}, valid from five minutes ago for C{days} days."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -79,15 +109,8 @@ class CA:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int) -> x509.CertificateBuilder:
-        now = datetime.datetime.now(datetime.timezone.utc)
         return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            _builder(subject, self.cert.subject, public_key, days)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
@@ -118,14 +141,7 @@ class CA:
         cert = (
             self._builder(_name(cn), key.public_key(), 30)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .sign(self.key, hashes.SHA256())
         )
         # Leaves of an intermediate must send it (and any above it, not the root).
@@ -135,24 +151,10 @@ class CA:
 def make_ca(cn: str = "txsmtpsrv Test CA") -> CA:
     """Create a self-signed root CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        _builder(_name(cn), _name(cn), key.public_key(), 30)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -165,3 +167,47 @@ def write_pem(directory: str, filename: str, *parts: bytes) -> str:
     with open(path, "wb") as f:
         f.write(b"".join(parts))
     return path
+
+
+def write_leaf(directory: str, name: str, leaf: Leaf) -> dict[str, str]:
+    """Write C{name}.key, C{name}.crt (and C{name}.chain if it has one); return their paths by file name."""
+    paths = {name + ".key": write_pem(directory, name + ".key", leaf.key_pem),
+             name + ".crt": write_pem(directory, name + ".crt", leaf.cert_pem)}
+    if leaf.chain:
+        paths[name + ".chain"] = write_pem(directory, name + ".chain", leaf.chain_pem)
+    return paths
+
+
+def pem_dir(prefix: str) -> str:
+    """A temporary directory for PEM files, removed when the test run ends."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
+def self_signed(cn: str) -> Leaf:
+    """A throwaway self-signed EC certificate for C{cn} (also its only SAN), valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(_name(cn), _name(cn), key.public_key(), 1)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Leaf(key, cert)
+
+
+def client_context(ca: CA, *, verify: bool = True, cert: tuple[str, str] | None = None,
+                   max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """A client context trusting C{ca} (or nothing if not C{verify}), with (cert, key) files; no name check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # names are checked by the tests via the CN
+    if verify:
+        ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx

@@ -50,6 +50,18 @@ def cram_answer(challenge_b64: str, user: str = "alice", password: str = PASSWOR
     return b64(f"{user} {digest}")
 
 
+class PendingHooks:
+    """on_auth returns a new Deferred, kept in C{pending}, for the test to fire."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+
+    def on_auth(self, session, credentials):
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+
 class AuthHooks:
     """Accepts alice with PASSWORD (or TOKEN for XOAUTH2); records every call."""
 
@@ -487,35 +499,21 @@ def test_hook_exception_is_454():
 
 def test_hook_deferred():
     """A Deferred hook: the reply (and pipelined commands) wait for it."""
-    pending: list[Deferred[Any]] = []
-
-    class Hooks:
-        def on_auth(self, session, credentials):
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d
-
-    client = connect(Hooks())
+    hooks = PendingHooks()
+    client = connect(hooks)
     client.send(f"AUTH PLAIN {plain_ir()}\r\nNOOP\r\n")
     assert client.replies() == []
-    pending[0].callback("alice-avatar")
+    hooks.pending[0].callback("alice-avatar")
     assert [code(r) for r in client.replies()] == [(235, "2.7.0"), (250, "2.0.0")]
     assert client.protocol.session.user == "alice-avatar"
 
 
 def test_hook_deferred_failure():
     """A Deferred hook failing with SMTPError(535) gives 535."""
-    pending: list[Deferred[Any]] = []
-
-    class Hooks:
-        def on_auth(self, session, credentials):
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d
-
-    client = connect(Hooks())
+    hooks = PendingHooks()
+    client = connect(hooks)
     client.send(f"AUTH PLAIN {plain_ir()}\r\n")
-    pending[0].errback(SMTPError(535, "No", "5.7.8"))
+    hooks.pending[0].errback(SMTPError(535, "No", "5.7.8"))
     assert [code(r) for r in client.replies()] == [(535, "5.7.8")]
 
 
@@ -781,19 +779,12 @@ def test_pipelined_login():
 
 def test_disconnect_while_hook_pending():
     """A client that leaves while on_auth is running cancels it; nothing is written."""
-    pending: list[Deferred[Any]] = []
-
-    class Hooks:
-        def on_auth(self, session, credentials):
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d
-
-    client = connect(Hooks())
+    hooks = PendingHooks()
+    client = connect(hooks)
     client.send(f"AUTH PLAIN {plain_ir()}\r\n")
     client.disconnect()
-    assert pending[0].called  # cancelled
-    pending[0].addErrback(lambda f: None)
+    assert hooks.pending[0].called  # cancelled
+    hooks.pending[0].addErrback(lambda f: None)
     assert client.protocol.session.user is None
 
 

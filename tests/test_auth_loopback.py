@@ -7,7 +7,6 @@ smtplib, swaks and Twisted's own ESMTP client, against every mechanism.
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
 from io import BytesIO
 
@@ -16,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.mail.smtp import ESMTPSenderFactory, SMTPClientError
 from twisted.trial import unittest
 
+from tests._support import tool_path
 from txsmtpsrv import SMTPError, SMTPServer
 
 USER = "alice"
@@ -23,19 +23,9 @@ PASSWORD = "s3cret-Pa55"
 TOKEN = "ya29.loopback-token"
 
 
-def swaks_path():
-    """swaks, or fail under CI (it must run there), or skip locally."""
-    path = shutil.which("swaks")
-    if path is None:
-        if os.environ.get("CI"):
-            raise AssertionError("swaks is not installed; tests/run.sh installs it (apt-get install swaks)")
-        raise unittest.SkipTest("swaks not installed")
-    return path
-
-
 def swaks_xoauth2():
     """Skip unless the installed swaks knows XOAUTH2 (added in swaks 20240103; Debian 12 has 20201014)."""
-    with open(swaks_path(), "rb") as f:
+    with open(tool_path("swaks"), "rb") as f:
         if b"XOAUTH2" not in f.read():
             raise unittest.SkipTest("this swaks has no XOAUTH2 (needs swaks >= 20240103)")
 
@@ -210,7 +200,7 @@ class AuthLoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def swaks(self, mechanism, secret):
         """Run swaks with AUTH; return (output, exit status)."""
-        swaks = swaks_path()
+        swaks = tool_path("swaks")
         out, err, code = yield utils.getProcessOutputAndValue(swaks, [
             "--server", "127.0.0.1", "--port", str(self.port), "--from", "s@example.test",
             "--to", "r@example.test", "--helo", "client.test",

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import ssl
@@ -35,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from tests._certs import make_ca, write_pem
+from tests._support import HAProxy, haproxy_path, stop_process
 from txsmtpsrv.testing import TestClient, make_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,13 +104,7 @@ class Example:
 
     def stop(self) -> None:
         """SIGTERM, then kill if it lingers; join the reader threads."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 10)
         for reader in self.readers:
             reader.join(timeout=5)
         for pipe in (self.proc.stdout, self.proc.stderr):
@@ -418,79 +412,23 @@ def test_lmtp_hooks_in_memory(tmp_path: Any) -> None:
 # behind_haproxy.py
 
 
-def find_haproxy() -> Optional[str]:
-    """Path of the haproxy binary, if installed."""
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
-
-
-HAPROXY_CONFIG = """\
-global
-    maxconn 64
-    log stderr format raw local0 info
-
-defaults
-    mode tcp
-    log global
-    timeout connect 5s
-    timeout client 20s
-    timeout server 20s
-
-frontend fe
-    bind fd@{fd}
-    unique-id-format %{{+X}}o%ci:%cp_%Ts_%rt
-    default_backend be
-
-backend be
-    server smtp 127.0.0.1:{port} send-proxy-v2 proxy-v2-options unique-id,crc32c
-"""
-
-
 def test_behind_haproxy_logs_real_client(run_example: Any, tmp_path: Any) -> None:
     """behind_haproxy.py behind a real HAProxy (send-proxy-v2) logs the client's own address, not HAProxy's."""
-    haproxy = find_haproxy()
-    if haproxy is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy is not installed (apt-get install haproxy); required when CI is set")
-        pytest.skip("haproxy is not installed")
+    haproxy = haproxy_path()
     example = run_example("behind_haproxy.py", "tcp:0:interface=127.0.0.1", "127.0.0.1/32")
     port = int(example.wait_for(LISTENING, timeout=START_TIMEOUT).group(1))
 
-    # HAProxy gets an already listening socket (bind fd@N): no port race, no start-up race.
-    frontend = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        frontend.bind(("127.0.0.1", 0))
-        frontend.listen(16)
-        config = os.path.join(str(tmp_path), "haproxy.cfg")
-        with open(config, "w") as f:
-            f.write(HAPROXY_CONFIG.format(fd=frontend.fileno(), port=port))
-        log_path = os.path.join(str(tmp_path), "haproxy.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([haproxy, "-f", config, "-db"], pass_fds=[frontend.fileno()],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    options = "send-proxy-v2 proxy-v2-options unique-id,crc32c"
+    with HAProxy(haproxy, str(tmp_path), port, options, timeout=20) as proxy:
         try:
-            try:
-                # Connect from 127.0.0.2, so the client's address differs from HAProxy's (127.0.0.1).
-                with smtplib.SMTP("127.0.0.1", frontend.getsockname()[1], timeout=WAIT_TIMEOUT,
-                                  source_address=("127.0.0.2", 0)) as client:
-                    client_port = client.sock.getsockname()[1]
-                    assert client.sendmail("a@client.test", ["b@example.test"], MESSAGE) == {}
-            except (OSError, smtplib.SMTPException) as e:
-                with open(log_path, "rb") as f:
-                    pytest.fail(f"no SMTP through haproxy ({e!r}); haproxy log:\n{f.read().decode(errors='replace')}"
-                                f"\nexample stderr:\n{example.text()}")
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-    finally:
-        frontend.close()
+            # Connect from 127.0.0.2, so the client's address differs from HAProxy's (127.0.0.1).
+            with smtplib.SMTP("127.0.0.1", proxy.port, timeout=WAIT_TIMEOUT,
+                              source_address=("127.0.0.2", 0)) as client:
+                client_port = client.sock.getsockname()[1]
+                assert client.sendmail("a@client.test", ["b@example.test"], MESSAGE) == {}
+        except (OSError, smtplib.SMTPException) as e:
+            pytest.fail(f"no SMTP through haproxy ({e!r}); haproxy log:\n{proxy.log()}"
+                        f"\nexample stderr:\n{example.text()}")
     m = example.wait_for(rf"client 127\.0\.0\.2:{client_port} via proxy 127\.0\.0\.1 \(session \S+, haproxy id (\S+)\)")
     assert m.group(1).startswith(f"7F000002:{client_port:04X}_")
     example.wait_for(r"message from client 127\.0\.0\.2: <a@client\.test> to 1 recipient\(s\)")

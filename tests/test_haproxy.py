@@ -12,20 +12,10 @@ skips these tests locally but fails them when C{CI} is set.
 
 from __future__ import annotations
 
-import datetime
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 from typing import Any, Callable
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import reactor, ssl, task
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -37,15 +27,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests._certs import self_signed, write_pem
+from tests._support import HAProxyTestCase
 from txsmtpsrv._proxy import ProxyInfo, proxyEndpoint
-
-
-def find_haproxy() -> str | None:
-    """Path of the haproxy binary, if installed."""
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
 
 
 class Greeter(Protocol):
@@ -110,65 +94,8 @@ class Client(Protocol):
         self.lost.callback(None)
 
 
-def make_pem() -> tuple[bytes, bytes]:
-    """Self-signed certificate for proxy.test: (haproxy cert+key PEM, cert PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("proxy.test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert_pem + key_pem, cert_pem
-
-
-CONFIG = """\
-global
-    maxconn 64
-    log stderr format raw local0 info
-
-defaults
-    mode tcp
-    log global
-    timeout connect 5s
-    timeout client 10s
-    timeout server 10s
-
-frontend fe
-    bind fd@{fd}{bind_options}
-    unique-id-format %{{+X}}o%ci:%cp_%Ts_%rt
-    default_backend be
-
-backend be
-    server smtp 127.0.0.1:{port} {server_options}
-"""
-
-
-class HAProxyTests(unittest.TestCase):
+class HAProxyTests(HAProxyTestCase):
     """Real HAProxy in front of proxyEndpoint on loopback."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.haproxy = find_haproxy()
-        if self.haproxy is None:
-            if os.environ.get("CI"):
-                self.fail("haproxy is not installed (apt-get install haproxy); required when CI is set")
-            raise unittest.SkipTest("haproxy is not installed")
-        self.tmp = tempfile.mkdtemp(prefix="txsmtpsrv-haproxy-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
 
     async def start(
         self, server_options: str, bind_options: str = "", family: int = socket.AF_INET
@@ -178,54 +105,8 @@ class HAProxyTests(unittest.TestCase):
         port = await proxyEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")).listen(inner)
         self.addCleanup(port.stopListening)
         self.addCleanup(self.drain, port.factory)
-
-        frontend = socket.socket(family, socket.SOCK_STREAM)
-        self.addCleanup(frontend.close)
-        frontend.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
-        frontend.listen(16)
-        config = CONFIG.format(
-            fd=frontend.fileno(),
-            bind_options=bind_options,
-            port=port.getHost().port,
-            server_options=server_options,
-        )
-        path = os.path.join(self.tmp, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(config)
-        self.log_path = os.path.join(self.tmp, "haproxy.log")
-        log = open(self.log_path, "wb")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen(
-            [self.haproxy, "-f", path, "-db"],
-            pass_fds=[frontend.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(self.stop, proc)
-        return inner, frontend.getsockname()[1]
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """Terminate HAProxy, killing it if it lingers."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-    async def drain(self, factory: Any) -> None:
-        """Wait (bounded) until every server-side connection has gone, for a clean reactor."""
-        for _ in range(500):
-            if not factory.protocols:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
-        self.fail(f"server connections still open: {list(factory.protocols)}")
-
-    def haproxy_log(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        proxy = self.start_haproxy(port.getHost().port, server_options, bind_options=bind_options, family=family)
+        return inner, proxy.port
 
     async def connect(self, endpoint: Any, client: Client) -> bytes:
         """Connect, return the greeting; include HAProxy's log in any failure."""
@@ -238,13 +119,16 @@ class HAProxyTests(unittest.TestCase):
         self.addCleanup(client.transport.loseConnection)
         return greeting
 
+    async def connect_from_127_0_0_2(self, fport: int, tls: Any = None) -> tuple[Client, bytes]:
+        """Connect to HAProxy's frontend from 127.0.0.2 (optionally with TLS); return the client and greeting."""
+        client = Client(tls=tls)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", fport, timeout=5, bindAddress=("127.0.0.2", 0))
+        return client, await self.connect(endpoint, client)
+
     async def test_send_proxy_v1(self) -> None:
         """send-proxy: the server sees the client's real IPv4 address and port."""
         inner, fport = await self.start("send-proxy")
-        client = Client()
-        greeting = await self.connect(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", fport, timeout=5, bindAddress=("127.0.0.2", 0)), client
-        )
+        client, greeting = await self.connect_from_127_0_0_2(fport)
         me = client.transport.getHost()
         self.assertEqual(greeting, f"220 127.0.0.2 {me.port}\r\n".encode())
         (proto,) = inner.seen
@@ -259,10 +143,7 @@ class HAProxyTests(unittest.TestCase):
     async def test_send_proxy_v2_with_tlvs(self) -> None:
         """send-proxy-v2 with unique-id and crc32c TLVs: real address, id and checksum come through."""
         inner, fport = await self.start("send-proxy-v2 proxy-v2-options unique-id,crc32c")
-        client = Client()
-        greeting = await self.connect(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", fport, timeout=5, bindAddress=("127.0.0.2", 0)), client
-        )
+        client, greeting = await self.connect_from_127_0_0_2(fport)
         me = client.transport.getHost()
         self.assertEqual(greeting, f"220 127.0.0.2 {me.port}\r\n".encode())
         (proto,) = inner.seen
@@ -294,21 +175,16 @@ class HAProxyTests(unittest.TestCase):
 
     async def test_tls_terminated_by_haproxy(self) -> None:
         """HAProxy terminating TLS passes SSL, authority (SNI) and ALPN TLVs."""
-        combined, cert_pem = make_pem()
-        pem_path = os.path.join(self.tmp, "proxy.pem")
-        with open(pem_path, "wb") as f:
-            f.write(combined)
+        leaf = self_signed("proxy.test")
+        pem_path = write_pem(self.tmp, "proxy.pem", leaf.cert_pem, leaf.key_pem)
         inner, fport = await self.start(
             "send-proxy-v2 proxy-v2-options ssl,ssl-cipher,authority,crc32c",
             bind_options=f" ssl crt {pem_path} alpn smtp",
         )
         tls = ssl.optionsForClientTLS(
-            "proxy.test", trustRoot=ssl.Certificate.loadPEM(cert_pem), acceptableProtocols=[b"smtp"]
+            "proxy.test", trustRoot=ssl.Certificate.loadPEM(leaf.cert_pem), acceptableProtocols=[b"smtp"]
         )
-        client = Client(tls=tls)
-        greeting = await self.connect(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", fport, timeout=5, bindAddress=("127.0.0.2", 0)), client
-        )
+        client, greeting = await self.connect_from_127_0_0_2(fport, tls)
         me = client.transport.getHost()
         self.assertEqual(greeting, f"220 127.0.0.2 {me.port}\r\n".encode())
         (proto,) = inner.seen

@@ -14,23 +14,16 @@ locally but fails them when C{CI} is set.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import smtplib
-import socket
-import ssl
-import subprocess
-import tempfile
 from typing import Any, Callable, Dict, List
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
-from tests._certs import make_ca
+from tests._certs import client_context, make_ca
+from tests._support import HAProxyTestCase
 from txsmtpsrv import SMTPServer
 from txsmtpsrv._proxy import proxyEndpoint
 from txsmtpsrv._tls import TLSConfig
@@ -39,35 +32,6 @@ from txsmtpsrv.testing import FakeResolver
 IO_TIMEOUT = 5.0  # every blocking socket operation of the client
 THREAD_TIMEOUT = 20.0  # every wait for the client thread
 BODY = b"Subject: through haproxy\r\n\r\nhello\r\n"
-
-CONFIG = """\
-global
-    maxconn 64
-    log stderr format raw local0 info
-
-defaults
-    mode tcp
-    log global
-    timeout connect 5s
-    timeout client 10s
-    timeout server 10s
-
-frontend fe
-    bind fd@{fd}
-    unique-id-format %{{+X}}o%ci:%cp_%Ts_%rt
-    default_backend be
-
-backend be
-    server smtp 127.0.0.1:{port} {server_options}
-"""
-
-
-def find_haproxy() -> str | None:
-    """Path of the haproxy binary, if installed."""
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
 
 
 class Recorder:
@@ -100,23 +64,15 @@ class Recorder:
         return [snap for name, snap in self.seen if name == hook]
 
 
-class HAProxySMTPTests(unittest.TestCase):
+class HAProxySMTPTests(HAProxyTestCase):
     """Real HAProxy (send-proxy / send-proxy-v2) in front of the real SMTP server on loopback."""
 
-    timeout = 60
+    tmp_prefix = "txsmtpsrv-haproxy-smtp-"
 
     def setUp(self) -> None:
-        self.haproxy = find_haproxy()
-        if self.haproxy is None:
-            if os.environ.get("CI"):
-                self.fail("haproxy is not installed (apt-get install haproxy); required when CI is set")
-            raise unittest.SkipTest("haproxy is not installed")
-        self.tmp = tempfile.mkdtemp(prefix="txsmtpsrv-haproxy-smtp-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.log_path = os.path.join(self.tmp, "haproxy.log")
-        ca = make_ca("HAProxy SMTP Test CA")
-        leaf = ca.issue("mx.test")
-        self.ca_pem = ca.cert_pem.decode()
+        super().setUp()
+        self.ca = make_ca("HAProxy SMTP Test CA")
+        leaf = self.ca.issue("mx.test")
         self.tls = TLSConfig(key=leaf.key_pem, cert=leaf.cert_pem)
 
     async def start(self, server_options: str, **options: Any) -> tuple[Recorder, SMTPServer, int, int]:
@@ -129,55 +85,10 @@ class HAProxySMTPTests(unittest.TestCase):
         server = SMTPServer(hooks, reactor=reactor, resolver=self.resolver, **options)
         endpoint = proxyEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), trusted=["127.0.0.1/32"])
         port = await server.listen(endpoint)
-        wrapping = port.factory
-        self.addCleanup(self.drain, wrapping)
+        self.addCleanup(self.drain, port.factory)
         self.addCleanup(server.close)
-
-        frontend = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(frontend.close)
-        frontend.bind(("127.0.0.1", 0))
-        frontend.listen(16)
-        config = CONFIG.format(fd=frontend.fileno(), port=port.getHost().port, server_options=server_options)
-        path = os.path.join(self.tmp, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(config)
-        log = open(self.log_path, "wb")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen(
-            [self.haproxy, "-f", path, "-db"],
-            pass_fds=[frontend.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(self.stop, proc)
-        return hooks, server, port.getHost().port, frontend.getsockname()[1]
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """Terminate HAProxy, killing it if it lingers."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-    async def drain(self, factory: Any) -> None:
-        """Wait (bounded) until every wrapped connection has gone, for a clean reactor."""
-        for _ in range(500):
-            if not factory.protocols:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
-        self.fail(f"server connections still open: {list(factory.protocols)}")
-
-    def haproxy_log(self) -> str:
-        """What HAProxy printed, for failure messages."""
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
+        proxy = self.start_haproxy(port.getHost().port, server_options)
+        return hooks, server, port.getHost().port, proxy.port
 
     async def run_client(self, f: Callable[[], Any]) -> Any:
         """Run a blocking client in a thread, bounded; add HAProxy's log to any failure."""
@@ -187,16 +98,9 @@ class HAProxySMTPTests(unittest.TestCase):
         except Exception as e:
             self.fail(f"client failed: {e!r}; haproxy log:\n{self.haproxy_log()}")
 
-    def context(self) -> ssl.SSLContext:
-        """A client TLS context trusting the test CA."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(cadata=self.ca_pem)
-        return ctx
-
     async def send_through(self, fport: int, starttls: bool = False) -> Dict[str, Any]:
         """One message via HAProxy from 127.0.0.2; returns what the client saw."""
-        ctx = self.context() if starttls else None
+        ctx = client_context(self.ca) if starttls else None
 
         def client() -> Dict[str, Any]:
             with smtplib.SMTP("127.0.0.1", fport, timeout=IO_TIMEOUT, source_address=("127.0.0.2", 0)) as s:

@@ -18,6 +18,7 @@ from twisted.internet import defer, utils
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from tests._support import tool_path
 from txsmtpsrv import SMTPError, SMTPServer
 
 
@@ -44,16 +45,6 @@ class Mailbox:
         if not session.lmtp:
             return None
         return [SMTPError(452, "Mailbox full", "4.2.2") if r.startswith("full@") else None for r in rcpts]
-
-
-def swaks_path() -> str:
-    """swaks, or fail under CI (it must run there), or skip locally."""
-    path = shutil.which("swaks")
-    if path is None:
-        if os.environ.get("CI"):
-            raise AssertionError("swaks is not installed; tests/run.sh installs it (apt-get install swaks)")
-        raise unittest.SkipTest("swaks not installed")
-    return path
 
 
 def read_replies(sock: socket.socket, count: int, buffer: bytes = b"") -> Tuple[List[str], bytes]:
@@ -173,7 +164,7 @@ class LMTPLoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_swaks_lmtp_pipeline(self):
         """swaks --protocol LMTP --pipeline: per-recipient replies after DATA, hooks got the message."""
-        swaks = swaks_path()
+        swaks = tool_path("swaks")
         out, err, code = yield utils.getProcessOutputAndValue(swaks, [
             "--server", "127.0.0.1", "--port", str(self.port), "--protocol", "LMTP", "--pipeline",
             "--from", "s@example.test", "--to", "a@example.test,b@example.test", "--helo", "client.test",
@@ -190,7 +181,7 @@ class LMTPLoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_swaks_lmtp_unix_socket(self):
         """swaks --socket speaks LMTP to the server's UNIX socket; a per-recipient failure is shown."""
-        swaks = swaks_path()
+        swaks = tool_path("swaks")
         tmp = tempfile.mkdtemp(prefix="txsmtp")
         self.addCleanup(shutil.rmtree, tmp, True)
         path = os.path.join(tmp, "lmtp.sock")

@@ -7,7 +7,6 @@ own ESMTP client and swaks.
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
 from email.message import EmailMessage
 from io import BytesIO
@@ -17,6 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.mail.smtp import ESMTPSenderFactory
 from twisted.trial import unittest
 
+from tests._support import tool_path
 from txsmtpsrv import SMTPError, SMTPServer
 
 
@@ -35,16 +35,6 @@ class Recorder:
         env = session.envelope
         self.messages.append((env.mail_from.address, [r.address for r in env.rcpt_to], body,
                               session.transmission_type))
-
-
-def swaks_path():
-    """swaks, or fail under CI (it must run there), or skip locally."""
-    path = shutil.which("swaks")
-    if path is None:
-        if os.environ.get("CI"):
-            raise AssertionError("swaks is not installed; tests/run.sh installs it (apt-get install swaks)")
-        raise unittest.SkipTest("swaks not installed")
-    return path
 
 
 class LoopbackTests(unittest.TestCase):
@@ -135,7 +125,7 @@ class LoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_swaks(self):
         """swaks (a Perl client) delivers with pipelining; its output shows each reply."""
-        swaks = swaks_path()
+        swaks = tool_path("swaks")
         out, err, code = yield utils.getProcessOutputAndValue(swaks, [
             "--server", "127.0.0.1", "--port", str(self.port), "--from", "s@example.test",
             "--to", "r@example.test", "--helo", "client.test", "--pipeline",
@@ -150,7 +140,7 @@ class LoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_swaks_rejected_recipient(self):
         """swaks sees the hook's 550 5.1.1 for a refused recipient."""
-        swaks = swaks_path()
+        swaks = tool_path("swaks")
         out, err, code = yield utils.getProcessOutputAndValue(swaks, [
             "--server", "127.0.0.1", "--port", str(self.port), "--from", "s@example.test",
             "--to", "nobody@example.test", "--helo", "client.test"], env=os.environ)

@@ -7,7 +7,7 @@ L{txsmtpsrv.testing}.
 from __future__ import annotations
 
 import re
-from typing import Any, List
+from typing import Any, Callable, List
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -44,6 +44,14 @@ def rcpt(client: TestClient, sender: str = "a@x.test", to: str = "b@y.test") -> 
     mail(client, sender)
     reply = client.command(f"RCPT TO:<{to}>")
     assert reply.code == 250, reply
+
+
+def answer(line: str, after: Callable[[TestClient], Any] = ehlo, **options: Any) -> tuple:
+    """(code, enhanced) of the reply to C{line} on a new connection, sent after C{after} (ehlo, mail or rcpt)."""
+    _, _, client = connect(**options)
+    after(client)
+    reply = client.command(line)
+    return reply.code, reply.enhanced
 
 
 def codes(replies: List[Reply]) -> list:
@@ -182,10 +190,7 @@ def test_mail_accepted():
 
 def test_nested_mail():
     """A second MAIL in one transaction is 503 5.5.1."""
-    _, _, client = connect()
-    mail(client)
-    reply = client.command("MAIL FROM:<c@x.test>")
-    assert (reply.code, reply.enhanced) == (503, "5.5.1")
+    assert answer("MAIL FROM:<c@x.test>", after=mail) == (503, "5.5.1")
 
 
 def test_null_sender():
@@ -208,19 +213,13 @@ def test_null_sender():
 ])
 def test_mail_bad_address(line):
     """A malformed reverse-path is 501 5.1.7."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command(line)
-    assert (reply.code, reply.enhanced) == (501, "5.1.7")
+    assert answer(line) == (501, "5.1.7")
 
 
 @pytest.mark.parametrize("line", ["MAIL TO:<a@x.test>", "MAIL", "MAIL FROM"])
 def test_mail_bad_keyword(line):
     """MAIL without FROM: is 501 5.5.4."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command(line)
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer(line) == (501, "5.5.4")
 
 
 def test_mail_source_route_ignored():
@@ -246,19 +245,13 @@ def test_mail_size_within_limit():
 
 def test_mail_size_too_big():
     """SIZE over the limit is 552 5.3.4."""
-    _, _, client = connect(size=1000)
-    ehlo(client)
-    reply = client.command("MAIL FROM:<a@x.test> SIZE=1001")
-    assert (reply.code, reply.enhanced) == (552, "5.3.4")
+    assert answer("MAIL FROM:<a@x.test> SIZE=1001", size=1000) == (552, "5.3.4")
 
 
 @pytest.mark.parametrize("param", ["SIZE=abc", "SIZE", "SIZE=-1", "SIZE=" + "9" * 21])
 def test_mail_size_bad(param):
     """A SIZE that is not a number is 501 5.5.4."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command(f"MAIL FROM:<a@x.test> {param}")
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer(f"MAIL FROM:<a@x.test> {param}") == (501, "5.5.4")
 
 
 @pytest.mark.parametrize("value, body_type", [("7BIT", "7BIT"), ("8BITMIME", "8BITMIME"), ("8bitmime", "8BITMIME")])
@@ -279,10 +272,7 @@ def test_mail_body_types(value, body_type):
 ])
 def test_mail_body_bad(param, options):
     """An unsupported BODY value is 501 5.5.4."""
-    _, _, client = connect(**options)
-    ehlo(client)
-    reply = client.command(f"MAIL FROM:<a@x.test> {param}")
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer(f"MAIL FROM:<a@x.test> {param}", **options) == (501, "5.5.4")
 
 
 def test_mail_smtputf8_non_ascii_accepted():
@@ -300,34 +290,22 @@ def test_mail_smtputf8_non_ascii_accepted():
 
 def test_mail_non_ascii_without_smtputf8():
     """A non-ASCII sender without SMTPUTF8 is 553 5.6.7."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command("MAIL FROM:<jörg@exämple.test>")
-    assert (reply.code, reply.enhanced) == (553, "5.6.7")
+    assert answer("MAIL FROM:<jörg@exämple.test>") == (553, "5.6.7")
 
 
 def test_mail_smtputf8_with_value():
     """SMTPUTF8=x is 501 5.5.4."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command("MAIL FROM:<a@x.test> SMTPUTF8=yes")
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer("MAIL FROM:<a@x.test> SMTPUTF8=yes") == (501, "5.5.4")
 
 
 def test_mail_smtputf8_hidden_is_unknown():
     """With hide_smtputf8, SMTPUTF8 on MAIL is an unknown parameter (555 5.5.4)."""
-    _, _, client = connect(hide_smtputf8=True)
-    ehlo(client)
-    reply = client.command("MAIL FROM:<a@x.test> SMTPUTF8")
-    assert (reply.code, reply.enhanced) == (555, "5.5.4")
+    assert answer("MAIL FROM:<a@x.test> SMTPUTF8", hide_smtputf8=True) == (555, "5.5.4")
 
 
 def test_mail_unknown_param():
     """An unregistered MAIL parameter is 555 5.5.4."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command("MAIL FROM:<a@x.test> FOO=bar")
-    assert (reply.code, reply.enhanced) == (555, "5.5.4")
+    assert answer("MAIL FROM:<a@x.test> FOO=bar") == (555, "5.5.4")
 
 
 def test_mail_registered_param():
@@ -342,10 +320,7 @@ def test_mail_registered_param():
 @pytest.mark.parametrize("param", ["=x", "A=B=C=", "FOO=a b=", "SIZE=1 SIZE=2"])
 def test_mail_param_syntax(param):
     """Malformed or repeated parameters are 501 5.5.4."""
-    _, _, client = connect(mail_params={"FOO", "A"})
-    ehlo(client)
-    reply = client.command(f"MAIL FROM:<a@x.test> {param}")
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer(f"MAIL FROM:<a@x.test> {param}", mail_params={"FOO", "A"}) == (501, "5.5.4")
 
 
 def test_mail_params_after_helo():
@@ -362,10 +337,7 @@ def test_mail_params_after_helo():
 
 def test_rcpt_without_mail():
     """RCPT before MAIL is 503 5.5.1."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command("RCPT TO:<b@y.test>")
-    assert (reply.code, reply.enhanced) == (503, "5.5.1")
+    assert answer("RCPT TO:<b@y.test>") == (503, "5.5.1")
 
 
 def test_rcpt_accepted():
@@ -381,10 +353,7 @@ def test_rcpt_accepted():
 @pytest.mark.parametrize("line", ["RCPT TO:b@y.test", "RCPT TO:<>", "RCPT TO:<b y@y.test>", "RCPT TO:<b@>"])
 def test_rcpt_bad_address(line):
     """A malformed forward-path is 501 5.1.3."""
-    _, _, client = connect()
-    mail(client)
-    reply = client.command(line)
-    assert (reply.code, reply.enhanced) == (501, "5.1.3")
+    assert answer(line, after=mail) == (501, "5.1.3")
 
 
 @pytest.mark.parametrize("box", ["postmaster", "Postmaster", "POSTMASTER"])
@@ -412,10 +381,7 @@ def test_rcpt_max_recipients():
 
 def test_rcpt_unknown_param():
     """An unregistered RCPT parameter is 555 5.5.4."""
-    _, _, client = connect()
-    mail(client)
-    reply = client.command("RCPT TO:<b@y.test> XFOO=1")
-    assert (reply.code, reply.enhanced) == (555, "5.5.4")
+    assert answer("RCPT TO:<b@y.test> XFOO=1", after=mail) == (555, "5.5.4")
 
 
 def test_rcpt_registered_param():
@@ -429,10 +395,7 @@ def test_rcpt_registered_param():
 
 def test_rcpt_non_ascii_without_smtputf8():
     """A non-ASCII recipient without SMTPUTF8 on MAIL is 553 5.6.7."""
-    _, _, client = connect()
-    mail(client)
-    reply = client.command("RCPT TO:<jörg@y.test>")
-    assert (reply.code, reply.enhanced) == (553, "5.6.7")
+    assert answer("RCPT TO:<jörg@y.test>", after=mail) == (553, "5.6.7")
 
 
 def test_rcpt_non_ascii_with_smtputf8():
@@ -448,26 +411,17 @@ def test_rcpt_non_ascii_with_smtputf8():
 
 def test_data_without_mail():
     """DATA before MAIL is 503 5.5.1."""
-    _, _, client = connect()
-    ehlo(client)
-    reply = client.command("DATA")
-    assert (reply.code, reply.enhanced) == (503, "5.5.1")
+    assert answer("DATA") == (503, "5.5.1")
 
 
 def test_data_without_rcpt():
     """DATA with no accepted recipient is 554 5.5.1."""
-    _, _, client = connect()
-    mail(client)
-    reply = client.command("DATA")
-    assert (reply.code, reply.enhanced) == (554, "5.5.1")
+    assert answer("DATA", after=mail) == (554, "5.5.1")
 
 
 def test_data_with_argument():
     """DATA with an argument is 501 5.5.4."""
-    _, _, client = connect()
-    rcpt(client)
-    reply = client.command("DATA now")
-    assert (reply.code, reply.enhanced) == (501, "5.5.4")
+    assert answer("DATA now", after=rcpt) == (501, "5.5.4")
 
 
 def test_data_354_and_body_delivered_exactly():

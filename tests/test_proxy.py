@@ -5,16 +5,11 @@ Tests for L{txsmtpsrv._proxy}: PROXY v1/v2 parsing, the wrapper, the endpoint.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import struct
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, ssl
@@ -37,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import directlyProvides, implementer
 
+from tests._certs import self_signed
 from txsmtpsrv._proxy import (
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_SSL,
@@ -845,26 +841,6 @@ def test_endpoint_string_quotes_inner_arguments():
 # loopback through real sockets
 
 
-def make_cert() -> tuple[Any, Any, bytes]:
-    """A throwaway self-signed EC certificate for proxy.test."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("proxy.test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert, cert.public_bytes(serialization.Encoding.PEM)
-
-
 class Client(Protocol):
     """Collects what the server sends; lets tests wait for a piece of it."""
 
@@ -952,14 +928,15 @@ class LoopbackTests(unittest.TestCase):
 
     async def test_starttls_through_wrapper(self) -> None:
         """STARTTLS works through the wrapper; the protocol sees ISSLTransport and a handshake."""
-        key, cert, pem = make_cert()
+        leaf = self_signed("proxy.test")
         inner, port = await self.listen()
-        inner.tls = ssl.CertificateOptions(privateKey=key, certificate=cert)
+        inner.tls = ssl.CertificateOptions(privateKey=leaf.key, certificate=leaf.cert)
         client = await self.connect(port, Client(v1("TCP4", "203.0.113.5", "192.0.2.25", 4242, 25)))
         await client.wait_for(b"220 203.0.113.5 4242")
         client.transport.write(b"STARTTLS\r\n")
         await client.wait_for(b"220 go\r\n")
-        client.transport.startTLS(ssl.optionsForClientTLS("proxy.test", trustRoot=ssl.Certificate.loadPEM(pem)))
+        trust = ssl.Certificate.loadPEM(leaf.cert_pem)
+        client.transport.startTLS(ssl.optionsForClientTLS("proxy.test", trustRoot=trust))
         client.transport.write(b"INFO\r\n")
         data = await client.wait_for(b"hs=")
         self.assertIn(b"250 secure=True peer=203.0.113.5:4242 hs=1\r\n", data)
@@ -967,10 +944,10 @@ class LoopbackTests(unittest.TestCase):
 
     async def test_implicit_tls_inside_proxy(self) -> None:
         """wrapServerTLS(proxyEndpoint(...)): header in clear, then TLS; the greeting names the client."""
-        key, cert, pem = make_cert()
-        opts = ssl.CertificateOptions(privateKey=key, certificate=cert)
+        leaf = self_signed("proxy.test")
+        opts = ssl.CertificateOptions(privateKey=leaf.key, certificate=leaf.cert)
         inner, port = await self.listen(endpoint_wrapper=lambda ep: wrapServerTLS(opts, ep))
-        client_tls = ssl.optionsForClientTLS("proxy.test", trustRoot=ssl.Certificate.loadPEM(pem))
+        client_tls = ssl.optionsForClientTLS("proxy.test", trustRoot=ssl.Certificate.loadPEM(leaf.cert_pem))
         client = await self.connect(port, Client(v1("TCP6", "2001:db8::9", "2001:db8::1", 5555, 465), tls=client_tls))
         data = await client.wait_for(b"\r\n")
         self.assertEqual(data, b"220 2001:db8::9 5555 2001:db8::1 465\r\n")

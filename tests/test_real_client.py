@@ -12,6 +12,7 @@ the session.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from typing import Any, Dict, List
@@ -333,14 +334,18 @@ def test_ignored_hosts_match_ipv4_mapped_peer():
 # XCLIENT
 
 
-def xclient_client(hooks: Any = None, peer: str = "192.0.2.10", **options: Any) -> TestClient:
-    """A greeted client on a server with XCLIENT on, trusting 192.0.2.0/24 unless told otherwise."""
-    options.setdefault("use_xclient", True)
+def forwarding_client(option: str, hooks: Any = None, peer: str = "192.0.2.10", **options: Any) -> TestClient:
+    """A greeted client on a server with C{option} on, trusting 192.0.2.0/24 unless told otherwise."""
+    options.setdefault(option, True)
     options.setdefault("xclient_trusted", ["192.0.2.0/24"])
     server, _ = make_server(hooks, **options)
     client = TestClient(server, peer=(peer, 40000))
     assert client.greeting.code == 220
     return client
+
+
+xclient_client = functools.partial(forwarding_client, "use_xclient")
+xforward_client = functools.partial(forwarding_client, "use_xforward")
 
 
 def test_xclient_off_by_default():
@@ -497,16 +502,6 @@ def test_xclient_login_satisfies_required_auth():
 
 # ---------------------------------------------------------------------------
 # XFORWARD
-
-
-def xforward_client(hooks: Any = None, peer: str = "192.0.2.10", **options: Any) -> TestClient:
-    """A greeted client on a server with XFORWARD on, trusting 192.0.2.0/24 unless told otherwise."""
-    options.setdefault("use_xforward", True)
-    options.setdefault("xclient_trusted", ["192.0.2.0/24"])
-    server, _ = make_server(hooks, **options)
-    client = TestClient(server, peer=(peer, 40000))
-    assert client.greeting.code == 220
-    return client
 
 
 def test_xforward_off_by_default():

@@ -14,9 +14,7 @@ certificate, the C{on_secure} hook and REQUIRETLS.
 
 from __future__ import annotations
 
-import atexit
 import functools
-import os
 import shutil
 import smtplib
 import socket
@@ -34,7 +32,9 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from tests._certs import CA, Leaf, common_name, make_ca, write_pem
+from tests import _certs
+from tests._certs import CA, Leaf, common_name, make_ca, pem_dir, write_leaf, write_pem
+from tests._support import tool_path
 from txsmtpsrv import SMTPError, SMTPServer
 from txsmtpsrv._tls import TLSConfig
 
@@ -68,8 +68,7 @@ class Material:
 
 @functools.cache
 def material() -> Material:
-    d = tempfile.mkdtemp(prefix="txsmtpsrv-test-tls-")
-    atexit.register(shutil.rmtree, d, True)
+    d = pem_dir("txsmtpsrv-test-tls-")
     ca = make_ca("SMTP Test Root CA")
     inter = ca.intermediate("SMTP Test Intermediate CA")
     foreign = make_ca("Foreign CA")
@@ -83,14 +82,8 @@ def material() -> Material:
         client=ca.issue("client.test", client=True),
         foreign_client=foreign.issue("intruder.test", client=True),
     )
-    p = m.paths
-    p["mx.key"] = write_pem(d, "mx.key", m.mx.key_pem)
-    p["mx.crt"] = write_pem(d, "mx.crt", m.mx.cert_pem)
-    p["mx.chain"] = write_pem(d, "mx.chain", m.mx.chain_pem)
-    for name in ("client", "foreign_client"):
-        leaf = getattr(m, name)
-        p[name + ".key"] = write_pem(d, name + ".key", leaf.key_pem)
-        p[name + ".crt"] = write_pem(d, name + ".crt", leaf.cert_pem)
+    for name in ("mx", "client", "foreign_client"):
+        m.paths.update(write_leaf(d, name, getattr(m, name)))
     return m
 
 
@@ -105,29 +98,10 @@ def mx_config(**kw: Any) -> TLSConfig:
 
 def client_context(*, verify: bool = True, cert: Optional[str] = None,
                    max_version: Optional[ssl.TLSVersion] = None) -> ssl.SSLContext:
-    """A client context trusting the test root (names are checked by the tests via the CN)."""
+    """A client context trusting the test root, presenting the C{cert} client certificate (by name) if given."""
     m = material()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    if verify:
-        ctx.load_verify_locations(cadata=m.ca.cert_pem.decode())
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    if cert is not None:
-        ctx.load_cert_chain(m.paths[cert + ".crt"], m.paths[cert + ".key"])
-    if max_version is not None:
-        ctx.maximum_version = max_version
-    return ctx
-
-
-def tool_path(name: str) -> str:
-    """A command-line tool, or fail under CI (it must run there), or skip locally."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
-    if path is None:
-        if os.environ.get("CI"):
-            raise AssertionError(f"{name} is not installed; tests/run.sh installs it (apt-get install {name})")
-        raise unittest.SkipTest(f"{name} not installed")
-    return path
+    files = (m.paths[cert + ".crt"], m.paths[cert + ".key"]) if cert is not None else None
+    return _certs.client_context(m.ca, verify=verify, cert=files, max_version=max_version)
 
 
 # --------------------------------------------------------------------------
@@ -874,7 +848,7 @@ class ToolTests(_TLSTestCase):
 
     async def test_swaks_starttls(self) -> None:
         """swaks --tls delivers a message over STARTTLS."""
-        swaks = tool_path("swaks")
+        swaks = tool_path("swaks", "/usr/bin")
         hooks = Recorder()
         _, port = await self.start(hooks)
         r = await self.run_tool([swaks, "--server", "127.0.0.1", "--port", str(port), "--tls",
@@ -888,7 +862,7 @@ class ToolTests(_TLSTestCase):
 
     async def test_swaks_implicit_tls(self) -> None:
         """swaks --tlsc delivers a message over implicit TLS."""
-        swaks = tool_path("swaks")
+        swaks = tool_path("swaks", "/usr/bin")
         hooks = Recorder()
         _, port = await self.start(hooks, secure=True)
         r = await self.run_tool([swaks, "--server", "127.0.0.1", "--port", str(port), "--tlsc",
@@ -901,7 +875,7 @@ class ToolTests(_TLSTestCase):
 
     async def test_openssl_starttls(self) -> None:
         """openssl s_client -starttls smtp: handshake works, our EHLO gets 250, QUIT 221."""
-        openssl = tool_path("openssl")
+        openssl = tool_path("openssl", "/usr/bin")
         hooks = Recorder()
         _, port = await self.start(hooks)
         r = await self.run_tool([openssl, "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{port}",
@@ -914,7 +888,7 @@ class ToolTests(_TLSTestCase):
 
     async def test_openssl_sni(self) -> None:
         """openssl s_client -servername picks the SNI certificate (-brief shows the subject)."""
-        openssl = tool_path("openssl")
+        openssl = tool_path("openssl", "/usr/bin")
         m = material()
         _, port = await self.start(Recorder(), tls=mx_config(sni={"a.test": (m.a.key_pem, m.a.cert_pem)}))
         subjects = []
@@ -929,7 +903,7 @@ class ToolTests(_TLSTestCase):
 
     async def test_openssl_implicit_showcerts(self) -> None:
         """openssl s_client on the implicit-TLS port: the chain (mx.test, intermediate) and a greeting."""
-        openssl = tool_path("openssl")
+        openssl = tool_path("openssl", "/usr/bin")
         _, port = await self.start(Recorder(), secure=True)
         r = await self.run_tool([openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-showcerts",
                                  "-ign_eof"], b"EHLO x\r\nQUIT\r\n")

@@ -11,12 +11,10 @@ real client sees.
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import functools
 import ipaddress
 import os
-import shutil
 import socket
 import ssl
 import tempfile
@@ -38,7 +36,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests._certs import CA, Leaf, common_name, make_ca, write_pem
+from tests._certs import CA, Leaf, client_context, common_name, make_ca, pem_dir, write_leaf, write_pem
 from txsmtpsrv._tls import (
     TLSConfig,
     TLSConfigError,
@@ -80,8 +78,7 @@ class Material:
 @functools.cache
 def material() -> Material:
     """Generate the CAs and certificates and write the PEM files once."""
-    d = tempfile.mkdtemp(prefix="txsmtpsrv-tls-")
-    atexit.register(shutil.rmtree, d, True)
+    d = pem_dir("txsmtpsrv-tls-")
     ca = make_ca("Test Root CA")
     inter = ca.intermediate("Test Intermediate CA")
     foreign = make_ca("Foreign CA")
@@ -101,14 +98,11 @@ def material() -> Material:
         foreign_client=foreign.issue("intruder.test", client=True),
     )
     p = m.paths
-    p["mx.key"] = write_pem(d, "mx.key", m.mx.key_pem)
-    p["mx.crt"] = write_pem(d, "mx.crt", m.mx.cert_pem)
-    p["mx.chain"] = write_pem(d, "mx.chain", m.mx.chain_pem)
+    p.update(write_leaf(d, "mx", m.mx))
     p["mx.combined"] = write_pem(d, "mx.pem", m.mx.key_pem, m.mx.cert_pem, m.mx.chain_pem)
     p["ca"] = write_pem(d, "ca.crt", ca.cert_pem)
-    for name, leaf in (("client", m.client), ("foreign_client", m.foreign_client)):
-        p[name + ".key"] = write_pem(d, name + ".key", leaf.key_pem)
-        p[name + ".crt"] = write_pem(d, name + ".crt", leaf.cert_pem)
+    for name in ("client", "foreign_client"):
+        p.update(write_leaf(d, name, getattr(m, name)))
     return m
 
 
@@ -248,16 +242,8 @@ def run_client(
 ) -> Result:
     """Connect, (STARTTLS,) handshake, read the greeting, send PING, read the echo."""
     m = material()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False  # names are checked by the tests via the CN
-    if verify:
-        ctx.load_verify_locations(cadata=m.ca.cert_pem.decode())
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    if client_cert is not None:
-        ctx.load_cert_chain(m.paths[client_cert + ".crt"], m.paths[client_cert + ".key"])
-    if max_version is not None:
-        ctx.maximum_version = max_version
+    files = (m.paths[client_cert + ".crt"], m.paths[client_cert + ".key"]) if client_cert is not None else None
+    ctx = client_context(m.ca, verify=verify, cert=files, max_version=max_version)
     result = Result()
     raw = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
     tls: ssl.SSLSocket | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import signal
 import smtplib
 import socket
@@ -28,19 +27,10 @@ from typing import Iterator, List, Optional
 import pytest
 
 from tests._certs import make_ca, write_pem
+from tests._support import tool_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # upper bound for any single wait on the subprocess
-
-
-def swaks_path() -> str:
-    """swaks, or fail under CI (it must run there), or skip locally."""
-    path = shutil.which("swaks") or ("/usr/bin/swaks" if os.path.exists("/usr/bin/swaks") else None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("swaks is not installed; tests/run.sh installs it (apt-get install swaks)")
-        pytest.skip("swaks not installed")
-    return path
 
 
 class Twistd:
@@ -166,7 +156,7 @@ def test_smtplib_to_maildir(twistd, tmp_path):
 
 def test_swaks_to_maildir(twistd, tmp_path):
     """swaks (a different client, with pipelining) delivers into the Maildir."""
-    swaks = swaks_path()
+    swaks = tool_path("swaks", "/usr/bin")
     maildir = tmp_path / "Maildir"
     server = twistd("--maildir", str(maildir))
     done = subprocess.run(

@@ -63,7 +63,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -79,6 +79,8 @@ __all__ = ["Options", "makeService", "SMTPService"]
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+#: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
+_SMTPS = "smtps:"
 
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 _FAMILY_NAMES = {v: k for k, v in _FAMILIES.items()}
@@ -201,7 +203,7 @@ class Options(usage.Options, AuthOptionMixin):
 
     def opt_listen(self, description: str) -> None:
         # One line: usage.Options shows docstrings verbatim.
-        """Endpoint to listen on, e.g. tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/lmtp.sock:mode=660, or tls:465:privateKey=key.pem:certKey=cert.pem for implicit TLS; repeat for several. [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
+        """Endpoint to listen on, e.g. tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/lmtp.sock:mode=660, smtpproxy:trusted=10.0.0.0/8:tcp:25 (behind HAProxy), or smtps:tcp:465 for implicit TLS with --tls-key/--tls-cert (or the development certificate); repeat for several. [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -236,6 +238,8 @@ class Options(usage.Options, AuthOptionMixin):
         if self["workers"] > 1:
             if self["adopt"] or self["worker"]:
                 raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
+            if any(d.startswith(_SMTPS) for d in self["listen"]):
+                raise usage.UsageError("--workers serves tcp:/tcp6: listeners only, not smtps:")
             for description in self["listen"]:
                 _shareable_address(description)  # raises UsageError if not tcp:/tcp6:
         if self["hooks"]:
@@ -853,10 +857,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         pool.setServiceParent(service)
     else:
         for description in options["listen"]:
+            implicit_tls = description.startswith(_SMTPS)
             try:
-                endpoint = serverFromString(reactor, description)
+                endpoint = serverFromString(reactor, description[len(_SMTPS):] if implicit_tls else description)
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--listen {description}: {e}") from None
+            if implicit_tls:  # the server's own TLS: its certificates, SNI, reloads
+                endpoint = wrapServerTLS(server.tls, endpoint)
             endpoints.append((endpoint, description))
 
     for endpoint, description in endpoints:
