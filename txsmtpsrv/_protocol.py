@@ -181,26 +181,28 @@ class SMTPServerProtocol(LineReceiver):
         ip = peer[0]
         # Behind our PROXY wrapper getPeer() is already the real client.
         self.session.proxy = getattr(self.transport, "proxy_info", None)
+        o = self.options
         addr = _ip(ip)
-        self._quiet = addr is not None and any(addr in net for net in self.options.ignored_hosts)
-        self._trusted = addr is not None and any(addr in net for net in self.options.xclient_trusted)
+        self._quiet = addr is not None and any(addr in net for net in o.ignored_hosts)
+        self._trusted = (o.use_xclient or o.use_xforward) and addr is not None and any(
+            addr in net for net in o.xclient_trusted)
         if ip:
-            self.session.client_hostname = address_literal(ip)
+            self.session.client_hostname = f"[{addr}]" if addr is not None and addr.version == 4 \
+                else address_literal(ip)
         if not self._quiet:
             self.log.info("connection from {peer}", session_id=sid, remote_address=ip, remote_port=peer[1],
                           peer=f"{ip}:{peer[1]}" if ip else "a local socket")
         self.server._notify("connect", self.session)
-        if ip and not self.options.disable_reverse_lookup:
-            self._invoke(self._reverse_lookup, (ip,), self._lookup_done, pause=True)
-        else:
+        if not ip or o.disable_reverse_lookup:
             self._connect_hook()
+        elif addr is not None and addr.is_loopback:
+            self._lookup_done("localhost", None)  # a PTR query for loopback tells nothing
+        else:
+            self._invoke(self._reverse_lookup, (ip,), self._lookup_done, pause=True)
         if self._out:
             self._flush()
 
     def _reverse_lookup(self, ip: str) -> Any:
-        addr = _ip(ip)
-        if addr is not None and addr.is_loopback:
-            return "localhost"  # a PTR query for loopback tells nothing
         return reverse_lookup(ip, self.server.resolver, self.options.reverse_lookup_timeout, self._clock)
 
     def _lookup_done(self, name: Any, failure: Optional[Failure]) -> None:
