@@ -16,7 +16,6 @@ it decides no policy itself. Three rules shape it:
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 from types import CoroutineType
@@ -166,7 +165,7 @@ class SMTPServerProtocol(LineReceiver):
     def connectionMade(self) -> None:
         peer = _address_parts(self.transport.getPeer())
         host = _address_parts(self.transport.getHost())
-        sid = base64.b32encode(os.urandom(10)).decode("ascii").lower()
+        sid = os.urandom(8).hex()
         self.session = Session(sid, host[0], host[1], peer[0], peer[1], lmtp=self.options.lmtp)
         self.server._connected(self)
         if ISSLTransport.providedBy(self.transport):  # implicit TLS: the handshake is under way
