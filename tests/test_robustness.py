@@ -29,6 +29,22 @@ def failures(events: List[dict]) -> List[str]:
     return [eventAsText(e) for e in events if "log_failure" in e]
 
 
+class Pending:
+    """Hooks whose C{hook} answers with a Deferred kept in C{self.deferreds} (arguments in C{calls})."""
+
+    def __init__(self, hook: str) -> None:
+        self.calls: List[tuple] = []
+        self.deferreds: List[Deferred] = []
+
+        def answer(*args: Any) -> Deferred:
+            d: Deferred = Deferred()
+            self.calls.append(args)
+            self.deferreds.append(d)
+            return d
+
+        setattr(self, hook, answer)
+
+
 def test_client_not_reading_replies_stops_command_reading():
     """When the transport's write buffer is full, pipelined commands wait until it drains."""
     server, _ = make_server()
@@ -95,15 +111,10 @@ def test_handler_bug_costs_one_command():
 
 def test_hook_failing_while_body_buffered_answers_once():
     """A data hook that fails without reading while body bytes are buffered gives one reply."""
-    pending: List[Deferred] = []
+    hooks = Pending("on_data")
+    pending = hooks.deferreds
 
-    class H:
-        def on_data(self, session, stream):
-            d: Deferred = Deferred()
-            pending.append(d)
-            return d
-
-    server, _ = make_server(H())
+    server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(PREFIX + b"part one\r\n")  # buffered: nobody reads, reading paused
     client.send(b"part two\r\n.\r\nNOOP\r\n")
@@ -178,15 +189,10 @@ def test_fired_deferred_from_collect_does_not_pause():
 
 def test_nothing_written_after_shutdown_421():
     """A hook answering after close()'s 421 writes nothing more."""
-    pending: List[Deferred] = []
+    hooks = Pending("on_mail_from")
+    pending = hooks.deferreds
 
-    class H:
-        def on_mail_from(self, session, address):
-            d: Deferred = Deferred()
-            pending.append(d)
-            return d
-
-    server, clock = make_server(H(), close_timeout=5)
+    server, clock = make_server(hooks, close_timeout=5)
     client = TestClient(server)
     client.command("EHLO c.test")
     client.send(b"MAIL FROM:<a@x.test>\r\n")
@@ -245,15 +251,10 @@ def test_stalled_reader_is_bounded_by_hook_timeout():
 
 def test_shutdown_421_after_ehlo_between_transactions():
     """During close(), the next command of an idle client gets 421 and the connection closes."""
-    pending: List[Deferred] = []
+    hooks = Pending("on_helo")
+    pending = hooks.deferreds
 
-    class H:
-        def on_helo(self, session, hostname):
-            d: Deferred = Deferred()
-            pending.append(d)
-            return d
-
-    server, _ = make_server(H())
+    server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
     server.close()
@@ -309,15 +310,10 @@ def test_auth_failures_are_limited():
 
 def test_oversized_message_answered_without_waiting_for_hook():
     """Past the size limit the 552 goes out at the dot even if the hook never answers."""
-    pending: List[Deferred] = []
+    hooks = Pending("on_data")
+    pending = hooks.deferreds
 
-    class H:
-        def on_data(self, session, stream):
-            d: Deferred = Deferred()
-            pending.append(d)
-            return d
-
-    server, _ = make_server(H(), size=10)
+    server, _ = make_server(hooks, size=10)
     client = TestClient(server)
     client.send(PREFIX)
     client.send(b"x" * 100 + b"\r\n.\r\n")
