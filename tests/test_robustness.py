@@ -318,3 +318,24 @@ def test_oversized_message_answered_without_waiting_for_hook():
     client.send(PREFIX)
     client.send(b"x" * 100 + b"\r\n.\r\n")
     assert codes(client)[-1] == (552, "5.3.4")
+
+
+def test_auth_hook_refusing_with_a_reply():
+    """on_auth returning an error Reply refuses with that reply (and a 3xx one with 535)."""
+    import base64
+    from txsmtpsrv import Reply
+
+    answers = [Reply(535, "Nope", "5.7.8"), Reply(454, "Directory down", "4.7.0"), Reply(334, "odd")]
+
+    class H:
+        def on_auth(self, session, credentials):
+            return answers.pop(0)
+
+    server, _ = make_server(H(), allow_insecure_auth=True, auth_optional=True)
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    attempt = "AUTH PLAIN " + base64.b64encode(b"\0bob\0pw").decode()
+    replies = [client.command(attempt) for _ in range(3)]
+    assert [(r.code, r.enhanced, r.text) for r in replies] == [
+        (535, "5.7.8", "Nope"), (454, "4.7.0", "Directory down"), (535, "5.7.8", "odd")]
+    assert client.protocol.session.user is None

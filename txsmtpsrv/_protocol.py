@@ -1190,12 +1190,14 @@ class SMTPServerProtocol(LineReceiver):
                 self._reply(235, "2.7.0", "Authentication successful")
             self.log.info("authenticated with {method}", method=credentials.method, session_id=s.id)
             return
-        if failure is None and not isinstance(value, Reply):
+        if failure is None and isinstance(value, Reply):  # a refusal given as a Reply
+            err = SMTPError(value.code if value.code >= 400 else 535, value.lines, value.enhanced
+                            if value.code >= 400 else "5.7.8")
+        elif failure is None:
             err = SMTPError(535, "Authentication credentials invalid", "5.7.8")  # None: fail closed
-        elif failure is not None and isinstance(failure.value, SMTPError):
+        elif isinstance(failure.value, SMTPError):
             err = failure.value
         else:  # RFC 4954 6: a failure of ours is temporary
-            assert failure is not None
             self.log.failure("hook on_auth failed", failure, session_id=s.id)
             err = SMTPError(454, "Temporary authentication failure", "4.7.0")
         self.log.info("authentication failed with {method}", method=credentials.method, session_id=s.id)
