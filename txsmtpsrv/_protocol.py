@@ -228,7 +228,7 @@ class SMTPServerProtocol(LineReceiver):
         text = f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else "")
         self._out.append(format_reply(220, [text], None))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
         for timer in (self._timer, self._tls_timer):
             if timer is not None and timer.active():

@@ -152,6 +152,15 @@ class SMTPServer(ServerFactory):
         The server's L{TLSContextHolder}, built on first use; with no
         certificate configured it serves a development certificate.
         """
+        return self.load_tls()
+
+    def load_tls(self) -> Any:
+        """
+        Load the certificates now rather than at the first STARTTLS, so that
+        a bad file (or the development-certificate warning) shows at start-up.
+
+        @raise TLSConfigError: the configuration cannot be loaded.
+        """
         if self._tls_holder is None:
             from ._tls import TLSConfig, TLSContextHolder
             self._tls_holder = TLSContextHolder(self.options.tls or TLSConfig(), hostname=self.options.name)
@@ -180,7 +189,7 @@ class SMTPServer(ServerFactory):
             from twisted.internet.endpoints import wrapServerTLS
             endpoint = wrapServerTLS(self.tls, endpoint)
         elif not self.options.hide_starttls:
-            self.tls.config  # load certificates now: errors and the dev-certificate warning at start-up
+            self.load_tls()
         d = endpoint.listen(self)
 
         def listening(port: IListeningPort) -> IListeningPort:

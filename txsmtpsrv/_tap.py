@@ -825,7 +825,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             # Load the certificates now, as SMTPServer.listen() would: a bad
             # --tls-key/--tls-cert stops twistd at start-up, not at the first
             # STARTTLS (without them the server makes a development certificate).
-            server.tls  # noqa: B018
+            server.load_tls()
     except (TypeError, ValueError) as e:  # TLSConfigError is a ValueError
         raise usage.UsageError(str(e)) from None
     delivery.hostname = server.options.name  # Received headers name us as the greeting does
