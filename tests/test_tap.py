@@ -525,6 +525,44 @@ def test_pool_restarts_a_dead_worker(pool):
     assert reactor.spawned[2]["childFDs"] == first["childFDs"]
 
 
+def test_pool_backs_off_and_serves_a_dead_workers_socket(pool):
+    """A worker that keeps dying is restarted ever more slowly; meanwhile the parent serves its socket."""
+    reactor, pool = pool
+    adopted: List[Any] = []
+
+    class Listening:
+        def __init__(self, fd):
+            self.fd, self.stopped = fd, False
+
+        def stopListening(self):
+            self.stopped = True
+
+    def adopt(fd, family, factory):
+        adopted.append(Listening(fd))
+        return adopted[-1]
+
+    reactor.adoptStreamPort = adopt
+    pool._factory = object()
+    pool.startService()
+    delays = []
+    with capturedLogs():
+        for _ in range(5):
+            worker = reactor.spawned[-2] if len(reactor.spawned) == 2 else reactor.spawned[-1]
+            end(worker, 1)
+            assert adopted[-1].fd == worker["childFDs"][3] and not adopted[-1].stopped
+            [call] = [c for c in reactor.getDelayedCalls() if c.active()]
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(delays[-1])
+            assert adopted[-1].stopped  # the worker is back: the parent lets go
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0]
+    # A worker that ran a good while before dying starts the back-off again.
+    reactor.advance(pool.healthy_after)
+    with capturedLogs():
+        end(reactor.spawned[-1], 1)
+    [call] = [c for c in reactor.getDelayedCalls() if c.active()]
+    assert call.getTime() - reactor.seconds() == pool.restart_delay
+
+
 def test_pool_stop_terminates_and_waits(pool):
     """Stopping sends SIGTERM, closes the parent's sockets and fires once every worker ended."""
     reactor, pool = pool

@@ -40,3 +40,30 @@ def test_smtps_with_workers_is_a_usage_error():
     """--workers shares plain TCP sockets only: an smtps: listener is refused up front."""
     with pytest.raises(usage.UsageError, match="smtps"):
         Options().parseOptions(["--workers", "2", "-l", "smtps:tcp:465"])
+
+
+FAILS_IN_WORKERS = """
+import sys
+if "--worker" in sys.argv:
+    raise RuntimeError("this worker cannot start")
+from txsmtpsrv import Hooks
+
+class Policy(Hooks):
+    pass
+"""
+
+
+def test_dead_worker_socket_is_served_by_the_parent(tmp_path):
+    """A worker that cannot start is retried with back-off while the parent serves its socket: no hung clients."""
+    (tmp_path / "failing.py").write_text(FAILS_IN_WORKERS)
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
+                               "--hooks", "failing:Policy"], pythonpath=[str(tmp_path)])
+    try:
+        server.wait_for(r"worker 1 \(pid \d+\) exited unexpectedly")
+        for _ in range(20):  # SO_REUSEPORT spreads these over both sockets
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as client:
+                assert client.noop()[0] == 250
+        server.wait_for(r"exited unexpectedly.*restarting in 2\.0 s")  # backing off
+        assert server.terminate() in CLEAN_EXITS
+    finally:
+        server.kill()

@@ -693,20 +693,33 @@ class _WorkerPool(Service):
     """
     Runs workers 1..N-1 of C{--workers N}, each on its own sockets; restarts
     the ones that die, and stops them all (and waits) when stopped.
+
+    With C{SO_REUSEPORT} the kernel keeps sending connections to a dead
+    worker's socket, so while a worker is down the parent serves its sockets
+    itself (given a C{factory}); restarts back off exponentially, so a worker
+    that cannot start costs a restart a minute, not a restart a second.
     """
 
     restart_delay = 1.0
+    max_restart_delay = 60.0
+    #: A worker that ran this long before dying starts the back-off afresh.
+    healthy_after = 60.0
 
     def __init__(self, reactor: Any, ports: Sequence[_SharedPort], count: int,
-                 argv: Sequence[str], env: Dict[str, str], stop_timeout: float) -> None:
+                 argv: Sequence[str], env: Dict[str, str], stop_timeout: float,
+                 factory: Any = None) -> None:
         self._reactor = reactor
         self.ports = list(ports)
         self.count = count
         self._argv = list(argv)
         self._env = env
         self.stop_timeout = stop_timeout
+        self._factory = factory
         self.workers: Dict[int, _WorkerProtocol] = {}
         self._restarts: Dict[int, Any] = {}
+        self._failures: Dict[int, int] = {}
+        self._started: Dict[int, float] = {}
+        self._covering: Dict[int, List[Any]] = {}  # ports the parent serves for a dead worker
         self._stopping = False
 
     def worker_argv(self) -> List[str]:
@@ -728,6 +741,8 @@ class _WorkerPool(Service):
         self._restarts.pop(index, None)
         if self._stopping:
             return
+        self._uncover(index)
+        self._started[index] = self._reactor.seconds()
         child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for offset, port in enumerate(self.ports):
             child_fds[3 + offset] = port.socket_for(index).fileno()
@@ -742,13 +757,34 @@ class _WorkerPool(Service):
         if self._stopping:
             log.info("worker {index} (pid {worker_pid}) stopped", index=protocol.index, worker_pid=protocol.pid)
             return
+        index = protocol.index
+        ran = self._reactor.seconds() - self._started.get(index, 0.0)
+        failures = 1 if ran >= self.healthy_after else self._failures.get(index, 0) + 1
+        self._failures[index] = failures
+        delay = min(self.restart_delay * 2 ** (failures - 1), self.max_restart_delay)
         log.error(
             "worker {index} (pid {worker_pid}) exited unexpectedly ({reason}); restarting in {delay} s",
-            index=protocol.index, worker_pid=protocol.pid, reason=reason.getErrorMessage(),
-            delay=self.restart_delay,
+            index=index, worker_pid=protocol.pid, reason=reason.getErrorMessage(), delay=delay,
         )
-        self._restarts[protocol.index] = self._reactor.callLater(
-            self.restart_delay, self._spawn, protocol.index)
+        self._cover(index)
+        self._restarts[index] = self._reactor.callLater(delay, self._spawn, index)
+
+    def _cover(self, index: int) -> None:
+        """Serve a dead worker's sockets from the parent until it is back."""
+        if self._factory is None or index in self._covering:
+            return
+        ports = []
+        for port in self.ports:
+            sock = port.socket_for(index)
+            try:
+                ports.append(self._reactor.adoptStreamPort(sock.fileno(), port.family, self._factory))
+            except Exception:
+                log.failure("cannot serve worker {index}'s socket from the parent", index=index)
+        self._covering[index] = ports
+
+    def _uncover(self, index: int) -> None:
+        for listening in self._covering.pop(index, []):
+            listening.stopListening()  # closes the parent's duplicate only
 
     def stopService(self) -> "Deferred[None]":
         super().stopService()
@@ -757,6 +793,8 @@ class _WorkerPool(Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        for index in list(self._covering):
+            self._uncover(index)
         for port in self.ports:
             port.close()  # the workers keep their own copies
         waiting = [worker.ended for worker in self.workers.values()]
@@ -853,7 +891,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             endpoints.append((AdoptedStreamServerEndpoint(reactor, own, port.family), port.description))
         argv = _twist_command(reactor) + _worker_options(options)
         pool = _WorkerPool(reactor, shared, workers - 1, argv, _worker_environment(),
-                           stop_timeout=server.options.close_timeout + 10.0)
+                           stop_timeout=server.options.close_timeout + 10.0, factory=server)
         pool.setServiceParent(service)
     else:
         for description in options["listen"]:
