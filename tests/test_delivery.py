@@ -236,8 +236,17 @@ def assert_local_error(d: Deferred[Any]) -> None:
     assert info.value.text == "Requested action aborted: local error in processing"
 
 
+def existing_maildir(path) -> str:
+    """A Maildir whose cur/new/tmp exist already, so only the delivery's own fsyncs run."""
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(exist_ok=True)
+    return str(path)
+
+
 def test_maildir_fsync_failure_gives_451_and_no_file(tmp_path, monkeypatch):
     """If fsync fails the client gets 451 and neither tmp/ nor new/ keeps the message."""
+    existing_maildir(tmp_path)
+
     def failing_fsync(fd):
         raise OSError(errno.EIO, "I/O error")
 
@@ -253,6 +262,7 @@ def test_maildir_fsync_failure_gives_451_and_no_file(tmp_path, monkeypatch):
 
 def test_maildir_directory_fsync_failure_removes_delivered_file(tmp_path, monkeypatch):
     """If the new/ directory can't be synced the renamed file is removed: 451 means not delivered."""
+    existing_maildir(tmp_path)
     real_fsync = os.fsync
     calls = []
 
@@ -385,6 +395,7 @@ def test_maildir_through_the_server(tmp_path):
 
 def test_maildir_failure_through_the_server(tmp_path, monkeypatch):
     """End to end in memory: a storage failure reaches the client as 451 4.3.0."""
+    existing_maildir(tmp_path)
     monkeypatch.setattr(_delivery.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     server, _clock = make_server(MaildirDelivery(str(tmp_path), "mx.test"))
     client = TestClient(server)
@@ -606,3 +617,39 @@ def test_print_delivery_binary_stream_and_default(capsys):
     feed(stream, b"y\r\n")
     result(d)
     assert capsys.readouterr().out.endswith("y\n------------ END MESSAGE ------------\n")
+
+
+def test_received_header_bounds_and_ascii_client_names():
+    """Client-chosen names reach the Received header as short printable ASCII, whatever was sent."""
+    from txsmtpsrv._delivery import received_header
+    from txsmtpsrv._session import Address, Session
+
+    session = Session("abc", "192.0.2.1", 25, "192.0.2.10", 4000)
+    session.host_name_appears_as = "h\u0085x\u2028y\u00e9" + "a" * 4000
+    session.client_hostname = "ptr\r\nInjected: yes"
+    session.opening_command = "EHLO"
+    session.envelope.rcpt_to.append(Address("r@example.test"))
+    header = received_header(session, "mx.test", when=0)
+    assert header.isascii()
+    assert all(len(line) < 998 for line in header.split(b"\r\n"))
+    assert b"\r\nInjected" not in header
+
+
+def test_new_maildir_and_mbox_directories_are_synced(tmp_path, monkeypatch):
+    """Directories (and an mbox file) created for the first message are fsynced in their parents."""
+    synced = []
+    real_fsync_directory = _delivery._fsync_directory
+    monkeypatch.setattr(_delivery, "_fsync_directory", lambda p: (synced.append(os.path.abspath(p)),
+                                                                  real_fsync_directory(p))[1])
+    stream = make_stream()
+    d = MaildirDelivery(str(tmp_path / "md"), "mx.test").on_data(make_session(), stream)
+    feed(stream, BODY)
+    assert d.called
+    for parent in (tmp_path, tmp_path / "md"):
+        assert str(parent) in synced
+    synced.clear()
+    stream = make_stream()
+    d = MboxDelivery(str(tmp_path / "spool" / "mbox"), "mx.test").on_data(make_session(), stream)
+    feed(stream, BODY)
+    assert d.called
+    assert str(tmp_path) in synced and str(tmp_path / "spool") in synced

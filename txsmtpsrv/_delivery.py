@@ -72,13 +72,16 @@ def _now(clock: Optional[IReactorTime]) -> float:
 # Trace headers (RFC 5321 4.4)
 
 #: Characters a client-supplied name may not carry into a header: controls,
-#: white space, and the comment / date delimiters of the Received syntax.
-_UNSAFE = re.compile(r"[\x00-\x20\x7f()\\;]")
+#: white space, the comment / date delimiters of the Received syntax, and
+#: anything outside printable ASCII (C1 controls, Unicode line breaks).
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")
+#: Longest client-supplied name kept (a header line must stay under 998 octets).
+_MAX_NAME = 255
 
 
 def _clean(text: str) -> str:
-    """Make a client-chosen name safe to put in a header token."""
-    return _UNSAFE.sub("_", text) or "_"
+    """Make a client-chosen name safe to put in a header token: printable ASCII, bounded."""
+    return _UNSAFE.sub("_", text[:_MAX_NAME]) or "_"
 
 
 def _tcp_info(session: Session) -> str:
@@ -273,6 +276,24 @@ class _Writer:
             self._emit(tail)
 
 
+def _make_directory(path: str) -> None:
+    """
+    Create C{path} (and missing parents), fsyncing each parent whose entries
+    changed, so a directory made for the first message survives a crash too.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        _make_directory(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    _fsync_directory(parent)
+
+
 def _fsync_directory(path: str) -> None:
     """Make a rename or new entry in C{path} durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -358,7 +379,7 @@ class MaildirDelivery:
 
     def _ensure_directories(self) -> None:
         for sub in ("", "tmp", "new", "cur"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            _make_directory(os.path.join(self.path, sub))
 
     def _create_tmp(self, now: float) -> tuple[str, IO[bytes]]:
         """Create a new file in C{tmp/} that no other delivery can be using."""
@@ -492,7 +513,7 @@ class MboxDelivery:
         try:
             try:
                 directory = os.path.dirname(self.path)
-                os.makedirs(directory, mode=0o700, exist_ok=True)
+                _make_directory(directory)
                 spool = tempfile.TemporaryFile(dir=directory, prefix=".txsmtpsrv-spool-")
                 writer = _Writer(spool, [_ToLF(), _MboxrdQuoter()])
                 writer.write(_trace_headers(session, self.hostname, now))
@@ -526,6 +547,7 @@ class MboxDelivery:
         lock = _mbox_locks.setdefault(key, DeferredLock())
         await lock.acquire()
         try:
+            created = not os.path.exists(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
                 await self._lock_file(fd)
@@ -535,6 +557,8 @@ class MboxDelivery:
                     fcntl.lockf(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
+            if created:  # the new file's directory entry must be on disk too
+                _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
