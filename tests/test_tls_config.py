@@ -359,16 +359,20 @@ class SNITests(_ServerTestCase):
             self.assertEqual(result.cn, expected, sni)
         self.assertEqual(calls, ["cb.test", "other.test"])
 
-    async def test_sni_callback_error_aborts_handshake(self) -> None:
-        """An exception in sni_callback fails that handshake (and is logged)."""
+    async def test_sni_callback_error_falls_back_to_default(self) -> None:
+        """An exception in sni_callback serves the default certificate, logged once per name."""
+        calls: list[str] = []
 
         def broken(name: str) -> Any:
+            calls.append(name)
             raise ZeroDivisionError(name)
 
         port, factory = await self.serve(TLSContextHolder(base_config(sni_callback=broken)))
-        result = await self.client(port, sni="boom.test")
-        self.assertFalse(result.ok)
-        self.assertEqual(factory.handshakes, [])
+        for _ in range(2):
+            result = await self.client(port, sni="boom.test")
+            self.assertTrue(result.ok)
+            self.assertEqual(result.cn, "mx.test")
+        self.assertEqual(calls, ["boom.test"])  # the failure is cached like an answer
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
     async def test_build_server_options_works_with_wrapServerTLS(self) -> None:

@@ -559,8 +559,16 @@ class _ContextSet:
         if name in self._cache:
             self._cache.move_to_end(name)
             return self._cache[name]
-        entry = self._callback(name)
-        ctx = None if entry is None else self._build(entry, f"sni_callback({name!r})")
+        try:
+            entry = self._callback(name)
+            ctx = None if entry is None else self._build(entry, f"sni_callback({name!r})")
+        except Exception:
+            # A broken callback must not cost clients their handshake: they
+            # get the default certificate, and the failure is cached (and so
+            # logged once per name) like any other answer.
+            log.failure("sni_callback failed for {server_name}; using the default certificate",
+                        server_name=name)
+            ctx = None
         self._cache[name] = ctx
         if len(self._cache) > _SNI_CACHE_SIZE:
             self._cache.popitem(last=False)
