@@ -214,6 +214,10 @@ def test_v2_local_and_unspec():
     # LOCAL with an unknown family and junk is still accepted (spec: ignore the block)
     odd, _ = parse_proxy_header(v2(command=0, family=9, transport=7, block=b"\xff" * 5))
     assert (odd.command, odd.family, odd.tlvs) == ("LOCAL", "UNSPEC", ())
+    # ... and so is LOCAL with a TLV that does not decode (its TLVs are dropped).
+    short_ssl, _ = parse_proxy_header(v2(command=0, family=1, block=inet("1.2.3.4", "5.6.7.8", 1, 2),
+                                         tlvs=tlv(0x20, b"\x01")))
+    assert (short_ssl.command, short_ssl.tlvs) == ("LOCAL", ())
     unspec, _ = parse_proxy_header(v2(family=0, transport=0, tlvs=tlv(PP2_TYPE_UNIQUE_ID, b"u")))
     assert (unspec.command, unspec.family, unspec.proxied, unspec.unique_id) == ("PROXY", "UNSPEC", False, b"u")
 

@@ -400,7 +400,10 @@ def _parse_v2(header: bytes) -> ProxyInfo:
                 tlvs = _parse_tlvs(payload[known[1] :], 16 + known[1])
             except ProxyHeaderError:
                 tlvs = []
-        return _finish_v2(header, "LOCAL", family, None, None, None, None, tlvs)
+        try:
+            return _finish_v2(header, "LOCAL", family, None, None, None, None, tlvs)
+        except ProxyHeaderError:  # a TLV that does not decode (e.g. a short SSL TLV)
+            return _finish_v2(header, "LOCAL", family, None, None, None, None, [])
 
     if known is None:
         raise ProxyHeaderError(f"unsupported PROXY v2 address family {family_nibble}")
