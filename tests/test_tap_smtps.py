@@ -67,3 +67,22 @@ def test_dead_worker_socket_is_served_by_the_parent(tmp_path):
         assert server.terminate() in CLEAN_EXITS
     finally:
         server.kill()
+
+
+def test_sighup_reloads_certificates(tmp_path):
+    """SIGHUP makes twistd smtpsrv re-read its certificates; it keeps serving."""
+    import os
+    import signal
+
+    server = Twistd(tmp_path, ["-l", "smtps:tcp:0:interface=127.0.0.1", "--no-reverse-lookup"])
+    try:
+        os.kill(server.proc.pid, signal.SIGHUP)
+        server.wait_for(r"TLS configuration reloaded")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP_SSL("127.0.0.1", server.port, context=context, timeout=10) as client:
+            assert client.noop()[0] == 250
+        assert server.terminate() in CLEAN_EXITS
+    finally:
+        server.kill()

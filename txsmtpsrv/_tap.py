@@ -51,7 +51,9 @@ import importlib
 import inspect
 import os
 import site
+import signal
 import socket
+import threading
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -433,8 +435,28 @@ class SMTPService(MultiService):
         self.server = server
         self.credentialCheckers = list(credentialCheckers)
 
+    def startService(self) -> None:
+        super().startService()
+        if threading.current_thread() is threading.main_thread():
+            # SIGHUP re-reads the certificates (new connections get them).
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        self.server.reactor.callFromThread(self.reload_tls)
+
+    def reload_tls(self) -> None:
+        """Re-read --tls-key/--tls-cert; on error keep the certificates in use."""
+        try:
+            self.server.reload_tls()
+        except Exception:
+            log.failure("TLS reload failed; the previous certificates stay in use")
+
     def stopService(self) -> "Deferred[None]":
         """Stop listening (and the workers) and let transactions in progress finish."""
+        previous = getattr(self, "_previous_hup", None)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, previous)
+            self._previous_hup = None
         children = super().stopService()
         closing = maybeDeferred(self.server.close)
         d = DeferredList([children, closing], consumeErrors=True)

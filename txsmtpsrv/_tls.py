@@ -652,7 +652,7 @@ class TLSContextHolder:
 # Development certificate
 
 
-def development_certificate(hostname: str, *, days: int = 7) -> TLSConfig:
+def development_certificate(hostname: str, *, days: int = 365) -> TLSConfig:
     """
     Generate a self-signed EC P-256 certificate for C{hostname}, in memory.
 
