@@ -826,7 +826,7 @@ def test_endpoint_string_options():
     assert ep.allow_untrusted and ep.max_header_size == 512 and ep.timeout is None
     ep.listen(GreeterFactory())
     assert memory.tcpServers[0][3] == "::1"
-    for bad in ("smtpproxy:trusted=127.0.0.1", "smtpproxy:timeout=x:tcp:25", "smtpproxy:untrusted=maybe:tcp:25",
+    for bad in ("smtpproxy:trusted=127.0.0.1", "smtpproxy:timeout=x:tcp:25", "smtpproxy:timeout=nan:tcp:25", "smtpproxy:untrusted=maybe:tcp:25",
                 "smtpproxy:trusted=banana:tcp:25", "smtpproxy:maxHeaderSize=big:tcp:25"):
         with pytest.raises(ValueError):
             serverFromString(memory, bad)

@@ -56,6 +56,7 @@ endpoint grammar splits on every unescaped colon).
 from __future__ import annotations
 
 import ipaddress
+import math
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence, Union
@@ -807,8 +808,8 @@ class ProxyWrappingFactory(WrappingFactory):
             reactor = _reactor  # type: ignore[assignment]
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self.trusted = _networks(trusted)
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0")
+        if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a finite number of seconds >= 0")
         self.timeout = timeout
         self.allow_untrusted = allow_untrusted
         if max_header_size < 16:
@@ -857,8 +858,8 @@ class ProxyServerEndpoint:
         self.endpoint = endpoint
         # validate early, not at listen time
         self.trusted = _networks(trusted)
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0")
+        if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a finite number of seconds >= 0")
         if max_header_size < 16:
             raise ValueError("max_header_size must be at least 16")
         self.timeout = timeout
