@@ -339,3 +339,36 @@ def test_auth_hook_refusing_with_a_reply():
     assert [(r.code, r.enhanced, r.text) for r in replies] == [
         (535, "5.7.8", "Nope"), (454, "4.7.0", "Directory down"), (535, "5.7.8", "odd")]
     assert client.protocol.session.user is None
+
+
+def test_every_log_event_names_its_session_and_hides_bodies_and_secrets():
+    """All protocol log events carry the session id; none shows the body or a password."""
+    import base64
+
+    class H:
+        def on_auth(self, session, credentials):
+            return None if credentials.password == "wrong-Secret-1" else credentials.username
+
+        def on_rcpt_to(self, session, address):
+            if address.local_part == "boom":
+                raise RuntimeError("hook exploded")
+
+    server, clock = make_server(H(), allow_insecure_auth=True, socket_timeout=30)
+    with capturedLogs() as events:
+        client = TestClient(server)
+        client.command("EHLO c.test")
+        client.command("AUTH PLAIN " + base64.b64encode(b"\0bob\0wrong-Secret-1").decode())
+        client.command("AUTH PLAIN " + base64.b64encode(b"\0bob\0right-Secret-2").decode())
+        client.command("MAIL FROM:<a@x.test>")
+        client.command("RCPT TO:<boom@y.test>")
+        client.command("RCPT TO:<ok@y.test>")
+        client.send(b"DATA\r\nSubject: private\r\n\r\nTOP-SECRET-BODY\r\n.\r\n")
+        client.send(b"STARTTLS\r\n")
+        clock.advance(31)
+    protocol_events = [e for e in events if e.get("log_namespace", "").startswith("txsmtpsrv._protocol")]
+    assert len(protocol_events) >= 4
+    assert all(e.get("session_id") == client.protocol.session.id for e in protocol_events)
+    text = "\n".join(eventAsText(e) for e in events) + repr(events)
+    for secret in ("TOP-SECRET-BODY", "wrong-Secret-1", "right-Secret-2",
+                   base64.b64encode(b"\0bob\0right-Secret-2").decode()):
+        assert secret not in text
