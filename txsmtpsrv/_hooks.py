@@ -71,6 +71,14 @@ class ResolvedHooks:
     """The user's hook methods, or None where the default applies."""
 
     __slots__ = HOOK_NAMES
+    on_connect: Optional[Callable[..., Any]]
+    on_helo: Optional[Callable[..., Any]]
+    on_secure: Optional[Callable[..., Any]]
+    on_auth: Optional[Callable[..., Any]]
+    on_mail_from: Optional[Callable[..., Any]]
+    on_rcpt_to: Optional[Callable[..., Any]]
+    on_data: Optional[Callable[..., Any]]
+    on_close: Optional[Callable[..., Any]]
 
     def __init__(self, hooks: Optional[object]) -> None:
         for name in HOOK_NAMES:

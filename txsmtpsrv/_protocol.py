@@ -104,6 +104,8 @@ class SMTPServerProtocol(LineReceiver):
 
     delimiter = b"\n"  # commands end on LF; the CR is stripped (lenient like Postfix)
     log = Logger()
+    #: Command verb (upper-case bytes) -> handler; built from the _cmd_* methods below.
+    _handlers: Dict[bytes, Callable[..., None]]
 
     # Thousands of idle connections must stay cheap: our state lives in slots.
     __slots__ = (
@@ -1298,4 +1300,4 @@ def _build_handlers() -> Dict[bytes, Callable[..., None]]:
     return table
 
 
-SMTPServerProtocol._handlers = _build_handlers()  # type: ignore[attr-defined]
+SMTPServerProtocol._handlers = _build_handlers()

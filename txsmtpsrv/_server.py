@@ -184,13 +184,15 @@ class SMTPServer(ServerFactory):
         """
         if isinstance(endpoint, str):
             from twisted.internet.endpoints import serverFromString
-            endpoint = serverFromString(self.reactor, endpoint)
+            target: IStreamServerEndpoint = serverFromString(self.reactor, endpoint)
+        else:
+            target = endpoint
         if self.options.secure:
             from twisted.internet.endpoints import wrapServerTLS
-            endpoint = wrapServerTLS(self.tls, endpoint)
+            target = wrapServerTLS(self.tls, target)
         elif not self.options.hide_starttls:
             self.load_tls()
-        d = endpoint.listen(self)
+        d = target.listen(self)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
