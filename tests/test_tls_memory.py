@@ -674,3 +674,23 @@ def test_starttls_reply_without_enhanced_codes(hide_esc):
     c.send("STARTTLS\r\n")
     expected = b"220 Ready to start TLS\r\n" if hide_esc else b"220 2.0.0 Ready to start TLS\r\n"
     assert c.transport.written_before_tls == expected
+
+
+def test_secured_option_starts_sessions_secure():
+    """secured=True (TLS terminated in front of us): AUTH offered, STARTTLS not, ESMTPSA after login."""
+    import base64
+
+    from txsmtpsrv.testing import TestClient as _Client
+    from txsmtpsrv.testing import make_server as _make
+
+    class H:
+        def on_auth(self, session, credentials):
+            return credentials.username
+
+    server, _ = _make(H(), secured=True)
+    client = _Client(server)
+    assert client.protocol.session.secure
+    ehlo = client.command("EHLO c.test").lines
+    assert any(line.startswith("AUTH ") for line in ehlo) and "STARTTLS" not in ehlo
+    assert client.command("AUTH PLAIN " + base64.b64encode(b"\0bob\0pw").decode()).code == 235
+    assert client.protocol.session.transmission_type == "ESMTPSA"

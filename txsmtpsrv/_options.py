@@ -75,6 +75,9 @@ class ServerOptions:
     tls: Any = None
     #: Implicit TLS (port 465 style): L{SMTPServer.listen} wraps endpoints in TLS.
     secure: bool = False
+    #: The connection is already encrypted by something in front of us (a TLS
+    #: terminating proxy): sessions start secure, AUTH is offered, no STARTTLS.
+    secured: bool = False
     hide_starttls: bool = False
     #: Refuse MAIL and AUTH until the connection is encrypted.
     needs_upgrade: bool = False

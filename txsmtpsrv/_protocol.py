@@ -169,6 +169,7 @@ class SMTPServerProtocol(LineReceiver):
         host = _address_parts(self.transport.getHost())
         sid = os.urandom(8).hex()
         self.session = Session(sid, host[0], host[1], peer[0], peer[1], lmtp=self.options.lmtp)
+        self.session.secure = self.options.secured
         self.server._connected(self)
         if ISSLTransport.providedBy(self.transport):  # implicit TLS: the handshake is under way
             self._tls_timer = self._start_handshake_timer()
