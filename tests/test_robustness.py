@@ -372,3 +372,19 @@ def test_every_log_event_names_its_session_and_hides_bodies_and_secrets():
     for secret in ("TOP-SECRET-BODY", "wrong-Secret-1", "right-Secret-2",
                    base64.b64encode(b"\0bob\0right-Secret-2").decode()):
         assert secret not in text
+
+
+def test_bug_after_an_async_hook_costs_one_reply():
+    """An error in our code after a Deferred hook answers is a logged 451; reading resumes."""
+    hooks = Pending("on_helo")
+    server, _ = make_server(hooks)
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nNOOP\r\n")
+    client.protocol._extensions = None  # sabotage the EHLO reply, after the hook
+    with capturedLogs() as events:
+        hooks.deferreds[0].callback(None)
+    assert codes(client) == [(451, "4.3.0"), (250, "2.0.0")]
+    assert failures(events)
+    left: List[Any] = []
+    hooks.deferreds[0].addBoth(left.append)
+    assert left == [None]

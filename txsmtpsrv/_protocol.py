@@ -490,10 +490,17 @@ class SMTPServerProtocol(LineReceiver):
                             CancelledError, ConnectionLost, ConnectionDone, MessageDiscarded):
                         self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
                     return None
-            if isinstance(outcome, Failure):
-                done(None, outcome)
-            else:
-                done(outcome, None)
+            try:
+                if isinstance(outcome, Failure):
+                    done(None, outcome)
+                else:
+                    done(outcome, None)
+            except Exception:
+                if not waiting:
+                    raise  # synchronous: the command's own safety net answers
+                self.log.failure("error after hook {hook}", hook=getattr(hook, "__name__", "hook"),
+                                 session_id=self.session.id)
+                self._reply(451, "4.3.0", _LOCAL_ERROR)
             if waiting and not self._gone:
                 if pause:
                     self._resume(_HOOK)
