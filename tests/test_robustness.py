@@ -374,8 +374,8 @@ def test_every_log_event_names_its_session_and_hides_bodies_and_secrets():
         assert secret not in text
 
 
-def test_bug_after_an_async_hook_costs_one_reply():
-    """An error in our code after a Deferred hook answers is a logged 451; reading resumes."""
+def test_bug_after_an_async_hook_ends_the_session_cleanly():
+    """An error in our code after a Deferred hook answers: logged, 421, closed; no unhandled error."""
     hooks = Pending("on_helo")
     server, _ = make_server(hooks)
     client = TestClient(server)
@@ -383,8 +383,93 @@ def test_bug_after_an_async_hook_costs_one_reply():
     client.protocol._extensions = None  # sabotage the EHLO reply, after the hook
     with capturedLogs() as events:
         hooks.deferreds[0].callback(None)
-    assert codes(client) == [(451, "4.3.0"), (250, "2.0.0")]
+    assert codes(client) == [(421, "4.3.0")]
+    assert client.closed
     assert failures(events)
     left: List[Any] = []
     hooks.deferreds[0].addBoth(left.append)
     assert left == [None]
+
+
+def test_reply_text_must_be_utf8_encodable():
+    """A Reply with a lone surrogate is refused when made (so a hook using it fails cleanly)."""
+    import pytest
+
+    from txsmtpsrv import Reply
+    with pytest.raises(ValueError):
+        Reply(250, "queued as \udcff")
+    with pytest.raises(ValueError):
+        SMTPError(550, "bad \udcff")
+
+
+def test_chained_deferred_from_hook_still_times_out():
+    """A fired Deferred waiting on a never-firing one is bounded by hook_timeout too."""
+    class H:
+        def on_mail_from(self, session, address):
+            return succeed(None).addCallback(lambda _: Deferred())
+
+    server, clock = make_server(H(), hook_timeout=10)
+    client = TestClient(server)
+    client.command("EHLO c.test")
+    client.send(b"MAIL FROM:<a@x.test>\r\n")
+    assert codes(client) == []
+    with capturedLogs():
+        clock.advance(10)
+    assert codes(client) == [(451, "4.3.0")]
+
+
+def test_no_rate_limit_means_idle_timeout_only():
+    """With min_data_rate=0 a body trickling in steadily is never cut off by socket_timeout."""
+    server, clock = make_server(min_data_rate=0, socket_timeout=60)
+    client = TestClient(server)
+    client.send(PREFIX)
+    client.replies()
+    for _ in range(20):  # 200 s of data, a chunk every 10 s
+        clock.advance(10)
+        client.send(b"x" * 1000 + b"\r\n")
+    client.send(b".\r\n")
+    assert codes(client) == [(250, "2.0.0")]
+
+
+def test_trickling_after_an_overlong_line_is_bounded():
+    """Bytes trickled into an over-long line being discarded do not keep the connection open."""
+    server, clock = make_server(max_command_length=512, socket_timeout=60)
+    client = TestClient(server)
+    client.send(b"X" * 600)
+    for _ in range(10):
+        clock.advance(55)
+        client.send(b"Y")
+    assert client.closed
+
+
+def test_shutdown_421_after_slow_reader_finishes():
+    """close() while a reader still digests a finished message: 250, then 421 as soon as it is done."""
+    later: List[Deferred] = []
+
+    class H:
+        def on_data(self, session, stream):
+            def write(chunk):
+                d: Deferred = Deferred()
+                later.append(d)
+                return d
+            return stream.collect(write)
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"body\r\n.\r\n")
+    client.replies()
+    server.close()
+    later[0].callback(None)
+    assert codes(client) == [(250, "2.0.0"), (421, "4.3.2")]
+    assert client.closed
+
+
+def test_rcpt_refused_once_bdat_began():
+    """RCPT between BDAT chunks would change the LMTP reply count: it gets 503."""
+    server, _ = make_server()
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\nabc")
+    client.replies()
+    assert client.command("RCPT TO:<c@y.test>").code == 503
+    client.send(b"BDAT 0 LAST\r\n")
+    assert codes(client) == [(250, "2.0.0")]

@@ -183,6 +183,8 @@ class MessageStream:
     # -- IPushProducer, for the reader -----------------------------------
 
     def pauseProducing(self) -> None:
+        if self._closed or self._discard:
+            return  # the body is over for this reader: nothing to hold back
         self._paused = True
         self._hold()
 

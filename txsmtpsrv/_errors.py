@@ -32,8 +32,11 @@ def _check(code: int, text: Text, enhanced: str | None) -> tuple[str, ...]:
     out: list[str] = []
     for line in lines:
         out.extend(line.splitlines() or [""])
-    if any("\r" in line or "\n" in line for line in out):  # pragma: no cover - splitlines removes them
-        raise ValueError("reply text may not contain CR or LF")
+    for line in out:
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"reply text must be encodable as UTF-8: {line!r}") from None
     return tuple(out) or ("",)
 
 

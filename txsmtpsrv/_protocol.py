@@ -110,7 +110,7 @@ class SMTPServerProtocol(LineReceiver):
     # Thousands of idle connections must stay cheap: our state lives in slots.
     __slots__ = (
         "server", "options", "session", "_clock", "_esc", "_out", "_pauses", "_hook_waits", "_pending",
-        "_closing", "_hungup", "_shutdown", "_auth_failures", "_stream_wait", "_gone", "_discard_line", "_line_rest", "_unrecognized",
+        "_closing", "_hungup", "_shutdown", "_backpressure", "_auth_failures", "_stream_wait", "_gone", "_discard_line", "_line_rest", "_unrecognized",
         "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
         "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
         "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error",
@@ -130,6 +130,7 @@ class SMTPServerProtocol(LineReceiver):
         self._pending: List[Deferred[Any]] = []
         self._closing = False  # QUIT or 421 sent: ignore the rest
         self._hungup = False  # the final reply is out: write nothing more
+        self._backpressure = False  # _ReplyBackpressure registered with the transport
         self._shutdown = False  # the server is closing: 421 after this transaction
         self._gone = False  # connectionLost ran
         self._discard_line = False  # skipping the tail of an over-long line
@@ -176,7 +177,7 @@ class SMTPServerProtocol(LineReceiver):
         else:
             # Under TLS only once the handshake is done: before, the TLS layer
             # pauses its producer while it buffers our greeting.
-            self.transport.registerProducer(_ReplyBackpressure(self), True)
+            self._register_backpressure()
         now = self._clock.seconds()
         self._deadline = now + self.options.socket_timeout
         self._timer = self._clock.callLater(self.options.socket_timeout, self._check_timeout)
@@ -270,10 +271,10 @@ class SMTPServerProtocol(LineReceiver):
             return
         if data:
             now = self._clock.seconds()
-            if self.line_mode and not self._buffer:
-                # A new command starts: it gets a whole socket_timeout.
+            if not self._per_byte or (self.line_mode and not self._buffer and not self._discard_line):
+                # A new command starts (or no rate is enforced): a whole socket_timeout.
                 self._deadline = now + self.options.socket_timeout
-            elif self._per_byte:
+            else:  # each byte of a command or body buys 1/min_data_rate s only
                 self._deadline = min(self._deadline + len(data) * self._per_byte,
                                      now + self.options.socket_timeout)
         while True:
@@ -397,6 +398,12 @@ class SMTPServerProtocol(LineReceiver):
             self.transport.loseConnection()
         self._hungup = True  # whatever happens later is not sent
 
+    def _register_backpressure(self) -> None:
+        # Once per connection: startTLS carries a registered producer over.
+        if not self._backpressure:
+            self._backpressure = True
+            self.transport.registerProducer(_ReplyBackpressure(self), True)
+
     def _pause(self, why: int) -> None:
         if not self._pauses and not self._gone:
             self.pauseProducing()
@@ -418,6 +425,8 @@ class SMTPServerProtocol(LineReceiver):
         if why == _HOOK and self._tls_timer is not None:
             self._tls_timer.restart()  # our hook held the handshake up, not the client
         if not self._pauses and not self._gone and not self._closing:
+            if self._shutdown_if_idle():
+                return
             self._deadline = self._clock.seconds() + self.options.socket_timeout
             self.resumeProducing()  # replays buffered lines via dataReceived(b"")
 
@@ -498,9 +507,13 @@ class SMTPServerProtocol(LineReceiver):
             except Exception:
                 if not waiting:
                     raise  # synchronous: the command's own safety net answers
+                # Our own bug, in a state we cannot trust: end the session cleanly.
                 self.log.failure("error after hook {hook}", hook=getattr(hook, "__name__", "hook"),
                                  session_id=self.session.id)
-                self._reply(451, "4.3.0", _LOCAL_ERROR)
+                self._out.append(format_reply(421, [f"{self.options.name} Error: local error, closing"],
+                                              "4.3.0" if self._esc else None))
+                self._close()
+                return None
             if waiting and not self._gone:
                 if pause:
                     self._resume(_HOOK)
@@ -509,7 +522,7 @@ class SMTPServerProtocol(LineReceiver):
                     self._flush()
             return None
 
-        if not result.called:
+        if not result.called or result.paused:  # pending, or waiting on another Deferred
             result.addTimeout(self.options.hook_timeout, self._clock)
         result.addBoth(fired)
         if answered:
@@ -727,6 +740,9 @@ class SMTPServerProtocol(LineReceiver):
         env = s.envelope
         if env.mail_from is None:
             self._reply(503, "5.5.1", "Error: need MAIL command")
+            return
+        if self._stream is not None:
+            self._reply(503, "5.5.1", "Error: RCPT not allowed once BDAT has begun")
             return
         if len(env.rcpt_to) >= self.options.max_recipients:
             self._reply(452, "4.5.3", "Error: too many recipients")
@@ -970,10 +986,10 @@ class SMTPServerProtocol(LineReceiver):
         if self._tls_timer is not None and self._tls_timer.active():
             self._tls_timer.cancel()
         self._tls_timer = None
+        if self._gone or self._closing:
+            return  # already said goodbye (e.g. on_connect refused): let the close finish
         s = self.session
-        if not s.secure and ISSLTransport.providedBy(self.transport) and not self._gone \
-                and getattr(self.transport, "producer", None) is None:
-            self.transport.registerProducer(_ReplyBackpressure(self), True)
+        self._register_backpressure()
         s.secure = True
         s.tls = tls_info(self.transport)
         if s.tls is not None:
