@@ -229,8 +229,7 @@ class SMTPServerProtocol(LineReceiver):
 
     def _greet(self) -> None:
         o = self.options
-        text = f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else "")
-        self._out.append(format_reply(220, [text], None))
+        self._reply(220, None, f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else ""))
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
@@ -335,7 +334,7 @@ class SMTPServerProtocol(LineReceiver):
                 self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
                 self._close()
                 return
-        if self._shutdown_if_idle():
+        if self._shutdown and self._shutdown_if_idle():
             return
         if self.server._observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
@@ -510,8 +509,7 @@ class SMTPServerProtocol(LineReceiver):
                 # Our own bug, in a state we cannot trust: end the session cleanly.
                 self.log.failure("error after hook {hook}", hook=getattr(hook, "__name__", "hook"),
                                  session_id=self.session.id)
-                self._out.append(format_reply(421, [f"{self.options.name} Error: local error, closing"],
-                                              "4.3.0" if self._esc else None))
+                self._reply(421, "4.3.0", f"{self.options.name} Error: local error, closing")
                 self._close()
                 return None
             if waiting and not self._gone:
@@ -1120,21 +1118,25 @@ class SMTPServerProtocol(LineReceiver):
                 # The hook refused before the last chunk: its reply, now.
                 for _ in range(count):
                     self._send_outcome(None, self._data_outcome[1], 250, "", "")
-                error = (554, "5.6.0", "Error: message refused")
-                count = 0
+                self._chunk_failed((554, "5.6.0", "Error: message refused"), last)
+                return
         if error is not None:
             for _ in range(count):
                 self._reply(*error)
-            if last:
-                self._reset_transaction()
-            elif self._stream is not None:  # later chunks of this transaction fail too
-                self._bdat_error = error
+            self._chunk_failed(error, last)
             return
         assert stream is not None
         if not last:
             self._reply(250, "2.0.0", f"{stream.byte_length} octets received", cache=False)
             return
         self._body_ended(stream)
+
+    def _chunk_failed(self, error: Tuple[int, str, str], last: bool) -> None:
+        """A failed chunk ends a LAST transfer; otherwise later chunks get C{error} too."""
+        if last:
+            self._reset_transaction()
+        elif self._stream is not None:
+            self._bdat_error = error
 
     # -- AUTH (RFC 4954); the mechanisms live in _sasl -------------------------
 
@@ -1298,18 +1300,19 @@ class SMTPServerProtocol(LineReceiver):
             return False
         if self.session.envelope.mail_from is not None or self._stream is not None or self._pauses:
             return False
+        self._say_shutting_down()
+        return True
+
+    def _say_shutting_down(self) -> None:
         self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
         self._close()
-        return True
 
     def force_close(self) -> None:
         """close_timeout passed: 421 and drop whatever is going on."""
         if self._gone:
             return
         if not self._closing:
-            self._out.append(format_reply(421, [f"{self.options.name} Service shutting down"],
-                                          "4.3.2" if self._esc else None))
-            self._close()
+            self._say_shutting_down()
 
     def abort(self) -> None:
         if not self._gone:

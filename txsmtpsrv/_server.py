@@ -82,8 +82,11 @@ class SMTPServer(ServerFactory):
         self._drained: List[Deferred[None]] = []
         self._tls_holder: Any = None
         o = self.options
-        esc = "4.7.0 " if not o.hide_enhancedstatuscodes else ""
-        self._busy_reply = f"421 {esc}{o.name} Too many connected clients, try again in a moment\r\n".encode()
+        esc = o.lmtp or not o.hide_enhancedstatuscodes
+        # Replies for clients refused before a protocol exists (RFC 5321 3.1: 421).
+        self._busy_reply = format_reply(421, [f"{o.name} Too many connected clients, try again in a moment"],
+                                        "4.7.0" if esc else None)
+        self._closing_reply = format_reply(421, [f"{o.name} Service shutting down"], "4.3.2" if esc else None)
 
     # -- factory ---------------------------------------------------------------
 
@@ -92,10 +95,7 @@ class SMTPServer(ServerFactory):
         if self._closing or (limit is not None and len(self._connections) >= limit):
             self.log.warn("refusing {peer}: {why}", peer=str(addr),
                           why="shutting down" if self._closing else "max_clients reached")
-            reply = self._busy_reply if not self._closing else format_reply(
-                421, [f"{self.options.name} Service shutting down"],
-                None if self.options.hide_enhancedstatuscodes else "4.3.2")
-            p: Protocol = _TooBusy(reply)
+            p: Protocol = _TooBusy(self._closing_reply if self._closing else self._busy_reply)
             p.factory = self
             return p
         proto = SMTPServerProtocol(self)

@@ -69,7 +69,7 @@ class Envelope:
     """
 
     __slots__ = ("mail_from", "rcpt_to", "body_type", "smtputf8", "size", "dsn_ret", "dsn_envid",
-                 "requiretls", "extra")
+                 "requiretls")
 
     def __init__(self) -> None:
         self.mail_from: Optional[Address] = None
@@ -80,8 +80,6 @@ class Envelope:
         self.dsn_ret: Optional[str] = None
         self.dsn_envid: Optional[str] = None
         self.requiretls = False
-        #: Room for later extensions (DSN, REQUIRETLS, XFORWARD).
-        self.extra: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Envelope from={self.mail_from!r} to={self.rcpt_to!r}>"
