@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from txsmtpsrv import Reply, SMTPError
 from txsmtpsrv._data import MessageDiscarded, MessageTooLarge
 from txsmtpsrv.testing import TestClient, make_server
+from tests._memory import codes, count_writes
 
 MAIL_RCPT = b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n"
 
@@ -85,10 +86,6 @@ def greeted(hooks: Any = None, **options: Any) -> TestClient:
     return client
 
 
-def codes(replies: List[Reply]) -> List[Tuple[int, Optional[str]]]:
-    """(code, enhanced) of each reply."""
-    return [(r.code, r.enhanced) for r in replies]
-
 
 def bdat(*chunks: bytes, last: bool = True) -> bytes:
     """BDAT commands carrying C{chunks}, the final one marked LAST (if C{last})."""
@@ -98,18 +95,6 @@ def bdat(*chunks: bytes, last: bool = True) -> bytes:
         out += b"BDAT %d%s\r\n" % (len(chunk), tail) + chunk
     return out
 
-
-def count_writes(client: TestClient) -> List[bytes]:
-    """Record every transport.write the server makes from now on."""
-    writes: List[bytes] = []
-    original = client.transport.write
-
-    def write(data: bytes) -> None:
-        writes.append(data)
-        original(data)
-
-    client.transport.write = write  # type: ignore[method-assign]
-    return writes
 
 
 # -- advertising ---------------------------------------------------------------------

@@ -29,10 +29,6 @@ def open_data(hooks: Any = None, **options: Any):
     return server, clock, client
 
 
-def codes(client: TestClient) -> list:
-    """(code, enhanced) of the replies received since the last call."""
-    return [(r.code, r.enhanced) for r in client.replies()]
-
 
 class Reader:
     """An IProtocol body reader that records what it is given."""
@@ -98,7 +94,7 @@ def test_collect_with_deferreds_pauses_and_resumes_transport():
     assert chunks[-1] == b"\r\n"
     gates[-1].callback(None)
     assert done == [True]
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert client.transport.producerState == "producing"
     assert b"".join(chunks) == b"first line\r\nsecond line\r\n"
 
@@ -114,7 +110,7 @@ def test_content_returns_whole_body():
     _, _, client = open_data(H())
     for piece in (b"Subject: x\r\n", b"\r\n..dot", b"\r\n", b"end\r", b"\n.", b"\r\n"):
         client.send(piece)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert bodies == [b"Subject: x\r\n\r\n.dot\r\nend\r\n"]
 
 
@@ -129,7 +125,7 @@ def test_deliver_body_protocol():
     assert reader.reason is not None and reader.reason.check(MessageDone)
     assert client.read() == b""  # the hook has not answered yet
     hooks.verdict.callback(None)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_deliver_body_twice_is_an_error():
@@ -146,7 +142,7 @@ def test_deliver_body_twice_is_an_error():
 
     _, _, client = open_data(H())
     client.send(b"x\r\n.\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert len(errors) == 1
 
 
@@ -174,7 +170,7 @@ def test_hook_returning_without_reading_accepts_after_dot():
     client.send(b"body\r\n")
     assert client.read() == b""
     client.send(b".\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_reply_waits_for_hook_after_dot():
@@ -184,7 +180,7 @@ def test_reply_waits_for_hook_after_dot():
     client.send(b"body\r\n.\r\nNOOP\r\n")
     assert client.read() == b""
     hooks.verdict.errback(SMTPError(451, "Try later", "4.7.1"))
-    assert codes(client) == [(451, "4.7.1"), (250, "2.0.0")]
+    assert client.codes() == [(451, "4.7.1"), (250, "2.0.0")]
 
 
 def test_reply_waits_for_dot_after_hook():
@@ -197,7 +193,7 @@ def test_reply_waits_for_dot_after_hook():
     client.send(b"more\r\n")
     assert client.read() == b""
     client.send(b".\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert b"".join(hooks.reader.chunks) == b"body\r\nmore\r\n"
 
 
@@ -211,7 +207,7 @@ def test_hook_rejecting_before_dot_waits_for_dot():
     client.send(b"more\r\n")
     assert client.read() == b""
     client.send(b".\r\n")
-    assert codes(client) == [(554, "5.7.1")]
+    assert client.codes() == [(554, "5.7.1")]
 
 
 def test_reply_after_reader_catches_up_when_hook_answered_first():
@@ -231,7 +227,7 @@ def test_reply_after_reader_catches_up_when_hook_answered_first():
     assert client.transport.producerState == "paused"
     while gates and not gates[-1].called:
         gates[-1].callback(None)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_disconnect_mid_data():
@@ -300,7 +296,7 @@ def test_size_limit_with_content_hook():
     _, _, client = open_data(H(), size=10)
     client.send(b"0123456789abc\r\n.\r\n")
     assert seen == ["too large"]
-    assert codes(client) == [(552, "5.3.4")]
+    assert client.codes() == [(552, "5.3.4")]
     # The dialogue continues.
     assert client.command("MAIL FROM:<a@x.test>").code == 250
 
@@ -315,7 +311,7 @@ def test_size_exactly_at_limit_accepted():
 
     _, _, client = open_data(H(), size=10)
     client.send(b"01234567\r\n.\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert bodies == [b"01234567\r\n"]
 
 
@@ -327,7 +323,7 @@ def test_bare_line_endings_rejected(body):
     client.send(body + b"\r\n.\r\n")
     assert hooks.reader.reason is not None and hooks.reader.reason.check(BareLineEnding)
     hooks.verdict.callback(None)
-    assert codes(client) == [(550, "5.6.0")]
+    assert client.codes() == [(550, "5.6.0")]
     assert client.command("NOOP").code == 250
 
 
@@ -342,7 +338,7 @@ def test_bare_line_endings_accepted(body):
 
     _, _, client = open_data(H(), bare_line_endings="accept")
     client.send(body + b".\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert bodies == [body]
 
 
@@ -359,7 +355,7 @@ def test_crlf_split_across_reads_is_not_bare():
     client.send(b"\nnext\r")
     client.send(b"\n.\r")
     client.send(b"\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert bodies == [b"line\r\nnext\r\n"]
 
 
@@ -380,7 +376,7 @@ def test_smuggling_ends_do_not_end_message(fake_end):
     mails: list = []
     server.observe("mail", lambda *a: mails.append(a))
     client.send(b"Subject: hi\r\n\r\nbody" + fake_end + SMUGGLED)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert mails == []
     # RFC 5321 4.5.2: a line that starts with a period loses it, whatever follows.
     assert len(bodies) == 1 and b"admin@victim.test" in bodies[0]
@@ -395,7 +391,7 @@ def test_smuggling_rejected_by_default(fake_end):
     server.observe("mail", lambda *a: mails.append(a))
     client.send(b"Subject: hi\r\n\r\nbody" + fake_end + SMUGGLED)
     # The verdict is known at the dot: the hook (which never answers) is cancelled.
-    assert codes(client) == [(550, "5.6.0")]
+    assert client.codes() == [(550, "5.6.0")]
     server2, _ = make_server()
     client2 = TestClient(server2)
     client2.send(PREFIX + b"Subject: hi\r\n\r\nbody" + fake_end + SMUGGLED)
@@ -441,7 +437,7 @@ def test_dot_unstuffing_split_across_reads():
     _, _, client = open_data(H())
     for piece in (b".", b".a\r\n", b"b\r\n.", b".", b"\r\n", b"..\r", b"\n.", b"\r", b"\n"):
         client.send(piece)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
     assert bodies == [b".a\r\nb\r\n.\r\n.\r\n"]
 
 

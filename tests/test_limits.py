@@ -13,10 +13,6 @@ from twisted.internet.defer import Deferred
 from txsmtpsrv.testing import TestClient, make_server
 
 
-def codes(client: TestClient) -> list:
-    """(code, enhanced) of the replies received since the last call."""
-    return [(r.code, r.enhanced) for r in client.replies()]
-
 
 # -- max_clients ------------------------------------------------------------------
 
@@ -62,7 +58,7 @@ def test_idle_timeout():
     clock.advance(29.9)
     assert client.read() == b"" and not client.closed
     clock.advance(0.1)
-    assert codes(client) == [(421, "4.4.2")]
+    assert client.codes() == [(421, "4.4.2")]
     assert client.closed
 
 
@@ -98,7 +94,7 @@ def test_timeout_during_data():
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\npartial\r\n")
     client.replies()
     clock.advance(30)
-    assert codes(client) == [(421, "4.4.2")]
+    assert client.codes() == [(421, "4.4.2")]
     assert client.closed and len(failures) == 1 and messages == []
 
 
@@ -115,7 +111,7 @@ def test_trickling_client_is_bounded():
         clock.advance(50)
     assert client.closed
     assert clock.seconds() - start <= 60 + 50
-    assert (421, "4.4.2") in codes(client)
+    assert (421, "4.4.2") in client.codes()
 
 
 def test_trickling_during_data_is_bounded():
@@ -130,7 +126,7 @@ def test_trickling_during_data_is_bounded():
         sent += 1
         clock.advance(50)
     assert client.closed and sent <= 3
-    assert codes(client) == [(421, "4.4.2")]
+    assert client.codes() == [(421, "4.4.2")]
 
 
 def test_min_data_rate_zero_disables_byte_bound():
@@ -140,7 +136,7 @@ def test_min_data_rate_zero_disables_byte_bound():
     client.send(b"NO")
     clock.advance(59)
     client.send(b"OP\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_slow_hook_never_times_client_out():
@@ -160,11 +156,11 @@ def test_slow_hook_never_times_client_out():
         clock.advance(100)
     assert not client.closed and client.read() == b""
     gate[0].callback(None)
-    assert codes(client) == [(250, "2.1.0")]
+    assert client.codes() == [(250, "2.1.0")]
     clock.advance(29)
     assert not client.closed
     clock.advance(1)
-    assert codes(client) == [(421, "4.4.2")]
+    assert client.codes() == [(421, "4.4.2")]
 
 
 def test_slow_reader_never_times_client_out():
@@ -183,7 +179,7 @@ def test_slow_reader_never_times_client_out():
     assert not client.closed
     while gates and not gates[-1].called:
         gates[-1].callback(None)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 # -- line length ----------------------------------------------------------------------
@@ -194,7 +190,7 @@ def test_line_too_long_then_next_command():
     server, _ = make_server(max_command_length=1000)
     client = TestClient(server)
     client.send(b"NOOP " + b"x" * 2000 + b"\r\nHELP\r\n")
-    assert codes(client) == [(500, "5.5.2"), (214, "2.0.0")]
+    assert client.codes() == [(500, "5.5.2"), (214, "2.0.0")]
 
 
 def test_line_too_long_in_several_reads():
@@ -206,7 +202,7 @@ def test_line_too_long_in_several_reads():
     client.send(b"a" * 600)
     client.send(b"a" * 600)
     client.send(b"@x.test>\r\nNOOP\r\n")
-    assert codes(client) == [(500, "5.5.2"), (250, "2.0.0")]
+    assert client.codes() == [(500, "5.5.2"), (250, "2.0.0")]
 
 
 def test_line_at_limit_accepted():
@@ -216,7 +212,7 @@ def test_line_at_limit_accepted():
     line = b"NOOP " + b"x" * (600 - 7) + b"\r\n"
     assert len(line) == 600
     client.send(line)
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_default_line_limit():
@@ -224,7 +220,7 @@ def test_default_line_limit():
     server, _ = make_server()
     client = TestClient(server)
     client.send(b"NOOP " + b"x" * 4000 + b"\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 # -- unrecognized commands ---------------------------------------------------------------
@@ -235,7 +231,7 @@ def test_max_unrecognized_commands():
     server, _ = make_server(max_unrecognized_commands=3)
     client = TestClient(server)
     client.send(b"FOO\r\n\r\nBAR\r\nNOOP\r\n")
-    assert codes(client) == [(500, "5.5.2"), (500, "5.5.2"), (500, "5.5.2"), (421, "4.7.0")]
+    assert client.codes() == [(500, "5.5.2"), (500, "5.5.2"), (500, "5.5.2"), (421, "4.7.0")]
     assert client.closed
 
 
@@ -244,7 +240,7 @@ def test_long_lines_count_as_unrecognized():
     server, _ = make_server(max_unrecognized_commands=2, max_command_length=512)
     client = TestClient(server)
     client.send(b"x" * 600 + b"\r\n" + b"y" * 600 + b"\r\nNOOP\r\n")
-    assert codes(client) == [(500, "5.5.2"), (500, "5.5.2"), (421, "4.7.0")]
+    assert client.codes() == [(500, "5.5.2"), (500, "5.5.2"), (421, "4.7.0")]
     assert client.closed
 
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from txsmtpsrv import Reply, SMTPError
 from txsmtpsrv.testing import TestClient, dot_stuff, make_server
+from tests._memory import codes
 
 
 class Recorder:
@@ -53,10 +54,6 @@ def transaction(client: TestClient, rcpts: List[str], body: bytes = b"Subject: t
     client.send("".join(line + "\r\n" for line in lines).encode("utf-8") + dot_stuff(body))
     return client.replies()
 
-
-def codes(replies: List[Reply]) -> List[Tuple[int, Optional[str]]]:
-    """(code, enhanced) of each reply."""
-    return [(r.code, r.enhanced) for r in replies]
 
 
 # -- LHLO and the greeting ----------------------------------------------------

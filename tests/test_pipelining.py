@@ -7,24 +7,12 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import pytest
 from twisted.internet.defer import Deferred
 
 from txsmtpsrv import SMTPError
 from txsmtpsrv.testing import TestClient, make_server
+from tests._memory import count_writes
 
-
-def count_writes(client: TestClient) -> List[bytes]:
-    """Record every transport.write the server makes from now on."""
-    writes: List[bytes] = []
-    original = client.transport.write
-
-    def write(data: bytes) -> None:
-        writes.append(data)
-        original(data)
-
-    client.transport.write = write  # type: ignore[method-assign]
-    return writes
 
 
 class Slow:

@@ -15,6 +15,7 @@ from twisted.logger import capturedLogs
 
 from txsmtpsrv import Address, Reply, SMTPError
 from txsmtpsrv.testing import TestClient, make_server
+from tests._memory import codes
 
 ENHANCED_ON_WIRE = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)", re.M)
 
@@ -53,10 +54,6 @@ def answer(line: str, after: Callable[[TestClient], Any] = ehlo, **options: Any)
     reply = client.command(line)
     return reply.code, reply.enhanced
 
-
-def codes(replies: List[Reply]) -> list:
-    """(code, enhanced) pairs of a reply list."""
-    return [(r.code, r.enhanced) for r in replies]
 
 
 class Recorder:

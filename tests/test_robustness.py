@@ -19,10 +19,6 @@ from txsmtpsrv.testing import TestClient, make_server
 PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
 
 
-def codes(client: TestClient) -> list:
-    """(code, enhanced) of each reply since the last call."""
-    return [(r.code, r.enhanced) for r in client.replies()]
-
 
 def failures(events: List[dict]) -> List[str]:
     """The rendered log events that carry a traceback."""
@@ -53,10 +49,10 @@ def test_client_not_reading_replies_stops_command_reading():
     assert producer is not None  # registered at connection
     producer.pauseProducing()  # what a full write buffer does
     client.send(b"NOOP\r\nNOOP\r\n")
-    assert codes(client) == []
+    assert client.codes() == []
     assert client.transport.producerState == "paused"
     producer.resumeProducing()
-    assert codes(client) == [(250, "2.0.0"), (250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0"), (250, "2.0.0")]
 
 
 def test_client_not_reading_is_aborted_at_timeout():
@@ -120,7 +116,7 @@ def test_hook_failing_while_body_buffered_answers_once():
     client.send(b"part two\r\n.\r\nNOOP\r\n")
     with capturedLogs() as events:
         pending[0].errback(SMTPError(554, "no thanks", "5.7.1"))
-    assert codes(client)[-2:] == [(554, "5.7.1"), (250, "2.0.0")]
+    assert client.codes()[-2:] == [(554, "5.7.1"), (250, "2.0.0")]
     assert failures(events) == []
     left: List[Any] = []
     pending[0].addBoth(left.append)
@@ -147,7 +143,7 @@ def test_failing_collect_callback_answers_once():
     left: List[Any] = []
     reactor_like[0].addBoth(left.append)
     assert left == [None]  # the error went to the collector, nothing raised after
-    replies = codes(client)
+    replies = client.codes()
     assert replies[-2:] == [(451, "4.3.0"), (250, "2.0.0")]
     assert [r for r in replies if r[0] >= 400] == [(451, "4.3.0")]
 
@@ -165,7 +161,7 @@ def test_async_collect_callback_is_awaited():
     server, _ = make_server(H())
     client = TestClient(server)
     client.send(PREFIX + b"hello\r\nworld\r\n.\r\n")
-    assert codes(client)[-1] == (250, "2.0.0")
+    assert client.codes()[-1] == (250, "2.0.0")
     assert b"".join(got) == b"hello\r\nworld\r\n"
 
 
@@ -183,7 +179,7 @@ def test_fired_deferred_from_collect_does_not_pause():
     client.send(PREFIX + b"a\r\n")
     client.send(b"b\r\n")
     client.send(b".\r\n")
-    assert codes(client)[-1] == (250, "2.0.0")
+    assert client.codes()[-1] == (250, "2.0.0")
     assert pauses == []
 
 
@@ -198,7 +194,7 @@ def test_nothing_written_after_shutdown_421():
     client.send(b"MAIL FROM:<a@x.test>\r\n")
     server.close()
     clock.advance(5)  # close_timeout: 421 and drop
-    assert codes(client) == [(421, "4.3.2")]
+    assert client.codes() == [(421, "4.3.2")]
     assert pending[0].called  # cancelled
     assert client.read() == b""
 
@@ -243,10 +239,10 @@ def test_stalled_reader_is_bounded_by_hook_timeout():
     server, clock = make_server(H(), hook_timeout=100, socket_timeout=30)
     client = TestClient(server)
     client.send(PREFIX + b"body\r\n.\r\nNOOP\r\n")
-    assert codes(client)[-1] == (354, None)
+    assert client.codes()[-1] == (354, None)
     with capturedLogs():
         clock.advance(130)
-    assert codes(client) == [(451, "4.3.0"), (250, "2.0.0")]
+    assert client.codes() == [(451, "4.3.0"), (250, "2.0.0")]
 
 
 def test_shutdown_421_after_ehlo_between_transactions():
@@ -259,7 +255,7 @@ def test_shutdown_421_after_ehlo_between_transactions():
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
     server.close()
     pending[0].callback(None)
-    assert codes(client) == [(250, None), (421, "4.3.2")]
+    assert client.codes() == [(250, None), (421, "4.3.2")]
     assert client.closed
 
 
@@ -304,20 +300,18 @@ def test_auth_failures_are_limited():
     assert client.command(attempt).code == 535
     assert client.command(attempt).code == 535
     client.send(attempt + "\r\n")
-    assert codes(client) == [(535, "5.7.8"), (421, "4.7.0")]
+    assert client.codes() == [(535, "5.7.8"), (421, "4.7.0")]
     assert client.closed
 
 
 def test_oversized_message_answered_without_waiting_for_hook():
     """Past the size limit the 552 goes out at the dot even if the hook never answers."""
     hooks = Pending("on_data")
-    pending = hooks.deferreds
-
     server, _ = make_server(hooks, size=10)
     client = TestClient(server)
     client.send(PREFIX)
     client.send(b"x" * 100 + b"\r\n.\r\n")
-    assert codes(client)[-1] == (552, "5.3.4")
+    assert client.codes()[-1] == (552, "5.3.4")
 
 
 def test_auth_hook_refusing_with_a_reply():
@@ -383,7 +377,7 @@ def test_bug_after_an_async_hook_ends_the_session_cleanly():
     client.protocol._extensions = None  # sabotage the EHLO reply, after the hook
     with capturedLogs() as events:
         hooks.deferreds[0].callback(None)
-    assert codes(client) == [(421, "4.3.0")]
+    assert client.codes() == [(421, "4.3.0")]
     assert client.closed
     assert failures(events)
     left: List[Any] = []
@@ -412,10 +406,10 @@ def test_chained_deferred_from_hook_still_times_out():
     client = TestClient(server)
     client.command("EHLO c.test")
     client.send(b"MAIL FROM:<a@x.test>\r\n")
-    assert codes(client) == []
+    assert client.codes() == []
     with capturedLogs():
         clock.advance(10)
-    assert codes(client) == [(451, "4.3.0")]
+    assert client.codes() == [(451, "4.3.0")]
 
 
 def test_no_rate_limit_means_idle_timeout_only():
@@ -428,7 +422,7 @@ def test_no_rate_limit_means_idle_timeout_only():
         clock.advance(10)
         client.send(b"x" * 1000 + b"\r\n")
     client.send(b".\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]
 
 
 def test_trickling_after_an_overlong_line_is_bounded():
@@ -460,7 +454,7 @@ def test_shutdown_421_after_slow_reader_finishes():
     client.replies()
     server.close()
     later[0].callback(None)
-    assert codes(client) == [(250, "2.0.0"), (421, "4.3.2")]
+    assert client.codes() == [(250, "2.0.0"), (421, "4.3.2")]
     assert client.closed
 
 
@@ -472,4 +466,4 @@ def test_rcpt_refused_once_bdat_began():
     client.replies()
     assert client.command("RCPT TO:<c@y.test>").code == 503
     client.send(b"BDAT 0 LAST\r\n")
-    assert codes(client) == [(250, "2.0.0")]
+    assert client.codes() == [(250, "2.0.0")]

@@ -17,10 +17,6 @@ from txsmtpsrv import OBSERVER_EVENTS, ServerOptions, SMTPServer
 from txsmtpsrv.testing import TestClient, make_server
 
 
-def codes(client: TestClient) -> list:
-    """(code, enhanced) of the replies received since the last call."""
-    return [(r.code, r.enhanced) for r in client.replies()]
-
 
 def results(d: Deferred) -> List[Any]:
     """What d has fired with so far (empty while pending)."""
@@ -173,7 +169,7 @@ def test_close_lets_transaction_finish():
     fired = results(server.close())
     assert client.read() == b"" and not client.closed
     client.send(b"RCPT TO:<c@y.test>\r\nDATA\r\nhello\r\n.\r\nNOOP\r\n")
-    assert codes(client) == [(250, "2.1.5"), (354, None), (250, "2.0.0"), (421, "4.3.2")]
+    assert client.codes() == [(250, "2.1.5"), (354, None), (250, "2.0.0"), (421, "4.3.2")]
     assert bodies == [b"hello\r\n"]
     assert client.closed and fired == []
     client.disconnect()
@@ -188,7 +184,7 @@ def test_close_rset_ends_transaction():
     client.replies()
     server.close()
     client.send(b"RSET\r\n")
-    assert codes(client) == [(250, "2.0.0"), (421, "4.3.2")]
+    assert client.codes() == [(250, "2.0.0"), (421, "4.3.2")]
     assert client.closed
 
 
@@ -201,7 +197,7 @@ def test_close_mid_data():
     server.close()
     assert client.read() == b""
     client.send(b" done\r\n.\r\n")
-    assert codes(client) == [(250, "2.0.0"), (421, "4.3.2")]
+    assert client.codes() == [(250, "2.0.0"), (421, "4.3.2")]
 
 
 def test_close_timeout_drops_the_rest():
@@ -216,7 +212,7 @@ def test_close_timeout_drops_the_rest():
     clock.advance(4.9)
     assert busy.read() == b"" and not busy.closed
     clock.advance(0.1)
-    assert codes(busy) == [(421, "4.3.2")]
+    assert busy.codes() == [(421, "4.3.2")]
     assert busy.closed and fired == []
     busy.disconnect()
     assert fired == [None]
@@ -251,7 +247,7 @@ def test_close_while_hook_pending_waits():
     server.close()
     assert client.read() == b""
     gate[0].callback(None)
-    assert codes(client) == [(250, "2.1.5")]
+    assert client.codes() == [(250, "2.1.5")]
     assert not client.closed
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple
 
 from cryptography import x509
-import pytest
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs

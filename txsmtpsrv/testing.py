@@ -165,6 +165,10 @@ class TestClient:
         replies, self._pending = parse_replies(self._pending + self.read())
         return replies
 
+    def codes(self) -> List[Tuple[int, Optional[str]]]:
+        """C{(code, enhanced)} of each complete reply since the last read: compact to assert on."""
+        return [(r.code, r.enhanced) for r in self.replies()]
+
     def command(self, line: Union[bytes, str]) -> Reply:
         """Send one command; return its reply (which must have arrived)."""
         if isinstance(line, str):
