@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred
 
 from txsmtpsrv import Reply
 from txsmtpsrv.testing import TestClient
 
-__all__ = ["codes", "count_writes"]
+__all__ = ["Pending", "codes", "count_writes"]
 
 
 def codes(replies: Iterable[Reply]) -> List[Tuple[int, Optional[str]]]:
@@ -27,3 +29,19 @@ def count_writes(client: TestClient) -> List[bytes]:
 
     client.transport.write = write  # type: ignore[method-assign]
     return writes
+
+
+class Pending:
+    """Hooks whose C{hook} answers with a Deferred kept in C{self.deferreds} (arguments in C{calls})."""
+
+    def __init__(self, hook: str) -> None:
+        self.calls: List[tuple] = []
+        self.deferreds: List[Deferred] = []
+
+        def answer(*args: Any) -> Deferred:
+            d: Deferred = Deferred()
+            self.calls.append(args)
+            self.deferreds.append(d)
+            return d
+
+        setattr(self, hook, answer)

@@ -14,6 +14,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.logger import capturedLogs, eventAsText
 
 from txsmtpsrv import SMTPError
+from tests._memory import Pending
 from txsmtpsrv.testing import TestClient, make_server
 
 PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
@@ -23,22 +24,6 @@ PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n
 def failures(events: List[dict]) -> List[str]:
     """The rendered log events that carry a traceback."""
     return [eventAsText(e) for e in events if "log_failure" in e]
-
-
-class Pending:
-    """Hooks whose C{hook} answers with a Deferred kept in C{self.deferreds} (arguments in C{calls})."""
-
-    def __init__(self, hook: str) -> None:
-        self.calls: List[tuple] = []
-        self.deferreds: List[Deferred] = []
-
-        def answer(*args: Any) -> Deferred:
-            d: Deferred = Deferred()
-            self.calls.append(args)
-            self.deferreds.append(d)
-            return d
-
-        setattr(self, hook, answer)
 
 
 def test_client_not_reading_replies_stops_command_reading():

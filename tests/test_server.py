@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
 
 from txsmtpsrv import OBSERVER_EVENTS, ServerOptions, SMTPServer
+from tests._memory import Pending
 from txsmtpsrv.testing import TestClient, make_server
 
 
@@ -233,14 +234,9 @@ def test_close_aborts_clients_that_never_go():
 
 def test_close_while_hook_pending_waits():
     """A client whose hook is pending when close() is called is not sent 421 in the middle of the hook."""
-    gate: List[Deferred] = []
-
-    class H:
-        def on_rcpt_to(self, session, address):
-            gate.append(Deferred())
-            return gate[-1]
-
-    server, _ = make_server(H())
+    hooks = Pending("on_rcpt_to")
+    gate = hooks.deferreds
+    server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n")
     client.replies()
@@ -253,14 +249,9 @@ def test_close_while_hook_pending_waits():
 
 def test_close_idle_after_pending_helo_hook():
     """A client that was only waiting for its EHLO hook gets 421 4.3.2 once the hook answers."""
-    gate: List[Deferred] = []
-
-    class H:
-        def on_helo(self, session, hostname):
-            gate.append(Deferred())
-            return gate[-1]
-
-    server, _ = make_server(H())
+    hooks = Pending("on_helo")
+    gate = hooks.deferreds
+    server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(b"EHLO c.test\r\n")
     server.close()
