@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from txsmtpsrv import Reply
 from txsmtpsrv.testing import TestClient
 
-__all__ = ["Pending", "codes", "count_writes"]
+__all__ = ["Collect", "Pending", "codes", "count_writes"]
 
 
 def codes(replies: Iterable[Reply]) -> List[Tuple[int, Optional[str]]]:
@@ -45,3 +45,13 @@ class Pending:
             return d
 
         setattr(self, hook, answer)
+
+
+class Collect:
+    """Hooks whose data hook reads each whole body into C{self.bodies}."""
+
+    def __init__(self) -> None:
+        self.bodies: List[bytes] = []
+
+    async def on_data(self, session: Any, stream: Any) -> None:
+        self.bodies.append(await stream.content())

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from txsmtpsrv import BareLineEnding, MessageDone, MessageStream, MessageTooLarge, SMTPError
+from tests._memory import Collect
 from txsmtpsrv.testing import TestClient, make_server
 
 PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
@@ -101,13 +102,9 @@ def test_collect_with_deferreds_pauses_and_resumes_transport():
 
 def test_content_returns_whole_body():
     """stream.content() fires with the whole (unstuffed) body."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    _, _, client = open_data(H())
+    hooks = Collect()
+    bodies = hooks.bodies
+    _, _, client = open_data(hooks)
     for piece in (b"Subject: x\r\n", b"\r\n..dot", b"\r\n", b"end\r", b"\n.", b"\r\n"):
         client.send(piece)
     assert client.codes() == [(250, "2.0.0")]
@@ -303,13 +300,9 @@ def test_size_limit_with_content_hook():
 
 def test_size_exactly_at_limit_accepted():
     """A body of exactly the size limit is accepted."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    _, _, client = open_data(H(), size=10)
+    hooks = Collect()
+    bodies = hooks.bodies
+    _, _, client = open_data(hooks, size=10)
     client.send(b"01234567\r\n.\r\n")
     assert client.codes() == [(250, "2.0.0")]
     assert bodies == [b"01234567\r\n"]
@@ -330,13 +323,9 @@ def test_bare_line_endings_rejected(body):
 @pytest.mark.parametrize("body", [b"bare\nlf\r\n", b"bare\rcr\r\n", b"a\n\rb\r\n"])
 def test_bare_line_endings_accepted(body):
     """With bare_line_endings="accept" bare CR/LF pass through unchanged."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    _, _, client = open_data(H(), bare_line_endings="accept")
+    hooks = Collect()
+    bodies = hooks.bodies
+    _, _, client = open_data(hooks, bare_line_endings="accept")
     client.send(body + b".\r\n")
     assert client.codes() == [(250, "2.0.0")]
     assert bodies == [body]
@@ -344,13 +333,9 @@ def test_bare_line_endings_accepted(body):
 
 def test_crlf_split_across_reads_is_not_bare():
     """A CRLF split between two reads is not a bare CR."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    _, _, client = open_data(H())
+    hooks = Collect()
+    bodies = hooks.bodies
+    _, _, client = open_data(hooks)
     client.send(b"line\r")
     client.send(b"\nnext\r")
     client.send(b"\n.\r")
@@ -366,13 +351,9 @@ SMUGGLED = (b"MAIL FROM:<admin@victim.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSub
 @pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n"])
 def test_smuggling_ends_do_not_end_message(fake_end):
     """<LF>.<LF>, <LF>.<CR><LF> and friends do not end the message: the smuggled part stays body."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    server, _, client = open_data(H(), bare_line_endings="accept")
+    hooks = Collect()
+    bodies = hooks.bodies
+    server, _, client = open_data(hooks, bare_line_endings="accept")
     mails: list = []
     server.observe("mail", lambda *a: mails.append(a))
     client.send(b"Subject: hi\r\n\r\nbody" + fake_end + SMUGGLED)
@@ -412,13 +393,9 @@ def test_pipelined_command_after_dot_in_same_read():
 
 def test_two_messages_in_one_read():
     """Two whole transactions pipelined in one read are both delivered, in order."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    server, _ = make_server(H())
+    hooks = Collect()
+    bodies = hooks.bodies
+    server, _ = make_server(hooks)
     client = TestClient(server)
     second = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\ntwo\r\n.\r\n"
     client.send(PREFIX + b"one\r\n.\r\n" + second)
@@ -428,13 +405,9 @@ def test_two_messages_in_one_read():
 
 def test_dot_unstuffing_split_across_reads():
     """A stuffed dot split across reads is unstuffed exactly once."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    _, _, client = open_data(H())
+    hooks = Collect()
+    bodies = hooks.bodies
+    _, _, client = open_data(hooks)
     for piece in (b".", b".a\r\n", b"b\r\n.", b".", b"\r\n", b"..\r", b"\n.", b"\r", b"\n"):
         client.send(piece)
     assert client.codes() == [(250, "2.0.0")]

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
 
 from txsmtpsrv import OBSERVER_EVENTS, ServerOptions, SMTPServer
-from tests._memory import Pending
+from tests._memory import Collect, Pending
 from txsmtpsrv.testing import TestClient, make_server
 
 
@@ -157,13 +157,9 @@ def test_close_refuses_new_clients():
 
 def test_close_lets_transaction_finish():
     """A client mid-transaction finishes its message and then gets 421 4.3.2."""
-    bodies: List[bytes] = []
-
-    class H:
-        async def on_data(self, session, stream):
-            bodies.append(await stream.content())
-
-    server, _ = make_server(H())
+    hooks = Collect()
+    bodies = hooks.bodies
+    server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n")
     client.replies()
