@@ -5,6 +5,7 @@ validation, graceful close and listening on endpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List
 
 import pytest
@@ -13,10 +14,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
 
-from txsmtpsrv import OBSERVER_EVENTS, ServerOptions, SMTPServer
 from tests._memory import Collect, Pending
+from txsmtpsrv import OBSERVER_EVENTS, ServerOptions, SMTPServer
 from txsmtpsrv.testing import TestClient, make_server
-
 
 
 def results(d: Deferred) -> List[Any]:
@@ -98,7 +98,7 @@ def test_command_sets_are_normalised():
 def test_options_are_frozen():
     """ServerOptions cannot be changed after construction."""
     options = ServerOptions(name="n")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         options.size = 1  # type: ignore[misc]
 
 
