@@ -514,8 +514,7 @@ class SMTPServerProtocol(LineReceiver):
                 return None
             if waiting and not self._gone:
                 if pause:
-                    self._resume(_HOOK)
-                    self._shutdown_if_idle()
+                    self._resume(_HOOK)  # also says 421 when shutting down and now idle
                 if self._out and not self._busyReceiving:
                     self._flush()
             return None
