@@ -40,18 +40,66 @@ def _check(code: int, text: Text, enhanced: str | None) -> tuple[str, ...]:
     return tuple(out) or ("",)
 
 
+#: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets including its CRLF.
+MAX_REPLY_LINE = 512
+_ELLIPSIS = "..."
+
+
+def _escape(char: str) -> str:
+    point = ord(char)
+    if point < 0x100:
+        return f"\\x{point:02x}"
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    return f"\\U{point:08x}"
+
+
+def printable(text: str) -> str:
+    """
+    C{text} with every character that is not printable UTF-8 text, SP or
+    HTAB (controls such as CR, LF, NUL, ESC, DEL, C1 controls, Unicode
+    format and separator characters, lone surrogates) written as a
+    Python-style escape (C{\\x0d}, C{\\u2028}), so client bytes shown in a
+    reply can never end the line early, inject a reply or drive a terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c == "\t" or c.isprintable() else _escape(c) for c in text)
+
+
+def reply_line(prefix: str, text: str) -> bytes:
+    """
+    One wire line, C{prefix} (code, separator, enhanced code) then C{text}
+    made L{printable} and cut, with C{...}, so the line with its CRLF fits
+    in L{MAX_REPLY_LINE} octets.
+    """
+    line = (prefix + printable(text)).rstrip(" ")
+    data = line.encode("utf-8")
+    room = MAX_REPLY_LINE - 2
+    if len(data) > room:
+        # Cut on a character boundary: decode what fits, ignoring a split tail.
+        keep = data[:room - len(_ELLIPSIS)].decode("utf-8", "ignore")
+        data = (keep + _ELLIPSIS).encode("utf-8")
+    return data + b"\r\n"
+
+
 def format_reply(code: int, lines: Sequence[str], enhanced: str | None) -> bytes:
     """
     Frame a reply: C{250-first}, ..., C{250 last}, each line prefixed with the
     enhanced code when one is given.
+
+    This is the one place every reply passes through on its way to the wire
+    (the protocol's own texts, hook texts, client text echoed in errors), so
+    it is where each line is made printable and at most 512 octets long
+    (L{reply_line}); nothing else needs to trust the text it is given.
     """
     prefix = f"{code} {enhanced} " if enhanced else f"{code} "
     if len(lines) == 1:
-        return (prefix + lines[0]).rstrip(" ").encode("utf-8") + b"\r\n"
+        return reply_line(prefix, lines[0])
     cont = f"{code}-{enhanced} " if enhanced else f"{code}-"
-    out = [(cont + line).rstrip(" ") for line in lines[:-1]]
-    out.append((prefix + lines[-1]).rstrip(" "))
-    return ("\r\n".join(out) + "\r\n").encode("utf-8")
+    out = [reply_line(cont, line) for line in lines[:-1]]
+    out.append(reply_line(prefix, lines[-1]))
+    return b"".join(out)
 
 
 class Reply:
