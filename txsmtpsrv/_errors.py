@@ -16,6 +16,7 @@ from typing import Sequence, Union
 __all__ = ["Reply", "SMTPError"]
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+_BREAK = re.compile(r"\r\n|\r|\n")
 
 Text = Union[str, Sequence[str]]
 
@@ -31,7 +32,12 @@ def _check(code: int, text: Text, enhanced: str | None) -> tuple[str, ...]:
     lines = (text,) if isinstance(text, str) else tuple(text)
     out: list[str] = []
     for line in lines:
-        out.extend(line.splitlines() or [""])
+        # CR, LF and CRLF start a new reply line (a final one ends the text);
+        # every other control is escaped on the wire by format_reply.
+        parts = _BREAK.split(line)
+        if len(parts) > 1 and not parts[-1]:
+            parts.pop()
+        out.extend(parts)
     for line in out:
         try:
             line.encode("utf-8")
@@ -107,6 +113,13 @@ class Reply:
     A reply a hook returns to accept with its own text, e.g.
     C{Reply(250, "Queued as 1234")}.
 
+    C{text} is one string or a sequence of lines; a CR, LF or CRLF inside it
+    starts a new line of a multi-line reply (it is never refused and never
+    sent raw). On the wire every other control character (NUL, ESC, DEL, a
+    C1 control, U+2028...) is shown escaped, C{\\x1b}, and a line longer
+    than 512 octets with its code and CRLF is cut and ends in C{...}
+    (RFC 5321 4.5.3.1.5), so text built from client input is safe to return.
+
     @ivar code: the three-digit reply code.
     @ivar lines: the text, one item per reply line.
     @ivar enhanced: the RFC 3463 code, or C{None} to let the server choose.
@@ -142,7 +155,9 @@ class SMTPError(Exception):
 
     4xx codes tell the client to try again later, 5xx that it never will
     succeed. Any other exception raised by a hook becomes C{451 4.3.0} and is
-    logged, never shown to the client.
+    logged, never shown to the client. The text follows L{Reply}'s rules: CR
+    and LF split it into lines, other controls are escaped on the wire and
+    lines are cut to 512 octets.
     """
 
     def __init__(self, code: int, text: Text = "", enhanced: str | None = None) -> None:
