@@ -460,7 +460,8 @@ class XOAuth2Exchange(Exchange):
     def reject(self, challenge: bytes | None = None) -> Challenge:
         """
         Turn a refused login into the error-challenge flow: returns the
-        challenge to send (default L{xoauth2_error_challenge}()), after which
+        challenge to send (default L{xoauth2_error_challenge}(); the protocol
+        passes an L{OAuthError}'s C{challenge} when the hook raised one), after which
         the next L{step} raises L{SASLAuthFailed} (or L{SASLCancelled} on C{*}).
         """
         if not self._produced_credentials or self._error_sent:
