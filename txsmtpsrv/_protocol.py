@@ -325,11 +325,6 @@ class SMTPServerProtocol(LineReceiver):
         if name in self.options.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
-        try:
-            arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
-        except UnicodeDecodeError:
-            self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
-            return
         if self._auth_needed and self.session.user is None:
             self._unauthenticated, verdict = unauthenticated_command(
                 name, self._unauthenticated, self.options.max_allowed_unauthenticated_commands)
@@ -340,6 +335,11 @@ class SMTPServerProtocol(LineReceiver):
             if verdict == REFUSE:  # RFC 4954 6
                 self._reply(530, "5.7.0", self._auth_required_text())
                 return
+        try:
+            arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
+        except UnicodeDecodeError:
+            self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
+            return
         if self._shutdown and self._shutdown_if_idle():
             return
         if self.server._observers["command"]:
