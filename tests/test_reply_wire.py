@@ -291,3 +291,26 @@ def test_dialogue_fuzz(profile, segments, cuts):
     assert_clean(output)
     failures = [e for e in events if "log_failure" in e]
     assert not failures, [e.get("log_format") for e in failures]
+
+
+@pytest.mark.parametrize("name", ["a" * 256, "mx\x00.test", "mx\x1b.test"])
+def test_server_name_must_fit(name):
+    """The server name is in every greeting and the CRAM-MD5 challenge: controls or > 255 chars are refused."""
+    from txsmtpsrv import ServerOptions
+    with pytest.raises(ValueError, match="at most 255 printable"):
+        ServerOptions(name=name)
+
+
+def test_longest_name_fits_greeting_and_cram_challenge():
+    """With a 255-character name the greeting and the CRAM-MD5 334 line still fit 512 octets."""
+    class Hooks:
+        def on_auth(self, session, credentials):
+            return None
+
+    name = ("a" * 63 + ".") * 3 + "b" * 63
+    server, _ = make_server(Hooks(), name=name, allow_insecure_auth=True, auth_methods="CRAM-MD5")
+    client = TestClient(server, greeting=False)
+    client.send(b"EHLO c.test\r\nAUTH CRAM-MD5\r\n")
+    data = client.transport.value()
+    assert_clean(data)
+    assert data.split(b"\r\n")[-2].startswith(b"334 ")

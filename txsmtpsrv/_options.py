@@ -43,7 +43,9 @@ class ServerOptions:
     #: Extra text after C{220 name ESMTP} in the greeting.
     banner: str = ""
     #: Format of the first line of the EHLO/HELO reply; fields: name,
-    #: client_hostname, remote_address, helo.
+    #: client_hostname, remote_address, helo. Like every reply line it goes
+    #: out printable and at most 512 octets: controls in the client's
+    #: C{{helo}} are escaped (C{\\x00}) and a long line is cut (C{...}).
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
     #: Largest message in octets (0 means no limit); advertised as SIZE.
     size: int = 32 * 1024 * 1024
@@ -165,8 +167,11 @@ class ServerOptions:
         unknown = self.disabled_commands - KNOWN_COMMANDS
         if unknown:
             raise ValueError(f"disabled_commands: unknown command(s) {', '.join(sorted(unknown))}")
-        if not self.name or any(c.isspace() for c in self.name):
-            raise ValueError(f"name must be a host name without spaces, not {self.name!r}")
+        if not self.name or any(c.isspace() for c in self.name) or not self.name.isprintable() \
+                or len(self.name) > 255:
+            # It is in every greeting and in the CRAM-MD5 challenge: those must fit a reply line.
+            raise ValueError(f"name must be a host name (at most 255 printable characters, no spaces), "
+                             f"not {self.name!r}")
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",
