@@ -451,9 +451,19 @@ class SMTPService(MultiService):
         self.server = server
         self.credentialCheckers = list(credentialCheckers)
 
+    def privilegedStartService(self) -> None:
+        # The children listen (and log "listening") here, before startService:
+        # a SIGHUP sent as soon as that line appears must not find the default
+        # action (terminate), so the handler goes in first.
+        self._install_hangup()
+        super().privilegedStartService()
+
     def startService(self) -> None:
+        self._install_hangup()
         super().startService()
-        if threading.current_thread() is threading.main_thread():
+
+    def _install_hangup(self) -> None:
+        if getattr(self, "_previous_hup", None) is None and threading.current_thread() is threading.main_thread():
             # SIGHUP re-reads the certificates (new connections get them).
             self._previous_hup = signal.signal(signal.SIGHUP, self._hangup)
 
