@@ -116,6 +116,27 @@ def test_lmtp_hook_reply_echoing_recipient_is_escaped():
     assert b"a\\u2028b\\x85c" in data
 
 
+def test_lmtp_hook_reply_echoing_body_is_escaped():
+    """LMTP per-recipient Replies echoing body text (ESC, BEL, U+2028) come out escaped, one line each."""
+    class Hooks:
+        async def on_data(self, session, stream):
+            body = (await stream.content()).decode("utf-8")
+            return [Reply(250, f"{r.address}: {body.strip()}") for r in session.envelope.rcpt_to]
+
+    client = client_for(Hooks(), lmtp=True)
+    client.command("LHLO client.test")
+    client.command("MAIL FROM:<a@x.test> BODY=8BITMIME")
+    client.command("RCPT TO:<b@y.test>")
+    client.command("RCPT TO:<c@y.test>")
+    client.send(b"DATA\r\n")
+    client.read()
+    client.send("x\x1b[2J\x07\u2028y\r\n.\r\n".encode("utf-8"))
+    data = client.read()
+    assert_clean(data)
+    assert data == (b"250 2.0.0 b@y.test: x\\x1b[2J\\x07\\u2028y\r\n"
+                    b"250 2.0.0 c@y.test: x\\x1b[2J\\x07\\u2028y\r\n")
+
+
 def test_helo_response_with_long_control_laden_name():
     """helo_response "{name} hi {helo}" and a 1,000-byte EHLO argument with CR, NUL: one clean line <= 512."""
     client = client_for(helo_response="{name} hi {helo}")
@@ -237,6 +258,7 @@ PROFILES = {
     "auth": dict(allow_insecure_auth=True, auth_methods="PLAIN,LOGIN,CRAM-MD5,XOAUTH2",
                  max_allowed_unauthenticated_commands=0, max_unrecognized_commands=0),
     "bdat-dsn": dict(max_unrecognized_commands=0, size=2000),
+    "xclient": dict(use_xclient=True, use_xforward=True, xclient_trusted="192.0.2.0/24", lmtp=False),
     "plain-no-esc": dict(hide_enhancedstatuscodes=True, hide_pipelining=True, hide_chunking=True,
                          hide_dsn=True),
 }
@@ -248,7 +270,7 @@ _VALID = [
     b"RCPT TO:<b@y.test> NOTIFY=SUCCESS ORCPT=rfc822;b+0D+0A@y", b'RCPT TO:<"q\x01\x1b"@y.test>',
     b"DATA", b"hello\r\n.", b"BDAT 5", b"BDAT 3 LAST", b"BDAT 0 LAST", b"AUTH PLAIN AGFsaWNlAHB3",
     b"AUTH PLAIN AGJvYgBwdw==", b"AUTH LOGIN", b"YWxpY2U=", b"*", b"AUTH XOAUTH2", b"VRFY x\x00y",
-    b"HELP", b"STARTTLS", b"XCLIENT ADDR=1.2.3.4", b"QUIT",
+    b"HELP", b"STARTTLS", b"XCLIENT ADDR=1.2.3.4", b"XFORWARD NAME=a.test ADDR=1.2.3.5", b"QUIT",
 ]
 # Client text: random bytes, or valid UTF-8 rich in controls (what gets echoed).
 _NASTY = list("\r\x00\x1b\x07\x7f\t \x85\u2028\u202eaZ=<>@\".:+é")
