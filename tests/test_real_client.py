@@ -381,6 +381,16 @@ def test_x_commands_trust_nobody_by_default(peer, command):
     assert s.user is None and s.remote_address == peer and s.xforward == {}
 
 
+def test_x_commands_without_trusted_networks_warn():
+    """Turning XCLIENT on without naming networks logs why every peer will be refused."""
+    with capturedLogs() as events:
+        make_server(None, use_xclient=True)
+    assert any("xclient_trusted names no network" in e.get("log_format", "") for e in events)
+    with capturedLogs() as events:
+        make_server(None, use_xclient=True, xclient_trusted="10.0.0.0/8")
+    assert not any("xclient_trusted" in e.get("log_format", "") for e in events)
+
+
 def test_xclient_trusted_loopback_named():
     """Naming loopback trusts it, including a dual-stack listener's ::ffff:127.0.0.1 peer."""
     server, _ = make_server(None, use_xclient=True, xclient_trusted="127.0.0.0/8, ::1")
