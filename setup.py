@@ -22,7 +22,8 @@ setup(
     include_package_data=True,
     install_requires=["twisted[tls]>=26.4"],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "bcrypt>=4"],
+        "bcrypt": ["bcrypt>=4"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[
