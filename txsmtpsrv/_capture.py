@@ -62,8 +62,12 @@ class CapturedMessage:
 
     @cached_property
     def message(self) -> email.message.EmailMessage:
-        """The body parsed with C{email.policy.default} (parsed on first use)."""
-        msg = BytesParser(policy=email.policy.default).parsebytes(self.body)
+        """
+        The body parsed with C{email.policy.default} (on first use), line ends
+        turned into Python's C{\\n} so that C{get_content()} compares with
+        ordinary strings; C{body} keeps the bytes as received.
+        """
+        msg = BytesParser(policy=email.policy.default).parsebytes(self.body.replace(b"\r\n", b"\n"))
         assert isinstance(msg, email.message.EmailMessage)
         return msg
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import threading
 from typing import Any, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import threadable
+from twisted.python.failure import Failure
 
 from ._capture import CapturedMessage, CapturingHooks, Mailbox
 from ._options import ServerOptions
@@ -51,7 +52,7 @@ def _ensure_reactor_thread(what: str, alt: str) -> None:
     """
     if threadable.isInIOThread():
         raise RuntimeError(_REACTOR_THREAD_HINT.format(what=what, alt=alt))
-    import crochet
+    import crochet  # imported here: the pytest plugin must load without it
     with _setup_lock:
         reactor = _reactor()
         if reactor.running:
@@ -65,15 +66,34 @@ def _ensure_reactor_thread(what: str, alt: str) -> None:
 
 
 def _blocking(func: Any, timeout: float, what: str, alt: str, *args: Any) -> Any:
-    """Run C{func(*args)} in the reactor thread and wait for its (Deferred) result."""
+    """
+    Run C{func(*args)} in the reactor thread and wait for its (Deferred)
+    result. Not crochet's C{run_in_reactor}: its results emit a
+    DeprecationWarning per call on Python 3.10+ (C{Event.isSet}).
+    """
     _ensure_reactor_thread(what, alt)
-    import crochet
-    result = crochet.run_in_reactor(func)(*args)
-    try:
-        return result.wait(timeout)
-    except crochet.TimeoutError:
-        result.cancel()
-        raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
+    reactor = _reactor()
+    done = threading.Event()
+    outcome: List[Any] = []
+    running: List["Deferred[Any]"] = []
+
+    def finish(result: Any) -> None:
+        outcome.append(result)
+        done.set()  # returning None also consumes a failure nobody waits for any more
+
+    def run() -> None:
+        d = maybeDeferred(func, *args)
+        running.append(d)
+        d.addBoth(finish)
+
+    reactor.callFromThread(run)
+    if not done.wait(timeout):
+        reactor.callFromThread(lambda: [d.cancel() for d in running])
+        raise TimeoutError(f"{what} did not finish within {timeout:g} s")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
 
 
 class ThreadedServer:
@@ -91,15 +111,17 @@ class ThreadedServer:
     C{resolver}); C{hooks} is any hooks object, as for L{SMTPServer}. What
     differs from a production server: C{name} defaults to C{localhost},
     reverse DNS is off unless a C{resolver} is given, C{close_timeout} is
-    one second, and STARTTLS uses a certificate from the process's
-    throwaway CA (L{test_ca}) so that clients can verify it.
+    one second, and TLS is off unless asked for (so that clients which use
+    STARTTLS whenever it is offered, as C{aiosmtplib} does, work unchanged);
+    with C{tls}, the certificate comes from the process's throwaway CA
+    (L{test_ca}), so that clients can verify it.
 
     @param host: the address to listen on (C{::1} listens on IPv6).
     @param port: the port; 0 (the default) picks a free one, read it from
         L{port} once started.
-    @param tls: C{"starttls"} (the default; C{True} too) offers STARTTLS;
-        C{"implicit"} speaks TLS from the first byte (SMTPS, like port 465);
-        C{False} offers no TLS; a L{TLSConfig} (or dict) uses your own
+    @param tls: C{False} (the default) offers no TLS; C{"starttls"} (or
+        C{True}) offers STARTTLS; C{"implicit"} speaks TLS from the first
+        byte (SMTPS, like port 465); a L{TLSConfig} (or dict) uses your own
         certificate for STARTTLS (add C{secure=True} for implicit TLS).
     @param timeout: how long L{start} and L{stop} may take before
         C{TimeoutError}.
@@ -108,7 +130,7 @@ class ThreadedServer:
     __test__ = False  # not a pytest test class
 
     def __init__(self, hooks: Optional[object] = None, *, host: str = "127.0.0.1", port: int = 0,
-                 tls: Any = "starttls", timeout: float = 10.0, resolver: Any = None, **options: Any) -> None:
+                 tls: Any = False, timeout: float = 10.0, resolver: Any = None, **options: Any) -> None:
         self.hooks = hooks
         self.host = host
         self._requested_port = port
