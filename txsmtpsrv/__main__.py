@@ -1,6 +1,6 @@
-"""C{python -m txsmtpsrv}: a development mail sink (see L{txsmtpsrv._cli})."""
+"""C{python -m txsmtpsrv}: a development mail sink (see L{txsmtpsrv._sink})."""
 
-from txsmtpsrv._cli import main
+from txsmtpsrv._sink import main
 
 if __name__ == "__main__":
     main()

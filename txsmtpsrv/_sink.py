@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_sink_cli -*-
 """
 C{python -m txsmtpsrv}: a mail sink for development, with no set-up.
 
