@@ -17,7 +17,6 @@ import threading
 import time
 from typing import Any, List, Optional
 
-import pytest
 
 from tests._support import tool_path
 from txsmtpsrv._sink import DEFAULT_LISTEN, SinkOptions
