@@ -21,7 +21,7 @@ for exactly that case and never touch crochet.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import threadable
@@ -40,6 +40,12 @@ _REACTOR_THREAD_HINT = (
 _setup_lock = threading.Lock()
 
 
+def _in_reactor_thread() -> bool:
+    """Whether this thread is the one that runs (or last ran) the global reactor."""
+    is_io_thread = cast(Callable[[], bool], threadable.isInIOThread)
+    return is_io_thread()
+
+
 def _reactor() -> Any:
     from twisted.internet import reactor
     return reactor
@@ -50,7 +56,7 @@ def _ensure_reactor_thread(what: str, alt: str) -> None:
     Make sure the global reactor runs in a thread other than this one:
     start it with C{crochet.setup()} unless someone already runs it.
     """
-    if threadable.isInIOThread():
+    if _in_reactor_thread():
         raise RuntimeError(_REACTOR_THREAD_HINT.format(what=what, alt=alt))
     import crochet  # imported here: the pytest plugin must load without it
     with _setup_lock:
@@ -86,9 +92,13 @@ def _blocking(func: Any, timeout: float, what: str, alt: str, *args: Any) -> Any
         running.append(d)
         d.addBoth(finish)
 
+    def cancel() -> None:
+        for d in running:
+            d.cancel()
+
     reactor.callFromThread(run)
     if not done.wait(timeout):
-        reactor.callFromThread(lambda: [d.cancel() for d in running])
+        reactor.callFromThread(cancel)
         raise TimeoutError(f"{what} did not finish within {timeout:g} s")
     result = outcome[0]
     if isinstance(result, Failure):
@@ -227,7 +237,7 @@ class ThreadedServer:
         @raise MessagesNotReceived: (an C{AssertionError}) after C{timeout}
             seconds, listing the messages that did arrive.
         """
-        if threadable.isInIOThread():
+        if _in_reactor_thread():
             raise RuntimeError(_REACTOR_THREAD_HINT.format(what="ThreadedServer.wait_for()",
                                                            alt="wait_for_async()"))
         return self._mailbox.wait_for(count, timeout)
@@ -252,7 +262,7 @@ class ThreadedServer:
         server = SMTPServer(CapturingHooks(self.hooks, self._mailbox), reactor=reactor,
                             resolver=self._resolver, **self._options)
         endpoint_class = TCP6ServerEndpoint if ":" in self.host else TCP4ServerEndpoint
-        endpoint = endpoint_class(reactor, self._requested_port, interface=self.host)
+        endpoint: Any = endpoint_class(reactor, self._requested_port, interface=self.host)
 
         def listening(port: Any) -> "ThreadedServer":
             self.server, self._listening = server, port
@@ -268,7 +278,8 @@ class ThreadedServer:
             d: Deferred[None] = Deferred()
             d.callback(None)
             return d
-        return server.close()
+        closing: Deferred[None] = server.close()
+        return closing
 
     def wait_for_async(self, count: int = 1, timeout: float = 5.0) -> "Deferred[List[CapturedMessage]]":
         """L{wait_for} for code running in the reactor thread."""

@@ -152,11 +152,11 @@ class Pending:
     """
 
     def __init__(self, hook: str) -> None:
-        self.calls: List[tuple] = []
-        self.deferreds: List[Deferred] = []
+        self.calls: List[Tuple[Any, ...]] = []
+        self.deferreds: List[Deferred[Any]] = []
 
-        def answer(*args: Any) -> Deferred:
-            d: Deferred = Deferred()
+        def answer(*args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
             self.calls.append(args)
             self.deferreds.append(d)
             return d
@@ -237,7 +237,7 @@ class TestClient:
         self.server = server
         self.lmtp = bool(server.options.lmtp)
         self.transport = _TRANSPORTS[tls](hostAddress=host_addr, peerAddress=peer)
-        self.protocol = server.buildProtocol(peer)
+        self.protocol: Any = server.buildProtocol(peer)
         self.protocol.makeConnection(self.transport)
         self._pending = b""
         self.greeting: Optional[Reply] = None
