@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from txsmtpsrv import Reply, SMTPError, TLSConfig
+from txsmtpsrv import Reply, ServerOptions, SMTPError, TLSConfig
 from txsmtpsrv._capture import CapturingHooks, Mailbox
 from txsmtpsrv.testing import CapturedMessage, MessagesNotReceived, TestClient, ThreadedServer, make_server
 
@@ -214,13 +214,26 @@ def test_threaded_server_options_checked_at_once():
         ThreadedServer(size=-1)
 
 
-def test_threaded_server_tls_modes():
-    assert ThreadedServer().tls == "off" and ThreadedServer()._options["hide_starttls"]
-    starttls = ThreadedServer(tls="starttls")
-    assert starttls.tls == "starttls" and isinstance(starttls._options["tls"], TLSConfig)
+def test_threaded_server_defaults_and_tls_modes():
+    plain = ThreadedServer()
+    assert plain.tls == "off" and plain.options.hide_starttls
+    assert (plain.options.name, plain.options.close_timeout, plain.options.disable_reverse_lookup) == (
+        "localhost", 1.0, True)
+    starttls = ThreadedServer(tls="starttls", name="mx.test")
+    assert starttls.tls == "starttls" and isinstance(starttls.options.tls, TLSConfig)
+    assert not starttls.options.hide_starttls and not starttls.options.secure
     assert ThreadedServer(tls=True).tls == "starttls"
     implicit = ThreadedServer(tls="implicit")
-    assert implicit.tls == "implicit" and implicit._options["secure"] is True
+    assert implicit.tls == "implicit" and implicit.options.secure is True
     own = ThreadedServer(tls=TLSConfig(), secure=True)
-    assert own.tls == "implicit"
+    assert own.tls == "implicit" and own.options.tls == TLSConfig()
     assert not ThreadedServer().running and "stopped" in repr(ThreadedServer())
+
+
+def test_threaded_server_whole_options_object():
+    """options=ServerOptions(...) is used as given (no test defaults layered on it)."""
+    base = ServerOptions(name="given.test", size=123)
+    server = ThreadedServer(options=base)
+    assert server.options.name == "given.test" and server.options.size == 123
+    assert server.options.hide_starttls  # tls=False still applies
+    assert ThreadedServer(options=base, size=5).options.size == 5

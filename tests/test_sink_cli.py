@@ -156,6 +156,28 @@ def test_lmtp_on_a_unix_socket():
             assert sink.stop() == 0
 
 
+def test_implicit_tls_listener_with_given_certificate():
+    """-l smtps:... speaks TLS from the first byte with --tls-key/--tls-cert; the client verifies it."""
+    from txsmtpsrv.testing import test_ca
+
+    config = test_ca().server_config(["sink.test"])
+    with tempfile.TemporaryDirectory() as tmp:
+        key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
+        for path, data in ((key, config.key), (cert, config.cert)):
+            with open(path, "wb") as f:
+                f.write(data)
+        sink = Sink("-l", "smtps:" + LISTEN, "--tls-key", key, "--tls-cert", cert)
+        try:
+            port = sink.wait_listening()
+            with smtplib.SMTP_SSL("localhost", port, context=test_ca().client_context(), timeout=10) as client:
+                client.sendmail("me@example.test", ["you@example.test"], MESSAGE)
+            out = sink.wait_output("Subject: sink test")
+            assert ", TLSv1.3)" in out or ", TLSv1.2)" in out
+        finally:
+            assert sink.stop() == 0
+    assert not any("development" in line for line in sink.err)
+
+
 def test_ctrl_c_with_an_idle_client_answers_421_and_exits():
     sink = Sink("-l", LISTEN)
     try:

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_sink_cli -*-
 """
-C{python -m txsmtpsrv}: a mail sink for development, with no set-up.
+C{python -m txsmtpsrv}: a mail sink for development, with no set-up::
 
     python -m txsmtpsrv                         # 127.0.0.1:8025, print each message
     python -m txsmtpsrv -l tcp:2525 --maildir ./Maildir
@@ -53,7 +53,7 @@ def _seconds(value: str) -> float:
 class SinkOptions(usage.Options):
     """The command line; names and meanings as in C{twistd smtpsrv}."""
 
-    synopsis = "[options]"
+    synopsis = "Usage: python -m txsmtpsrv [options]"
     longdesc = ("A development mail sink: accepts every message and prints its envelope and headers. "
                 "Ctrl-C stops it.")
 
@@ -61,7 +61,7 @@ class SinkOptions(usage.Options):
         ["lmtp", None, "Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient."],
         ["body", None, "Print each whole message, not only its headers."],
         ["reverse-lookup", None, "Look up clients' host names in reverse DNS (off by default here)."],
-        ["no-reverse-lookup", None, "Don't look up clients' host names (the default; as twistd smtpsrv)."],
+        ["no-reverse-lookup", None, "Don't look up clients' host names in reverse DNS (the default here)."],
         ["quiet", "q", "Print nothing per message (with --maildir or --mbox)."],
     ]
 

@@ -109,7 +109,7 @@ def _blocking(func: Any, timeout: float, what: str, alt: str, *args: Any) -> Any
 class ThreadedServer:
     """
     An SMTP (or LMTP) server listening on loopback that captures the
-    messages it accepts, for tests of code that sends mail.
+    messages it accepts, for tests of code that sends mail::
 
         with ThreadedServer() as server:
             send_welcome_mail(host=server.host, port=server.port)
@@ -118,7 +118,9 @@ class ThreadedServer:
             assert message.message["Subject"] == "Welcome"
 
     Keyword arguments are L{SMTPServer}'s (L{ServerOptions} fields, plus
-    C{resolver}); C{hooks} is any hooks object, as for L{SMTPServer}. What
+    C{resolver}), or give a whole L{ServerOptions} as C{options} (used as it
+    is, apart from C{tls}); C{hooks} is any hooks object, as for
+    L{SMTPServer}. What
     differs from a production server: C{name} defaults to C{localhost},
     reverse DNS is off unless a C{resolver} is given, C{close_timeout} is
     one second, and TLS is off unless asked for (so that clients which use
@@ -139,41 +141,46 @@ class ThreadedServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, hooks: Optional[object] = None, *, host: str = "127.0.0.1", port: int = 0,
-                 tls: Any = False, timeout: float = 10.0, resolver: Any = None, **options: Any) -> None:
+    def __init__(self, hooks: Optional[object] = None, options: Optional[ServerOptions] = None, *,
+                 host: str = "127.0.0.1", port: int = 0, tls: Any = False, timeout: float = 10.0,
+                 resolver: Any = None, **kwargs: Any) -> None:
         self.hooks = hooks
         self.host = host
         self._requested_port = port
         self.port: int = 0
         self.timeout = timeout
         self._resolver = resolver
-        options.setdefault("name", "localhost")
-        options.setdefault("close_timeout", 1.0)
-        if resolver is None:
-            options.setdefault("disable_reverse_lookup", True)
-        self._tls_mode = self._apply_tls(tls, options)
-        ServerOptions.build(None, **options)  # a typo or bad value fails here, in the test's thread
-        self._options = options
+        if options is None:  # a whole ServerOptions given is used as it is
+            kwargs.setdefault("name", "localhost")
+            kwargs.setdefault("close_timeout", 1.0)
+            if resolver is None:
+                kwargs.setdefault("disable_reverse_lookup", True)
+        name = kwargs.get("name", options.name if options is not None else "localhost")
+        self._tls_mode = self._apply_tls(tls, kwargs, name, options)
+        #: The server's L{ServerOptions}; built here so that a typo or a bad
+        #: value fails at once, in the test's thread.
+        self.options = ServerOptions.build(options, **kwargs) if kwargs or options is None else options
         self._mailbox = Mailbox()
         self.server: Any = None  # the running SMTPServer, once started
         self._listening: Any = None
 
     @staticmethod
-    def _apply_tls(tls: Any, options: dict[str, Any]) -> str:
+    def _apply_tls(tls: Any, kwargs: dict[str, Any], name: str, base: Optional[ServerOptions]) -> str:
         if tls is True:
             tls = "starttls"
         if tls in ("starttls", "implicit"):
-            if "tls" not in options:
+            if "tls" not in kwargs and (base is None or base.tls is None):
                 from ._testca import test_ca
-                options["tls"] = test_ca().server_config([options["name"]])
+                kwargs["tls"] = test_ca().server_config([name])
             if tls == "implicit":
-                options["secure"] = True
+                kwargs["secure"] = True
             return str(tls)
         if tls is False or tls is None:
-            options["hide_starttls"] = True
+            kwargs["hide_starttls"] = True
             return "off"
-        options["tls"] = tls  # the user's TLSConfig or dict
-        return "implicit" if options.get("secure") else "starttls"
+        kwargs["tls"] = tls  # the user's TLSConfig or dict
+        secure = kwargs.get("secure", base.secure if base is not None else False)
+        return "implicit" if secure else "starttls"
 
     # -- state -----------------------------------------------------------------
 
@@ -227,7 +234,7 @@ class ThreadedServer:
         """
         if self._listening is None:
             return
-        limit = float(self._options["close_timeout"]) + 3.0 + self.timeout
+        limit = float(self.options.close_timeout) + 3.0 + self.timeout
         _blocking(self.stop_async, limit, "ThreadedServer.stop()", "stop_async()")
 
     def wait_for(self, count: int = 1, timeout: float = 5.0) -> List[CapturedMessage]:
@@ -259,8 +266,8 @@ class ThreadedServer:
         if self._listening is not None:
             raise RuntimeError("this ThreadedServer is already running")
         reactor = _reactor()
-        server = SMTPServer(CapturingHooks(self.hooks, self._mailbox), reactor=reactor,
-                            resolver=self._resolver, **self._options)
+        server = SMTPServer(CapturingHooks(self.hooks, self._mailbox), self.options, reactor=reactor,
+                            resolver=self._resolver)
         endpoint_class = TCP6ServerEndpoint if ":" in self.host else TCP4ServerEndpoint
         endpoint: Any = endpoint_class(reactor, self._requested_port, interface=self.host)
 

@@ -2,7 +2,7 @@
 """
 Test helpers: your hooks in memory, and a real server for code that sends mail.
 
-In memory (no sockets, no threads), for hooks:
+In memory (no sockets, no threads), for hooks::
 
     from txsmtpsrv import SMTPServer
     from txsmtpsrv.testing import TestClient, make_server
@@ -140,7 +140,7 @@ def dot_stuff(body: bytes) -> bytes:
 class Pending:
     """
     Hooks whose C{hook} (e.g. C{"on_rcpt_to"}) answers with a Deferred that
-    you fire when you like: a slow hook, under your control.
+    you fire when you like: a slow hook, under your control::
 
         hooks = Pending("on_rcpt_to")
         client = TestClient(make_server(hooks)[0])
@@ -167,7 +167,7 @@ class Pending:
 @implementer(ITLSTransport)
 class TLSStringTransport(StringTransport):
     """
-    A L{StringTransport} that can start TLS, in pretence: C{startTLS}
+    A C{StringTransport} that can start TLS, in pretence: C{startTLS}
     records the context factory it is given (C{tls_contexts}) and what had
     been written before (C{written_before_tls}), and from then on the
     transport provides C{ISSLTransport}. No crypto runs; the handshake ends
@@ -186,7 +186,7 @@ class TLSStringTransport(StringTransport):
 
 
 class ImplicitTLSStringTransport(StringTransport):
-    """A L{StringTransport} that is TLS from the start, as one under C{wrapServerTLS} (port 465)."""
+    """A C{StringTransport} that is TLS from the start, as one under C{wrapServerTLS} (port 465)."""
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
