@@ -36,7 +36,7 @@ def test_user_project_with_smtplib_and_aiosmtplib(pytester: Any) -> None:
     """The fixtures, every sender and option in mail_tests.py; all pass."""
     _copy(pytester, mailer="mailer.py", test_mail="mail_tests.py")
     result = _run(pytester)
-    result.assert_outcomes(passed=13)
+    result.assert_outcomes(passed=14)
 
 
 def test_no_leaks_after_100_cycles(pytester: Any) -> None:

@@ -90,6 +90,23 @@ def test_defaults_are_loopback_8025():
     assert options["maildir"] is None and not options["lmtp"]
 
 
+def test_default_listens_on_loopback_8025():
+    """With no --listen the sink is on 127.0.0.1:8025 (when that port is free on this machine)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8025))
+        except OSError:
+            import pytest
+            pytest.skip("port 8025 is in use on this machine")
+    sink = Sink()
+    try:
+        assert sink.wait_listening() == 8025
+        with smtplib.SMTP("127.0.0.1", 8025, timeout=10) as client:
+            assert client.noop()[0] == 250
+    finally:
+        assert sink.stop() == 0
+
+
 def test_smtplib_message_printed_then_sigint_stops_cleanly():
     sink = Sink("--listen", LISTEN)
     try:

@@ -69,6 +69,26 @@ class RunningReactorTests(unittest.TestCase):
         self.assertEqual(code, 421)
         client.close()
 
+    async def test_stop_ends_a_transaction_in_progress_after_close_timeout(self) -> None:
+        """A client stuck mid-body gets close_timeout seconds, then is dropped; stop returns."""
+        server = await ThreadedServer(close_timeout=0.2).start_async()
+        client = smtplib.SMTP()
+
+        def start_body() -> None:
+            client.connect(server.host, server.port)
+            client.ehlo()
+            client.mail("a@example.test")
+            client.rcpt("b@example.test")
+            client.putcmd("DATA")
+            assert client.getreply()[0] == 354
+            client.send(b"Subject: never finished\r\n")
+
+        await deferToThread(start_body)
+        await server.stop_async()
+        self.assertEqual(server.server.connections, 0)
+        self.assertEqual(server.messages, [])
+        client.close()
+
     async def test_wait_for_async_timeout(self) -> None:
         server = await ThreadedServer().start_async()
         try:

@@ -122,3 +122,10 @@ def test_ipv6(smtp_server_factory):
     server = smtp_server_factory(host="::1")
     send_welcome("six@example.test", host="::1", port=server.port)
     assert server.messages[0].peer[0] == "::1"
+
+
+def test_port_in_use_fails_start(smtp_server, smtp_server_factory):
+    from twisted.internet.error import CannotListenError
+
+    with pytest.raises(CannotListenError):
+        smtp_server_factory(port=smtp_server.port)
