@@ -273,3 +273,36 @@ class RealThreads(trial.TestCase):
         self.assertEqual(user, b"bob")
         yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"bob", b"x")), error.UnauthorizedLogin)
         yield threads.deferToThreadPool(real_reactor, self.pool, lambda: None)
+
+
+class DefaultPool(trial.TestCase):
+    """Without a pool given, hashes run in the auth pool, at a lower CPU priority than the reactor."""
+
+    @defer.inlineCallbacks
+    def test_hash_in_auth_pool_niced(self):
+        import txsmtpsrv._cred as cred
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"bob:" + hash_password(b"builder", ln=4) + b"\n")
+        checker = FileCredentialsChecker(path)
+
+        def stop_pool() -> None:  # the reactor never shuts down under the tests: stop its threads here
+            pool = cred._pools.pop(id(real_reactor), None)
+            if pool is not None:
+                pool.stop()
+
+        self.addCleanup(stop_pool)
+        seen: list = []
+        real_verify = cred.verify
+
+        def spy(stored: bytes, password: bytes) -> bool:
+            tid = threading.get_native_id()
+            seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid)))
+            return real_verify(stored, password)
+
+        self.patch(cred, "verify", spy)
+        user = yield checker.requestAvatarId(UsernamePassword(b"bob", b"builder"))
+        self.assertEqual(user, b"bob")
+        [(name, nice)] = seen
+        self.assertNotEqual(name, threading.current_thread().name)
+        self.assertGreater(nice, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))

@@ -22,6 +22,8 @@ database driver without async API) to one.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any, Callable, Optional, Tuple
 
 from twisted.cred import error
@@ -256,6 +258,23 @@ def _busy() -> SMTPError:
 
 
 _pools: dict[int, ThreadPool] = {}
+_thread_state = threading.local()
+
+
+def _low_priority(f: Callable[..., Any], *args: Any) -> Any:
+    """
+    Run C{f} in a thread of L{auth_threadpool} at a lower CPU priority
+    (Linux schedules threads on their own: C{setpriority} on the thread id),
+    so hashing under a guessing flood yields the CPU to the reactor thread.
+    """
+    if not getattr(_thread_state, "niced", False):
+        _thread_state.niced = True
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 5))
+        except (AttributeError, OSError):  # not Linux, or not allowed: run at the usual priority
+            pass
+    return f(*args)
 
 
 def auth_threadpool(reactor: Any = None, size: int = 2) -> ThreadPool:
@@ -285,23 +304,31 @@ class _Pooled:
     """Runs blocking calls in a pool, at most C{max_pending} at once; more get 454 at once."""
 
     def __init__(self, reactor: Any, threadpool: Optional[ThreadPool], max_pending: int) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
-        self._reactor = reactor
+        self._reactor = reactor  # None: the global reactor, imported at first use (not at option parsing)
         self._pool = threadpool
+        self._own = False  # the pool is our auth_threadpool, whose threads we may lower in priority
         self.max_pending = max_pending
         self.pending = 0
+
+    def call(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """C{f(*args)} in the pool, not counted against C{max_pending}."""
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        if self._pool is None:
+            self._pool = auth_threadpool(self._reactor)
+            self._own = True
+        if self._own:
+            return deferToThreadPool(self._reactor, self._pool, _low_priority, f, *args)
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         if self.pending >= self.max_pending:
             # A queue that grows with the flood would delay honest clients
             # past their timeouts and cost memory: refuse at once instead.
             return fail(_busy())
-        if self._pool is None:
-            self._pool = auth_threadpool(self._reactor)
         self.pending += 1
-        d = deferToThreadPool(self._reactor, self._pool, f, *args)
+        d = self.call(f, *args)
 
         def done(result: Any) -> Any:
             self.pending -= 1
@@ -320,6 +347,7 @@ class ThreadedChecker:
     at once with C{454 4.7.0}.
 
     @param threadpool: the pool (default: L{auth_threadpool}).
+    @param reactor: the reactor (default: the global one, at first use).
     """
 
     def __init__(self, checker: Any, *, reactor: Any = None, threadpool: Optional[ThreadPool] = None,
@@ -373,12 +401,10 @@ class FileCredentialsChecker:
         self.path = path
         self.check_interval = check_interval
         self._pooled = _Pooled(reactor, threadpool, max_pending)
-        if clock is None:
-            clock = self._pooled._reactor.seconds
-        self._clock = clock
+        self._clock = clock or time.monotonic
         self._signature = self._stat()
         self.table = PasswordTable.load(path)
-        self._checked = clock()
+        self._checked = self._clock()
         self._loading: Optional[Deferred[None]] = None
         self.loads = 1
 
@@ -398,8 +424,7 @@ class FileCredentialsChecker:
             return self._chain(self._loading)
         self._signature = self._stat()
         self._checked = self._clock()
-        d = deferToThreadPool(self._pooled._reactor, self._pooled._pool or auth_threadpool(self._pooled._reactor),
-                              PasswordTable.load, self.path)
+        d = self._pooled.call(PasswordTable.load, self.path)
         self._loading = d
 
         def loaded(table: PasswordTable) -> None:
