@@ -107,9 +107,12 @@ class BodyHasher:
         if self._relaxed:
             seg = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", seg))
         stripped = seg.rstrip(b"\r\n")
-        tail = seg[len(stripped):]
-        bare = tail.rfind(b"\r\r")  # a bare CR ends the run of CRLFs
-        pairs = (len(tail) - bare - 1) // 2 if bare >= 0 else len(tail) // 2
+        tail = seg[len(stripped):]  # starts with CR: every LF follows one now
+        if tail.endswith(b"\r"):  # a bare CR (the CR of a CRLF is never last here)
+            pairs = 0
+        else:
+            bare = tail.rfind(b"\r\r")  # a bare CR ends the run of CRLFs
+            pairs = (len(tail) - bare - 1) // 2 if bare >= 0 else len(tail) // 2
         body = seg[:len(seg) - 2 * pairs]
         if body:
             self._emit_held()
@@ -195,7 +198,7 @@ class MessageScanner:
             return
         self._buffer += chunk
         end = _HEADER_END.search(self._buffer, max(0, self._searched - 3))
-        if end is None:
+        if end is None or end.start(1) > self._max_header:
             self._searched = len(self._buffer)
             if len(self._buffer) > self._max_header:
                 self.header_done = True
