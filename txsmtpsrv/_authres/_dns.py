@@ -121,8 +121,8 @@ class MessageDNS:
         method = {"TXT": self._resolver.lookupText, "A": self._resolver.lookupAddress,
                   "AAAA": self._resolver.lookupIPV6Address, "MX": self._resolver.lookupMailExchange,
                   "PTR": self._resolver.lookupPointer}[rrtype]
-        # Two tries sharing the time; the cap below holds whatever the resolver does.
-        d: Deferred[Any] = maybeDeferred(method, name, timeout=(self._timeout * 0.4, self._timeout * 0.6))
+        # Two tries that end (and clean up) before the cap, which holds whatever the resolver does.
+        d: Deferred[Any] = maybeDeferred(method, name, timeout=(self._timeout * 0.3, self._timeout * 0.6))
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(lambda result: _convert(rrtype, result), self._failed, errbackArgs=(name, rrtype))
 
@@ -136,8 +136,10 @@ class MessageDNS:
     def _failed(reason: Failure, name: str, rrtype: str) -> List[Answer]:
         from twisted.names import error
 
-        if reason.check(error.DNSNameError, error.DomainError):
-            return []  # NXDOMAIN
+        # Every DNS*Error subclasses DomainError: only NXDOMAIN and an
+        # authority's plain "no such name" mean the name does not exist.
+        if reason.check(error.DNSNameError) or reason.type in (error.DomainError, error.AuthoritativeDomainError):
+            return []
         if reason.check(DNSTempError):
             reason.raiseException()
         why = reason.type.__name__ if reason.type is not None else "error"
