@@ -7,7 +7,7 @@ C{(type, value)}: TXT (a str, split into 255-octet strings), A, AAAA, MX
 (C{(preference, host)}), PTR, CNAME; the pseudo-types SERVFAIL (the name
 answers SERVFAIL) and HANG (no answer ever). Names not in the zone are
 NXDOMAIN. Run as a program (C{python -m tests._dnszone ZONE.json HOST
-PORT}) it serves a zone file until killed: the OpenDKIM cross-check runs it
+PORT}) it serves a zone file until killed (port 0: it prints the one it got): the OpenDKIM cross-check runs it
 inside a network namespace on port 53.
 """
 
@@ -94,10 +94,45 @@ def main(argv: List[str]) -> None:
 
     with open(argv[0]) as f:
         zone = {name: [tuple(r) for r in records] for name, records in json.load(f).items()}
-    serve(zone, reactor, argv[1], int(argv[2]))
-    print("ready", flush=True)
+    udp, _resolver = serve(zone, reactor, argv[1], int(argv[2]))
+    print(f"ready {udp.getHost().port}", flush=True)
     reactor.run()  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+class ZoneProcess:
+    """
+    L{main} in a subprocess, for programs that need a DNS server while the
+    test itself runs no reactor (twistd, spfquery). Use as a context manager;
+    C{port} is its UDP port on 127.0.0.1.
+    """
+
+    def __init__(self, zone: Zone, directory: str) -> None:
+        import os
+        import subprocess
+
+        path = os.path.join(directory, "zone.json")
+        with open(path, "w") as f:
+            json.dump(zone, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests._dnszone", path, "127.0.0.1", "0"], cwd=root,
+                                     env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise AssertionError(f"the DNS server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def __enter__(self) -> "ZoneProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

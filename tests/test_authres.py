@@ -366,6 +366,14 @@ class RealDNSTests(TestCase):
             self.assertIn(needle, head)
         self.assertTrue(any(name == "sel._domainkey.mail.test" for name, _ in self.zone.queries))
 
+    async def test_reverse_lookups_share_the_resolver(self) -> None:
+        """What --nameserver gives SMTPServer(resolver=...) for client host names."""
+        from txsmtpsrv._rdns import reverse_lookup
+
+        self.zone.zone["10.2.0.192.in-addr.arpa"] = [("PTR", "client.mail.test")]
+        resolver = make_resolver([self.nameserver], reactor)
+        self.assertEqual(await reverse_lookup(z.CLIENT_IP, resolver, 2.0, reactor), "client.mail.test")
+
     async def test_servfail_and_silent_server(self) -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         silent.bind(("127.0.0.1", 0))
