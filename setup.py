@@ -20,7 +20,9 @@ setup(
     package_data={"txsmtpsrv": ["py.typed"], "twisted": ["plugins/txsmtpsrv_plugin.py",
                                                           "plugins/txsmtpsrv_endpoints.py"]},
     include_package_data=True,
-    install_requires=["twisted[tls]>=26.4"],
+    # dkimpy checks DKIM/ARC signatures, authres writes Authentication-Results,
+    # publicsuffixlist finds DMARC's organizational domain (AuthVerifier).
+    install_requires=["twisted[tls]>=26.4", "dkimpy>=1.1", "authres>=1.2", "publicsuffixlist>=0.10"],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],
         "bench": ["aiosmtpd>=1.4"],

@@ -27,6 +27,7 @@ def key(name: str) -> bytes:
                                  serialization.NoEncryption())
 
 
+@functools.lru_cache(maxsize=None)
 def public_record(name: str) -> str:
     """The C{v=DKIM1} TXT record for L{key}(name)."""
     private = serialization.load_pem_private_key(key(name), password=None)
