@@ -44,7 +44,7 @@ from .._data import MessageStream
 from .._errors import SMTPError
 from .._hooks import ResolvedHooks
 from ._dkim import KeyAnswer, MessageScanner, key_names, verify_arc, verify_dkim
-from ._dmarc import check_dmarc, from_domain
+from ._dmarc import check_dmarc, from_domain, organizational_domain
 from ._dns import MessageDNS, make_resolver
 from ._results import ARCVerdict, AuthResults, DKIMVerdict, DMARCVerdict, DNSTempError, SPFVerdict, authserv_id_of
 from ._spf import check_identity
@@ -140,6 +140,8 @@ class AuthVerifier:
         self.reject_dmarc = reject_dmarc
         self.spool_memory = spool_memory
         self.tmpdir = tmpdir
+        if "dmarc" in self.verify:
+            organizational_domain("example.com")  # load the Public Suffix List now, not at the first message
 
     def __repr__(self) -> str:
         return f"<AuthVerifier {','.join(self.verify)} for {self.hooks!r}>"
