@@ -288,7 +288,7 @@ def key_names(tag_lists: List[Dict[bytes, bytes]]) -> List[str]:
     return names
 
 
-class _BodyHashMismatch(dkim.ValidationError):
+class _BodyHashMismatch(dkim.ValidationError):  # type: ignore[misc]
     pass
 
 
@@ -313,11 +313,11 @@ class _Mixin:
         return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # type: ignore[misc]
 
 
-class _DKIM(_Mixin, dkim.DKIM):
+class _DKIM(_Mixin, dkim.DKIM):  # type: ignore[misc]
     pass
 
 
-class _ARC(_Mixin, dkim.ARC):
+class _ARC(_Mixin, dkim.ARC):  # type: ignore[misc]
     pass
 
 

@@ -30,7 +30,7 @@ def organizational_domain(domain: str) -> str:
 
         _psl = PublicSuffixList()
     domain = domain.lower().rstrip(".")
-    return _psl.privatesuffix(domain) or domain  # type: ignore[no-any-return]
+    return _psl.privatesuffix(domain) or domain
 
 
 def aligned(a: str, b: str, strict: bool) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime, IResolver
@@ -57,8 +57,9 @@ def make_resolver(nameservers: Sequence[str] = (), reactor: Any = None) -> IReso
     from twisted.names import client
 
     if nameservers:
-        return client.Resolver(servers=[parse_nameserver(n) for n in nameservers], reactor=reactor)
-    return client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+        servers = [parse_nameserver(n) for n in nameservers]
+        return cast(IResolver, client.Resolver(servers=servers, reactor=reactor))  # type: ignore[no-untyped-call]
+    return cast(IResolver, client.Resolver(resolv="/etc/resolv.conf", reactor=reactor))  # type: ignore[no-untyped-call]
 
 
 def _valid_name(name: str) -> bool:
@@ -118,7 +119,7 @@ class MessageDNS:
         if self.queries >= self._budget:
             return fail(DNSTempError(f"DNS budget of {self._budget} queries spent"))
         self.queries += 1
-        method = {"TXT": self._resolver.lookupText, "A": self._resolver.lookupAddress,
+        method: Callable[..., Any] = {"TXT": self._resolver.lookupText, "A": self._resolver.lookupAddress,
                   "AAAA": self._resolver.lookupIPV6Address, "MX": self._resolver.lookupMailExchange,
                   "PTR": self._resolver.lookupPointer}[rrtype]
         # Two tries that end (and clean up) before the cap, which holds whatever the resolver does.
@@ -138,9 +139,10 @@ class MessageDNS:
 
         # Every DNS*Error subclasses DomainError: only NXDOMAIN and an
         # authority's plain "no such name" mean the name does not exist.
-        if reason.check(error.DNSNameError) or reason.type in (error.DomainError, error.AuthoritativeDomainError):
+        missing = reason.check(error.DNSNameError)  # type: ignore[no-untyped-call]
+        if missing or reason.type in (error.DomainError, error.AuthoritativeDomainError):
             return []
-        if reason.check(DNSTempError):
+        if reason.check(DNSTempError):  # type: ignore[no-untyped-call]
             reason.raiseException()
         why = reason.type.__name__ if reason.type is not None else "error"
         raise DNSTempError(f"{rrtype} {name}: {why}")

@@ -18,7 +18,7 @@ import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._results import DNSTempError, Lookup, SPFVerdict
 
@@ -203,7 +203,7 @@ class _Context:
         self.voids = 0
         self._validated: Dict[str, str] = {}
 
-    async def query(self, name: str, rrtype: str, void_counts: bool = True) -> List:
+    async def query(self, name: str, rrtype: str, void_counts: bool = True) -> List[Any]:
         answers = await self.lookup(name, rrtype)
         if not answers and void_counts:
             self.voids += 1
@@ -336,7 +336,7 @@ async def _record(ctx: _Context, domain: str) -> Optional[List[Term]]:
     texts = await ctx.lookup(domain, "TXT")
     records = []
     for text in texts:
-        raw = bytes(text) if not isinstance(text, bytes) else text
+        raw = text if isinstance(text, bytes) else str(text).encode()
         if raw[:6].lower() == b"v=spf1" and (len(raw) == 6 or raw[6:7] == b" "):
             records.append(raw)
     if not records:

@@ -125,12 +125,12 @@ class AuthVerifier:
             raise ValueError(f"authserv_id must be a token such as the host name, not {authserv_id!r}")
         if reactor is None:
             from twisted.internet import reactor as default_reactor
-            reactor = default_reactor  # type: ignore[assignment]
+            reactor = default_reactor
         self.hooks = hooks
         self._inner = ResolvedHooks(hooks)
         self.authserv_id = authserv_id
         self.verify = tuple(m for m in METHODS if m in verify)
-        self._clock: IReactorTime = reactor  # type: ignore[assignment]
+        self._clock: IReactorTime = reactor
         self._resolver = resolver if resolver is not None else make_resolver(nameservers, reactor)
         self.dns_timeout = dns_timeout
         self.dns_budget = dns_budget
@@ -163,7 +163,7 @@ class AuthVerifier:
             auth = AuthResults()
             auth._state = _Transaction(MessageDNS(self._resolver, self._clock, self.dns_timeout, self.dns_budget))
             envelope.auth = auth
-        return auth  # type: ignore[no-any-return]
+        return auth
 
     def on_rcpt_to(self, session: Any, address: Any) -> Any:
         """SPF (once per transaction), the SPF policy, then the wrapped hook."""
@@ -210,7 +210,7 @@ class AuthVerifier:
         d.addTimeout(self.check_timeout, self._clock)
 
         def failed(reason: Failure) -> None:
-            if reason.check(TimeoutError, CancelledError):
+            if reason.check(TimeoutError, CancelledError):  # type: ignore[no-untyped-call]
                 self.log.warn("{what} checks of session {session_id} timed out", what=what, session_id=session.id)
             else:
                 self.log.failure("{what} checks of session {session_id} failed", reason, what=what,
@@ -231,7 +231,10 @@ class AuthVerifier:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=self.spool_memory, dir=self.tmpdir)
         try:
             body_checks = bool({"dkim", "arc", "dmarc"} & set(self.verify))
-            scanner = MessageScanner(spool.write, arc="arc" in self.verify)
+            def spooled(data: bytes) -> None:
+                spool.write(data)
+
+            scanner = MessageScanner(spooled, arc="arc" in self.verify)
             started: List[Deferred[Any]] = []
 
             def feed(chunk: bytes) -> None:
@@ -342,7 +345,7 @@ def _key_answer(ok: bool, value: Any) -> KeyAnswer:
 class _Replay:
     """Writes C{head} then the spool into a L{MessageStream}, honouring its pauses."""
 
-    def __init__(self, head: bytes, spool: IO[bytes], clock: IReactorTime) -> None:
+    def __init__(self, head: bytes, spool: IO[bytes], clock: Any) -> None:
         self.stream: Optional[MessageStream] = None
         self._head: Optional[bytes] = head
         self._spool = spool
