@@ -74,7 +74,7 @@ class HeaderAndVerdictTests(SynchronousTestCase):
         self.assertTrue(received.endswith(msg.partition(b"\r\n\r\n")[2]))
         for needle in [b"smtp.mailfrom=alice@mail.test", b"dkim=pass header.d=mail.test header.s=sel",
                        b"arc=pass (i=1)", b"dmarc=pass (p=reject dis=none) header.from=mail.test",
-                       b"smtp.helo=postmaster@client.test"]:
+                       b"smtp.helo=client.test"]:
             self.assertIn(needle, head)
         auth = user.auth[0]
         self.assertEqual(auth.spf_mailfrom, SPFVerdict("pass", "mailfrom", "mail.test", "alice@mail.test",
@@ -217,6 +217,31 @@ class CompositionTests(SynchronousTestCase):
         self.assertEqual(send(v, "alice@mail.test", z.message(), helo="bad.test")[0].code, 550)
         self.assertEqual(send(v, "alice@mail.test", z.message())[-1].text, "not read")
         self.assertFalse(hasattr(v, "on_auth"))
+
+    def test_bdat(self) -> None:
+        user = Recorder()
+        server, _ = make_server(verifier(user))
+        client = TestClient(server, peer=(z.CLIENT_IP, 40000))
+        msg = z.sign(z.message())
+        half = len(msg) // 2
+        client.send(b"EHLO client.test\r\nMAIL FROM:<alice@mail.test>\r\nRCPT TO:<bob@example.org>\r\n"
+                    + f"BDAT {half}\r\n".encode() + msg[:half]
+                    + f"BDAT {len(msg) - half} LAST\r\n".encode() + msg[half:])
+        self.assertEqual([r.code for r in client.replies()], [250, 250, 250, 250, 250])
+        self.assertEqual(user.messages, [user.auth[0].header("mx.test") + msg])
+        self.assertEqual([d.result for d in user.auth[0].dkim], ["pass"])
+
+    def test_lmtp_answers_per_recipient_pass_through(self) -> None:
+        class PerRecipient:
+            async def on_data(self, session: Any, stream: Any) -> List[Any]:
+                await stream.content()
+                return [None, SMTPError(452, "full", "4.2.2")]
+
+        server, _ = make_server(verifier(PerRecipient()), lmtp=True)
+        client = TestClient(server, peer=(z.CLIENT_IP, 40000))
+        client.send(b"LHLO client.test\r\nMAIL FROM:<alice@mail.test>\r\nRCPT TO:<a@example.org>\r\n"
+                    b"RCPT TO:<b@example.org>\r\nDATA\r\n" + z.message() + b".\r\n")
+        self.assertEqual([r.code for r in client.replies()][-2:], [250, 452])
 
     def test_message_too_large(self) -> None:
         server, _ = make_server(verifier(Recorder()), size=1000)

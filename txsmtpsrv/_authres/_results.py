@@ -162,7 +162,9 @@ class AuthResults:
             if spf is not None:
                 results.append(AuthenticationResult(
                     "spf", result=spf.result, result_comment=_comment(spf.reason) or None,
-                    properties=[Prop("smtp", spf.identity, _safe(spf.sender or spf.domain))]))
+                    # smtp.helo is the name given; smtp.mailfrom the address (RFC 8601 2.7.2)
+                    properties=[Prop("smtp", spf.identity, _safe(spf.domain if spf.identity == "helo"
+                                                                 else spf.sender or spf.domain))]))
         for sig in self.dkim:
             props = []
             if sig.domain:
