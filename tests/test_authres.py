@@ -95,6 +95,21 @@ class HeaderAndVerdictTests(SynchronousTestCase):
         self.assertEqual(auth.spf_mailfrom.result, "softfail")
         self.assertEqual(auth.dkim, [])  # the body has not come yet when RCPT is answered
 
+    def test_null_sender_uses_the_helo_identity(self) -> None:
+        user = Recorder()
+        send(verifier(user), "", z.message(), helo="helo.test")
+        auth = user.auth[0]
+        assert auth.spf_mailfrom is not None and auth.spf_helo is not None
+        self.assertEqual((auth.spf_mailfrom.result, auth.spf_mailfrom.identity, auth.spf_mailfrom.sender),
+                         ("pass", "mailfrom", "postmaster@helo.test"))
+        self.assertEqual((auth.spf_helo.result, auth.spf_helo.domain), ("pass", "helo.test"))
+
+    def test_each_question_is_asked_once(self) -> None:
+        resolver = ZoneResolver(z.zone())
+        send(verifier(Recorder(), resolver=resolver), "alice@mail.test", z.sign(z.message()), helo="mail.test")
+        self.assertEqual(len(resolver.queries), len(set(resolver.queries)))
+        self.assertIn(("_dmarc.mail.test", 16), resolver.queries)
+
     def test_every_spf_result_in_the_header(self) -> None:
         for domain, result in [("pass.test", "pass"), ("fail.test", "fail"), ("softfail.test", "softfail"),
                                ("neutral.test", "neutral"), ("nospf.test", "none"),

@@ -107,6 +107,7 @@ class MessageDNS:
         self._budget = budget
         self.queries = 0
         self._cache: Dict[Tuple[str, str], Any] = {}
+        self._waiting: Dict[Tuple[str, str], List[Deferred[List[Answer]]]] = {}
 
     def __call__(self, name: str, rrtype: str) -> "Deferred[List[Answer]]":
         name = name.rstrip(".").lower()
@@ -114,6 +115,10 @@ class MessageDNS:
         if key in self._cache:
             cached = self._cache[key]
             return fail(cached) if isinstance(cached, DNSTempError) else succeed(list(cached))
+        if key in self._waiting:  # the same question is on its way: share its answer
+            waiter: Deferred[List[Answer]] = Deferred()
+            self._waiting[key].append(waiter)
+            return waiter
         if not _valid_name(name):
             return succeed([])  # cannot exist: as NXDOMAIN
         if self.queries >= self._budget:
@@ -127,8 +132,15 @@ class MessageDNS:
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(lambda result: _convert(rrtype, result), self._failed, errbackArgs=(name, rrtype))
 
+        self._waiting[key] = []
+
         def remember(value: Any) -> Any:
-            self._cache[key] = value.value if isinstance(value, Failure) else value
+            self._cache[key] = cached = value.value if isinstance(value, Failure) else value
+            for waiter in self._waiting.pop(key, []):
+                if isinstance(cached, DNSTempError):
+                    waiter.errback(cached)
+                else:
+                    waiter.callback(list(cached))
             return value
 
         return d.addBoth(remember)

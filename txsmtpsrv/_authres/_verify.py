@@ -191,11 +191,12 @@ class AuthVerifier:
         helo = session.host_name_appears_as or ""
         mail = envelope.mail_from.address if envelope.mail_from is not None else ""
         helo_d = Deferred.fromCoroutine(check_identity(dns, ip, "helo", None, helo))
-        mail_d = Deferred.fromCoroutine(check_identity(dns, ip, "mailfrom", mail, helo)) if mail else helo_d
-        auth.spf_helo = await helo_d
-        verdict = await mail_d
-        if not mail:  # RFC 7208 2.4: for <>, the MAIL FROM identity is postmaster@HELO
+        mail_d = Deferred.fromCoroutine(check_identity(dns, ip, "mailfrom", mail, helo)) if mail else None
+        auth.spf_helo = verdict = await helo_d
+        if mail_d is None:  # RFC 7208 2.4: for <>, the MAIL FROM identity is postmaster@HELO
             verdict = SPFVerdict(verdict.result, "mailfrom", verdict.domain, verdict.sender, verdict.reason)
+        else:
+            verdict = await mail_d
         auth.spf_mailfrom = verdict
 
     @staticmethod
@@ -231,6 +232,7 @@ class AuthVerifier:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=self.spool_memory, dir=self.tmpdir)
         try:
             body_checks = bool({"dkim", "arc", "dmarc"} & set(self.verify))
+
             def spooled(data: bytes) -> None:
                 spool.write(data)
 
@@ -263,11 +265,15 @@ class AuthVerifier:
             spool.close()
 
     def _prefetch(self, scanner: MessageScanner, dns: MessageDNS) -> "Deferred[Dict[str, Any]]":
-        """Start the key and DMARC record lookups the message will need."""
+        """Start the key and DMARC record lookups the message will need, while the body streams."""
         names = key_names(scanner.signature_fields(arc="arc" in self.verify))
         if "dkim" not in self.verify and "arc" not in self.verify:
             names = []
         names = names[:self.max_signatures * 2]
+        if "dmarc" in self.verify:
+            author = from_domain([value for name, value in scanner.fields if name.lower() == b"from"])[0]
+            if author is not None:  # check_dmarc will ask again and share this query
+                dns(f"_dmarc.{author}", "TXT").addErrback(lambda _: None)
         lookups = [dns(name, "TXT") for name in names]
         return DeferredList(lookups, consumeErrors=True).addCallback(
             lambda results: {name: _key_answer(ok, value) for name, (ok, value) in zip(names, results)})
