@@ -154,6 +154,20 @@ class DKIMTests(SynchronousTestCase):
         garbage = b"DKIM-Signature: this is not a tag list\r\n" + z.message()
         self.assertEqual(dkim_results(garbage), ["permerror"])
 
+    def test_rsa_sha1_is_not_accepted(self) -> None:
+        """RFC 8301: a valid rsa-sha1 signature must not pass."""
+        import dkim as dkimpy
+
+        msg = z.message()
+        signature = dkimpy.sign(msg, b"sel", b"mail.test", z.key("mail.test"), signature_algorithm=b"rsa-sha1",
+                                include_headers=[b"from"])
+        self.assertEqual(dkim_results(signature + msg), ["permerror"])
+
+    def test_short_key_is_permerror(self) -> None:
+        """Keys under the minimum (1024 bits, RFC 8301 3.2) do not count: here the minimum is raised."""
+        self.assertEqual(dkim_results(z.sign(z.message())), ["pass"])
+        self.assertEqual(dkim_results(z.sign(z.message()), minkey=2048), ["permerror"])
+
     def test_temperror_when_the_key_lookup_fails(self) -> None:
         msg = z.sign(z.message(), selector="temp", key_name="mail.test")
         self.assertEqual(dkim_results(msg), ["temperror"])
@@ -175,6 +189,32 @@ class DKIMTests(SynchronousTestCase):
         scanner.finish()
         self.assertIsNone(scanner.header)
         self.assertEqual(b"".join(body), msg)
+
+
+class FuzzTests(SynchronousTestCase):
+    """Hostile header sections never raise: every signature gets a verdict."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=mail.test; s=sel; h=from; bh=AAAA; b=AAAA",
+        b"DKIM-Signature: a=rsa-sha256; d=; s=; bh=; b=", b"DKIM-Signature: ;;;==;", b"DKIM-Signature:",
+        b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/bogus; l=-1; d=mail.test; s=sel; h=from; bh=; b=AA",
+        b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=forwarder.test; s=arc; b=AAAA",
+        b"ARC-Message-Signature: i=1; a=rsa-sha256; d=forwarder.test; s=arc; h=from; bh=AAAA; b=AAAA",
+        b"ARC-Authentication-Results: i=1; x", b"ARC-Seal: i=99999999999999; cv=pass",
+        b"From: a@mail.test", b" folded continuation", b"\tmore", b"Subject: \xff\xfe",
+        b"not a header line", b"DKIM-Signature: v=1; d=\xc3\xa9.test; s=\xff; h=from; bh=AA==; b=AA==",
+    ]), max_size=12), st.binary(max_size=64))
+    def test_never_raises(self, lines: List[bytes], body: bytes) -> None:
+        msg = b"\r\n".join(lines) + b"\r\n\r\n" + body
+        scanner = scan(msg, chunk=5)
+        keys = keys_for(scanner, arc=True)
+        verdicts = verify_dkim(scanner.parse_header, scanner.body_hashes, keys)
+        count = sum(1 for name, _ in scanner.fields if name.lower() == b"dkim-signature")
+        self.assertEqual(len(verdicts), min(count, 10))
+        for verdict in verdicts:
+            self.assertIn(verdict.result, ("pass", "fail", "neutral", "temperror", "permerror"))
+        self.assertIn(verify_arc(scanner.parse_header, scanner.body_hashes, keys).result, ("pass", "fail", "none"))
 
 
 class ARCTests(SynchronousTestCase):

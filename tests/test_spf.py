@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Coroutine, List
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -234,6 +235,23 @@ class MacroTests(SPFTestCase):
         self.assertEqual(self.run_coro(ctx.expand("%{p}", "example.com")), "mail.example.com")
         ctx = _Context(zone_lookup({}), ipaddress.ip_address("192.0.2.3"), "a@example.com", "h")
         self.assertEqual(self.run_coro(ctx.expand("%{p}", "example.com")), "unknown")
+
+
+class FuzzTests(SPFTestCase):
+    """Any record text gives one of the seven results; nothing raises, nothing loops."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([
+        "a", "mx", "ptr", "all", "-all", "~all", "?all", "+all", "include:pass.test", "include:loop.test",
+        "include:x.test", "redirect=x.test", "redirect=fail.test", "exp=x.test", "a:%{d}", "a:%{i}.x.test",
+        "exists:%{l}.%{o}", "exists:%{ir}.%{v}.x.test", "ip4:192.0.2.0/24", "ip6:::/0", "a/24//64", "mx/0",
+        "ptr:x.test", "%{z}", "a:", "ip4:", "=", "unknown=%{s}", "include:%{d2r}.x.test", "a:x.test%",
+        "exists:%{p}.x.test", "mx:mx.test", "include:temperror.test", "a:nx1.test", "a:nx2.test",
+    ]), max_size=8), st.sampled_from([z_ip for z_ip in ("192.0.2.10", "2001:db8::1", "::ffff:192.0.2.10")]))
+    def test_never_raises(self, terms: List[str], ip: str) -> None:
+        record = "v=spf1 " + " ".join(terms)
+        result = self.check("x.test", ip=ip, extra={"x.test": [("TXT", record)]})
+        self.assertIn(result, ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"))
 
 
 class ParseTests(SynchronousTestCase):
