@@ -135,7 +135,10 @@ class MessageDNS:
         self._waiting[key] = []
 
         def remember(value: Any) -> Any:
-            self._cache[key] = cached = value.value if isinstance(value, Failure) else value
+            cached: Any = value
+            if isinstance(value, Failure):
+                cached = value.value if isinstance(value.value, DNSTempError) else DNSTempError(str(value.value))
+            self._cache[key] = cached
             for waiter in self._waiting.pop(key, []):
                 if isinstance(cached, DNSTempError):
                     waiter.errback(cached)
