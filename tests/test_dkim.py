@@ -163,6 +163,17 @@ class DKIMTests(SynchronousTestCase):
                                 include_headers=[b"from"])
         self.assertEqual(dkim_results(signature + msg), ["permerror"])
 
+    def test_from_must_be_signed(self) -> None:
+        """RFC 6376 6.1.1: a signature whose h= lacks From is ignored with a permanent failure."""
+        import dkim as dkimpy
+
+        msg = z.message()
+        signature = dkimpy.sign(msg, b"sel", b"mail.test", z.key("mail.test"), include_headers=[b"subject", b"from"])
+        self.assertEqual(dkim_results(signature + msg), ["pass"])
+        unsigned_from = signature.replace(b"h=subject : from", b"h=subject")
+        self.assertNotEqual(unsigned_from, signature)
+        self.assertEqual(dkim_results(unsigned_from + msg), ["permerror"])
+
     def test_short_key_is_permerror(self) -> None:
         """Keys under the minimum (1024 bits, RFC 8301 3.2) do not count: here the minimum is raised."""
         self.assertEqual(dkim_results(z.sign(z.message())), ["pass"])

@@ -368,6 +368,8 @@ def _one_signature(verifier: _DKIM, index: int, tags: Dict[bytes, bytes], keys: 
         return DKIMVerdict("permerror", reason="unparseable DKIM-Signature", **ident)
     if tags.get(b"a") == b"rsa-sha1":  # RFC 8301 3.1: verifiers MUST NOT let these pass
         return DKIMVerdict("permerror", reason="rsa-sha1 signatures are not accepted (RFC 8301)", **ident)
+    if b"h" in tags and b"from" not in [h.strip().lower() for h in re.split(rb"\s*:\s*", tags[b"h"])]:
+        return DKIMVerdict("permerror", reason="From field not signed", **ident)  # RFC 6376 6.1.1
     names = key_names([tags])
     answer = keys.get(names[0]) if names else None
     if isinstance(answer, DNSTempError):
