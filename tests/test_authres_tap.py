@@ -52,7 +52,19 @@ def test_verify_and_nameservers():
 def test_all_and_default_authserv_id():
     options = parse("--verify", "all", "--name", "mx.example")
     assert options["verify"] == ("spf", "dkim", "dmarc", "arc")
-    assert makeService(options, reactor=Clock()).server.hooks.authserv_id == "mx.example"
+    verifier = makeService(options, reactor=Clock()).server.hooks
+    assert verifier.authserv_id == "mx.example"
+    assert (verifier.reject_dmarc, verifier.reject_spf_fail) == (False, False)
+
+
+def test_verify_reject():
+    options = parse("--verify", "all", "--verify-reject", "dmarc, SPF")
+    assert options["verify-reject"] == ("dmarc", "spf")
+    verifier = makeService(options, reactor=Clock()).server.hooks
+    assert (verifier.reject_dmarc, verifier.reject_spf_fail) == (True, True)
+    assert _worker_options(options)[-1] == "--verify-reject=dmarc,spf"
+    verifier = makeService(parse("--verify", "all", "--verify-reject", "dmarc"), reactor=Clock()).server.hooks
+    assert (verifier.reject_dmarc, verifier.reject_spf_fail) == (True, False)
 
 
 def test_nameserver_alone_is_for_reverse_lookups():
@@ -62,7 +74,9 @@ def test_nameserver_alone_is_for_reverse_lookups():
 
 
 @pytest.mark.parametrize("args", [["--verify", "spf,senderid"], ["--verify", ","], ["--authserv-id", "x"],
-                                  ["--nameserver", "host:port"], ["--nameserver", ""]])
+                                  ["--nameserver", "host:port"], ["--nameserver", ""],
+                                  ["--verify-reject", "dmarc"], ["--verify", "all", "--verify-reject", "arc"],
+                                  ["--verify", "all", "--verify-reject", ","]])
 def test_bad_options(args):
     with pytest.raises(usage.UsageError):
         parse(*args)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_authres_tap -*-
 """
-C{twistd smtpsrv --verify spf,dkim,dmarc,arc --authserv-id ID --nameserver HOST[:PORT]}.
+C{twistd smtpsrv --verify spf,dkim,dmarc,arc --authserv-id ID --verify-reject dmarc --nameserver HOST[:PORT]}.
 
 Everything the command line needs for sender authentication, kept here so
 that C{_tap.py} only names it: L{OPT_PARAMETERS} joins its options,
@@ -27,6 +27,8 @@ OPT_PARAMETERS: List[List[Any]] = [
                            "comma-separated methods among spf, dkim, dmarc, arc (or 'all'). Off by default."],
     ["authserv-id", None, None, "The authserv-id of the Authentication-Results header. "
                                 "[default: the --name]"],
+    ["verify-reject", None, None, "With --verify, refuse with 550 5.7.1: 'dmarc' (DMARC fails and the domain "
+                                  "says p=reject), 'spf' (SPF fail, at RCPT), or 'dmarc,spf'. Off by default."],
 ]
 
 
@@ -41,11 +43,17 @@ def opt_nameserver(options: Any, value: str) -> None:
 def post_options(options: Dict[str, Any]) -> None:
     """Turn C{--verify} into a tuple of methods; reject unknown ones."""
     options.setdefault("nameserver", [])
+    reject = options.get("verify-reject")
+    if isinstance(reject, str):
+        options["verify-reject"] = tuple(sorted({r.strip().lower() for r in reject.split(",") if r.strip()}))
+        if not options["verify-reject"] or set(options["verify-reject"]) - {"dmarc", "spf"}:
+            raise usage.UsageError(f"--verify-reject: choose among dmarc, spf, not {reject!r}")
     text = options.get("verify")
     if not text:
         options["verify"] = ()
-        if options.get("authserv-id"):
-            raise usage.UsageError("--authserv-id needs --verify")
+        for needs in ("authserv-id", "verify-reject"):
+            if options.get(needs):
+                raise usage.UsageError(f"--{needs} needs --verify")
         return
     if isinstance(text, tuple):
         return  # already parsed
@@ -69,8 +77,10 @@ def wrap(options: Dict[str, Any], hooks: Any, reactor: Any) -> Tuple[Any, Option
     if not options.get("verify"):
         return hooks, resolver
     name = options.get("authserv-id") or options.get("name") or socket.gethostname()
+    reject = options.get("verify-reject") or ()
     verifier = AuthVerifier(hooks, authserv_id=name, verify=options["verify"],
-                            resolver=resolver or make_resolver((), reactor), reactor=reactor)
+                            resolver=resolver or make_resolver((), reactor), reactor=reactor,
+                            reject_dmarc="dmarc" in reject, reject_spf_fail="spf" in reject)
     return verifier, resolver
 
 
@@ -81,4 +91,6 @@ def worker_arguments(options: Dict[str, Any]) -> List[str]:
         args.append("--verify=" + ",".join(options["verify"]))
     if options.get("authserv-id"):
         args.append(f"--authserv-id={options['authserv-id']}")
+    if options.get("verify-reject"):
+        args.append("--verify-reject=" + ",".join(options["verify-reject"]))
     return args
