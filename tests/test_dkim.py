@@ -265,6 +265,10 @@ class ARCTests(SynchronousTestCase):
         self.assertIn(b"cv=fail", failed)
         self.assertEqual(self.arc(failed).result, "fail")
 
+    def test_instance_above_50_fails(self) -> None:
+        sealed = z.seal(z.message(), "forwarder.test").replace(b"ARC-Seal: i=1;", b"ARC-Seal: i=51;")
+        self.assertEqual(self.arc(sealed).result, "fail")
+
     def test_missing_set_member_fails(self) -> None:
         sealed = z.seal(z.message(), "forwarder.test")
         start = sealed.index(b"ARC-Seal:")

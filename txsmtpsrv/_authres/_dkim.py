@@ -402,6 +402,10 @@ def verify_arc(header: bytes, body_hashes: Dict[HashKey, bytes], keys: Dict[str,
     fields = [(name.lower(), value) for name, value in parse_headers(header) if name.lower() in _ARC_NAMES]
     if not fields:
         return ARCVerdict("none")
+    numbers = [int(m.group(1)) for _, value in fields for m in [re.search(rb"(?:^|;)\s*i\s*=\s*(\d{1,9})", value)]
+                 if m]
+    if len(numbers) < len(fields) or max(numbers) > 50:  # RFC 8617 4.2.1: i=1..50 on every field
+        return ARCVerdict("fail", reason="ARC field without a valid instance (i=1..50)")
     try:
         arc = _ARC(header + b"\r\n", minkey=minkey)
         arc.body_hashes = body_hashes
