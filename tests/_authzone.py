@@ -56,6 +56,8 @@ def zone() -> Zone:
         "10.2.0.192.bob._spf.macro.test": [("A", "127.0.0.2")],
         "helo.test": [("TXT", f"v=spf1 ip4:{CLIENT_IP} -all")],
         "loop.test": [("TXT", "v=spf1 include:loop.test -all")],
+        "explained.test": [("TXT", "v=spf1 include:fail.test -all exp=why.%{d}")],
+        "why.explained.test": [("TXT", "%{i} is not one of %{d}'s mail servers (%{c}, %{r}); see %{l}")],
         "void.test": [("TXT", "v=spf1 a:n1.void.test a:n2.void.test a:n3.void.test ~all")],
         "mail.test": [("TXT", f"v=spf1 ip4:{CLIENT_IP} -all")],
         # DKIM keys

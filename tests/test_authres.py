@@ -198,6 +198,9 @@ class PolicyTests(SynchronousTestCase):
         replies = send(verifier(user, reject_spf_fail=True), "a@fail.test", z.message())
         self.assertEqual([(r.code, r.enhanced) for r in replies[1:3]], [(250, "2.1.0"), (550, "5.7.1")])
         self.assertEqual(user.rcpt_auth, [])  # refused before the user's hook
+        replies = send(verifier(user, reject_spf_fail=True), "a@explained.test", z.message())
+        self.assertEqual((replies[2].code, replies[2].text),
+                         (550, "192.0.2.10 is not one of explained.test's mail servers (192.0.2.10, mx.test); see a"))
         replies = send(verifier(user, reject_spf_fail=True), "a@softfail.test", z.message())
         self.assertEqual(replies[-1].code, 250)
 

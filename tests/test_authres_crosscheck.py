@@ -39,7 +39,7 @@ SPF_CASES: List[Tuple[str, str]] = [
     for d in ["pass.test", "fail.test", "softfail.test", "neutral.test", "nospf.test", "permerror.test",
               "temperror.test", "include.test", "redirect.test", "a.test", "mx.test", "loop.test", "void.test",
               "nxdomain.test", "v6.test", "ptr.test", "two.test", "syntax.test", "redirect-none.test",
-              "include-none.test", "many.test", "eleven.test"]
+              "include-none.test", "many.test", "eleven.test", "explained.test"]
     for ip in (z.CLIENT_IP, z.OTHER_IP, "2001:db8::25")
 ] + [("bob-sales@macro.test", z.CLIENT_IP), ("carol@macro.test", z.CLIENT_IP)]
 
@@ -95,6 +95,24 @@ def test_spf_same_as_spfquery() -> None:
     assert list(zip(SPF_CASES, mine)) == list(zip(SPF_CASES, theirs))
     assert list(zip(HELO_CASES, mine_helo)) == list(zip(HELO_CASES, theirs_helo))
     assert set(mine) == {"pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"}
+
+
+def test_spf_explanation_same_as_spfquery() -> None:
+    """The exp= text of a fail, with the c, r, i, d and l macros, as Mail::SPF expands it."""
+    spfquery = tool_path("spfquery")
+    zone = spf_zone()
+    with tempfile.TemporaryDirectory() as tmp, ZoneProcess(zone, tmp) as dns:
+        env = dict(os.environ, RES_NAMESERVERS="127.0.0.1", RES_OPTIONS=f"port:{dns.port} retry:1 retrans:2")
+        for ip in (z.CLIENT_IP, "2001:db8::25"):
+            done = subprocess.run([spfquery, "--scope", "mfrom", "--hostname", "mx.test", "--id", "bob@explained.test",
+                                   "--ip", ip, "--helo-id", "client.test"], env=env, capture_output=True,
+                                  text=True, timeout=60)
+            result, theirs = done.stdout.splitlines()[:2]
+            verdicts: List[Any] = []
+            Deferred.fromCoroutine(check_identity(zone_lookup(zone), ip, "mailfrom", "bob@explained.test",
+                                                  "client.test", "mx.test")).addCallback(verdicts.append)
+            assert (verdicts[0].result, verdicts[0].explanation) == (result, theirs)
+            assert ip in theirs
 
 
 # -- DKIM -------------------------------------------------------------------------------

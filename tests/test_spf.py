@@ -193,6 +193,16 @@ class IdentityTests(SPFTestCase):
         verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "mailfrom", "", "helo.test"))
         self.assertEqual((verdict.result, verdict.domain), ("pass", "helo.test"))
 
+    def test_explanation_of_a_fail(self) -> None:
+        """RFC 7208 6.2: the exp= record, macro-expanded (c and r only there)."""
+        verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "mailfrom", "bob@explained.test",
+                                               "helo.test", "mx.test"))
+        self.assertEqual((verdict.result, verdict.explanation),
+                         ("fail", "192.0.2.10 is not one of explained.test's mail servers (192.0.2.10, mx.test); "
+                                  "see bob"))
+        verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "mailfrom", "a@fail.test", "h"))
+        self.assertEqual((verdict.result, verdict.explanation), ("fail", ""))  # no exp=
+
     def test_bad_ip_is_none(self) -> None:
         result, _ = self.run_coro(check_host(zone_lookup(zone()), "unix-socket", "pass.test", "a@pass.test"))
         self.assertEqual(result, "none")

@@ -52,6 +52,8 @@ class SPFVerdict:
     @ivar domain: the domain checked (the MAIL FROM domain, or the HELO name).
     @ivar sender: the mailbox checked (C{postmaster@helo} for HELO or C{<>}).
     @ivar reason: why, for logs and the header comment.
+    @ivar explanation: for a C{fail}, the domain's own words (its C{exp=}
+        record, macros expanded, printable ASCII), else C{""}.
     """
 
     result: str
@@ -59,6 +61,7 @@ class SPFVerdict:
     domain: str
     sender: str = ""
     reason: str = ""
+    explanation: str = ""
 
 
 @dataclass(frozen=True)

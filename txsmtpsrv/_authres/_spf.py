@@ -8,14 +8,15 @@ in the server and over a dictionary in unit tests. Limits follow section
 4.6.4: at most 10 terms that query DNS (include, a, mx, ptr, exists,
 redirect), at most 10 MX or PTR names per term, at most 2 void lookups;
 a whole record is parsed (and any syntax error is a C{permerror}) before
-anything is evaluated. The explanation (C{exp=}) is not fetched: a
-rejecting hook writes its own text.
+anything is evaluated. On C{fail}, the record's C{exp=} explanation is
+fetched and expanded (section 6.2), for the text of a rejection.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -51,6 +52,7 @@ _MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _MACRO = re.compile(r"%(?:\{([A-Za-z])([0-9]*)(r?)([.\-+,/_=]*)\}|(%)|(_)|(-))", re.I)
 _LITERAL = re.compile(r"[\x21-\x24\x26-\x7e]*")
+_LITERAL_EXP = re.compile(r"[\x20-\x24\x26-\x7e]*")  # explain-string: spaces too
 _CIDR = re.compile(r"(0|[1-9][0-9]{0,2})\Z")
 _TOPLABEL = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]+\Z|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]\Z", re.A)
 
@@ -70,8 +72,9 @@ class Term:
 def _check_macro_string(text: str, exp: bool = False) -> None:
     """Raise permerror unless C{text} is a valid macro-string (RFC 7208 7.1)."""
     pos = 0
+    literal = _LITERAL_EXP if exp else _LITERAL
     while pos < len(text):
-        pos = _LITERAL.match(text, pos).end()  # type: ignore[union-attr]
+        pos = literal.match(text, pos).end()  # type: ignore[union-attr]
         if pos >= len(text):
             return
         match = _MACRO.match(text, pos)
@@ -199,6 +202,8 @@ class _Context:
         self.local = local or "postmaster"
         self.sender_domain = domain
         self.helo = helo
+        self.receiver = "unknown"
+        self.explanation = ""
         self.dns_terms = 0
         self.voids = 0
         self._validated: Dict[str, str] = {}
@@ -224,11 +229,12 @@ class _Context:
             self._validated[target] = (exact or names or ["unknown"])[0]
         return self._validated[target]
 
-    async def expand(self, spec: str, domain: str) -> str:
+    async def expand(self, spec: str, domain: str, exp: bool = False) -> str:
         out: List[str] = []
         pos = 0
+        pattern = _LITERAL_EXP if exp else _LITERAL
         while pos < len(spec):
-            literal = _LITERAL.match(spec, pos).end()  # type: ignore[union-attr]
+            literal = pattern.match(spec, pos).end()  # type: ignore[union-attr]
             out.append(spec[pos:literal])
             pos = literal
             if pos >= len(spec):
@@ -264,6 +270,12 @@ class _Context:
             value = "in-addr" if self.ip.version == 4 else "ip6"
         elif key == "h":
             value = self.helo
+        elif key == "c":  # the following three only in explanations
+            value = str(self.ip) if self.ip.version == 4 else self.ip.compressed
+        elif key == "r":
+            value = self.receiver
+        elif key == "t":
+            value = str(int(time.time()))
         else:  # p
             value = await self.validated_name(domain)
         delimiters = match.group(4) or "."
@@ -349,6 +361,26 @@ async def _record(ctx: _Context, domain: str) -> Optional[List[Term]]:
         raise _perm(f"{domain}'s SPF record is not ASCII") from None
 
 
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+async def _explain(ctx: _Context, terms: List[Term], domain: str) -> str:
+    """The C{exp=} text of a failing record (RFC 7208 6.2); any trouble gives C{""}."""
+    exp = next((t for t in terms if t.name == "exp"), None)
+    if exp is None or exp.domain is None:
+        return ""
+    try:
+        texts = await ctx.lookup(_target(await ctx.expand(exp.domain, domain)), "TXT")
+        if len(texts) != 1:
+            return ""
+        raw = texts[0]
+        text = (raw if isinstance(raw, bytes) else str(raw).encode()).decode("ascii")
+        _check_macro_string(text, exp=True)
+        return _PRINTABLE.sub("?", await ctx.expand(text, domain, exp=True))[:300]
+    except (SPFError, DNSTempError, UnicodeDecodeError):
+        return ""
+
+
 def _valid_domain(domain: str) -> bool:
     labels = domain.rstrip(".").split(".")
     return (len(labels) > 1 and all(0 < len(label) <= 63 for label in labels) and len(domain) <= 253
@@ -365,7 +397,10 @@ async def _check(ctx: _Context, domain: str) -> Tuple[str, str]:
         if term.qualifier is None:
             continue
         if await _matches(ctx, term, domain):
-            return _QUALIFIERS[term.qualifier], f"{domain}: matched {term.name}"
+            result = _QUALIFIERS[term.qualifier]
+            if result == "fail":
+                ctx.explanation = await _explain(ctx, terms, domain)
+            return result, f"{domain}: matched {term.name}"
     redirect = next((t for t in terms if t.name == "redirect"), None)
     if redirect is not None:
         ctx.count_term()
@@ -422,29 +457,39 @@ def _client_ip(ip: str) -> IP:
 
 
 async def check_host(lookup: Lookup, ip: str, domain: str, sender: str, helo: str = "") -> Tuple[str, str]:
+    """RFC 7208 C{check_host()}: C{(result, reason)}; see L{_check_host}."""
+    result, reason, _explanation = await _check_host(lookup, ip, domain, sender, helo)
+    return result, reason
+
+
+async def _check_host(lookup: Lookup, ip: str, domain: str, sender: str, helo: str = "",
+                      receiver: str = "unknown") -> Tuple[str, str, str]:
     """
     RFC 7208 C{check_host(ip, domain, sender)}.
 
     @param lookup: the DNS (see L{Lookup}).
     @param helo: the HELO name, for the C{%{h}} macro.
-    @return: C{(result, reason)}, result one of pass, fail, softfail,
-        neutral, none, temperror, permerror. Never raises for DNS or
-        record trouble.
+    @param receiver: our name, for the C{%{r}} macro of explanations.
+    @return: C{(result, reason, explanation)}, result one of pass, fail,
+        softfail, neutral, none, temperror, permerror; the explanation of a
+        C{fail} (C{exp=}), else C{""}. Never raises for DNS or record trouble.
     """
     try:
         ctx = _Context(lookup, _client_ip(ip), sender, helo)
     except ValueError:
-        return "none", f"{ip!r} is not an IP address"
+        return "none", f"{ip!r} is not an IP address", ""
+    ctx.receiver = receiver
     try:
-        return await _check(ctx, domain.rstrip(".").lower())
+        result, reason = await _check(ctx, domain.rstrip(".").lower())
+        return result, reason, ctx.explanation if result == "fail" else ""
     except SPFError as e:
-        return e.result, e.reason
+        return e.result, e.reason, ""
     except DNSTempError as e:
-        return "temperror", f"DNS: {e}"
+        return "temperror", f"DNS: {e}", ""
 
 
 async def check_identity(lookup: Lookup, ip: str, identity: str, mail_from: Optional[str],
-                         helo: str) -> SPFVerdict:
+                         helo: str, receiver: str = "unknown") -> SPFVerdict:
     """
     SPF for the C{"mailfrom"} or C{"helo"} identity (RFC 7208 2.3, 2.4): the
     HELO name is checked as C{postmaster@helo}; a null reverse-path as well.
@@ -458,5 +503,5 @@ async def check_identity(lookup: Lookup, ip: str, identity: str, mail_from: Opti
         domain = mail_from.rpartition("@")[2]
     if not domain or domain.startswith("[") or not _valid_domain(domain):
         return SPFVerdict("none", identity, domain, sender, "no domain to check")
-    result, reason = await check_host(lookup, ip, domain, sender, helo_name)
-    return SPFVerdict(result, identity, domain, sender, reason)
+    result, reason, explanation = await _check_host(lookup, ip, domain, sender, helo_name, receiver)
+    return SPFVerdict(result, identity, domain, sender, reason, explanation)

@@ -179,8 +179,8 @@ class AuthVerifier:
     def _then_inner(self, session: Any, address: Any, auth: AuthResults) -> Any:
         spf = auth.spf_mailfrom
         if self.reject_spf_fail and spf is not None and spf.result == "fail":
-            raise SMTPError(550, f"SPF: {spf.domain} does not authorize {session.remote_address} to send "
-                                 f"its mail", "5.7.1")
+            raise SMTPError(550, spf.explanation or f"SPF: {spf.domain} does not authorize "
+                                                    f"{session.remote_address} to send its mail", "5.7.1")
         if self._inner.on_rcpt_to is None:
             return None
         return self._inner.on_rcpt_to(session, address)
@@ -190,11 +190,13 @@ class AuthVerifier:
         ip = session.remote_address or ""
         helo = session.host_name_appears_as or ""
         mail = envelope.mail_from.address if envelope.mail_from is not None else ""
-        helo_d = Deferred.fromCoroutine(check_identity(dns, ip, "helo", None, helo))
-        mail_d = Deferred.fromCoroutine(check_identity(dns, ip, "mailfrom", mail, helo)) if mail else None
+        me = self.authserv_id
+        helo_d = Deferred.fromCoroutine(check_identity(dns, ip, "helo", None, helo, me))
+        mail_d = Deferred.fromCoroutine(check_identity(dns, ip, "mailfrom", mail, helo, me)) if mail else None
         auth.spf_helo = verdict = await helo_d
         if mail_d is None:  # RFC 7208 2.4: for <>, the MAIL FROM identity is postmaster@HELO
-            verdict = SPFVerdict(verdict.result, "mailfrom", verdict.domain, verdict.sender, verdict.reason)
+            verdict = SPFVerdict(verdict.result, "mailfrom", verdict.domain, verdict.sender, verdict.reason,
+                                 verdict.explanation)
         else:
             verdict = await mail_d
         auth.spf_mailfrom = verdict
