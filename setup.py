@@ -17,14 +17,20 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["txsmtpsrv", "twisted.plugins"],
+    # The pytest plugin: top-level so that loading it does not import txsmtpsrv or Twisted.
+    py_modules=["_txsmtpsrv_pytest"],
     package_data={"txsmtpsrv": ["py.typed"], "twisted": ["plugins/txsmtpsrv_plugin.py",
                                                           "plugins/txsmtpsrv_endpoints.py"]},
     include_package_data=True,
+    # crochet runs the reactor thread of txsmtpsrv.testing.ThreadedServer, which the
+    # pytest plugin (always registered below) uses: it must work after a plain install.
     # dkimpy checks DKIM/ARC signatures, authres writes Authentication-Results,
     # publicsuffixlist finds DMARC's organizational domain (AuthVerifier).
-    install_requires=["twisted[tls]>=26.4", "dkimpy>=1.1", "authres>=1.2", "publicsuffixlist>=0.10"],
+    install_requires=["twisted[tls]>=26.4", "crochet>=2.1", "dkimpy>=1.1", "authres>=1.2",
+                      "publicsuffixlist>=0.10"],
+    entry_points={"pytest11": ["txsmtpsrv = _txsmtpsrv_pytest"]},
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[
