@@ -36,6 +36,15 @@ def public_record(name: str) -> str:
     return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
 
 
+@functools.lru_cache(maxsize=None)
+def ed25519_key(name: str) -> tuple:
+    """C{(private seed, public key)}, base64, of an Ed25519 key (RFC 8463), one per name."""
+    import nacl.signing
+
+    signing = nacl.signing.SigningKey.generate()
+    return base64.b64encode(bytes(signing)), base64.b64encode(bytes(signing.verify_key)).decode()
+
+
 def zone() -> Zone:
     """SPF, DKIM and DMARC records for the example domains the tests use."""
     return {
@@ -63,6 +72,7 @@ def zone() -> Zone:
         # DKIM keys
         "sel._domainkey.mail.test": [("TXT", public_record("mail.test"))],
         "sel._domainkey.other.test": [("TXT", public_record("other.test"))],
+        "ed._domainkey.mail.test": [("TXT", "v=DKIM1; k=ed25519; p=" + ed25519_key("mail.test")[1])],
         "sel._domainkey.sub.mail.test": [("TXT", public_record("sub.mail.test"))],
         "arc._domainkey.forwarder.test": [("TXT", public_record("forwarder.test"))],
         "arc._domainkey.second.test": [("TXT", public_record("second.test"))],
@@ -92,6 +102,13 @@ def sign(msg: bytes, domain: str = "mail.test", selector: str = "sel", key_name:
     signature = dkim.sign(msg, selector.encode(), domain.encode(), key(key_name or domain),
                           canonicalize=canonicalize, include_headers=[b"from", b"to", b"subject", b"date"],
                           length=length)
+    return signature + msg
+
+
+def sign_ed25519(msg: bytes, domain: str = "mail.test") -> bytes:
+    """C{msg} with an ed25519-sha256 DKIM-Signature (selector "ed") prepended."""
+    signature = dkim.sign(msg, b"ed", domain.encode(), ed25519_key(domain)[0], signature_algorithm=b"ed25519-sha256",
+                          include_headers=[b"from", b"to", b"subject", b"date"])
     return signature + msg
 
 

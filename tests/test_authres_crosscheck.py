@@ -163,6 +163,8 @@ def dkim_messages() -> Dict[str, bytes]:
         "wrong-key": z.sign(plain, key_name="other.test"),
         "servfail": z.sign(plain, selector="temp", key_name="mail.test"),
         "subdomain": z.sign(plain, domain="sub.mail.test"),
+        "ed25519": z.sign_ed25519(plain),
+        "ed25519-changed": z.sign_ed25519(plain).replace(b"Hello", b"Jello"),
     })
     return messages
 

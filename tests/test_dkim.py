@@ -118,6 +118,13 @@ class DKIMTests(SynchronousTestCase):
             msg = z.sign(z.message(body=b"Line  one \r\n\r\nline\ttwo\r\n\r\n\r\n"), canonicalize=canon)
             self.assertEqual(dkim_results(msg), ["pass"], canon)
 
+    def test_ed25519(self) -> None:
+        """RFC 8463 signatures (dkimpy verifies them with PyNaCl)."""
+        self.assertEqual(dkim_results(z.sign_ed25519(z.message())), ["pass"])
+        self.assertEqual(dkim_results(z.sign_ed25519(z.message()).replace(b"Hello", b"Jello")), ["fail"])
+        both = z.sign_ed25519(z.sign(z.message()))
+        self.assertEqual(dkim_results(both), ["pass", "pass"])
+
     def test_scanner_keeps_the_body(self) -> None:
         msg = z.sign(z.message(body=b"the body\r\n"))
         scanner = scan(msg, chunk=3)

@@ -255,7 +255,7 @@ class AuthVerifier:
             elif state.spf is not None:
                 await _after(state.spf)
             field = auth.header(self.authserv_id)
-            self.log.info("session {session_id}: {results}", session_id=session.id,
+            self.log.debug("session {session_id}: {results}", session_id=session.id,
                           results=field.decode("ascii").replace("\r\n\t", " ").strip())
             self._policy(auth)
             if self._inner.on_data is None:
