@@ -36,11 +36,13 @@ class Recorder:
     def __init__(self, refuse_dmarc_fail: bool = False) -> None:
         self.refuse = refuse_dmarc_fail
         self.rcpt_auth: List[Optional[AuthResults]] = []
+        self.rcpt_dkim: List[Any] = []
         self.messages: List[bytes] = []
         self.auth: List[AuthResults] = []
 
     def on_rcpt_to(self, session: Any, address: Any) -> None:
         self.rcpt_auth.append(session.envelope.auth)
+        self.rcpt_dkim.append(list(session.envelope.auth.dkim))
 
     async def on_data(self, session: Any, stream: Any) -> Any:
         auth = session.envelope.auth
@@ -87,13 +89,19 @@ class HeaderAndVerdictTests(SynchronousTestCase):
         ours = auth.header("mx.test")
         self.assertEqual(received, ours + msg)
 
+    def test_unsigned_message_is_dkim_none(self) -> None:
+        user = Recorder()
+        send(verifier(user), "alice@mail.test", z.message())
+        self.assertEqual([(d.result, d.domain) for d in user.auth[0].dkim], [("none", "")])
+        self.assertIn(b"dkim=none (no signature);", user.messages[0])
+
     def test_spf_known_at_rcpt(self) -> None:
         user = Recorder()
         send(verifier(user), "x@softfail.test", z.message(from_addr="x@softfail.test"))
         [auth] = user.rcpt_auth
         assert auth is not None and auth.spf_mailfrom is not None
         self.assertEqual(auth.spf_mailfrom.result, "softfail")
-        self.assertEqual(auth.dkim, [])  # the body has not come yet when RCPT is answered
+        self.assertEqual(user.rcpt_dkim, [[]])  # the body has not come yet when RCPT is answered
 
     def test_null_sender_uses_the_helo_identity(self) -> None:
         user = Recorder()

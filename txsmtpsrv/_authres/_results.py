@@ -69,7 +69,8 @@ class DKIMVerdict:
     """
     One DKIM-Signature (RFC 6376) and what became of it.
 
-    @ivar result: pass, fail, neutral, temperror or permerror.
+    @ivar result: pass, fail, temperror or permerror; C{none} (and no
+        other field) for a message without signatures.
     @ivar domain: the signing domain (C{d=}), C{""} if unreadable.
     @ivar selector: C{s=}.
     @ivar identity: C{i=} (defaults to C{@d}).

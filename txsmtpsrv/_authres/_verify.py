@@ -288,7 +288,8 @@ class AuthVerifier:
             if header is None:
                 auth.dkim = [DKIMVerdict("permerror", reason="header section too large")]
             else:
-                auth.dkim = verify_dkim(header, scanner.body_hashes, keys, self.max_signatures)
+                auth.dkim = verify_dkim(header, scanner.body_hashes, keys, self.max_signatures) or [
+                    DKIMVerdict("none", reason="no signature")]  # RFC 8601 2.7.1
         if "arc" in self.verify:
             auth.arc = verify_arc(header, scanner.body_hashes, keys) if header is not None else \
                 ARCVerdict("fail", reason="header section too large")
