@@ -417,6 +417,33 @@ class RealDNSTests(TestCase):
             self.assertIn(needle, head)
         self.assertTrue(any(name == "sel._domainkey.mail.test" for name, _ in self.zone.queries))
 
+    async def test_many_signatures_are_checked_in_a_thread(self) -> None:
+        """Over inline_signatures signature fields, dkimpy runs in the thread pool, not the reactor thread."""
+        import threading
+
+        from txsmtpsrv._authres import _verify
+
+        threads: List[str] = []
+        original = _verify.verify_dkim
+
+        def recording(*args: Any, **kw: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return original(*args, **kw)
+
+        self.patch(_verify, "verify_dkim", recording)
+        user = Recorder()
+        v = AuthVerifier(user, authserv_id="mx.test", resolver=make_resolver([self.nameserver], reactor))
+        once = z.seal(z.sign(z.sign(z.message()), domain="other.test"), "forwarder.test")
+        twice = z.seal(once, "second.test", srv_id="second.test", results="arc=pass")  # 2 DKIM + 6 ARC fields
+        await self.transaction(v, "alice@mail.test", twice)
+        await self.transaction(v, "alice@mail.test", z.sign(z.message()))  # 1 field: inline
+        auth = user.auth[0]
+        assert auth.arc is not None
+        self.assertEqual(([d.result for d in auth.dkim], auth.arc.result, auth.arc.instances),
+                         (["pass", "pass"], "pass", 2))
+        self.assertNotEqual(threads[0], threading.current_thread().name)
+        self.assertEqual(threads[1], threading.current_thread().name)
+
     async def test_reverse_lookups_share_the_resolver(self) -> None:
         """What --nameserver gives SMTPServer(resolver=...) for client host names."""
         from txsmtpsrv._rdns import reverse_lookup

@@ -22,8 +22,9 @@ hooks) and passes every hook through, adding two steps:
 
 Memory per message is the header section plus one chunk, whatever the body
 size. The signature checks themselves (dkimpy over the header section
-only, a few RSA verifications) run in the reactor thread: their cost does
-not grow with the body. The policy options (C{reject_spf_fail},
+only, about 1 ms per signature) do not grow with the body: they run in the
+reactor thread for up to C{inline_signatures} signature fields, in the
+reactor's thread pool beyond (a long ARC chain). The policy options (C{reject_spf_fail},
 C{reject_dmarc}) are off by default: a wrapped hook decides, reading
 C{session.envelope.auth}.
 """
@@ -33,10 +34,11 @@ from __future__ import annotations
 import re
 import tempfile
 from types import CoroutineType
-from typing import IO, Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.internet.interfaces import IReactorThreads, IReactorTime, IResolver
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -107,6 +109,10 @@ class AuthVerifier:
     @param reject_dmarc: refuse the message with C{550 5.7.1} when DMARC
         fails and the domain's policy (after C{pct=}) is C{reject}.
     @param spool_memory: body bytes kept in memory before spooling to disk.
+    @param inline_signatures: a message with more signature fields than this
+        (DKIM-Signature, ARC-Seal, ARC-Message-Signature: up to 10 + 100) has
+        them checked in the reactor's thread pool, so that a long ARC chain
+        (about 1 ms of dkimpy's RSA per signature) does not hold the reactor.
     """
 
     log = Logger()
@@ -116,7 +122,7 @@ class AuthVerifier:
                  nameservers: Sequence[str] = (), reactor: Optional[IReactorTime] = None,
                  dns_timeout: float = 5.0, dns_budget: int = 50, check_timeout: float = 20.0,
                  max_signatures: int = 10, reject_spf_fail: bool = False, reject_dmarc: bool = False,
-                 spool_memory: int = 1 << 20, tmpdir: Optional[str] = None) -> None:
+                 spool_memory: int = 1 << 20, tmpdir: Optional[str] = None, inline_signatures: int = 4) -> None:
         unknown = set(verify) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown verification method(s) {', '.join(sorted(unknown))}; "
@@ -136,6 +142,7 @@ class AuthVerifier:
         self.dns_budget = dns_budget
         self.check_timeout = check_timeout
         self.max_signatures = max_signatures
+        self.inline_signatures = inline_signatures
         self.reject_spf_fail = reject_spf_fail
         self.reject_dmarc = reject_dmarc
         self.spool_memory = spool_memory
@@ -284,15 +291,30 @@ class AuthVerifier:
                              scanner: MessageScanner, prefetch: "Deferred[Dict[str, KeyAnswer]]") -> None:
         keys = await prefetch
         header = scanner.parse_header if scanner.header is not None else None
-        if "dkim" in self.verify:
-            if header is None:
-                auth.dkim = [DKIMVerdict("permerror", reason="header section too large")]
-            else:
-                auth.dkim = verify_dkim(header, scanner.body_hashes, keys, self.max_signatures) or [
-                    DKIMVerdict("none", reason="no signature")]  # RFC 8601 2.7.1
-        if "arc" in self.verify:
-            auth.arc = verify_arc(header, scanner.body_hashes, keys) if header is not None else \
-                ARCVerdict("fail", reason="header section too large")
+
+        def signatures() -> Tuple[Optional[List[DKIMVerdict]], Optional[ARCVerdict]]:
+            dkim: Optional[List[DKIMVerdict]] = None
+            arc: Optional[ARCVerdict] = None
+            if "dkim" in self.verify:
+                if header is None:
+                    dkim = [DKIMVerdict("permerror", reason="header section too large")]
+                else:
+                    dkim = verify_dkim(header, scanner.body_hashes, keys, self.max_signatures) or [
+                        DKIMVerdict("none", reason="no signature")]  # RFC 8601 2.7.1
+            if "arc" in self.verify:
+                arc = verify_arc(header, scanner.body_hashes, keys) if header is not None else \
+                    ARCVerdict("fail", reason="header section too large")
+            return dkim, arc
+
+        fields = len(scanner.signature_fields(arc="arc" in self.verify))
+        if fields > self.inline_signatures and IReactorThreads.providedBy(self._clock):
+            reactor: Any = self._clock
+            dkim, arc = await deferToThreadPool(reactor, reactor.getThreadPool(), signatures)
+        else:
+            dkim, arc = signatures()
+        if dkim is not None:
+            auth.dkim = dkim
+        auth.arc = arc
         if state.spf is not None:
             await _after(state.spf)
         if "dmarc" in self.verify:
