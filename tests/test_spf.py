@@ -268,10 +268,12 @@ class ParseTests(SynchronousTestCase):
     def test_valid(self) -> None:
         terms = parse_record("v=spf1 a//64 mx/24 a:x.example.com/24//48 ptr ptr:example.com "
                              "exists:%{i}.x.example.com ip4:10.0.0.0/8 ip6:::1 ~all "
-                             "redirect=_spf.example.com exp=explain.%{d} unknown-mod=%{s}")
+                             "redirect=_spf.example.com exp=explain.%{d} unknown-mod=%{s} "
+                             "a:%{l/}.example.com/24")
         self.assertEqual([t.name for t in terms],
                          ["a", "mx", "a", "ptr", "ptr", "exists", "ip4", "ip6", "all", "redirect", "exp",
-                          "unknown-mod"])
+                          "unknown-mod", "a"])
+        self.assertEqual((terms[-1].domain, terms[-1].cidr4), ("%{l/}.example.com", 24))
         self.assertEqual((terms[0].cidr4, terms[0].cidr6, terms[1].cidr4, terms[2].cidr6), (32, 64, 24, 48))
         self.assertEqual(terms[8].qualifier, "~")
 
@@ -281,7 +283,8 @@ class ParseTests(SynchronousTestCase):
                        "v=spf1 include:%{z}.example.com", "v=spf1 a:%{d0}.example.com", "v=spf1 all:x",
                        "v=spf1 include", "v=spf1 ip4:1.2.3", "v=spf1 ip4:::1", "v=spf1 a:1.2.3.4",
                        "v=spf1 mx/024", "v=spf1 ptr/24", "v=spf1 exists:%{c}.example.com",
-                       "v=spf1 include:foo", "v=spf1 a:x.example.com%"]:
+                       "v=spf1 include:foo", "v=spf1 a:x.example.com%", "v=spf1 a/", "v=spf1 a:x.example.com/",
+                       "v=spf1 mx/24/", "v=spf1 a//", "v=spf1 a/abc", "v=spf1 a:x.example.com//129"]:
             with self.assertRaises(SPFError, msg=record) as caught:
                 parse_record(record)
             self.assertEqual(caught.exception.result, "permerror")

@@ -109,7 +109,8 @@ def _cidr(text: Optional[str], limit: int) -> int:
     return int(text)
 
 
-_DUAL = re.compile(r"(?P<domain>[^/]*)(?:/(?P<v4>[^/]*))?(?://(?P<v6>.*))?\Z")
+# The CIDR lengths are found from the end, so a "/" macro delimiter (%{l/}) stays in the domain.
+_DUAL = re.compile(r"(?P<domain>.*?)(?:/(?P<v4>[0-9]+))?(?://(?P<v6>[0-9]+))?\Z", re.S)
 
 
 def _parse_term(text: str) -> Term:
