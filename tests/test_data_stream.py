@@ -425,3 +425,41 @@ def test_size_limit_without_reader(hooks):
     client = TestClient(server)
     replies = client.sendmail("a@x.test", ["b@y.test"], b"x" * 100)
     assert (replies[-1].code, replies[-1].enhanced) == (552, "5.3.4")
+
+
+# -- issue 10: the smuggling bypass and NUL -------------------------------------------------
+
+ISSUE_BODIES = [
+    b"hello\r.\nMAIL FROM:<ceo@victim.example>\r\n",  # bare CR ... bare LF with a dot between
+    b"a\rX\nb\r\n",                                     # bare CR and bare LF with a byte between
+]
+
+
+@pytest.mark.parametrize("body", ISSUE_BODIES + [b"nul\x00byte\r\n"])
+@pytest.mark.parametrize("one_byte_reads", [False, True])
+def test_issue_bypass_and_nul_refused(body, one_byte_reads):
+    """The issue's two bypasses and a NUL get 550 5.6.0 (whole or one byte per read); the reader is
+    told BareLineEnding and nothing is accepted."""
+    hooks = Keep()
+    server, _, client = open_data(hooks)
+    messages: list = []
+    server.observe("message", lambda *a: messages.append(a))
+    wire = body + b".\r\n"
+    for piece in ([wire[i:i + 1] for i in range(len(wire))] if one_byte_reads else [wire]):
+        client.send(piece)
+    assert hooks.reader.reason is not None and hooks.reader.reason.check(BareLineEnding)
+    [reply] = client.replies()
+    assert (reply.code, reply.enhanced) == (550, "5.6.0")
+    assert ("NUL" in reply.text) is (b"\x00" in body)
+    assert messages == []
+    assert client.command("NOOP").code == 250
+
+
+@pytest.mark.parametrize("body", ISSUE_BODIES + [b"nul\x00byte\r\n"])
+def test_issue_bodies_accepted_with_accept_policy(body):
+    """bare_line_endings="accept" keeps accepting them, bytes intact."""
+    hooks = Collect()
+    _, _, client = open_data(hooks, bare_line_endings="accept")
+    client.send(body + b".\r\n")
+    assert client.codes() == [(250, "2.0.0")]
+    assert hooks.bodies == [body]

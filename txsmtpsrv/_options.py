@@ -105,9 +105,12 @@ class ServerOptions:
     max_unrecognized_commands: int = 10
     #: Time a hook may take before the client gets C{451 4.3.0}.
     hook_timeout: float = 300.0
-    #: What a bare CR or LF inside DATA does: C{"reject"} answers
-    #: C{550 5.6.0} after the message (defends against SMTP smuggling and
-    #: broken clients), C{"accept"} passes the bytes on unchanged.
+    #: What a CR not followed by LF, an LF not preceded by CR, or a NUL in a
+    #: body does (DATA, and BDAT unless C{BODY=BINARYMIME}, across any read or
+    #: chunk boundary): C{"reject"} answers C{550 5.6.0} (after the dot, or to
+    #: the BDAT chunk) and fails the stream with L{BareLineEnding}: this defeats
+    #: SMTP smuggling and broken clients, and RFC 6152 / RFC 2045 2.8 exclude
+    #: NUL from 8bit data. C{"accept"} passes the bytes on unchanged.
     bare_line_endings: str = "reject"
     #: Extra ESMTP parameter names accepted on MAIL / RCPT and passed to
     #: hooks (others get C{555 5.5.4}).
