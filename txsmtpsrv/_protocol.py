@@ -29,7 +29,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params,
+from ._commands import (CommandError, parse_bdat, parse_envid, parse_helo, parse_notify, parse_orcpt, parse_params,
                         parse_path_argument)
 from ._data import BareLineEnding, BodyCheck, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
@@ -591,9 +591,10 @@ class SMTPServerProtocol(LineReceiver):
             else:
                 self._reply(500, "5.5.1", "Error: this is an LMTP server, send LHLO")
             return
-        hostname = arg.split(" ", 1)[0]
-        if not hostname:
-            self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
+        try:
+            hostname = parse_helo(arg, command)
+        except CommandError as e:
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             return
         hook = self.server._hooks.on_helo
 
