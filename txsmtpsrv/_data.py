@@ -227,12 +227,17 @@ class MessageStream:
 
     @ivar byte_length: payload bytes received so far (after dot-unstuffing).
     @ivar size_exceeded: whether C{byte_length} went past the server's limit.
+        Unless the server lets the application decide (C{reject_oversized}
+        false), the stream then fails with L{MessageTooLarge}; otherwise the
+        body goes on streaming and the reader checks this flag.
     """
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None], limit: int = 0) -> None:
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None], limit: int = 0,
+                 reject: bool = True) -> None:
         self.byte_length = 0
         self.size_exceeded = False
         self._limit = limit
+        self._reject = reject
         self._pause = pause
         self._resume = resume
         self._holding = False  # whether we asked the connection to pause
@@ -300,8 +305,9 @@ class MessageStream:
         self.byte_length += len(chunk)
         if self._limit and self.byte_length > self._limit and not self.size_exceeded:
             self.size_exceeded = True
-            self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
-            return
+            if self._reject:
+                self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
+                return
         if self._discard:
             return
         if self._consumer is not None and not self._paused and not self._buffer:
@@ -336,6 +342,11 @@ class MessageStream:
         """Nobody will read the rest (the hook finished or stopped us)."""
         if not self._discard:
             self.abort(Failure(MessageDiscarded()))
+
+    @property
+    def refused_for_size(self) -> bool:
+        """Whether the server answers C{552} for this body (too large, and it rejects)."""
+        return self.size_exceeded and self._reject
 
     @property
     def has_reader(self) -> bool:

@@ -47,6 +47,15 @@ class ServerOptions:
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
     #: Largest message in octets (0 means no limit); advertised as SIZE.
     size: int = 32 * 1024 * 1024
+    #: Whether the server itself refuses a message over C{size}: C{552 5.3.4}
+    #: to a larger C{MAIL SIZE=} and after an oversized body (RFC 1870 4).
+    #: With C{False} the application decides (smtp-server's
+    #: C{rejectOversized: false}): MAIL is not refused for its declared SIZE
+    #: (C{address.params["SIZE"]} shows it to C{on_mail_from}), the whole body
+    #: still streams to C{on_data} with C{stream.size_exceeded} set once it
+    #: passes C{size}, nothing is buffered for it, and the hook's answer
+    #: stands. C{twistd smtpsrv} always rejects.
+    reject_oversized: bool = True
     #: Advertise C{SIZE} without the number.
     hide_size: bool = False
     hide_pipelining: bool = False

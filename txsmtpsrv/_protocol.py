@@ -705,7 +705,7 @@ class SMTPServerProtocol(LineReceiver):
                 if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
                 env.size = int(value)
-                if o.size and env.size > o.size:
+                if o.size and env.size > o.size and o.reject_oversized:
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
@@ -810,7 +810,7 @@ class SMTPServerProtocol(LineReceiver):
         self._data_bare = ""
         self._data_outcome = None
         stream = self._stream = MessageStream(self._stream_paused, lambda: self._resume(_STREAM),
-                                              self.options.size)
+                                              self.options.size, self.options.reject_oversized)
         hook = self.server._hooks.on_data
         self._data_hook = None
         if hook is None:
@@ -876,7 +876,7 @@ class SMTPServerProtocol(LineReceiver):
         if self._stream is not stream:
             return
         if self._data_outcome is None and self._data_hook is not None and (
-                stream.size_exceeded or self._data_bare):
+                stream.refused_for_size or self._data_bare):
             self._data_hook.cancel()  # the verdict is known: no need to wait (replies)
         if self._stream is not stream:
             return
@@ -894,7 +894,7 @@ class SMTPServerProtocol(LineReceiver):
         s = self.session
         # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
         rcpts = s.envelope.rcpt_to if self.options.lmtp else [None]
-        if stream.size_exceeded:
+        if stream.refused_for_size:
             for _ in rcpts:
                 self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             ok = False
@@ -1129,7 +1129,7 @@ class SMTPServerProtocol(LineReceiver):
             check = self._bdat_check
             if last and check is not None and check.end() and not self._data_bare:
                 self._body_refused(stream, check.fault)
-            if stream.size_exceeded:
+            if stream.refused_for_size:
                 error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif self._data_bare:
                 error = (550, "5.6.0", self._data_bare)
