@@ -74,7 +74,7 @@ class TmpCleaner:
         self.directory = directory
         self.max_age = max_age
         self.interval = interval
-        self._clock = clock
+        self._clock: Any = clock  # IReactorTime (typed Any: zope methods confuse mypy)
         self._loop: Optional[LoopingCall] = None
 
     @property
