@@ -64,6 +64,8 @@ def zone() -> Zone:
         "macro.test": [("TXT", "v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} -all")],
         "10.2.0.192.bob._spf.macro.test": [("A", "127.0.0.2")],
         "helo.test": [("TXT", f"v=spf1 ip4:{CLIENT_IP} -all")],
+        "xn--bcher-kva.test": [("TXT", f"v=spf1 ip4:{CLIENT_IP} -all")],  # bücher.test
+        "_dmarc.xn--bcher-kva.test": [("TXT", "v=DMARC1; p=quarantine")],
         "loop.test": [("TXT", "v=spf1 include:loop.test -all")],
         "explained.test": [("TXT", "v=spf1 include:fail.test -all exp=why.%{d}")],
         "why.explained.test": [("TXT", "%{i} is not one of %{d}'s mail servers (%{c}, %{r}); see %{l}")],

@@ -145,6 +145,21 @@ class HeaderAndVerdictTests(SynchronousTestCase):
         send(verifier(user), "bounce@nospf.test", strict)
         self.assertEqual([a.dmarc.result for a in user.auth if a.dmarc], ["pass", "fail"])
 
+    def test_smtputf8_sender(self) -> None:
+        user = Recorder()
+        server, _ = make_server(verifier(user))
+        client = TestClient(server, peer=(z.CLIENT_IP, 40000))
+        msg = z.message(from_addr="jörg@bücher.test").replace(b"\xc3\xb6", "ö".encode())
+        replies = client.sendmail("jörg@bücher.test", ["bob@example.org"], msg, mail_params="SMTPUTF8")
+        self.assertEqual(replies[-1].code, 250)
+        auth = user.auth[0]
+        assert auth.spf_mailfrom is not None and auth.dmarc is not None
+        self.assertEqual((auth.spf_mailfrom.result, auth.dmarc.result, auth.dmarc.from_domain),
+                         ("pass", "pass", "xn--bcher-kva.test"))
+        head = user.messages[0].split(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(auth.header("mx.test")) and auth.header("mx.test").isascii())
+        self.assertIn(b"header.from=xn--bcher-kva.test", head)
+
     def test_dmarc_temperror(self) -> None:
         user = Recorder()
         send(verifier(user), "a@nospf.test", z.message(from_addr="a@temp.test"))

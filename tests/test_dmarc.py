@@ -103,6 +103,8 @@ class HelperTests(SynchronousTestCase):
         self.assertIsNone(from_domain([b" a@x.example", b" b@x.example"])[0])
         self.assertIsNone(from_domain([])[0])
         self.assertIsNone(from_domain([b" undisclosed"])[0])
+        self.assertEqual(from_domain(["Jörg <jörg@Bücher.test>".encode()]), ("xn--bcher-kva.test", ""))
+        self.assertIsNone(from_domain([b" a@[192.0.2.1]"])[0])
 
     def test_parse_record(self) -> None:
         self.assertEqual(parse_record(b"v=DMARC1;p=none; pct=20"), {"v": "DMARC1", "p": "none", "pct": "20"})

@@ -203,6 +203,16 @@ class IdentityTests(SPFTestCase):
         verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "mailfrom", "a@fail.test", "h"))
         self.assertEqual((verdict.result, verdict.explanation), ("fail", ""))  # no exp=
 
+    def test_utf8_domain_is_checked_as_its_a_label(self) -> None:
+        verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "mailfrom", "jörg@Bücher.test", "h"))
+        self.assertEqual((verdict.result, verdict.domain, verdict.sender),
+                         ("pass", "xn--bcher-kva.test", "jörg@xn--bcher-kva.test"))
+
+    def test_ip_helo_is_none(self) -> None:
+        for helo in ("192.0.2.10", "[192.0.2.10]", "[IPv6:2001:db8::1]", "localhost", ""):
+            verdict = self.run_coro(check_identity(zone_lookup(zone()), CLIENT_IP, "helo", None, helo))
+            self.assertEqual(verdict.result, "none", helo)
+
     def test_bad_ip_is_none(self) -> None:
         result, _ = self.run_coro(check_host(zone_lookup(zone()), "unix-socket", "pass.test", "a@pass.test"))
         self.assertEqual(result, "none")

@@ -15,6 +15,7 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._results import DKIMVerdict, DMARCVerdict, DNSTempError, Lookup, SPFVerdict
+from ._spf import a_label
 
 __all__ = ["check_dmarc", "from_domain", "organizational_domain", "parse_record"]
 
@@ -51,9 +52,9 @@ def from_domain(values: Sequence[bytes]) -> Tuple[Optional[str], str]:
     if len(values) != 1:
         return None, "no From field" if not values else "more than one From field"
     text = re.sub(r"\r?\n", "", values[0].decode("utf-8", "replace"))
-    domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _name, addr in email.utils.getaddresses([text])
+    domains = {a_label(addr.rpartition("@")[2]) or "" for _name, addr in email.utils.getaddresses([text])
                if "@" in addr}
-    domains.discard("")
+    domains.discard("")  # no usable domain: an address literal, an IP, a single label
     if len(domains) != 1:
         return None, "no domain in From" if not domains else "From names several domains"
     return domains.pop(), ""

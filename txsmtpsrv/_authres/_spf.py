@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._results import DNSTempError, Lookup, SPFVerdict
 
-__all__ = ["SPFError", "check_host", "check_identity", "parse_record"]
+__all__ = ["SPFError", "a_label", "check_host", "check_identity", "parse_record"]
 
 IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -495,14 +495,38 @@ async def check_identity(lookup: Lookup, ip: str, identity: str, mail_from: Opti
     SPF for the C{"mailfrom"} or C{"helo"} identity (RFC 7208 2.3, 2.4): the
     HELO name is checked as C{postmaster@helo}; a null reverse-path as well.
     """
-    helo_name = helo.strip("[]") if helo else ""
+    helo_name = a_label(helo) or ""
     if identity == "helo" or not mail_from:
         sender = f"postmaster@{helo_name}"
-        domain = helo_name
+        domain: Optional[str] = helo_name
     else:
-        sender = mail_from
-        domain = mail_from.rpartition("@")[2]
-    if not domain or domain.startswith("[") or not _valid_domain(domain):
-        return SPFVerdict("none", identity, domain, sender, "no domain to check")
+        local, _, given = mail_from.rpartition("@")
+        domain = a_label(given)
+        sender = f"{local}@{domain}" if domain else mail_from
+    if not domain:  # an address literal, a bare IP, no domain at all (RFC 7208 2.3)
+        return SPFVerdict("none", identity, helo if identity == "helo" else "", sender, "no domain to check")
     result, reason, explanation = await _check_host(lookup, ip, domain, sender, helo_name, receiver)
     return SPFVerdict(result, identity, domain, sender, reason, explanation)
+
+
+def a_label(name: str) -> Optional[str]:
+    """
+    C{name} as an ASCII domain name (IDNA for a UTF-8 one, lower case, no
+    final dot), or None for an address literal, an IP address or anything
+    that is not a multi-label domain name.
+    """
+    name = name.strip().rstrip(".")
+    if not name or name.startswith("["):
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    name = name.lower()
+    return name if _valid_domain(name) else None
