@@ -860,10 +860,12 @@ class SMTPServerProtocol(LineReceiver):
         assert decoder is not None and self._stream is not None
         payload, rest = decoder.feed(data)
         stream = self._stream
-        if payload:
-            stream.write(payload)
         if decoder.bare and not self._data_bare:
+            # Refuse before writing: a reader that streams the body on must
+            # never be handed the bytes that make it refused (smuggling).
             self._body_refused(stream, decoder.fault)
+        if payload:
+            stream.write(payload)  # only counted once the stream is refused
         if rest is None:
             return
         self._decoder = None
@@ -1119,10 +1121,10 @@ class SMTPServerProtocol(LineReceiver):
             piece, rest = data[:left], data[left:]
         left -= len(piece)
         if self._chunk_error is None and self._stream is not None:
-            self._stream.write(piece)
-            check = self._bdat_check
+            check = self._bdat_check  # judged before the reader gets it, as in DATA
             if check is not None and check.feed(piece) and not self._data_bare:
                 self._body_refused(self._stream, check.fault)
+            self._stream.write(piece)
         if left:
             self._chunk_left = left
             return
