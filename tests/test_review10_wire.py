@@ -217,3 +217,19 @@ def test_esmtp_value_utf8_still_accepted():
     """RFC 6531 UTF-8 in a value (not a control) is still accepted."""
     client = greeted(mail_params=frozenset({"X"}))
     assert client.command("MAIL FROM:<a@example.test> X=caf\u00e9").code == 250
+
+
+# -- reverse DNS names -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("ptr", ["client.example.test\n", "client.example.test\n."])
+def test_ptr_name_with_trailing_lf_is_not_client_hostname(ptr):
+    """A PTR target is chosen by whoever owns the reverse zone: one ending in LF (a DNS label may
+    hold any byte) is implausible, so the address literal stands in (it reached hooks and logs)."""
+    from txsmtpsrv.testing import FakeResolver
+
+    resolver = FakeResolver({"192.0.2.10": ptr})
+    server, _ = make_server(None, resolver=resolver)
+    client = TestClient(server)
+    assert client.greeting is not None and client.greeting.code == 220
+    assert resolver.queries == ["10.2.0.192.in-addr.arpa"]
+    assert client.protocol.session.client_hostname == "[192.0.2.10]"
