@@ -233,3 +233,69 @@ def test_ptr_name_with_trailing_lf_is_not_client_hostname(ptr):
     assert client.greeting is not None and client.greeting.code == 220
     assert resolver.queries == ["10.2.0.192.in-addr.arpa"]
     assert client.protocol.session.client_hostname == "[192.0.2.10]"
+
+
+# -- AUTH refusals are bounded ---------------------------------------------------------------
+# Issue 10 item 4 stopped counting AUTH commands and SASL lines toward
+# max_allowed_unauthenticated_commands (as asked). But an AUTH refused before
+# the hook ever judges a password (cancelled with "*", an unknown mechanism, a
+# malformed response, AUTH before EHLO) counted nowhere either, so a client
+# could loop on it forever without authenticating. Such refusals now count
+# toward max_auth_failures, like a failed password.
+
+class NoOneHooks:
+    def on_auth(self, session: Any, credentials: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("attempt", [
+    b"AUTH LOGIN\r\n*\r\n",          # cancelled (501)
+    b"AUTH PLAIN\r\n!!!\r\n",        # response not base64 (501)
+    b"AUTH FOO\r\n",                 # unknown mechanism (504)
+    b"AUTH\r\n",                     # syntax (501)
+    b"AUTH PLAIN a b c\r\n",         # syntax (501)
+])
+def test_refused_auth_loop_is_bounded(attempt):
+    server, _ = make_server(NoOneHooks(), allow_insecure_auth=True, max_auth_failures=3,
+                            max_allowed_unauthenticated_commands=5)
+    client = TestClient(server)
+    assert client.command("EHLO client.test").code == 250
+    for _ in range(3):
+        client.send(attempt)
+    replies = client.replies()
+    assert (replies[-1].code, replies[-1].enhanced) == (421, "4.7.0"), replies
+    assert [r.code for r in replies[:-1]][-1] in (501, 504)
+    assert client.closed
+
+
+def test_auth_before_ehlo_loop_is_bounded():
+    server, _ = make_server(NoOneHooks(), allow_insecure_auth=True, max_auth_failures=2)
+    client = TestClient(server)
+    client.send(b"AUTH PLAIN AGFsaWNlAHB3\r\n" * 5)
+    replies = client.replies()
+    assert [r.code for r in replies] == [503, 503, 421]
+    assert client.closed
+
+
+def test_refused_auth_unlimited_when_limit_is_zero():
+    server, _ = make_server(NoOneHooks(), allow_insecure_auth=True, max_auth_failures=0)
+    client = TestClient(server)
+    assert client.command("EHLO client.test").code == 250
+    client.send(b"AUTH LOGIN\r\n*\r\n" * 20)
+    assert [r.code for r in client.replies()] == [334, 501] * 20
+    assert not client.closed
+
+
+def test_xoauth2_error_challenge_counts_once():
+    """The 334 error challenge and the client's acknowledgement are one failure, not two."""
+    import base64
+    server, _ = make_server(NoOneHooks(), allow_insecure_auth=True, max_auth_failures=2,
+                            auth_methods="XOAUTH2")
+    client = TestClient(server)
+    assert client.command("EHLO client.test").code == 250
+    token = base64.b64encode(b"user=a@x.test\x01auth=Bearer t\x01\x01").decode()
+    client.send(f"AUTH XOAUTH2 {token}\r\n\r\n".encode())
+    assert [r.code for r in client.replies()] == [334, 535]
+    assert not client.closed
+    client.send(f"AUTH XOAUTH2 {token}\r\n".encode())
+    assert [r.code for r in client.replies()] == [535, 421]
