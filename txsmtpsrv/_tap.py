@@ -75,6 +75,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from txsmtpsrv import _limitopts
 from txsmtpsrv._authres import _tap as _authres
 from txsmtpsrv._delivery import MaildirDelivery, MboxDelivery
 
@@ -197,7 +198,7 @@ class Options(usage.Options, AuthOptionMixin):
                                         "without it both are refused from every peer.", _cidrs],
         ["workers", None, 1, "Number of processes serving the --listen ports (tcp:/tcp6: only); "
                              "the twistd process is one of them.", _positive_int],
-    ] + _authres.OPT_PARAMETERS
+    ] + _authres.OPT_PARAMETERS + _limitopts.opt_parameters()
 
     compData = usage.Completions(
         optActions={
@@ -239,7 +240,14 @@ class Options(usage.Options, AuthOptionMixin):
 
     def opt_auth(self, description: str) -> None:
         """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
-        AuthOptionMixin.opt_auth(self, description)
+        try:
+            checker = _limitopts.file_checker(description)  # file: is read once, into memory
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if checker is None:
+            AuthOptionMixin.opt_auth(self, description)
+        else:
+            self.addChecker(checker)
         self["auth"].append(description)
 
     def postOptions(self) -> None:
@@ -256,6 +264,7 @@ class Options(usage.Options, AuthOptionMixin):
             _check_tls_files(self["tls-key"], self["tls-cert"])
         if not self["listen"] and not self["adopt"]:
             self["listen"] = [DEFAULT_LISTEN]
+        _limitopts.apply_defaults(self, self["listen"], bool(self["adopt"]))
         if self["workers"] > 1:
             if self["adopt"] or self["worker"]:
                 raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
@@ -397,6 +406,7 @@ def _server_kwargs(options: Options) -> Dict[str, Any]:
     for option, field in _FLAGS:
         if options[option]:
             kwargs[field] = True
+    kwargs.update(_limitopts.server_kwargs(options))
     if options["xclient-trusted"]:
         kwargs.update(use_xclient=True, use_xforward=True, xclient_trusted=options["xclient-trusted"])
     tls = {field: options[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert"))
@@ -475,6 +485,8 @@ class SMTPService(MultiService):
 
     def _hangup(self, signum: int, frame: Any) -> None:
         self.server.reactor.callFromThread(self.reload_tls)
+        # --auth file: is re-read too (in the auth thread pool).
+        self.server.reactor.callFromThread(_limitopts.reload_checkers, self.credentialCheckers)
 
     def reload_tls(self) -> None:
         """Re-read --tls-key/--tls-cert; on error keep the certificates in use."""
@@ -690,7 +702,7 @@ def _worker_options(options: Options) -> List[str]:
         if options[name]:
             args.append(f"--{name}")
     args.extend(f"--auth={description}" for description in options["auth"])
-    return args + _authres.worker_arguments(options)
+    return args + _authres.worker_arguments(options) + _limitopts.worker_arguments(options)
 
 
 def _worker_environment() -> Dict[str, str]:
