@@ -445,7 +445,12 @@ class FileCredentialsChecker:
     @staticmethod
     def _chain(d: "Deferred[None]") -> "Deferred[None]":
         waiter: Deferred[None] = Deferred()
-        d.addBoth(lambda r: (waiter.callback(None), r)[1])
+
+        def passed(result: Any) -> Any:
+            waiter.callback(None)
+            return result
+
+        d.addBoth(passed)
         return waiter
 
     def _maybe_reload(self) -> Optional["Deferred[None]"]:
@@ -468,10 +473,10 @@ class FileCredentialsChecker:
         return self._check(credentials)
 
     def _check(self, credentials: ICredentials) -> "Deferred[Any]":
-        username = credentials.username  # type: ignore[attr-defined]
+        username = credentials.username
         stored = self.table.get(username)
         if IUsernamePassword.providedBy(credentials):
-            password = credentials.password  # type: ignore[attr-defined]
+            password = credentials.password
             if stored is None:
                 stored, username = self.table.dummy, None  # the same work for an unknown user
             if is_hash(stored):
@@ -480,7 +485,7 @@ class FileCredentialsChecker:
         if IUsernameHashedPassword.providedBy(credentials):
             if stored is None or is_hash(stored):
                 return fail(error.UnauthorizedLogin())
-            return self._result(credentials.checkPassword(stored), username)  # type: ignore[attr-defined]
+            return self._result(credentials.checkPassword(stored), username)
         return fail(error.UnhandledCredentials())
 
     @staticmethod
