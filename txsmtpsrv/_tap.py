@@ -702,7 +702,7 @@ def _worker_options(options: Options) -> List[str]:
         if options[name]:
             args.append(f"--{name}")
     args.extend(f"--auth={description}" for description in options["auth"])
-    return args + _authres.worker_arguments(options) + _limitopts.worker_arguments(options)
+    return args + _limitopts.worker_arguments(options) + _authres.worker_arguments(options)
 
 
 def _worker_environment() -> Dict[str, str]:
