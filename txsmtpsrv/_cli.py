@@ -18,6 +18,7 @@ import importlib.util
 import os
 import socket
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -371,42 +372,41 @@ def _check_tls_files(key: Optional[str], cert: Optional[str]) -> None:
         raise usage.UsageError(f"--tls-key/--tls-cert: {e}") from None
 
 
-def _existing_ancestor(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
+def _probe(option: str, path: str, directory: str) -> None:
+    """Create and remove a file in C{directory}: the one test of writability that root cannot fool."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".txsmtpsrv-probe-"):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"{option} {path}: cannot write in {directory}: {e.strerror}") from None
 
 
 def _check_maildir(path: str) -> None:
-    """The Maildir (and cur/new/tmp) exist as writable directories, or can be created."""
+    """Create the Maildir (and cur/new/tmp) now and write in tmp/, or refuse to start."""
     for sub in ("", "tmp", "new", "cur"):
         target = os.path.join(path, sub) if sub else path
-        if os.path.exists(target) and not os.path.isdir(target):
-            raise usage.UsageError(f"--maildir {path}: {target} is not a directory")
-        if os.path.isdir(target) and not os.access(target, os.W_OK | os.X_OK):
-            raise usage.UsageError(f"--maildir {path}: {target} is not writable")
-    ancestor = _existing_ancestor(path)
-    if not os.path.isdir(ancestor):
-        raise usage.UsageError(f"--maildir {path}: cannot be created, {ancestor} is not a directory")
-    if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise usage.UsageError(f"--maildir {path}: cannot be created in {ancestor} (not writable)")
+        try:
+            os.makedirs(target, 0o700, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--maildir {path}: cannot create {target}: {e.strerror}") from None
+    _probe("--maildir", path, os.path.join(path, "tmp"))
 
 
 def _check_writable_file(option: str, path: str) -> None:
-    """C{path} is a writable file, or can be created in an existing directory."""
+    """C{path} is a writable file, or can be created, in an existing directory (none is created)."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise usage.UsageError(f"{option} {path}: directory {directory} does not exist")
     if os.path.exists(path):
         if not os.path.isfile(path):
             raise usage.UsageError(f"{option} {path}: not a regular file")
-        if not os.access(path, os.W_OK):
-            raise usage.UsageError(f"{option} {path}: not writable")
-    elif not os.access(directory, os.W_OK | os.X_OK):
-        raise usage.UsageError(f"{option} {path}: cannot be created in {directory} (not writable)")
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise usage.UsageError(f"{option} {path}: cannot write: {e.strerror}") from None
+    else:
+        _probe(option, path, directory)
 
 
 def _check_mbox(path: str) -> None:

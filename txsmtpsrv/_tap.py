@@ -92,6 +92,25 @@ class _AnnouncingEndpoint:
         return port
 
 
+class _Listener(StreamServerEndpointService):
+    """A listening service that says when its socket is closed (clients are refused from then on)."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        # Fail `twistd` at start-up when a port can't be bound, as strports.service() does.
+        self._raiseSynchronously = True
+
+    def stopService(self) -> "Deferred[None]":
+        d: Deferred[None] = super().stopService()
+
+        def closed(result: Any) -> Any:
+            log.info("txsmtpsrv stopped listening on {description}", description=self.description)
+            return result
+
+        return d.addCallback(closed)
+
+
 class SMTPService(MultiService):
     """
     The service C{twistd smtpsrv} runs: listening services as children and
@@ -285,9 +304,8 @@ def _make_service(options: Options, reactor: Any) -> IService:
             site = Site(metrics_resource(registry))
             site.noisy = False
             endpoint = serverFromString(reactor, options["metrics"])
-            metrics_service = StreamServerEndpointService(
-                _AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site)
-            metrics_service._raiseSynchronously = True
+            metrics_service = _Listener(_AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site,
+                                        options["metrics"])
             metrics_service.setServiceParent(service)
     if metrics_stop is not None:
         service.cleanups.append(metrics_stop)
@@ -332,8 +350,5 @@ def _make_service(options: Options, reactor: Any) -> IService:
             endpoints.append((endpoint, description))
 
     for endpoint, description in endpoints:
-        listener = StreamServerEndpointService(_AnnouncingEndpoint(endpoint, description, protocol), server)
-        # Fail `twistd` at start-up when a port can't be bound, as strports.service() does.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(service)
+        _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description).setServiceParent(service)
     return service
