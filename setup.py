@@ -22,7 +22,8 @@ setup(
     include_package_data=True,
     install_requires=["twisted[tls]>=26.4"],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "prometheus_client>=0.20"],
+        "metrics": ["prometheus_client>=0.20"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[

@@ -9,11 +9,15 @@ missing=""
 for tool in swaks haproxy openssl; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing $tool"
 done
+# promtool (checks the metrics exposition) comes with Debian's prometheus package,
+# fail2ban-regex (checks examples/fail2ban against the server's log) with fail2ban.
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v fail2ban-regex >/dev/null 2>&1 || missing="$missing fail2ban"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$missing"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
     echo "warning: cannot install$missing (need root and apt-get); tests needing them will fail under CI" >&2
   fi

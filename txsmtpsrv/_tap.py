@@ -291,25 +291,6 @@ def _make_service(options: Options, reactor: Any) -> IService:
     if json_log is not None:
         json_log.setServiceParent(service)
 
-    metrics_stop = None
-    if options["metrics"]:
-        from ._metrics import ServerMetrics, metrics_resource, scrape_registry
-
-        registry = scrape_registry()
-        metrics = ServerMetrics(None if metrics_dir or options["worker"] else registry)
-        metrics_stop = metrics.observe(server)
-        if not options["worker"]:
-            from twisted.web.server import Site
-
-            site = Site(metrics_resource(registry))
-            site.noisy = False
-            endpoint = serverFromString(reactor, options["metrics"])
-            metrics_service = _Listener(_AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site,
-                                        options["metrics"])
-            metrics_service.setServiceParent(service)
-    if metrics_stop is not None:
-        service.cleanups.append(metrics_stop)
-
     endpoints: List[Tuple[IStreamServerEndpoint, str]] = []
     for fd, family in options["adopt"]:
         endpoints.append((AdoptedStreamServerEndpoint(reactor, fd, family), f"adopted fd {fd}"))
@@ -351,4 +332,24 @@ def _make_service(options: Options, reactor: Any) -> IService:
 
     for endpoint, description in endpoints:
         _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description).setServiceParent(service)
+    # After the SMTP listeners: the first 'listening on' line names the SMTP port.
+    metrics_stop = None
+    if options["metrics"]:
+        from ._metrics import ServerMetrics, metrics_resource, scrape_registry
+
+        registry = scrape_registry()
+        metrics = ServerMetrics(None if metrics_dir or options["worker"] else registry)
+        metrics_stop = metrics.observe(server)
+        if not options["worker"]:
+            from twisted.web.server import Site
+
+            site = Site(metrics_resource(registry))
+            site.noisy = False
+            endpoint = serverFromString(reactor, options["metrics"])
+            metrics_service = _Listener(_AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site,
+                                        options["metrics"])
+            metrics_service.setServiceParent(service)
+    if metrics_stop is not None:
+        service.cleanups.append(metrics_stop)
+
     return service
