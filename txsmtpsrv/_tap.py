@@ -36,7 +36,7 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString, wrapServerTLS
@@ -126,6 +126,8 @@ class SMTPService(MultiService):
         self.server = server
         self.credentialCheckers = list(credentialCheckers)
         self.pool: Optional[WorkerPool] = None
+        #: Called once the service has started (and listens).
+        self.started: List[Callable[[], None]] = []
         #: Called once everything has stopped (temporary directories go).
         self.cleanups: List[Callable[[], None]] = []
         self._hup_installed = False
@@ -145,6 +147,8 @@ class SMTPService(MultiService):
         self._install_signals()
         super().startService()
         log.info(READY, pid=os.getpid())  # the parent forwards reloads to a worker from now on
+        for started in self.started:
+            started()
 
     def _hangup(self, signum: int, frame: Any) -> None:
         self.server.reactor.callFromThread(self.reload)
@@ -181,27 +185,34 @@ class SMTPService(MultiService):
         return d.addCallback(done)
 
 
-class _JSONLog(Service):
-    """C{--log-json}: every log event as one JSON line, for as long as the service runs."""
+class _JSONLog:
+    """
+    C{--log-json}: every log event as one JSON line, attached at once so the
+    start-up lines are in it too. twistd replays the events logged before it
+    began logging to every observer, so those are skipped the second time.
+    """
 
     def __init__(self, path: str) -> None:
-        self._path = path
-        self._file: Any = None
-        self._observer: Any = None
-        self.attach()
+        self._file: Any = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
+        self._write = jsonFileLogObserver(self._file, recordSeparator="")
+        self._early: Optional[List[dict]] = []  # events seen before the service started
+        globalLogPublisher.addObserver(self)
 
-    def attach(self) -> None:
-        self._file = sys.stdout if self._path == "-" else open(self._path, "a", encoding="utf-8")
-        self._observer = jsonFileLogObserver(self._file, recordSeparator="")
-        globalLogPublisher.addObserver(self._observer)
+    def __call__(self, event: dict) -> None:
+        if self._early is not None:
+            if any(seen is event for seen in self._early):
+                return  # the replay of an event we have written
+            self._early.append(event)
+        self._write(event)
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._observer is not None:
-            globalLogPublisher.removeObserver(self._observer)
-            self._observer = None
-            if self._file is not sys.stdout:
-                self._file.close()
+    def started(self) -> None:
+        """Logging has begun (and replayed its buffer): no more duplicates to expect."""
+        self._early = None
+
+    def close(self) -> None:
+        globalLogPublisher.removeObserver(self)
+        if self._file is not sys.stdout:
+            self._file.close()
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -289,7 +300,8 @@ def _make_service(options: Options, reactor: Any) -> IService:
     delivery.hostname = server.options.name  # Received headers name us as the greeting does
     protocol = "LMTP" if options["lmtp"] else "SMTP"
     if json_log is not None:
-        json_log.setServiceParent(service)
+        service.started.append(json_log.started)
+        service.cleanups.append(json_log.close)
 
     endpoints: List[Tuple[IStreamServerEndpoint, str]] = []
     for fd, family in options["adopt"]:
