@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import ipaddress
 import os
 import socket
 import sys
@@ -71,6 +72,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def _text(value: str) -> str:
     return value
+
+
+def _cidrs(value: str) -> Tuple[str, ...]:
+    """C{--xclient-trusted}: comma separated networks, each checked now."""
+    networks = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not networks:
+        raise ValueError("no network given")
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
 
 
 #: ServerOptions fields settable from the command line as --field-name:
@@ -162,6 +173,9 @@ class Options(usage.Options, AuthOptionMixin):
         ["tls-key", None, None, "PEM private key for STARTTLS (may also hold the certificate)."],
         ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS. Without --tls-key/--tls-cert, "
                                  "STARTTLS uses a self-signed development certificate."],
+        ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
+                                        "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
+                                        "without it both are refused from every peer.", _cidrs],
         ["workers", None, 1, "Number of processes serving the --listen ports (tcp:/tcp6: only); "
                              "the twistd process is one of them.", _integer(1)],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint, e.g. "
@@ -331,6 +345,8 @@ def server_kwargs(options: Any) -> Dict[str, Any]:
     for option, field in FLAGS:
         if options[option]:
             kwargs[field] = True
+    if options["xclient-trusted"]:
+        kwargs.update(use_xclient=True, use_xforward=True, xclient_trusted=options["xclient-trusted"])
     tls = {field: options[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert"))
            if options[option]}
     if tls:
@@ -353,6 +369,8 @@ def worker_arguments(options: Options, **override: Any) -> List[str]:
         name, default = parameter[0], parameter[2]
         value = override.get(name, options[name])
         if name not in _NOT_FORWARDED and value is not None and value != default:
+            if isinstance(value, (tuple, list)):  # parsed from a comma separated list
+                value = ",".join(value)
             args.append(f"--{name}={value}")
     args.extend(f"--auth={description}" for description in options["auth"])
     return args

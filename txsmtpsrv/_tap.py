@@ -55,6 +55,7 @@ __all__ = ["Options", "makeService", "SMTPService"]
 
 # The names the plugin's tests import from here since before the split.
 _ParentWatch, _SharedPort, _WorkerPool, _shareable_address = ParentWatch, SharedPort, WorkerPool, shareable_address
+_worker_options = worker_arguments
 
 log = Logger()
 
@@ -140,6 +141,9 @@ class SMTPService(MultiService):
             self._hup_installed = True
 
     def privilegedStartService(self) -> None:
+        # The children listen (and log "listening") here, before startService:
+        # a SIGHUP sent as soon as that line appears must not find the default
+        # action (terminate), so the handler goes in first.
         self._install_signals()
         super().privilegedStartService()
 
