@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -87,10 +88,15 @@ def test_log_json(tmp_path):
     out = tmp_path / "events.json"
     server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--log-json", str(out)])
     try:
-        answers = dialogue(server.port, ["EHLO j.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@x.test>", "QUIT"])
-        assert [a[:3] for a in answers] == ["250", "250", "250", "221"]
+        answers = dialogue(server.port, ["EHLO j.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@x.test>", "DATA",
+                                         "Subject: j\r\n\r\nbody\r\n.", "QUIT"])
+        assert [a[:3] for a in answers] == ["250", "250", "250", "354", "250", "221"]
         server.wait_for(r"connection closed: .* helo=j\.test")
         assert server.terminate() in CLEAN_EXITS
+        text = server.log()
+        # No noise: factory reprs, "1 recipients".
+        assert "Starting factory" not in text and "Stopping factory" not in text and " at 0x" not in text
+        assert re.search(r"Stored message \S+ in \S+ \(session [0-9a-f]{16}, from <a@x\.test>, 1 recipient, ", text)
     finally:
         server.kill()
     events = [json.loads(line) for line in out.read_text().splitlines()]
@@ -98,5 +104,5 @@ def test_log_json(tmp_path):
     starts = [e for e in events if "twistd" in e.get("log_format", "") and "starting up" in e["log_format"]]
     assert len(starts) == 1  # twistd's replay of its early events is not written twice
     [closed] = [e for e in events if e.get("log_format", "").startswith("connection closed:")]
-    assert closed["helo"] == "j.test" and closed["accepted"] == 0 and len(closed["session_id"]) == 16
+    assert closed["helo"] == "j.test" and closed["accepted"] == 1 and len(closed["session_id"]) == 16
     assert closed["remote_address"] == "127.0.0.1"
