@@ -9,6 +9,7 @@ with C{--workers} (one scrape adds up every process).
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -120,9 +121,10 @@ def promtool_check(text: str) -> None:
 
 def test_twistd_metrics_over_http(tmp_path):
     """--metrics serves Prometheus text that promtool accepts; counters move as mail flows, TLS counted."""
-    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup",
-                               "--metrics", "tcp:0:interface=127.0.0.1"])
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "-l", "smtps:tcp:0:interface=127.0.0.1",
+                               "--no-reverse-lookup", "--metrics", "tcp:0:interface=127.0.0.1"])
     try:
+        smtps = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(smtps:").group(1))
         port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
         before = scrape(port)
         promtool_check(before)
@@ -137,6 +139,11 @@ def test_twistd_metrics_over_http(tmp_path):
                 if i == 0:
                     client.starttls(context=context)
                 client.sendmail("a@x.test", ["b@x.test"], b"Subject: m\r\n\r\nhello\r\n")
+        with socket.create_connection(("127.0.0.1", smtps), timeout=TIMEOUT) as sock:
+            sock.sendall(b"EHLO plaintext.test\r\n" * 50)  # not a TLS ClientHello: the handshake fails
+            while sock.recv(4096):
+                pass
+        server.wait_for(r"connection closed: client=127\.0\.0\.1 \S+ helo=- tls=-")
         after = scrape(port)
         promtool_check(after)
         found = samples(after)
@@ -144,6 +151,7 @@ def test_twistd_metrics_over_http(tmp_path):
         assert found[("txsmtpsrv_connections_total", (("listener", listener),))] == 3
         assert found[("txsmtpsrv_commands_total", (("reply_class", "2xx"), ("verb", "MAIL")))] == 3
         assert found[("txsmtpsrv_tls_handshakes_total", (("result", "ok"),))] == 1
+        assert found[("txsmtpsrv_tls_handshakes_total", (("result", "failed"),))] == 1
         assert found[("txsmtpsrv_hook_duration_seconds_count", (("hook", "on_data"),))] == 3
         assert server.terminate() in CLEAN_EXITS
     finally:
