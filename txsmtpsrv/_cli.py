@@ -176,8 +176,8 @@ class Options(usage.Options, AuthOptionMixin):
         ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
                                         "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
                                         "without it both are refused from every peer.", _cidrs],
-        ["workers", None, 1, "Number of processes serving the --listen ports (tcp:/tcp6: only); "
-                             "the twistd process is one of them.", _integer(1)],
+        ["workers", None, 1, "Number of processes serving the --listen ports (tcp:, tcp6:, unix:, also "
+                             "behind smtps: and smtpproxy:); the twistd process is one of them.", _integer(1)],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint, e.g. "
                                 "tcp:9101:interface=127.0.0.1 (needs prometheus_client)."],
         ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file; "
@@ -290,10 +290,10 @@ class Options(usage.Options, AuthOptionMixin):
         if self["workers"] > 1:
             if self["adopt"] or self["worker"]:
                 raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
-            from ._workers import shareable_address
+            from ._workers import check_shareable
 
             for description in self["listen"]:
-                shareable_address(description)  # a UsageError saying why not
+                check_shareable(description)  # a UsageError saying why not
         for option, (_, coerce) in _LIMIT_NAMES.items():
             if isinstance(self[option], str):
                 try:

@@ -39,7 +39,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString, wrapServerTLS
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
@@ -49,7 +49,7 @@ from ._cli import DEFAULT_LISTEN, SMTPS, Options, server_kwargs, worker_argument
 from ._delivery import MaildirDelivery, MboxDelivery
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
 from ._workers import (READY, ParentWatch, SharedPort, WorkerPool, _endpoint_arguments,  # noqa: F401
-                       _WorkerProtocol, shareable_address, twist_command, worker_environment)
+                       _WorkerProtocol, listen_endpoint, shareable_address, twist_command, worker_environment)
 
 __all__ = ["Options", "makeService", "SMTPService"]
 
@@ -324,7 +324,11 @@ def _make_service(options: Options, reactor: Any) -> IService:
             raise
         for port in shared:
             own = os.dup(port.socket_for(0).fileno())
-            endpoints.append((AdoptedStreamServerEndpoint(reactor, own, port.family), port.description))
+            if port.prefix:  # smtps:/smtpproxy: around the shared socket, as in the workers
+                endpoints.append((listen_endpoint(reactor, port.endpoint_string(own), lambda: server.tls),
+                                  port.description))
+            else:
+                endpoints.append((AdoptedStreamServerEndpoint(reactor, own, port.family), port.description))
         argv = twist_command(reactor) + worker_arguments(options, **worker_tls)
         on_exit = None
         if metrics_dir:
@@ -337,14 +341,8 @@ def _make_service(options: Options, reactor: Any) -> IService:
         service.pool = pool
     else:
         for description in options["listen"]:
-            implicit_tls = description.startswith(SMTPS)
-            try:
-                endpoint = serverFromString(reactor, description[len(SMTPS):] if implicit_tls else description)
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--listen {description}: {e}") from None
-            if implicit_tls:  # the server's own TLS: its certificates, SNI, reloads
-                endpoint = wrapServerTLS(server.tls, endpoint)
-            endpoints.append((endpoint, description))
+            # smtps: uses the server's own TLS: its certificates, SNI, reloads.
+            endpoints.append((listen_endpoint(reactor, description, lambda: server.tls), description))
 
     for endpoint, description in endpoints:
         _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description).setServiceParent(service)

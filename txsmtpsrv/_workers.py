@@ -22,10 +22,13 @@ sends C{SIGTERM} to every worker (each closes gracefully; C{SIGKILL} after
 C{close_timeout + 10} seconds) and waits for them; a worker whose parent
 vanishes (its standard input pipe closes) stops itself.
 
-Only C{tcp:}/C{tcp6:} sockets can be shared (see L{shareable_address} for
-why the others are refused); C{--max-clients} applies per process; with
-C{SO_REUSEPORT}, connections still queued on a worker's socket when the
-whole server stops are reset.
+C{tcp:}, C{tcp6:} and C{unix:} sockets can be shared, also behind
+C{smtps:} and C{smtpproxy:}: the parent binds the socket (a C{unix:} one
+once, shared by all), and every process builds the same wrappers around
+its copy from the C{adopted:FD:FAMILY} endpoint string
+(L{txsmtpsrv._adopted}); other endpoints are refused, saying so.
+C{--max-clients} applies per process; with C{SO_REUSEPORT}, connections
+still queued on a worker's socket when the whole server stops are reset.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from __future__ import annotations
 import os
 import site
 import socket
+import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -47,7 +52,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._cli import FAMILIES
+from ._cli import FAMILIES, SMTPS
 
 __all__ = ["SharedPort", "WorkerPool", "ParentWatch", "shareable_address", "twist_command",
            "worker_environment", "READY"]
@@ -150,9 +155,9 @@ def shareable_address(description: str) -> Tuple[int, str, int, int]:
         defaults = {"interface": "::", "backlog": "50"}
     else:
         raise usage.UsageError(
-            f"--workers: cannot share --listen {description}: the parent pre-binds and hands plain "
-            f"tcp:/tcp6: sockets to the worker processes; run smtps:, smtpproxy: and unix: listeners "
-            f"without --workers (e.g. a second twistd)")
+            f"--workers: cannot share --listen {description}: the parent binds the sockets and hands "
+            f"them to the workers, which it can do for tcp:, tcp6: and unix: endpoints (also behind "
+            f"smtps: and smtpproxy:), not for {kind or 'this'}: ones")
     if len(args) > len(names) or set(kwargs) - set(names):
         raise usage.UsageError(f"--listen {description}: unexpected arguments for --workers")
     values = dict(defaults)
@@ -167,20 +172,125 @@ def shareable_address(description: str) -> Tuple[int, str, int, int]:
     return family, interface or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port, backlog
 
 
+#: The smtpproxy: options (see ProxyEndpointParser); the rest belongs to the inner endpoint.
+_PROXY_KEYS = ("trusted", "timeout", "untrusted", "maxHeaderSize")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def split_wrappers(description: str) -> Tuple[str, str]:
+    """
+    C{(prefix, inner)}: the C{smtps:} and C{smtpproxy:...:} wrappers of a
+    --listen description, and the endpoint they wrap, e.g.
+    C{("smtpproxy:trusted=10.0.0.0/8:", "tcp:25")}.
+    """
+    prefix, rest = "", description
+    if rest.startswith(SMTPS):
+        prefix, rest = SMTPS, rest[len(SMTPS):]
+    if rest.split(":", 1)[0].lower() == "smtpproxy":
+        args, kwargs = _endpoint_arguments(rest)
+        proxy = {key: kwargs.pop(key) for key in _PROXY_KEYS if key in kwargs}
+        prefix += "smtpproxy:" + "".join(f"{key}={_escape(value)}:" for key, value in proxy.items())
+        rest = ":".join([_escape(a) for a in args[1:]] + [f"{k}={_escape(v)}" for k, v in kwargs.items()])
+    return prefix, rest
+
+
+def _unix_address(description: str) -> Tuple[str, int, int]:
+    """C{(path, mode, backlog)} of a C{unix:} endpoint string."""
+    args, kwargs = _endpoint_arguments(description)
+    names = ["address", "backlog", "mode", "lockfile"]
+    values = {"backlog": "50", "mode": "666", "lockfile": "0"}
+    if len(args) - 1 > len(names) or set(kwargs) - set(names) - {"wantPID"}:
+        raise usage.UsageError(f"--listen {description}: unexpected arguments for --workers")
+    values.update(zip(names, args[1:]))
+    values.update(kwargs)
+    path = values.get("address", "")
+    if not path:
+        raise usage.UsageError(f"--listen {description}: unix: needs a socket path")
+    try:
+        return path, int(values["mode"], 8), int(values["backlog"])
+    except ValueError:
+        raise usage.UsageError(f"--listen {description}: mode must be octal, backlog a number") from None
+
+
+def check_shareable(description: str) -> None:
+    """Raise L{usage.UsageError} saying why --workers cannot share C{description}."""
+    _, inner = split_wrappers(description)
+    if inner.split(":", 1)[0].lower() == "unix":
+        _unix_address(inner)
+    else:
+        shareable_address(inner)
+
+
+def listen_endpoint(reactor: Any, description: str, tls: Callable[[], Any]) -> Any:
+    """
+    The endpoint for a --listen description: C{smtps:} wraps the rest in the
+    server's own TLS (C{tls()}: its reloadable certificates), anything else
+    is an ordinary endpoint string.
+    """
+    implicit_tls = description.startswith(SMTPS)
+    try:
+        endpoint = serverFromString(reactor, description[len(SMTPS):] if implicit_tls else description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"--listen {description}: {e}") from None
+    return wrapServerTLS(tls(), endpoint) if implicit_tls else endpoint
+
+
+def _bind_unix(description: str, inner: str) -> socket.socket:
+    path, mode, backlog = _unix_address(inner)
+    if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: a stale socket file
+        else:
+            raise usage.UsageError(f"--listen {description}: {path} is in use by another server")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise usage.UsageError(f"--listen {description}: {e}") from None
+    return sock
+
+
 class SharedPort:
     """
     The listening sockets of one --listen address for all processes: one
-    per process with C{SO_REUSEPORT}, else one shared by all.
+    per process with C{SO_REUSEPORT} (TCP), else one shared by all.
+
+    @ivar prefix: the wrappers (C{smtps:}, C{smtpproxy:...:}) every process
+        puts around its socket, or C{""}.
+    @ivar path: the socket file of a C{unix:} listener (removed at close).
     """
 
-    def __init__(self, description: str, family: int, sockets: List[socket.socket]) -> None:
+    def __init__(self, description: str, family: int, sockets: List[socket.socket],
+                 prefix: str = "", path: Optional[str] = None) -> None:
         self.description = description
         self.family = family
         self.sockets = sockets
+        self.prefix = prefix
+        self.path = path
+
+    def endpoint_string(self, fd: int) -> str:
+        """How a process that holds this port's socket on C{fd} listens on it."""
+        return f"{self.prefix}adopted:{fd}:{_FAMILY_NAMES[self.family]}"
 
     @classmethod
     def bind(cls, description: str, processes: int) -> "SharedPort":
-        family, interface, port, backlog = shareable_address(description)
+        prefix, inner = split_wrappers(description)
+        if inner.split(":", 1)[0].lower() == "unix":
+            return cls(description, socket.AF_UNIX, [_bind_unix(description, inner)], prefix,
+                       _unix_address(inner)[0])
+        family, interface, port, backlog = shareable_address(inner)
         reuse_port = hasattr(socket, "SO_REUSEPORT")
         sockets: List[socket.socket] = []
         try:
@@ -198,7 +308,7 @@ class SharedPort:
             for sock in sockets:
                 sock.close()
             raise usage.UsageError(f"--listen {description}: {e}") from None
-        return cls(description, family, sockets)
+        return cls(description, family, sockets, prefix)
 
     def socket_for(self, index: int) -> socket.socket:
         """The socket process C{index} (0: the parent) serves."""
@@ -207,6 +317,11 @@ class SharedPort:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+        if self.path is not None and os.path.exists(self.path):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 _REACTOR_NAMES = {
@@ -333,7 +448,10 @@ class WorkerPool(Service):
         position = argv.index("smtpsrv") + 1
         adopt = ["--worker"]
         for offset, port in enumerate(self.ports):
-            adopt.append(f"--adopt={3 + offset}:{_FAMILY_NAMES[port.family]}")
+            if port.prefix:  # built around the inherited socket as the parent builds its own
+                adopt.append(f"--listen={port.endpoint_string(3 + offset)}")
+            else:
+                adopt.append(f"--adopt={3 + offset}:{_FAMILY_NAMES[port.family]}")
         return argv[:position] + adopt + argv[position:]
 
     def startService(self) -> None:
@@ -397,11 +515,17 @@ class WorkerPool(Service):
         """Serve a dead worker's sockets from the parent until it is back."""
         if self._factory is None or index in self._covering:
             return
-        ports = []
+        ports: List[Any] = []
         for port in self.ports:
             sock = port.socket_for(index)
             try:
-                ports.append(self._reactor.adoptStreamPort(sock.fileno(), port.family, self._factory))
+                if port.prefix:
+                    factory = self._factory
+                    endpoint = listen_endpoint(self._reactor, port.endpoint_string(os.dup(sock.fileno())),
+                                               lambda: factory.tls)
+                    endpoint.listen(factory).addCallback(ports.append)
+                else:
+                    ports.append(self._reactor.adoptStreamPort(sock.fileno(), port.family, self._factory))
             except Exception:
                 log.failure("cannot serve worker {index}'s socket from the parent", index=index)
         self._covering[index] = ports
