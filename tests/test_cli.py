@@ -140,7 +140,7 @@ BAD = [
     (["--mbox", "/nonexistent/dir/box"], "--mbox /nonexistent/dir/box"),
     (["--max-recipients", "x"], "--max-recipients: 'x'"),
     (["--no-such-option"], "--no-such-option"),
-    (["--workers", "2", "-l", "unix:/tmp/txsmtpsrv-test.sock"], "--workers: cannot share --listen unix:"),
+    (["--workers", "2", "-l", "adopted:5:INET"], "--workers: cannot share --listen adopted:5:INET"),
 ]
 
 
@@ -151,7 +151,12 @@ def test_twistd_start_up_errors_are_one_line(tmp_path):
     cases = BAD + [(["--maildir", str(blocker / "Maildir")], f"--maildir {blocker}/Maildir: cannot create")]
     running = [(twistd(args, tmp_path), expected) for args, expected in cases]  # in parallel: 2 s, not 20
     for proc, expected in running:
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # it started after all: stop it (and its workers) rather than leak it
+                proc.terminate()
+                proc.wait(timeout=60)
         lines = err.decode().splitlines()
         assert proc.returncode == 1, (expected, out, err)
         assert len(lines) == 1 and lines[0].startswith("twistd smtpsrv: error: "), (expected, err)

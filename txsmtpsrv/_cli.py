@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -37,7 +37,7 @@ DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 #: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
 SMTPS = "smtps:"
 
-FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+FAMILIES: Dict[str, int] = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -149,7 +149,7 @@ class Options(usage.Options, AuthOptionMixin):
         "--metrics to serve Prometheus metrics."
     )
 
-    optFlags = [
+    optFlags: List[List[Any]] = [
         ["lmtp", None, "Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient."],
         ["auth-optional", None, "With --auth, still accept mail from clients that do not authenticate."],
         ["allow-insecure-auth", None, "With --auth, offer AUTH also on connections without TLS."],
@@ -362,11 +362,11 @@ def worker_arguments(options: Options, **override: Any) -> List[str]:
     """
     args: List[str] = []
     for flag in options.optFlags:
-        name = flag[0]
+        name = str(flag[0])
         if name not in _NOT_FORWARDED and options[name]:
             args.append(f"--{name}")
-    for parameter in options.optParameters:
-        name, default = parameter[0], parameter[2]
+    for parameter in cast(List[List[Any]], options.optParameters):
+        name, default = str(parameter[0]), parameter[2]
         value = override.get(name, options[name])
         if name not in _NOT_FORWARDED and value is not None and value != default:
             if isinstance(value, (tuple, list)):  # parsed from a comma separated list

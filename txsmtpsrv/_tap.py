@@ -33,7 +33,7 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
@@ -41,7 +41,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -197,12 +197,13 @@ class _JSONLog:
     """
 
     def __init__(self, path: str) -> None:
+        self._observer = cast(ILogObserver, self)
         self._file: Any = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
         self._write = jsonFileLogObserver(self._file, recordSeparator="")
-        self._early: Optional[List[dict]] = []  # events seen before the service started
-        globalLogPublisher.addObserver(self)
+        self._early: Optional[List[Dict[str, Any]]] = []  # events seen before the service started
+        globalLogPublisher.addObserver(self._observer)
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Dict[str, Any]) -> None:
         if self._early is not None:
             if any(seen is event for seen in self._early):
                 return  # the replay of an event we have written
@@ -214,7 +215,7 @@ class _JSONLog:
         self._early = None
 
     def close(self) -> None:
-        globalLogPublisher.removeObserver(self)
+        globalLogPublisher.removeObserver(self._observer)
         if self._file is not sys.stdout:
             self._file.close()
 
@@ -249,6 +250,7 @@ def _share_development_certificate(options: Options, service: SMTPService) -> Op
     service.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
     paths = []
     for filename, data in (("key.pem", dev.key), ("cert.pem", dev.cert)):
+        assert isinstance(data, bytes)  # development_certificate() gives PEM bytes
         path = os.path.join(directory, filename)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -286,7 +288,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
 
     service = SMTPService(None, checkers)
     service.cleanups.extend(service_cleanups)
-    worker_tls: dict = {}
+    worker_tls: Dict[str, str] = {}
     kwargs = server_kwargs(options)
     if workers > 1 and not (options["tls-key"] or options["tls-cert"] or options["hide-starttls"]):
         key, cert = _share_development_certificate(options, service)  # type: ignore[misc]

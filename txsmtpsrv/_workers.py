@@ -59,7 +59,7 @@ __all__ = ["SharedPort", "WorkerPool", "ParentWatch", "shareable_address", "twis
 
 log = Logger()
 
-_FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
+_FAMILY_NAMES: Dict[int, str] = {v: k for k, v in FAMILIES.items()}
 #: The log format a process emits once its signal handlers are installed
 #: and it listens: the parent forwards reloads to a worker only after it.
 READY = "txsmtpsrv ready, pid {pid}"
