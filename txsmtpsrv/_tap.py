@@ -36,7 +36,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
@@ -189,6 +189,22 @@ class SMTPService(MultiService):
         return d.addCallback(done)
 
 
+class _MaildirCleaning(Service):
+    """Remove stale Maildir C{tmp/} files at start-up and then periodically (L{MaildirDelivery})."""
+
+    def __init__(self, delivery: MaildirDelivery, reactor: Any) -> None:
+        self._delivery = delivery
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._delivery.start_cleaning(self._reactor)
+
+    def stopService(self) -> None:
+        self._delivery.stop_cleaning()
+        super().stopService()
+
+
 class _JSONLog:
     """
     C{--log-json}: every log event as one JSON line, attached at once so the
@@ -314,6 +330,8 @@ def _make_service(options: Options, reactor: Any) -> IService:
         endpoints.append((AdoptedStreamServerEndpoint(reactor, fd, family), f"adopted fd {fd}"))
     if options["worker"]:
         ParentWatch(reactor).setServiceParent(service)
+    elif isinstance(delivery, MaildirDelivery):  # one process cleans tmp/, not every worker
+        _MaildirCleaning(delivery, reactor).setServiceParent(service)
 
     if workers > 1:
         shared: List[SharedPort] = []
