@@ -11,8 +11,10 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import re
 import subprocess
 import urllib.request
+from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -167,7 +169,9 @@ def test_twistd_workers_one_scrape_shows_every_process(tmp_path):
                     pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
     try:
         port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
-        server.wait_for(r"worker \d+\] txsmtpsrv ready")  # the worker listens too
+        server.wait_for(r"worker \d+\] txsmtpsrv ready")
+        directory = Path(re.search(r"metrics of all processes in (\S+) ", server.log()).group(1))  # logged early
+        assert directory.is_dir()  # the worker listens too
         count = 30
         for i in range(count):
             with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
@@ -182,5 +186,6 @@ def test_twistd_workers_one_scrape_shows_every_process(tmp_path):
         assert found[("txsmtpsrv_connections_total", (("listener", listener),))] == count
         assert found[("txsmtpsrv_connections_open", (("listener", listener),))] == 0
         assert server.terminate() in CLEAN_EXITS
+        assert not directory.exists()  # the multiprocess files go with the server
     finally:
         server.kill()

@@ -138,11 +138,15 @@ def test_workers_share_one_development_certificate(tmp_path):
     try:
         worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
         server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
+        directory = Path(re.search(r"development certificate for all processes in (\S+) ", server.log()).group(1))
+        assert oct(directory.stat().st_mode & 0o777) == "0o700"
+        assert oct((directory / "key.pem").stat().st_mode & 0o777) == "0o600"
         context = insecure()
         prints = {fingerprint(server.port, context) for _ in range(20)}
         assert set(int(p) for p in pids_file.read_text().split()) == {server.proc.pid, worker}
         assert len(prints) == 1
         assert server.log().count("self-signed development TLS certificate") == 1
         assert server.terminate() in CLEAN_EXITS
+        assert not directory.exists()
     finally:
         server.kill()

@@ -263,6 +263,7 @@ def _share_development_certificate(options: Options, service: SMTPService) -> Op
     name = ServerOptions.build(**server_kwargs(options)).name
     dev = development_certificate(name)
     directory = tempfile.mkdtemp(prefix="txsmtpsrv-devcert-")
+    log.info("development certificate for all processes in {directory} (removed at exit)", directory=directory)
     service.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
     paths = []
     for filename, data in (("key.pem", dev.key), ("cert.pem", dev.cert)):
@@ -289,6 +290,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
     if options["metrics"] and workers > 1:
         # Before prometheus_client is imported: its values then live in files every process adds to.
         metrics_dir = tempfile.mkdtemp(prefix="txsmtpsrv-metrics-")
+        log.info("metrics of all processes in {directory} (removed at exit)", directory=metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         service_cleanups.append(lambda: shutil.rmtree(metrics_dir or "", ignore_errors=True))
 
