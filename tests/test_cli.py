@@ -10,6 +10,7 @@ twistd.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,40 @@ def test_twistd_version(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.decode().startswith(f"txsmtpsrv {__version__} (Twisted ")
+
+
+def test_twistd_port_in_use_is_one_line(tmp_path):
+    """A port another program holds: one critical line naming it, exit status 1, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = twistd(["-l", f"tcp:{port}:interface=127.0.0.1"], tmp_path)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    text = (out + err).decode()
+    [line] = [line for line in text.splitlines() if "cannot listen" in line]
+    assert f"twistd smtpsrv: error: cannot listen on tcp:{port}:interface=127.0.0.1: " in line
+    assert "Address already in use" in line and "Traceback" not in text
+
+
+def test_failed_start_leaves_no_temporary_directories(tmp_path, monkeypatch):
+    """makeService failing after making its temporary directories removes them again."""
+    import tempfile
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txsmtpsrv._tap import makeService
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        options = parse("--maildir", str(tmp_path / "Maildir"), "--workers", "2", "--metrics", "tcp:0",
+                        "-l", f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(usage.UsageError, match="Address already in use"):
+            makeService(options, reactor=MemoryReactorClock())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Maildir"]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -96,11 +96,24 @@ class _AnnouncingEndpoint:
 class _Listener(StreamServerEndpointService):
     """A listening service that says when its socket is closed (clients are refused from then on)."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str,
+                 fatal: bool = False) -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        #: Under twistd: a port that cannot be bound is one log line and exit status 1.
+        self.fatal = fatal
         # Fail `twistd` at start-up when a port can't be bound, as strports.service() does.
         self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            if not self.fatal:
+                raise
+            log.critical("twistd smtpsrv: error: cannot listen on {description}: {error}",
+                         description=self.description, error=str(e))
+            raise SystemExit(1) from None
 
     def stopService(self) -> "Deferred[None]":
         d: Deferred[None] = super().stopService()
@@ -244,15 +257,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     @param reactor: for tests; twistd's reactor by default.
     """
+    cleanups: List[Callable[[], None]] = []
     try:
-        return _make_service(options, reactor)
-    except usage.UsageError as e:
-        if getattr(options, "parent", None) is not None:
+        return _make_service(options, reactor, cleanups)
+    except BaseException as e:
+        for cleanup in cleanups:  # temporary directories, the JSON log observer
+            cleanup()
+        if isinstance(e, usage.UsageError) and getattr(options, "parent", None) is not None:
             raise SystemExit(f"twistd smtpsrv: error: {e}") from None
         raise
 
 
-def _share_development_certificate(options: Options, service: SMTPService) -> Optional[Tuple[str, str]]:
+def _share_development_certificate(options: Options, service: SMTPService) -> Tuple[str, str]:
     """
     With --workers and no certificate: make one development certificate here
     and give its files to every process, so clients see one fingerprint.
@@ -276,7 +292,7 @@ def _share_development_certificate(options: Options, service: SMTPService) -> Op
     return paths[0], paths[1]
 
 
-def _make_service(options: Options, reactor: Any) -> IService:
+def _make_service(options: Options, reactor: Any, service_cleanups: List[Callable[[], None]]) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -284,8 +300,9 @@ def _make_service(options: Options, reactor: Any) -> IService:
     from ._server import SMTPServer
 
     workers = options["workers"]
-    service_cleanups: List[Callable[[], None]] = []
     json_log = _JSONLog(options["log-json"]) if options["log-json"] and not options["worker"] else None
+    if json_log is not None:
+        service_cleanups.append(json_log.close)
     metrics_dir: Optional[str] = None
     if options["metrics"] and workers > 1:
         # Before prometheus_client is imported: its values then live in files every process adds to.
@@ -293,6 +310,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
         log.info("metrics of all processes in {directory} (removed at exit)", directory=metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         service_cleanups.append(lambda: shutil.rmtree(metrics_dir or "", ignore_errors=True))
+        service_cleanups.append(lambda: os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None))
 
     delivery: Any
     if options["mbox"]:
@@ -305,11 +323,11 @@ def _make_service(options: Options, reactor: Any) -> IService:
     hooks = LayeredHooks(user_hooks, auth_hooks, delivery)
 
     service = SMTPService(None, checkers)
-    service.cleanups.extend(service_cleanups)
+    service.cleanups = service_cleanups  # the same list: what is added below is cleaned up too
     worker_tls: Dict[str, str] = {}
     kwargs = server_kwargs(options)
     if workers > 1 and not (options["tls-key"] or options["tls-cert"] or options["hide-starttls"]):
-        key, cert = _share_development_certificate(options, service)  # type: ignore[misc]
+        key, cert = _share_development_certificate(options, service)
         kwargs["tls"] = {"key": key, "cert": cert}
         worker_tls = {"tls-key": key, "tls-cert": cert}
     try:
@@ -325,7 +343,6 @@ def _make_service(options: Options, reactor: Any) -> IService:
     protocol = "LMTP" if options["lmtp"] else "SMTP"
     if json_log is not None:
         service.started.append(json_log.started)
-        service.cleanups.append(json_log.close)
 
     endpoints: List[Tuple[IStreamServerEndpoint, str]] = []
     for fd, family in options["adopt"]:
@@ -366,8 +383,10 @@ def _make_service(options: Options, reactor: Any) -> IService:
             # smtps: uses the server's own TLS: its certificates, SNI, reloads.
             endpoints.append((listen_endpoint(reactor, description, lambda: server.tls), description))
 
+    fatal = getattr(options, "parent", None) is not None  # run by twistd: no traceback
     for endpoint, description in endpoints:
-        _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description).setServiceParent(service)
+        _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description,
+                  fatal).setServiceParent(service)
     # After the SMTP listeners: the first 'listening on' line names the SMTP port.
     metrics_stop = None
     if options["metrics"]:
@@ -383,7 +402,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
             site.noisy = False
             endpoint = serverFromString(reactor, options["metrics"])
             metrics_service = _Listener(_AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site,
-                                        options["metrics"])
+                                        options["metrics"], fatal)
             metrics_service.setServiceParent(service)
     if metrics_stop is not None:
         service.cleanups.append(metrics_stop)
