@@ -28,6 +28,7 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
 
@@ -130,7 +131,8 @@ FLAGS = (
 _PLAIN = (("name", "name"), ("banner", "banner"))
 
 #: Options a worker must not be given again (the parent handles them) or gets in another form.
-_NOT_FORWARDED = frozenset({"listen", "adopt", "workers", "worker", "log-json"})
+_NOT_FORWARDED = frozenset({"listen", "adopt", "workers", "worker", "log-json",
+                            "verify", "authserv-id", "verify-reject"})  # _authres.worker_arguments
 
 
 class _NoReactor:
@@ -182,7 +184,7 @@ class Options(usage.Options, AuthOptionMixin):
                                 "tcp:9101:interface=127.0.0.1 (needs prometheus_client)."],
         ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file; "
                                  "'-' is standard output."],
-    ] + [[name.replace("_", "-"), None, None, doc] for name, _, doc in LIMITS]
+    ] + [[name.replace("_", "-"), None, None, doc] for name, _, doc in LIMITS] + _authres.OPT_PARAMETERS
 
     compData = usage.Completions(
         optActions={
@@ -249,6 +251,10 @@ class Options(usage.Options, AuthOptionMixin):
         except (ValueError, KeyError):
             raise usage.UsageError(f"--adopt wants FD:INET, FD:INET6 or FD:UNIX, not {spec!r}") from None
 
+    def opt_nameserver(self, server: str) -> None:
+        """DNS server HOST[:PORT] for --verify checks and reverse lookups instead of /etc/resolv.conf; repeatable."""
+        _authres.opt_nameserver(self, server)
+
     def opt_auth(self, description: str) -> None:
         """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
         kind, _, argument = description.partition(":")
@@ -309,6 +315,7 @@ class Options(usage.Options, AuthOptionMixin):
             raise usage.UsageError(_option_error(str(e))) from None
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
+        _authres.post_options(self)
 
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
@@ -373,7 +380,7 @@ def worker_arguments(options: Options, **override: Any) -> List[str]:
                 value = ",".join(value)
             args.append(f"--{name}={value}")
     args.extend(f"--auth={description}" for description in options["auth"])
-    return args
+    return args + _authres.worker_arguments(options)
 
 
 # ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from ._cli import DEFAULT_LISTEN, SMTPS, Options, server_kwargs, worker_arguments  # noqa: F401
+from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
 from ._workers import (READY, ParentWatch, SharedPort, WorkerPool, _endpoint_arguments,  # noqa: F401
@@ -320,7 +321,8 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     checkers = options.credentialCheckers()
     auth_hooks = authenticator(checkers) if checkers else None
     user_hooks = instantiate_hooks(options.hooksObject) if options.hooksObject is not None else None
-    hooks = LayeredHooks(user_hooks, auth_hooks, delivery)
+    # --verify puts an AuthVerifier in front; --nameserver's resolver serves reverse lookups too.
+    hooks, resolver = _authres.wrap(options, LayeredHooks(user_hooks, auth_hooks, delivery), reactor)
 
     service = SMTPService(None, checkers)
     service.cleanups = service_cleanups  # the same list: what is added below is cleaned up too
@@ -331,7 +333,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
         kwargs["tls"] = {"key": key, "cert": cert}
         worker_tls = {"tls-key": key, "tls-cert": cert}
     try:
-        server = SMTPServer(hooks, reactor=reactor, **kwargs)
+        server = SMTPServer(hooks, reactor=reactor, resolver=resolver, **kwargs)
         if not server.options.hide_starttls:
             # Load the certificates now, as SMTPServer.listen() would: a bad
             # --tls-key/--tls-cert stops twistd at start-up, not at the first STARTTLS.
