@@ -1298,6 +1298,7 @@ class SMTPServerProtocol(LineReceiver):
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit:
+            self._refused("auth_failures")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
             self._close()
 
