@@ -178,3 +178,19 @@ def test_log_value_quotes_what_is_not_plain():
     assert log_value("a b") == '"a b"'
     assert log_value("x\r\ny") == '"x\\r\\ny"'
     assert log_value('q"') == '"q\\""'
+
+
+def test_auth_refusals_before_the_hook_reach_the_limit_logged():
+    """AUTH refused before on_auth (unknown mechanism) counts too; at the limit, one 'refused connection' line."""
+    server, _ = make_server(Policy(), allow_insecure_auth=True, max_auth_failures=2)
+    with capturedLogs() as events:
+        client = TestClient(server, peer=("198.51.100.11", 1))
+        client.command("EHLO c.test")
+        client.command("AUTH FOO")
+        client.send(b"AUTH BAR\r\n")
+        assert [r.code for r in client.replies()] == [504, 421]
+        client.disconnect()
+    lines = [line.split("] ", 1)[1] for line in text_lines(events) if "] refused " in line]
+    assert lines == ["refused AUTH from 198.51.100.11: 504 5.5.4 Error: unrecognized authentication type",
+                     "refused AUTH from 198.51.100.11: 504 5.5.4 Error: unrecognized authentication type",
+                     "refused connection from 198.51.100.11: auth_failures"]
