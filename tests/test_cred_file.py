@@ -246,7 +246,17 @@ def test_threaded_checker_inline_pool():
     assert result_of(d).check(error.UnauthorizedLogin)
 
 
-class RealThreads(trial.TestCase):
+class _TmpDir(trial.TestCase):
+    def tmpdir(self) -> str:
+        """A temporary directory, removed after the test (trial's mktemp would write under the cwd)."""
+        import shutil
+        import tempfile
+        path = tempfile.mkdtemp(prefix="txsmtpsrv-test-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+
+class RealThreads(_TmpDir):
     """With the real reactor and a real pool: the work runs off the reactor thread."""
 
     def setUp(self) -> None:
@@ -265,7 +275,7 @@ class RealThreads(trial.TestCase):
 
     @defer.inlineCallbacks
     def test_file_hash_in_pool(self):
-        path = self.mktemp()
+        path = os.path.join(self.tmpdir(), "passwd")
         with open(path, "wb") as f:
             f.write(b"bob:" + hash_password(b"builder", ln=4) + b"\n")
         checker = FileCredentialsChecker(path, reactor=real_reactor, threadpool=self.pool)
@@ -275,13 +285,13 @@ class RealThreads(trial.TestCase):
         yield threads.deferToThreadPool(real_reactor, self.pool, lambda: None)
 
 
-class DefaultPool(trial.TestCase):
+class DefaultPool(_TmpDir):
     """Without a pool given, hashes run in the auth pool, at a lower CPU priority than the reactor."""
 
     @defer.inlineCallbacks
     def test_hash_in_auth_pool_niced(self):
         import txsmtpsrv._cred as cred
-        path = self.mktemp()
+        path = os.path.join(self.tmpdir(), "passwd")
         with open(path, "wb") as f:
             f.write(b"bob:" + hash_password(b"builder", ln=4) + b"\n")
         checker = FileCredentialsChecker(path)

@@ -13,13 +13,19 @@ from twisted.python import usage
 
 from txsmtpsrv import FileCredentialsChecker, ServerOptions
 from txsmtpsrv._limitopts import LIMIT_FLAGS, beyond_loopback
-from txsmtpsrv._tap import Options, SMTPService, _server_kwargs, _worker_options, makeService
+from txsmtpsrv._cli import Options, server_kwargs, worker_arguments
+from txsmtpsrv._tap import SMTPService, makeService
 
 
 def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default ./Maildir is created at parse time
 
 
 def test_every_limit_has_a_flag_of_the_same_name():
@@ -33,7 +39,7 @@ def test_every_limit_has_a_flag_of_the_same_name():
 
 
 def test_twistd_defaults_on_loopback(tmp_path):
-    kwargs = _server_kwargs(parse("--maildir", str(tmp_path)))  # default: tcp:2525 on 127.0.0.1
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path)))  # default: tcp:2525 on 127.0.0.1
     assert kwargs["max_clients_per_ip"] == 20 and kwargs["max_connect_rate"] == 120
     assert kwargs["greeting_delay"] == 0.0
     assert kwargs["max_junk_commands"] == 100 and kwargs["ipv6_prefix"] == 64
@@ -44,14 +50,14 @@ def test_twistd_defaults_on_loopback(tmp_path):
 
 
 def test_twistd_greeting_delay_beyond_loopback(tmp_path):
-    kwargs = _server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25"))
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25"))
     assert kwargs["greeting_delay"] == 0.1
-    kwargs = _server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25", "--greeting-delay", "0"))
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25", "--greeting-delay", "0"))
     assert kwargs["greeting_delay"] == 0.0
 
 
 def test_flags_given(tmp_path):
-    kwargs = _server_kwargs(parse("--maildir", str(tmp_path), "--max-clients-per-ip", "3", "--max-connect-rate=0",
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "--max-clients-per-ip", "3", "--max-connect-rate=0",
                                   "--ipv6-prefix", "56", "--greeting-delay", "0.5", "--max-junk-commands", "7",
                                   "--max-auth-failures-per-ip", "4", "--max-auth-failures-per-user", "9",
                                   "--auth-failure-window", "60", "--auth-failure-delay", "0.25",
@@ -95,12 +101,12 @@ def test_beyond_loopback(descriptions, adopted, beyond):
 
 def test_workers_get_the_computed_values(tmp_path):
     options = parse("--maildir", str(tmp_path), "-l", "tcp:25", "--max-clients-per-ip", "5")
-    args = _worker_options(options)
+    args = worker_arguments(options)
     assert "--max-clients-per-ip=5" in args and "--greeting-delay=0.1" in args
     assert "--max-connect-rate=120" in args
     worker = Options()
     worker.parseOptions(["--worker", "--adopt=3:INET"] + args)
-    assert _server_kwargs(worker)["greeting_delay"] == 0.1 and _server_kwargs(worker)["max_clients_per_ip"] == 5
+    assert server_kwargs(worker)["greeting_delay"] == 0.1 and server_kwargs(worker)["max_clients_per_ip"] == 5
 
 
 # -- --auth file: ----------------------------------------------------------------------------------
@@ -117,7 +123,7 @@ def test_auth_file_is_read_into_memory(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "No such file"),
+    (None, "no such file"),
     (b"a:b\nu:$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA\n", "line 2: unsupported hash scheme argon2id"),
 ])
 def test_auth_file_errors_are_usage_errors(tmp_path, content, message):

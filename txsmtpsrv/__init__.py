@@ -13,6 +13,7 @@ from ._cred import CredAuthenticator, FileCredentialsChecker, IOAuth2Token, Thre
 from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
+from ._metrics import ServerMetrics
 from ._hooks import Hooks
 from ._options import ServerOptions
 from ._passwd import hash_password
@@ -54,6 +55,7 @@ __all__ = [
     "SMTPError",
     "SMTPServer",
     "SPFVerdict",
+    "ServerMetrics",
     "ServerOptions",
     "Session",
     "TLSConfig",

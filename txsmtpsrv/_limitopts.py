@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_limitopts -*-
 """
 The abuse limits (issue 12) on the C{twistd smtpsrv} command line: one flag
-per L{ServerOptions} field, with a daemon's defaults, and C{--auth file:}
-read once into memory.
+per L{ServerOptions} field (L{_cli} adds them to its C{LIMITS}), with a
+daemon's defaults, and C{--auth file:} read once into memory.
 
 The library's defaults suit sinks and tests (no per-address limit, no
 greeting delay); an internet MX needs them on, so C{twistd smtpsrv}
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
-__all__ = ["LIMIT_FLAGS", "opt_parameters", "apply_defaults", "server_kwargs", "worker_arguments",
-           "beyond_loopback", "file_checker", "reload_checkers"]
+__all__ = ["LIMIT_FLAGS", "apply_defaults", "beyond_loopback", "file_checker", "reload_checkers"]
 
 
 def _count(value: str) -> int:
@@ -86,9 +85,6 @@ LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
 )
 
 
-def opt_parameters() -> List[List[Any]]:
-    """C{usage.Options.optParameters} entries for the flags (no default: L{apply_defaults} fills them)."""
-    return [[flag, None, None, doc, coerce] for flag, _, coerce, _, doc in LIMIT_FLAGS]
 
 
 _SPLIT = re.compile(r"(?<!\\):")
@@ -131,14 +127,8 @@ def apply_defaults(options: Any, descriptions: Sequence[str], adopted: bool = Fa
             options[flag] = default
 
 
-def server_kwargs(options: Any) -> Dict[str, Any]:
-    """The L{ServerOptions} keywords of the flags."""
-    return {field: options[flag] for flag, field, _, _, _ in LIMIT_FLAGS if options[flag] is not None}
 
 
-def worker_arguments(options: Any) -> List[str]:
-    """The flags for a C{--workers} child: every value, computed defaults included (workers adopt sockets)."""
-    return [f"--{flag}={options[flag]}" for flag, _, _, _, _ in LIMIT_FLAGS if options[flag] is not None]
 
 
 def file_checker(description: str) -> Optional[Any]:
