@@ -149,3 +149,43 @@ def test_sighup_rereads_auth_file(tmp_path):
     service.server.reload_tls = lambda: None  # type: ignore[method-assign]
     service._hangup(1, None)
     assert reloaded == [True]
+
+
+# -- the operator's log: per-address refusals once a minute ------------------------------------------
+
+
+def test_per_address_refusals_logged_once_a_minute():
+    """
+    A refused flood from one address writes one line a minute (saying how many were held
+    back); another address and another reason get their own line; observers see every one.
+    """
+    from twisted.logger import capturedLogs
+
+    from txsmtpsrv.testing import make_server
+
+    server, clock = make_server()
+    seen: list = []
+    server.observe("refused", lambda reason, address, session: seen.append((reason, address)))
+    with capturedLogs() as events:
+        for _ in range(50):
+            server._notify("refused", "max_clients_per_ip", "192.0.2.7", None)
+        server._notify("refused", "max_clients_per_ip", "192.0.2.8", None)
+        server._notify("refused", "max_connect_rate", "192.0.2.7", None)
+        server._notify("refused", "max_clients_per_ip", "2001:db8::1", None)
+        server._notify("refused", "max_clients_per_ip", "2001:db8::2", None)  # same /64
+        clock.advance(60)
+        server._notify("refused", "max_clients_per_ip", "192.0.2.7", None)
+        server._notify("refused", "max_clients", "192.0.2.7", None)  # not a per-address limit: each logged
+        server._notify("refused", "max_clients", "192.0.2.7", None)
+    lines = [e["log_format"].format(**e) for e in events if "refused connection" in e.get("log_format", "")]
+    assert lines == [
+        "refused connection from 192.0.2.7: max_clients_per_ip",
+        "refused connection from 192.0.2.8: max_clients_per_ip",
+        "refused connection from 192.0.2.7: max_connect_rate",
+        "refused connection from 2001:db8::1: max_clients_per_ip",
+        "refused connection from 192.0.2.7: max_clients_per_ip (49 more in the last minute)",
+        "refused connection from 192.0.2.7: max_clients",
+        "refused connection from 192.0.2.7: max_clients",
+    ]
+    assert len(seen) == 57
+    assert len(server.session_log._once) <= 4
