@@ -189,3 +189,24 @@ def test_per_address_refusals_logged_once_a_minute():
     ]
     assert len(seen) == 57
     assert len(server.session_log._once) <= 4
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_clients_per_ip": -1}, {"max_clients_per_ip": 1.5}, {"max_connect_rate": True},
+    {"ipv6_prefix": 129}, {"ipv6_prefix": -1}, {"ipv6_prefix": "64"},
+    {"max_junk_commands": -1}, {"greeting_delay": -0.1}, {"greeting_delay": "0.1"},
+    {"greeting_delay": 60}, {"greeting_delay": 5, "socket_timeout": 5},
+    {"max_auth_failures_per_ip": -1}, {"max_auth_failures_per_user": 0.5},
+    {"auth_failure_window": 0}, {"auth_failure_delay": -1}, {"auth_failure_max_delay": 7200},
+])
+def test_invalid_limit_options(kwargs):
+    with pytest.raises(ValueError):
+        ServerOptions(name="mx.test", **kwargs)
+
+
+def test_library_defaults():
+    o = ServerOptions(name="mx.test")
+    assert (o.max_clients_per_ip, o.max_connect_rate, o.ipv6_prefix, o.greeting_delay, o.max_junk_commands) \
+        == (0, 0, 64, 0.0, 100)
+    assert (o.max_auth_failures_per_ip, o.max_auth_failures_per_user, o.auth_failure_window,
+            o.auth_failure_delay, o.auth_failure_max_delay) == (0, 0, 300.0, 0.0, 30.0)

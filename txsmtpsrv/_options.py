@@ -248,6 +248,8 @@ class ServerOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 3600:
                 raise ValueError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
+        if self.greeting_delay >= self.socket_timeout:
+            raise ValueError("greeting_delay must be shorter than socket_timeout")
         if not isinstance(self.auth_failure_window, (int, float)) or not self.auth_failure_window > 0:
             raise ValueError(f"auth_failure_window must be a positive number of seconds, "
                              f"not {self.auth_failure_window!r}")
