@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._context import ServerContext
 from ._errors import format_reply
 from ._hooks import ResolvedHooks
 from ._options import ServerOptions
@@ -87,6 +88,9 @@ class SMTPServer(ServerFactory):
         self._busy_reply = format_reply(421, [f"{o.name} Too many connected clients, try again in a moment"],
                                         "4.7.0" if esc else None)
         self._closing_reply = format_reply(421, [f"{o.name} Service shutting down"], "4.3.2" if esc else None)
+        self._context = ServerContext(o, self._hooks, self._observers, self._reply_cache, reactor,
+                                      lambda: self.resolver,
+                                      self.load_tls, self._notify, self._connected, self._disconnected)
 
     # -- factory ---------------------------------------------------------------
 
@@ -98,7 +102,7 @@ class SMTPServer(ServerFactory):
             p: Protocol = _TooBusy(self._closing_reply if self._closing else self._busy_reply)
             p.factory = self
             return p
-        proto = SMTPServerProtocol(self)
+        proto = SMTPServerProtocol(self._context)
         proto.factory = self
         return proto
 

@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.test_phases -*-
+"""
+The phases of an SMTP/LMTP dialogue, and from which phases each command may
+be given.
+
+Every connection is in exactly one L{Phase}. Commands are read only in the
+three command phases (L{Phase.COMMAND}, L{Phase.TRANSACTION},
+L{Phase.BETWEEN_CHUNKS}); in the others the bytes are a SASL response, a
+body, a chunk, or wait. L{COMMANDS} says, for every command, in which of
+the command phases it runs and what the client gets in the others; the
+dialogue consults it before it calls a handler.
+
+    GREETING --greeted--> COMMAND --MAIL ok--> TRANSACTION --DATA ok--> DATA
+    COMMAND <--RSET/EHLO/verdict-- TRANSACTION
+    COMMAND --AUTH challenge--> AUTH --response--> COMMAND
+    TRANSACTION --BDAT n--> BDAT_CHUNK --chunk read--> BETWEEN_CHUNKS --BDAT n--> BDAT_CHUNK
+    DATA --dot--> VERDICT;  BDAT_CHUNK --LAST read--> VERDICT
+    VERDICT --data hook answered--> COMMAND
+    any --QUIT/421/refusal--> CLOSING --connection lost--> CLOSED
+
+Pure: no Twisted import (see C{tests/test_layering.py}).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Dict, FrozenSet, Mapping, Optional, Tuple
+
+__all__ = ["Phase", "COMMAND_PHASES", "COMMANDS", "Rule", "refusal"]
+
+
+class Phase(enum.Enum):
+    """Where a dialogue is; see the module docstring for the transitions."""
+
+    #: Connected; the reverse lookup, C{on_connect} or the greeting is pending.
+    GREETING = "greeting"
+    #: Greeted, no mail transaction open: a command line is expected.
+    COMMAND = "command"
+    #: MAIL was accepted: RCPT, DATA, BDAT, RSET, ... are expected.
+    TRANSACTION = "transaction"
+    #: An AUTH challenge was sent: the next line is the client's SASL response.
+    AUTH = "auth exchange"
+    #: After 354: body bytes up to the terminating dot.
+    DATA = "data body"
+    #: After BDAT: the chunk's bytes.
+    BDAT_CHUNK = "bdat chunk"
+    #: A BDAT transaction between two chunks: BDAT, RSET, ... are expected.
+    BETWEEN_CHUNKS = "between chunks"
+    #: The body ended; its reply waits for the data hook's verdict.
+    VERDICT = "awaiting verdict"
+    #: The last reply (221, 421, a refused greeting) is queued; nothing more is read.
+    CLOSING = "closing"
+    #: The connection is gone.
+    CLOSED = "closed"
+
+
+#: The phases in which a line is read as a command.
+COMMAND_PHASES: FrozenSet[Phase] = frozenset({Phase.COMMAND, Phase.TRANSACTION, Phase.BETWEEN_CHUNKS})
+
+_ALL = COMMAND_PHASES
+_NEED_MAIL = (503, "5.5.1", "Error: need MAIL command")
+_IN_TRANSACTION = (503, "5.5.1", "Error: not allowed during a mail transaction")
+
+Reply3 = Tuple[int, str, str]
+
+
+class Rule:
+    """
+    Where one command runs.
+
+    @ivar phases: the command phases in which its handler is called.
+    @ivar refusals: the reply in each other command phase.
+    """
+
+    __slots__ = ("phases", "refusals")
+
+    def __init__(self, phases: FrozenSet[Phase], refusals: Optional[Mapping[Phase, Reply3]] = None) -> None:
+        self.phases = phases
+        self.refusals: Dict[Phase, Reply3] = dict(refusals or {})
+        missing = COMMAND_PHASES - phases - set(self.refusals)
+        if missing:
+            raise ValueError(f"no reply for {sorted(p.name for p in missing)}")
+
+
+#: Every command the dialogue knows, with its rule.
+COMMANDS: Dict[str, Rule] = {
+    "HELO": Rule(_ALL),
+    "EHLO": Rule(_ALL),
+    "LHLO": Rule(_ALL),
+    "MAIL": Rule(frozenset({Phase.COMMAND}), {
+        Phase.TRANSACTION: (503, "5.5.1", "Error: nested MAIL command"),
+        Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: nested MAIL command"),
+    }),
+    "RCPT": Rule(frozenset({Phase.TRANSACTION}), {
+        Phase.COMMAND: _NEED_MAIL,
+        Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: RCPT not allowed once BDAT has begun"),
+    }),
+    # DATA checks its own syntax first; it refuses by phase in its handler.
+    "DATA": Rule(_ALL),
+    # BDAT must read (and drop) its chunk even when refused: its handler decides.
+    "BDAT": Rule(_ALL),
+    "RSET": Rule(_ALL),
+    "NOOP": Rule(_ALL),
+    "QUIT": Rule(_ALL),
+    "VRFY": Rule(_ALL),
+    "EXPN": Rule(_ALL),
+    "HELP": Rule(_ALL),
+    # AUTH says why not in the order RFC 4954 4 lists (support, EHLO, already, transaction).
+    "AUTH": Rule(_ALL),
+    "STARTTLS": Rule(_ALL),
+    # XCLIENT/XFORWARD first check who may use them (see their handlers).
+    "XCLIENT": Rule(_ALL),
+    "XFORWARD": Rule(_ALL),
+}
+
+
+def refusal(verb: str, phase: Phase) -> Optional[Reply3]:
+    """The reply refusing C{verb} in C{phase}, or C{None} if its handler runs."""
+    rule = COMMANDS[verb]
+    if phase in rule.phases:
+        return None
+    return rule.refusals[phase]
