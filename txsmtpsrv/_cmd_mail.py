@@ -23,6 +23,14 @@ from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase
 from ._session import Address, Envelope
 
+# Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
+_COMMAND = Phase.COMMAND
+_TRANSACTION = Phase.TRANSACTION
+_DATA = Phase.DATA
+_BDAT_CHUNK = Phase.BDAT_CHUNK
+_BETWEEN_CHUNKS = Phase.BETWEEN_CHUNKS
+_VERDICT = Phase.VERDICT
+
 __all__ = ["MailCommands"]
 
 
@@ -59,11 +67,11 @@ class MailCommands(CoreBase):
         env.mail_from = address
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._send(hook_outcome(value, error, timed_out, 250, "2.1.0", "Accepted")):
+            if self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
                 s.envelope = env
                 s.transaction += 1
-                if self.phase is Phase.COMMAND:
-                    self.phase = Phase.TRANSACTION
+                if self.phase is _COMMAND:
+                    self.phase = _TRANSACTION
                 self._notify("mail", s, address)
 
         if "on_mail_from" in self.hooks:
@@ -144,7 +152,7 @@ class MailCommands(CoreBase):
         address = Address(mailbox, params, notify, orcpt)
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._send(hook_outcome(value, error, timed_out, 250, "2.1.5", "Accepted")):
+            if self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
                 if s.envelope is env:  # not reset meanwhile
                     env.rcpt_to.append(address)
                     self._notify("rcpt", s, address)
@@ -161,20 +169,20 @@ class MailCommands(CoreBase):
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: DATA")
             return
-        if self.phase is Phase.COMMAND:
+        if self.phase is _COMMAND:
             self._reply(503, "5.5.1", "Error: need MAIL command")
             return
         if not env.rcpt_to:
             self._reply(554, "5.5.1", "Error: no valid recipients")
             return
-        if self.phase is Phase.BETWEEN_CHUNKS:
+        if self.phase is _BETWEEN_CHUNKS:
             self._reply(503, "5.5.1", "Error: DATA not allowed after BDAT in one transaction")
             return
         if env.body_type == "BINARYMIME":
             self._reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT")
             return
         self._reply(354, None, "End data with <CR><LF>.<CR><LF>")
-        self.phase = Phase.DATA
+        self.phase = _DATA
         self._deadline = self._clock() + self.options.socket_timeout
         self._decoder = DotDecoder(self.options.bare_line_endings == "reject")
         self._start_data()
@@ -195,7 +203,7 @@ class MailCommands(CoreBase):
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token
-            self._hold(ASKING)
+            self._holds |= ASKING
             self.actions.append((BODY_START, token, self.session))
         else:
             self._data_token = None
@@ -237,7 +245,7 @@ class MailCommands(CoreBase):
         if self._data_outcome is None and self._data_token is not None and (self.size_exceeded or self._data_bare):
             self.actions.append((CANCEL, self._data_token))  # the verdict is known: no need to wait
         if self._data_outcome is None:
-            self.phase = Phase.VERDICT
+            self.phase = _VERDICT
             self._hold(VERDICT)  # commands after the end wait for the verdict
         else:
             self._data_reply()
@@ -268,13 +276,14 @@ class MailCommands(CoreBase):
             for outcome in outcomes:
                 ok = self._send(outcome) or ok
         else:
-            ok = self._send(hook_outcome(value, error, timed_out, 250, "2.0.0", "OK: message accepted"))
+            ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
         if ok:  # logged by deliveries and observers, not here: this is the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()
-        self.phase = Phase.COMMAND
+        self.phase = _COMMAND
         self._release(VERDICT, True)
-        self._shutdown_if_idle()
+        if self._shutdown:
+            self._shutdown_if_idle()
 
     # -- BDAT (RFC 3030) ------------------------------------------------------------------
 
@@ -291,7 +300,7 @@ class MailCommands(CoreBase):
             return
         env = self.session.envelope
         error: Optional[Tuple[int, str, str]] = None
-        if self.phase is Phase.COMMAND:
+        if self.phase is _COMMAND:
             error = (503, "5.5.1", "Error: need MAIL command")
         elif not env.rcpt_to:
             error = (554, "5.5.1", "Error: no valid recipients")
@@ -309,7 +318,7 @@ class MailCommands(CoreBase):
             self._chunk_done()
             return
         self._chunk_left = size
-        self.phase = Phase.BDAT_CHUNK
+        self.phase = _BDAT_CHUNK
 
     def _chunk_bytes(self, piece: bytes) -> None:
         self._chunk_left -= len(piece)

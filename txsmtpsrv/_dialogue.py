@@ -13,7 +13,7 @@ Its phases and which command runs in which phase: L{_phases}.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, FrozenSet, Tuple
 
 from ._cmd_mail import MailCommands
 from ._cmd_session import SessionCommands
@@ -31,12 +31,15 @@ class Dialogue(MailCommands, SessionCommands):
     __slots__ = ()
 
 
-def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None]]]:
-    table: Dict[bytes, Tuple[str, Callable[..., None]]] = {}
+def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]]:
+    table: Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]] = {}
     for name in dir(Dialogue):
         if name.startswith("_cmd_"):
             verb = name[5:]
-            table[verb.encode("ascii")] = (verb, getattr(Dialogue, name))
+            rule = COMMANDS.get(verb)
+            if rule is None:
+                raise AssertionError(f"command {verb} has a handler but no rule in _phases.COMMANDS")
+            table[verb.encode("ascii")] = (verb, getattr(Dialogue, name), rule.phases)
     if set(v.decode("ascii") for v in table) != set(COMMANDS):
         raise AssertionError("every command needs a handler and a rule in _phases.COMMANDS")
     return table

@@ -53,6 +53,9 @@ class Phase(enum.Enum):
     #: The connection is gone.
     CLOSED = "closed"
 
+    # Members are singletons: hash by identity (C-fast; Enum's hashes the name in Python).
+    __hash__ = object.__hash__
+
 
 #: The phases in which a line is read as a command.
 COMMAND_PHASES: FrozenSet[Phase] = frozenset({Phase.COMMAND, Phase.TRANSACTION, Phase.BETWEEN_CHUNKS})
@@ -114,9 +117,6 @@ COMMANDS: Dict[str, Rule] = {
 }
 
 
-def refusal(verb: str, phase: Phase) -> Optional[Reply3]:
-    """The reply refusing C{verb} in C{phase}, or C{None} if its handler runs."""
-    rule = COMMANDS[verb]
-    if phase in rule.phases:
-        return None
-    return rule.refusals[phase]
+def refusal(verb: str, phase: Phase) -> Reply3:
+    """The reply refusing C{verb} in C{phase} (a command phase not in its rule's C{phases})."""
+    return COMMANDS[verb].refusals[phase]

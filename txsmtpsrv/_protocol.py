@@ -161,8 +161,18 @@ class SMTPServerProtocol(Protocol):
         self.log.failure("hook {hook} failed", failure, hook=name, session_id=self.session.id)
 
     def dataReceived(self, data: bytes) -> None:
-        self.core.receive(data)
-        self._run()
+        core = self.core
+        core.receive(data)
+        if core.actions:
+            self._run()
+        else:  # the common case: replies only, in one write
+            out = core.out
+            if out:
+                core.out = []
+                if not self._gone:
+                    self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._paused or core.paused:
+                self._sync_reading()
 
     # -- performing the dialogue's actions -------------------------------------
 
