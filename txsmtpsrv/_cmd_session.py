@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ._core import START_TLS, CoreBase
 from ._errors import Reply, SMTPError, format_reply
-from ._ipaddr import address_literal
+from ._ipaddr import address_literal, parse_ip
 from ._outcome import auth_outcome, hook_outcome
 from ._phases import Phase
 from ._sasl import Challenge, SASLAuthFailed, UnknownMechanism, start_mechanism
@@ -24,6 +24,7 @@ from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_AT
                        parse_xclient, parse_xforward)
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
+_GREETING = Phase.GREETING
 _COMMAND = Phase.COMMAND
 _AUTH = Phase.AUTH
 _CLOSING = Phase.CLOSING
@@ -70,6 +71,58 @@ class SessionCommands(CoreBase):
     """Commands about the session rather than one message."""
 
     __slots__ = ()
+
+    # -- connecting and greeting ----------------------------------------------------
+
+    def start(self) -> None:
+        """The connection is made: decide who the client is and greet (or ask first)."""
+        o = self.options
+        s = self.session
+        ip = s.remote_address
+        addr = parse_ip(ip) if ip else None
+        self._deadline = self._clock() + o.socket_timeout
+        self._quiet = addr is not None and any(addr in net for net in o.ignored_hosts)
+        self._trusted = bool((o.use_xclient or o.use_xforward) and addr is not None and any(
+            addr in net for net in o.xclient_trusted))
+        if ip:
+            s.client_hostname = f"[{addr}]" if addr is not None and addr.version == 4 else address_literal(ip)
+        if not self._quiet:
+            self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
+                      peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
+        self._notify("connect", s)
+        if not ip or o.disable_reverse_lookup:
+            self._connect_hook()
+        elif addr is not None and addr.is_loopback:
+            self._lookup_done("localhost", None, False)  # a PTR query for loopback tells nothing
+        else:
+            self._ask("reverse_lookup", (ip,), self._lookup_done)
+
+    def _lookup_done(self, name: Any, error: Optional[BaseException], timed_out: bool) -> None:
+        if name:
+            self.session.client_hostname = name
+        self._connect_hook()
+
+    def _connect_hook(self) -> None:
+        self.phase = _GREETING
+        if "on_connect" in self.hooks:
+            self._ask("on_connect", (self.session,), self._connect_done)
+        else:
+            self._greet()
+
+    def _connect_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
+        if error is None and value is None:
+            self._greet()
+            return
+        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
+        if self._send(hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)):
+            self.phase = _COMMAND
+        else:
+            self._close()
+
+    def _greet(self) -> None:
+        o = self.options
+        self.phase = _COMMAND
+        self._reply(220, None, f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else ""))
 
     # -- HELO / EHLO / LHLO ------------------------------------------------------
 
