@@ -20,7 +20,7 @@ from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, pars
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import DotDecoder
 from ._outcome import hook_outcome, lmtp_outcomes
-from ._phases import Phase
+from ._phases import Phase, refusal
 from ._session import Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
@@ -169,14 +169,10 @@ class MailCommands(CoreBase):
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: DATA")
             return
-        if self.phase is _COMMAND:
-            self._reply(503, "5.5.1", "Error: need MAIL command")
+        if self._refused("DATA"):
             return
         if not env.rcpt_to:
             self._reply(554, "5.5.1", "Error: no valid recipients")
-            return
-        if self.phase is _BETWEEN_CHUNKS:
-            self._reply(503, "5.5.1", "Error: DATA not allowed after BDAT in one transaction")
             return
         if env.body_type == "BINARYMIME":
             self._reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT")
@@ -299,15 +295,14 @@ class MailCommands(CoreBase):
             self._close()
             return
         env = self.session.envelope
-        error: Optional[Tuple[int, str, str]] = None
-        if self.phase is _COMMAND:
-            error = (503, "5.5.1", "Error: need MAIL command")
-        elif not env.rcpt_to:
-            error = (554, "5.5.1", "Error: no valid recipients")
-        elif self._bdat_error is not None:
-            error = self._bdat_error
-        elif not self._body:
-            self._start_data()
+        error: Optional[Tuple[int, str, str]] = refusal("BDAT", self.phase)
+        if error is None:
+            if not env.rcpt_to:
+                error = (554, "5.5.1", "Error: no valid recipients")
+            elif self._bdat_error is not None:
+                error = self._bdat_error
+            elif not self._body:
+                self._start_data()
         self._chunk_error = error
         self._chunk_last = last
         if error is None and self._per_byte:

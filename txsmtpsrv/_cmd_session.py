@@ -192,8 +192,7 @@ class SessionCommands(CoreBase):
         if s.user is not None:
             self._reply(503, "5.5.1", "Error: already authenticated")
             return
-        if self.phase is not _COMMAND:
-            self._reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+        if self._refused("AUTH"):
             return
         parts = arg.split(" ")
         if not arg or len(parts) > 2:
@@ -332,16 +331,14 @@ class SessionCommands(CoreBase):
 
     # -- XCLIENT / XFORWARD (Postfix) ----------------------------------------------------
 
-    def _x_attributes(self, enabled: bool, parse: Callable[[str], Dict[str, Any]],
+    def _x_attributes(self, verb: str, enabled: bool, parse: Callable[[str], Dict[str, Any]],
                       arg: str) -> Optional[Dict[str, Any]]:
         """Check who may send XCLIENT/XFORWARD and parse it, or answer why not."""
         if not enabled:
             self._reply(502, "5.5.1", "Error: command not implemented")
         elif not self._trusted:
             self._reply(550, "5.7.0", "Error: insufficient authorization")
-        elif self.phase is not _COMMAND:
-            self._reply(503, "5.5.1", "Error: not allowed during a mail transaction")
-        else:
+        elif not self._refused(verb):
             try:
                 return parse(arg)
             except XClientError as e:
@@ -353,7 +350,7 @@ class SessionCommands(CoreBase):
         return {k: str(v.value if v in (UNAVAILABLE, TEMPUNAVAIL) else v) for k, v in attrs.items()}
 
     def _cmd_XCLIENT(self, arg: str) -> None:
-        attrs = self._x_attributes(self.options.use_xclient, parse_xclient, arg)
+        attrs = self._x_attributes("XCLIENT", self.options.use_xclient, parse_xclient, arg)
         if attrs is None:
             return
         s = self.session
@@ -375,7 +372,7 @@ class SessionCommands(CoreBase):
         self._connect_hook()  # policy sees the real client (on_connect, then 220)
 
     def _cmd_XFORWARD(self, arg: str) -> None:
-        attrs = self._x_attributes(self.options.use_xforward, parse_xforward, arg)
+        attrs = self._x_attributes("XFORWARD", self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
             self.session.xforward.update(self._as_text(attrs))
             self._reply(250, "2.0.0", "OK")

@@ -386,7 +386,7 @@ class CoreBase:
             # AUTH's argument may hold a password (initial response): not shown.
             self._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
         if self.phase not in phases:
-            self._reply(*refusal(name, self.phase))
+            self._refused(name)
             return
         try:
             handler(self, arg)
@@ -394,6 +394,14 @@ class CoreBase:
             # A bug of ours must cost one command, not the connection.
             self._log("failure", "error handling {verb}", verb=name, error=e)
             self._reply(451, "4.3.0", LOCAL_ERROR)
+
+    def _refused(self, verb: str) -> bool:
+        """Refuse C{verb} if L{_phases.COMMANDS} does not allow it in this phase."""
+        refused = refusal(verb, self.phase)
+        if refused is None:
+            return False
+        self._reply(*refused)
+        return True
 
     def _unrecognized_command(self, verb: bytes) -> None:
         if not verb:

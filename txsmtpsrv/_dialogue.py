@@ -19,7 +19,7 @@ from ._cmd_mail import MailCommands
 from ._cmd_session import SessionCommands
 from ._core import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS,
                     CoreBase)
-from ._phases import COMMANDS, Phase
+from ._phases import COMMAND_PHASES, COMMANDS, Phase
 
 __all__ = ["Dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS",
            "CLOSE", "ABORT", "NOTIFY", "LOG"]
@@ -39,7 +39,9 @@ def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[P
             rule = COMMANDS.get(verb)
             if rule is None:
                 raise AssertionError(f"command {verb} has a handler but no rule in _phases.COMMANDS")
-            table[verb.encode("ascii")] = (verb, getattr(Dialogue, name), rule.phases)
+            # A deferred rule is applied by the handler itself (see _phases.Rule).
+            phases = COMMAND_PHASES if rule.deferred else rule.phases
+            table[verb.encode("ascii")] = (verb, getattr(Dialogue, name), phases)
     if set(v.decode("ascii") for v in table) != set(COMMANDS):
         raise AssertionError("every command needs a handler and a rule in _phases.COMMANDS")
     return table

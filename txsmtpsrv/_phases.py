@@ -71,52 +71,60 @@ class Rule:
     """
     Where one command runs.
 
-    @ivar phases: the command phases in which its handler is called.
+    @ivar phases: the command phases in which it is allowed.
     @ivar refusals: the reply in each other command phase.
+    @ivar deferred: whether its handler applies the rule itself, after
+        checks that come first (DATA's syntax, whether AUTH or XCLIENT is
+        offered at all; BDAT, which must read its chunk even when refused).
     """
 
-    __slots__ = ("phases", "refusals")
+    __slots__ = ("phases", "refusals", "deferred")
 
-    def __init__(self, phases: FrozenSet[Phase], refusals: Optional[Mapping[Phase, Reply3]] = None) -> None:
+    def __init__(self, phases: FrozenSet[Phase], refusals: Optional[Mapping[Phase, Reply3]] = None,
+                 deferred: bool = False) -> None:
         self.phases = phases
         self.refusals: Dict[Phase, Reply3] = dict(refusals or {})
+        self.deferred = deferred
         missing = COMMAND_PHASES - phases - set(self.refusals)
         if missing:
             raise ValueError(f"no reply for {sorted(p.name for p in missing)}")
 
+
+_NESTED = (503, "5.5.1", "Error: nested MAIL command")
+_ONLY_OUTSIDE = {Phase.TRANSACTION: _IN_TRANSACTION, Phase.BETWEEN_CHUNKS: _IN_TRANSACTION}
 
 #: Every command the dialogue knows, with its rule.
 COMMANDS: Dict[str, Rule] = {
     "HELO": Rule(_ALL),
     "EHLO": Rule(_ALL),
     "LHLO": Rule(_ALL),
-    "MAIL": Rule(frozenset({Phase.COMMAND}), {
-        Phase.TRANSACTION: (503, "5.5.1", "Error: nested MAIL command"),
-        Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: nested MAIL command"),
-    }),
+    "MAIL": Rule(frozenset({Phase.COMMAND}), {Phase.TRANSACTION: _NESTED, Phase.BETWEEN_CHUNKS: _NESTED}),
     "RCPT": Rule(frozenset({Phase.TRANSACTION}), {
         Phase.COMMAND: _NEED_MAIL,
         Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: RCPT not allowed once BDAT has begun"),
     }),
-    # DATA checks its own syntax first; it refuses by phase in its handler.
-    "DATA": Rule(_ALL),
-    # BDAT must read (and drop) its chunk even when refused: its handler decides.
-    "BDAT": Rule(_ALL),
+    "DATA": Rule(frozenset({Phase.TRANSACTION}), {
+        Phase.COMMAND: _NEED_MAIL,
+        Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: DATA not allowed after BDAT in one transaction"),
+    }, deferred=True),
+    "BDAT": Rule(frozenset({Phase.TRANSACTION, Phase.BETWEEN_CHUNKS}), {Phase.COMMAND: _NEED_MAIL}, deferred=True),
     "RSET": Rule(_ALL),
     "NOOP": Rule(_ALL),
     "QUIT": Rule(_ALL),
     "VRFY": Rule(_ALL),
     "EXPN": Rule(_ALL),
     "HELP": Rule(_ALL),
-    # AUTH says why not in the order RFC 4954 4 lists (support, EHLO, already, transaction).
-    "AUTH": Rule(_ALL),
+    "AUTH": Rule(frozenset({Phase.COMMAND}), {
+        Phase.TRANSACTION: (503, "5.5.1", "Error: AUTH not permitted during a mail transaction"),
+        Phase.BETWEEN_CHUNKS: (503, "5.5.1", "Error: AUTH not permitted during a mail transaction"),
+    }, deferred=True),
     "STARTTLS": Rule(_ALL),
-    # XCLIENT/XFORWARD first check who may use them (see their handlers).
-    "XCLIENT": Rule(_ALL),
-    "XFORWARD": Rule(_ALL),
+    "XCLIENT": Rule(frozenset({Phase.COMMAND}), _ONLY_OUTSIDE, deferred=True),
+    "XFORWARD": Rule(frozenset({Phase.COMMAND}), _ONLY_OUTSIDE, deferred=True),
 }
 
 
-def refusal(verb: str, phase: Phase) -> Reply3:
-    """The reply refusing C{verb} in C{phase} (a command phase not in its rule's C{phases})."""
-    return COMMANDS[verb].refusals[phase]
+def refusal(verb: str, phase: Phase) -> Optional[Reply3]:
+    """The reply refusing C{verb} in C{phase}, or C{None} if it is allowed there."""
+    rule = COMMANDS[verb]
+    return None if phase in rule.phases else rule.refusals[phase]
