@@ -17,12 +17,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["txsmtpsrv", "twisted.plugins"],
+    # The pytest plugin: top-level so that loading it does not import txsmtpsrv or Twisted.
+    py_modules=["_txsmtpsrv_pytest"],
     package_data={"txsmtpsrv": ["py.typed"], "twisted": ["plugins/txsmtpsrv_plugin.py",
                                                           "plugins/txsmtpsrv_endpoints.py"]},
     include_package_data=True,
-    install_requires=["twisted[tls]>=26.4"],
+    # crochet runs the reactor thread of txsmtpsrv.testing.ThreadedServer, which the
+    # pytest plugin (always registered below) uses: it must work after a plain install.
+    install_requires=["twisted[tls]>=26.4", "crochet>=2.1"],
+    entry_points={"pytest11": ["txsmtpsrv = _txsmtpsrv_pytest"]},
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[

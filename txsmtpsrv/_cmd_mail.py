@@ -33,11 +33,46 @@ _VERDICT = Phase.VERDICT
 
 __all__ = ["MailCommands"]
 
+_IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS, _VERDICT})
+
 
 class MailCommands(CoreBase):
     """The commands of one mail transaction, and its body."""
 
     __slots__ = ()
+
+    # -- the transaction's state ---------------------------------------------------
+
+    def _settle(self) -> None:
+        """Back to reading commands: in the phase the transaction's state says."""
+        if self._body:
+            self.phase = _BETWEEN_CHUNKS
+        elif self.session.envelope.mail_from is not None:
+            self.phase = _TRANSACTION
+        else:
+            self.phase = _COMMAND
+
+    def _reset_transaction(self) -> None:
+        if self._body and self.phase is _BETWEEN_CHUNKS:
+            self._abandon_data()  # RSET or EHLO between BDAT chunks
+        self._bdat_error = None
+        s = self.session
+        if s.envelope.mail_from is not None or s.envelope.rcpt_to:
+            s.envelope = Envelope()
+        if s.xforward:  # XFORWARD describes one transaction
+            s.xforward = {}
+            if self._pre_xforward is not None:
+                s.remote_address, s.client_hostname = self._pre_xforward
+                self._pre_xforward = None
+        if self.phase in _IN_TRANSACTION:
+            self.phase = _COMMAND
+
+    def _abandon_data(self) -> None:
+        """A BDAT transaction was reset or failed: stop its stream and hook."""
+        self._body = False
+        self.actions.append((BODY_ABORT, "abandoned"))
+        token, self._data_token = self._data_token, None
+        self._cancel(token)
 
     # -- MAIL -------------------------------------------------------------------
 
@@ -45,13 +80,13 @@ class MailCommands(CoreBase):
         s = self.session
         o = self.options
         if not s.opening_command:
-            self._reply(503, "5.5.1", "Error: send HELO/EHLO first")
+            self._reply(503, "5.5.1", "Error: send LHLO first" if o.lmtp else "Error: send HELO/EHLO first")
             return
         if o.needs_upgrade and not s.secure:
             self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
             return
         if self._auth_needed and s.user is None:
-            self._reply(530, "5.7.0", o.auth_required_message)
+            self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
             mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
@@ -295,7 +330,11 @@ class MailCommands(CoreBase):
             self._close()
             return
         env = self.session.envelope
-        error: Optional[Tuple[int, str, str]] = refusal("BDAT", self.phase)
+        error: Optional[Tuple[int, str, str]]
+        if self._auth_needed and self.session.user is None:  # RFC 4954 6; the chunk is still read
+            error = (530, "5.7.0", self._auth_required_text())
+        else:
+            error = refusal("BDAT", self.phase)
         if error is None:
             if not env.rcpt_to:
                 error = (554, "5.5.1", "Error: no valid recipients")

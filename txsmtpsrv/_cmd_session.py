@@ -21,7 +21,7 @@ from ._outcome import auth_outcome, hook_outcome
 from ._phases import Phase
 from ._sasl import Challenge, SASLAuthFailed, UnknownMechanism, start_mechanism
 from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES, XClientError,
-                       parse_xclient, parse_xforward)
+                       forwarded_client, parse_xclient, parse_xforward)
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _GREETING = Phase.GREETING
@@ -260,9 +260,11 @@ class SessionCommands(CoreBase):
         if outcome.code == 535 and exchange.supports_error_challenge:
             # RFC 7628: an error challenge, then 535 once the client acknowledges it.
             self._auth = exchange
-            self._auth_error = SMTPError(outcome.code, outcome.lines, outcome.enhanced)
+            err = outcome.error if isinstance(outcome.error, SMTPError) else SMTPError(
+                outcome.code, outcome.lines, outcome.enhanced)
+            self._auth_error = err
             self.phase = _AUTH
-            self.out.append(exchange.reject().reply_line())
+            self.out.append(exchange.reject(getattr(err, "challenge", None)).reply_line())
             return
         self._send(outcome)
 
@@ -354,17 +356,16 @@ class SessionCommands(CoreBase):
         if attrs is None:
             return
         s = self.session
+        # Postfix restarts the session as if the real client had connected
+        # (first, so that no XFORWARD of before is undone over our values).
+        self._reset_transaction()
         known = {k: v for k, v in attrs.items() if v is not UNAVAILABLE and v is not TEMPUNAVAIL}
-        s.remote_address = str(known.get("ADDR", s.remote_address))
+        s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
         s.remote_port = int(known.get("PORT", s.remote_port))
         s.local_address = str(known.get("DESTADDR", s.local_address))
         s.local_port = int(known.get("DESTPORT", s.local_port))
-        if "NAME" in attrs or "ADDR" in attrs:
-            s.client_hostname = str(known["NAME"]) if "NAME" in known else address_literal(s.remote_address)
         s.xclient.update(self._as_text(attrs))
         self._log("info", "XCLIENT: client is now {remote_address}", remote_address=s.remote_address)
-        # Postfix restarts the session as if the real client had connected.
-        self._reset_transaction()
         s.opening_command = ""
         s.host_name_appears_as = str(known.get("HELO", ""))
         s.user = known.get("LOGIN")
@@ -374,7 +375,12 @@ class SessionCommands(CoreBase):
     def _cmd_XFORWARD(self, arg: str) -> None:
         attrs = self._x_attributes("XFORWARD", self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
-            self.session.xforward.update(self._as_text(attrs))
+            s = self.session
+            if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
+                self._pre_xforward = (s.remote_address, s.client_hostname)
+            s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
+            s.xforward.update(self._as_text(attrs))
+            self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)
             self._reply(250, "2.0.0", "OK")
 
     # -- the simple ones --------------------------------------------------------------------

@@ -31,11 +31,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from ._authgate import CLOSE as GATE_CLOSE, REFUSE as GATE_REFUSE, unauthenticated_command
 from ._errors import format_reply
 from ._outcome import LOCAL_ERROR, Outcome, hook_outcome
 from ._phases import Phase, refusal
 from ._reader import TOO_LONG, CommandReader
-from ._session import Envelope, Session
+from ._session import Session
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _GREETING = Phase.GREETING
@@ -65,8 +66,6 @@ ASKING = 16  # the data hook is being called: its answer may apply to the next b
 _OURS = HOOK | STREAM | VERDICT | ASKING  # holds that never time the client out
 
 _ENDED = frozenset({_CLOSING, _CLOSED})
-_IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS,
-                             _VERDICT})
 
 Done = Callable[[Any, Optional[BaseException], bool], None]
 
@@ -87,7 +86,7 @@ class CoreBase:
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "size_exceeded", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking",
+        "_data_trace", "_asking", "_pre_xforward",
     )
 
     #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
@@ -150,6 +149,8 @@ class CoreBase:
         self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool]] = None
         self._data_trace: Any = None
         self._asking: Optional[int] = None
+        # (remote_address, client_hostname) before an XFORWARD replaced them.
+        self._pre_xforward: Optional[Tuple[str, str]] = None
         self.byte_length = 0
         self.size_exceeded = False
         # BDAT: bytes left in the chunk being read, whether it is the last
@@ -368,18 +369,21 @@ class CoreBase:
         if name in o.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
+        if self._auth_needed and self.session.user is None:
+            self._unauthenticated, verdict = unauthenticated_command(
+                name, self._unauthenticated, o.max_allowed_unauthenticated_commands)
+            if verdict == GATE_CLOSE:
+                self._reply(421, "4.7.0", f"{o.name} Error: too many unauthenticated commands")
+                self._close()
+                return
+            if verdict == GATE_REFUSE:  # RFC 4954 6
+                self._reply(530, "5.7.0", self._auth_required_text())
+                return
         try:
             arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
         except UnicodeDecodeError:
             self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
             return
-        if self._auth_needed and self.session.user is None:
-            self._unauthenticated += 1
-            limit = o.max_allowed_unauthenticated_commands
-            if limit and self._unauthenticated > limit:
-                self._reply(421, "4.7.0", f"{o.name} Error: too many unauthenticated commands")
-                self._close()
-                return
         if self._shutdown and self._shutdown_if_idle():
             return
         if self.observers["command"]:
@@ -394,6 +398,11 @@ class CoreBase:
             # A bug of ours must cost one command, not the connection.
             self._log("failure", "error handling {verb}", verb=name, error=e)
             self._reply(451, "4.3.0", LOCAL_ERROR)
+
+    def _auth_required_text(self) -> str:
+        if self.options.needs_upgrade and not self.session.secure:
+            return "Error: must issue a STARTTLS command first"
+        return str(self.options.auth_required_message)
 
     def _refused(self, verb: str) -> bool:
         """Refuse C{verb} if L{_phases.COMMANDS} does not allow it in this phase."""
@@ -537,34 +546,6 @@ class CoreBase:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def _settle(self) -> None:
-        """Back to reading commands: in the phase the transaction's state says."""
-        if self._body:
-            self.phase = _BETWEEN_CHUNKS
-        elif self.session.envelope.mail_from is not None:
-            self.phase = _TRANSACTION
-        else:
-            self.phase = _COMMAND
-
-    def _reset_transaction(self) -> None:
-        if self._body and self.phase is _BETWEEN_CHUNKS:
-            self._abandon_data()  # RSET or EHLO between BDAT chunks
-        self._bdat_error = None
-        s = self.session
-        if s.envelope.mail_from is not None or s.envelope.rcpt_to:
-            s.envelope = Envelope()
-        if s.xforward:  # XFORWARD describes one transaction
-            s.xforward = {}
-        if self.phase in _IN_TRANSACTION:
-            self.phase = _COMMAND
-
-    def _abandon_data(self) -> None:
-        """A BDAT transaction was reset or failed: stop its stream and hook."""
-        self._body = False
-        self.actions.append((BODY_ABORT, "abandoned"))
-        token, self._data_token = self._data_token, None
-        self._cancel(token)
-
     def _shutdown_if_idle(self) -> bool:
         """During shutdown, a client between transactions gets 421 and is closed."""
         if not self._shutdown or self.phase in _ENDED:
@@ -579,6 +560,9 @@ class CoreBase:
         self._close()
 
     # Provided by the command mixins.
+    def _reset_transaction(self) -> None:
+        raise NotImplementedError
+
     def _connect_hook(self) -> None:
         raise NotImplementedError
 

@@ -43,7 +43,9 @@ class ServerOptions:
     #: Extra text after C{220 name ESMTP} in the greeting.
     banner: str = ""
     #: Format of the first line of the EHLO/HELO reply; fields: name,
-    #: client_hostname, remote_address, helo.
+    #: client_hostname, remote_address, helo. Like every reply line it goes
+    #: out printable and at most 512 octets: controls in the client's
+    #: C{{helo}} are escaped (C{\\x00}) and a long line is cut (C{...}).
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
     #: Largest message in octets (0 means no limit); advertised as SIZE.
     size: int = 32 * 1024 * 1024
@@ -59,10 +61,15 @@ class ServerOptions:
     hide_dsn: bool = False
     #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA.
     lmtp: bool = False
-    #: Accept Postfix's XCLIENT / XFORWARD from C{xclient_trusted} networks.
+    #: Accept Postfix's XCLIENT / XFORWARD, from C{xclient_trusted} networks only.
     use_xclient: bool = False
     use_xforward: bool = False
-    xclient_trusted: Tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: Networks (CIDR strings, or one comma separated string) whose
+    #: connections may send XCLIENT / XFORWARD. Empty by default: trust is
+    #: never assumed, not even for loopback (any local process could claim to
+    #: be any client, with any LOGIN); until networks are named both commands
+    #: get C{550 5.7.0} and neither is advertised in the EHLO reply.
+    xclient_trusted: Tuple[str, ...] = ()
     #: Addresses or networks whose connections are not logged (health checks).
     ignored_hosts: Tuple[str, ...] = ()
     #: Skip the client's reverse DNS lookup (C{client_hostname} stays C{[ip]}).
@@ -115,15 +122,21 @@ class ServerOptions:
     rcpt_params: FrozenSet[str] = frozenset()
     #: SASL mechanisms offered when the hooks have C{on_auth} (RFC 4954).
     auth_methods: Tuple[str, ...] = ("PLAIN", "LOGIN")
-    #: With an auth hook, MAIL is refused (530 5.7.0) until the client
-    #: authenticates, unless this is set.
+    #: With an auth hook, every command but AUTH, EHLO, HELO, LHLO, NOOP,
+    #: RSET, QUIT, STARTTLS, XCLIENT and XFORWARD is refused with C{530 5.7.0}
+    #: until the client authenticates (RFC 4954 section 6), unless this is set.
     auth_optional: bool = False
     #: Offer AUTH on connections that are not encrypted.
     allow_insecure_auth: bool = False
-    #: Text of the C{530 5.7.0} reply to MAIL without authentication.
+    #: Text of the C{530 5.7.0} reply to commands sent before authenticating.
     auth_required_message: str = "Error: authentication required"
-    #: Commands a client may send before authenticating, when the auth hook
-    #: makes authentication required; then C{421} and close (0: no limit).
+    #: When authentication is required (an auth hook, no C{auth_optional}):
+    #: the N-th command before a successful AUTH is answered C{421 4.7.0} and
+    #: the connection closed (0: no limit). Every recognised command counts
+    #: (EHLO, NOOP, refused MAIL...) except AUTH; the lines of an AUTH
+    #: exchange and unrecognised commands (see C{max_unrecognized_commands})
+    #: never count. As smtp-server's C{maxAllowedUnauthenticatedCommands},
+    #: except that smtp-server also counts SASL response lines.
     max_allowed_unauthenticated_commands: int = 10
     #: Failed AUTH attempts per connection before C{421} and close (0: no limit).
     max_auth_failures: int = 5
@@ -154,8 +167,11 @@ class ServerOptions:
         unknown = self.disabled_commands - KNOWN_COMMANDS
         if unknown:
             raise ValueError(f"disabled_commands: unknown command(s) {', '.join(sorted(unknown))}")
-        if not self.name or any(c.isspace() for c in self.name):
-            raise ValueError(f"name must be a host name without spaces, not {self.name!r}")
+        if not self.name or any(c.isspace() for c in self.name) or not self.name.isprintable() \
+                or len(self.name) > 255:
+            # It is in every greeting and in the CRAM-MD5 challenge: those must fit a reply line.
+            raise ValueError(f"name must be a host name (at most 255 printable characters, no spaces), "
+                             f"not {self.name!r}")
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",

@@ -143,7 +143,7 @@ def auth_outcome(value: Any, error: Optional[BaseException], timed_out: bool,
         return None, Outcome(False, 535, "5.7.8", value.lines, False)
     if error is None:  # None: fail closed
         return None, Outcome(False, 535, "5.7.8", ("Authentication credentials invalid",), False)
-    if isinstance(error, SMTPError):
-        return None, Outcome(False, error.code, error.enhanced, error.lines, False)
+    if isinstance(error, SMTPError):  # kept: it may carry an XOAUTH2 error challenge
+        return None, Outcome(False, error.code, error.enhanced, error.lines, False, error=error)
     return None, Outcome(False, 454, "4.7.0", ("Temporary authentication failure",), False,
                          problem="timeout" if timed_out else "failure", error=error)

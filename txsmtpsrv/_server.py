@@ -91,6 +91,9 @@ class SMTPServer(ServerFactory):
         self._context = ServerContext(o, self._hooks, self._observers, self._reply_cache, reactor,
                                       lambda: self.resolver,
                                       self.load_tls, self._notify, self._connected, self._disconnected)
+        if (o.use_xclient or o.use_xforward) and not o.xclient_trusted:
+            self.log.warn("XCLIENT/XFORWARD are on but xclient_trusted names no network: "
+                          "every peer is refused (550 5.7.0); name the proxies' networks to trust them")
 
     # -- factory ---------------------------------------------------------------
 
