@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params, \
     parse_path_argument
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
-from ._dotcodec import DotDecoder
+from ._dotcodec import BodyCheck, DotDecoder
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
 from ._session import Address, Envelope
@@ -70,7 +70,7 @@ class MailCommands(CoreBase):
     def _abandon_data(self) -> None:
         """A BDAT transaction was reset or failed: stop its stream and hook."""
         self._body = False
-        self.actions.append((BODY_ABORT, "abandoned"))
+        self.actions.append((BODY_ABORT, "abandoned", ""))
         token, self._data_token = self._data_token, None
         self._cancel(token)
 
@@ -125,7 +125,7 @@ class MailCommands(CoreBase):
                 if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
                 env.size = int(value)
-                if o.size and env.size > o.size:
+                if o.size and env.size > o.size and o.reject_oversized:
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
@@ -221,12 +221,12 @@ class MailCommands(CoreBase):
     def _start_data(self) -> None:
         """Open the stream and ask the data hook; shared by DATA and BDAT."""
         self._data_dot = False
-        self._data_bare = False
+        self._data_bare = ""
         self._data_outcome = None
         self._data_trace = None
         self._body = True
         self.byte_length = 0
-        self.size_exceeded = False
+        self.refused_for_size = False
         if "on_data" in self.hooks:
             self._token += 1
             token = self._data_token = self._token
@@ -251,8 +251,8 @@ class MailCommands(CoreBase):
     def _body_chunk(self, payload: bytes) -> None:
         self.byte_length += len(payload)
         limit = self.options.size
-        if limit and self.byte_length > limit:
-            self.size_exceeded = True
+        if limit and self.byte_length > limit and self.options.reject_oversized:
+            self.refused_for_size = True
         self.actions.append((BODY, payload))
 
     def _body_bytes(self, data: bytes) -> None:
@@ -261,19 +261,23 @@ class MailCommands(CoreBase):
         if payload:
             self._body_chunk(payload)
         if decoder.bare and not self._data_bare:
-            self._data_bare = True
-            self.actions.append((BODY_ABORT, "bare"))
+            self._body_refused(decoder.fault)
         if rest is None:
             return
         self._decoder = None
         self.reader.push_back(rest)
         self._body_ended()
 
+    def _body_refused(self, fault: Optional[str]) -> None:
+        """A bare CR/LF or a NUL (L{body_fault}): answered 550 5.6.0 at the end."""
+        self._data_bare = fault or "Error: message refused"
+        self.actions.append((BODY_ABORT, "bare", self._data_bare))
+
     def _body_ended(self) -> None:
         """The dot (or BDAT LAST) arrived: answer now, or once the data hook has."""
         self._data_dot = True
         self.actions.append((BODY_END,))
-        if self._data_outcome is None and self._data_token is not None and (self.size_exceeded or self._data_bare):
+        if self._data_outcome is None and self._data_token is not None and (self.refused_for_size or self._data_bare):
             self.actions.append((CANCEL, self._data_token))  # the verdict is known: no need to wait
         if self._data_outcome is None:
             self.phase = _VERDICT
@@ -291,13 +295,13 @@ class MailCommands(CoreBase):
         # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
         rcpts = s.envelope.rcpt_to if o.lmtp else [None]
         self._trace = self._data_trace
-        if self.size_exceeded:
+        if self.refused_for_size:
             for _ in rcpts:
                 self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             ok = False
         elif self._data_bare:
             for _ in rcpts:
-                self._reply(550, "5.6.0", "Error: message contains bare CR or LF characters")
+                self._reply(550, "5.6.0", self._data_bare)
             ok = False
         elif o.lmtp:
             outcomes, problem = lmtp_outcomes(value, error, timed_out, rcpts)
@@ -341,6 +345,11 @@ class MailCommands(CoreBase):
             elif self._bdat_error is not None:
                 error = self._bdat_error
             elif not self._body:
+                # RFC 3030 2: only BODY=BINARYMIME content may hold bare CR/LF or
+                # NUL; other BDAT content is checked as DATA is, so that nothing
+                # received by BDAT can smuggle when relayed with DATA.
+                self._bdat_check = (BodyCheck() if self.options.bare_line_endings == "reject"
+                                    and env.body_type != "BINARYMIME" else None)
                 self._start_data()
         self._chunk_error = error
         self._chunk_last = last
@@ -358,6 +367,9 @@ class MailCommands(CoreBase):
         self._chunk_left -= len(piece)
         if self._chunk_error is None and self._body:
             self._body_chunk(piece)
+            check = self._bdat_check
+            if check is not None and check.feed(piece) and not self._data_bare:
+                self._body_refused(check.fault)
         if not self._chunk_left:
             self._settle()
             self._chunk_done()
@@ -369,8 +381,13 @@ class MailCommands(CoreBase):
         # LMTP answers the last chunk once per recipient, like the end of DATA.
         count = max(1, len(self.session.envelope.rcpt_to)) if last and self.options.lmtp else 1
         if error is None and self._body:
-            if self.size_exceeded:
+            check = self._bdat_check
+            if last and check is not None and check.end() and not self._data_bare:
+                self._body_refused(check.fault)
+            if self.refused_for_size:
                 error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            elif self._data_bare:
+                error = (550, "5.6.0", self._data_bare)
             elif self._data_outcome is not None and self._data_outcome[1] is not None:
                 # The hook refused before the last chunk: its reply, now.
                 value, err, timed_out = self._data_outcome

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from ._commands import CommandError, parse_helo
 from ._core import START_TLS, CoreBase
 from ._errors import Reply, SMTPError, format_reply
 from ._ipaddr import address_literal, parse_ip
@@ -142,9 +143,10 @@ class SessionCommands(CoreBase):
             else:
                 self._reply(500, "5.5.1", "Error: this is an LMTP server, send LHLO")
             return
-        hostname = arg.split(" ", 1)[0]
-        if not hostname:
-            self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
+        try:
+            hostname = parse_helo(arg, command)
+        except CommandError as e:
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             return
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:

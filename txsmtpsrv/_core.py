@@ -14,7 +14,7 @@ after each input performs the actions it queued, in order:
     args)} (call a hook, answer with L{CoreBase.answer} and the token),
     C{(CANCEL, token)}, C{(BODY_START, token, session)} (open the message
     stream and, with a token, call C{on_data} with it), C{(BODY, chunk)},
-    C{(BODY_END,)}, C{(BODY_ABORT, why)}, C{(START_TLS,)}, C{(CLOSE,)},
+    C{(BODY_END,)}, C{(BODY_ABORT, why, text)}, C{(START_TLS,)}, C{(CLOSE,)},
     C{(ABORT,)}, C{(NOTIFY, event, args)} for observers and
     C{(LOG, level, format, fields)}.
 
@@ -85,8 +85,8 @@ class CoreBase:
         "_unrecognized", "_unauthenticated", "_auth_failures", "_stream_wait", "_auth", "_auth_error",
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
-        "size_exceeded", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward",
+        "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
+        "_data_trace", "_asking", "_pre_xforward", "_bdat_check",
     )
 
     #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
@@ -145,14 +145,15 @@ class CoreBase:
         self._body = False
         self._data_token: Optional[int] = None
         self._data_dot = False
-        self._data_bare = False
+        self._data_bare = ""  # the 550 5.6.0 text once the body is refused (bare CR/LF, NUL)
+        self._bdat_check: Any = None
         self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool]] = None
         self._data_trace: Any = None
         self._asking: Optional[int] = None
         # (remote_address, client_hostname) before an XFORWARD replaced them.
         self._pre_xforward: Optional[Tuple[str, str]] = None
         self.byte_length = 0
-        self.size_exceeded = False
+        self.refused_for_size = False  # the body went past the size limit and the server refuses that
         # BDAT: bytes left in the chunk being read, whether it is the last
         # one, and the reply owed for it when the transaction failed.
         self._chunk_left = 0
@@ -246,7 +247,7 @@ class CoreBase:
         self.phase = _CLOSED
         self._hungup = True
         if self._body:
-            self.actions.append((BODY_ABORT, "lost"))
+            self.actions.append((BODY_ABORT, "lost", ""))
         self._cancel_all()
 
     def shutdown(self) -> None:
@@ -276,14 +277,14 @@ class CoreBase:
             # The hook answered but left a reader that stopped reading.
             self._log("warn", "message reader stalled for {timeout}s", timeout=o.hook_timeout)
             self._data_outcome = (None, TimeoutError("the message reader stalled"), True)
-            self.actions.append((BODY_ABORT, "stalled"))
+            self.actions.append((BODY_ABORT, "stalled", ""))
         ours = self._holds & _OURS
         if ours or now < self._deadline:
             # Waiting on our own hooks or reader never times the client out.
             return o.socket_timeout if ours else self._deadline - now
         self._log("info", "timeout after {timeout}s", timeout=o.socket_timeout)
         if self._body:
-            self.actions.append((BODY_ABORT, "timeout"))
+            self.actions.append((BODY_ABORT, "timeout", ""))
         if self._holds & WRITE:  # it does not read: a 421 would never arrive
             self.phase = _CLOSING
             self._hungup = True

@@ -5,7 +5,9 @@ The message body: a CRLF-strict DATA decoder and the stream hooks read from.
 L{DotDecoder} is sans-IO: it turns the raw bytes after C{354} into payload
 chunks, undoes dot-stuffing and finds the end of the message, carrying at most
 four bytes across reads. Only C{<CRLF>.<CRLF>} ends a message, so C{<LF>.<LF>}
-or C{<LF>.<CR><LF>} cannot smuggle a second message past us.
+or C{<LF>.<CR><LF>} cannot smuggle a second message past us; and by default a
+body with any CR or LF outside a CRLF pair, or a NUL, is refused (L{body_fault},
+L{BodyCheck}), so no such sequence reaches a downstream relay either.
 
 L{MessageStream} hands those chunks to whoever reads the body, chunk by chunk
 as they arrive, and pauses the connection while that reader is behind: the
@@ -22,12 +24,10 @@ from twisted.internet.interfaces import IProtocol, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._dotcodec import DotDecoder
+from ._dotcodec import BARE_LINE_ENDING, NUL_IN_BODY, BodyCheck, DotDecoder, body_fault  # re-exported
 
 __all__ = ["DotDecoder", "MessageStream", "MessageDone", "MessageTooLarge", "BareLineEnding",
-           "MessageDiscarded"]
-
-
+           "MessageDiscarded", "BodyCheck", "body_fault", "BARE_LINE_ENDING", "NUL_IN_BODY"]
 
 class MessageDone(Exception):
     """The body ended normally: the reader has seen every byte."""
@@ -38,7 +38,7 @@ class MessageTooLarge(Exception):
 
 
 class BareLineEnding(Exception):
-    """The body had a CR or LF not part of CRLF and the server rejects that."""
+    """The body had a CR or LF not part of a CRLF, or a NUL, and the server rejects that."""
 
 
 class MessageDiscarded(Exception):
@@ -57,12 +57,17 @@ class MessageStream:
 
     @ivar byte_length: payload bytes received so far (after dot-unstuffing).
     @ivar size_exceeded: whether C{byte_length} went past the server's limit.
+        Unless the server lets the application decide (C{reject_oversized}
+        false), the stream then fails with L{MessageTooLarge}; otherwise the
+        body goes on streaming and the reader checks this flag.
     """
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None], limit: int = 0) -> None:
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None], limit: int = 0,
+                 reject: bool = True) -> None:
         self.byte_length = 0
         self.size_exceeded = False
         self._limit = limit
+        self._reject = reject
         self._pause = pause
         self._resume = resume
         self._holding = False  # whether we asked the connection to pause
@@ -130,8 +135,9 @@ class MessageStream:
         self.byte_length += len(chunk)
         if self._limit and self.byte_length > self._limit and not self.size_exceeded:
             self.size_exceeded = True
-            self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
-            return
+            if self._reject:
+                self.abort(Failure(MessageTooLarge(f"message exceeds {self._limit} bytes")))
+                return
         if self._discard:
             return
         if self._consumer is not None and not self._paused and not self._buffer:
@@ -166,6 +172,11 @@ class MessageStream:
         """Nobody will read the rest (the hook finished or stopped us)."""
         if not self._discard:
             self.abort(Failure(MessageDiscarded()))
+
+    @property
+    def refused_for_size(self) -> bool:
+        """Whether the server answers C{552} for this body (too large, and it rejects)."""
+        return self.size_exceeded and self._reject
 
     @property
     def has_reader(self) -> bool:

@@ -49,6 +49,15 @@ class ServerOptions:
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
     #: Largest message in octets (0 means no limit); advertised as SIZE.
     size: int = 32 * 1024 * 1024
+    #: Whether the server itself refuses a message over C{size}: C{552 5.3.4}
+    #: to a larger C{MAIL SIZE=} and after an oversized body (RFC 1870 4).
+    #: With C{False} the application decides (smtp-server's
+    #: C{rejectOversized: false}): MAIL is not refused for its declared SIZE
+    #: (C{address.params["SIZE"]} shows it to C{on_mail_from}), the whole body
+    #: still streams to C{on_data} with C{stream.size_exceeded} set once it
+    #: passes C{size}, nothing is buffered for it, and the hook's answer
+    #: stands. C{twistd smtpsrv} always rejects.
+    reject_oversized: bool = True
     #: Advertise C{SIZE} without the number.
     hide_size: bool = False
     hide_pipelining: bool = False
@@ -112,9 +121,12 @@ class ServerOptions:
     max_unrecognized_commands: int = 10
     #: Time a hook may take before the client gets C{451 4.3.0}.
     hook_timeout: float = 300.0
-    #: What a bare CR or LF inside DATA does: C{"reject"} answers
-    #: C{550 5.6.0} after the message (defends against SMTP smuggling and
-    #: broken clients), C{"accept"} passes the bytes on unchanged.
+    #: What a CR not followed by LF, an LF not preceded by CR, or a NUL in a
+    #: body does (DATA, and BDAT unless C{BODY=BINARYMIME}, across any read or
+    #: chunk boundary): C{"reject"} answers C{550 5.6.0} (after the dot, or to
+    #: the BDAT chunk) and fails the stream with L{BareLineEnding}: this defeats
+    #: SMTP smuggling and broken clients, and RFC 6152 / RFC 2045 2.8 exclude
+    #: NUL from 8bit data. C{"accept"} passes the bytes on unchanged.
     bare_line_endings: str = "reject"
     #: Extra ESMTP parameter names accepted on MAIL / RCPT and passed to
     #: hooks (others get C{555 5.5.4}).

@@ -198,7 +198,7 @@ class SMTPServerProtocol(Protocol):
                     assert self._stream is not None
                     self._stream.finish()
                 elif kind == BODY_ABORT:
-                    self._body_abort(action[1])
+                    self._body_abort(action[1], action[2])
                 elif kind == CANCEL:
                     d = self._pending.pop(action[1], None)
                     if d is not None:
@@ -341,7 +341,8 @@ class SMTPServerProtocol(Protocol):
     # -- the message body ------------------------------------------------------------
 
     def _body_start(self, token: Optional[int], session: Session) -> None:
-        stream = self._stream = MessageStream(self._stream_paused, self._stream_resumed, self.options.size)
+        o = self.options
+        stream = self._stream = MessageStream(self._stream_paused, self._stream_resumed, o.size, o.reject_oversized)
         if token is None:
             stream.discard()
             return
@@ -356,12 +357,12 @@ class SMTPServerProtocol(Protocol):
         self.core.resume_stream()
         self._run()
 
-    def _body_abort(self, why: str) -> None:
+    def _body_abort(self, why: str, text: str) -> None:
         stream = self._stream
         if stream is None:
             return
         if why == "bare":
-            stream.abort(Failure(BareLineEnding("bare CR or LF in message body")))
+            stream.abort(Failure(BareLineEnding(text)))
         elif why == "stalled":
             stream.abort(Failure(TimeoutError("the message reader stalled")))
         elif why == "abandoned":
