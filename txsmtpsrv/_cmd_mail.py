@@ -107,7 +107,8 @@ class MailCommands(CoreBase):
                 s.transaction += 1
                 if self.phase is _COMMAND:
                     self.phase = _TRANSACTION
-                self._notify("mail", s, address)
+                if self.observers["mail"]:
+                    self._notify("mail", s, address)
 
         if "on_mail_from" in self.hooks:
             self._ask("on_mail_from", (s, address), done)
@@ -190,7 +191,8 @@ class MailCommands(CoreBase):
             if self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
                 if s.envelope is env:  # not reset meanwhile
                     env.rcpt_to.append(address)
-                    self._notify("rcpt", s, address)
+                    if self.observers["rcpt"]:
+                        self._notify("rcpt", s, address)
 
         if "on_rcpt_to" in self.hooks:
             self._ask("on_rcpt_to", (s, address), done)
@@ -204,7 +206,7 @@ class MailCommands(CoreBase):
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: DATA")
             return
-        if self._refused("DATA"):
+        if self.phase is not _TRANSACTION and self._refused("DATA"):
             return
         if not env.rcpt_to:
             self._reply(554, "5.5.1", "Error: no valid recipients")
@@ -234,7 +236,7 @@ class MailCommands(CoreBase):
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token
-            self._holds |= ASKING
+            self.holds |= ASKING
             self.actions.append((BODY_START, token, self.session))
         else:
             self._data_token = None
@@ -312,7 +314,7 @@ class MailCommands(CoreBase):
                 ok = self._send(outcome) or ok
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
-        if ok:  # logged by deliveries and observers, not here: this is the hot path
+        if ok and self.observers["message"]:  # logged by deliveries and observers, not here: the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()
         self.phase = _COMMAND

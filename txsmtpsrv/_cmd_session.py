@@ -168,7 +168,8 @@ class SessionCommands(CoreBase):
                 lines.extend(ehlo_keywords(self))
             if not self._hungup:
                 self.out.append(format_reply(250, lines, None))
-            self._notify("helo", s, hostname)
+            if self.observers["helo"]:
+                self._notify("helo", s, hostname)
 
         if "on_helo" in self.hooks:
             self._ask("on_helo", (self.session, hostname), done)

@@ -81,7 +81,7 @@ class CoreBase:
 
     __slots__ = (
         "options", "session", "hooks", "observers", "phase", "out", "actions", "reader", "_clock",
-        "_esc", "_cache", "_holds", "_hook_waits", "_waiting", "_token", "_shutdown", "_hungup",
+        "_esc", "_cache", "holds", "_hook_waits", "_waiting", "_token", "_shutdown", "_hungup",
         "_unrecognized", "_unauthenticated", "_auth_failures", "_stream_wait", "_auth", "_auth_error",
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
@@ -117,7 +117,8 @@ class CoreBase:
         self.out: List[bytes] = []
         self.actions: Deque[Tuple[Any, ...]] = deque()
         self.reader = CommandReader(options.max_command_length)
-        self._holds = 0
+        #: Why reading waits (HOOK | STREAM | VERDICT | WRITE | ASKING); 0: it goes on.
+        self.holds = 0
         self._hook_waits = 0
         self._waiting: Dict[int, Tuple[Done, bool]] = {}
         self._token = 0
@@ -174,15 +175,16 @@ class CoreBase:
         if phase is _CLOSING or phase is _CLOSED:
             return
         if data:
-            reader = self.reader
-            if not self._per_byte or (phase is not _DATA and phase is not _BDAT_CHUNK and reader.idle):
-                # A new command starts (or no rate is enforced): a whole socket_timeout.
+            # A new command starts (or no rate is enforced): a whole
+            # socket_timeout; else each byte of a command or body buys
+            # 1/min_data_rate s only.
+            idle = self.reader.feed(data)
+            if not self._per_byte or (idle and phase is not _DATA and phase is not _BDAT_CHUNK):
                 self._deadline = self._clock() + self.options.socket_timeout
-            else:  # each byte of a command or body buys 1/min_data_rate s only
+            else:
                 self._deadline = min(self._deadline + len(data) * self._per_byte,
                                      self._clock() + self.options.socket_timeout)
-            reader.feed(data)
-        if not self._holds:
+        if not self.holds:
             self._process()
 
     def answer(self, token: int, value: Any, error: Optional[BaseException] = None, timed_out: bool = False,
@@ -215,14 +217,15 @@ class CoreBase:
             self._late, self._trace = False, None
         if holds:
             self._release(HOOK, late)
-        self.asked(token)
+        if token == self._asking:
+            self.asked(token)
 
     def asked(self, token: int) -> None:
         """The driver called the hook of C{token} (and passed on any answer it gave at once)."""
         if token == self._asking:
             self._asking = None
-            self._holds &= ~ASKING
-            if not self._holds and self.phase not in _ENDED:
+            self.holds &= ~ASKING
+            if not self.holds and self.phase not in _ENDED:
                 self._process()
 
     def pause_stream(self) -> None:
@@ -272,20 +275,20 @@ class CoreBase:
             return None
         now = self._clock()
         o = self.options
-        if (self._holds & _OURS == STREAM and self._body and self._data_outcome is not None
+        if (self.holds & _OURS == STREAM and self._body and self._data_outcome is not None
                 and now - self._stream_wait >= o.hook_timeout):
             # The hook answered but left a reader that stopped reading.
             self._log("warn", "message reader stalled for {timeout}s", timeout=o.hook_timeout)
             self._data_outcome = (None, TimeoutError("the message reader stalled"), True)
             self.actions.append((BODY_ABORT, "stalled", ""))
-        ours = self._holds & _OURS
+        ours = self.holds & _OURS
         if ours or now < self._deadline:
             # Waiting on our own hooks or reader never times the client out.
             return o.socket_timeout if ours else self._deadline - now
         self._log("info", "timeout after {timeout}s", timeout=o.socket_timeout)
         if self._body:
             self.actions.append((BODY_ABORT, "timeout", ""))
-        if self._holds & WRITE:  # it does not read: a 421 would never arrive
+        if self.holds & WRITE:  # it does not read: a 421 would never arrive
             self.phase = _CLOSING
             self._hungup = True
             self._cancel_all()
@@ -297,8 +300,8 @@ class CoreBase:
 
     @property
     def paused(self) -> bool:
-        """Whether reading should be paused."""
-        return bool(self._holds)
+        """Whether reading should be paused (the driver may read L{holds} directly)."""
+        return bool(self.holds)
 
     @property
     def hook_pending(self) -> bool:
@@ -320,7 +323,7 @@ class CoreBase:
     def _process(self) -> None:
         """Handle buffered input until it runs out or something holds us."""
         reader = self.reader
-        while not self._holds:
+        while not self.holds:
             phase = self.phase
             if phase is _DATA:
                 data = reader.take()
@@ -389,7 +392,8 @@ class CoreBase:
             return
         if self.observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
-            self._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
+            self.actions.append((NOTIFY, "command", (self.session, name, arg.split(" ", 1)[0] if name == "AUTH"
+                                                     else arg)))
         if self.phase not in phases:
             self._refused(name)
             return
@@ -503,6 +507,8 @@ class CoreBase:
             self.actions.append((CANCEL, token))
 
     def _cancel_all(self) -> None:
+        if not self._waiting:
+            return
         waiting, self._waiting = self._waiting, {}
         for token in waiting:
             self.actions.append((CANCEL, token))
@@ -518,7 +524,7 @@ class CoreBase:
     # -- holds ----------------------------------------------------------------------
 
     def _hold(self, why: int) -> None:
-        self._holds |= why
+        self.holds |= why
         if why == HOOK:
             self._hook_waits += 1
 
@@ -527,17 +533,17 @@ class CoreBase:
         C{why} no longer holds reading. C{late} says whether reading was
         really paused (a hook answering at once never paused it).
         """
-        if not self._holds & why:
+        if not self.holds & why:
             return
         if why == HOOK:
             self._hook_waits -= 1
             if self._hook_waits:
                 return
-        self._holds &= ~why
+        self.holds &= ~why
         if why == WRITE:
             # The client read its replies: it gets a whole timeout again.
             self._deadline = max(self._deadline, self._clock() + self.options.socket_timeout)
-        if self._holds or self.phase in _ENDED:
+        if self.holds or self.phase in _ENDED:
             return
         if late:
             if self._shutdown and self._shutdown_if_idle():
@@ -551,7 +557,7 @@ class CoreBase:
         """During shutdown, a client between transactions gets 421 and is closed."""
         if not self._shutdown or self.phase in _ENDED:
             return False
-        if self.session.envelope.mail_from is not None or self._body or self._holds:
+        if self.session.envelope.mail_from is not None or self._body or self.holds:
             return False
         self._say_shutting_down()
         return True

@@ -171,7 +171,7 @@ class SMTPServerProtocol(Protocol):
                 core.out = []
                 if not self._gone:
                     self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            if self._paused or core.paused:
+            if self._paused or core.holds:
                 self._sync_reading()
 
     # -- performing the dialogue's actions -------------------------------------
@@ -223,9 +223,13 @@ class SMTPServerProtocol(Protocol):
                     self.transport.abortConnection()
         finally:
             self._driving = False
-        if core.out:
-            self._flush()
-        self._sync_reading()
+        out = core.out
+        if out:
+            core.out = []
+            if not self._gone:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._paused or core.holds:
+            self._sync_reading()
 
     def _flush(self) -> None:
         data = self.core.take_output()
@@ -234,7 +238,7 @@ class SMTPServerProtocol(Protocol):
 
     def _sync_reading(self) -> None:
         """Pause or resume the transport as the dialogue wants."""
-        want = self.core.paused and not self._gone
+        want = bool(self.core.holds) and not self._gone
         if want != self._paused:
             self._paused = want
             if want:

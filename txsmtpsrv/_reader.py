@@ -50,20 +50,28 @@ class CommandReader:
         self._skip = False  # the tail of an over-long line is still arriving
         self.max_length = max_length
 
-    def feed(self, data: bytes) -> None:
-        """Append received bytes."""
+    def feed(self, data: bytes) -> bool:
+        """
+        Append received bytes.
+
+        @return: whether the reader was L{idle} before (these bytes start a new command).
+        """
         if self._skip:
             nl = data.find(b"\n")
             if nl < 0:
-                return
+                return False
             self._skip = False
             data = data[nl + 1:]
-        if self._pos == len(self._buf):
+            idle = False
+        else:
+            idle = self._pos == len(self._buf)
+        if idle or self._pos == len(self._buf):
             self._buf, self._pos = data, 0
         elif self._pos:
             self._buf, self._pos = self._buf[self._pos:] + data, 0
         else:
             self._buf += data
+        return idle
 
     @property
     def idle(self) -> bool:
