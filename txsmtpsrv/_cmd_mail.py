@@ -260,10 +260,12 @@ class MailCommands(CoreBase):
     def _body_bytes(self, data: bytes) -> None:
         decoder = self._decoder
         payload, rest = decoder.feed(data)
-        if payload:
-            self._body_chunk(payload)
         if decoder.bare and not self._data_bare:
+            # Refuse before handing it on: a reader that streams the body on
+            # must never be given the bytes that make it refused (smuggling).
             self._body_refused(decoder.fault)
+        if payload:
+            self._body_chunk(payload)  # only counted once the stream is refused
         if rest is None:
             return
         self._decoder = None
@@ -368,10 +370,10 @@ class MailCommands(CoreBase):
     def _chunk_bytes(self, piece: bytes) -> None:
         self._chunk_left -= len(piece)
         if self._chunk_error is None and self._body:
-            self._body_chunk(piece)
-            check = self._bdat_check
+            check = self._bdat_check  # judged before the reader gets it, as in DATA
             if check is not None and check.feed(piece) and not self._data_bare:
                 self._body_refused(check.fault)
+            self._body_chunk(piece)
         if not self._chunk_left:
             self._settle()
             self._chunk_done()

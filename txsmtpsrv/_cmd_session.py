@@ -12,7 +12,7 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._commands import CommandError, parse_helo
 from ._core import START_TLS, CoreBase
@@ -189,28 +189,17 @@ class SessionCommands(CoreBase):
         if "on_auth" not in self.hooks:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
-        if s.opening_command != "EHLO":
-            self._reply(503, "5.5.1", "Error: send EHLO first")
-            return
-        if s.user is not None:
+        if s.user is not None and s.opening_command == "EHLO":
             self._reply(503, "5.5.1", "Error: already authenticated")
             return
-        if self._refused("AUTH"):
+        refusal = self._auth_refusal(arg)
+        if refusal is not None:
+            if refusal:
+                self._reply(*refusal)
+            self._count_auth_refusal()
             return
         parts = arg.split(" ")
-        if not arg or len(parts) > 2:
-            self._reply(501, "5.5.4", "Error: syntax: AUTH mechanism [initial-response]")
-            return
         name = parts[0].upper()
-        if name not in o.auth_methods:
-            self._reply(504, "5.5.4", "Error: unrecognized authentication type")
-            return
-        if o.needs_upgrade and not s.secure:
-            self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
-            return
-        if not (s.secure or o.allow_insecure_auth):
-            self._reply(538, "5.7.11", "Error: encryption required for requested authentication mechanism")
-            return
         try:
             exchange = start_mechanism(name, parts[1].encode("ascii", "replace") if len(parts) == 2 else None,
                                        hostname=o.name)
@@ -219,6 +208,44 @@ class SessionCommands(CoreBase):
             return
         self._auth_step(exchange, None)
 
+    def _auth_refusal(self, arg: str) -> Optional[Tuple[int, str, str]]:
+        """
+        Why this AUTH is refused before any exchange (RFC 4954 4, 6), or
+        C{None}; C{()} when the phase rule answered already.
+        """
+        s = self.session
+        o = self.options
+        if s.opening_command != "EHLO":
+            return (503, "5.5.1", "Error: send EHLO first")
+        if self._refused("AUTH"):  # during a mail transaction
+            return ()
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2:
+            return (501, "5.5.4", "Error: syntax: AUTH mechanism [initial-response]")
+        if parts[0].upper() not in o.auth_methods:
+            return (504, "5.5.4", "Error: unrecognized authentication type")
+        if o.needs_upgrade and not s.secure:
+            return (530, "5.7.0", "Error: must issue a STARTTLS command first")
+        if not (s.secure or o.allow_insecure_auth):
+            return (538, "5.7.11", "Error: encryption required for requested authentication mechanism")
+        return None
+
+    def _count_auth_refusal(self) -> None:
+        """
+        An AUTH that ended before C{on_auth} judged anything (cancelled,
+        malformed, refused) counts toward C{max_auth_failures} like a failed
+        password: AUTH never counts toward
+        C{max_allowed_unauthenticated_commands}, so without this a client
+        could loop on refused AUTHs unbounded.
+        """
+        if self.session.user is not None:
+            return
+        self._auth_failures += 1
+        limit = self.options.max_auth_failures
+        if limit and self._auth_failures >= limit:
+            self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
+            self._close()
+
     def _auth_step(self, exchange: Any, line: Optional[bytes]) -> None:
         try:
             result = exchange.step(line)
@@ -226,8 +253,10 @@ class SessionCommands(CoreBase):
             err = e
             if isinstance(e, SASLAuthFailed) and self._auth_error is not None:
                 err = self._auth_error
-            self._auth_error = None
+            counted, self._auth_error = self._auth_error is not None, None
             self._reply_lines(err.code, err.enhanced, err.lines, False)
+            if not counted:  # cancelled or malformed (an XOAUTH2 error challenge was counted already)
+                self._count_auth_refusal()
             return
         if isinstance(result, Challenge):
             self._auth = exchange

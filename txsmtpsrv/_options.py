@@ -151,6 +151,10 @@ class ServerOptions:
     #: except that smtp-server also counts SASL response lines.
     max_allowed_unauthenticated_commands: int = 10
     #: Failed AUTH attempts per connection before C{421} and close (0: no limit).
+    #: An AUTH refused before C{on_auth} judges it (cancelled with C{*}, a
+    #: malformed response, an unknown mechanism, AUTH before EHLO...) counts
+    #: too: AUTH never counts toward C{max_allowed_unauthenticated_commands},
+    #: and no client may loop on AUTH unbounded.
     max_auth_failures: int = 5
 
     def __post_init__(self) -> None:
