@@ -23,8 +23,8 @@ MAX_LINES = 600
 
 #: The sans-IO layer: parsers, the dialogue state machine and what they use.
 PURE = {
-    "_authgate", "_commands", "_core", "_cmd_mail", "_cmd_session", "_context", "_dialogue", "_dotcodec", "_errors", "_ipaddr",
-    "_outcome", "_phases", "_proxyheader", "_reader", "_sasl", "_session", "_xclient",
+    "_authgate", "_commands", "_core", "_cmd_mail", "_cmd_session", "_context", "_dialogue", "_dotcodec",
+    "_errors", "_ipaddr", "_outcome", "_phases", "_proxyheader", "_reader", "_sasl", "_session", "_xclient",
 }
 
 #: Modules still over the limit, and who splits them (keep this empty).
@@ -97,6 +97,18 @@ def test_no_module_over_600_lines():
         if n > MAX_LINES and name not in OVERSIZE_PENDING:
             too_long[name] = n
     assert too_long == {}
+
+
+def test_oversize_exemptions_are_still_needed():
+    """Once a module listed in OVERSIZE_PENDING is split, its exemption must go."""
+    mods = modules()
+    stale = []
+    for name in OVERSIZE_PENDING:
+        if name in mods:
+            with open(mods[name], encoding="utf-8") as f:
+                if sum(1 for _ in f) <= MAX_LINES:
+                    stale.append(name)
+    assert stale == []
 
 
 def test_no_import_cycle():
