@@ -30,7 +30,8 @@ setup(
                       "publicsuffixlist>=0.10"],
     entry_points={"pytest11": ["txsmtpsrv = _txsmtpsrv_pytest"]},
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3"],
+        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3", "prometheus_client>=0.20"],
+        "metrics": ["prometheus_client>=0.20"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[

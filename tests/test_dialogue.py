@@ -21,10 +21,11 @@ from txsmtpsrv._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_ST
                                  START_TLS, Dialogue)
 from txsmtpsrv._options import ServerOptions
 from txsmtpsrv._phases import COMMAND_PHASES, COMMANDS, Phase
+from txsmtpsrv._server import OBSERVER_EVENTS
 from txsmtpsrv._session import Session
 from txsmtpsrv.testing import parse_replies
 
-EVENTS = ("connect", "disconnect", "command", "helo", "mail", "rcpt", "message")
+EVENTS = tuple(OBSERVER_EVENTS)
 PENDING = object()  # a hook behaviour: answer later, when the test says
 
 

@@ -206,7 +206,7 @@ class MailCommands(CoreBase):
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: DATA")
             return
-        if self.phase is not _TRANSACTION and self._refused("DATA"):
+        if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
             return
         if not env.rcpt_to:
             self._reply(554, "5.5.1", "Error: no valid recipients")

@@ -118,6 +118,7 @@ class SessionCommands(CoreBase):
         if self._send(hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)):
             self.phase = _COMMAND
         else:
+            self._refused("connect_hook")
             self._close()
 
     def _greet(self) -> None:
@@ -166,6 +167,8 @@ class SessionCommands(CoreBase):
                                                 remote_address=s.remote_address, helo=hostname)]
             if command != "HELO":
                 lines.extend(ehlo_keywords(self))
+            if self.observers["reply"]:
+                self._notify("reply", s, command, 250, None, lines[0])
             if not self._hungup:
                 self.out.append(format_reply(250, lines, None))
             if self.observers["helo"]:
@@ -217,7 +220,7 @@ class SessionCommands(CoreBase):
         o = self.options
         if s.opening_command != "EHLO":
             return (503, "5.5.1", "Error: send EHLO first")
-        if self._refused("AUTH"):  # during a mail transaction
+        if self._phase_refused("AUTH"):  # during a mail transaction
             return ()
         parts = arg.split(" ")
         if not arg or len(parts) > 2:
@@ -243,6 +246,7 @@ class SessionCommands(CoreBase):
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit:
+            self._refused("auth_failures")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
             self._close()
 
@@ -277,15 +281,18 @@ class SessionCommands(CoreBase):
             s.user = user
             self._send(outcome)
             self._log("info", "authenticated with {method}", method=credentials.method)
+            self._notify("auth", s, credentials.method, credentials.username, 235)
             return
         if outcome.problem is not None:
             self._log("failure", "hook on_auth failed", error=self._trace or outcome.error)
             outcome.problem = None
-        self._log("info", "authentication failed with {method}", method=credentials.method)
+        # Logged (with the username, for fail2ban) by the session log's "auth" observer.
+        self._notify("auth", s, credentials.method, credentials.username, outcome.code)
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit and outcome.code == 535:
             self._send(outcome)
+            self._refused("auth_failures")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
             self._close()
             return
@@ -354,6 +361,7 @@ class SessionCommands(CoreBase):
         s.tls = info
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
+        self._notify("tls", s, None)
         if "on_secure" in self.hooks:
             self._ask("on_secure", (s,), self._secure_done)
 
@@ -372,7 +380,7 @@ class SessionCommands(CoreBase):
             self._reply(502, "5.5.1", "Error: command not implemented")
         elif not self._trusted:
             self._reply(550, "5.7.0", "Error: insufficient authorization")
-        elif not self._refused(verb):
+        elif not self._phase_refused(verb):
             try:
                 return parse(arg)
             except XClientError as e:

@@ -18,12 +18,11 @@ after each input performs the actions it queued, in order:
     C{(ABORT,)}, C{(NOTIFY, event, args)} for observers and
     C{(LOG, level, format, fields)}.
 
-Reading stops (L{CoreBase.paused}) while a hook that must answer before the
-next command has not, while the body's reader is behind, while a body's
-verdict is awaited and while the client does not read our replies; what
-arrives meanwhile waits in the L{CommandReader}.
-
-Pure: no Twisted import (see C{tests/test_layering.py}).
+Reading stops (L{CoreBase.holds}) while a hook that must answer first has
+not, the body's reader is behind, a verdict is awaited or the client does
+not read our replies; what arrives meanwhile waits in the L{CommandReader}.
+Pure: no Twisted import (see C{tests/test_layering.py}); see also
+C{docs/architecture.md}.
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ class CoreBase:
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward", "_bdat_check",
+        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb",
     )
 
     #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
@@ -153,6 +152,9 @@ class CoreBase:
         self._asking: Optional[int] = None
         # (remote_address, client_hostname) before an XFORWARD replaced them.
         self._pre_xforward: Optional[Tuple[str, str]] = None
+        # The verb the next replies answer, for the "reply" observers
+        # (CONNECT for the greeting, UNKNOWN for what is not a command).
+        self._verb = "CONNECT"
         self.byte_length = 0
         self.refused_for_size = False  # the body went past the size limit and the server refuses that
         # BDAT: bytes left in the chunk being read, whether it is the last
@@ -286,6 +288,7 @@ class CoreBase:
             # Waiting on our own hooks or reader never times the client out.
             return o.socket_timeout if ours else self._deadline - now
         self._log("info", "timeout after {timeout}s", timeout=o.socket_timeout)
+        self._refused("timeout")
         if self._body:
             self.actions.append((BODY_ABORT, "timeout", ""))
         if self.holds & WRITE:  # it does not read: a 421 would never arrive
@@ -297,11 +300,6 @@ class CoreBase:
         self._reply(421, "4.4.2", f"{o.name} Error: timeout exceeded")
         self._close()
         return None
-
-    @property
-    def paused(self) -> bool:
-        """Whether reading should be paused (the driver may read L{holds} directly)."""
-        return bool(self.holds)
 
     @property
     def hook_pending(self) -> bool:
@@ -347,7 +345,9 @@ class CoreBase:
                     self._line(line)  # type: ignore[arg-type]
 
     def _line_too_long(self) -> None:
-        if self._auth is not None:  # RFC 4954 6: the exchange ends
+        if self._auth is None:
+            self._verb = "UNKNOWN"
+        else:  # RFC 4954 6: the exchange ends
             self._auth = self._auth_error = None
             self.phase = _COMMAND
             self._reply(500, "5.5.6", "Error: authentication exchange line is too long")
@@ -366,9 +366,11 @@ class CoreBase:
         verb = (line if sp < 0 else line[:sp]).upper()
         entry = self._handlers.get(verb)
         if entry is None:
+            self._verb = "UNKNOWN"
             self._unrecognized_command(verb)
             return
         name, handler, phases = entry
+        self._verb = name
         o = self.options
         if name in o.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
@@ -377,6 +379,7 @@ class CoreBase:
             self._unauthenticated, verdict = unauthenticated_command(
                 name, self._unauthenticated, o.max_allowed_unauthenticated_commands)
             if verdict == GATE_CLOSE:
+                self._refused("unauthenticated_commands")
                 self._reply(421, "4.7.0", f"{o.name} Error: too many unauthenticated commands")
                 self._close()
                 return
@@ -395,7 +398,7 @@ class CoreBase:
             self.actions.append((NOTIFY, "command", (self.session, name, arg.split(" ", 1)[0] if name == "AUTH"
                                                      else arg)))
         if self.phase not in phases:
-            self._refused(name)
+            self._phase_refused(name)
             return
         try:
             handler(self, arg)
@@ -409,7 +412,7 @@ class CoreBase:
             return "Error: must issue a STARTTLS command first"
         return str(self.options.auth_required_message)
 
-    def _refused(self, verb: str) -> bool:
+    def _phase_refused(self, verb: str) -> bool:
         """Refuse C{verb} if L{_phases.COMMANDS} does not allow it in this phase."""
         refused = refusal(verb, self.phase)
         if refused is None:
@@ -428,13 +431,20 @@ class CoreBase:
         self._unrecognized += 1
         limit = self.options.max_unrecognized_commands
         if limit and self._unrecognized >= limit:
+            self._refused("unrecognized_commands")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many unrecognized commands")
             self._close()
 
     # -- replies and actions ----------------------------------------------------------
 
+    def _refused(self, reason: str) -> None:
+        """Tell the "refused" observers why this connection is being closed."""
+        self._notify("refused", reason, self.session.remote_address, self.session)
+
     def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
+        if self.observers["reply"]:
+            self.actions.append((NOTIFY, "reply", (self.session, self._verb, code, enhanced, text)))
         if self._hungup:
             return
         if not cache:
@@ -448,6 +458,8 @@ class CoreBase:
 
     def _reply_lines(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
         """Queue a reply with a hook's text; the enhanced code is derived when not given."""
+        if self.observers["reply"]:
+            self.actions.append((NOTIFY, "reply", (self.session, self._verb, code, enhanced, "\n".join(lines))))
         if self._hungup:
             return
         if greeting and code < 400:

@@ -28,12 +28,12 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
+from ._logging import SessionLogger
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         START_TLS, Dialogue)
 from ._rdns import reverse_lookup
@@ -85,10 +85,10 @@ class SMTPServerProtocol(Protocol):
     @ivar core: the L{Dialogue} (a test seam: tests may drive or inspect it).
     """
 
-    log = Logger()
+    log = SessionLogger()  # the session id goes into every line's text
 
     __slots__ = ("context", "options", "session", "core", "_clock", "_pending", "_stream", "_data_token",
-                 "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder")
+                 "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder", "_timing")
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -104,6 +104,7 @@ class SMTPServerProtocol(Protocol):
         self._driving = False  # performing the dialogue's actions
         self._gone = False  # connectionLost ran
         self._holder: Any = None
+        self._timing: Dict[int, Tuple[str, float]] = {}  # token -> (hook name, when asked), for "hook" observers
         self.session: Session
         self.core: Dialogue
 
@@ -135,6 +136,9 @@ class SMTPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
+        if self._tls_timer is not None and self.context.observers["tls"]:  # the handshake never finished
+            why = reason.getErrorMessage() if reason is not None else "connection lost"
+            self.context.notify("tls", self.session, why)
         for timer in (self._timer, self._tls_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -142,8 +146,6 @@ class SMTPServerProtocol(Protocol):
         self.core.connection_lost()
         self._run()
         s = self.session
-        if not self.core.quiet:
-            self.log.info("connection closed", session_id=s.id)
         self.context.disconnected(self)
         self.context.notify("disconnect", s)
         hook = self.context.hooks.on_close
@@ -268,6 +270,8 @@ class SMTPServerProtocol(Protocol):
             hook = self._reverse_lookup
         elif name == "tls_context":
             hook = self._tls_context
+            self._call(token, hook, args, timed=False)
+            return
         else:
             hook = getattr(self.context.hooks, name)
         self._call(token, hook, args)
@@ -278,12 +282,15 @@ class SMTPServerProtocol(Protocol):
     def _tls_context(self) -> None:
         self._holder = self.context.tls()
 
-    def _call(self, token: int, hook: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+    def _call(self, token: int, hook: Callable[..., Any], args: Tuple[Any, ...], timed: bool = True) -> None:
         """
         Call C{hook(*args)} and give the dialogue its answer: at once when
         the hook answers at once (no Deferred is made then), else when its
-        Deferred fires, bounded by C{hook_timeout}.
+        Deferred fires, bounded by C{hook_timeout}. The "hook" observers
+        learn how long it took.
         """
+        if timed and self.context.observers["hook"]:
+            self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self._clock.seconds())
         try:
             result = hook(*args)
             if isinstance(result, CoroutineType):
@@ -326,6 +333,10 @@ class SMTPServerProtocol(Protocol):
         self.core.asked(token)
 
     def _answer(self, token: int, value: Any, failure: Optional[Failure], late: bool) -> None:
+        if self._timing:
+            timing = self._timing.pop(token, None)
+            if timing is not None:
+                self.context.notify("hook", self.session, timing[0], self._clock.seconds() - timing[1])
         core = self.core
         holding = core.hook_pending
         stream = self._stream
