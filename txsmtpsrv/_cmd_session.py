@@ -211,7 +211,7 @@ class SessionCommands(CoreBase):
             return
         self._auth_step(exchange, None)
 
-    def _auth_refusal(self, arg: str) -> Optional[Tuple[int, str, str]]:
+    def _auth_refusal(self, arg: str) -> Optional[Tuple[Any, ...]]:
         """
         Why this AUTH is refused before any exchange (RFC 4954 4, 6), or
         C{None}; C{()} when the phase rule answered already.
