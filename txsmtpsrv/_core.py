@@ -85,7 +85,7 @@ class CoreBase:
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb",
+        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb", "_tell",
     )
 
     #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
@@ -93,16 +93,20 @@ class CoreBase:
 
     def __init__(self, options: Any, session: Session, hooks: FrozenSet[str],
                  observers: Mapping[str, List[Any]], reply_cache: Dict[Any, bytes],
-                 clock: Callable[[], float], *, tls_available: bool = False, tls_active: bool = False) -> None:
+                 clock: Callable[[], float], *, tls_available: bool = False, tls_active: bool = False,
+                 notify: Optional[Callable[..., None]] = None) -> None:
         """
         @param hooks: the names of the hooks the user defined.
         @param observers: event name -> observer list (only emptiness is read).
+        @param notify: C{notify(event, *args)} calls the observers at once;
+            without it they are queued as C{NOTIFY} actions.
         @param reply_cache: shared by the server's connections: fixed replies encoded once.
         @param clock: returns the time now, in seconds.
         @param tls_available: whether the transport can start TLS.
         @param tls_active: whether it is TLS already (implicit TLS).
         """
         self.options = options
+        self._tell = notify
         self.session = session
         self.hooks = hooks
         self.observers = observers
@@ -395,8 +399,7 @@ class CoreBase:
             return
         if self.observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
-            self.actions.append((NOTIFY, "command", (self.session, name, arg.split(" ", 1)[0] if name == "AUTH"
-                                                     else arg)))
+            self._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
         if self.phase not in phases:
             self._phase_refused(name)
             return
@@ -444,7 +447,7 @@ class CoreBase:
     def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
         if self.observers["reply"]:
-            self.actions.append((NOTIFY, "reply", (self.session, self._verb, code, enhanced, text)))
+            self._notify("reply", self.session, self._verb, code, enhanced, text)
         if self._hungup:
             return
         if not cache:
@@ -459,7 +462,7 @@ class CoreBase:
     def _reply_lines(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
         """Queue a reply with a hook's text; the enhanced code is derived when not given."""
         if self.observers["reply"]:
-            self.actions.append((NOTIFY, "reply", (self.session, self._verb, code, enhanced, "\n".join(lines))))
+            self._notify("reply", self.session, self._verb, code, enhanced, "\n".join(lines))
         if self._hungup:
             return
         if greeting and code < 400:
@@ -493,12 +496,15 @@ class CoreBase:
         return self._send(hook_outcome(value, error, timed_out, code, enhanced, text, name=self.options.name))
 
     def _log(self, level: str, fmt: str, **fields: Any) -> None:
-        """Queue a log event; C{error} (an exception or the driver's trace) asks for a traceback."""
+        """Queue a log event; C{error} (exception or the driver's trace) asks for a traceback."""
         self.actions.append((LOG, level, fmt, fields))
 
     def _notify(self, event: str, *args: Any) -> None:
         if self.observers[event]:
-            self.actions.append((NOTIFY, event, args))
+            if self._tell is not None:
+                self._tell(event, *args)
+            else:
+                self.actions.append((NOTIFY, event, args))
 
     def _ask(self, hook: str, args: Tuple[Any, ...], done: Done, hold: bool = True) -> int:
         """
@@ -579,18 +585,9 @@ class CoreBase:
         self._close()
 
     # Provided by the command mixins.
-    def _reset_transaction(self) -> None:
-        raise NotImplementedError
-
-    def _connect_hook(self) -> None:
-        raise NotImplementedError
-
-    def _auth_step(self, exchange: Any, line: Optional[bytes]) -> None:
-        raise NotImplementedError
-
-    def _body_bytes(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _chunk_bytes(self, data: bytes) -> None:
-        raise NotImplementedError
+    def _reset_transaction(self) -> None: raise NotImplementedError  # noqa: E704
+    def _connect_hook(self) -> None: raise NotImplementedError  # noqa: E704
+    def _auth_step(self, exchange: Any, line: Optional[bytes]) -> None: raise NotImplementedError  # noqa: E704
+    def _body_bytes(self, data: bytes) -> None: raise NotImplementedError  # noqa: E704
+    def _chunk_bytes(self, data: bytes) -> None: raise NotImplementedError  # noqa: E704
 

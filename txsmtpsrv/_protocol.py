@@ -122,7 +122,8 @@ class SMTPServerProtocol(Protocol):
         s.proxy = getattr(transport, "proxy_info", None)
         implicit = ISSLTransport.providedBy(transport)
         self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, self._clock.seconds,
-                             tls_available=ITLSTransport.providedBy(transport), tls_active=implicit)
+                             tls_available=ITLSTransport.providedBy(transport), tls_active=implicit,
+                             notify=ctx.notify)
         ctx.connected(self)
         if implicit:  # the handshake is under way
             self._tls_timer = self._start_handshake_timer()
