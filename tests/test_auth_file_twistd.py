@@ -61,3 +61,35 @@ def test_auth_file_bad_at_start_is_one_line(twistd, tmp_path):  # noqa: F811
     with pytest.raises(AssertionError) as e:
         twistd("--maildir", str(tmp_path / "Maildir"), "--auth", f"file:{users}")
     assert "line 1: unsupported hash scheme argon2id" in str(e.value)
+
+
+def test_twistd_limit_flags_over_loopback(twistd, tmp_path):  # noqa: F811
+    """A real twistd with --greeting-delay and --max-clients-per-ip: early talkers and the 3rd connection
+    from 127.0.0.2 are refused, 127.0.0.3 is served; the refusal is logged once."""
+    import socket
+
+    server = twistd("--maildir", str(tmp_path / "Maildir"), "--no-reverse-lookup", "--greeting-delay", "0.3",
+                    "--max-clients-per-ip", "2")
+
+    def connect(source: str) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT, source_address=(source, 0))
+
+    with connect("127.0.0.4") as early:
+        early.sendall(b"EHLO spam\r\n")
+        assert early.recv(200).startswith(b"554 5.7.1 ")
+    held = [connect("127.0.0.2") for _ in range(2)]
+    try:
+        for s in held:
+            assert s.recv(200).startswith(b"220 ")  # after the 0.3 s delay
+        for _ in range(3):
+            with connect("127.0.0.2") as third:
+                assert third.recv(200).startswith(b"421 4.7.0 ")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT, source_address=("127.0.0.3", 0)) as c:
+            assert c.ehlo("client.test")[0] == 250
+    finally:
+        for s in held:
+            s.close()
+    server.wait_for(r"refused connection from 127\.0\.0\.4: early_talker")
+    server.wait_for(r"refused connection from 127\.0\.0\.2: max_clients_per_ip")
+    assert server.terminate() in CLEAN_EXITS
+    assert server.log().count("refused connection from 127.0.0.2: max_clients_per_ip") == 1
