@@ -30,8 +30,9 @@ setup(
                       "publicsuffixlist>=0.10"],
     entry_points={"pytest11": ["txsmtpsrv = _txsmtpsrv_pytest"]},
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3", "prometheus_client>=0.20"],
+        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3", "prometheus_client>=0.20", "bcrypt>=4"],
         "metrics": ["prometheus_client>=0.20"],
+        "bcrypt": ["bcrypt>=4"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[

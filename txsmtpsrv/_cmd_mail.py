@@ -316,6 +316,8 @@ class MailCommands(CoreBase):
                 ok = self._send(outcome) or ok
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
+        if ok:
+            self._junk_counter.delivered()  # real work done: count junk afresh
         if ok and self.observers["message"]:  # logged by deliveries and observers, not here: the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()
