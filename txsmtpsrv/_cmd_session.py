@@ -91,6 +91,8 @@ class SessionCommands(CoreBase):
             self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
                       peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
         self._notify("connect", s)
+        if self.phase is _CLOSING or self.phase is _CLOSED:
+            return  # an observer closed the server (or the connection) meanwhile
         if not ip or o.disable_reverse_lookup:
             self._connect_hook()
         elif addr is not None and addr.is_loopback:

@@ -400,6 +400,8 @@ class CoreBase:
         if self.observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
             self._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
+            if self.phase is _CLOSING or self.phase is _CLOSED:
+                return  # an observer closed the server (or the connection) meanwhile
         if self.phase not in phases:
             self._phase_refused(name)
             return
