@@ -69,3 +69,21 @@ def test_close_from_connect_observer():
     client.transport.clear()
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")  # already in flight
     assert hooks.mail == [] and client.transport.value() == b""
+
+
+def test_close_from_tls_observer_asks_no_hook():
+    """server.close() from a "tls" observer: 421, and on_secure is not asked for a closed session."""
+    asked: List[Any] = []
+
+    class Hooks:
+        def on_secure(self, session: Any) -> None:
+            asked.append(session)
+
+    server, _ = make_server(Hooks())
+    server.observe("tls", lambda *a: server.close())
+    client = TestClient(server, tls="starttls")
+    client.ehlo()
+    assert client.starttls().code == 220
+    replies, _ = parse_replies(client.transport.value())
+    assert [r.code for r in replies] == [421]
+    assert asked == [] and client.protocol.core.finished

@@ -364,7 +364,7 @@ class SessionCommands(CoreBase):
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
         self._notify("tls", s, None)
-        if "on_secure" in self.hooks:
+        if "on_secure" in self.hooks and self.phase is not _CLOSING and self.phase is not _CLOSED:
             self._ask("on_secure", (s,), self._secure_done)
 
     def _secure_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
