@@ -87,3 +87,25 @@ def test_close_from_tls_observer_asks_no_hook():
     replies, _ = parse_replies(client.transport.value())
     assert [r.code for r in replies] == [421]
     assert asked == [] and client.protocol.core.finished
+
+
+def test_force_close_from_reply_observer_at_354():
+    """
+    force_close() from a "reply" observer while DATA queues its 354: the
+    handler then still set its next phase (DATA), which used to revive the
+    dialogue: the body and the next command were read after the 421.
+    """
+    hooks = Recorder()
+    server, _ = make_server(hooks)
+    client = TestClient(server)
+    client.ehlo()
+
+    def on_reply(session: Any, verb: str, code: int, enhanced: Any, text: str) -> None:
+        if code == 354:
+            client.protocol.force_close()
+
+    server.observe("reply", on_reply)
+    client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<c@x.test>\r\n")
+    replies, rest = parse_replies(client.transport.value())
+    assert [r.code for r in replies] == [250, 250, 421] and rest == b""
+    assert client.protocol.core.finished and hooks.mail == ["a@x.test"]

@@ -91,7 +91,7 @@ class SessionCommands(CoreBase):
             self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
                       peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
         self._notify("connect", s)
-        if self.phase is _CLOSING or self.phase is _CLOSED:
+        if self._hungup:
             return  # an observer closed the server (or the connection) meanwhile
         if not ip or o.disable_reverse_lookup:
             self._connect_hook()
@@ -355,7 +355,7 @@ class SessionCommands(CoreBase):
 
     def tls_up(self, info: Any) -> None:
         """The TLS handshake completed (C{info}: a C{TLSInfo} or C{None}): tell C{on_secure}."""
-        if self.phase in (_CLOSING, _CLOSED):
+        if self._hungup:
             return  # already said goodbye (e.g. on_connect refused): let the close finish
         s = self.session
         s.secure = True
@@ -364,7 +364,7 @@ class SessionCommands(CoreBase):
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
         self._notify("tls", s, None)
-        if "on_secure" in self.hooks and self.phase is not _CLOSING and self.phase is not _CLOSED:
+        if "on_secure" in self.hooks and not self._hungup:
             self._ask("on_secure", (s,), self._secure_done)
 
     def _secure_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
