@@ -101,6 +101,8 @@ class SessionCommands(GuardCommands):
             self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
                       peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
         self._notify("connect", s)
+        if self._hungup:
+            return  # an observer closed the server (or the connection) meanwhile
         if not ip or o.disable_reverse_lookup:
             self._connect_hook()
         elif addr is not None and addr.is_loopback:
@@ -383,7 +385,7 @@ class SessionCommands(GuardCommands):
 
     def tls_up(self, info: Any) -> None:
         """The TLS handshake completed (C{info}: a C{TLSInfo} or C{None}): tell C{on_secure}."""
-        if self.phase in (_CLOSING, _CLOSED):
+        if self._hungup:
             return  # already said goodbye (e.g. on_connect refused): let the close finish
         s = self.session
         s.secure = True
@@ -392,7 +394,7 @@ class SessionCommands(GuardCommands):
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
         self._notify("tls", s, None)
-        if "on_secure" in self.hooks:
+        if "on_secure" in self.hooks and not self._hungup:
             self._ask("on_secure", (s,), self._secure_done)
 
     def _secure_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:

@@ -177,11 +177,11 @@ class CoreBase:
 
     def receive(self, data: bytes) -> None:
         """Bytes arrived from the client."""
-        phase = self.phase
-        if phase is _CLOSING or phase is _CLOSED:
+        if self._hungup:  # closing or closed (the phase may be stale after a re-entrant close)
             return
         if self._screening and data and not self._screen(data):  # type: ignore[attr-defined]
             return
+        phase = self.phase
         if data:
             # A new command starts (or no rate is enforced): a whole
             # socket_timeout; else each byte of a command or body buys
@@ -233,7 +233,7 @@ class CoreBase:
         if token == self._asking:
             self._asking = None
             self.holds &= ~ASKING
-            if not self.holds and self.phase not in _ENDED:
+            if not self.holds and not self._hungup:
                 self._process()
 
     def pause_stream(self) -> None:
@@ -264,14 +264,14 @@ class CoreBase:
 
     def shutdown(self) -> None:
         """The server is closing: 421 now if idle, else when the transaction ends."""
-        if self.phase in _ENDED:
+        if self._hungup:
             return
         self._shutdown = True
         self._shutdown_if_idle()
 
     def force_close(self) -> None:
         """C{close_timeout} passed: 421 and drop whatever is going on."""
-        if self.phase not in _ENDED:
+        if not self._hungup:
             self._say_shutting_down()
 
     def check_timeout(self) -> Optional[float]:
@@ -280,7 +280,7 @@ class CoreBase:
 
         @return: seconds until the next check, or C{None} (closed or closing).
         """
-        if self.phase in _ENDED:
+        if self._hungup:
             return None
         now = self._clock()
         o = self.options
@@ -316,7 +316,7 @@ class CoreBase:
     @property
     def finished(self) -> bool:
         """Whether the last reply is queued (or the connection gone): nobody to answer."""
-        return self.phase in _ENDED
+        return self._hungup
 
     def take_output(self) -> bytes:
         """The reply bytes to write now, in one write."""
@@ -328,7 +328,9 @@ class CoreBase:
     def _process(self) -> None:
         """Handle buffered input until it runs out or something holds us."""
         reader = self.reader
-        while not self.holds:
+        # _hungup, not the phase: an observer may close the dialogue while a
+        # handler runs, and the handler may then still set its next phase.
+        while not self.holds and not self._hungup:
             phase = self.phase
             if phase is _DATA:
                 data = reader.take()
@@ -340,8 +342,6 @@ class CoreBase:
                 if not data:
                     return
                 self._chunk_bytes(data)
-            elif phase is _CLOSING or phase is _CLOSED:
-                return
             else:
                 line = reader.line()
                 if line is None:
@@ -404,6 +404,8 @@ class CoreBase:
         if self.observers["command"]:
             # AUTH's argument may hold a password (initial response): not shown.
             self._notify("command", self.session, name, arg.split(" ", 1)[0] if name == "AUTH" else arg)
+            if self._hungup:
+                return  # an observer closed the server (or the connection) meanwhile
         if self.phase not in phases:
             self._phase_refused(name)
             return
@@ -565,7 +567,7 @@ class CoreBase:
         if why == WRITE:
             # The client read its replies: it gets a whole timeout again.
             self._deadline = max(self._deadline, self._clock() + self.options.socket_timeout)
-        if self.holds or self.phase in _ENDED:
+        if self.holds or self._hungup:
             return
         if late:
             if self._shutdown and self._shutdown_if_idle():
@@ -577,7 +579,7 @@ class CoreBase:
 
     def _shutdown_if_idle(self) -> bool:
         """During shutdown, a client between transactions gets 421 and is closed."""
-        if not self._shutdown or self.phase in _ENDED:
+        if not self._shutdown or self._hungup:
             return False
         if self.session.envelope.mail_from is not None or self._body or self.holds:
             return False
