@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import os
+import threading
 from typing import IO, Any, Callable, Deque, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -98,6 +100,10 @@ class ThreadIO:
 
             self._reactor = reactor
         pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="txsmtpsrv-delivery")
+        # Daemon threads: a process that exits without stopping its reactor
+        # must not hang on them. Nothing is lost if one dies mid-job: its
+        # message has not been answered yet.
+        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         pool.start()
         self._pool = pool
         self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
