@@ -44,7 +44,7 @@ T = TypeVar("T")
 FLUSH_AT = 64 * 1024
 
 #: Delivery threads when a delivery is not told (see L{ThreadIO}).
-DEFAULT_THREADS = 8
+DEFAULT_THREADS = 4
 
 
 class BlockingIO(Protocol):
