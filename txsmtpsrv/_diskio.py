@@ -288,6 +288,15 @@ class ChunkFile:
             self._pending.append(data)
             self._size += len(data)
 
+    def collector(self, writer: "Writer") -> Callable[[bytes], "Optional[Deferred[None]]"]:
+        """The C{stream.collect} callback: each chunk through C{writer} (into this file), then L{pushed}."""
+
+        def take(chunk: bytes) -> "Optional[Deferred[None]]":
+            writer.write(chunk)
+            return self.pushed()
+
+        return take
+
     def pushed(self) -> "Optional[Deferred[None]]":
         """After gathering: start a write if enough waits; a Deferred means "pause"."""
         if self._error is not None:

@@ -166,7 +166,7 @@ class MaildirDelivery:
             await out.open(lambda: self._create_tmp(when))
             writer = Writer(out, [ToLF()] if self.linesep == b"\n" else [])
             writer.write(trace_headers(session, self.hostname, when))
-            await stream.collect(lambda chunk: (writer.write(chunk), out.pushed())[1])
+            await stream.collect(out.collector(writer))
             writer.finish()
             await out.finish(lambda rest: self._store(out, rest))
             await self._commit.commit()

@@ -302,7 +302,7 @@ class MboxDelivery:
             await spool.open(self._open_spool)
             writer = Writer(spool, [ToLF(), MboxrdQuoter()])
             writer.write(trace_headers(session, self.hostname, when))
-            await stream.collect(lambda chunk: (writer.write(chunk), spool.pushed())[1])
+            await stream.collect(spool.collector(writer))
             writer.finish()
             if writer.last != b"\n":
                 writer.write(b"\n")
