@@ -24,10 +24,15 @@ setup(
     include_package_data=True,
     # crochet runs the reactor thread of txsmtpsrv.testing.ThreadedServer, which the
     # pytest plugin (always registered below) uses: it must work after a plain install.
-    install_requires=["twisted[tls]>=26.4", "crochet>=2.1"],
+    # dkimpy checks DKIM/ARC signatures (PyNaCl: its Ed25519 ones), authres writes
+    # Authentication-Results, publicsuffixlist finds DMARC's organizational domain.
+    install_requires=["twisted[tls]>=26.4", "crochet>=2.1", "dkimpy>=1.1,<2", "pynacl>=1.4", "authres>=1.2",
+                      "publicsuffixlist>=0.10"],
     entry_points={"pytest11": ["txsmtpsrv = _txsmtpsrv_pytest"]},
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3"],
+        "test": ["pytest>=8", "hypothesis>=6", "aiosmtplib>=3", "prometheus_client>=0.20", "bcrypt>=4"],
+        "metrics": ["prometheus_client>=0.20"],
+        "bcrypt": ["bcrypt>=4"],
         "bench": ["aiosmtpd>=1.4"],
     },
     classifiers=[

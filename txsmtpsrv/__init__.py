@@ -8,12 +8,15 @@ receive mail as a stream. Everything not named in C{__all__} is private.
 
 from __future__ import annotations
 
-from ._cred import CredAuthenticator, IOAuth2Token
+from ._authres import ARCVerdict, AuthResults, AuthVerifier, DKIMVerdict, DMARCVerdict, SPFVerdict
+from ._cred import CredAuthenticator, FileCredentialsChecker, IOAuth2Token, ThreadedChecker
 from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
+from ._metrics import ServerMetrics
 from ._hooks import Hooks
 from ._options import ServerOptions
+from ._passwd import hash_password
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
 from ._sasl import Credentials, OAuthError, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
@@ -22,10 +25,16 @@ from ._tls import TLSConfig, TLSConfigError, TLSInfo, development_certificate
 from ._version import __version__
 
 __all__ = [
+    "ARCVerdict",
     "Address",
+    "AuthResults",
+    "AuthVerifier",
     "BareLineEnding",
     "CredAuthenticator",
     "Credentials",
+    "DKIMVerdict",
+    "DMARCVerdict",
+    "FileCredentialsChecker",
     "IOAuth2Token",
     "Envelope",
     "Hooks",
@@ -45,14 +54,18 @@ __all__ = [
     "Reply",
     "SMTPError",
     "SMTPServer",
+    "SPFVerdict",
+    "ServerMetrics",
     "ServerOptions",
     "Session",
     "TLSConfig",
     "TLSConfigError",
     "TLSInfo",
+    "ThreadedChecker",
     "__version__",
     "constant_time_equals",
     "development_certificate",
+    "hash_password",
     "proxyEndpoint",
     "received_header",
 ]

@@ -23,7 +23,7 @@ from txsmtpsrv._maildir_tmp import TMP_CLEAN_INTERVAL, TMP_MAX_AGE, TmpCleaner, 
 from txsmtpsrv._session import Session
 from txsmtpsrv._trace import sender_of, trace_headers
 
-__all__ = ["MaildirDelivery", "local_error", "now"]
+__all__ = ["MaildirDelivery", "count", "local_error", "now"]
 
 #: Reply text for any local storage failure (RFC 5321 4.2.3, RFC 3463 4.3.0).
 _LOCAL_ERROR = "Requested action aborted: local error in processing"
@@ -40,6 +40,11 @@ def now(clock: Optional[IReactorTime]) -> float:
 
 
 _counter = itertools.count(1)
+
+
+def count(n: int, noun: str) -> str:
+    """C{1 recipient}, C{2 recipients}: log lines in plain English."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _maildir_hostname(hostname: str) -> str:
@@ -186,12 +191,13 @@ class MaildirDelivery:
         name = os.path.basename(out.path or "")
         self.log.info(
             "Stored message {file} in {path} (session {session_id}, from <{sender}>, "
-            "{recipient_count} recipients, {size} bytes)",
+            "{recipients}, {size} bytes)",
             file=name,
             path=self.path,
             session_id=session.id,
             sender=sender_of(session),
             recipient_count=len(session.envelope.rcpt_to),
+            recipients=count(len(session.envelope.rcpt_to), "recipient"),
             size=writer.size,
         )
 

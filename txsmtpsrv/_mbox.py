@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtpsrv._diskio import BlockingIO, ChunkFile, ToLF, Writer, fsync_directory, make_directory, make_io, write_all
-from txsmtpsrv._maildir import local_error, now
+from txsmtpsrv._maildir import count, local_error, now
 from txsmtpsrv._session import Session
 from txsmtpsrv._trace import sender_of, trace_headers
 
@@ -323,11 +323,12 @@ class MboxDelivery:
                 spool.discard()
         self.log.info(
             "Stored message in {path} (session {session_id}, from <{sender}>, "
-            "{recipient_count} recipients, {size} bytes)",
+            "{recipients}, {size} bytes)",
             path=self.path,
             session_id=session.id,
             sender=sender_of(session),
             recipient_count=len(session.envelope.rcpt_to),
+            recipients=count(len(session.envelope.rcpt_to), "recipient"),
             size=writer.size,
         )
 
