@@ -26,20 +26,32 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from txsmtpsrv import _delivery
+from txsmtpsrv import _delivery, _diskio, _maildir, _mbox
 from txsmtpsrv._data import MessageStream, MessageTooLarge
 from txsmtpsrv._delivery import (
     MaildirDelivery,
     MboxDelivery,
     PrintDelivery,
-    _MboxrdQuoter,
-    _ToLF,
     received_header,
     return_path_header,
 )
+from txsmtpsrv._diskio import ToLF as _ToLF
+from txsmtpsrv._mbox import MboxrdQuoter as _MboxrdQuoter
 from txsmtpsrv._errors import SMTPError
 from txsmtpsrv._session import Address, Session
 from txsmtpsrv.testing import TestClient, make_server
+
+
+
+@pytest.fixture(autouse=True)
+def inline_file_work(monkeypatch):
+    """
+    These tests pin the deliveries' behaviour step by step, so the file work
+    runs in the calling thread (C{threads=0}); the thread pool and group
+    commit are tested in test_delivery_async.py.
+    """
+    monkeypatch.setattr(_diskio, "DEFAULT_THREADS", 0)
+
 
 WHEN = 1_764_000_000.25  # a fixed receipt time (2025-11-24)
 BODY = b"Subject: test\r\nFrom: bob@example.com\r\n\r\nHello,\r\nFrom here on\r\n>From there\r\nbye\r\n"
@@ -224,7 +236,7 @@ def test_maildir_creates_missing_directories(tmp_path):
 
 def test_maildir_default_hostname(monkeypatch):
     """Without a hostname, the machine's name is used."""
-    monkeypatch.setattr(_delivery.socket, "gethostname", lambda: "box.example")
+    monkeypatch.setattr(_maildir.socket, "gethostname", lambda: "box.example")
     assert MaildirDelivery("/nonexistent").hostname == "box.example"
 
 
@@ -250,7 +262,7 @@ def test_maildir_fsync_failure_gives_451_and_no_file(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(_delivery.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     stream = make_stream()
     with capturedLogs() as events:
         d = MaildirDelivery(str(tmp_path), "mx.test").on_data(make_session(), stream)
@@ -272,7 +284,7 @@ def test_maildir_directory_fsync_failure_removes_delivered_file(tmp_path, monkey
             raise OSError(errno.EIO, "I/O error")
         real_fsync(fd)
 
-    monkeypatch.setattr(_delivery.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     stream = make_stream()
     d = MaildirDelivery(str(tmp_path), "mx.test").on_data(make_session(), stream)
     feed(stream, BODY)
@@ -305,7 +317,7 @@ def test_maildir_write_failure_mid_stream(tmp_path, monkeypatch):
             self.f.close()
             super().close()
 
-    monkeypatch.setattr(_delivery.os, "fdopen", lambda fd, mode: Full(fd))
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Full(fd))
     stream = make_stream()
     d = MaildirDelivery(str(tmp_path), "mx.test").on_data(make_session(), stream)
     stream.write(b"x" * 100)
@@ -368,7 +380,7 @@ def test_maildir_logs_one_line_without_the_body(tmp_path):
         d = MaildirDelivery(str(tmp_path), "mx.test").on_data(make_session(rcpts=("a@x.test", "b@x.test")), stream)
         feed(stream, BODY)
         result(d)
-    [event] = [e for e in events if e.get("log_namespace", "").startswith("txsmtpsrv._delivery")]
+    [event] = [e for e in events if e.get("log_namespace", "").startswith("txsmtpsrv._maildir")]
     [name] = listing(tmp_path, "new")
     assert event["file"] == name
     assert event["session_id"] == "s3ss10n"
@@ -396,7 +408,7 @@ def test_maildir_through_the_server(tmp_path):
 def test_maildir_failure_through_the_server(tmp_path, monkeypatch):
     """End to end in memory: a storage failure reaches the client as 451 4.3.0."""
     existing_maildir(tmp_path)
-    monkeypatch.setattr(_delivery.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     server, _clock = make_server(MaildirDelivery(str(tmp_path), "mx.test"))
     client = TestClient(server)
     replies = client.sendmail("bob@example.com", ["alice@example.org"], BODY)
@@ -484,7 +496,7 @@ def test_mbox_append_failure_truncates(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(_delivery.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     assert_local_error(deliver_mbox(delivery, b"second\r\n"))
     assert path.read_bytes() == before
 
@@ -579,7 +591,7 @@ def test_mbox_deliveries_in_one_process_do_not_interleave(tmp_path):
     assert len(messages) == 2
     assert messages[0].startswith(b"From two@x.test") and b"AAAA" not in messages[0]
     assert messages[1].startswith(b"one@x.test") and b"BBBB" not in messages[1]
-    assert _delivery._mbox_locks == {}
+    assert _mbox._appenders == {}
 
 
 # ---------------------------------------------------------------------------
@@ -638,8 +650,10 @@ def test_received_header_bounds_and_ascii_client_names():
 def test_new_maildir_and_mbox_directories_are_synced(tmp_path, monkeypatch):
     """Directories (and an mbox file) created for the first message are fsynced in their parents."""
     synced = []
-    real_fsync_directory = _delivery._fsync_directory
-    monkeypatch.setattr(_delivery, "_fsync_directory", lambda p: (synced.append(os.path.abspath(p)),
+    real_fsync_directory = _diskio.fsync_directory
+    monkeypatch.setattr(_diskio, "fsync_directory", lambda p: (synced.append(os.path.abspath(p)),
+                                                                  real_fsync_directory(p))[1])
+    monkeypatch.setattr(_mbox, "fsync_directory", lambda p: (synced.append(os.path.abspath(p)),
                                                                   real_fsync_directory(p))[1])
     stream = make_stream()
     d = MaildirDelivery(str(tmp_path / "md"), "mx.test").on_data(make_session(), stream)

@@ -222,8 +222,12 @@ def test_maildir_receiver_stores_and_refuses(run_example: Any, tmp_path: Any) ->
     example.wait_for(r"refused recipient someone@elsewhere.test")
 
 
-def test_maildir_receiver_hooks_in_memory(tmp_path: Any) -> None:
+def test_maildir_receiver_hooks_in_memory(tmp_path: Any, monkeypatch: Any) -> None:
     """DomainMaildirHooks works in memory: 550 for other domains, a Maildir file for ours."""
+    from txsmtpsrv import _diskio
+
+    # In memory nothing runs the reactor that delivery threads answer through: file work inline.
+    monkeypatch.setattr(_diskio, "DEFAULT_THREADS", 0)
     module = load_example("maildir_receiver")
     maildir = str(tmp_path / "M")
     server, _clock = make_server(module.DomainMaildirHooks(maildir, "example.test"))
@@ -396,8 +400,11 @@ def test_lmtp_unix_per_recipient(run_example: Any, tmp_path: Any, socket_dir: st
     example.wait_for(r"no mailbox for <carol@example.test>")
 
 
-def test_lmtp_hooks_in_memory(tmp_path: Any) -> None:
+def test_lmtp_hooks_in_memory(tmp_path: Any, monkeypatch: Any) -> None:
     """LMTPMaildirHooks in memory: the DATA replies are one per recipient, in order."""
+    from txsmtpsrv import _diskio
+
+    monkeypatch.setattr(_diskio, "DEFAULT_THREADS", 0)  # in memory: file work inline, as above
     module = load_example("lmtp_unix")
     root = str(tmp_path / "mail")
     server, _clock = make_server(module.LMTPMaildirHooks(root, ["alice"]), lmtp=True)

@@ -383,8 +383,12 @@ def test_auth_checkers_are_wired(tmp_path):
     assert "PLAIN" in authenticator.mechanisms
 
 
-def test_stop_service_waits_for_transaction_in_progress(tmp_path):
+def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     """Stopping lets an accepted transaction finish (its 250 goes out), then closes with 421."""
+    from txsmtpsrv import _diskio
+
+    # A memory reactor runs no delivery threads' answers: do the file work inline.
+    monkeypatch.setattr(_diskio, "DEFAULT_THREADS", 0)
     reactor = MemoryReactorClock()
     service = makeService(parse("--maildir", str(tmp_path), "--name", "mx.test"), reactor=reactor)
     service.server.resolver = FakeResolver()  # no real DNS in tests
