@@ -15,6 +15,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Optional, Tuple
 
+from ._optdoc import with_help_text
+
 __all__ = ["ServerOptions"]
 
 #: Commands a server can be told to refuse with C{disabled_commands}.
@@ -35,98 +37,171 @@ class ServerOptions:
     """
     Everything that shapes the dialogue, with safe defaults.
 
-    Pass the fields as keyword arguments to L{txsmtpsrv.SMTPServer}.
+    Pass the fields as keyword arguments to L{txsmtpsrv.SMTPServer}. Each
+    field is documented by the docstring under it, the one place to write
+    it: the API reference shows those, C{help(ServerOptions)} lists them
+    with their types and defaults, and the README's table is generated
+    from them (L{txsmtpsrv._optdoc}).
     """
 
-    #: Host name used in the greeting, the EHLO reply and Received headers.
     name: str = field(default_factory=socket.gethostname)
-    #: Extra text after C{220 name ESMTP} in the greeting.
+    """
+    Host name used in the greeting, the EHLO reply and C{Received} headers.
+    (smtp-server: C{name})
+    """
     banner: str = ""
-    #: Format of the first line of the EHLO/HELO reply; fields: name,
-    #: client_hostname, remote_address, helo.
+    """Extra text after C{220 name ESMTP} in the greeting. (smtp-server: C{banner})"""
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
-    #: Largest message in octets (0 means no limit); advertised as SIZE.
+    """
+    Format of the first line of the EHLO/HELO reply; fields: C{name},
+    C{client_hostname}, C{remote_address}, C{helo}. (smtp-server: C{heloResponse})
+    """
     size: int = 32 * 1024 * 1024
-    #: Advertise C{SIZE} without the number.
+    """
+    Largest message in octets, advertised as C{SIZE} and enforced: a larger
+    message gets C{552 5.3.4} (0 means no limit). (smtp-server: C{size})
+    """
     hide_size: bool = False
+    """Advertise C{SIZE} without the number. (smtp-server: C{hideSize})"""
     hide_pipelining: bool = False
+    """Do not advertise PIPELINING (RFC 2920). (smtp-server: C{hidePIPELINING})"""
     hide_8bitmime: bool = False
+    """Do not advertise 8BITMIME (RFC 6152). (smtp-server: C{hide8BITMIME})"""
     hide_smtputf8: bool = False
+    """Do not advertise SMTPUTF8 (RFC 6531). (smtp-server: C{hideSMTPUTF8})"""
     hide_enhancedstatuscodes: bool = False
-    #: CHUNKING (RFC 3030): BDAT and BODY=BINARYMIME.
+    """
+    Do not advertise ENHANCEDSTATUSCODES (RFC 2034) and send replies without
+    the RFC 3463 code. (smtp-server: C{hideENHANCEDSTATUSCODES}, true there by
+    default)
+    """
     hide_chunking: bool = False
-    #: DSN (RFC 3461): RET, ENVID, NOTIFY and ORCPT parameters.
+    """Do not offer CHUNKING (RFC 3030): BDAT and C{BODY=BINARYMIME}."""
     hide_dsn: bool = False
-    #: Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA.
+    """
+    Do not offer DSN (RFC 3461): the RET, ENVID, NOTIFY and ORCPT parameters.
+    (smtp-server: C{hideDSN}, true there by default)
+    """
     lmtp: bool = False
-    #: Accept Postfix's XCLIENT / XFORWARD from C{xclient_trusted} networks.
+    """Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA. (smtp-server: C{lmtp})"""
     use_xclient: bool = False
+    """
+    Accept Postfix's XCLIENT from C{xclient_trusted} networks: the session
+    restarts as the client it names. (smtp-server: C{useXClient})
+    """
     use_xforward: bool = False
+    """
+    Accept Postfix's XFORWARD from C{xclient_trusted} networks: the client
+    details it names are recorded in C{session.xforward}. (smtp-server: C{useXForward})
+    """
     xclient_trusted: Tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    #: Addresses or networks whose connections are not logged (health checks).
+    """Networks (CIDR strings, or one comma separated string) that may send XCLIENT and XFORWARD."""
     ignored_hosts: Tuple[str, ...] = ()
-    #: Skip the client's reverse DNS lookup (C{client_hostname} stays C{[ip]}).
+    """Addresses or networks whose connections are not logged (health checks). (smtp-server: C{ignoredHosts})"""
     disable_reverse_lookup: bool = False
-    #: Hard cap on the reverse lookup: the greeting never waits longer.
+    """
+    Skip the client's reverse DNS lookup (C{client_hostname} stays C{[ip]}).
+    (smtp-server: C{disableReverseLookup})
+    """
     reverse_lookup_timeout: float = 1.5
-    #: Certificates and TLS policy (a L{TLSConfig} or a dict of its fields);
-    #: without one, STARTTLS uses a self-signed development certificate
-    #: made at start-up (with a warning).
+    """Hard cap in seconds on the reverse lookup: the greeting never waits longer."""
     tls: Any = None
-    #: Implicit TLS (port 465 style): L{SMTPServer.listen} wraps endpoints in TLS.
+    """
+    Certificates and TLS policy (a L{TLSConfig} or a dict of its fields);
+    without one, STARTTLS uses a self-signed development certificate made
+    at start-up (with a warning). (smtp-server: C{key}, C{cert}, C{ca},
+    C{sniOptions}, C{SNICallback}, C{minVersion})
+    """
     secure: bool = False
-    #: The connection is already encrypted by something in front of us (a TLS
-    #: terminating proxy): sessions start secure, AUTH is offered, no STARTTLS.
+    """Implicit TLS (port 465 style): L{SMTPServer.listen} wraps endpoints in TLS. (smtp-server: C{secure})"""
     secured: bool = False
+    """
+    The connection is already encrypted by something in front of us (a TLS
+    terminating proxy): sessions start secure, AUTH is offered, no STARTTLS.
+    (smtp-server: C{secured})
+    """
     hide_starttls: bool = False
-    #: Refuse MAIL and AUTH until the connection is encrypted.
+    """Do not offer STARTTLS (RFC 3207). (smtp-server: C{hideSTARTTLS})"""
     needs_upgrade: bool = False
-    #: REQUIRETLS (RFC 8689), advertised and accepted only inside TLS.
+    """Refuse MAIL and AUTH until the connection is encrypted. (smtp-server: C{needsUpgrade})"""
     hide_requiretls: bool = False
-    #: Commands answered with C{502 5.5.1} as if not implemented.
+    """
+    Do not offer REQUIRETLS (RFC 8689), otherwise advertised and accepted
+    only inside TLS. (smtp-server: C{hideREQUIRETLS}, true there by default)
+    """
     disabled_commands: FrozenSet[str] = frozenset()
-    #: Concurrent connections; the next client gets C{421} (None: no limit).
+    """
+    Commands answered with C{502 5.5.1} as if not implemented (names, or one
+    comma separated string). (smtp-server: C{disabledCommands})
+    """
     max_clients: Optional[int] = None
-    #: Idle time before C{421} and close; also bounds one command or chunk.
+    """Concurrent connections; the next client gets C{421} (None: no limit). (smtp-server: C{maxClients})"""
     socket_timeout: float = 60.0
-    #: How long L{SMTPServer.close} lets running transactions finish.
+    """
+    Seconds of idle time before C{421} and close; also bounds one command or
+    chunk. (smtp-server: C{socketTimeout}, in milliseconds there)
+    """
     close_timeout: float = 30.0
-    #: Slowest accepted transfer in bytes per second: each byte read extends
-    #: the current deadline by C{1 / min_data_rate} s only, so a client that
-    #: trickles bytes cannot hold a connection forever (Postfix's
-    #: C{smtpd_min_data_rate}). 0 turns this off.
+    """
+    Seconds L{SMTPServer.close} lets running transactions finish.
+    (smtp-server: C{closeTimeout}, in milliseconds there)
+    """
     min_data_rate: int = 500
-    #: Longest command line in octets: RFC 5321 allows 512 before extensions,
-    #: RFC 4954 asks for 12288 for AUTH initial responses (OAuth tokens).
+    """
+    Slowest accepted transfer in bytes per second: each byte read extends the
+    current deadline by C{1 / min_data_rate} s only, so a client that
+    trickles bytes cannot hold a connection forever (Postfix's
+    C{smtpd_min_data_rate}). 0 turns this off.
+    """
     max_command_length: int = 12288
-    #: Recipients per message; more get C{452 4.5.3}.
+    """
+    Longest command line in octets: RFC 5321 allows 512 before extensions,
+    RFC 4954 asks for 12288 for AUTH initial responses (OAuth tokens).
+    """
     max_recipients: int = 1000
-    #: Unknown or malformed commands before C{421} and close (0: no limit).
+    """Recipients per message; more get C{452 4.5.3}."""
     max_unrecognized_commands: int = 10
-    #: Time a hook may take before the client gets C{451 4.3.0}.
+    """Unknown or malformed commands before C{421} and close (0: no limit)."""
     hook_timeout: float = 300.0
-    #: What a bare CR or LF inside DATA does: C{"reject"} answers
-    #: C{550 5.6.0} after the message (defends against SMTP smuggling and
-    #: broken clients), C{"accept"} passes the bytes on unchanged.
+    """Seconds a hook may take before the client gets C{451 4.3.0}."""
     bare_line_endings: str = "reject"
-    #: Extra ESMTP parameter names accepted on MAIL / RCPT and passed to
-    #: hooks (others get C{555 5.5.4}).
+    """
+    What a bare CR or LF inside DATA does: C{"reject"} answers C{550 5.6.0}
+    after the message (defends against SMTP smuggling and broken clients),
+    C{"accept"} passes the bytes on unchanged.
+    """
     mail_params: FrozenSet[str] = frozenset()
+    """
+    Extra ESMTP parameter names accepted on MAIL and passed to hooks
+    (others get C{555 5.5.4}).
+    """
     rcpt_params: FrozenSet[str] = frozenset()
-    #: SASL mechanisms offered when the hooks have C{on_auth} (RFC 4954).
+    """
+    Extra ESMTP parameter names accepted on RCPT and passed to hooks
+    (others get C{555 5.5.4}).
+    """
     auth_methods: Tuple[str, ...] = ("PLAIN", "LOGIN")
-    #: With an auth hook, MAIL is refused (530 5.7.0) until the client
-    #: authenticates, unless this is set.
+    """
+    SASL mechanisms offered when the hooks have C{on_auth} (RFC 4954):
+    PLAIN, LOGIN, CRAM-MD5, XOAUTH2. (smtp-server: C{authMethods})
+    """
     auth_optional: bool = False
-    #: Offer AUTH on connections that are not encrypted.
+    """
+    With an auth hook, MAIL is refused (C{530 5.7.0}) until the client
+    authenticates, unless this is set. (smtp-server: C{authOptional})
+    """
     allow_insecure_auth: bool = False
-    #: Text of the C{530 5.7.0} reply to MAIL without authentication.
+    """Offer AUTH on connections that are not encrypted. (smtp-server: C{allowInsecureAuth})"""
     auth_required_message: str = "Error: authentication required"
-    #: Commands a client may send before authenticating, when the auth hook
-    #: makes authentication required; then C{421} and close (0: no limit).
+    """Text of the C{530 5.7.0} reply to MAIL without authentication. (smtp-server: C{authRequiredMessage})"""
     max_allowed_unauthenticated_commands: int = 10
-    #: Failed AUTH attempts per connection before C{421} and close (0: no limit).
+    """
+    Commands a client may send before authenticating, when the auth hook
+    makes authentication required; then C{421} and close (0: no limit).
+    (smtp-server: C{maxAllowedUnauthenticatedCommands})
+    """
     max_auth_failures: int = 5
+    """Failed AUTH attempts per connection before C{421} and close (0: no limit)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -195,3 +270,8 @@ class ServerOptions:
         if base is None:
             return cls(**kwargs)
         return dataclasses.replace(base, **kwargs)
+
+
+# help(ServerOptions) shows the options' docstrings, which Python itself
+# drops (setattr: pydoctor documents the static docstring above instead).
+setattr(ServerOptions, "__doc__", with_help_text(ServerOptions))
