@@ -126,7 +126,7 @@ class MessageStream:
     Read it in one of three ways, once: L{content} (all bytes, for small
     messages), L{collect} (a callback per chunk; a callback returning a
     Deferred pauses the client until it fires), or L{deliver_body} (a Twisted
-    L{IProtocol}, as C{twisted.web}'s C{Response.deliverBody}).
+    C{IProtocol}, as C{twisted.web}'s C{Response.deliverBody}).
 
     @ivar byte_length: payload bytes received so far (after dot-unstuffing).
     @ivar size_exceeded: whether C{byte_length} went past the server's limit.

@@ -25,7 +25,7 @@ is our own implementation:
 What the wrapped protocol sees on C{self.transport}:
 
   - C{getPeer()} / C{getHost()}: the client and the address it connected to,
-    as L{IPv4Address}/L{IPv6Address} (L{UNIXAddress} for AF_UNIX); for
+    as C{IPv4Address}/C{IPv6Address} (C{UNIXAddress} for AF_UNIX); for
     C{PROXY UNKNOWN}, v2 C{LOCAL} and v2 C{UNSPEC}, the real socket addresses.
   - C{proxy_info}: the L{ProxyInfo}, or C{None} when the connection came
     from an untrusted peer that was let through without a header

@@ -48,7 +48,7 @@ class _TooBusy(Protocol):
 
 class SMTPServer(ServerFactory):
     """
-    An SMTP server: options plus hooks, listening on any Twisted endpoint.
+    An SMTP server: options plus hooks, listening on any Twisted endpoint::
 
         server = SMTPServer(MyHooks(), name="mx.example.com", size=10_000_000)
         await server.listen("tcp:2525:interface=127.0.0.1")

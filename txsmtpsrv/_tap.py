@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-C{twistd smtpsrv}: a mail receiver out of the box.
+C{twistd smtpsrv}: a mail receiver out of the box::
 
     twistd -n smtpsrv                                  # 127.0.0.1:2525 -> ./Maildir
     twistd -n smtpsrv -l tcp:25 -l tcp6:25 --maildir /var/mail/inbox --name mx.example.com
@@ -552,7 +552,7 @@ def _endpoint_arguments(description: str) -> Tuple[List[str], Dict[str, str]]:
 def _shareable_address(description: str) -> Tuple[int, str, int, int]:
     """
     C{(family, interface, port, backlog)} of a C{tcp:}/C{tcp6:} endpoint
-    string; L{usage.UsageError} for anything --workers cannot share.
+    string; C{usage.UsageError} for anything --workers cannot share.
     """
     args, kwargs = _endpoint_arguments(description)
     kind = args.pop(0).lower() if args else ""

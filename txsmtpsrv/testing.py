@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_testing -*-
 """
-Test your hooks without sockets.
+Test your hooks without sockets::
 
     from txsmtpsrv import SMTPServer
     from txsmtpsrv.testing import TestClient, make_server
@@ -122,7 +122,7 @@ class TestClient:
     """
     An in-memory SMTP client connected to C{server}.
 
-    @ivar transport: the L{StringTransport} the server writes to.
+    @ivar transport: the C{StringTransport} the server writes to.
     @ivar protocol: the server's protocol for this connection.
     """
 
