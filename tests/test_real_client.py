@@ -367,19 +367,37 @@ def test_xclient_untrusted_peer():
     assert client.protocol.session.remote_address == "198.51.100.7"
 
 
-def test_xclient_default_trust_is_loopback():
-    """With use_xclient and the default xclient_trusted, a loopback peer may use XCLIENT."""
-    server, _ = make_server(None, use_xclient=True)
-    client = TestClient(server, peer=("127.0.0.1", 40000))
-    assert XCLIENT_EXT in ehlo_lines(client)
-    assert client.command("XCLIENT ADDR=203.0.113.9").code == 220
+@pytest.mark.parametrize("peer", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "192.0.2.10"])
+@pytest.mark.parametrize("command", ["XCLIENT ADDR=203.0.113.9 LOGIN=admin", "XFORWARD ADDR=203.0.113.9"])
+def test_x_commands_trust_nobody_by_default(peer, command):
+    """Issue 10: without xclient_trusted no peer, not even loopback, sees or may use XCLIENT/XFORWARD."""
+    server, _ = make_server(None, use_xclient=True, use_xforward=True)
+    client = TestClient(server, peer=(peer, 40000))
+    lines = ehlo_lines(client)
+    assert not any(line.startswith(("XCLIENT", "XFORWARD")) for line in lines)
+    reply = client.command(command)
+    assert (reply.code, reply.enhanced) == (550, "5.7.0")
+    s = client.protocol.session
+    assert s.user is None and s.remote_address == peer and s.xforward == {}
 
 
-def test_xclient_default_trust_ipv4_mapped_loopback():
-    """A dual-stack listener's ::ffff:127.0.0.1 peer is trusted by the default xclient_trusted too."""
-    server, _ = make_server(None, use_xclient=True)
-    client = TestClient(server, peer=("::ffff:127.0.0.1", 40000))
-    assert client.command("XCLIENT ADDR=203.0.113.9").code == 220
+def test_x_commands_without_trusted_networks_warn():
+    """Turning XCLIENT on without naming networks logs why every peer will be refused."""
+    with capturedLogs() as events:
+        make_server(None, use_xclient=True)
+    assert any("xclient_trusted names no network" in e.get("log_format", "") for e in events)
+    with capturedLogs() as events:
+        make_server(None, use_xclient=True, xclient_trusted="10.0.0.0/8")
+    assert not any("xclient_trusted" in e.get("log_format", "") for e in events)
+
+
+def test_xclient_trusted_loopback_named():
+    """Naming loopback trusts it, including a dual-stack listener's ::ffff:127.0.0.1 peer."""
+    server, _ = make_server(None, use_xclient=True, xclient_trusted="127.0.0.0/8, ::1")
+    for peer in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        client = TestClient(server, peer=(peer, 40000))
+        assert XCLIENT_EXT in ehlo_lines(client)
+        assert client.command("XCLIENT ADDR=203.0.113.9").code == 220
 
 
 def test_xclient_advertised_to_trusted_peer():
@@ -523,7 +541,10 @@ def test_xforward_untrusted_peer():
 
 
 def test_xforward_recorded_for_one_transaction():
-    """XFORWARD attributes reach on_data in session.xforward, leave remote_address alone, and are cleared after."""
+    """
+    XFORWARD attributes reach on_data in session.xforward, ADDR/NAME also in remote_address and
+    client_hostname (issue 10); all of it ends with the transaction.
+    """
     hooks = Recorder()
     client = xforward_client(hooks)
     lines = ehlo_lines(client)
@@ -537,10 +558,28 @@ def test_xforward_recorded_for_one_transaction():
     (snap,) = hooks.get("data")
     assert snap["xforward"] == {"ADDR": "203.0.113.9", "PORT": "51234", "NAME": "[UNAVAILABLE]",
                                 "HELO": "orig-helo.test", "PROTO": "ESMTP", "SOURCE": "REMOTE", "IDENT": "q123"}
-    assert snap["remote_address"] == "192.0.2.10"
-    assert client.protocol.session.xforward == {}
+    # The second XFORWARD's NAME=[UNAVAILABLE] overrides the first: the address literal stands in.
+    assert (snap["remote_address"], snap["client_hostname"]) == ("203.0.113.9", "[203.0.113.9]")
+    assert hooks.get("mail")[-1]["remote_address"] == "203.0.113.9"
+    s = client.protocol.session
+    assert s.xforward == {}
+    assert (s.remote_address, s.client_hostname) == ("192.0.2.10", "[192.0.2.10]")
     transaction(client)
     assert hooks.get("data")[1]["xforward"] == {}
+    assert hooks.get("data")[1]["remote_address"] == "192.0.2.10"
+
+
+def test_xforward_name_and_addr():
+    """XFORWARD NAME and ADDR become client_hostname and remote_address; RSET gives the proxy's back."""
+    client = xforward_client()
+    ehlo_lines(client)
+    assert client.command("XFORWARD ADDR=IPV6:2001:db8::9 NAME=orig.example.test").code == 250
+    s = client.protocol.session
+    assert (s.remote_address, s.client_hostname) == ("2001:db8::9", "orig.example.test")
+    assert client.command("XFORWARD PROTO=SMTP").code == 250  # ADDR/NAME not given: kept
+    assert (s.remote_address, s.client_hostname) == ("2001:db8::9", "orig.example.test")
+    assert client.command("RSET").code == 250
+    assert (s.remote_address, s.client_hostname) == ("192.0.2.10", "[192.0.2.10]")
 
 
 def test_xforward_cleared_by_rset():

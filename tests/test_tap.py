@@ -42,6 +42,7 @@ from txsmtpsrv._tap import (
     _SharedPort,
     _WorkerPool,
     _WorkerProtocol,
+    _worker_options,
     makeService,
 )
 from txsmtpsrv.testing import FakeResolver, TestClient
@@ -120,6 +121,9 @@ def test_values_are_converted(tmp_path, monkeypatch):
     ["--adopt", "3:APPLETALK"],
     ["--hooks", "no_such_module_txsmtpsrv:Hooks"],
     ["--auth", "no-such-checker:x"],
+    ["--xclient-trusted", "10.0.0.0/33"],
+    ["--xclient-trusted", "127.0.0.1,not-a-network"],
+    ["--xclient-trusted", ","],
 ])
 def test_bad_command_lines(argv):
     """Invalid values are usage errors, reported before anything starts."""
@@ -327,6 +331,21 @@ def test_lmtp_passes_through(tmp_path):
         service.privilegedStartService()
     assert any("txsmtpsrv LMTP listening on" in formatEvent(e) for e in events)
     result(service.stopService())
+
+
+def test_xclient_trusted_passes_through(tmp_path):
+    """--xclient-trusted turns XCLIENT/XFORWARD on for the named networks only; without it both stay off."""
+    import ipaddress
+    reactor = MemoryReactorClock()
+    service = makeService(parse("--maildir", str(tmp_path)), reactor=reactor)
+    o = service.server.options
+    assert (o.use_xclient, o.use_xforward, o.xclient_trusted) == (False, False, ())
+    options = parse("--maildir", str(tmp_path), "--xclient-trusted", "127.0.0.1/32, 10.0.0.0/8,::1")
+    assert options["xclient-trusted"] == ("127.0.0.1/32", "10.0.0.0/8", "::1")
+    o = makeService(options, reactor=reactor).server.options
+    assert o.use_xclient and o.use_xforward
+    assert o.xclient_trusted == tuple(ipaddress.ip_network(n) for n in ("127.0.0.1/32", "10.0.0.0/8", "::1"))
+    assert "--xclient-trusted=127.0.0.1/32,10.0.0.0/8,::1" in _worker_options(options)
 
 
 def test_tls_files_pass_through(tmp_path):

@@ -293,7 +293,7 @@ class StartTLSTests(_TLSTestCase):
         self.assertTrue(info.version.startswith("TLSv1."))
 
     async def test_state_forgotten_after_starttls(self) -> None:
-        """After STARTTLS: MAIL before EHLO is 503, the open transaction and the plaintext AUTH are gone."""
+        """After STARTTLS: the open transaction and the plaintext AUTH are gone (MAIL, RCPT: 530)."""
         hooks = AuthRecorder()
         _, port = await self.start(hooks, allow_insecure_auth=True)
 
@@ -311,9 +311,10 @@ class StartTLSTests(_TLSTestCase):
 
         out = await self.thread(client)
         self.assertEqual(out[:3], [235, 250, 250])
-        self.assertEqual(out[3][0], 503)
-        self.assertTrue(out[3][1].startswith(b"5.5.1"))
-        self.assertEqual(out[4][0], 503)
+        # Authentication is gone with TLS, so MAIL and RCPT are refused with 530 (RFC 4954 6, issue 10).
+        self.assertEqual(out[3][0], 530)
+        self.assertTrue(out[3][1].startswith(b"5.7.0"))
+        self.assertEqual(out[4][0], 530)
         self.assertEqual(out[5][0], 530)
         self.assertEqual(hooks.mail, ["a@example.test"])
 

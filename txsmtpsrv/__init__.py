@@ -15,7 +15,7 @@ from ._errors import Reply, SMTPError
 from ._hooks import Hooks
 from ._options import ServerOptions
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
-from ._sasl import Credentials, constant_time_equals
+from ._sasl import Credentials, OAuthError, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
 from ._session import Address, Envelope, Session
 from ._tls import TLSConfig, TLSConfigError, TLSInfo, development_certificate
@@ -35,6 +35,7 @@ __all__ = [
     "MessageDone",
     "MessageStream",
     "MessageTooLarge",
+    "OAuthError",
     "OBSERVER_EVENTS",
     "PrintDelivery",
     "ProxyHeaderError",

@@ -47,7 +47,9 @@ class Hooks:
         Return the user object to keep as C{session.user} (C{True} keeps the
         user name; a 235 L{Reply} also chooses the text); C{None}, C{False}
         or an L{SMTPError} is a failure (535). Only offered when the hooks
-        define it.
+        define it. For XOAUTH2, raise L{txsmtpsrv.OAuthError} to choose the
+        JSON error challenge sent before the 535 (RFC 7628 3.2.2); any other
+        refusal sends the default one.
         """
 
     def on_mail_from(self, session: Session, address: Address) -> Any:

@@ -54,7 +54,10 @@ class ServerOptions:
     helo_response: str = "{name} Nice to meet you, {client_hostname}"
     """
     Format of the first line of the EHLO/HELO reply; fields: C{name},
-    C{client_hostname}, C{remote_address}, C{helo}. (smtp-server: C{heloResponse})
+    C{client_hostname}, C{remote_address}, C{helo}. Like every reply line it
+    goes out printable and at most 512 octets: controls in the client's
+    C{{helo}} are escaped (C{\\x00}) and a long line is cut (C{...}).
+    (smtp-server: C{heloResponse})
     """
     size: int = 32 * 1024 * 1024
     """
@@ -86,16 +89,23 @@ class ServerOptions:
     """Speak LMTP (RFC 2033): LHLO, and one reply per recipient after DATA. (smtp-server: C{lmtp})"""
     use_xclient: bool = False
     """
-    Accept Postfix's XCLIENT from C{xclient_trusted} networks: the session
-    restarts as the client it names. (smtp-server: C{useXClient})
+    Accept Postfix's XCLIENT, from C{xclient_trusted} networks only: the
+    session restarts as the client it names. (smtp-server: C{useXClient})
     """
     use_xforward: bool = False
     """
-    Accept Postfix's XFORWARD from C{xclient_trusted} networks: the client
-    details it names are recorded in C{session.xforward}. (smtp-server: C{useXForward})
+    Accept Postfix's XFORWARD, from C{xclient_trusted} networks only: the
+    client it names is the session's for the current transaction
+    (C{session.xforward} has the attributes). (smtp-server: C{useXForward})
     """
-    xclient_trusted: Tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    """Networks (CIDR strings, or one comma separated string) that may send XCLIENT and XFORWARD."""
+    xclient_trusted: Tuple[str, ...] = ()
+    """
+    Networks (CIDR strings, or one comma separated string) whose connections
+    may send XCLIENT / XFORWARD. Empty by default: trust is never assumed,
+    not even for loopback (any local process could claim to be any client,
+    with any LOGIN); until networks are named both commands get
+    C{550 5.7.0} and neither is advertised in the EHLO reply.
+    """
     ignored_hosts: Tuple[str, ...] = ()
     """Addresses or networks whose connections are not logged (health checks). (smtp-server: C{ignoredHosts})"""
     disable_reverse_lookup: bool = False
@@ -187,18 +197,27 @@ class ServerOptions:
     """
     auth_optional: bool = False
     """
-    With an auth hook, MAIL is refused (C{530 5.7.0}) until the client
-    authenticates, unless this is set. (smtp-server: C{authOptional})
+    With an auth hook, every command but AUTH, EHLO, HELO, LHLO, NOOP,
+    RSET, QUIT, STARTTLS, XCLIENT and XFORWARD is refused with
+    C{530 5.7.0} until the client authenticates (RFC 4954 section 6), unless
+    this is set. (smtp-server: C{authOptional})
     """
     allow_insecure_auth: bool = False
     """Offer AUTH on connections that are not encrypted. (smtp-server: C{allowInsecureAuth})"""
     auth_required_message: str = "Error: authentication required"
-    """Text of the C{530 5.7.0} reply to MAIL without authentication. (smtp-server: C{authRequiredMessage})"""
+    """
+    Text of the C{530 5.7.0} reply to commands sent before authenticating.
+    (smtp-server: C{authRequiredMessage})
+    """
     max_allowed_unauthenticated_commands: int = 10
     """
-    Commands a client may send before authenticating, when the auth hook
-    makes authentication required; then C{421} and close (0: no limit).
-    (smtp-server: C{maxAllowedUnauthenticatedCommands})
+    When authentication is required (an auth hook, no C{auth_optional}):
+    the N-th command before a successful AUTH is answered C{421 4.7.0} and
+    the connection closed (0: no limit). Every recognised command counts
+    (EHLO, NOOP, refused MAIL...) except AUTH; the lines of an AUTH
+    exchange and unrecognised commands (see C{max_unrecognized_commands})
+    never count. (smtp-server: C{maxAllowedUnauthenticatedCommands}, which
+    also counts SASL response lines)
     """
     max_auth_failures: int = 5
     """Failed AUTH attempts per connection before C{421} and close (0: no limit)."""
@@ -229,8 +248,11 @@ class ServerOptions:
         unknown = self.disabled_commands - KNOWN_COMMANDS
         if unknown:
             raise ValueError(f"disabled_commands: unknown command(s) {', '.join(sorted(unknown))}")
-        if not self.name or any(c.isspace() for c in self.name):
-            raise ValueError(f"name must be a host name without spaces, not {self.name!r}")
+        if not self.name or any(c.isspace() for c in self.name) or not self.name.isprintable() \
+                or len(self.name) > 255:
+            # It is in every greeting and in the CRAM-MD5 challenge: those must fit a reply line.
+            raise ValueError(f"name must be a host name (at most 255 printable characters, no spaces), "
+                             f"not {self.name!r}")
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",

@@ -29,13 +29,14 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._authgate import CLOSE, REFUSE, unauthenticated_command
 from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params,
                         parse_path_argument)
 from ._data import BareLineEnding, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
 from ._rdns import address_literal, reverse_lookup
 from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES, XClientError,
-                       parse_xclient, parse_xforward)
+                       forwarded_client, parse_xclient, parse_xforward)
 from ._sasl import Challenge, Exchange, SASLAuthFailed, UnknownMechanism, start_mechanism
 from ._session import Address, Envelope, Session
 
@@ -113,7 +114,7 @@ class SMTPServerProtocol(LineReceiver):
         "_closing", "_hungup", "_shutdown", "_backpressure", "_auth_failures", "_stream_wait", "_gone", "_discard_line", "_line_rest", "_unrecognized",
         "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
         "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
-        "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error",
+        "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_pre_xforward",
     )
 
     def __init__(self, server: "SMTPServer") -> None:
@@ -161,6 +162,8 @@ class SMTPServerProtocol(LineReceiver):
         self._chunk_error: Optional[Tuple[int, str, str]] = None
         self._bdat_error: Optional[Tuple[int, str, str]] = None
         self._data_outcome: Optional[Tuple[Any, Optional[Failure]]] = None
+        # (remote_address, client_hostname) before an XFORWARD replaced them.
+        self._pre_xforward: Optional[Tuple[str, str]] = None
         self.session: Session
 
     # -- connection lifecycle ----------------------------------------------
@@ -322,18 +325,21 @@ class SMTPServerProtocol(LineReceiver):
         if name in self.options.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
+        if self._auth_needed and self.session.user is None:
+            self._unauthenticated, verdict = unauthenticated_command(
+                name, self._unauthenticated, self.options.max_allowed_unauthenticated_commands)
+            if verdict == CLOSE:
+                self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
+                self._close()
+                return
+            if verdict == REFUSE:  # RFC 4954 6
+                self._reply(530, "5.7.0", self._auth_required_text())
+                return
         try:
             arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
         except UnicodeDecodeError:
             self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
             return
-        if self._auth_needed and self.session.user is None:
-            self._unauthenticated += 1
-            limit = self.options.max_allowed_unauthenticated_commands
-            if limit and self._unauthenticated > limit:
-                self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
-                self._close()
-                return
         if self._shutdown and self._shutdown_if_idle():
             return
         if self.server._observers["command"]:
@@ -664,7 +670,7 @@ class SMTPServerProtocol(LineReceiver):
             self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
             return
         if self._auth_needed and s.user is None:
-            self._reply(530, "5.7.0", self.options.auth_required_message)
+            self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
             mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
@@ -1029,17 +1035,16 @@ class SMTPServerProtocol(LineReceiver):
         if attrs is None:
             return
         s = self.session
+        # Postfix restarts the session as if the real client had connected
+        # (first, so that no XFORWARD of before is undone over our values).
+        self._reset_transaction()
         known = {k: v for k, v in attrs.items() if v is not UNAVAILABLE and v is not TEMPUNAVAIL}
-        s.remote_address = str(known.get("ADDR", s.remote_address))
+        s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
         s.remote_port = int(known.get("PORT", s.remote_port))
         s.local_address = str(known.get("DESTADDR", s.local_address))
         s.local_port = int(known.get("DESTPORT", s.local_port))
-        if "NAME" in attrs or "ADDR" in attrs:
-            s.client_hostname = str(known["NAME"]) if "NAME" in known else address_literal(s.remote_address)
         s.xclient.update(self._as_text(attrs))
         self.log.info("XCLIENT: client is now {remote_address}", remote_address=s.remote_address, session_id=s.id)
-        # Postfix restarts the session as if the real client had connected.
-        self._reset_transaction()
         s.opening_command = ""
         s.host_name_appears_as = str(known.get("HELO", ""))
         s.user = known.get("LOGIN")
@@ -1049,7 +1054,12 @@ class SMTPServerProtocol(LineReceiver):
     def _cmd_XFORWARD(self, arg: str) -> None:
         attrs = self._x_attributes(self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
-            self.session.xforward.update(self._as_text(attrs))
+            s = self.session
+            if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
+                self._pre_xforward = (s.remote_address, s.client_hostname)
+            s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
+            s.xforward.update(self._as_text(attrs))
+            self.log.info("XFORWARD: client is {remote_address}", remote_address=s.remote_address, session_id=s.id)
             self._reply(250, "2.0.0", "OK")
 
     # -- BDAT (RFC 3030) ------------------------------------------------------------
@@ -1067,7 +1077,9 @@ class SMTPServerProtocol(LineReceiver):
             return
         env = self.session.envelope
         error: Optional[Tuple[int, str, str]] = None
-        if env.mail_from is None:
+        if self._auth_needed and self.session.user is None:  # RFC 4954 6; the chunk is still read
+            error = (530, "5.7.0", self._auth_required_text())
+        elif env.mail_from is None:
             error = (503, "5.5.1", "Error: need MAIL command")
         elif not env.rcpt_to:
             error = (554, "5.5.1", "Error: no valid recipients")
@@ -1143,6 +1155,11 @@ class SMTPServerProtocol(LineReceiver):
         return (self.server._hooks.on_auth is not None and bool(self.options.auth_methods)
                 and "AUTH" not in self.options.disabled_commands
                 and (self.session.secure or self.options.allow_insecure_auth))
+
+    def _auth_required_text(self) -> str:
+        if self.options.needs_upgrade and not self.session.secure:
+            return "Error: must issue a STARTTLS command first"
+        return self.options.auth_required_message
 
     def _cmd_AUTH(self, arg: str) -> None:
         s = self.session
@@ -1238,7 +1255,7 @@ class SMTPServerProtocol(LineReceiver):
         if err.code == 535 and exchange.supports_error_challenge:
             # RFC 7628: an error challenge, then 535 once the client acknowledges it.
             self._auth, self._auth_error = exchange, err
-            self._out.append(exchange.reject().reply_line())
+            self._out.append(exchange.reject(getattr(err, "challenge", None)).reply_line())
             return
         self._reply_obj(err.code, err.enhanced, err.lines, False)
 
@@ -1259,6 +1276,9 @@ class SMTPServerProtocol(LineReceiver):
             s.envelope = Envelope()
         if s.xforward:  # XFORWARD describes one transaction
             s.xforward = {}
+            if self._pre_xforward is not None:
+                s.remote_address, s.client_hostname = self._pre_xforward
+                self._pre_xforward = None
 
     def _cmd_NOOP(self, arg: str) -> None:
         self._reply(250, "2.0.0", "OK")

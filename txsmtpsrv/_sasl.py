@@ -23,7 +23,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Union
+from typing import Any, Callable, ClassVar, Mapping, Union
 
 from txsmtpsrv._errors import SMTPError
 
@@ -39,6 +39,7 @@ __all__ = [
     "SASLMalformed",
     "SASLBadBase64",
     "SASLAuthFailed",
+    "OAuthError",
     "start_mechanism",
     "xoauth2_error_challenge",
     "constant_time_equals",
@@ -100,6 +101,47 @@ class SASLAuthFailed(SASLError):
     """
 
     default = (535, "Authentication credentials invalid", "5.7.8")
+
+
+#: Longest JSON error an XOAUTH2 error challenge may carry: its base64 form
+#: after C{"334 "} must fit a 512-octet reply line (RFC 5321 4.5.3.1.5).
+MAX_OAUTH_ERROR = (512 - len("334 \r\n")) // 4 * 3
+
+
+class OAuthError(SMTPError):
+    """
+    Raise from C{on_auth} to refuse an XOAUTH2 token with your own error
+    challenge (RFC 7628 section 3.2.2): the server sends C{error} as JSON,
+    base64, in a C{334}; once the client acknowledges it, the reply is this
+    error's C{535}. For example, to tell a client its token lacks a scope::
+
+        raise OAuthError({"status": "insufficient_scope", "schemes": "bearer",
+                          "scope": "https://mail.example/smtp"})
+
+    C{error=None} sends the default (C{{"status":"401","schemes":"Bearer"}},
+    as Google's XOAUTH2 does, and as any other refusal of an XOAUTH2 token
+    does). For other mechanisms only the C{535} is sent.
+
+    @raise ValueError: at construction, when C{error} is not a JSON object
+        or its JSON is longer than L{MAX_OAUTH_ERROR} octets (the C{334}
+        line would exceed 512 octets).
+    """
+
+    def __init__(self, error: Mapping[str, Any] | None = None,
+                 text: str = "Authentication credentials invalid", enhanced: str = "5.7.8") -> None:
+        super().__init__(535, text, enhanced)
+        self.challenge: bytes | None = None
+        if error is not None:
+            if not isinstance(error, Mapping) or not all(isinstance(k, str) for k in error):
+                raise ValueError("OAuthError: the error must be a JSON object (a mapping with str keys)")
+            try:
+                data = json.dumps(dict(error), separators=(",", ":")).encode("ascii")
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"OAuthError: the error is not JSON-serialisable: {e}") from None
+            if len(data) > MAX_OAUTH_ERROR:
+                raise ValueError(f"OAuthError: the error's JSON is {len(data)} octets; at most "
+                                 f"{MAX_OAUTH_ERROR} fit a 334 reply line")
+            self.challenge = data
 
 
 # --------------------------------------------------------------------------
@@ -418,7 +460,8 @@ class XOAuth2Exchange(Exchange):
     def reject(self, challenge: bytes | None = None) -> Challenge:
         """
         Turn a refused login into the error-challenge flow: returns the
-        challenge to send (default L{xoauth2_error_challenge}()), after which
+        challenge to send (default L{xoauth2_error_challenge}(); the protocol
+        passes an L{OAuthError}'s C{challenge} when the hook raised one), after which
         the next L{step} raises L{SASLAuthFailed} (or L{SASLCancelled} on C{*}).
         """
         if not self._produced_credentials or self._error_sent:

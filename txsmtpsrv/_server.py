@@ -87,6 +87,9 @@ class SMTPServer(ServerFactory):
         self._busy_reply = format_reply(421, [f"{o.name} Too many connected clients, try again in a moment"],
                                         "4.7.0" if esc else None)
         self._closing_reply = format_reply(421, [f"{o.name} Service shutting down"], "4.3.2" if esc else None)
+        if (o.use_xclient or o.use_xforward) and not o.xclient_trusted:
+            self.log.warn("XCLIENT/XFORWARD are on but xclient_trusted names no network: "
+                          "every peer is refused (550 5.7.0); name the proxies' networks to trust them")
 
     # -- factory ---------------------------------------------------------------
 

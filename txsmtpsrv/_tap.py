@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import ipaddress
 import os
 import site
 import signal
@@ -124,6 +125,16 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _cidrs(value: str) -> Tuple[str, ...]:
+    """C{--xclient-trusted}: comma separated networks, each checked now."""
+    networks = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not networks:
+        raise ValueError("no network given")
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
 def _seconds(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -180,6 +191,9 @@ class Options(usage.Options, AuthOptionMixin):
                                  "STARTTLS uses a self-signed development certificate."],
         ["auth-methods", None, None, "SASL mechanisms offered with --auth, comma separated "
                                      "(PLAIN, LOGIN, CRAM-MD5, XOAUTH2). [default: PLAIN,LOGIN]"],
+        ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
+                                        "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
+                                        "without it both are refused from every peer.", _cidrs],
         ["workers", None, 1, "Number of processes serving the --listen ports (tcp:/tcp6: only); "
                              "the twistd process is one of them.", _positive_int],
     ]
@@ -377,6 +391,8 @@ def _server_kwargs(options: Options) -> Dict[str, Any]:
     for option, field in _FLAGS:
         if options[option]:
             kwargs[field] = True
+    if options["xclient-trusted"]:
+        kwargs.update(use_xclient=True, use_xforward=True, xclient_trusted=options["xclient-trusted"])
     tls = {field: options[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert"))
            if options[option]}
     if tls:
@@ -435,9 +451,19 @@ class SMTPService(MultiService):
         self.server = server
         self.credentialCheckers = list(credentialCheckers)
 
+    def privilegedStartService(self) -> None:
+        # The children listen (and log "listening") here, before startService:
+        # a SIGHUP sent as soon as that line appears must not find the default
+        # action (terminate), so the handler goes in first.
+        self._install_hangup()
+        super().privilegedStartService()
+
     def startService(self) -> None:
+        self._install_hangup()
         super().startService()
-        if threading.current_thread() is threading.main_thread():
+
+    def _install_hangup(self) -> None:
+        if getattr(self, "_previous_hup", None) is None and threading.current_thread() is threading.main_thread():
             # SIGHUP re-reads the certificates (new connections get them).
             self._previous_hup = signal.signal(signal.SIGHUP, self._hangup)
 
@@ -636,6 +662,8 @@ def _worker_options(options: Options) -> List[str]:
                  "socket-timeout", "close-timeout", "tls-key", "tls-cert", "auth-methods"):
         if options[name] is not None:
             args.append(f"--{name}={options[name]}")
+    if options["xclient-trusted"]:
+        args.append("--xclient-trusted=" + ",".join(options["xclient-trusted"]))
     for name in ("lmtp", "auth-optional", "allow-insecure-auth", "no-reverse-lookup"):
         if options[name]:
             args.append(f"--{name}")

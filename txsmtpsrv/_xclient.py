@@ -34,7 +34,7 @@ import re
 from typing import Callable, Union
 
 from ._commands import XTextError, xtext_decode, xtext_encode
-from ._rdns import canonical_ip
+from ._rdns import address_literal, canonical_ip
 
 __all__ = [
     "TEMPUNAVAIL",
@@ -43,6 +43,7 @@ __all__ = [
     "XFORWARD_ATTRIBUTES",
     "Special",
     "XClientError",
+    "forwarded_client",
     "XTextError",
     "parse_xclient",
     "parse_xforward",
@@ -234,3 +235,21 @@ def parse_xforward(args: str | bytes) -> dict[str, Value]:
     Raises L{XClientError} on the first bad one.
     """
     return _parse("XFORWARD", args, _XFORWARD)
+
+
+def forwarded_client(attrs: dict[str, Value], remote_address: str, client_hostname: str) -> tuple[str, str]:
+    """
+    The C{(remote_address, client_hostname)} a session shows once a trusted
+    proxy's XCLIENT or XFORWARD C{attrs} are applied, so hooks, logs and
+    Received headers name the real client: C{ADDR} replaces the address;
+    C{NAME} replaces the host name, or, when C{NAME} is unavailable or only
+    C{ADDR} is given, the address literal of the new address stands in
+    (as the connection's C{[ip]} does without reverse DNS).
+    """
+    addr = attrs.get("ADDR")
+    if isinstance(addr, str):
+        remote_address = addr
+    if "NAME" in attrs or "ADDR" in attrs:
+        name = attrs.get("NAME")
+        client_hostname = name if isinstance(name, str) else address_literal(remote_address)
+    return remote_address, client_hostname
