@@ -154,12 +154,13 @@ def test_embedding_graceful_sigterm(program: Program, tmp_path: Any) -> None:
     wait_until(lambda: stored(tmp_path), "the message file to appear")
 
     program.proc.send_signal(signal.SIGTERM)
-    code, _ = idle.docmd("NOOP")  # the idle client is told, not just dropped
+    code, _ = idle.getreply()  # the idle client is told at once, not just dropped
     assert code == 421
     idle.close()
     f.write(b"second half\r\n.\r\n")
     f.flush()
     assert f.readline()[:3] == b"250"
+    assert f.readline()[:3] == b"421"  # then the transaction is over: goodbye
     f.close()
     busy.close()
     assert program.proc.wait(timeout=TIMEOUT) == 0
