@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from txsmtpsrv import ServerOptions
+from txsmtpsrv import ServerOptions, ServerOptionsArgs
 from txsmtpsrv._optdoc import BEGIN, END, _inline, help_text, option_docs, readme_table, update_readme
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,21 +33,33 @@ def test_readme_table_is_current() -> None:
     """README.md's options table is what the docstrings say (else: python tools/optdoc.py)."""
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    assert update_readme(text, readme_table(ServerOptions)) == text, "run: python tools/optdoc.py"
-    for doc in option_docs(ServerOptions):
+    assert update_readme(text, readme_table(ServerOptions, ServerOptionsArgs)) == text, \
+        "run: python tools/optdoc.py"
+    for doc in option_docs(ServerOptions, ServerOptionsArgs):
         assert f"| `{doc.name}` | `{doc.type}` | `{doc.default}` |" in text
 
 
 def test_help_shows_type_default_and_meaning() -> None:
     """help(ServerOptions) lists every option with its type, default and (the start of) its meaning."""
     shown = pydoc.render_doc(ServerOptions, renderer=pydoc.plaintext)
-    for doc in option_docs(ServerOptions):
+    for doc in option_docs(ServerOptions, ServerOptionsArgs):
         assert f"{doc.name}: {doc.type} = {doc.default}" in shown
         first_words = " ".join(_inline(doc.text, "").split()[:4])
         assert first_words in " ".join(shown.replace("|", " ").split()), doc.name
     assert "size: int = 33554432 (32 MiB)" in shown
     assert "name: str = socket.gethostname()" in shown
     assert "[smtp-server: maxClients]" in shown
+    assert "xclient_trusted: str | Iterable[str] = ()" in shown  # the types accepted
+
+
+def test_typed_arguments_match_the_fields() -> None:
+    """ServerOptionsArgs (the typed keyword arguments) has exactly one key per ServerOptions field."""
+    fields = [f.name for f in dataclasses.fields(ServerOptions)]
+    keys = list(ServerOptionsArgs.__annotations__)
+    assert sorted(keys) == sorted(fields), (
+        f"add to ServerOptionsArgs: {sorted(set(fields) - set(keys))}; "
+        f"remove from it: {sorted(set(keys) - set(fields))}")
+    assert not ServerOptionsArgs.__total__  # every option is optional
 
 
 def test_defaults_shown_are_the_real_defaults() -> None:
@@ -127,6 +139,6 @@ def test_tool_check_and_rewrite(tmp_path: Any) -> None:
     assert run().returncode == 0
     text = readme.read_text()
     assert "| stale |" not in text and text.endswith(f"{END}\n\nafter\n")
-    assert readme_table(ServerOptions) in text
+    assert readme_table(ServerOptions, ServerOptionsArgs) in text
     assert run("--check").returncode == 0
     assert subprocess.run([sys.executable, TOOL, "--check"], capture_output=True, timeout=60).returncode == 0

@@ -13,7 +13,7 @@ from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_he
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
 from ._hooks import Hooks
-from ._options import ServerOptions
+from ._options import ServerOptions, ServerOptionsArgs
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
 from ._sasl import Credentials, OAuthError, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
@@ -46,6 +46,7 @@ __all__ = [
     "SMTPError",
     "SMTPServer",
     "ServerOptions",
+    "ServerOptionsArgs",
     "Session",
     "TLSConfig",
     "TLSConfigError",

@@ -495,7 +495,7 @@ class MboxDelivery:
         if self._clock is None:
             from twisted.internet import reactor
 
-            return reactor  # type: ignore[return-value]
+            return reactor
         return self._clock
 
     def on_data(self, session: Session, stream: Any) -> "Deferred[None]":
@@ -637,7 +637,8 @@ class PrintDelivery:
 
     def on_data(self, session: Session, stream: Any) -> "Deferred[None]":
         """Read the body, then print envelope and message in one go."""
-        return stream.content().addCallback(self._print, session)
+        done: Deferred[None] = stream.content().addCallback(self._print, session)
+        return done
 
     def _print(self, body: bytes, session: Session) -> None:
         envelope = session.envelope

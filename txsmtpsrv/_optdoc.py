@@ -88,9 +88,24 @@ def _default(f: dataclasses.Field[Any]) -> str:
     return repr(value)
 
 
-def option_docs(cls: type) -> List[OptionDoc]:
-    """Every field of the dataclass C{cls} in order, with its docstring ("" if it has none)."""
+def _annotation(value: Any) -> str:
+    """An annotation as written: strings stay, forward references give their text."""
+    if isinstance(value, str):
+        return value
+    forward = getattr(value, "__forward_arg__", None)
+    if isinstance(forward, str):
+        return forward
+    return getattr(value, "__name__", repr(value))
+
+
+def option_docs(cls: type, arguments: Optional[type] = None) -> List[OptionDoc]:
+    """
+    Every field of the dataclass C{cls} in order, with its docstring ("" if
+    it has none). The type shown is the field's, or the one a C{TypedDict}
+    of keyword C{arguments} accepts for it.
+    """
     docs = field_docstrings(cls)
+    accepted = getattr(arguments, "__annotations__", {}) if arguments is not None else {}
     result = []
     for f in dataclasses.fields(cls):
         text = docs.get(f.name, "")
@@ -98,7 +113,7 @@ def option_docs(cls: type) -> List[OptionDoc]:
         m = _SMTP_SERVER.search(text)
         if m is not None:
             text, smtp_server = text[:m.start()], " ".join(m.group(1).split())
-        type_ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+        type_ = _annotation(accepted[f.name] if f.name in accepted else f.type)
         result.append(OptionDoc(f.name, type_, _default(f), " ".join(text.split()), smtp_server))
     return result
 
@@ -125,10 +140,10 @@ def _inline(text: str, code: str) -> str:
     return "".join(out)
 
 
-def help_text(cls: type) -> str:
+def help_text(cls: type, arguments: Optional[type] = None) -> str:
     """The option list for C{help()}: name, type, default, then the meaning, indented."""
     lines = ["Options (keyword arguments of SMTPServer, all optional):", ""]
-    for doc in option_docs(cls):
+    for doc in option_docs(cls, arguments):
         lines.append(f"{doc.name}: {doc.type} = {doc.default}")
         meaning = _inline(doc.text, "") or "(undocumented)"
         if doc.smtp_server:
@@ -137,10 +152,10 @@ def help_text(cls: type) -> str:
     return "\n".join(lines)
 
 
-def with_help_text(cls: type) -> Optional[str]:
+def with_help_text(cls: type, arguments: Optional[type] = None) -> Optional[str]:
     """C{cls.__doc__} followed by L{help_text}; unchanged if the source cannot be read."""
     try:
-        listing = help_text(cls)
+        listing = help_text(cls, arguments)
     except (OSError, TypeError):
         return cls.__doc__
     base = inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
@@ -151,10 +166,10 @@ def _cell(text: str) -> str:
     return _inline(text, "`").replace("|", "\\|")
 
 
-def readme_table(cls: type) -> str:
+def readme_table(cls: type, arguments: Optional[type] = None) -> str:
     """The Markdown table of every option, as it stands between the README's markers."""
     rows = ["| option | type | default | meaning | smtp-server |", "|---|---|---|---|---|"]
-    for doc in option_docs(cls):
+    for doc in option_docs(cls, arguments):
         rows.append(f"| `{doc.name}` | `{doc.type}` | `{doc.default}` | {_cell(doc.text)} | "
                     f"{_cell(doc.smtp_server)} |")
     return "\n".join(rows)
@@ -173,13 +188,13 @@ def main(argv: Sequence[str]) -> int:
     C{tools/optdoc.py [--check] README.md}: rewrite the README's option
     table, or with C{--check} exit 1 if it is out of date.
     """
-    from ._options import ServerOptions
+    from ._options import ServerOptions, ServerOptionsArgs
 
     check = "--check" in argv
     (path,) = [a for a in argv if a != "--check"]
     with open(path, encoding="utf-8") as f:
         old = f.read()
-    new = update_readme(old, readme_table(ServerOptions))
+    new = update_readme(old, readme_table(ServerOptions, ServerOptionsArgs))
     if new == old:
         return 0
     if check:

@@ -13,11 +13,18 @@ import difflib
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Literal, Mapping, Optional, Tuple, TypedDict, Union, cast
 
 from ._optdoc import with_help_text
 
-__all__ = ["ServerOptions"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._tls import TLSConfig
+
+__all__ = ["ServerOptions", "ServerOptionsArgs"]
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Commands a server can be told to refuse with C{disabled_commands}.
 KNOWN_COMMANDS = frozenset(
@@ -98,7 +105,7 @@ class ServerOptions:
     client it names is the session's for the current transaction
     (C{session.xforward} has the attributes). (smtp-server: C{useXForward})
     """
-    xclient_trusted: Tuple[str, ...] = ()
+    xclient_trusted: Tuple[IPNetwork, ...] = ()
     """
     Networks (CIDR strings, or one comma separated string) whose connections
     may send XCLIENT / XFORWARD. Empty by default: trust is never assumed,
@@ -106,7 +113,7 @@ class ServerOptions:
     with any LOGIN); until networks are named both commands get
     C{550 5.7.0} and neither is advertised in the EHLO reply.
     """
-    ignored_hosts: Tuple[str, ...] = ()
+    ignored_hosts: Tuple[IPNetwork, ...] = ()
     """Addresses or networks whose connections are not logged (health checks). (smtp-server: C{ignoredHosts})"""
     disable_reverse_lookup: bool = False
     """
@@ -115,7 +122,7 @@ class ServerOptions:
     """
     reverse_lookup_timeout: float = 1.5
     """Hard cap in seconds on the reverse lookup: the greeting never waits longer."""
-    tls: Any = None
+    tls: Optional[TLSConfig] = None
     """
     Certificates and TLS policy (a L{TLSConfig} or a dict of its fields);
     without one, STARTTLS uses a self-signed development certificate made
@@ -174,7 +181,7 @@ class ServerOptions:
     """Unknown or malformed commands before C{421} and close (0: no limit)."""
     hook_timeout: float = 300.0
     """Seconds a hook may take before the client gets C{451 4.3.0}."""
-    bare_line_endings: str = "reject"
+    bare_line_endings: Literal["reject", "accept"] = "reject"
     """
     What a bare CR or LF inside DATA does: C{"reject"} answers C{550 5.6.0}
     after the message (defends against SMTP smuggling and broken clients),
@@ -227,17 +234,18 @@ class ServerOptions:
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
         for name in ("xclient_trusted", "ignored_hosts"):
-            value = getattr(self, name)
+            value: Any = getattr(self, name)
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
             try:
                 set_(self, name, tuple(ipaddress.ip_network(v, strict=False) for v in value))
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
-        if isinstance(self.tls, dict):
+        tls: Any = self.tls
+        if isinstance(tls, Mapping):
             from ._tls import TLSConfig
-            set_(self, "tls", TLSConfig(**self.tls))
-        methods = self.auth_methods
+            set_(self, "tls", TLSConfig(**tls))
+        methods: Any = self.auth_methods
         if isinstance(methods, str):
             methods = methods.replace(",", " ").split()
         set_(self, "auth_methods", tuple(dict.fromkeys(str(m).upper() for m in methods)))
@@ -278,10 +286,11 @@ class ServerOptions:
             raise ValueError(f"helo_response has an unknown field or bad format: {e}") from None
 
     @classmethod
-    def build(cls, base: "ServerOptions | None" = None, **kwargs: Any) -> "ServerOptions":
+    def build(cls, base: "ServerOptions | None" = None, **kwargs: Unpack[ServerOptionsArgs]) -> "ServerOptions":
         """
         Make options from keyword arguments, naming the closest valid option
-        when one is misspelt (C{maxClients} → C{max_clients}).
+        when one is misspelt (C{maxClients} → C{max_clients}); a type checker
+        already reports that (L{ServerOptionsArgs}).
         """
         names = {f.name for f in dataclasses.fields(cls)}
         for key in kwargs:
@@ -289,11 +298,65 @@ class ServerOptions:
                 snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
                 hint = difflib.get_close_matches(snake, names, 1, 0.6)
                 raise TypeError(f"unknown server option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        # The fields' types are the normalised ones; __post_init__ converts.
+        values = cast(Dict[str, Any], kwargs)
         if base is None:
-            return cls(**kwargs)
-        return dataclasses.replace(base, **kwargs)
+            return cls(**values)
+        return dataclasses.replace(base, **values)
+
+
+class ServerOptionsArgs(TypedDict, total=False):
+    """
+    The keyword arguments of L{SMTPServer} and L{ServerOptions.build}: every
+    option, with the types accepted (a name list may be one comma separated
+    string). A misspelt option or a wrong type is a type checker error.
+    Each key must match a L{ServerOptions} field (the tests check).
+    """
+
+    name: str
+    banner: str
+    helo_response: str
+    size: int
+    hide_size: bool
+    hide_pipelining: bool
+    hide_8bitmime: bool
+    hide_smtputf8: bool
+    hide_enhancedstatuscodes: bool
+    hide_chunking: bool
+    hide_dsn: bool
+    lmtp: bool
+    use_xclient: bool
+    use_xforward: bool
+    xclient_trusted: str | Iterable[str]
+    ignored_hosts: str | Iterable[str]
+    disable_reverse_lookup: bool
+    reverse_lookup_timeout: float
+    tls: TLSConfig | Mapping[str, Any] | None
+    secure: bool
+    secured: bool
+    hide_starttls: bool
+    needs_upgrade: bool
+    hide_requiretls: bool
+    disabled_commands: str | Iterable[str]
+    max_clients: int | None
+    socket_timeout: float
+    close_timeout: float
+    min_data_rate: int
+    max_command_length: int
+    max_recipients: int
+    max_unrecognized_commands: int
+    hook_timeout: float
+    bare_line_endings: Literal["reject", "accept"]
+    mail_params: str | Iterable[str]
+    rcpt_params: str | Iterable[str]
+    auth_methods: str | Iterable[str]
+    auth_optional: bool
+    allow_insecure_auth: bool
+    auth_required_message: str
+    max_allowed_unauthenticated_commands: int
+    max_auth_failures: int
 
 
 # help(ServerOptions) shows the options' docstrings, which Python itself
 # drops (setattr: pydoctor documents the static docstring above instead).
-setattr(ServerOptions, "__doc__", with_help_text(ServerOptions))
+setattr(ServerOptions, "__doc__", with_help_text(ServerOptions, ServerOptionsArgs))
