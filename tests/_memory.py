@@ -1,14 +1,12 @@
 # -*- test-case-name: tests.test_protocol -*-
-"""Small helpers shared by the in-memory protocol tests."""
+"""Small helpers shared by the in-memory protocol tests (L{Pending} now lives in txsmtpsrv.testing)."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
-
 from txsmtpsrv import Reply
-from txsmtpsrv.testing import TestClient
+from txsmtpsrv.testing import Pending, TestClient
 
 __all__ = ["Collect", "Pending", "codes", "count_writes"]
 
@@ -29,22 +27,6 @@ def count_writes(client: TestClient) -> List[bytes]:
 
     client.transport.write = write  # type: ignore[method-assign]
     return writes
-
-
-class Pending:
-    """Hooks whose C{hook} answers with a Deferred kept in C{self.deferreds} (arguments in C{calls})."""
-
-    def __init__(self, hook: str) -> None:
-        self.calls: List[tuple] = []
-        self.deferreds: List[Deferred] = []
-
-        def answer(*args: Any) -> Deferred:
-            d: Deferred = Deferred()
-            self.calls.append(args)
-            self.deferreds.append(d)
-            return d
-
-        setattr(self, hook, answer)
 
 
 class Collect:

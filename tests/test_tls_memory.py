@@ -21,16 +21,15 @@ from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
-from twisted.internet.testing import StringTransport
+from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer
 
 from tests._certs import common_name, make_ca
 from txsmtpsrv import Reply, SMTPError
 from txsmtpsrv._tls import TLSConfig, TLSContextHolder
-from txsmtpsrv.testing import TestClient, make_server, parse_replies
+from txsmtpsrv.testing import (ImplicitTLSStringTransport, TestClient, TLSStringTransport, make_server,
+                               parse_replies)
 
 PEER = IPv4Address("TCP", "192.0.2.10", 40000)
 HOST = IPv4Address("TCP", "192.0.2.1", 25)
@@ -42,76 +41,21 @@ _LEAF = _CA.issue("mx.test")
 TLS = TLSConfig(key=_LEAF.key_pem, cert=_LEAF.cert_pem, handshake_timeout=5.0)
 
 
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """StringTransport whose startTLS records the context and what was written before it."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.tls_contexts: List[Any] = []
-        self.written_before_tls = b""
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
-        self.tls_contexts.append(contextFactory)
-        self.written_before_tls = self.value()
-        directlyProvides(self, ITLSTransport, ISSLTransport)
-
-
-class ImplicitTLSStringTransport(StringTransport):
-    """A transport that is TLS from the start, like one under wrapServerTLS."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        directlyProvides(self, ISSLTransport)
-
-
-class Client:
-    """An in-memory client on a transport of our choosing (TestClient's API, plus TLS steps)."""
+class Client(TestClient):
+    """TestClient on a pretend-TLS transport; here C{ehlo} and C{starttls} also assert success."""
 
     def __init__(self, server: Any, transport_class: type = TLSStringTransport) -> None:
-        self.server = server
-        self.transport = transport_class(hostAddress=HOST, peerAddress=PEER)
-        self.protocol = server.buildProtocol(PEER)
-        self.protocol.makeConnection(self.transport)
-        self._pending = b""
-        replies = self.replies()
-        self.greeting = replies[0] if replies else None
-
-    @property
-    def session(self) -> Any:
-        return self.protocol.session
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.transport.disconnecting)
-
-    def send(self, data: bytes | str) -> None:
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        self.protocol.dataReceived(data)
-
-    def replies(self) -> List[Reply]:
-        data = self.transport.value()
-        self.transport.clear()
-        replies, self._pending = parse_replies(self._pending + data)
-        return replies
-
-    def command(self, line: str) -> Reply:
-        self.send(line + "\r\n")
-        replies = self.replies()
-        assert len(replies) == 1, (line, replies)
-        return replies[0]
+        tls = "implicit" if transport_class is ImplicitTLSStringTransport else "starttls"
+        super().__init__(server, peer=PEER, host=("192.0.2.1", 25), tls=tls, handshake=False)
 
     def ehlo(self, name: str = "client.test") -> Reply:
-        reply = self.command(f"EHLO {name}")
+        reply = super().ehlo(name)
         assert reply.code == 250, reply
         return reply
 
     def starttls(self, handshake: bool = True) -> Reply:
-        reply = self.command("STARTTLS")
+        reply = super().starttls(handshake)
         assert (reply.code, reply.enhanced) == (220, "2.0.0"), reply
-        if handshake:
-            self.protocol.handshakeCompleted()
         return reply
 
 

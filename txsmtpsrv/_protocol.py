@@ -661,7 +661,7 @@ class SMTPServerProtocol(LineReceiver):
     def _cmd_MAIL(self, arg: str) -> None:
         s = self.session
         if not s.opening_command:
-            self._reply(503, "5.5.1", "Error: send HELO/EHLO first")
+            self._reply(503, "5.5.1", "Error: send LHLO first" if self.options.lmtp else "Error: send HELO/EHLO first")
             return
         if s.envelope.mail_from is not None:
             self._reply(503, "5.5.1", "Error: nested MAIL command")
