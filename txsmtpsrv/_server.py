@@ -45,6 +45,7 @@ class _TooBusy(Protocol):
         self._reply = reply
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(self._reply)
         self.transport.loseConnection()
 
