@@ -57,8 +57,11 @@ async def main(reactor: Any, maildir: str = "Maildir", domain: str = "example.te
     hooks = DomainMaildirHooks(maildir, domain, hostname=name)
     server = SMTPServer(hooks, name=name, reactor=reactor)
     port = await server.listen(endpoint)
+    # Remove what crashed deliveries left in tmp/ (36 h old), now and every hour.
+    hooks.delivery.start_cleaning(reactor)
     # Let clients finish their transaction when asked to stop (Ctrl-C, SIGTERM).
     reactor.addSystemEventTrigger("before", "shutdown", server.close)
+    reactor.addSystemEventTrigger("before", "shutdown", hooks.delivery.stop_cleaning)
     log.info("listening on {address}, storing mail for @{domain} in {path}",
              address=port.getHost(), domain=hooks.domain, path=hooks.delivery.path)
     await defer.Deferred()  # run until interrupted

@@ -6,9 +6,12 @@ timing, disconnects, size limits, bare line endings and SMTP smuggling.
 
 from __future__ import annotations
 
+import re
 from typing import Any, List, Optional
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
@@ -16,7 +19,7 @@ from twisted.python.failure import Failure
 
 from txsmtpsrv import BareLineEnding, MessageDone, MessageStream, MessageTooLarge, SMTPError
 from tests._memory import Collect
-from txsmtpsrv.testing import TestClient, make_server
+from txsmtpsrv.testing import TestClient, dot_stuff, make_server
 
 PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
 
@@ -425,3 +428,73 @@ def test_size_limit_without_reader(hooks):
     client = TestClient(server)
     replies = client.sendmail("a@x.test", ["b@y.test"], b"x" * 100)
     assert (replies[-1].code, replies[-1].enhanced) == (552, "5.3.4")
+
+
+# -- issue 10: the smuggling bypass and NUL -------------------------------------------------
+
+ISSUE_BODIES = [
+    b"hello\r.\nMAIL FROM:<ceo@victim.example>\r\n",  # bare CR ... bare LF with a dot between
+    b"a\rX\nb\r\n",                                     # bare CR and bare LF with a byte between
+]
+
+
+@pytest.mark.parametrize("body", ISSUE_BODIES + [b"nul\x00byte\r\n"])
+@pytest.mark.parametrize("one_byte_reads", [False, True])
+def test_issue_bypass_and_nul_refused(body, one_byte_reads):
+    """The issue's two bypasses and a NUL get 550 5.6.0 (whole or one byte per read); the reader is
+    told BareLineEnding and nothing is accepted."""
+    hooks = Keep()
+    server, _, client = open_data(hooks)
+    messages: list = []
+    server.observe("message", lambda *a: messages.append(a))
+    wire = body + b".\r\n"
+    for piece in ([wire[i:i + 1] for i in range(len(wire))] if one_byte_reads else [wire]):
+        client.send(piece)
+    assert hooks.reader.reason is not None and hooks.reader.reason.check(BareLineEnding)
+    [reply] = client.replies()
+    assert (reply.code, reply.enhanced) == (550, "5.6.0")
+    assert ("NUL" in reply.text) is (b"\x00" in body)
+    assert messages == []
+    assert client.command("NOOP").code == 250
+
+
+@pytest.mark.parametrize("body", ISSUE_BODIES + [b"nul\x00byte\r\n"])
+def test_issue_bodies_accepted_with_accept_policy(body):
+    """bare_line_endings="accept" keeps accepting them, bytes intact."""
+    hooks = Collect()
+    _, _, client = open_data(hooks, bare_line_endings="accept")
+    client.send(body + b".\r\n")
+    assert client.codes() == [(250, "2.0.0")]
+    assert hooks.bodies == [body]
+
+
+_BAD = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"\x00", b"ab", b"\r\n."]), max_size=25).map(b"".join),
+       st.one_of(st.just(None), st.lists(st.integers(1, 40), max_size=12)))
+def test_dialogue_verdict_matches_the_oracle(body, reads):
+    """Through the whole dialogue: a body with a bare CR/LF or NUL gets 550 5.6.0, any other 250 with the
+    body delivered byte for byte, whatever the reads (None: one byte per read)."""
+    hooks = Collect()
+    _, _, client = open_data(hooks)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    wire = dot_stuff(body) + b"NOOP\r\n"
+    if reads is None:
+        pieces = [wire[i:i + 1] for i in range(len(wire))]
+    else:
+        pieces, pos = [], 0
+        for n in reads:
+            pieces.append(wire[pos:pos + n])
+            pos += n
+        pieces.append(wire[pos:])
+    for piece in pieces:
+        client.send(piece)
+    verdict, noop = client.codes()
+    assert noop == (250, "2.0.0")
+    if _BAD.search(body):
+        assert verdict == (550, "5.6.0") and hooks.bodies == []
+    else:
+        assert verdict == (250, "2.0.0") and hooks.bodies == [body]

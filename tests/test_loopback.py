@@ -122,6 +122,30 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual((sender, rcpts), ("sender@example.test", ["rcpt@example.test"]))
         self.assertEqual(got, body.replace(b"\n", b"\r\n"))
 
+    def raw_data(self, bodies):
+        """Send each body raw after DATA on one smtplib connection (no line-ending repair); return replies."""
+        replies = []
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
+            client.ehlo("client.test")
+            for body in bodies:
+                self.assertEqual(client.mail("s@example.test")[0], 250)
+                self.assertEqual(client.rcpt("r@example.test")[0], 250)
+                self.assertEqual(client.docmd("DATA")[0], 354)
+                client.send(body + b".\r\n")
+                replies.append(client.getreply())
+        return replies
+
+    @defer.inlineCallbacks
+    def test_smuggling_refused_over_a_socket(self):
+        """Issue 10 over TCP: bare CR/LF with bytes between, and a NUL, get 550 5.6.0 and no message;
+        a clean message on the same connection still gets 250."""
+        bodies = [b"hello\r.\nMAIL FROM:<ceo@victim.example>\r\n", b"a\rX\nb\r\n", b"nul\x00byte\r\n",
+                  b"clean\r\n"]
+        replies = yield deferToThread(self.raw_data, bodies)
+        self.assertEqual([code for code, _ in replies], [550, 550, 550, 250])
+        self.assertTrue(all(text.startswith(b"5.6.0") for _, text in replies[:3]), replies)
+        self.assertEqual([m[2] for m in self.hooks.messages], [b"clean\r\n"])
+
     @defer.inlineCallbacks
     def test_swaks(self):
         """swaks (a Perl client) delivers with pipelining; its output shows each reply."""

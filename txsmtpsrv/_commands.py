@@ -8,11 +8,13 @@ transport. Errors carry the exact reply the protocol sends.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Dict, Optional, Tuple
 
 __all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_notify", "parse_orcpt",
-           "parse_envid", "parse_bdat", "XTextError", "xtext_decode", "xtext_encode"]
+           "parse_envid", "parse_bdat", "parse_helo", "valid_address_literal", "has_control",
+           "XTextError", "xtext_decode", "xtext_encode"]
 
 
 class CommandError(Exception):
@@ -25,13 +27,75 @@ class CommandError(Exception):
         self.text = text
 
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+# RFC 6531 lets UTF-8 into atoms, labels and quoted strings; the C1 controls
+# (U+0080-U+009F) are excluded with the C0 ones and DEL: no value handed to a
+# hook carries a control character (issue 10).
+_U8 = "\u00a0-\U0010ffff"
+_ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U8}]+"
 _DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
-_QUOTED = r'"(?:[^"\\\r\n]|\\[\x20-\x7e])*"'
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+# RFC 5321 4.1.2: qtextSMTP is %d32-33 / %d35-91 / %d93-126, quoted-pairSMTP
+# is a backslash and %d32-126.
+_QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U8}]|\\[\x20-\x7e])*"'
+_LABEL = rf"[A-Za-z0-9{_U8}](?:[A-Za-z0-9\-{_U8}]*[A-Za-z0-9{_U8}])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+# dcontent (RFC 5321 4.1.3); what is inside is checked by valid_address_literal.
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
-_MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
+_MAILBOX = re.compile(rf"(?:{_DOT_ATOM}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})")
+# EHLO/HELO names: a Domain, also with "_" in labels (Windows host names; Postfix
+# accepts them too), which nothing downstream is hurt by.
+_HELO_LABEL = rf"[A-Za-z0-9_{_U8}](?:[A-Za-z0-9_\-{_U8}]*[A-Za-z0-9_{_U8}])?"
+_HELO_DOMAIN = re.compile(rf"{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?")
+_SNUM = re.compile(r"[0-9]{1,3}")
+_LDH_TAG = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?")
+_DCONTENT = re.compile(r"[\x21-\x5a\x5e-\x7e]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(text: str) -> bool:
+    """Whether C{text} holds a C0 or C1 control character or DEL."""
+    return _CONTROL.search(text) is not None
+
+
+def valid_address_literal(literal: str) -> bool:
+    """
+    Whether C{literal} (with its brackets) is an RFC 5321 4.1.3
+    address-literal: four decimal octets 0-255, C{IPv6:} and an IPv6 address
+    (C{ipaddress} decides; no zone index), or a General-address-literal
+    C{Ldh-str ":" 1*dcontent}.
+    """
+    if len(literal) < 3 or literal[0] != "[" or literal[-1] != "]":
+        return False
+    body = literal[1:-1]
+    tag, colon, rest = body.partition(":")
+    if not colon:
+        octets = body.split(".")
+        return len(octets) == 4 and all(_SNUM.fullmatch(o) and int(o) <= 255 for o in octets)
+    if tag.upper() == "IPV6":
+        if not rest.isascii() or "%" in rest:
+            return False
+        try:
+            ipaddress.IPv6Address(rest)
+        except ValueError:
+            return False
+        return True
+    return _LDH_TAG.fullmatch(tag) is not None and _DCONTENT.fullmatch(rest) is not None
+
+
+def parse_helo(arg: str, command: str) -> str:
+    """
+    The one Domain or address-literal of EHLO, HELO or LHLO (RFC 5321
+    4.1.1.1, RFC 2033).
+
+    @raise CommandError: C{501 5.5.4} for none, more than one, or a malformed one.
+    """
+    if not arg or " " in arg:
+        raise CommandError(501, "5.5.4", f"Error: syntax: {command} hostname")
+    if arg.startswith("["):
+        if not valid_address_literal(arg):
+            raise CommandError(501, "5.5.4", f"Error: {command} needs a valid address literal")
+    elif not _HELO_DOMAIN.fullmatch(arg) or len(arg) > 255:
+        raise CommandError(501, "5.5.4", f"Error: {command} needs a valid domain name")
+    return arg
 _SOURCE_ROUTE = re.compile(rf"^@{_DOMAIN}(?:,@{_DOMAIN})*:")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
 # esmtp-value: any printable except "=" and SP; RFC 6531 adds UTF-8.
@@ -89,9 +153,11 @@ def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, 
             mailbox = mailbox[route.end():]
     if keyword == "TO" and mailbox.lower() == "postmaster":
         return mailbox, params.strip(" ")
-    if not _MAILBOX.match(mailbox):
+    if not _MAILBOX.fullmatch(mailbox):
         raise CommandError(501, addr_code, f"Bad {what} address syntax")
     local, _, domain = mailbox.rpartition("@")
+    if domain.startswith("[") and not valid_address_literal(domain):
+        raise CommandError(501, addr_code, f"Bad {what} address syntax: invalid address literal")
     if (len(local) > 64 or len(domain) > 255) if mailbox.isascii() else (
             len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255):
         raise CommandError(501, addr_code, f"Bad {what} address: too long")
@@ -200,6 +266,10 @@ def parse_orcpt(value: Optional[str]) -> Tuple[str, str]:
         decoded = re.sub(r"\\x\{([0-9A-Fa-f]{1,6})\}", char, text)
     else:
         decoded = _xtext(text, "ORCPT")
+    # RFC 3461 4.2 / RFC 6533 3: an address, never CR, LF, NUL or other
+    # controls, which would reach hooks, logs and DSNs (header injection).
+    if has_control(decoded):
+        raise CommandError(501, "5.5.4", "Error: ORCPT must not contain control characters")
     return addr_type.lower(), decoded
 
 
@@ -208,7 +278,7 @@ def parse_envid(value: Optional[str]) -> str:
     if not value or len(value) > 100:
         raise CommandError(501, "5.5.4", "Error: ENVID must be 1 to 100 characters of xtext")
     decoded = _xtext(value, "ENVID")
-    if not all(" " <= c <= "~" for c in decoded):
+    if not all(" " <= c <= "~" for c in decoded):  # also refuses every control (issue 10)
         raise CommandError(501, "5.5.4", "Error: ENVID must be printable US-ASCII")
     return decoded
 

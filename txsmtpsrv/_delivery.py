@@ -11,7 +11,10 @@ The contract of the file deliveries is the one an MTA owes its clients
 (RFC 5321 section 6.1): the C{250} goes out only once the message is on
 stable storage (written, C{fsync}ed, renamed or appended, directory
 C{fsync}ed); any local failure answers C{451 4.3.0} and leaves no partial
-message behind, so the client retries and nothing is lost or duplicated.
+message behind, so the client retries and nothing is lost. A crash between
+storing and the client reading the C{250} can duplicate a message (the client
+retries one we kept), as RFC 5321 6.1 prefers to losing it; see
+L{MaildirDelivery}.
 
 Trade-off, documented on purpose: the file writes happen synchronously in the
 reactor thread, one chunk at a time as the body arrives. Writes to a local
@@ -46,6 +49,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from txsmtpsrv._errors import SMTPError
+from txsmtpsrv._maildir_tmp import TMP_CLEAN_INTERVAL, TMP_MAX_AGE, TmpCleaner, default_clock
 from txsmtpsrv._session import Address, Session
 
 __all__ = [
@@ -346,6 +350,20 @@ class MaildirDelivery:
     C{<seconds>.M<microseconds>P<pid>Q<counter>.<hostname>}, unique per
     process, host and delivery.
 
+    What a crash can do: nothing accepted is lost, since the C{250} follows
+    the rename and its C{fsync}. But a message can be in C{new/} while its
+    client never saw the C{250} -- the process killed (or the connection cut)
+    after the rename and before the reply reached the client. The client then
+    retries and the message is stored twice. RFC 5321 6.1 accepts that
+    window: a duplicate is better than a loss, and SMTP cannot close it.
+    A crash mid-delivery leaves a partial file in C{tmp/} (never in C{new/}):
+    files in C{tmp/} older than C{tmp_max_age} (36 hours, the maildir(5)
+    convention) are removed when cleaning starts and then every
+    C{tmp_clean_interval} seconds, each pass logged. Call L{start_cleaning}
+    at start-up (C{twistd smtpsrv} does; it is not started behind your back,
+    so tests and short-lived uses leave no timer on the reactor) and
+    L{stop_cleaning} at shutdown.
+
     @param path: the Maildir; it and its C{cur}, C{new}, C{tmp} are created
         (mode 0700) if missing.
     @param hostname: this server's name, for the C{Received} header and file
@@ -354,7 +372,11 @@ class MaildirDelivery:
         is what Unix mail readers expect, C{b"\\r\\n"} keeps the body
         byte-for-byte as received.
     @param clock: where the time for headers and file names comes from
-        (tests pass a C{Clock}); defaults to the system clock.
+        (tests pass a C{Clock}); defaults to the system clock. Also the clock
+        the C{tmp/} cleaning runs on (default: the reactor).
+    @param tmp_max_age: age in seconds past which a C{tmp/} file is removed.
+    @param tmp_clean_interval: seconds between C{tmp/} cleanings; 0 turns
+        cleaning off.
     """
 
     log = Logger()
@@ -366,6 +388,8 @@ class MaildirDelivery:
         *,
         linesep: bytes = b"\n",
         clock: Optional[IReactorTime] = None,
+        tmp_max_age: float = TMP_MAX_AGE,
+        tmp_clean_interval: float = TMP_CLEAN_INTERVAL,
     ) -> None:
         if linesep not in (b"\n", b"\r\n"):
             raise ValueError("linesep must be b'\\n' or b'\\r\\n'")
@@ -373,6 +397,22 @@ class MaildirDelivery:
         self.hostname = hostname or socket.gethostname()
         self.linesep = linesep
         self._clock = clock
+        self.tmp_max_age = tmp_max_age
+        self.tmp_clean_interval = tmp_clean_interval
+        self._cleaner: Optional[TmpCleaner] = None
+
+    def start_cleaning(self, clock: Optional[IReactorTime] = None) -> None:
+        """Remove stale C{tmp/} files now, then every C{tmp_clean_interval} seconds."""
+        if self.tmp_clean_interval <= 0 or (self._cleaner is not None and self._cleaner.running):
+            return
+        self._cleaner = TmpCleaner(os.path.join(self.path, "tmp"), clock or self._clock or default_clock(),
+                                   self.tmp_max_age, self.tmp_clean_interval)
+        self._cleaner.start()
+
+    def stop_cleaning(self) -> None:
+        """Stop the periodic C{tmp/} cleaning (a later L{start_cleaning} restarts it)."""
+        if self._cleaner is not None:
+            self._cleaner.stop()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"

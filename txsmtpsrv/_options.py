@@ -68,8 +68,20 @@ class ServerOptions:
     """
     size: int = 32 * 1024 * 1024
     """
-    Largest message in octets, advertised as C{SIZE} and enforced: a larger
-    message gets C{552 5.3.4} (0 means no limit). (smtp-server: C{size})
+    Largest message in octets, advertised as C{SIZE} (0 means no limit). A
+    larger message gets C{552 5.3.4} unless C{reject_oversized} is off.
+    (smtp-server: C{size})
+    """
+    reject_oversized: bool = True
+    """
+    Whether the server itself refuses a message over C{size}: C{552 5.3.4}
+    to a larger C{MAIL SIZE=} and after an oversized body (RFC 1870 4).
+    With C{False} the application decides (smtp-server's behaviour): MAIL
+    is not refused for its declared SIZE (C{address.params["SIZE"]} shows it
+    to C{on_mail_from}), the whole body still streams to C{on_data} with
+    C{stream.size_exceeded} set once it passes C{size}, nothing is buffered
+    for it, and the hook's answer stands. C{twistd smtpsrv} always rejects.
+    (smtp-server: C{rejectOversized})
     """
     hide_size: bool = False
     """Advertise C{SIZE} without the number. (smtp-server: C{hideSize})"""
@@ -183,9 +195,12 @@ class ServerOptions:
     """Seconds a hook may take before the client gets C{451 4.3.0}."""
     bare_line_endings: Literal["reject", "accept"] = "reject"
     """
-    What a bare CR or LF inside DATA does: C{"reject"} answers C{550 5.6.0}
-    after the message (defends against SMTP smuggling and broken clients),
-    C{"accept"} passes the bytes on unchanged.
+    What a CR not followed by LF, an LF not preceded by CR, or a NUL in a
+    body does (DATA, and BDAT unless C{BODY=BINARYMIME}, across any read or
+    chunk boundary): C{"reject"} answers C{550 5.6.0} (after the dot, or to
+    the BDAT chunk) and fails the stream with L{txsmtpsrv.BareLineEnding}: this
+    defeats SMTP smuggling and broken clients, and RFC 6152 / RFC 2045 2.8
+    exclude NUL from 8bit data. C{"accept"} passes the bytes on unchanged.
     """
     mail_params: FrozenSet[str] = frozenset()
     """
@@ -317,6 +332,7 @@ class ServerOptionsArgs(TypedDict, total=False):
     banner: str
     helo_response: str
     size: int
+    reject_oversized: bool
     hide_size: bool
     hide_pipelining: bool
     hide_8bitmime: bool

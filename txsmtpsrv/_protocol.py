@@ -30,9 +30,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._authgate import CLOSE, REFUSE, unauthenticated_command
-from ._commands import (CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params,
+from ._commands import (CommandError, parse_bdat, parse_envid, parse_helo, parse_notify, parse_orcpt, parse_params,
                         parse_path_argument)
-from ._data import BareLineEnding, DotDecoder, MessageDiscarded, MessageStream
+from ._data import BareLineEnding, BodyCheck, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
 from ._rdns import address_literal, reverse_lookup
 from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES, XClientError,
@@ -115,6 +115,7 @@ class SMTPServerProtocol(LineReceiver):
         "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
         "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
         "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_pre_xforward",
+        "_bdat_check",
     )
 
     def __init__(self, server: "SMTPServer") -> None:
@@ -153,8 +154,9 @@ class SMTPServerProtocol(LineReceiver):
         self._stream: Optional[MessageStream] = None
         self._decoder: Optional[DotDecoder] = None
         self._data_dot = False
-        self._data_bare = False
+        self._data_bare = ""  # the 550 5.6.0 text once the body is refused
         self._data_hook: Optional[Deferred[Any]] = None
+        self._bdat_check: Optional[BodyCheck] = None
         # BDAT state: bytes left in the chunk being read, whether it is the
         # last one, and the reply owed for it when the transaction failed.
         self._chunk_left: Optional[int] = None
@@ -595,9 +597,10 @@ class SMTPServerProtocol(LineReceiver):
             else:
                 self._reply(500, "5.5.1", "Error: this is an LMTP server, send LHLO")
             return
-        hostname = arg.split(" ", 1)[0]
-        if not hostname:
-            self._reply(501, "5.5.4", f"Error: syntax: {command} hostname")
+        try:
+            hostname = parse_helo(arg, command)
+        except CommandError as e:
+            self._reply(e.code, e.enhanced, e.text, cache=False)
             return
         hook = self.server._hooks.on_helo
 
@@ -708,7 +711,7 @@ class SMTPServerProtocol(LineReceiver):
                 if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
                 env.size = int(value)
-                if o.size and env.size > o.size:
+                if o.size and env.size > o.size and o.reject_oversized:
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
@@ -810,10 +813,10 @@ class SMTPServerProtocol(LineReceiver):
     def _start_data(self) -> None:
         """Open the stream and call the data hook; shared by DATA and BDAT."""
         self._data_dot = False
-        self._data_bare = False
+        self._data_bare = ""
         self._data_outcome = None
         stream = self._stream = MessageStream(self._stream_paused, lambda: self._resume(_STREAM),
-                                              self.options.size)
+                                              self.options.size, self.options.reject_oversized)
         hook = self.server._hooks.on_data
         self._data_hook = None
         if hook is None:
@@ -860,13 +863,17 @@ class SMTPServerProtocol(LineReceiver):
         if payload:
             stream.write(payload)
         if decoder.bare and not self._data_bare:
-            self._data_bare = True
-            stream.abort(Failure(BareLineEnding("bare CR or LF in message body")))
+            self._body_refused(stream, decoder.fault)
         if rest is None:
             return
         self._decoder = None
         self._body_ended(stream)
         self.setLineMode(rest)
+
+    def _body_refused(self, stream: MessageStream, fault: Optional[str]) -> None:
+        """A bare CR/LF or a NUL (L{body_fault}): answered 550 5.6.0 at the end."""
+        self._data_bare = fault or "Error: message refused"
+        stream.abort(Failure(BareLineEnding(self._data_bare)))
 
     def _body_ended(self, stream: MessageStream) -> None:
         """The dot (or BDAT LAST) arrived: answer now, or once the data hook has."""
@@ -875,7 +882,7 @@ class SMTPServerProtocol(LineReceiver):
         if self._stream is not stream:
             return
         if self._data_outcome is None and self._data_hook is not None and (
-                stream.size_exceeded or self._data_bare):
+                stream.refused_for_size or self._data_bare):
             self._data_hook.cancel()  # the verdict is known: no need to wait (replies)
         if self._stream is not stream:
             return
@@ -893,13 +900,13 @@ class SMTPServerProtocol(LineReceiver):
         s = self.session
         # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
         rcpts = s.envelope.rcpt_to if self.options.lmtp else [None]
-        if stream.size_exceeded:
+        if stream.refused_for_size:
             for _ in rcpts:
                 self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             ok = False
         elif self._data_bare:
             for _ in rcpts:
-                self._reply(550, "5.6.0", "Error: message contains bare CR or LF characters")
+                self._reply(550, "5.6.0", self._data_bare)
             ok = False
         elif self.options.lmtp and failure is None and isinstance(value, (list, tuple)):
             if len(value) != len(rcpts):
@@ -1086,6 +1093,11 @@ class SMTPServerProtocol(LineReceiver):
         elif self._bdat_error is not None:
             error = self._bdat_error
         elif self._stream is None:
+            # RFC 3030 2: only BODY=BINARYMIME content may hold bare CR/LF or
+            # NUL; other BDAT content is checked as DATA is, so that nothing
+            # received by BDAT can smuggle when relayed with DATA.
+            self._bdat_check = (BodyCheck() if self.options.bare_line_endings == "reject"
+                                and env.body_type != "BINARYMIME" else None)
             self._start_data()
         self._chunk_error = error
         self._chunk_last = last
@@ -1108,6 +1120,9 @@ class SMTPServerProtocol(LineReceiver):
         left -= len(piece)
         if self._chunk_error is None and self._stream is not None:
             self._stream.write(piece)
+            check = self._bdat_check
+            if check is not None and check.feed(piece) and not self._data_bare:
+                self._body_refused(self._stream, check.fault)
         if left:
             self._chunk_left = left
             return
@@ -1123,8 +1138,13 @@ class SMTPServerProtocol(LineReceiver):
         # LMTP answers the last chunk once per recipient, like the end of DATA.
         count = max(1, len(self.session.envelope.rcpt_to)) if last and self.options.lmtp else 1
         if error is None and stream is not None:
-            if stream.size_exceeded:
+            check = self._bdat_check
+            if last and check is not None and check.end() and not self._data_bare:
+                self._body_refused(stream, check.fault)
+            if stream.refused_for_size:
                 error = (552, "5.3.4", "Error: message exceeds fixed maximum message size")
+            elif self._data_bare:
+                error = (550, "5.6.0", self._data_bare)
             elif self._data_outcome is not None and self._data_outcome[1] is not None:
                 # The hook refused before the last chunk: its reply, now.
                 for _ in range(count):

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence, Union, cast
@@ -381,8 +382,34 @@ def _parse_ssl(value: bytes) -> ProxySSLInfo:
     return ProxySSLInfo(client=client, verify=verify, tlvs=subs)
 
 
+_PATH_CONTROL = re.compile(rb"[\x01-\x1f\x7f]")
+
+
 def _unix_path(raw: bytes) -> str:
-    return raw.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+    """
+    One 108-byte AF_UNIX address of a v2 header, as a C{str}.
+
+    Like C{sun_path}, the path ends at its first NUL (what follows is padding
+    and is ignored); a Linux abstract address (a leading NUL) is shown as
+    C{"@name"}, as C{ss} shows it. A control byte in what remains is refused,
+    not stripped: only a trusted proxy sends these addresses, so one is broken
+    or tampered with, and the header is malformed like any other (the
+    connection is dropped). Rewriting it instead would hand hooks and logs an
+    identity the proxy never sent; keeping it would put raw control bytes
+    into them (issue 10). Non-UTF-8 bytes stay surrogate-escaped.
+
+    @raise ProxyHeaderError: for a control byte in the address.
+    """
+    if raw[:1] == b"\x00":
+        path = b"@" + raw[1:].rstrip(b"\x00")
+    else:
+        path = raw.split(b"\x00", 1)[0]
+    if b"\x00" in path or _PATH_CONTROL.search(path):
+        raise ProxyHeaderError("control byte in a PROXY v2 UNIX address")
+    text = path.decode("utf-8", "surrogateescape")
+    if any("\x80" <= c <= "\x9f" for c in text):  # C1 controls, once decoded
+        raise ProxyHeaderError("control character in a PROXY v2 UNIX address")
+    return text
 
 
 def _parse_v2(header: bytes) -> ProxyInfo:

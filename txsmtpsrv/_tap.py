@@ -495,6 +495,22 @@ class SMTPService(MultiService):
         return d.addCallback(done)
 
 
+class _MaildirCleaning(Service):
+    """Remove stale Maildir C{tmp/} files at start-up and then periodically (L{MaildirDelivery})."""
+
+    def __init__(self, delivery: MaildirDelivery, reactor: Any) -> None:
+        self._delivery = delivery
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._delivery.start_cleaning(self._reactor)
+
+    def stopService(self) -> None:
+        self._delivery.stop_cleaning()
+        super().stopService()
+
+
 @implementer(IReadDescriptor)
 class _ParentWatch(Service):
     """
@@ -925,6 +941,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         endpoints.append((AdoptedStreamServerEndpoint(reactor, fd, family), f"adopted fd {fd}"))
     if options["worker"]:
         _ParentWatch(reactor).setServiceParent(service)
+    elif isinstance(delivery, MaildirDelivery):  # one process cleans tmp/, not every worker
+        _MaildirCleaning(delivery, reactor).setServiceParent(service)
 
     workers = options["workers"]
     if workers > 1:
