@@ -71,7 +71,8 @@ def test_server_options_page_shows_every_option(reference: str) -> None:
     """The ServerOptions page lists every option with its type, its meaning and its default."""
     text = page_text("txsmtpsrv.ServerOptions.html")
     for doc in option_docs(txsmtpsrv.ServerOptions):
-        m = re.search(rf"\b{doc.name} : (.*?) = ¶ (.*?) Default: (.*?) \. ", text)
+        # "name : type = ¶ meaning Default: value ." (a type has no "=" in it)
+        m = re.search(rf"(?<![\w.]){doc.name} : ([^=¶]*?) = ¶ (.*?) Default: (.*?) \. ", text)
         assert m is not None, doc.name
         assert m.group(3) == doc.default, doc.name
         assert " ".join(doc.text.split()[:2]).replace("C{", "").replace("}", "") in m.group(2) \
