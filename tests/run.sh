@@ -22,8 +22,12 @@ apt_install() {
 }
 
 missing=""
-for tool in swaks haproxy openssl; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing $tool"
+# tool:Debian package (spfquery and opendkim-testmsg cross-check SPF/DKIM; ip and unshare run
+# opendkim-testmsg in a network namespace with its own resolv.conf)
+for pair in swaks:swaks haproxy:haproxy openssl:openssl spfquery:spf-tools-perl \
+            opendkim-testmsg:opendkim-tools ip:iproute2 unshare:util-linux; do
+  tool=${pair%%:*}
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing ${pair#*:}"
 done
 if [ -n "$missing" ]; then
   if as_root; then

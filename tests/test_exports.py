@@ -69,3 +69,9 @@ def test_testing_names_exist(name):
 def test_testing_helpers_documented():
     """The testing helpers this suite dogfoods are public."""
     assert {"TestClient", "make_server", "parse_replies", "dot_stuff"} <= set(txsmtpsrv.testing.__all__)
+
+
+def test_authentication_names_exported():
+    """Sender authentication (issue 17) is public: the verifier hooks and the verdict values."""
+    expected = {"AuthVerifier", "AuthResults", "SPFVerdict", "DKIMVerdict", "DMARCVerdict", "ARCVerdict"}
+    assert expected <= set(txsmtpsrv.__all__)

@@ -88,3 +88,9 @@ def test_wheel_ships_the_plugin(tmp_path: Any) -> None:
             "txsmtpsrv/__init__.py", "txsmtpsrv/py.typed"} <= names
     assert f"txsmtpsrv-{txsmtpsrv.__version__}.dist-info/licenses/LICENSE" in names
     assert not any(n.endswith("dropin.cache") or n.startswith(("tests/", "twisted/__init__")) for n in names)
+    # Every module of the package, subpackages included, is in the wheel.
+    for directory, _, files in os.walk(os.path.join(REPO, "txsmtpsrv")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.relpath(os.path.join(directory, name), REPO).replace(os.sep, "/")
+                assert path in names, f"{path} is missing from the wheel (pyproject.toml packages?)"

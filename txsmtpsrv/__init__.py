@@ -8,6 +8,7 @@ receive mail as a stream. Everything not named in C{__all__} is private.
 
 from __future__ import annotations
 
+from ._authres import ARCVerdict, AuthResults, AuthVerifier, DKIMVerdict, DMARCVerdict, SPFVerdict
 from ._cred import CredAuthenticator, IOAuth2Token
 from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
@@ -22,10 +23,15 @@ from ._tls import TLSConfig, TLSConfigError, TLSInfo, development_certificate
 from ._version import __version__
 
 __all__ = [
+    "ARCVerdict",
     "Address",
+    "AuthResults",
+    "AuthVerifier",
     "BareLineEnding",
     "CredAuthenticator",
     "Credentials",
+    "DKIMVerdict",
+    "DMARCVerdict",
     "IOAuth2Token",
     "Envelope",
     "Hooks",
@@ -45,6 +51,7 @@ __all__ = [
     "Reply",
     "SMTPError",
     "SMTPServer",
+    "SPFVerdict",
     "ServerOptions",
     "ServerOptionsArgs",
     "Session",

@@ -66,10 +66,13 @@ class Envelope:
     @ivar dsn_ret: DSN RET (C{"FULL"} or C{"HDRS"}), or C{None}.
     @ivar dsn_envid: DSN ENVID, xtext-decoded, or C{None}.
     @ivar requiretls: whether MAIL carried REQUIRETLS (RFC 8689).
+    @ivar auth: the sender authentication verdicts (an C{AuthResults}) when
+        an L{AuthVerifier} runs: SPF from the first RCPT on, DKIM, ARC and
+        DMARC when C{on_data} is called; C{None} otherwise.
     """
 
     __slots__ = ("mail_from", "rcpt_to", "body_type", "smtputf8", "size", "dsn_ret", "dsn_envid",
-                 "requiretls")
+                 "requiretls", "auth")
 
     def __init__(self) -> None:
         self.mail_from: Optional[Address] = None
@@ -80,6 +83,7 @@ class Envelope:
         self.dsn_ret: Optional[str] = None
         self.dsn_envid: Optional[str] = None
         self.requiretls = False
+        self.auth: Any = None
 
     def __repr__(self) -> str:
         return f"<Envelope from={self.mail_from!r} to={self.rcpt_to!r}>"

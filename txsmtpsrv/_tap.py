@@ -75,6 +75,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from txsmtpsrv._authres import _tap as _authres
 from txsmtpsrv._delivery import MaildirDelivery, MboxDelivery
 
 __all__ = ["Options", "makeService", "SMTPService"]
@@ -196,7 +197,7 @@ class Options(usage.Options, AuthOptionMixin):
                                         "without it both are refused from every peer.", _cidrs],
         ["workers", None, 1, "Number of processes serving the --listen ports (tcp:/tcp6: only); "
                              "the twistd process is one of them.", _positive_int],
-    ]
+    ] + _authres.OPT_PARAMETERS
 
     compData = usage.Completions(
         optActions={
@@ -232,6 +233,10 @@ class Options(usage.Options, AuthOptionMixin):
         except (ValueError, KeyError):
             raise usage.UsageError(f"--adopt wants FD:INET, FD:INET6 or FD:UNIX, not {spec!r}") from None
 
+    def opt_nameserver(self, server: str) -> None:
+        """DNS server HOST[:PORT] for --verify checks and reverse lookups instead of /etc/resolv.conf; repeatable."""
+        _authres.opt_nameserver(self, server)
+
     def opt_auth(self, description: str) -> None:
         """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
         AuthOptionMixin.opt_auth(self, description)
@@ -260,6 +265,7 @@ class Options(usage.Options, AuthOptionMixin):
                 _shareable_address(description)  # raises UsageError if not tcp:/tcp6:
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
+        _authres.post_options(self)
 
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
@@ -684,7 +690,7 @@ def _worker_options(options: Options) -> List[str]:
         if options[name]:
             args.append(f"--{name}")
     args.extend(f"--auth={description}" for description in options["auth"])
-    return args
+    return args + _authres.worker_arguments(options)
 
 
 def _worker_environment() -> Dict[str, str]:
@@ -922,9 +928,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     checkers = options.credentialCheckers()
     authenticator = _authenticator(checkers) if checkers else None
     user_hooks = _instantiate_hooks(options.hooksObject) if options.hooksObject is not None else None
-    hooks = LayeredHooks(user_hooks, authenticator, delivery)
+    hooks, resolver = _authres.wrap(options, LayeredHooks(user_hooks, authenticator, delivery), reactor)
     try:
-        server = SMTPServer(hooks, reactor=reactor, **_server_kwargs(options))
+        server = SMTPServer(hooks, reactor=reactor, resolver=resolver, **_server_kwargs(options))
         if not server.options.hide_starttls:
             # Load the certificates now, as SMTPServer.listen() would: a bad
             # --tls-key/--tls-cert stops twistd at start-up, not at the first
