@@ -38,7 +38,7 @@ class System(model.System):
             for name in package.all or ():
                 if name in package.contents:
                     continue
-                target = self.objForFullName(package.expandName(name))
+                target = self._follow(package.expandName(name))
                 if (target is not None and target.parent is not None and target.parent is not package
                         and target.parent.fullName().startswith(PACKAGE + "._")
                         and isinstance(target, (model.Class, model.Function, model.Attribute))):
@@ -46,6 +46,22 @@ class System(model.System):
         for cls in list(self.objectsOfType(model.Class)):
             self._document_defaults(cls)
         super().postProcess()
+
+    def _follow(self, full_name: str) -> Optional[model.Documentable]:
+        """The object C{full_name} names, through re-exports in subpackages."""
+        for _ in range(10):
+            target = self.objForFullName(full_name)
+            if target is not None:
+                return target
+            module_name, _, attribute = full_name.rpartition(".")
+            module = self.objForFullName(module_name)
+            if not isinstance(module, model.Module):
+                return None
+            expanded = module.expandName(attribute)
+            if expanded == full_name:
+                return None
+            full_name = expanded
+        return None
 
     def _document_defaults(self, cls: model.Class) -> None:
         runtime = _runtime_object(cls.fullName())
