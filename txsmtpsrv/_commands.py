@@ -98,8 +98,9 @@ def parse_helo(arg: str, command: str) -> str:
     return arg
 _SOURCE_ROUTE = re.compile(rf"^@{_DOMAIN}(?:,@{_DOMAIN})*:")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
-# esmtp-value: any printable except "=" and SP; RFC 6531 adds UTF-8.
-_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+$")
+# esmtp-value: any printable except "=" and SP; RFC 6531 adds UTF-8 (without
+# the C1 controls, as in addresses: no value handed to a hook carries one).
+_VALUE = re.compile(rf"[\x21-\x3c\x3e-\x7e{_U8}]+")
 
 
 def parse_path_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, str]:
@@ -177,7 +178,7 @@ def parse_params(text: str) -> Dict[str, Optional[str]]:
         if not item:
             continue
         key, eq, value = item.partition("=")
-        if not _KEYWORD.match(key) or (eq and not _VALUE.match(value)):
+        if not _KEYWORD.fullmatch(key) or (eq and not _VALUE.fullmatch(value)):
             raise CommandError(501, "5.5.4", f"Bad parameter syntax: {item[:40]}")
         key = key.upper()
         if key in params:

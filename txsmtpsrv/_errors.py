@@ -15,7 +15,8 @@ from typing import Sequence, Union
 
 __all__ = ["Reply", "SMTPError"]
 
-_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+# ASCII digits only, matched in full: "$" would let a trailing LF onto the wire.
+_ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _BREAK = re.compile(r"\r\n|\r|\n")
 
 Text = Union[str, Sequence[str]]
@@ -25,7 +26,7 @@ def _check(code: int, text: Text, enhanced: str | None) -> tuple[str, ...]:
     if not isinstance(code, int) or not 200 <= code <= 599:
         raise ValueError(f"SMTP reply code must be an int from 200 to 599, not {code!r}")
     if enhanced is not None:
-        if not _ENHANCED.match(enhanced):
+        if not _ENHANCED.fullmatch(enhanced):
             raise ValueError(f"enhanced status code {enhanced!r} is not of the form class.subject.detail")
         if enhanced[0] != str(code)[0]:
             raise ValueError(f"enhanced status code {enhanced} does not match the class of reply code {code}")

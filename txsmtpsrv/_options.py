@@ -242,7 +242,14 @@ class ServerOptions:
     also counts SASL response lines)
     """
     max_auth_failures: int = 5
-    """Failed AUTH attempts per connection before C{421} and close (0: no limit)."""
+    """
+    Failed AUTH attempts per connection before C{421} and close (0: no
+    limit). An AUTH refused before C{on_auth} judges it (cancelled with
+    C{*}, a malformed response, an unknown mechanism, AUTH before EHLO...)
+    counts too: AUTH never counts toward
+    C{max_allowed_unauthenticated_commands}, and no client may loop on AUTH
+    unbounded.
+    """
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -860,10 +860,12 @@ class SMTPServerProtocol(LineReceiver):
         assert decoder is not None and self._stream is not None
         payload, rest = decoder.feed(data)
         stream = self._stream
-        if payload:
-            stream.write(payload)
         if decoder.bare and not self._data_bare:
+            # Refuse before writing: a reader that streams the body on must
+            # never be handed the bytes that make it refused (smuggling).
             self._body_refused(stream, decoder.fault)
+        if payload:
+            stream.write(payload)  # only counted once the stream is refused
         if rest is None:
             return
         self._decoder = None
@@ -1119,10 +1121,10 @@ class SMTPServerProtocol(LineReceiver):
             piece, rest = data[:left], data[left:]
         left -= len(piece)
         if self._chunk_error is None and self._stream is not None:
-            self._stream.write(piece)
-            check = self._bdat_check
+            check = self._bdat_check  # judged before the reader gets it, as in DATA
             if check is not None and check.feed(piece) and not self._data_bare:
                 self._body_refused(self._stream, check.fault)
+            self._stream.write(piece)
         if left:
             self._chunk_left = left
             return
@@ -1188,26 +1190,32 @@ class SMTPServerProtocol(LineReceiver):
             return
         if s.opening_command != "EHLO":
             self._reply(503, "5.5.1", "Error: send EHLO first")
+            self._count_auth_refusal()
             return
         if s.user is not None:
             self._reply(503, "5.5.1", "Error: already authenticated")
             return
         if s.envelope.mail_from is not None:
             self._reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+            self._count_auth_refusal()
             return
         parts = arg.split(" ")
         if not arg or len(parts) > 2:
             self._reply(501, "5.5.4", "Error: syntax: AUTH mechanism [initial-response]")
+            self._count_auth_refusal()
             return
         name = parts[0].upper()
         if name not in self.options.auth_methods:
             self._reply(504, "5.5.4", "Error: unrecognized authentication type")
+            self._count_auth_refusal()
             return
         if self.options.needs_upgrade and not s.secure:
             self._reply(530, "5.7.0", "Error: must issue a STARTTLS command first")
+            self._count_auth_refusal()
             return
         if not (s.secure or self.options.allow_insecure_auth):
             self._reply(538, "5.7.11", "Error: encryption required for requested authentication mechanism")
+            self._count_auth_refusal()
             return
         try:
             exchange = start_mechanism(name, parts[1].encode("ascii", "replace") if len(parts) == 2 else None,
@@ -1224,8 +1232,10 @@ class SMTPServerProtocol(LineReceiver):
             err = e
             if isinstance(e, SASLAuthFailed) and self._auth_error is not None:
                 err = self._auth_error
-            self._auth_error = None
+            counted, self._auth_error = self._auth_error is not None, None
             self._reply_obj(err.code, err.enhanced, err.lines, False)
+            if not counted:  # cancelled or malformed (an XOAUTH2 error challenge was counted already)
+                self._count_auth_refusal()
             return
         if isinstance(result, Challenge):
             self._auth = exchange
@@ -1238,6 +1248,21 @@ class SMTPServerProtocol(LineReceiver):
             self._auth_done(exchange, result, value, failure)
 
         self._invoke(hook, (self.session, result), done, pause=True)
+
+    def _count_auth_refusal(self) -> None:
+        """
+        An AUTH that ended before C{on_auth} judged anything (cancelled, malformed,
+        refused) counts toward C{max_auth_failures} like a failed password:
+        AUTH never counts toward C{max_allowed_unauthenticated_commands}, so
+        without this a client could loop on refused AUTHs unbounded.
+        """
+        if self.session.user is not None:
+            return
+        self._auth_failures += 1
+        limit = self.options.max_auth_failures
+        if limit and self._auth_failures >= limit:
+            self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
+            self._close()
 
     def _auth_done(self, exchange: Exchange, credentials: Any, value: Any, failure: Optional[Failure]) -> None:
         s = self.session

@@ -72,7 +72,7 @@ def _ptr_name(answers: Any) -> str | None:
                 except UnicodeDecodeError:
                     return None
             name = name.rstrip(".")
-            if len(name) <= 253 and _HOSTNAME.match(name):
+            if len(name) <= 253 and _HOSTNAME.fullmatch(name):  # not match: "$" passes a final LF
                 return str(name).lower()
             return None
     return None

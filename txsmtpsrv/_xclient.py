@@ -96,7 +96,7 @@ def _text(value: str, attr: str, max_len: int = 255) -> str:
 
 
 def _name(value: str, attr: str) -> str:
-    if len(value) > 255 or not _HOSTNAME.match(value):
+    if len(value) > 255 or not _HOSTNAME.fullmatch(value):
         raise XClientError(f"bad {attr} host name", attr)
     return value.rstrip(".")
 
@@ -137,7 +137,7 @@ def _xclient_proto(value: str, attr: str) -> str:
 
 
 def _xforward_proto(value: str, attr: str) -> str:
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise XClientError(f"bad {attr} value", attr)
     return value.upper()
 
@@ -192,7 +192,7 @@ def _parse(command: str, args: str | bytes, table: dict[str, Validator]) -> dict
     result: dict[str, Value] = {}
     for word in words:
         name, sep, encoded = word.partition("=")
-        if not sep or not _ATTR_NAME.match(name):
+        if not sep or not _ATTR_NAME.fullmatch(name):
             raise XClientError(f"bad {command} syntax: expected NAME=value")
         attr = name.upper()
         validator = table.get(attr)
