@@ -2,9 +2,9 @@
 # The README's test command: install everything the test suite needs on a
 # fresh Debian machine, then run it.
 #
-# - Real tools (swaks, haproxy, openssl) come from Debian's packages; the
-#   tests that use them fail rather than skip when CI is set and they are
-#   missing.
+# - Real tools (swaks, haproxy, openssl, promtool, fail2ban-regex...) come
+#   from Debian's packages; the tests that use them fail rather than skip
+#   when CI is set and they are missing.
 # - Python packages go into a virtual environment, never into the system
 #   Python (Debian 12 refuses that: externally-managed-environment): the
 #   active one if you have activated one, else ./.venv, created here.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 apt_updated=""
-apt_install() {
+apt_install() {  # apt_install [--no-install-recommends] PACKAGE...
   if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
@@ -29,12 +29,24 @@ for pair in swaks:swaks haproxy:haproxy openssl:openssl spfquery:spf-tools-perl 
   tool=${pair%%:*}
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing ${pair#*:}"
 done
-if [ -n "$missing" ]; then
+# promtool (checks the metrics exposition) comes with Debian's prometheus package,
+# fail2ban-regex (checks examples/fail2ban against the server's log) with fail2ban; only
+# their command-line tools are used, so without their recommended packages (swaks, above,
+# needs its recommends: libnet-ssleay-perl for --tls).
+bare=""
+command -v promtool >/dev/null 2>&1 || bare="$bare prometheus"
+command -v fail2ban-regex >/dev/null 2>&1 || bare="$bare fail2ban"
+if [ -n "$missing$bare" ]; then
   if as_root; then
-    echo "installing:$missing"
-    apt_install $missing
+    echo "installing:$missing$bare"
+    if [ -n "$missing" ]; then
+      apt_install $missing
+    fi
+    if [ -n "$bare" ]; then
+      apt_install --no-install-recommends $bare
+    fi
   else
-    echo "warning: cannot install$missing (need root and apt-get); tests needing them will fail under CI" >&2
+    echo "warning: cannot install$missing$bare (need root and apt-get); tests needing them will fail under CI" >&2
   fi
 fi
 

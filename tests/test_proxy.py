@@ -964,3 +964,14 @@ class LoopbackTests(unittest.TestCase):
         data = await client.wait_for(b"hs=")
         self.assertIn(b"secure=True peer=2001:db8::9:5555 hs=1", data)
         await self.close(inner, client)
+
+
+def test_local_header_log_names_no_client():
+    """A v2 LOCAL header (health check) is logged without a 'client None:None'."""
+    from twisted.logger import formatEvent
+
+    with capturedLogs() as events:
+        inner, _, wrapper, transport, _ = connect()
+        wrapper.dataReceived(v2(command=0, family=0, transport=0))
+    texts = [formatEvent(e) for e in events if "PROXY v" in e.get("log_format", "")]
+    assert texts == ["PROXY v2 LOCAL from 127.0.0.1"]

@@ -116,7 +116,8 @@ def test_observer_events_listed():
     server, _ = make_server()
     for event in OBSERVER_EVENTS:
         server.observe(event, print)()
-    assert set(OBSERVER_EVENTS) == {"connect", "disconnect", "command", "helo", "mail", "rcpt", "message"}
+    assert set(OBSERVER_EVENTS) == {"connect", "disconnect", "command", "helo", "mail", "rcpt", "message",
+                                    "reply", "auth", "tls", "hook", "refused"}
 
 
 # -- close() ---------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_values_are_converted(tmp_path, monkeypatch):
     ["--socket-timeout", "0"],
     ["--close-timeout", "x"],
     ["--maildir", "a", "--mbox", "b"],
-    ["--workers", "2", "-l", "unix:/tmp/x.sock"],
+    ["--workers", "2", "-l", "unix:/tmp/x.sock:mode=9x"],
     ["--workers", "2", "-l", "tcp:notaport"],
     ["--workers", "2", "--adopt", "3:INET"],
     ["--adopt", "x:INET"],

@@ -36,10 +36,12 @@ def test_smtps_listener_delivers_over_implicit_tls(tmp_path):
         server.kill()
 
 
-def test_smtps_with_workers_is_a_usage_error():
-    """--workers shares plain TCP sockets only: an smtps: listener is refused up front."""
-    with pytest.raises(usage.UsageError, match="smtps"):
-        Options().parseOptions(["--workers", "2", "-l", "smtps:tcp:465"])
+def test_workers_refuse_what_they_cannot_share():
+    """--workers shares tcp:, tcp6:, unix: (also behind smtps:/smtpproxy:); another endpoint is refused, saying so."""
+    Options().parseOptions(["--workers", "2", "-l", "smtps:tcp:465", "-l", "smtpproxy:trusted=10.0.0.0/8:tcp:25",
+                            "-l", "unix:/tmp/txsmtpsrv-test.sock"])
+    with pytest.raises(usage.UsageError, match=r"cannot share --listen adopted:5:INET: .* not for adopted: ones"):
+        Options().parseOptions(["--workers", "2", "-l", "adopted:5:INET"])
 
 
 FAILS_IN_WORKERS = """

@@ -222,7 +222,7 @@ def test_sigterm_during_transaction_loses_nothing(twistd, tmp_path):
         sock.sendall(b"Subject: interrupted\r\n\r\nfirst half\r\n")
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for(r"Received SIGTERM")
-        server.wait_for(r"Stopping factory")  # logged after the listening socket is closed
+        server.wait_for(r"stopped listening on")  # logged once the listening socket is closed
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
         assert server.proc.poll() is None  # still running: our transaction is in progress

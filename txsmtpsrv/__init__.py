@@ -13,6 +13,7 @@ from ._cred import CredAuthenticator, IOAuth2Token
 from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
+from ._metrics import ServerMetrics
 from ._hooks import Hooks
 from ._options import ServerOptions, ServerOptionsArgs
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
@@ -52,6 +53,7 @@ __all__ = [
     "SMTPError",
     "SMTPServer",
     "SPFVerdict",
+    "ServerMetrics",
     "ServerOptions",
     "ServerOptionsArgs",
     "Session",

@@ -338,6 +338,11 @@ def _maildir_hostname(hostname: str) -> str:
     return hostname.replace("/", r"\057").replace(":", r"\072")
 
 
+def _count(n: int, noun: str) -> str:
+    """C{1 recipient}, C{2 recipients}: log lines in plain English."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class MaildirDelivery:
     """
     Store each message as one file in a Maildir (see maildir(5)).
@@ -474,12 +479,13 @@ class MaildirDelivery:
                 _unlink_quietly(tmp_path)
         self.log.info(
             "Stored message {file} in {path} (session {session_id}, from <{sender}>, "
-            "{recipient_count} recipients, {size} bytes)",
+            "{recipients}, {size} bytes)",
             file=name,
             path=self.path,
             session_id=session.id,
             sender=_sender(session),
             recipient_count=len(session.envelope.rcpt_to),
+            recipients=_count(len(session.envelope.rcpt_to), "recipient"),
             size=writer.size,
         )
 
@@ -574,11 +580,12 @@ class MboxDelivery:
             _close_quietly(spool)
         self.log.info(
             "Stored message in {path} (session {session_id}, from <{sender}>, "
-            "{recipient_count} recipients, {size} bytes)",
+            "{recipients}, {size} bytes)",
             path=self.path,
             session_id=session.id,
             sender=_sender(session),
             recipient_count=len(session.envelope.rcpt_to),
+            recipients=_count(len(session.envelope.rcpt_to), "recipient"),
             size=writer.size,
         )
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport
-from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -34,6 +33,7 @@ from ._commands import (CommandError, parse_bdat, parse_envid, parse_helo, parse
                         parse_path_argument)
 from ._data import BareLineEnding, BodyCheck, DotDecoder, MessageDiscarded, MessageStream
 from ._errors import Reply, SMTPError, format_reply
+from ._logging import SessionLogger
 from ._rdns import address_literal, reverse_lookup
 from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_ATTRIBUTES, XClientError,
                        forwarded_client, parse_xclient, parse_xforward)
@@ -104,7 +104,7 @@ class SMTPServerProtocol(LineReceiver):
     """
 
     delimiter = b"\n"  # commands end on LF; the CR is stripped (lenient like Postfix)
-    log = Logger()
+    log = SessionLogger()  # the session id goes into every line's text
     #: Command verb (upper-case bytes) -> handler; built from the _cmd_* methods below.
     _handlers: Dict[bytes, Callable[..., None]]
 
@@ -115,7 +115,7 @@ class SMTPServerProtocol(LineReceiver):
         "_unauthenticated", "_auth", "_auth_error", "_auth_needed", "_timer", "_tls_timer", "_deadline",
         "_per_byte", "_quiet", "_trusted", "_stream", "_decoder", "_data_dot", "_data_bare", "_data_hook",
         "_data_outcome", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_pre_xforward",
-        "_bdat_check",
+        "_bdat_check", "_verb",
     )
 
     def __init__(self, server: "SMTPServer") -> None:
@@ -166,6 +166,9 @@ class SMTPServerProtocol(LineReceiver):
         self._data_outcome: Optional[Tuple[Any, Optional[Failure]]] = None
         # (remote_address, client_hostname) before an XFORWARD replaced them.
         self._pre_xforward: Optional[Tuple[str, str]] = None
+        #: The verb the next replies answer, for the "reply" observers
+        #: (CONNECT for the greeting, UNKNOWN for what is not a command).
+        self._verb = "CONNECT"
         self.session: Session
 
     # -- connection lifecycle ----------------------------------------------
@@ -230,6 +233,7 @@ class SMTPServerProtocol(LineReceiver):
             self._greet()
         # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
         elif not self._send_outcome(value, failure, 220, "", "", greeting=True):
+            self._refused("connect_hook")
             self._close()
 
     def _greet(self) -> None:
@@ -238,6 +242,9 @@ class SMTPServerProtocol(LineReceiver):
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
+        if self._tls_timer is not None and self.server._observers["tls"]:  # the handshake never finished
+            why = reason.getErrorMessage() if reason is not None else "connection lost"
+            self.server._notify("tls", self.session, why)
         for timer in (self._timer, self._tls_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -247,8 +254,6 @@ class SMTPServerProtocol(LineReceiver):
         pending, self._pending = self._pending, []
         for d in pending:
             d.cancel()
-        if not self._quiet:
-            self.log.info("connection closed", session_id=self.session.id)
         self.server._disconnected(self)
         self.server._notify("disconnect", self.session)
         hook = self.server._hooks.on_close
@@ -300,7 +305,9 @@ class SMTPServerProtocol(LineReceiver):
             self._discard_line = True
         else:
             self._line_rest = rest[nl + 1:]
-        if self._auth is not None:  # RFC 4954 6: the exchange ends
+        if self._auth is None:
+            self._verb = "UNKNOWN"
+        else:  # RFC 4954 6: the exchange ends
             self._auth = self._auth_error = None
             self._reply(500, "5.5.6", "Error: authentication exchange line is too long")
             return
@@ -321,9 +328,11 @@ class SMTPServerProtocol(LineReceiver):
         verb = (line if sp < 0 else line[:sp]).upper()
         handler = self._handlers.get(verb)
         if handler is None:
+            self._verb = "UNKNOWN"
             self._unrecognized_command(verb)
             return
         name = verb.decode("ascii")  # the table's keys are ASCII
+        self._verb = name
         if name in self.options.disabled_commands:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
@@ -331,6 +340,7 @@ class SMTPServerProtocol(LineReceiver):
             self._unauthenticated, verdict = unauthenticated_command(
                 name, self._unauthenticated, self.options.max_allowed_unauthenticated_commands)
             if verdict == CLOSE:
+                self._refused("unauthenticated_commands")
                 self._reply(421, "4.7.0", f"{self.options.name} Error: too many unauthenticated commands")
                 self._close()
                 return
@@ -365,13 +375,20 @@ class SMTPServerProtocol(LineReceiver):
         self._unrecognized += 1
         limit = self.options.max_unrecognized_commands
         if limit and self._unrecognized >= limit:
+            self._refused("unrecognized_commands")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many unrecognized commands")
             self._close()
 
     # -- writing and flow control --------------------------------------------
 
+    def _refused(self, reason: str) -> None:
+        """Tell the "refused" observers why this connection is being closed."""
+        self.server._notify("refused", reason, self.session.remote_address, self.session)
+
     def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
+        if self.server._observers["reply"]:
+            self.server._notify("reply", self.session, self._verb, code, enhanced, text)
         if not cache:
             self._out.append(format_reply(code, text.split("\n"), enhanced if self._esc else None))
             return
@@ -458,6 +475,7 @@ class SMTPServerProtocol(LineReceiver):
             return
         self._timer = None
         self.log.info("timeout after {timeout}s", timeout=timeout, session_id=self.session.id)
+        self._refused("timeout")
         if self._stream is not None and not self._stream.ended:
             self._stream.finish(Failure(ConnectionLost("timeout during DATA")))
         if self._pauses & _WRITE:  # it does not read: a 421 would never arrive
@@ -481,6 +499,8 @@ class SMTPServerProtocol(LineReceiver):
 
         @return: the hook's Deferred while it is pending, else C{None}.
         """
+        if self.server._observers["hook"]:
+            done = self._timed(hook, done)
         try:
             result = hook(*args)
             if isinstance(result, CoroutineType):
@@ -538,6 +558,18 @@ class SMTPServerProtocol(LineReceiver):
             self._pause(_HOOK)
         return result
 
+    def _timed(self, hook: Callable[..., Any],
+               done: Callable[[Any, Optional[Failure]], None]) -> Callable[[Any, Optional[Failure]], None]:
+        """C{done}, first telling the "hook" observers how long C{hook} took."""
+        started = self._clock.seconds()
+        name = getattr(hook, "__name__", "hook").lstrip("_")
+
+        def timed(value: Any, failure: Optional[Failure]) -> None:
+            self.server._notify("hook", self.session, name, self._clock.seconds() - started)
+            done(value, failure)
+
+        return timed
+
     def _send_outcome(self, value: Any, failure: Optional[Failure], code: int, enhanced: str,
                       text: str, greeting: bool = False, cache: bool = True) -> bool:
         """
@@ -573,6 +605,8 @@ class SMTPServerProtocol(LineReceiver):
         return False
 
     def _reply_obj(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
+        if self.server._observers["reply"]:
+            self.server._notify("reply", self.session, self._verb, code, enhanced, "\n".join(lines))
         if greeting and code < 400:
             enhanced = None
         elif enhanced is None:
@@ -621,6 +655,8 @@ class SMTPServerProtocol(LineReceiver):
                                                 remote_address=s.remote_address, helo=hostname)]
             if command != "HELO":
                 lines.extend(self._extensions())
+            if self.server._observers["reply"]:
+                self.server._notify("reply", s, command, 250, None, lines[0])
             self._out.append(format_reply(250, lines, None))
             self.server._notify("helo", s, hostname)
 
@@ -1007,6 +1043,7 @@ class SMTPServerProtocol(LineReceiver):
         if s.tls is not None:
             self.log.info("TLS established: {version} {cipher}", version=s.tls.version, cipher=s.tls.cipher,
                           session_id=s.id)
+        self.server._notify("tls", s, None)
         hook = self.server._hooks.on_secure
         if hook is not None:
             self._invoke(hook, (s,), self._secure_done, pause=True)
@@ -1261,6 +1298,7 @@ class SMTPServerProtocol(LineReceiver):
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit:
+            self._refused("auth_failures")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
             self._close()
 
@@ -1278,6 +1316,7 @@ class SMTPServerProtocol(LineReceiver):
                 s.user = value
                 self._reply(235, "2.7.0", "Authentication successful")
             self.log.info("authenticated with {method}", method=credentials.method, session_id=s.id)
+            self.server._notify("auth", s, credentials.method, credentials.username, 235)
             return
         if failure is None and isinstance(value, Reply):  # a refusal given as a Reply
             err = SMTPError(value.code if value.code >= 400 else 535, value.lines, value.enhanced
@@ -1289,11 +1328,13 @@ class SMTPServerProtocol(LineReceiver):
         else:  # RFC 4954 6: a failure of ours is temporary
             self.log.failure("hook on_auth failed", failure, session_id=s.id)
             err = SMTPError(454, "Temporary authentication failure", "4.7.0")
-        self.log.info("authentication failed with {method}", method=credentials.method, session_id=s.id)
+        # Logged (with the username, for fail2ban) by the session log's "auth" observer.
+        self.server._notify("auth", s, credentials.method, credentials.username, err.code)
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit and err.code == 535:
             self._reply_obj(err.code, err.enhanced, err.lines, False)
+            self._refused("auth_failures")
             self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
             self._close()
             return

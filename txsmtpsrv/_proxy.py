@@ -723,14 +723,18 @@ class ProxyProtocolWrapper(ProtocolWrapper):
             self._peer = _to_address(info.family, info.source_address, info.source_port)
         if info.dest_address is not None:
             self._host = _to_address(info.family, info.dest_address, info.dest_port)
-        self.log.debug(
-            "PROXY v{version} {command} from {proxy}: client {client}:{client_port}",
-            version=info.version,
-            command=info.command,
-            proxy=real_host,
-            client=info.source_address,
-            client_port=info.source_port,
-        )
+        if info.source_address is None:  # LOCAL (health check) or UNSPEC: no client to name
+            self.log.debug("PROXY v{version} {command} from {proxy}", version=info.version,
+                           command=info.command, proxy=real_host)
+        else:
+            self.log.debug(
+                "PROXY v{version} {command} from {proxy}: client {client}:{client_port}",
+                version=info.version,
+                command=info.command,
+                proxy=real_host,
+                client=info.source_address,
+                client_port=info.source_port,
+            )
         self._connectWrapped(rest)
 
     def _connectWrapped(self, rest: bytes) -> None:

@@ -35,6 +35,12 @@ OBSERVER_EVENTS = {
     "mail": "(session, address)",
     "rcpt": "(session, address)",
     "message": "(session, envelope, size)",
+    # For operators' logs and metrics (see txsmtpsrv._oplog, txsmtpsrv._metrics):
+    "reply": "(session, verb, code, enhanced, text)",
+    "auth": "(session, mechanism, username, code)",
+    "tls": "(session, error)",
+    "hook": "(session, name, seconds)",
+    "refused": "(reason, remote_address, session)",
 }
 
 
@@ -66,6 +72,8 @@ class SMTPServer(ServerFactory):
     """
 
     log = Logger()
+    #: Twisted's "Starting factory <SMTPServer object at 0x...>" says nothing useful.
+    noisy = False
 
     def __init__(self, hooks: Optional[object] = None, options: Optional[ServerOptions] = None, *,
                  reactor: Any = None, resolver: Any = None, **kwargs: Unpack[ServerOptionsArgs]) -> None:
@@ -95,14 +103,17 @@ class SMTPServer(ServerFactory):
         if (o.use_xclient or o.use_xforward) and not o.xclient_trusted:
             self.log.warn("XCLIENT/XFORWARD are on but xclient_trusted names no network: "
                           "every peer is refused (550 5.7.0); name the proxies' networks to trust them")
+        from ._oplog import SessionLog
+        #: The operator's log lines (session summaries, refusals); see L{SessionLog}.
+        self.session_log = SessionLog(self)
 
     # -- factory ---------------------------------------------------------------
 
     def buildProtocol(self, addr: Any) -> Protocol:
         limit = self.options.max_clients
         if self._closing or (limit is not None and len(self._connections) >= limit):
-            self.log.warn("refusing {peer}: {why}", peer=str(addr),
-                          why="shutting down" if self._closing else "max_clients reached")
+            self._notify("refused", "shutting_down" if self._closing else "max_clients",
+                         str(getattr(addr, "host", "") or ""), None)
             p: Protocol = _TooBusy(self._closing_reply if self._closing else self._busy_reply)
             p.factory = self
             return p

@@ -524,6 +524,8 @@ class _ContextSet:
             identity = _load_identity(dev.key, dev.cert, None, "development certificate")
         else:
             identity = _load_identity(config.key, config.cert, config.chain, "TLS")
+        #: The default certificate, for logs ("reloaded: subject ..., expires ...").
+        self.certificate = identity.cert
         self.options = self.policy.options(identity, contextForServerName=self.context_for_name)
         self.default_context: SSL.Context = self.options.getContext()
         self._exact: dict[str, SSL.Context] = {}
@@ -631,7 +633,9 @@ class TLSContextHolder:
         """
         new = _ContextSet(config if config is not None else self._current.config, self._hostname)
         self._current = new
-        log.info("TLS configuration reloaded")
+        cert = new.certificate
+        log.info("TLS configuration reloaded: certificate {subject}, expires {expires}",
+                 subject=cert.subject.rfc4514_string(), expires=cert.not_valid_after_utc.isoformat())
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         """Create the OpenSSL connection for one new TLS connection."""

@@ -1,5 +1,11 @@
 # -*- test-case-name: tests.test_proxy -*-
-"""Twisted plugin: the C{smtpproxy:} server endpoint string (PROXY protocol, see L{txsmtpsrv._proxy})."""
+"""
+Twisted plugin: the C{smtpproxy:} server endpoint string (PROXY protocol, see
+L{txsmtpsrv._proxy}) and C{adopted:FD:FAMILY} (an inherited listening
+socket, see L{txsmtpsrv._adopted}).
+"""
+from txsmtpsrv._adopted import AdoptedEndpointParser
 from txsmtpsrv._proxy import ProxyEndpointParser
 
 smtpproxyEndpointParser = ProxyEndpointParser()
+adoptedEndpointParser = AdoptedEndpointParser()

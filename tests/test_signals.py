@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.test_signals -*-
+"""
+Signals of C{twistd smtpsrv}, for real: SIGHUP reloads the certificates in
+every process (parent and workers), each logging once with the new
+certificate's subject and expiry; a SIGHUP right after start-up is handled
+(the handler is installed before the ports open); a failed reload is one
+error line; with C{--workers} and no certificate, every process serves the
+same development certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import smtplib
+import ssl
+import time
+from pathlib import Path
+from typing import Set
+
+from tests._certs import make_ca, write_pem
+from tests.test_twistd import CLEAN_EXITS, POLICY, TIMEOUT, Twistd
+
+
+def fingerprint(port: int, context: ssl.SSLContext) -> str:
+    """SHA-256 of the certificate the server presents after STARTTLS."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+        client.starttls(context=context)
+        der = client.sock.getpeercert(binary_form=True)
+        return hashlib.sha256(der).hexdigest()
+
+
+def insecure() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def reload_lines(log: str) -> Set[str]:
+    return set(re.findall(r"^.*TLS configuration reloaded.*$", log, re.M))
+
+
+def test_sighup_reaches_every_worker(tmp_path):
+    """--workers 2: after the files change, SIGHUP makes parent and worker serve the new certificate."""
+    ca = make_ca()
+    old, new = ca.issue("old.test"), ca.issue("new.test")
+    key = write_pem(str(tmp_path), "key.pem", old.key_pem)
+    cert = write_pem(str(tmp_path), "cert.pem", old.cert_pem)
+    (tmp_path / "mypolicy.py").write_text(POLICY)
+    pids_file = tmp_path / "pids.txt"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
+                               "--tls-key", key, "--tls-cert", cert, "--hooks", "mypolicy:Policy"],
+                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    try:
+        worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
+        server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
+        context = insecure()
+        assert {fingerprint(server.port, context) for _ in range(6)} == {hashlib.sha256(
+            ssl.PEM_cert_to_DER_cert(old.cert_pem.decode())).hexdigest()}
+        write_pem(str(tmp_path), "key.pem", new.key_pem)
+        write_pem(str(tmp_path), "cert.pem", new.cert_pem)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        server.wait_for(r"TLS configuration reloaded: certificate CN=new\.test, expires 20\d\d-")
+        server.wait_for(r"TLS configuration reloaded: certificate CN=new\.test, expires 20\d\d-")
+        time.sleep(0.5)  # a third reload line would show by now
+        lines = [line for line in reload_lines(server.log()) if "new.test" in line]
+        assert len(lines) == 2, lines  # once per process
+        assert len([line for line in lines if f"worker {worker}]" in line]) == 1
+        expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(new.cert_pem.decode())).hexdigest()
+        pids_file.write_text("")
+        assert {fingerprint(server.port, context) for _ in range(20)} == {expected}
+        assert set(int(p) for p in pids_file.read_text().split()) == {server.proc.pid, worker}
+        assert server.terminate() in CLEAN_EXITS
+    finally:
+        server.kill()
+
+
+def test_sighup_right_after_start_is_handled(tmp_path):
+    """SIGHUP as soon as the port is announced: no death, one reload in the parent and in the worker."""
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2"])
+    try:
+        os.kill(server.proc.pid, signal.SIGHUP)  # the worker may not even be started yet
+        worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
+        server.wait_for(r"TLS configuration reloaded")
+        server.wait_for(rf"\[txsmtpsrv._tls#info worker {worker}\] TLS configuration reloaded")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
+            assert client.noop()[0] == 250
+        assert server.proc.poll() is None
+        assert "exited unexpectedly" not in server.log()
+        assert server.terminate() in CLEAN_EXITS
+    finally:
+        server.kill()
+
+
+def test_sighup_single_process_right_after_start(tmp_path):
+    """One process: a SIGHUP sent the moment 'listening on' is logged reloads instead of killing twistd."""
+    for _ in range(3):
+        server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup"])
+        try:
+            os.kill(server.proc.pid, signal.SIGHUP)
+            server.wait_for(r"TLS configuration reloaded: certificate CN=")
+            assert server.terminate() in CLEAN_EXITS
+        finally:
+            server.kill()
+
+
+def test_failed_reload_is_one_error_line(tmp_path):
+    """A broken certificate file on SIGHUP: one error line, no traceback, the old certificate stays."""
+    ca = make_ca()
+    leaf = ca.issue("mx.test")
+    key = write_pem(str(tmp_path), "key.pem", leaf.key_pem)
+    cert = write_pem(str(tmp_path), "cert.pem", leaf.cert_pem)
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup",
+                               "--tls-key", key, "--tls-cert", cert])
+    try:
+        Path(cert).write_text("not a certificate\n")
+        os.kill(server.proc.pid, signal.SIGHUP)
+        line = server.wait_for(r"^.*TLS reload failed.*$").group(0)
+        assert "#error]" in line and "previous certificates stay in use" in line
+        expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.cert_pem.decode())).hexdigest()
+        assert fingerprint(server.port, insecure()) == expected
+        assert server.terminate() in CLEAN_EXITS
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
+
+
+def test_workers_share_one_development_certificate(tmp_path):
+    """--workers 2 without certificates: one development certificate, made by the parent, for all."""
+    (tmp_path / "mypolicy.py").write_text(POLICY)
+    pids_file = tmp_path / "pids.txt"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
+                               "--hooks", "mypolicy:Policy"],
+                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    try:
+        worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
+        server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
+        directory = Path(re.search(r"development certificate for all processes in (\S+) ", server.log()).group(1))
+        assert oct(directory.stat().st_mode & 0o777) == "0o700"
+        assert oct((directory / "key.pem").stat().st_mode & 0o777) == "0o600"
+        context = insecure()
+        prints = {fingerprint(server.port, context) for _ in range(20)}
+        assert set(int(p) for p in pids_file.read_text().split()) == {server.proc.pid, worker}
+        assert len(prints) == 1
+        assert server.log().count("self-signed development TLS certificate") == 1
+        assert server.terminate() in CLEAN_EXITS
+        assert not directory.exists()
+    finally:
+        server.kill()

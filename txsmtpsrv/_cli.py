@@ -1,0 +1,467 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The command line of C{twistd smtpsrv}: parsing and validating every option
+at start-up, so that a mistake is one line naming the option and the value,
+never a traceback, a help dump, or a server that starts and then answers
+every client with an error.
+
+The L{ServerOptions} limits are options of the same names (C{max_recipients}
+is C{--max-recipients}); L{worker_arguments} turns parsed options back into
+a command line for the C{--workers} processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import ipaddress
+import os
+import socket
+import sys
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.strcred import AuthOptionMixin
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from ._authres import _tap as _authres
+from ._options import ServerOptions
+from ._version import __version__
+
+__all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
+
+DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+#: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
+SMTPS = "smtps:"
+
+FAMILIES: Dict[str, int] = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise ValueError(f"{value!r} is not an integer >= {minimum}")
+        return number
+    return coerce
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return coerce
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _cidrs(value: str) -> Tuple[str, ...]:
+    """C{--xclient-trusted}: comma separated networks, each checked now."""
+    networks = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not networks:
+        raise ValueError("no network given")
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+#: ServerOptions fields settable from the command line as --field-name:
+#: (field, coerce, help). Numbers are checked here; ServerOptions checks the rest.
+LIMITS: Tuple[Tuple[str, Callable[[str], Any], str], ...] = (
+    ("size", _integer(0), "Largest accepted message in bytes, advertised with SIZE; 0: no limit. "
+                          "[default: 33554432 (32 MiB)]"),
+    ("max_clients", _integer(1), "Concurrent connections (per process); more are answered 421. "
+                                 "[default: 1000]"),
+    ("socket_timeout", _seconds, "Seconds a client may stay idle before 421 and close. [default: 60]"),
+    ("close_timeout", _seconds, "Seconds transactions in progress may take to finish when the server "
+                                "stops. [default: 30]"),
+    ("hook_timeout", _seconds, "Seconds a hook (policy, delivery, auth) may take before 451. [default: 300]"),
+    ("reverse_lookup_timeout", _seconds, "Seconds the greeting may wait for reverse DNS. [default: 1.5]"),
+    ("min_data_rate", _integer(0), "Slowest accepted transfer in bytes per second; 0: off. [default: 500]"),
+    ("max_command_length", _integer(512), "Longest command line in bytes. [default: 12288]"),
+    ("max_recipients", _integer(1), "Recipients per message; more get 452. [default: 1000]"),
+    ("max_unrecognized_commands", _integer(0), "Unknown commands before 421 and close; 0: no limit. "
+                                               "[default: 10]"),
+    ("max_allowed_unauthenticated_commands", _integer(0), "With --auth: commands before AUTH, then 421; "
+                                                          "0: no limit. [default: 10]"),
+    ("max_auth_failures", _integer(0), "Failed AUTH attempts before 421 and close; 0: no limit. [default: 5]"),
+    ("bare_line_endings", _choice("reject", "accept"), "What a bare CR or LF in a message does: reject "
+                                                       "(550, against SMTP smuggling) or accept. "
+                                                       "[default: reject]"),
+    ("disabled_commands", _text, "Commands answered 502 as if not implemented, comma separated "
+                                 "(e.g. VRFY,EXPN)."),
+    ("ignored_hosts", _text, "Networks whose connections are not logged (health checks), comma "
+                             "separated (e.g. 10.0.0.5,192.0.2.0/24)."),
+    ("helo_response", _text, "First line of the EHLO/HELO reply; fields {name}, {client_hostname}, "
+                             "{remote_address}, {helo}."),
+    ("auth_methods", _text, "SASL mechanisms offered with --auth, comma separated (PLAIN, LOGIN, "
+                            "CRAM-MD5, XOAUTH2). [default: PLAIN,LOGIN]"),
+)
+_LIMIT_NAMES = {field.replace("_", "-"): (field, coerce) for field, coerce, _ in LIMITS}
+
+#: Flags passed through to ServerOptions as True when given.
+FLAGS = (
+    ("lmtp", "lmtp"),
+    ("auth-optional", "auth_optional"),
+    ("allow-insecure-auth", "allow_insecure_auth"),
+    ("no-reverse-lookup", "disable_reverse_lookup"),
+    ("needs-upgrade", "needs_upgrade"),
+    ("hide-starttls", "hide_starttls"),
+)
+_PLAIN = (("name", "name"), ("banner", "banner"))
+
+#: Options a worker must not be given again (the parent handles them) or gets in another form.
+_NOT_FORWARDED = frozenset({"listen", "adopt", "workers", "worker", "log-json",
+                            "verify", "authserv-id", "verify-reject"})  # _authres.worker_arguments
+
+
+class _NoReactor:
+    """Stands in for the reactor when endpoint strings are checked at parse time."""
+
+
+class Options(usage.Options, AuthOptionMixin):
+    """Command line of C{twistd smtpsrv}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Receive mail over SMTP (or LMTP with --lmtp) and store it in a Maildir "
+        "(default ./Maildir) or an mbox file. Repeat --listen for several endpoints; "
+        "use --hooks to add policy or your own delivery, --auth to offer SMTP AUTH "
+        "against twisted.cred checkers, --workers to use several processes and "
+        "--metrics to serve Prometheus metrics."
+    )
+
+    optFlags: List[List[Any]] = [
+        ["lmtp", None, "Speak LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient."],
+        ["auth-optional", None, "With --auth, still accept mail from clients that do not authenticate."],
+        ["allow-insecure-auth", None, "With --auth, offer AUTH also on connections without TLS."],
+        ["no-reverse-lookup", None, "Don't look up clients' host names in reverse DNS "
+                                    "(Received headers then say 'unknown')."],
+        ["needs-upgrade", None, "Refuse MAIL and AUTH until the client has used STARTTLS."],
+        ["hide-starttls", None, "Don't offer STARTTLS."],
+        ["worker", None, "Internal (used by --workers)."],  # hidden from --help, see getUsage
+    ]
+
+    optParameters = [
+        ["maildir", None, None, "Deliver into this Maildir (cur/new/tmp are created if missing). "
+                                "[default: ./Maildir]"],
+        ["mbox", None, None, "Append to this mbox file (mboxrd quoting, fcntl locking) instead "
+                             "of a Maildir; its directory must exist."],
+        ["hooks", None, None, "Hooks object as 'package.module:attribute' (or a module): a class is "
+                              "instantiated; its hooks take precedence over --auth and the delivery."],
+        ["name", None, None, "Host name for the greeting, the EHLO reply and Received headers. "
+                             "[default: this machine's host name]"],
+        ["banner", None, None, "Text after the host name in the 220 greeting."],
+        ["tls-key", None, None, "PEM private key for STARTTLS (may also hold the certificate)."],
+        ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS. Without --tls-key/--tls-cert, "
+                                 "STARTTLS uses a self-signed development certificate."],
+        ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
+                                        "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
+                                        "without it both are refused from every peer.", _cidrs],
+        ["workers", None, 1, "Number of processes serving the --listen ports (tcp:, tcp6:, unix:, also "
+                             "behind smtps: and smtpproxy:); the twistd process is one of them.", _integer(1)],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint, e.g. "
+                                "tcp:9101:interface=127.0.0.1 (needs prometheus_client)."],
+        ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file; "
+                                 "'-' is standard output."],
+    ] + [[name.replace("_", "-"), None, None, doc] for name, _, doc in LIMITS] + _authres.OPT_PARAMETERS
+
+    compData = usage.Completions(
+        optActions={
+            "maildir": usage.CompleteDirs(),
+            "mbox": usage.CompleteFiles(),
+            "tls-key": usage.CompleteFiles("*.pem"),
+            "tls-cert": usage.CompleteFiles("*.pem"),
+        }
+    )
+
+    #: SMTP AUTH hands checkers username/password or CRAM-MD5 credentials.
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        self["listen"] = []
+        self["adopt"] = []
+        self["auth"] = []
+        self.hooksObject: Any = None
+        #: L{ServerOptions} keyword arguments, checked by L{postOptions}.
+        self.serverKwargs: Dict[str, Any] = {}
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        """
+        Parse; run by twistd (C{self.parent} set), a usage error exits with one
+        line on standard error and status 1 instead of twistd's help dump.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is not None:
+                raise SystemExit(f"twistd smtpsrv: error: {e}") from None
+            raise
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        """The help, without the internal --worker flag."""
+        saved = self.longOpt
+        self.longOpt = [opt for opt in saved if opt != "worker"]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = saved
+
+    def opt_version(self) -> None:
+        """Print txsmtpsrv's version and exit."""
+        import twisted
+
+        print(f"txsmtpsrv {__version__} (Twisted {twisted.__version__}, Python {sys.version.split()[0]})")
+        sys.exit(0)
+
+    def opt_listen(self, description: str) -> None:
+        # One line: usage.Options shows docstrings verbatim.
+        """Endpoint to listen on, e.g. tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/lmtp.sock:mode=660, smtpproxy:trusted=10.0.0.0/8:tcp:25 (behind HAProxy), or smtps:tcp:465 for implicit TLS with --tls-key/--tls-cert (or the development certificate); repeat for several. [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
+        check_endpoint("--listen", description[len(SMTPS):] if description.startswith(SMTPS) else description)
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def opt_adopt(self, spec: str) -> None:
+        """Serve a listening socket inherited on file descriptor FD, given as FD:FAMILY with FAMILY one of INET, INET6, UNIX (used by --workers, and by supervisors that pass sockets); repeatable."""  # noqa: E501
+        fd, _, family = spec.partition(":")
+        try:
+            self["adopt"].append((int(fd), FAMILIES[family.upper() or "INET"]))
+        except (ValueError, KeyError):
+            raise usage.UsageError(f"--adopt wants FD:INET, FD:INET6 or FD:UNIX, not {spec!r}") from None
+
+    def opt_nameserver(self, server: str) -> None:
+        """DNS server HOST[:PORT] for --verify checks and reverse lookups instead of /etc/resolv.conf; repeatable."""
+        _authres.opt_nameserver(self, server)
+
+    def opt_auth(self, description: str) -> None:
+        """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
+        kind, _, argument = description.partition(":")
+        if kind == "file" and not (os.path.isfile(argument) and os.access(argument, os.R_OK)):
+            why = "no such file" if not os.path.exists(argument) else "not a readable file"
+            raise usage.UsageError(f"--auth {description}: {why}")
+        try:
+            AuthOptionMixin.opt_auth(self, description)
+        except usage.UsageError as e:
+            raise usage.UsageError(f"--auth {description}: {e}") from None
+        self["auth"].append(description)
+
+    def postOptions(self) -> None:
+        if self["maildir"] and self["mbox"]:
+            raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
+        if not self["mbox"]:
+            self["maildir"] = os.path.abspath(os.path.expanduser(self["maildir"] or "Maildir"))
+            if not self["worker"]:
+                _check_maildir(self["maildir"])
+        else:
+            self["mbox"] = os.path.abspath(os.path.expanduser(self["mbox"]))
+            _check_mbox(self["mbox"])
+        for key in ("tls-key", "tls-cert"):
+            if self[key]:
+                self[key] = os.path.abspath(os.path.expanduser(self[key]))
+        if self["tls-key"] or self["tls-cert"]:
+            _check_tls_files(self["tls-key"], self["tls-cert"])
+        if not self["listen"] and not self["adopt"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["metrics"]:
+            check_endpoint("--metrics", self["metrics"])
+            # find_spec, not import: --workers must set PROMETHEUS_MULTIPROC_DIR before the import.
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise usage.UsageError("--metrics needs the prometheus_client package "
+                                       "(pip install 'txsmtpsrv[metrics]')")
+        if self["log-json"] and self["log-json"] != "-":
+            self["log-json"] = os.path.abspath(os.path.expanduser(self["log-json"]))
+            _check_writable_file("--log-json", self["log-json"])
+        if self["workers"] > 1:
+            if self["adopt"] or self["worker"]:
+                raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
+            from ._workers import check_shareable
+
+            for description in self["listen"]:
+                check_shareable(description)  # a UsageError saying why not
+        for option, (_, coerce) in _LIMIT_NAMES.items():
+            if isinstance(self[option], str):
+                try:
+                    self[option] = coerce(self[option])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{option}: {e}") from None
+        if self["max-clients"] is None:
+            self["max-clients"] = 1000  # a daemon's default; the library's is no limit
+        self.serverKwargs = server_kwargs(self)
+        try:
+            ServerOptions.build(**self.serverKwargs)
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(_option_error(str(e))) from None
+        if self["hooks"]:
+            self.hooksObject = _load_hooks_target(self["hooks"])
+        _authres.post_options(self)
+
+    def credentialCheckers(self) -> List[ICredentialsChecker]:
+        """The checkers given with --auth, in order."""
+        return list(self.get("credCheckers", []))
+
+
+def _option_error(message: str) -> str:
+    """A ServerOptions error ("max_recipients must ...") in command-line terms."""
+    field, sep, rest = message.partition(" ")
+    if field.rstrip(":").replace("_", "-") in _LIMIT_NAMES or field.rstrip(":") in ("name", "banner"):
+        return f"--{field.rstrip(':').replace('_', '-')}{':' if field.endswith(':') else ''} {rest}"
+    return message
+
+
+def check_endpoint(option: str, description: str) -> None:
+    """Parse an endpoint string now (without listening): a mistake is a usage error."""
+    try:
+        serverFromString(_NoReactor(), description)
+    except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError, ...
+        raise usage.UsageError(f"{option} {description}: {e}") from None
+    if description.split(":", 1)[0].lower() == "unix" and not description[5:].split(":", 1)[0]:
+        raise usage.UsageError(f"{option} {description}: unix: needs a socket path")
+
+
+def server_kwargs(options: Any) -> Dict[str, Any]:
+    """Keyword arguments for L{SMTPServer} (L{ServerOptions} fields) from parsed options."""
+    kwargs: Dict[str, Any] = {}
+    for option, field in _PLAIN:
+        if options[option] is not None:
+            kwargs[field] = options[option]
+    for option, (field, coerce) in _LIMIT_NAMES.items():
+        if options[option] is not None:
+            kwargs[field] = options[option]
+    for option, field in FLAGS:
+        if options[option]:
+            kwargs[field] = True
+    if options["xclient-trusted"]:
+        kwargs.update(use_xclient=True, use_xforward=True, xclient_trusted=options["xclient-trusted"])
+    tls = {field: options[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert"))
+           if options[option]}
+    if tls:
+        kwargs["tls"] = tls  # ServerOptions turns the dict into a TLSConfig
+    return kwargs
+
+
+def worker_arguments(options: Options, **override: Any) -> List[str]:
+    """
+    The command line that gives a worker the same configuration: every
+    option given (new options are forwarded without changes here), except
+    the ones only the parent handles. C{override} replaces values.
+    """
+    args: List[str] = []
+    for flag in options.optFlags:
+        name = str(flag[0])
+        if name not in _NOT_FORWARDED and options[name]:
+            args.append(f"--{name}")
+    for parameter in cast(List[List[Any]], options.optParameters):
+        name, default = str(parameter[0]), parameter[2]
+        value = override.get(name, options[name])
+        if name not in _NOT_FORWARDED and value is not None and value != default:
+            if isinstance(value, (tuple, list)):  # parsed from a comma separated list
+                value = ",".join(value)
+            args.append(f"--{name}={value}")
+    args.extend(f"--auth={description}" for description in options["auth"])
+    return args + _authres.worker_arguments(options)
+
+
+# ---------------------------------------------------------------------------
+# Start-up checks of files and directories
+
+
+def _check_tls_files(key: Optional[str], cert: Optional[str]) -> None:
+    """Load the certificate now, so a bad one is a usage error rather than a traceback."""
+    from ._tls import TLSConfig, TLSContextHolder
+
+    try:
+        TLSContextHolder(TLSConfig(key=key, cert=cert))
+    except ValueError as e:  # TLSConfigError
+        raise usage.UsageError(f"--tls-key/--tls-cert: {e}") from None
+
+
+def _probe(option: str, path: str, directory: str) -> None:
+    """Create and remove a file in C{directory}: the one test of writability that root cannot fool."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".txsmtpsrv-probe-"):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"{option} {path}: cannot write in {directory}: {e.strerror}") from None
+
+
+def _check_maildir(path: str) -> None:
+    """Create the Maildir (and cur/new/tmp) now and write in tmp/, or refuse to start."""
+    for sub in ("", "tmp", "new", "cur"):
+        target = os.path.join(path, sub) if sub else path
+        try:
+            os.makedirs(target, 0o700, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--maildir {path}: cannot create {target}: {e.strerror}") from None
+    _probe("--maildir", path, os.path.join(path, "tmp"))
+
+
+def _check_writable_file(option: str, path: str) -> None:
+    """C{path} is a writable file, or can be created, in an existing directory (none is created)."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise usage.UsageError(f"{option} {path}: directory {directory} does not exist")
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise usage.UsageError(f"{option} {path}: not a regular file")
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise usage.UsageError(f"{option} {path}: cannot write: {e.strerror}") from None
+    else:
+        _probe(option, path, directory)
+
+
+def _check_mbox(path: str) -> None:
+    _check_writable_file("--mbox", path)
+
+
+def _load_hooks_target(spec: str) -> Any:
+    """
+    Import C{package.module:attribute} (or C{package.module.attribute}, or a
+    module). The current directory is searched last, as C{python -m} would.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    module_name, _, attribute = spec.partition(":")
+    try:
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if attribute or "." not in module_name or e.name != module_name:
+                raise
+            module_name, _, attribute = module_name.rpartition(".")
+            target = importlib.import_module(module_name)
+        for part in filter(None, attribute.split(".")):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as e:
+        raise usage.UsageError(f"--hooks {spec}: {e}") from None
+    return target
+
+
+def limit_fields() -> List[str]:
+    """The numeric L{ServerOptions} fields (the limits), for the completeness test."""
+    return [f.name for f in dataclasses.fields(ServerOptions)
+            if str(f.type).replace("Optional[", "").rstrip("]") in ("int", "float")]
