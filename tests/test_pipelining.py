@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.testing import StringTransport
+from zope.interface import directlyProvides, implementer
 
 from txsmtpsrv import SMTPError
-from txsmtpsrv.testing import TestClient, make_server
+from txsmtpsrv._tls import TLSConfig
+from txsmtpsrv.testing import TestClient, make_server, parse_replies
+from tests._certs import make_ca
 from tests._memory import count_writes
 
 
@@ -163,5 +169,45 @@ def test_greeting_then_early_commands_in_order():
     assert [r.code for r in client.replies()] == [220, 250, 250]
 
 
+@implementer(ITLSTransport)
+class _TLSTransport(StringTransport):
+    """A StringTransport that can start TLS: it records when, and what was written before."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.written_before_tls: bytes | None = None
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.written_before_tls = self.value()
+        directlyProvides(self, ITLSTransport, ISSLTransport)
+
+
 def test_starttls_discards_pipelined_commands():
     """Commands pipelined after STARTTLS are discarded, not run after the handshake (CVE-2011-0411)."""
+    leaf = make_ca("Pipelining Test CA").issue("mx.test")
+    mail: List[str] = []
+
+    class Hooks:
+        def on_mail_from(self, session, address):
+            mail.append(address.address)
+
+    server, _ = make_server(Hooks(), tls=TLSConfig(key=leaf.key_pem, cert=leaf.cert_pem))
+    peer = IPv4Address("TCP", "192.0.2.10", 40000)
+    transport = _TLSTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 25), peerAddress=peer)
+    proto = server.buildProtocol(peer)
+    proto.makeConnection(transport)
+    proto.dataReceived(b"EHLO c.test\r\n")
+    transport.clear()
+    # A man in the middle appends plaintext commands to the client's STARTTLS.
+    proto.dataReceived(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\n")
+    replies, rest = parse_replies(transport.value())
+    assert [(r.code, r.enhanced) for r in replies] == [(220, "2.0.0")] and rest == b""
+    assert transport.written_before_tls == transport.value()  # the 220 went out before TLS started
+    assert mail == []
+    proto.handshakeCompleted()
+    transport.clear()
+    # Inside TLS nothing of the injected transaction exists: RCPT needs a MAIL first.
+    proto.dataReceived(b"EHLO c.test\r\nRCPT TO:<victim@y.test>\r\n")
+    replies, _ = parse_replies(transport.value())
+    assert [r.code for r in replies] == [250, 503]
+    assert mail == []

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.logger import capturedLogs, eventAsText
 
-from txsmtpsrv import SMTPError
+from txsmtpsrv import SMTPError, _cmd_session
 from tests._memory import Pending
 from txsmtpsrv.testing import TestClient, make_server
 
@@ -74,7 +74,7 @@ def test_orcpt_code_points_out_of_range():
     assert client.command("NOOP").code == 250
 
 
-def test_handler_bug_costs_one_command():
+def test_handler_bug_costs_one_command(monkeypatch):
     """An unexpected exception in a command handler is a 451, logged; the connection goes on."""
     class Broken:
         def on_helo(self, session, hostname):
@@ -82,7 +82,7 @@ def test_handler_bug_costs_one_command():
 
     server, _ = make_server(Broken())
     client = TestClient(server)
-    client.protocol._extensions = None  # sabotage: calling it raises TypeError
+    monkeypatch.setattr(_cmd_session, "ehlo_keywords", None)  # sabotage: calling it raises TypeError
     with capturedLogs() as events:
         reply = client.command("EHLO c.test")
     assert (reply.code, reply.enhanced) == (451, "4.3.0")
@@ -353,13 +353,13 @@ def test_every_log_event_names_its_session_and_hides_bodies_and_secrets():
         assert secret not in text
 
 
-def test_bug_after_an_async_hook_ends_the_session_cleanly():
+def test_bug_after_an_async_hook_ends_the_session_cleanly(monkeypatch):
     """An error in our code after a Deferred hook answers: logged, 421, closed; no unhandled error."""
     hooks = Pending("on_helo")
     server, _ = make_server(hooks)
     client = TestClient(server)
     client.send(b"EHLO c.test\r\nNOOP\r\n")
-    client.protocol._extensions = None  # sabotage the EHLO reply, after the hook
+    monkeypatch.setattr(_cmd_session, "ehlo_keywords", None)  # sabotage the EHLO reply, after the hook
     with capturedLogs() as events:
         hooks.deferreds[0].callback(None)
     assert client.codes() == [(421, "4.3.0")]

@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import ipaddress
 import os
-import socket
 import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
@@ -31,14 +30,12 @@ from twisted.python import usage
 from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
+# Defined with the worker pool, which needs them too (and must not import this module).
+from ._workers import FAMILIES, SMTPS
 
 __all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
-#: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
-SMTPS = "smtps:"
-
-FAMILIES: Dict[str, int] = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
 def _integer(minimum: int) -> Callable[[str], int]:

@@ -22,6 +22,8 @@ from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._ipaddr import address_literal, canonical_ip, client_hostname, unmapped
+
 __all__ = ["address_literal", "canonical_ip", "client_hostname", "reverse_lookup"]
 
 log = Logger()
@@ -30,28 +32,6 @@ log = Logger()
 # and logs: only accept something shaped like a host name.
 _LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-
-
-def canonical_ip(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """
-    One spelling per address: IPv6 compressed and lower-case, IPv4-mapped
-    IPv6 as C{::ffff:192.0.2.1} (what Python 3.13+ prints anyway), scope id
-    dropped.  Raises C{ValueError} for text that is not an IP address.
-    """
-    if isinstance(addr, str):
-        addr = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return f"::ffff:{addr.ipv4_mapped}"
-        return ipaddress.IPv6Address(addr.packed).compressed
-    return str(addr)
-
-
-def _unmapped(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IPv4-mapped IPv6 address (dual-stack socket) as the IPv4 address it is."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def _query_timeouts(total: float) -> tuple[float, ...]:
@@ -99,7 +79,7 @@ def reverse_lookup(
         the query and also fires it with C{None}.
     """
     try:
-        name = _unmapped(ipaddress.ip_address(ip.split("%", 1)[0])).reverse_pointer
+        name = unmapped(ipaddress.ip_address(ip.split("%", 1)[0])).reverse_pointer
     except ValueError:
         log.debug("reverse lookup skipped: {ip!r} is not an IP address", ip=ip)
         return succeed(None)
@@ -129,24 +109,3 @@ def reverse_lookup(
 
     d.addErrback(failed)
     return d
-
-
-def address_literal(ip: str) -> str:
-    """
-    RFC 5321 address literal: C{[192.0.2.1]} or C{[IPv6:2001:db8::1]}.
-
-    IPv4-mapped IPv6 peers (dual-stack listeners) are shown as IPv4, as
-    Postfix does.
-    """
-    try:
-        addr = _unmapped(ipaddress.ip_address(ip.split("%", 1)[0]))
-    except ValueError:
-        return f"[{ip}]"
-    if addr.version == 6:
-        return f"[IPv6:{canonical_ip(addr)}]"
-    return f"[{addr}]"
-
-
-def client_hostname(ip: str, name: str | None) -> str:
-    """The name to show for a client: its PTR name, else its address literal."""
-    return name if name else address_literal(ip)

@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._context import ServerContext
 from ._errors import format_reply
 from ._hooks import ResolvedHooks
 from ._options import ServerOptions, ServerOptionsArgs
@@ -100,6 +101,9 @@ class SMTPServer(ServerFactory):
         self._busy_reply = format_reply(421, [f"{o.name} Too many connected clients, try again in a moment"],
                                         "4.7.0" if esc else None)
         self._closing_reply = format_reply(421, [f"{o.name} Service shutting down"], "4.3.2" if esc else None)
+        self._context = ServerContext(o, self._hooks, self._observers, self._reply_cache, reactor,
+                                      lambda: self.resolver,
+                                      self.load_tls, self._notify, self._connected, self._disconnected)
         if (o.use_xclient or o.use_xforward) and not o.xclient_trusted:
             self.log.warn("XCLIENT/XFORWARD are on but xclient_trusted names no network: "
                           "every peer is refused (550 5.7.0); name the proxies' networks to trust them")
@@ -117,7 +121,7 @@ class SMTPServer(ServerFactory):
             p: Protocol = _TooBusy(self._closing_reply if self._closing else self._busy_reply)
             p.factory = self
             return p
-        proto = SMTPServerProtocol(self)
+        proto = SMTPServerProtocol(self._context)
         proto.factory = self
         return proto
 

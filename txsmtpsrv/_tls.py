@@ -18,9 +18,9 @@ pyOpenSSL 26 deprecates its own C{X509}/C{PKey} objects in most of
 Twisted's TLS API (the one exception, C{caCerts}, is converted here).
 SNI uses Twisted's C{contextForServerName} (Twisted >= 26.4).
 
-L{tls_info} reads what was negotiated (version, cipher, SNI name, client
-certificate) from any transport, also through protocol wrappers, so the
-protocol can hand it to hooks as a frozen L{TLSInfo}.
+Reading keys and certificates lives in L{txsmtpsrv._tlsload}; what one
+connection negotiated (L{tls_info}, L{TLSInfo}) and the handshake timer in
+L{txsmtpsrv._tlsconn}; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,24 +34,22 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
-import idna
 from constantly import NamedConstant
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IOpenSSLServerConnectionCreator,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from zope.interface import implementer
+
+# Re-exported: the public names stay importable from here.
+from ._tlsconn import _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name, start_handshake_timer, tls_info
+from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
+                       _load_identity)
 
 __all__ = [
     "TLSConfig",
@@ -65,21 +63,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-PrivateKey = Union[
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    dsa.DSAPrivateKey,
-]
-_PRIVATE_KEY_TYPES = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    dsa.DSAPrivateKey,
-)
 
 #: A PEM file path (C{str} or C{os.PathLike}), PEM C{bytes}, or PEM text
 #: (a C{str} containing C{-----BEGIN}).
@@ -105,22 +88,9 @@ _VERSION_ORDER = [
     TLSVersion.TLSv1_3,
 ]
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
-)
-
 #: Bound on the per-name cache of the SNI callback, so that clients sending
 #: random server names cannot grow it without limit.
 _SNI_CACHE_SIZE = 512
-
-
-class TLSConfigError(ValueError):
-    """
-    A TLS setting cannot be used; the message names the setting and file.
-
-    A C{ValueError} so that callers validating configuration generically
-    still catch it.
-    """
 
 
 def _parse_version(value: object, what: str) -> Any:
@@ -137,45 +107,6 @@ def _parse_version(value: object, what: str) -> Any:
         f"{what}: unknown TLS version {value!r} "
         "(expected one of 'TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3')"
     )
-
-
-def _normalize_name(name: str | bytes, *, allow_wildcard: bool = False) -> str:
-    """
-    Lower-case IDNA A-label form of a host name, without a trailing dot.
-
-    SNI carries A-labels, configuration may use U-labels (C{bücher.example});
-    both must meet in one spelling for the lookup to work.
-    """
-    if isinstance(name, bytes):
-        text = name.decode("ascii")
-    else:
-        text = name
-    text = text.strip().rstrip(".")
-    prefix = ""
-    if allow_wildcard and text.startswith("*."):
-        prefix, text = "*.", text[2:]
-    if not text:
-        raise ValueError("empty host name")
-    if text.isascii():
-        text = text.lower()
-        labels = text.split(".")
-        if any(not label or len(label) > 63 for label in labels) or len(text) > 253:
-            raise ValueError(f"invalid host name {name!r}")
-        return prefix + text
-    try:
-        return prefix + idna.encode(text, uts46=True).decode("ascii").lower()
-    except idna.IDNAError as e:
-        raise ValueError(f"invalid host name {name!r}: {e}") from None
-
-
-def _wire_name(raw: bytes | None) -> str | None:
-    """The client's SNI name normalised for lookups, or C{None}."""
-    if not raw:
-        return None
-    try:
-        return _normalize_name(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -271,175 +202,8 @@ class TLSConfig:
 
 
 # --------------------------------------------------------------------------
-# Loading PEM material with specific errors
-
-
-def _read_source(source: object, what: str) -> tuple[bytes, str]:
-    """Return the PEM bytes of C{source} and a label naming it in errors."""
-    if isinstance(source, bytes):
-        return source, f"{what} (PEM data)"
-    if isinstance(source, str) and "-----BEGIN" in source:
-        return source.encode("ascii", "replace"), f"{what} (PEM text)"
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        try:
-            with open(path, "rb") as f:
-                return f.read(), f"{what} file {path}"
-        except FileNotFoundError:
-            raise TLSConfigError(f"{what} file not found: {path}") from None
-        except OSError as e:
-            raise TLSConfigError(f"cannot read {what} file {path}: {e.strerror or e}") from None
-    raise TLSConfigError(
-        f"{what} must be a file path, PEM bytes or a cryptography object, not {type(source).__name__}"
-    )
-
-
-def _blocks(data: bytes, kinds: Callable[[bytes], bool]) -> list[bytes]:
-    return [m.group(0) for m in _PEM_BLOCK.finditer(data) if kinds(m.group(1))]
-
-
-def _is_key_block(kind: bytes) -> bool:
-    return kind.endswith(b"PRIVATE KEY")
-
-
-def _is_cert_block(kind: bytes) -> bool:
-    return kind == b"CERTIFICATE"
-
-
-def _load_key_pem(data: bytes, label: str) -> PrivateKey:
-    blocks = _blocks(data, _is_key_block)
-    if not blocks:
-        raise TLSConfigError(f"no PEM private key found in {label}")
-    block = blocks[0]
-    if block.startswith(b"-----BEGIN ENCRYPTED") or b"Proc-Type: 4,ENCRYPTED" in block:
-        raise TLSConfigError(f"the private key in {label} is encrypted; give an unencrypted key")
-    try:
-        key = serialization.load_pem_private_key(block, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise TLSConfigError(f"cannot parse the private key in {label}: {e}") from None
-    if not isinstance(key, _PRIVATE_KEY_TYPES):
-        raise TLSConfigError(f"unsupported private key type in {label}: {type(key).__name__}")
-    return key
-
-
-def _load_certs_pem(data: bytes, label: str) -> list[x509.Certificate]:
-    blocks = _blocks(data, _is_cert_block)
-    if not blocks:
-        raise TLSConfigError(f"no PEM certificate found in {label}")
-    certs = []
-    for i, block in enumerate(blocks):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as e:
-            raise TLSConfigError(f"cannot parse certificate #{i + 1} in {label}: {e}") from None
-    return certs
-
-
-def _load_certs(source: object, what: str) -> list[x509.Certificate]:
-    """Certificates from one source or a sequence of sources, in order."""
-    if isinstance(source, x509.Certificate):
-        return [source]
-    if isinstance(source, (list, tuple)):
-        out: list[x509.Certificate] = []
-        for i, item in enumerate(source):
-            out.extend(_load_certs(item, f"{what}[{i}]"))
-        return out
-    data, label = _read_source(source, what)
-    return _load_certs_pem(data, label)
-
-
-def _spki(key: Any) -> bytes:
-    spki: bytes = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return spki
-
-
-@dataclass(frozen=True)
-class _Identity:
-    """A loaded, checked private key with its certificate and chain."""
-
-    key: PrivateKey
-    cert: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-
-
-def _load_identity(key_src: object, cert_src: object, chain_src: object, what: str) -> _Identity:
-    """Load key + certificate (+ chain) and check that they belong together."""
-    if key_src is None and cert_src is None:
-        raise TLSConfigError(f"{what}: no key and certificate given")
-    key_data = key_label = cert_data = cert_label = None
-    if isinstance(key_src, _PRIVATE_KEY_TYPES):
-        key: PrivateKey | None = key_src
-        key_label = f"{what} key (object)"
-    elif key_src is not None:
-        key_data, key_label = _read_source(key_src, f"{what} key")
-        key = None
-    else:
-        key = None
-    if isinstance(cert_src, x509.Certificate):
-        certs = [cert_src]
-        cert_label = f"{what} certificate (object)"
-    elif cert_src is not None:
-        cert_data, cert_label = _read_source(cert_src, f"{what} certificate")
-        certs = []
-    else:
-        certs = []
-
-    if key is None:
-        # The key may sit in the key source or, combined, in the cert source.
-        if key_data is not None:
-            key = _load_key_pem(key_data, key_label or what)
-        elif cert_data is not None and _blocks(cert_data, _is_key_block):
-            key = _load_key_pem(cert_data, cert_label or what)
-            key_label = cert_label
-        else:
-            raise TLSConfigError(f"{what}: certificate given without a private key ({cert_label})")
-    if not certs:
-        if cert_data is not None:
-            certs = _load_certs_pem(cert_data, cert_label or what)
-        elif key_data is not None and _blocks(key_data, _is_cert_block):
-            certs = _load_certs_pem(key_data, key_label or what)
-            cert_label = key_label
-        else:
-            raise TLSConfigError(f"{what}: private key given without a certificate ({key_label})")
-    chain = list(certs[1:])
-    if chain_src is not None:
-        chain.extend(_load_certs(chain_src, f"{what} chain"))
-    leaf = certs[0]
-    if _spki(key.public_key()) != _spki(leaf.public_key()):
-        raise TLSConfigError(
-            f"{what}: the private key ({key_label}) does not match the certificate "
-            f"({cert_label}, subject {leaf.subject.rfc4514_string()})"
-        )
-    return _Identity(key, leaf, tuple(chain))
-
-
-def _identity_from_entry(entry: object, what: str) -> _Identity:
-    """Accept a L{TLSConfig}, a (key, cert[, chain]) tuple, a mapping or a key/cert object."""
-    if isinstance(entry, tuple):
-        if len(entry) not in (2, 3):
-            raise TLSConfigError(f"{what}: expected (key, cert) or (key, cert, chain), got {len(entry)} items")
-        return _load_identity(entry[0], entry[1], entry[2] if len(entry) == 3 else None, what)
-    if isinstance(entry, Mapping):
-        return _load_identity(entry.get("key"), entry.get("cert"), entry.get("chain"), what)
-    if hasattr(entry, "key") or hasattr(entry, "cert"):
-        return _load_identity(
-            getattr(entry, "key", None), getattr(entry, "cert", None), getattr(entry, "chain", None), what
-        )
-    raise TLSConfigError(
-        f"{what}: expected a TLSConfig, a (key, cert[, chain]) tuple or an object "
-        f"with key/cert attributes, not {type(entry).__name__}"
-    )
-
-
-# --------------------------------------------------------------------------
 # Building OpenSSL contexts
 
-
-#: Connections whose client certificate failed verification but was accepted
-#: (no C{ca} configured); read by L{tls_info}.
-_ACCEPTED_UNVERIFIED: weakref.WeakSet[SSL.Connection] = weakref.WeakSet()
 
 #: Connection -> the context set it was created from. OpenSSL keeps using
 #: callbacks of the context a connection started with even after an SNI
@@ -710,144 +474,3 @@ def development_certificate(hostname: str, *, days: int = 365) -> TLSConfig:
         ),
         cert=cert.public_bytes(serialization.Encoding.PEM),
     )
-
-
-# --------------------------------------------------------------------------
-# Inspecting an established connection
-
-
-@dataclass(frozen=True)
-class TLSInfo:
-    """
-    What a TLS handshake negotiated, for hooks and logs.
-
-    @ivar version: e.g. C{"TLSv1.3"}.
-    @ivar cipher: OpenSSL cipher name, e.g. C{"TLS_AES_256_GCM_SHA384"}.
-    @ivar server_name: SNI host name sent by the client (lower-case
-        A-label), or C{None}.
-    @ivar peer_certificate: the client's certificate, if it sent one.
-    @ivar peer_certificate_verified: C{True} when the client certificate was
-        verified against the configured C{ca}; C{False} when there is none or
-        it was accepted without verification (no C{ca} configured).
-    """
-
-    version: str
-    cipher: str
-    server_name: str | None = None
-    peer_certificate: x509.Certificate | None = None
-    peer_certificate_verified: bool = False
-
-
-_MAX_WRAPPER_DEPTH = 16
-
-
-def _tls_connection(transport: object) -> SSL.Connection | None:
-    """Find the OpenSSL connection under C{transport}, walking protocol wrappers."""
-    current: object = transport
-    for _ in range(_MAX_WRAPPER_DEPTH):
-        if current is None:
-            return None
-        get_handle = getattr(current, "getHandle", None)
-        if callable(get_handle):
-            try:
-                handle = get_handle()
-            except Exception:
-                handle = None
-            if isinstance(handle, SSL.Connection):
-                return handle
-        current = getattr(current, "transport", None)
-    return None
-
-
-def tls_info(transport: object) -> TLSInfo | None:
-    """
-    Describe the TLS session of C{transport}, or C{None} if it is not (yet) TLS.
-
-    Works on a TCP transport after C{startTLS}, under TLS endpoints and
-    through C{ProtocolWrapper}s (e.g. a PROXY-protocol wrapper). Call it once
-    the handshake has completed (C{IHandshakeListener.handshakeCompleted}).
-    """
-    conn = _tls_connection(transport)
-    if conn is None:
-        return None
-    cipher = conn.get_cipher_name()
-    if cipher is None:
-        return None
-    raw_name = conn.get_servername()
-    server_name = _wire_name(raw_name)
-    if server_name is None and raw_name:
-        server_name = raw_name.decode("ascii", "replace")
-    peer = conn.get_peer_certificate(as_cryptography=True)
-    return TLSInfo(
-        version=conn.get_protocol_version_name(),
-        cipher=cipher,
-        server_name=server_name,
-        peer_certificate=peer,
-        peer_certificate_verified=peer is not None and conn not in _ACCEPTED_UNVERIFIED,
-    )
-
-
-class HandshakeTimer:
-    """
-    Aborts a connection whose TLS handshake does not finish in time.
-
-    While C{hold()} is true (the server itself holds reading, e.g. a slow
-    on_connect hook under implicit TLS) the time does not count against the
-    client: the timer starts again.
-    """
-
-    def __init__(self, transport: ITransport, timeout: float, clock: IReactorTime,
-                 hold: Callable[[], bool] | None = None, session_id: str | None = None) -> None:
-        self._session_id = session_id
-        self._transport = transport
-        self._timeout = timeout
-        self._clock = clock
-        self._hold = hold
-        self._call: IDelayedCall | None = clock.callLater(timeout, self._expire)
-
-    def active(self) -> bool:
-        """Whether the timer is still running."""
-        return self._call is not None and self._call.active()
-
-    def restart(self) -> None:
-        """The server stopped holding reading: the client gets the whole time again."""
-        if self.active():
-            assert self._call is not None
-            self._call.reset(self._timeout)
-
-    def cancel(self) -> None:
-        """The handshake completed (or the connection went away)."""
-        if self.active():
-            assert self._call is not None
-            self._call.cancel()
-        self._call = None
-
-    def _expire(self) -> None:
-        if self._hold is not None and self._hold():
-            self._call = self._clock.callLater(self._timeout, self._expire)
-            return
-        self._call = None
-        log.info("TLS handshake not completed within {timeout} s, aborting", timeout=self._timeout,
-                 session_id=self._session_id)
-        abort = getattr(self._transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self._transport.loseConnection()
-
-
-def start_handshake_timer(
-    transport: ITransport, timeout: float | None, clock: IReactorTime,
-    hold: Callable[[], bool] | None = None, session_id: str | None = None,
-) -> HandshakeTimer | None:
-    """
-    Abort C{transport} unless the TLS handshake finishes within C{timeout} s.
-
-    Call right after C{startTLS} (or in C{connectionMade} under implicit
-    TLS); cancel the returned timer in C{handshakeCompleted} and
-    C{connectionLost}. No SMTP reply is possible mid-handshake, hence abort.
-    """
-    if timeout is None:
-        return None
-    return HandshakeTimer(transport, timeout, clock, hold, session_id)
-

@@ -34,7 +34,7 @@ import re
 from typing import Callable, Union
 
 from ._commands import XTextError, xtext_decode, xtext_encode
-from ._rdns import address_literal, canonical_ip
+from ._ipaddr import address_literal, canonical_ip
 
 __all__ = [
     "TEMPUNAVAIL",
