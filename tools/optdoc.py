@@ -17,9 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from txsmtpsrv._optdoc import main  # noqa: E402
+from txsmtpsrv._options import ServerOptions, ServerOptionsArgs  # noqa: E402
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     if not [a for a in args if a != "--check"]:
         args.append(os.path.join(REPO, "README.md"))
-    sys.exit(main(args))
+    sys.exit(main(args, ServerOptions, ServerOptionsArgs))

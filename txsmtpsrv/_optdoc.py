@@ -183,18 +183,18 @@ def update_readme(text: str, table: str) -> str:
     return text[:m.start()] + BEGIN + "\n" + table + "\n" + text[m.end() - len(END):]
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], options: type, arguments: Optional[type] = None) -> int:
     """
-    C{tools/optdoc.py [--check] README.md}: rewrite the README's option
-    table, or with C{--check} exit 1 if it is out of date.
+    C{tools/optdoc.py [--check] README.md}: rewrite the README's table of
+    C{options} (a dataclass; C{arguments}: its keyword C{TypedDict}), or
+    with C{--check} exit 1 if it is out of date. The classes are passed in,
+    so that this module, which C{_options} imports, imports nothing of ours.
     """
-    from ._options import ServerOptions, ServerOptionsArgs
-
     check = "--check" in argv
     (path,) = [a for a in argv if a != "--check"]
     with open(path, encoding="utf-8") as f:
         old = f.read()
-    new = update_readme(old, readme_table(ServerOptions, ServerOptionsArgs))
+    new = update_readme(old, readme_table(options, arguments))
     if new == old:
         return 0
     if check:
