@@ -44,6 +44,15 @@ def test_metadata_complete() -> None:
     assert any(r.startswith("twisted[tls]") for r in metadata.requires("txsmtpsrv") or [])
 
 
+def test_extras() -> None:
+    """The extras users install by name exist; bcrypt (auth file hashes) is in one and in the test set."""
+    meta = dist_metadata()
+    assert {"test", "docs", "metrics", "bcrypt", "bench"} <= set(meta.get_all("Provides-Extra") or [])
+    requires = metadata.requires("txsmtpsrv") or []
+    for extra in ("bcrypt", "test"):
+        assert any(r.startswith("bcrypt") and f'extra == "{extra}"' in r for r in requires), extra
+
+
 def test_classifiers() -> None:
     """Classifiers name the status, the Python versions supported (matching Requires-Python) and typing."""
     classifiers = set(dist_metadata().get_all("Classifier"))

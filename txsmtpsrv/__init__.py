@@ -9,13 +9,14 @@ receive mail as a stream. Everything not named in C{__all__} is private.
 from __future__ import annotations
 
 from ._authres import ARCVerdict, AuthResults, AuthVerifier, DKIMVerdict, DMARCVerdict, SPFVerdict
-from ._cred import CredAuthenticator, IOAuth2Token
+from ._cred import CredAuthenticator, FileCredentialsChecker, IOAuth2Token, ThreadedChecker
 from ._delivery import MaildirDelivery, MboxDelivery, PrintDelivery, received_header
 from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream, MessageTooLarge
 from ._errors import Reply, SMTPError
 from ._metrics import ServerMetrics
 from ._hooks import Hooks
 from ._options import ServerOptions, ServerOptionsArgs
+from ._passwd import hash_password
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
 from ._sasl import Credentials, OAuthError, constant_time_equals
 from ._server import OBSERVER_EVENTS, SMTPServer
@@ -33,6 +34,7 @@ __all__ = [
     "Credentials",
     "DKIMVerdict",
     "DMARCVerdict",
+    "FileCredentialsChecker",
     "IOAuth2Token",
     "Envelope",
     "Hooks",
@@ -60,9 +62,11 @@ __all__ = [
     "TLSConfig",
     "TLSConfigError",
     "TLSInfo",
+    "ThreadedChecker",
     "__version__",
     "constant_time_equals",
     "development_certificate",
+    "hash_password",
     "proxyEndpoint",
     "received_header",
 ]

@@ -27,6 +27,7 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from . import _limitopts
 from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
@@ -114,6 +115,8 @@ LIMITS: Tuple[Tuple[str, Callable[[str], Any], str], ...] = (
     ("auth_methods", _text, "SASL mechanisms offered with --auth, comma separated (PLAIN, LOGIN, "
                             "CRAM-MD5, XOAUTH2). [default: PLAIN,LOGIN]"),
 )
+# Issue 12's abuse limits (their daemon defaults: _limitopts.apply_defaults).
+LIMITS += tuple((field, coerce, doc) for _, field, coerce, _, doc in _limitopts.LIMIT_FLAGS)
 _LIMIT_NAMES = {field.replace("_", "-"): (field, coerce) for field, coerce, _ in LIMITS}
 
 #: Flags passed through to ServerOptions as True when given.
@@ -259,7 +262,13 @@ class Options(usage.Options, AuthOptionMixin):
             why = "no such file" if not os.path.exists(argument) else "not a readable file"
             raise usage.UsageError(f"--auth {description}: {why}")
         try:
-            AuthOptionMixin.opt_auth(self, description)
+            checker = _limitopts.file_checker(description)  # file: is read once, into memory
+            if checker is None:
+                AuthOptionMixin.opt_auth(self, description)
+            else:
+                self.addChecker(checker)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         except usage.UsageError as e:
             raise usage.UsageError(f"--auth {description}: {e}") from None
         self["auth"].append(description)
@@ -305,6 +314,7 @@ class Options(usage.Options, AuthOptionMixin):
                     raise usage.UsageError(f"--{option}: {e}") from None
         if self["max-clients"] is None:
             self["max-clients"] = 1000  # a daemon's default; the library's is no limit
+        _limitopts.apply_defaults(self, self["listen"], bool(self["adopt"]))
         self.serverKwargs = server_kwargs(self)
         try:
             ServerOptions.build(**self.serverKwargs)

@@ -19,6 +19,7 @@ from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, pars
     parse_path_argument
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
+from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
 from ._session import Address, Envelope
@@ -40,6 +41,9 @@ class MailCommands(CoreBase):
     """The commands of one mail transaction, and its body."""
 
     __slots__ = ()
+
+    #: The junk-command count (a C{GuardCommands} slot; the C{Dialogue} has both): a delivery resets it.
+    _junk_counter: JunkCounter
 
     # -- the transaction's state ---------------------------------------------------
 
@@ -316,6 +320,8 @@ class MailCommands(CoreBase):
                 ok = self._send(outcome) or ok
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
+        if ok:
+            self._junk_counter.delivered()  # real work done: count junk afresh
         if ok and self.observers["message"]:  # logged by deliveries and observers, not here: the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()

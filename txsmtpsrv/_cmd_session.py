@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._commands import CommandError, parse_helo
-from ._core import START_TLS, CoreBase
+from ._cmd_guard import SLEEP, GuardCommands
+from ._core import START_TLS
 from ._errors import Reply, SMTPError, format_reply
 from ._ipaddr import address_literal, parse_ip
 from ._outcome import auth_outcome, hook_outcome
@@ -68,7 +69,7 @@ def ehlo_keywords(core: "SessionCommands") -> List[str]:
     return ext
 
 
-class SessionCommands(CoreBase):
+class SessionCommands(GuardCommands):
     """Commands about the session rather than one message."""
 
     __slots__ = ()
@@ -87,6 +88,15 @@ class SessionCommands(CoreBase):
             addr in net for net in o.xclient_trusted))
         if ip:
             s.client_hostname = f"[{addr}]" if addr is not None and addr.version == 4 else address_literal(ip)
+        # A trusted proxy is counted as the client it names with XCLIENT.
+        if not self._trusted and not self._admit():
+            self._quiet = True  # refusals are logged once a minute per address, not per connection
+            return
+        if not self.tls_active:
+            self._sniff = b""
+            self._screening = True
+        if o.greeting_delay:
+            self._start_greeting_delay()
         if not self._quiet:
             self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
                       peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
@@ -96,7 +106,8 @@ class SessionCommands(CoreBase):
         elif addr is not None and addr.is_loopback:
             self._lookup_done("localhost", None, False)  # a PTR query for loopback tells nothing
         else:
-            self._ask("reverse_lookup", (ip,), self._lookup_done)
+            # During a greeting delay reading goes on, so that early talkers are caught.
+            self._ask("reverse_lookup", (ip,), self._lookup_done, hold=not self._pregreet)
 
     def _lookup_done(self, name: Any, error: Optional[BaseException], timed_out: bool) -> None:
         if name:
@@ -105,8 +116,11 @@ class SessionCommands(CoreBase):
 
     def _connect_hook(self) -> None:
         self.phase = _GREETING
+        if self._delaying:  # the greeting delay runs on: greet when it is over
+            self._greet_waiting = True
+            return
         if "on_connect" in self.hooks:
-            self._ask("on_connect", (self.session,), self._connect_done)
+            self._ask("on_connect", (self.session,), self._connect_done, hold=not self._pregreet)
         else:
             self._greet()
 
@@ -117,6 +131,7 @@ class SessionCommands(CoreBase):
         # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
         if self._send(hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)):
             self.phase = _COMMAND
+            self._greeted()
         else:
             self._refused("connect_hook")
             self._close()
@@ -124,6 +139,7 @@ class SessionCommands(CoreBase):
     def _greet(self) -> None:
         o = self.options
         self.phase = _COMMAND
+        self._greeted()
         self._reply(220, None, f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}" + (f" {o.banner}" if o.banner else ""))
 
     # -- HELO / EHLO / LHLO ------------------------------------------------------
@@ -203,6 +219,9 @@ class SessionCommands(CoreBase):
             return
         parts = arg.split(" ")
         name = parts[0].upper()
+        if self._auth_refused(None):
+            self._count_auth_refusal()  # 454 after 454 is no endless loop
+            return
         try:
             exchange = start_mechanism(name, parts[1].encode("ascii", "replace") if len(parts) == 2 else None,
                                        hostname=o.name)
@@ -268,6 +287,10 @@ class SessionCommands(CoreBase):
             self.out.append(result.reply_line())
             return
 
+        if self._auth_refused(result.username):
+            self._count_auth_refusal()
+            return
+
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
             self._auth_done(exchange, result, value, error, timed_out)
 
@@ -288,6 +311,13 @@ class SessionCommands(CoreBase):
             outcome.problem = None
         # Logged (with the username, for fail2ban) by the session log's "auth" observer.
         self._notify("auth", s, credentials.method, credentials.username, outcome.code)
+        delay = self._auth_failed(credentials.username) if outcome.code == 535 else 0.0
+        if delay:  # the tarpit: only this connection waits
+            self._ask(SLEEP, (delay,), lambda v, e, t: self._auth_failure_reply(exchange, outcome))
+            return
+        self._auth_failure_reply(exchange, outcome)
+
+    def _auth_failure_reply(self, exchange: Any, outcome: Any) -> None:
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit and outcome.code == 535:
@@ -410,6 +440,9 @@ class SessionCommands(CoreBase):
         s.host_name_appears_as = str(known.get("HELO", ""))
         s.user = known.get("LOGIN")
         self._trusted = False  # the new client is not the trusted proxy
+        self._let_go()
+        if not self._admit():  # per-address limits apply to the real client
+            return
         self._connect_hook()  # policy sees the real client (on_connect, then 220)
 
     def _cmd_XFORWARD(self, arg: str) -> None:
@@ -426,6 +459,8 @@ class SessionCommands(CoreBase):
     # -- the simple ones --------------------------------------------------------------------
 
     def _cmd_RSET(self, arg: str) -> None:
+        if self._junk("RSET"):  # past max_junk_commands: 421 and closed
+            return
         if arg:
             self._reply(501, "5.5.4", "Error: syntax: RSET")
             return
@@ -434,6 +469,8 @@ class SessionCommands(CoreBase):
         self._shutdown_if_idle()
 
     def _cmd_NOOP(self, arg: str) -> None:
+        if self._junk("NOOP"):  # past max_junk_commands: 421 and closed
+            return
         self._reply(250, "2.0.0", "OK")
 
     def _cmd_QUIT(self, arg: str) -> None:
@@ -441,13 +478,19 @@ class SessionCommands(CoreBase):
         self._close()
 
     def _cmd_VRFY(self, arg: str) -> None:
+        if self._junk("VRFY"):  # past max_junk_commands: 421 and closed
+            return
         if not arg:
             self._reply(501, "5.5.4", "Error: syntax: VRFY address")
             return
         self._reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 
     def _cmd_EXPN(self, arg: str) -> None:
+        if self._junk("EXPN"):  # past max_junk_commands: 421 and closed
+            return
         self._reply(502, "5.5.1", "Error: EXPN not implemented")
 
     def _cmd_HELP(self, arg: str) -> None:
+        if self._junk("HELP"):  # past max_junk_commands: 421 and closed
+            return
         self._reply(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")

@@ -31,15 +31,16 @@ class ServerContext:
     @ivar notify: calls the observers of an event, logging their failures.
     @ivar connected: counts a connection in (for C{max_clients} and shutdown).
     @ivar disconnected: counts it out.
+    @ivar guard: the per-address limit tables (L{_guard.Guard}) its connections share.
     """
 
     __slots__ = ("options", "hooks", "hook_names", "observers", "reply_cache", "reactor", "resolver", "tls",
-                 "notify", "connected", "disconnected")
+                 "notify", "connected", "disconnected", "guard")
 
     def __init__(self, options: Any, hooks: Any, observers: Dict[str, List[Callable[..., Any]]],
                  reply_cache: Dict[Any, bytes], reactor: Any, resolver: Callable[[], Any], tls: Callable[[], Any],
                  notify: Callable[..., None], connected: Callable[[Any], None],
-                 disconnected: Callable[[Any], None]) -> None:
+                 disconnected: Callable[[Any], None], guard: Any = None) -> None:
         self.options = options
         self.hooks = hooks
         self.hook_names: FrozenSet[str] = frozenset(
@@ -53,3 +54,7 @@ class ServerContext:
         self.notify = notify
         self.connected = connected
         self.disconnected = disconnected
+        if guard is None:
+            from ._guard import Guard
+            guard = Guard(options)
+        self.guard = guard

@@ -180,6 +180,8 @@ class CoreBase:
         phase = self.phase
         if phase is _CLOSING or phase is _CLOSED:
             return
+        if self._screening and data and not self._screen(data):  # type: ignore[attr-defined]
+            return
         if data:
             # A new command starts (or no rate is enforced): a whole
             # socket_timeout; else each byte of a command or body buys
@@ -253,6 +255,7 @@ class CoreBase:
 
     def connection_lost(self) -> None:
         """The connection is gone: stop the body and every pending question."""
+        self._let_go()  # type: ignore[attr-defined]
         self.phase = _CLOSED
         self._hungup = True
         if self._body:
@@ -371,7 +374,8 @@ class CoreBase:
         entry = self._handlers.get(verb)
         if entry is None:
             self._verb = "UNKNOWN"
-            self._unrecognized_command(verb)
+            if not self._other_protocol(verb, line):  # type: ignore[attr-defined]
+                self._unrecognized_command(verb)
             return
         name, handler, phases = entry
         self._verb = name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, FrozenSet, Tuple
 
+from ._cmd_guard import SLEEP
 from ._cmd_mail import MailCommands
 from ._cmd_session import SessionCommands
 from ._core import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS,
@@ -22,7 +23,7 @@ from ._core import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, 
 from ._phases import COMMAND_PHASES, COMMANDS, Phase
 
 __all__ = ["Dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS",
-           "CLOSE", "ABORT", "NOTIFY", "LOG"]
+           "CLOSE", "ABORT", "NOTIFY", "LOG", "SLEEP"]
 
 
 class Dialogue(MailCommands, SessionCommands):

@@ -12,6 +12,7 @@ lines (all carrying the session id in their system, see L{SessionLogger})::
     refused DATA from 192.0.2.7: 552 5.3.4 Error: message exceeds fixed maximum message size
     refused AUTH PLAIN from 192.0.2.7 user="alice": 535 5.7.8 Authentication credentials invalid
     refused connection from 192.0.2.7: max_clients
+    refused connection from 192.0.2.8: max_clients_per_ip (37 more in the last minute)
     connection closed: client=192.0.2.7 name=mail.example.org helo=mail.example.org tls=TLSv1.3
         user=- accepted=1 refused=0 bytes=1234 duration=0.412s
 
@@ -19,6 +20,10 @@ lines (all carrying the session id in their system, see L{SessionLogger})::
 quoted and escaped as JSON strings when they hold anything but printable
 non-space ASCII, and always come after the client address, so a crafted
 user name cannot make a line name another address.
+
+Refusals by a per-address limit (C{max_clients_per_ip}, C{max_connect_rate})
+are logged once per address per minute, with the number held back since
+the last line: a flood from one address must not flood the log.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import ipaddress
 import json
 from typing import Any, Callable, Dict, List, Optional
 
+from ._addrlimits import OncePer, address_key
 from ._logging import SessionLogger
 
 __all__ = ["SessionLog", "log_value"]
@@ -36,6 +42,8 @@ LOGGED_VERBS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH", "HELO", "EHLO"
 #: Replies to these verbs end (or refuse) a message.
 MESSAGE_VERBS = frozenset({"DATA", "BDAT"})
 _MAX_TEXT = 200
+#: Refusal reasons logged once per address per minute (the observers still see each one).
+ONCE_A_MINUTE = frozenset({"max_clients_per_ip", "max_connect_rate"})
 
 
 def log_value(value: Any) -> str:
@@ -81,6 +89,7 @@ class SessionLog:
     def __init__(self, server: Any) -> None:
         self._server = server
         self._sessions: Dict[str, _Tally] = {}
+        self._once = OncePer(60.0)  # bounded: at most 50,000 addresses remembered
         self._removers: List[Callable[[], None]] = [
             server.observe(event, handler) for event, handler in (
                 ("connect", self._connect), ("disconnect", self._disconnect),
@@ -167,5 +176,13 @@ class SessionLog:
         extra: Dict[str, Any] = {}
         if session is not None:
             extra["session_id"] = session.id
-        self.log.warn("refused connection from {client}: {reason}", client=address or "local",
-                      reason=reason, remote_address=address, **extra)
+        more = ""
+        if reason in ONCE_A_MINUTE:
+            key = address_key(address, self._server.options.ipv6_prefix) or address
+            held = self._once(f"{reason} {key}", self._server.reactor.seconds())
+            if held is None:
+                return
+            extra["held_back"] = held
+            more = f" ({held} more in the last minute)" if held else ""
+        self.log.warn("refused connection from {client}: {reason}{more}", client=address or "local",
+                      reason=reason, more=more, remote_address=address, **extra)

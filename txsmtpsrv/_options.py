@@ -250,6 +250,63 @@ class ServerOptions:
     C{max_allowed_unauthenticated_commands}, and no client may loop on AUTH
     unbounded.
     """
+    max_clients_per_ip: int = 0
+    """
+    Concurrent connections from one client address (the real client, after
+    PROXY/XCLIENT); the next one gets C{421 4.7.0} at the greeting and is
+    closed (0: no limit; C{twistd smtpsrv}: 20).
+    """
+    ipv6_prefix: int = 64
+    """
+    IPv6 clients are counted per network of this many bits (one site's /64
+    has 2**64 addresses to rotate through); IPv4-mapped IPv6 counts as the
+    IPv4 address.
+    """
+    max_connect_rate: int = 0
+    """
+    New connections from one client address per minute, refused ones
+    included; more get C{421 4.7.0} at the greeting (0: no limit;
+    C{twistd smtpsrv}: 120).
+    """
+    max_junk_commands: int = 100
+    """
+    NOOP, RSET, VRFY, EXPN and HELP allowed between delivered messages; the
+    next gets C{421 4.7.0} and close (Postfix's C{smtpd_junk_command_limit};
+    0: no limit).
+    """
+    greeting_delay: float = 0.0
+    """
+    Seconds the greeting is held; a client that sends anything before it
+    (an "early talker", spamware that does not wait) gets C{554 5.7.1} and
+    is closed (C{twistd smtpsrv}: 0.1 when listening on a non-loopback
+    address).
+    """
+    max_auth_failures_per_ip: int = 0
+    """
+    Failed AUTH attempts from one client address within
+    C{auth_failure_window} before AUTH answers C{454 4.7.0} without checking
+    the password (0: no limit). Counted across connections, per process (per
+    worker under C{--workers}).
+    """
+    max_auth_failures_per_user: int = 0
+    """
+    As C{max_auth_failures_per_ip}, per user name from any address (0: no
+    limit). It also lets anyone lock that user out for a window: keep it
+    well above typing errors.
+    """
+    auth_failure_window: float = 300.0
+    """
+    Seconds from an address's (or user's) first failure after which its
+    count starts again.
+    """
+    auth_failure_delay: float = 0.0
+    """
+    Tarpit: seconds before answering a failed AUTH, doubling with each
+    failure counted for the address or user, up to C{auth_failure_max_delay}
+    (0: answer at once). Only that connection waits.
+    """
+    auth_failure_max_delay: float = 30.0
+    """Longest tarpit wait in seconds (see C{auth_failure_delay})."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -286,7 +343,9 @@ class ServerOptions:
         if "\r" in self.banner or "\n" in self.banner:
             raise ValueError("banner may not contain CR or LF")
         for name in ("size", "max_command_length", "max_recipients", "max_unrecognized_commands",
-                     "min_data_rate", "max_allowed_unauthenticated_commands", "max_auth_failures"):
+                     "min_data_rate", "max_allowed_unauthenticated_commands", "max_auth_failures",
+                     "max_clients_per_ip", "max_connect_rate", "max_junk_commands", "max_auth_failures_per_ip",
+                     "max_auth_failures_per_user"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, not {value!r}")
@@ -300,6 +359,18 @@ class ServerOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(self.ipv6_prefix, int) or isinstance(self.ipv6_prefix, bool) \
+                or not 0 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix must be an int from 0 to 128, not {self.ipv6_prefix!r}")
+        for name in ("greeting_delay", "auth_failure_delay", "auth_failure_max_delay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 3600:
+                raise ValueError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
+        if self.greeting_delay >= self.socket_timeout:
+            raise ValueError("greeting_delay must be shorter than socket_timeout")
+        if not isinstance(self.auth_failure_window, (int, float)) or not self.auth_failure_window > 0:
+            raise ValueError(f"auth_failure_window must be a positive number of seconds, "
+                             f"not {self.auth_failure_window!r}")
         if self.bare_line_endings not in ("reject", "accept"):
             raise ValueError('bare_line_endings must be "reject" or "accept"')
         try:
@@ -378,6 +449,16 @@ class ServerOptionsArgs(TypedDict, total=False):
     auth_required_message: str
     max_allowed_unauthenticated_commands: int
     max_auth_failures: int
+    max_clients_per_ip: int
+    ipv6_prefix: int
+    max_connect_rate: int
+    max_junk_commands: int
+    greeting_delay: float
+    max_auth_failures_per_ip: int
+    max_auth_failures_per_user: int
+    auth_failure_window: float
+    auth_failure_delay: float
+    auth_failure_max_delay: float
 
 
 # help(ServerOptions) shows the options' docstrings, which Python itself

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Optional, Protocol as TypingProtocol, Tu
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,7 +35,7 @@ from ._context import ServerContext
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
-                        START_TLS, Dialogue)
+                        SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
 from ._session import Session
 
@@ -115,7 +115,8 @@ class SMTPServerProtocol(Protocol):
         self.context = context
         self.options = context.options
         self._clock = context.reactor
-        self._pending: Dict[int, Deferred[Any]] = {}
+        # A hook's Deferred, or the timer of one of our sleeps: either is cancelled.
+        self._pending: Dict[int, Deferred[Any] | IDelayedCall] = {}
         self._stream: Optional[MessageStream] = None
         self._data_token: Optional[int] = None
         self._timer: Any = None
@@ -143,7 +144,7 @@ class SMTPServerProtocol(Protocol):
         s.proxy = getattr(transport, "proxy_info", None)
         implicit = ISSLTransport.providedBy(transport)
         self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, self._clock.seconds,
-                             tls_available=ITLSTransport.providedBy(transport), tls_active=implicit,
+                             tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
         ctx.connected(self)
         if implicit:  # the handshake is under way
@@ -288,6 +289,11 @@ class SMTPServerProtocol(Protocol):
 
     def _ask(self, token: int, name: str, args: Tuple[Any, ...]) -> None:
         hook: Callable[..., Any]
+        if name == SLEEP:
+            # A delay of ours (greeting delay, AUTH tarpit): a timer, cancelled like a hook.
+            self._pending[token] = self._clock.callLater(args[0], self._slept, token)
+            self.core.asked(token)
+            return
         if name == "reverse_lookup":
             hook = self._reverse_lookup
         elif name == "tls_context":
@@ -297,6 +303,13 @@ class SMTPServerProtocol(Protocol):
         else:
             hook = getattr(self.context.hooks, name)
         self._call(token, hook, args)
+
+    def _slept(self, token: int) -> None:
+        self._pending.pop(token, None)
+        if self._gone:
+            return
+        self._answer(token, None, None, True)
+        self._run()
 
     def _reverse_lookup(self, ip: str) -> Any:
         return reverse_lookup(ip, self.context.resolver(), self.options.reverse_lookup_timeout, self._clock)

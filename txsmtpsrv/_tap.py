@@ -46,6 +46,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from ._cli import DEFAULT_LISTEN, SMTPS, Options, server_kwargs, worker_arguments  # noqa: F401
+from . import _limitopts
 from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
@@ -172,8 +173,9 @@ class SMTPService(MultiService):
         self.server.reactor.callFromThread(self.reload)
 
     def reload(self) -> None:
-        """What SIGHUP does: re-read the certificates here and in every worker."""
+        """What SIGHUP does: re-read the certificates and C{--auth file:} here and in every worker."""
         self.reload_tls()
+        _limitopts.reload_checkers(self.credentialCheckers)
         if self.pool is not None:
             self.pool.reload()
 

@@ -1,0 +1,212 @@
+"""
+The abuse limits on the twistd command line: flags with the option names,
+the daemon's defaults (greeting delay only beyond loopback), --auth file:
+read once into memory, SIGHUP re-reading it, and --workers passing it all on.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from txsmtpsrv import FileCredentialsChecker, ServerOptions
+from txsmtpsrv._limitopts import LIMIT_FLAGS, beyond_loopback
+from txsmtpsrv._cli import Options, server_kwargs, worker_arguments
+from txsmtpsrv._tap import SMTPService, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default ./Maildir is created at parse time
+
+
+def test_every_limit_has_a_flag_of_the_same_name():
+    fields = {f for f in ServerOptions.__dataclass_fields__}
+    for flag, field, _, _, _ in LIMIT_FLAGS:
+        assert field in fields and flag == field.replace("_", "-")
+    for field in ("max_clients_per_ip", "max_connect_rate", "ipv6_prefix", "greeting_delay", "max_junk_commands",
+                  "max_auth_failures_per_ip", "max_auth_failures_per_user", "auth_failure_window",
+                  "auth_failure_delay", "auth_failure_max_delay"):
+        assert field in {f for _, f, _, _, _ in LIMIT_FLAGS}
+
+
+def test_twistd_defaults_on_loopback(tmp_path):
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path)))  # default: tcp:2525 on 127.0.0.1
+    assert kwargs["max_clients_per_ip"] == 20 and kwargs["max_connect_rate"] == 120
+    assert kwargs["greeting_delay"] == 0.0
+    assert kwargs["max_junk_commands"] == 100 and kwargs["ipv6_prefix"] == 64
+    assert (kwargs["max_auth_failures_per_ip"], kwargs["max_auth_failures_per_user"]) == (10, 0)
+    assert (kwargs["auth_failure_window"], kwargs["auth_failure_delay"], kwargs["auth_failure_max_delay"]) \
+        == (300.0, 1.0, 30.0)
+    ServerOptions(**kwargs)  # valid together
+
+
+def test_twistd_greeting_delay_beyond_loopback(tmp_path):
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25"))
+    assert kwargs["greeting_delay"] == 0.1
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "-l", "tcp:25", "--greeting-delay", "0"))
+    assert kwargs["greeting_delay"] == 0.0
+
+
+def test_flags_given(tmp_path):
+    kwargs = server_kwargs(parse("--maildir", str(tmp_path), "--max-clients-per-ip", "3", "--max-connect-rate=0",
+                                  "--ipv6-prefix", "56", "--greeting-delay", "0.5", "--max-junk-commands", "7",
+                                  "--max-auth-failures-per-ip", "4", "--max-auth-failures-per-user", "9",
+                                  "--auth-failure-window", "60", "--auth-failure-delay", "0.25",
+                                  "--auth-failure-max-delay", "4"))
+    assert {k: kwargs[k] for k in ("max_clients_per_ip", "max_connect_rate", "ipv6_prefix", "greeting_delay",
+                                   "max_junk_commands", "max_auth_failures_per_ip", "max_auth_failures_per_user",
+                                   "auth_failure_window", "auth_failure_delay", "auth_failure_max_delay")} == {
+        "max_clients_per_ip": 3, "max_connect_rate": 0, "ipv6_prefix": 56, "greeting_delay": 0.5,
+        "max_junk_commands": 7, "max_auth_failures_per_ip": 4, "max_auth_failures_per_user": 9,
+        "auth_failure_window": 60.0, "auth_failure_delay": 0.25, "auth_failure_max_delay": 4.0}
+
+
+@pytest.mark.parametrize("argv", [
+    ["--max-clients-per-ip", "-1"], ["--max-connect-rate", "many"], ["--ipv6-prefix", "129"],
+    ["--greeting-delay", "-0.1"], ["--greeting-delay", "7200"], ["--auth-failure-window", "0"],
+    ["--max-junk-commands", "1.5"],
+])
+def test_bad_values(argv, tmp_path):
+    with pytest.raises(usage.UsageError):
+        parse("--maildir", str(tmp_path), *argv)
+
+
+@pytest.mark.parametrize("descriptions, adopted, beyond", [
+    (["tcp:2525:interface=127.0.0.1"], False, False),
+    (["tcp6:25:interface=\\:\\:1"], False, False),
+    (["tcp:25"], False, True),
+    (["tcp:25:interface=0.0.0.0"], False, True),
+    (["tcp:25:interface=192.0.2.1"], False, True),
+    (["unix:/run/lmtp.sock:mode=660"], False, False),
+    (["smtps:tcp:465:interface=127.0.0.1"], False, False),
+    (["smtps:tcp:465"], False, True),
+    (["smtpproxy:trusted=10.0.0.0/8:tcp:25:interface=10.0.0.5"], False, True),
+    (["smtpproxy:trusted=127.0.0.1/32:tcp:25:interface=127.0.0.1"], False, False),
+    (["tcp:2525:interface=127.0.0.1", "tcp:25"], False, True),
+    (["systemd:domain=INET:index=0"], False, True),
+    ([], True, True),
+])
+def test_beyond_loopback(descriptions, adopted, beyond):
+    assert beyond_loopback(descriptions, adopted) is beyond
+
+
+def test_workers_get_the_computed_values(tmp_path):
+    options = parse("--maildir", str(tmp_path), "-l", "tcp:25", "--max-clients-per-ip", "5")
+    args = worker_arguments(options)
+    assert "--max-clients-per-ip=5" in args and "--greeting-delay=0.1" in args
+    assert "--max-connect-rate=120" in args
+    worker = Options()
+    worker.parseOptions(["--worker", "--adopt=3:INET"] + args)
+    assert server_kwargs(worker)["greeting_delay"] == 0.1 and server_kwargs(worker)["max_clients_per_ip"] == 5
+
+
+# -- --auth file: ----------------------------------------------------------------------------------
+
+
+def test_auth_file_is_read_into_memory(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:secret\n")
+    options = parse("--maildir", str(tmp_path), "--auth", f"file:{users}")
+    [checker] = options.credentialCheckers()
+    assert isinstance(checker, FileCredentialsChecker) and len(checker.table) == 1
+    d = checker.requestAvatarId(UsernamePassword(b"alice", b"secret"))
+    assert d.result == b"alice"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"a:b\nu:$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA\n", "line 2: unsupported hash scheme argon2id"),
+])
+def test_auth_file_errors_are_usage_errors(tmp_path, content, message):
+    users = tmp_path / "users"
+    if content is not None:
+        users.write_bytes(content)
+    with pytest.raises(usage.UsageError) as e:
+        parse("--maildir", str(tmp_path), "--auth", f"file:{users}")
+    assert str(e.value).startswith(f"--auth file:{users}: ") and message in str(e.value)
+
+
+def test_sighup_rereads_auth_file(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:secret\n")
+    options = parse("--maildir", str(tmp_path), "--auth", f"file:{users}", "--no-reverse-lookup")
+    reactor = MemoryReactorClock()
+    reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # the signal handler's hop to the reactor
+    service = makeService(options, reactor=reactor)
+    assert isinstance(service, SMTPService)
+    [checker] = service.credentialCheckers
+    reloaded: list = []
+    checker.reload = lambda: reloaded.append(True)  # type: ignore[method-assign]
+    service.server.reload_tls = lambda: None  # type: ignore[method-assign]
+    service._hangup(1, None)
+    assert reloaded == [True]
+
+
+# -- the operator's log: per-address refusals once a minute ------------------------------------------
+
+
+def test_per_address_refusals_logged_once_a_minute():
+    """
+    A refused flood from one address writes one line a minute (saying how many were held
+    back); another address and another reason get their own line; observers see every one.
+    """
+    from twisted.logger import capturedLogs
+
+    from txsmtpsrv.testing import make_server
+
+    server, clock = make_server()
+    seen: list = []
+    server.observe("refused", lambda reason, address, session: seen.append((reason, address)))
+    with capturedLogs() as events:
+        for _ in range(50):
+            server._notify("refused", "max_clients_per_ip", "192.0.2.7", None)
+        server._notify("refused", "max_clients_per_ip", "192.0.2.8", None)
+        server._notify("refused", "max_connect_rate", "192.0.2.7", None)
+        server._notify("refused", "max_clients_per_ip", "2001:db8::1", None)
+        server._notify("refused", "max_clients_per_ip", "2001:db8::2", None)  # same /64
+        clock.advance(60)
+        server._notify("refused", "max_clients_per_ip", "192.0.2.7", None)
+        server._notify("refused", "max_clients", "192.0.2.7", None)  # not a per-address limit: each logged
+        server._notify("refused", "max_clients", "192.0.2.7", None)
+    lines = [e["log_format"].format(**e) for e in events if "refused connection" in e.get("log_format", "")]
+    assert lines == [
+        "refused connection from 192.0.2.7: max_clients_per_ip",
+        "refused connection from 192.0.2.8: max_clients_per_ip",
+        "refused connection from 192.0.2.7: max_connect_rate",
+        "refused connection from 2001:db8::1: max_clients_per_ip",
+        "refused connection from 192.0.2.7: max_clients_per_ip (49 more in the last minute)",
+        "refused connection from 192.0.2.7: max_clients",
+        "refused connection from 192.0.2.7: max_clients",
+    ]
+    assert len(seen) == 57
+    assert len(server.session_log._once) <= 4
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_clients_per_ip": -1}, {"max_clients_per_ip": 1.5}, {"max_connect_rate": True},
+    {"ipv6_prefix": 129}, {"ipv6_prefix": -1}, {"ipv6_prefix": "64"},
+    {"max_junk_commands": -1}, {"greeting_delay": -0.1}, {"greeting_delay": "0.1"},
+    {"greeting_delay": 60}, {"greeting_delay": 5, "socket_timeout": 5},
+    {"max_auth_failures_per_ip": -1}, {"max_auth_failures_per_user": 0.5},
+    {"auth_failure_window": 0}, {"auth_failure_delay": -1}, {"auth_failure_max_delay": 7200},
+])
+def test_invalid_limit_options(kwargs):
+    with pytest.raises(ValueError):
+        ServerOptions(name="mx.test", **kwargs)
+
+
+def test_library_defaults():
+    o = ServerOptions(name="mx.test")
+    assert (o.max_clients_per_ip, o.max_connect_rate, o.ipv6_prefix, o.greeting_delay, o.max_junk_commands) \
+        == (0, 0, 64, 0.0, 100)
+    assert (o.max_auth_failures_per_ip, o.max_auth_failures_per_user, o.auth_failure_window,
+            o.auth_failure_delay, o.auth_failure_max_delay) == (0, 0, 300.0, 0.0, 30.0)

@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_guard -*-
+"""
+Abuse limits in the dialogue: per-address connection limits at the
+greeting, the greeting delay and early talkers, other protocols (HTTP, TLS
+on a plaintext port), junk commands, and AUTH guessing (a L{_guard.Guard}
+holds what connections share).
+
+Nothing here sleeps: a delay is asked of the driver as the L{SLEEP} hook,
+which it schedules on its clock; other clients are served meanwhile.
+
+Pure: no Twisted import (see C{tests/test_layering.py}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._addrlimits import OVER_RATE
+from ._core import CoreBase
+from ._guard import Guard
+from ._junk import JunkCounter
+from ._phases import Phase
+from ._sniff import HTTP_METHODS, is_http_request_line, looks_like_tls
+
+__all__ = ["GuardCommands", "SLEEP"]
+
+#: The hook name a delay is asked with: the driver answers C{None} after C{args[0]} seconds.
+SLEEP = "sleep"
+
+_GREETING = Phase.GREETING
+
+
+class GuardCommands(CoreBase):
+    """The dialogue's side of the limits; L{CoreBase} calls these at the right moments."""
+
+    __slots__ = ("_guard", "_client_key", "_sniff", "_pregreet", "_delaying", "_greet_waiting", "_screening",
+                 "_junk_counter")
+
+    def __init__(self, *args: Any, guard: Optional[Guard] = None, **kwargs: Any) -> None:
+        """
+        @param guard: the server's L{Guard} (per-address limits shared by
+            its connections); by default one of this dialogue's own.
+        """
+        super().__init__(*args, **kwargs)
+        self._guard = guard if guard is not None else Guard(self.options)
+        self._client_key: Optional[str] = None  # counted under this address key while connected
+        self._sniff: Optional[bytes] = None  # the first bytes, until they tell whether TLS comes
+        self._pregreet = self._delaying = self._greet_waiting = self._screening = False
+        self._junk_counter = JunkCounter(self.options.max_junk_commands)
+
+    # -- per-address connection limits -------------------------------------------------
+
+    def _admit(self) -> bool:
+        """
+        The client (its real address: after PROXY, or XCLIENT) starts a
+        session: count it, or answer C{421 4.7.0}, close and return False.
+        """
+        guard = self._guard
+        limiter = guard.connections
+        if not limiter.enabled:
+            return True
+        key = limiter.key(self.session.remote_address)
+        now = self._clock()
+        why = limiter.admit(key, now)
+        if why is None:
+            self._client_key = key
+            return True
+        # Not a session for the observers (no "connect"): the operator's log says it once a minute.
+        self._refusal("max_connect_rate" if why == OVER_RATE else "max_clients_per_ip", None)
+        o = self.options
+        text = ("Error: too many connections from your address per minute, try again later" if why == OVER_RATE
+                else "Error: too many connections from your address, try again later")
+        self._reply(421, "4.7.0", f"{o.name} {text}")
+        self._close()
+        return False
+
+    def _refusal(self, reason: str, session: Any) -> None:
+        """Tell the "refused" observers (log, metrics) why this connection is closed."""
+        self._notify("refused", reason, self.session.remote_address, session)
+
+    def _let_go(self) -> None:
+        """The counted session ended (or its client changed): count it out."""
+        key, self._client_key = self._client_key, None
+        if key is not None:
+            self._guard.connections.release(key)
+
+    # -- first bytes: TLS on a plaintext port, early talkers --------------------------------
+
+    def _screen(self, data: bytes) -> bool:
+        """
+        Look at bytes that arrive before the client has sent a whole first
+        line; return False when they ended the session.
+        """
+        if self._sniff is not None:
+            first = self._sniff + data[:3]
+            verdict = looks_like_tls(first)
+            if verdict:
+                self._refusal("tls_on_plaintext_port", self.session)
+                self._close()  # no reply: it would only be garbage to a TLS stack
+                return False
+            self._sniff = first[:3] if verdict is None else None
+        if self._pregreet and self.phase is _GREETING:
+            self._refusal("early_talker", self.session)
+            self._reply(554, "5.7.1", f"{self.options.name} Error: you talk before your turn")
+            self._close()
+            return False
+        self._screening = self._sniff is not None or self._pregreet
+        return True
+
+    def _start_greeting_delay(self) -> None:
+        """Hold the greeting C{greeting_delay} seconds, reading meanwhile to catch early talkers."""
+        self._pregreet = self._delaying = self._screening = True
+        self._ask(SLEEP, (self.options.greeting_delay,), self._delay_done, hold=False)
+
+    def _delay_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
+        """The greeting delay passed: greet once the lookup and C{on_connect} allow."""
+        self._delaying = False
+        if self._greet_waiting:
+            self._greet_waiting = False
+            self._connect_hook()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _other_protocol(self, verb: bytes, line: bytes) -> bool:
+        """An HTTP request line instead of a command: C{421} and close (return True)."""
+        if verb not in HTTP_METHODS or not is_http_request_line(line):
+            return False
+        self._refusal("http_request", self.session)
+        self._reply(421, "4.7.0", f"{self.options.name} Error: this is an SMTP server, not HTTP")
+        self._close()
+        return True
+
+    def _junk(self, name: str) -> bool:
+        """Count a junk command; past C{max_junk_commands}: C{421} and close (return True)."""
+        junk = self._junk_counter
+        if not junk.command(name):
+            return False
+        self._refusal("junk_commands", self.session)
+        self._reply(421, "4.7.0", f"{self.options.name} Error: too many commands without mail, closing")
+        self._close()
+        return True
+
+    # -- AUTH -----------------------------------------------------------------------------
+
+    def _auth_client_key(self) -> Optional[str]:
+        key = self._client_key
+        if key is None:
+            key = self._guard.connections.key(self.session.remote_address)
+        return key
+
+    def _auth_refused(self, username: Optional[str]) -> bool:
+        """
+        Whether AUTH (for C{username}, once known) is over a failure limit:
+        then C{454 4.7.0} without the password being checked (return True).
+        """
+        tracker = self._guard.auth
+        if not (tracker.max_per_address or tracker.max_per_user):
+            return False
+        key = self._auth_client_key()
+        now = self._clock()
+        if tracker.blocked(key, username, now) is None:
+            return False
+        # The operator's log shows the reply ("refused AUTH from ...: 454 ..."), per attempt.
+        self._reply(454, "4.7.0", "Error: too many failed authentication attempts, try again later")
+        return True  # the caller counts it toward max_auth_failures
+
+    def _auth_failed(self, username: Optional[str]) -> float:
+        """Count a failed AUTH; return the tarpit delay before its reply."""
+        tracker = self._guard.auth
+        if not tracker.enabled:
+            return 0.0
+        return tracker.failed(self._auth_client_key(), username, self._clock())
+
+    def _greeted(self) -> None:
+        """The greeting went out: talking is allowed now."""
+        self._pregreet = False
+        self._screening = self._sniff is not None
