@@ -3,7 +3,7 @@
 Hooks written as C{async def} that ask an HTTP API what to do.
 
 Shows how to call out to a web service from hooks with
-C{twisted.web.client.Agent} and C{readBody}, and how to stay robust: every
+C{twisted.web.client.Agent} and a small body reader, and how to stay robust: every
 request has a time limit, and anything other than a clear answer (API down,
 slow, 5xx, garbage) becomes a temporary failure, C{451 4.3.0}, so the client
 keeps the message and retries later instead of losing it.
@@ -16,7 +16,10 @@ The API (base URL from the command line):
     with the envelope in C{X-Mail-From} / C{X-Rcpt-To} headers; a 2xx
     accepts it, anything else is a 451.
 
-Run it (try ``python -m http.server`` style stubs, or your real service):
+Any HTTP/1.0 or 1.1 server will do: bodies with C{Content-Length}, chunked
+or ended by closing the connection are all read.  Run it (try
+``python -m http.server 8080``, which answers 404 to everything, or your
+real service):
 
     python examples/async_web_api.py http://127.0.0.1:8080 tcp:2525:interface=127.0.0.1 [timeout-seconds]
 
@@ -31,14 +34,68 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from twisted.internet import defer, task
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from txsmtpsrv import Address, Hooks, Session, SMTPError, SMTPServer
 
 log = Logger()
+
+
+class _Body(Protocol):
+    """
+    Collect a response body, at most C{limit} bytes.
+
+    Unlike C{twisted.web.client.readBody}, a body without C{Content-Length}
+    that ends when the server closes the connection (HTTP/1.0 style, RFC 9112
+    section 6.3) counts as complete: Twisted reports that end as
+    C{PotentialDataLoss}, which C{readBody} turns into C{PartialDownloadError}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self._fail(Failure(ValueError(f"response body over {self.limit} bytes")))
+        elif not self.done.called:
+            self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            if not self.done.called:
+                self.done.callback(b"".join(self.chunks))
+        else:
+            self._fail(reason)
+
+    def _fail(self, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+            self._stop()
+
+    def _cancel(self, _: object) -> None:
+        # Timed out: drop the connection rather than read the rest.
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def read_body(response: IResponse, limit: int = 1024 * 1024) -> defer.Deferred[bytes]:
+    """The body of C{response} (see L{_Body}); cancelling it drops the connection."""
+    body = _Body(limit)
+    response.deliverBody(body)
+    return body.done
 
 
 def _temporary_failure() -> SMTPError:
@@ -64,11 +121,10 @@ class WebAPIHooks(Hooks):
                     body: Optional[bytes] = None) -> tuple[int, bytes]:
         """One API call, bounded by C{timeout}; returns (status, body) or raises."""
         producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
-        d = self.agent.request(method, url.encode("ascii"), headers, producer)
 
         async def whole() -> tuple[int, bytes]:
-            response: IResponse = await d
-            return response.code, await readBody(response)
+            response: IResponse = await self.agent.request(method, url.encode("ascii"), headers, producer)
+            return response.code, await read_body(response)
 
         # addTimeout cancels the request (or the body read) when time is up.
         call = defer.Deferred.fromCoroutine(whole())

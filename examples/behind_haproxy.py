@@ -13,9 +13,9 @@ C{server} line). Run it:
 
     python examples/behind_haproxy.py                                   # 127.0.0.1:2525, trusts 127.0.0.1
     python examples/behind_haproxy.py tcp:2525:interface=10.0.0.5 10.0.0.0/24,fd00::/8
-    haproxy -f examples/haproxy.cfg
+    haproxy -db -f examples/haproxy.cfg                                 # 127.0.0.1:2500 as shipped
 
-then ``swaks --server <haproxy>:25 --to you@example.test``; this program
+then ``swaks --server 127.0.0.1:2500 --to you@example.test``; this program
 logs ``client 203.0.113.7:51234 via proxy 127.0.0.1`` for each connection.
 """
 

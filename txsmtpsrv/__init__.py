@@ -15,7 +15,7 @@ from ._data import BareLineEnding, MessageDiscarded, MessageDone, MessageStream,
 from ._errors import Reply, SMTPError
 from ._metrics import ServerMetrics
 from ._hooks import Hooks
-from ._options import ServerOptions
+from ._options import ServerOptions, ServerOptionsArgs
 from ._passwd import hash_password
 from ._proxy import ProxyHeaderError, ProxyInfo, ProxySSLInfo, ProxyWrappingFactory, proxyEndpoint
 from ._sasl import Credentials, OAuthError, constant_time_equals
@@ -57,6 +57,7 @@ __all__ = [
     "SPFVerdict",
     "ServerMetrics",
     "ServerOptions",
+    "ServerOptionsArgs",
     "Session",
     "TLSConfig",
     "TLSConfigError",

@@ -32,7 +32,7 @@ class AdoptedEndpointParser:
 
     prefix = "adopted"
 
-    def parseStreamServer(self, reactor: Any, fd: str = "", family: str = "INET") -> AdoptedStreamServerEndpoint:
+    def parseStreamServer(self, reactor: Any, fd: str = "", family: str = "INET") -> AdoptedStreamServerEndpoint:  # type: ignore[override]  # named parameters, as Twisted's own parsers
         try:
             number = int(fd)
         except ValueError:

@@ -199,7 +199,7 @@ class Options(usage.Options, AuthOptionMixin):
     supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self["listen"] = []
         self["adopt"] = []
         self["auth"] = []
@@ -213,7 +213,7 @@ class Options(usage.Options, AuthOptionMixin):
         line on standard error and status 1 instead of twistd's help dump.
         """
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         except usage.UsageError as e:
             if getattr(self, "parent", None) is not None:
                 raise SystemExit(f"twistd smtpsrv: error: {e}") from None
@@ -266,7 +266,7 @@ class Options(usage.Options, AuthOptionMixin):
             if checker is None:
                 AuthOptionMixin.opt_auth(self, description)
             else:
-                self.addChecker(checker)
+                self.addChecker(checker)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         except usage.UsageError as e:

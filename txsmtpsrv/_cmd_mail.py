@@ -19,6 +19,7 @@ from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, pars
     parse_path_argument
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
+from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
 from ._session import Address, Envelope
@@ -40,6 +41,9 @@ class MailCommands(CoreBase):
     """The commands of one mail transaction, and its body."""
 
     __slots__ = ()
+
+    #: The junk-command count (a C{GuardCommands} slot; the C{Dialogue} has both): a delivery resets it.
+    _junk_counter: JunkCounter
 
     # -- the transaction's state ---------------------------------------------------
 

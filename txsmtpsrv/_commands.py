@@ -30,7 +30,7 @@ class CommandError(Exception):
 # RFC 6531 lets UTF-8 into atoms, labels and quoted strings; the C1 controls
 # (U+0080-U+009F) are excluded with the C0 ones and DEL: no value handed to a
 # hook carries a control character (issue 10).
-_U8 = "\u00a0-\U0010ffff"
+_U8 = r"\u00a0-\U0010ffff"  # escapes for re (pydoctor cannot show U+10FFFF)
 _ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U8}]+"
 _DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
 # RFC 5321 4.1.2: qtextSMTP is %d32-33 / %d35-91 / %d93-126, quoted-pairSMTP

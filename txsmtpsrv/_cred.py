@@ -5,12 +5,12 @@ Authenticate SMTP AUTH credentials with C{twisted.cred}.
 L{CredAuthenticator} turns the L{Credentials} an AUTH exchange produced into
 C{twisted.cred} credentials objects and asks a checker (or a portal) for the
 avatar, so existing checkers — C{FilePasswordDB}, LDAP or database checkers,
-C{InMemoryUsernamePasswordDatabaseDontUse} in tests — work unchanged:
+C{InMemoryUsernamePasswordDatabaseDontUse} in tests — work unchanged::
 
     hooks.on_auth = CredAuthenticator(FilePasswordDB("/etc/smtp.passwd"))
 
-PLAIN and LOGIN become L{IUsernamePassword}, CRAM-MD5 an
-L{IUsernameHashedPassword} whose C{checkPassword} verifies the HMAC, and
+PLAIN and LOGIN become C{IUsernamePassword}, CRAM-MD5 an
+C{IUsernameHashedPassword} whose C{checkPassword} verifies the HMAC, and
 XOAUTH2 an L{IOAuth2Token} that only checkers which declare it accept.
 
 Checkers must not block the reactor: L{FileCredentialsChecker} (what
@@ -62,15 +62,17 @@ _log = Logger()
 _SESSION: Any = object()
 
 
-class IOAuth2Token(ICredentials):
+# Interface is implied by ICredentials; naming it lets pydoctor, which cannot
+# see into Twisted, document this as an interface.
+class IOAuth2Token(ICredentials, Interface):
     """
     A user name with an OAuth 2.0 bearer token (SASL XOAUTH2). A checker
     lists this in C{credentialInterfaces} to accept XOAUTH2 logins and
     validates C{access_token} itself (introspection, JWT signature...).
     """
 
-    username = Attribute("The user name the client claims, as UTF-8 L{bytes}.")
-    access_token = Attribute("The bearer token, as L{str}.")
+    username = Attribute("The user name the client claims, as UTF-8 C{bytes}.")
+    access_token = Attribute("The bearer token, as C{str}.")
 
 
 @implementer(IOAuth2Token)
@@ -122,7 +124,7 @@ class CramMD5Response:
 def to_cred_credentials(credentials: Credentials) -> ICredentials:
     """
     Convert SASL credentials to a C{twisted.cred} credentials object;
-    usernames and passwords become UTF-8 L{bytes}, as Twisted's checkers use.
+    usernames and passwords become UTF-8 C{bytes}, as Twisted's checkers use.
     """
     username = credentials.username.encode("utf-8")
     if credentials.method in ("PLAIN", "LOGIN"):
@@ -153,7 +155,7 @@ class CredAuthenticator:
     An C{on_auth(session, credentials)} hook backed by C{twisted.cred}.
 
     Given a checker it returns the avatar id (what C{requestAvatarId}
-    fires with, usually the user name as L{bytes}); given a portal it
+    fires with, usually the user name as C{bytes}); given a portal it
     returns the avatar and keeps the realm's logout callable until
     L{logout} (or C{on_close}) is called for the session. The protocol stores
     the result as C{session.user}.
@@ -473,8 +475,9 @@ class FileCredentialsChecker:
         return self._check(credentials)
 
     def _check(self, credentials: ICredentials) -> "Deferred[Any]":
-        username = credentials.username
-        stored = self.table.get(username)
+        # Every credentials interface we check (password, hashed password) has one.
+        username: Optional[bytes] = getattr(credentials, "username", None)
+        stored = None if username is None else self.table.get(username)
         if IUsernamePassword.providedBy(credentials):
             password = credentials.password
             if stored is None:

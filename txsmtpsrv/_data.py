@@ -17,10 +17,10 @@ body is never held whole in memory unless the hook asks for it.
 from __future__ import annotations
 
 from types import CoroutineType
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.internet.interfaces import IProtocol, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -53,7 +53,7 @@ class MessageStream:
     Read it in one of three ways, once: L{content} (all bytes, for small
     messages), L{collect} (a callback per chunk; a callback returning a
     Deferred pauses the client until it fires), or L{deliver_body} (a Twisted
-    L{IProtocol}, as C{twisted.web}'s C{Response.deliverBody}).
+    C{IProtocol}, as C{twisted.web}'s C{Response.deliverBody}).
 
     @ivar byte_length: payload bytes received so far (after dot-unstuffing).
     @ivar size_exceeded: whether C{byte_length} went past the server's limit.
@@ -90,7 +90,9 @@ class MessageStream:
         if self._consumer is not None:
             raise RuntimeError("the message body is already being read")
         self._consumer = protocol
-        protocol.makeConnection(self)
+        # As in twisted.web's Response.deliverBody, the producer stands in
+        # for the transport: the reader may pause, resume or stop it.
+        protocol.makeConnection(cast(ITransport, self))
         if self._discard and not self._closed:
             self._close(self._end or Failure(MessageDiscarded()))
             return
@@ -230,6 +232,7 @@ class MessageStream:
         self._release()
 
 
+@implementer(IProtocol)
 class _Collector:
     """An IProtocol that feeds chunks to a callback, honouring Deferreds it returns."""
 
@@ -239,8 +242,11 @@ class _Collector:
         self._failed = False
         self.done: Deferred[None] = Deferred()
 
-    def makeConnection(self, producer: MessageStream) -> None:
-        self._producer = producer
+    def makeConnection(self, transport: ITransport) -> None:
+        self._producer = cast(MessageStream, transport)  # see MessageStream.deliver_body
+
+    def connectionMade(self) -> None:
+        pass
 
     def dataReceived(self, chunk: bytes) -> None:
         if self._failed:

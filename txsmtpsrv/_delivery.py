@@ -62,7 +62,8 @@ class PrintDelivery:
 
     def on_data(self, session: Session, stream: Any) -> "Deferred[None]":
         """Read the body, then print envelope and message in one go."""
-        return stream.content().addCallback(self._print, session)
+        done: Deferred[None] = stream.content().addCallback(self._print, session)
+        return done
 
     def _print(self, body: bytes, session: Session) -> None:
         envelope = session.envelope

@@ -41,7 +41,7 @@ def body_fault(data: bytes, end: int) -> Optional[str]:
     Only C-speed passes, no per-line Python work, and none of the slow
     multi-byte searches: C{translate} keeps the CR, LF and NUL bytes, which
     must read C{CRLF CRLF ...}; that alone misses a CR and an LF with other
-    bytes between (C{"a\rX\nb"} keeps C{"\r\n"} too: the smuggling bypass of
+    bytes between (C{"a\\rX\\nb"} keeps C{"\\r\\n"} too: the smuggling bypass of
     issue 10), so the text without its CRs must also equal the text without its
     LFs once CR is written as LF. With the CRs and LFs alternating, that
     equality holds exactly when each CR's LF comes right after it: the i-th

@@ -134,7 +134,7 @@ def apply_defaults(options: Any, descriptions: Sequence[str], adopted: bool = Fa
 def file_checker(description: str) -> Optional[Any]:
     """
     For C{--auth file:PATH}, a L{FileCredentialsChecker} (the file read now:
-    a bad one raises L{ValueError} naming it); C{None} for other kinds.
+    a bad one raises C{ValueError} naming it); C{None} for other kinds.
     """
     kind, _, path = description.partition(":")
     if kind != "file":

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_oplog -*-
 """
-A L{Logger} that puts the session id into the text of every session's line.
+A C{Logger} that puts the session id into the text of every session's line.
 
 The id is a structured field (C{session_id}) for JSON consumers, but text
 logs only show C{log_format} and C{log_system}; an operator correlating
@@ -26,7 +26,7 @@ def session_system(session_id: str, level: LogLevel) -> str:
 
 class SessionLogger(Logger):
     """
-    A L{Logger} whose events with a C{session_id} get a C{log_system} naming
+    A C{Logger} whose events with a C{session_id} get a C{log_system} naming
     it; events without one are emitted unchanged.
     """
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Prometheus metrics for L{SMTPServer}s, fed by the server's observers.
+Prometheus metrics for L{SMTPServer}s, fed by the server's observers::
 
     from prometheus_client import CollectorRegistry
     registry = CollectorRegistry()

@@ -130,7 +130,7 @@ def hash_password(password: bytes, scheme: str = "scrypt", *, ln: int = 14, roun
 
 class PasswordTable:
     """
-    A password file in memory: user name (L{bytes}, case-sensitive as
+    A password file in memory: user name (C{bytes}, case-sensitive as
     C{FilePasswordDB}) to what is stored for it.
 
     @ivar hashed: how many users have a hash rather than a plaintext password.
@@ -162,7 +162,7 @@ class PasswordTable:
     def parse(cls, lines: Iterable[bytes]) -> "PasswordTable":
         """
         Read a password file's lines. A malformed hash or one whose scheme
-        is not supported is a L{ValueError} naming the line: better refused
+        is not supported is a C{ValueError} naming the line: better refused
         at start-up or reload than every login of that user failing.
         """
         entries: Dict[bytes, bytes] = {}

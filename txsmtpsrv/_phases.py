@@ -8,7 +8,7 @@ three command phases (L{Phase.COMMAND}, L{Phase.TRANSACTION},
 L{Phase.BETWEEN_CHUNKS}); in the others the bytes are a SASL response, a
 body, a chunk, or wait. L{COMMANDS} says, for every command, in which of
 the command phases it runs and what the client gets in the others; the
-dialogue consults it before it calls a handler.
+dialogue consults it before it calls a handler::
 
     GREETING --greeted--> COMMAND --MAIL ok--> TRANSACTION --DATA ok--> DATA
     COMMAND <--RSET/EHLO/verdict-- TRANSACTION

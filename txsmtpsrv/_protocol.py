@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import os
 from types import CoroutineType
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol as TypingProtocol, Tuple, cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -76,6 +76,25 @@ class _ReplyBackpressure:
         pass
 
 
+class _Connection(TypingProtocol):
+    """
+    What this protocol uses of its transport. TCP, UNIX and TLS transports
+    and the PROXY wrapper provide all of it; Twisted's own annotation
+    (C{ITransport | None}) names neither producers nor TLS.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def getHost(self) -> IAddress: ...
+    def startTLS(self, contextFactory: Any) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+
+
 @implementer(IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """
@@ -86,6 +105,8 @@ class SMTPServerProtocol(Protocol):
     """
 
     log = SessionLogger()  # the session id goes into every line's text
+    # Set by makeConnection before any use (an annotation only: no cost).
+    transport: _Connection  # type: ignore[assignment]
 
     __slots__ = ("context", "options", "session", "core", "_clock", "_pending", "_stream", "_data_token",
                  "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder", "_timing")
@@ -94,7 +115,8 @@ class SMTPServerProtocol(Protocol):
         self.context = context
         self.options = context.options
         self._clock = context.reactor
-        self._pending: Dict[int, Deferred[Any]] = {}
+        # A hook's Deferred, or the timer of one of our sleeps: either is cancelled.
+        self._pending: Dict[int, Deferred[Any] | IDelayedCall] = {}
         self._stream: Optional[MessageStream] = None
         self._data_token: Optional[int] = None
         self._timer: Any = None
@@ -269,7 +291,7 @@ class SMTPServerProtocol(Protocol):
         hook: Callable[..., Any]
         if name == SLEEP:
             # A delay of ours (greeting delay, AUTH tarpit): a timer, cancelled like a hook.
-            self._pending[token] = self._clock.callLater(args[0], self._slept, token)  # type: ignore[assignment]
+            self._pending[token] = self._clock.callLater(args[0], self._slept, token)
             self.core.asked(token)
             return
         if name == "reverse_lookup":
@@ -426,7 +448,7 @@ class SMTPServerProtocol(Protocol):
         except Exception:
             self.log.failure("TLS configuration failed", session_id=self.session.id)
             timeout = 30.0
-        return start_handshake_timer(self.transport, timeout, self._clock, hold=lambda: self.core.hook_pending,
+        return start_handshake_timer(cast(ITransport, self.transport), timeout, self._clock, hold=lambda: self.core.hook_pending,
                                      session_id=self.session.id)
 
     def handshakeCompleted(self) -> None:

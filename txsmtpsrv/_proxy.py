@@ -26,7 +26,7 @@ is our own implementation:
 What the wrapped protocol sees on C{self.transport}:
 
   - C{getPeer()} / C{getHost()}: the client and the address it connected to,
-    as L{IPv4Address}/L{IPv6Address} (L{UNIXAddress} for AF_UNIX); for
+    as C{IPv4Address}/C{IPv6Address} (C{UNIXAddress} for AF_UNIX); for
     C{PROXY UNKNOWN}, v2 C{LOCAL} and v2 C{UNSPEC}, the real socket addresses.
   - C{proxy_info}: the L{ProxyInfo}, or C{None} when the connection came
     from an untrusted peer that was let through without a header
@@ -59,7 +59,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import replace
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union, cast
 
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
@@ -77,6 +77,8 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
+    ITLSTransport,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -194,6 +196,8 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     log = Logger()
     factory: ProxyWrappingFactory
     proxy_info: ProxyInfo | None = None
+    # None until the header is in, unlike ProtocolWrapper's.
+    wrappedProtocol: IProtocol | None  # type: ignore[assignment]
 
     def __init__(self, factory: ProxyWrappingFactory, wrappedProtocol: IProtocol | None = None) -> None:
         # wrappedProtocol stays None until the header is in (see class docstring).
@@ -209,7 +213,13 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         """Name the wrapped protocol once there is one."""
         if self.wrappedProtocol is None:
             return f"{self.factory.logPrefix()} (PROXY)"
-        return ProtocolWrapper.logPrefix(self)
+        prefix: str = ProtocolWrapper.logPrefix(self)
+        return prefix
+
+    def _real(self) -> ITransport:
+        """The real transport (set by L{makeConnection}, before any use)."""
+        assert self.transport is not None
+        return self.transport
 
     # -- connection setup -------------------------------------------------
 
@@ -221,7 +231,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 
     def connectionMade(self) -> None:
         """Decide by the real peer whether to expect a header, pass through, or close."""
-        peer = self.transport.getPeer()
+        peer = self._real().getPeer()
         host, port = _peer_ip(peer)
         if self.factory.is_trusted(peer):
             if self.factory.timeout:
@@ -247,7 +257,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         self._timer = None
         if self._state is not _AWAITING:
             return
-        host, port = _peer_ip(self.transport.getPeer())
+        host, port = _peer_ip(self._real().getPeer())
         self.log.warn(
             "PROXY: no complete header from {peer}:{port} within {timeout}s; closing",
             peer=host,
@@ -260,7 +270,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     def _close(self) -> None:
         self._state = _CLOSED
         self._cancelTimer()
-        self.transport.loseConnection()
+        self._real().loseConnection()
 
     def _cancelTimer(self) -> None:
         if self._timer is not None:
@@ -270,7 +280,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 
     def _headerReceived(self, info: ProxyInfo, rest: bytes) -> None:
         self._cancelTimer()
-        real_host, real_port = _peer_ip(self.transport.getPeer())
+        real_host, real_port = _peer_ip(self._real().getPeer())
         info = replace(info, proxy_address=real_host, proxy_port=real_port)
         self.proxy_info = info
         if info.source_address is not None:
@@ -310,6 +320,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         """Feed the header parser until it completes, then relay."""
         if self._state is _CONNECTED:
+            assert self.wrappedProtocol is not None
             self.wrappedProtocol.dataReceived(data)
             return
         if self._state is _CLOSED:
@@ -317,7 +328,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         try:
             result = self._parser.feed(data)
         except ProxyHeaderError as e:
-            host, port = _peer_ip(self.transport.getPeer())
+            host, port = _peer_ip(self._real().getPeer())
             self.log.warn(
                 "PROXY: invalid header from {peer}:{port}: {reason}; closing",
                 peer=host,
@@ -354,21 +365,21 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         """The proxied client address, or the real peer when the header gave none."""
         if self._peer is not None:
             return self._peer
-        return self.transport.getPeer()
+        return self._real().getPeer()
 
     def getHost(self) -> IAddress:
         """The address the client connected to on the proxy, or our real one."""
         if self._host is not None:
             return self._host
-        return self.transport.getHost()
+        return self._real().getHost()
 
     def startTLS(self, contextFactory: Any, *args: Any, **kwargs: Any) -> None:
         """Start TLS on the real transport and advertise C{ISSLTransport}, like C{tcp.Server} does."""
-        self.transport.startTLS(contextFactory, *args, **kwargs)
+        cast(ITLSTransport, self._real()).startTLS(contextFactory, *args, **kwargs)
         alsoProvides(self, ISSLTransport)
 
 
-class ProxyWrappingFactory(WrappingFactory):
+class ProxyWrappingFactory(WrappingFactory[ProxyProtocolWrapper]):
     """
     Wraps a server factory so that its connections must start with a PROXY
     header from a trusted peer.
@@ -385,7 +396,7 @@ class ProxyWrappingFactory(WrappingFactory):
     @param max_header_size: cap on a v2 header (v1 is always <= 107 bytes).
     """
 
-    protocol = ProxyProtocolWrapper  # type: ignore[assignment]
+    protocol = ProxyProtocolWrapper
 
     def __init__(
         self,
@@ -396,12 +407,12 @@ class ProxyWrappingFactory(WrappingFactory):
         allow_untrusted: bool = False,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     ) -> None:
-        WrappingFactory.__init__(self, wrappedFactory)
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
-            reactor = _reactor  # type: ignore[assignment]
-        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+            reactor = _reactor
+        self.clock: IReactorTime = reactor
         self.trusted = _networks(trusted)
         if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a finite number of seconds >= 0")
@@ -411,13 +422,21 @@ class ProxyWrappingFactory(WrappingFactory):
             raise ValueError("max_header_size must be at least 16")
         self.max_header_size = max_header_size
 
+    def registerProtocol(self, p: ProxyProtocolWrapper) -> None:
+        """Track C{p} (as C{WrappingFactory} does; typed here)."""
+        super().registerProtocol(p)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+
+    def unregisterProtocol(self, p: ProxyProtocolWrapper) -> None:
+        """Forget C{p} (as C{WrappingFactory} does; typed here)."""
+        super().unregisterProtocol(p)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+
     def logPrefix(self) -> str:
         """Mark the wrapped factory's prefix as PROXY-wrapped."""
         inner = self.wrappedFactory
         prefix = inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
         return f"{prefix} (PROXY)"
 
-    def buildProtocol(self, addr: IAddress | None) -> ProxyProtocolWrapper:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> ProxyProtocolWrapper:
         """Build only the wrapper; the wrapped protocol comes after the header."""
         return self.protocol(self, None)
 

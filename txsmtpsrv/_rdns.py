@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Sequence, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime, IResolver
@@ -53,7 +53,7 @@ def _ptr_name(answers: Any) -> str | None:
                     return None
             name = name.rstrip(".")
             if len(name) <= 253 and _HOSTNAME.fullmatch(name):  # not match: "$" passes a final LF
-                return name.lower()
+                return str(name).lower()
             return None
     return None
 
@@ -90,9 +90,12 @@ def reverse_lookup(
     if clock is None:
         from twisted.internet import reactor
 
-        clock = reactor  # type: ignore[assignment]
+        clock = reactor
 
-    d: Deferred[Any] = maybeDeferred(resolver.lookupPointer, name, timeout=_query_timeouts(timeout))
+    # IResolver annotates the per-attempt timeouts as Sequence[int], but
+    # twisted.names takes seconds as floats.
+    attempts = cast(Sequence[int], _query_timeouts(timeout))
+    d: Deferred[Any] = maybeDeferred(resolver.lookupPointer, name, timeout=attempts)
     d.addTimeout(timeout, clock)
     d.addCallback(_ptr_name)
 
@@ -100,7 +103,7 @@ def reverse_lookup(
         log.debug(
             "reverse lookup of {ip} failed: {error}",
             ip=ip,
-            error=reason.getErrorMessage() or reason.type.__name__,
+            error=reason.getErrorMessage() or getattr(reason.type, "__name__", "error"),
         )
         return None
 

@@ -8,7 +8,7 @@ the reply cache), enforces C{max_clients}, and runs the graceful shutdown.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Union
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -19,8 +19,11 @@ from twisted.python.failure import Failure
 from ._context import ServerContext
 from ._errors import format_reply
 from ._hooks import ResolvedHooks
-from ._options import ServerOptions
+from ._options import ServerOptions, ServerOptionsArgs
 from ._protocol import SMTPServerProtocol
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SMTPServer", "OBSERVER_EVENTS"]
 
@@ -49,20 +52,22 @@ class _TooBusy(Protocol):
         self._reply = reply
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(self._reply)
         self.transport.loseConnection()
 
 
 class SMTPServer(ServerFactory):
     """
-    An SMTP server: options plus hooks, listening on any Twisted endpoint.
+    An SMTP server: options plus hooks, listening on any Twisted endpoint::
 
         server = SMTPServer(MyHooks(), name="mx.example.com", size=10_000_000)
         await server.listen("tcp:2525:interface=127.0.0.1")
         ...
         await server.close()
 
-    Keyword arguments are L{ServerOptions} fields; C{options} may give a
+    Keyword arguments are L{ServerOptions} fields (typed by
+    L{ServerOptionsArgs}, so a misspelt option is a type error); C{options} may give a
     whole L{ServerOptions} instead (keywords then override it). C{reactor}
     and C{resolver} (an C{IResolver} for reverse DNS) are injectable.
     """
@@ -72,7 +77,7 @@ class SMTPServer(ServerFactory):
     noisy = False
 
     def __init__(self, hooks: Optional[object] = None, options: Optional[ServerOptions] = None, *,
-                 reactor: Any = None, resolver: Any = None, **kwargs: Any) -> None:
+                 reactor: Any = None, resolver: Any = None, **kwargs: Unpack[ServerOptionsArgs]) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor

@@ -81,7 +81,7 @@ class SinkOptions(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -192,7 +192,8 @@ async def _run(reactor: Any, options: SinkOptions, out: IO[str]) -> None:
 
     def shutdown() -> "Deferred[None]":
         log.info("stopping: closing the ports and the connections")
-        return server.close().addBoth(lambda _: stopped.callback(None))
+        closed: Deferred[None] = server.close().addBoth(lambda _: stopped.callback(None))
+        return closed
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     await stopped
@@ -202,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) ->
     """Parse C{argv} (default C{sys.argv[1:]}), run until Ctrl-C or SIGTERM, exit with a status."""
     options = SinkOptions()
     try:
-        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))  # type: ignore[no-untyped-call]  # Twisted: unannotated
     except usage.UsageError as e:
         sys.stderr.write(f"python -m txsmtpsrv: {e}\n(see python -m txsmtpsrv --help)\n")
         raise SystemExit(2)

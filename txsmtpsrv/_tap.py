@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-C{twistd smtpsrv}: a mail receiver out of the box.
+C{twistd smtpsrv}: a mail receiver out of the box::
 
     twistd -n smtpsrv                                  # 127.0.0.1:2525 -> ./Maildir
     twistd -n smtpsrv -l tcp:25 -l tcp6:25 --maildir /var/mail/inbox --name mx.example.com
@@ -100,7 +100,7 @@ class _Listener(StreamServerEndpointService):
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str,
                  fatal: bool = False) -> None:
-        super().__init__(endpoint, factory)
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self.description = description
         #: Under twistd: a port that cannot be bound is one log line and exit status 1.
         self.fatal = fatal
@@ -109,7 +109,7 @@ class _Listener(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         except Exception as e:
             if not self.fatal:
                 raise
@@ -118,7 +118,7 @@ class _Listener(StreamServerEndpointService):
             raise SystemExit(1) from None
 
     def stopService(self) -> "Deferred[None]":
-        d: Deferred[None] = super().stopService()
+        d: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
         def closed(result: Any) -> Any:
             log.info("txsmtpsrv stopped listening on {description}", description=self.description)
@@ -138,7 +138,7 @@ class SMTPService(MultiService):
     """
 
     def __init__(self, server: Any, credentialCheckers: Sequence[ICredentialsChecker] = ()) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self.server = server
         self.credentialCheckers = list(credentialCheckers)
         self.pool: Optional[WorkerPool] = None
@@ -160,11 +160,11 @@ class SMTPService(MultiService):
         # a SIGHUP sent as soon as that line appears must not find the default
         # action (terminate), so the handler goes in first.
         self._install_signals()
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
     def startService(self) -> None:
         self._install_signals()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         log.info(READY, pid=os.getpid())  # the parent forwards reloads to a worker from now on
         for started in self.started:
             started()
@@ -191,7 +191,7 @@ class SMTPService(MultiService):
         if self._hup_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._hup_installed = False
-        children = super().stopService()
+        children = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         closing = maybeDeferred(self.server.close)
         d = DeferredList([children, closing], consumeErrors=True)
 
@@ -213,12 +213,12 @@ class _MaildirCleaning(Service):
         self._reactor = reactor
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self._delivery.start_cleaning(self._reactor)
 
     def stopService(self) -> None:
         self._delivery.stop_cleaning()
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
 
 class _JSONLog:
@@ -313,7 +313,11 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
         log.info("metrics of all processes in {directory} (removed at exit)", directory=metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         service_cleanups.append(lambda: shutil.rmtree(metrics_dir or "", ignore_errors=True))
-        service_cleanups.append(lambda: os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None))
+
+        def forget_metrics_dir() -> None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+        service_cleanups.append(forget_metrics_dir)
 
     delivery: Any
     if options["mbox"]:
@@ -352,9 +356,9 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     for fd, family in options["adopt"]:
         endpoints.append((AdoptedStreamServerEndpoint(reactor, fd, family), f"adopted fd {fd}"))
     if options["worker"]:
-        ParentWatch(reactor).setServiceParent(service)
+        ParentWatch(reactor).setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
     elif isinstance(delivery, MaildirDelivery):  # one process cleans tmp/, not every worker
-        _MaildirCleaning(delivery, reactor).setServiceParent(service)
+        _MaildirCleaning(delivery, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
     if workers > 1:
         shared: List[SharedPort] = []
@@ -380,7 +384,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
             on_exit = process_dead
         pool = WorkerPool(reactor, shared, workers - 1, argv, worker_environment(),
                           stop_timeout=server.options.close_timeout + 10.0, factory=server, on_exit=on_exit)
-        pool.setServiceParent(service)
+        pool.setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         service.pool = pool
     else:
         for description in options["listen"]:
@@ -390,7 +394,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     fatal = getattr(options, "parent", None) is not None  # run by twistd: no traceback
     for endpoint, description in endpoints:
         _Listener(_AnnouncingEndpoint(endpoint, description, protocol), server, description,
-                  fatal).setServiceParent(service)
+                  fatal).setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
     # After the SMTP listeners: the first 'listening on' line names the SMTP port.
     metrics_stop = None
     if options["metrics"]:
@@ -407,7 +411,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
             endpoint = serverFromString(reactor, options["metrics"])
             metrics_service = _Listener(_AnnouncingEndpoint(endpoint, options["metrics"], "metrics"), site,
                                         options["metrics"], fatal)
-            metrics_service.setServiceParent(service)
+            metrics_service.setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
     if metrics_stop is not None:
         service.cleanups.append(metrics_stop)
 

@@ -114,6 +114,9 @@ class TLSConfig:
     """
     Declarative TLS settings for a listener; files are read by the builders.
 
+    Version limits and client-certificate policy apply to every SNI name:
+    OpenSSL keeps them from the connection's first context.
+
     @ivar key: private key (path, PEM bytes/text or a C{cryptography} key).
         A combined PEM holding key and certificate may be given as either
         C{key} or C{cert} alone.
@@ -143,8 +146,6 @@ class TLSConfig:
     @ivar handshake_timeout: seconds a client gets to finish the handshake;
         C{None} disables. Applied by the protocol via L{start_handshake_timer}.
 
-    Version limits and client-certificate policy apply to every SNI name:
-    OpenSSL keeps them from the connection's first context.
     """
 
     key: KeySource | None = None

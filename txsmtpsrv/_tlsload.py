@@ -127,9 +127,10 @@ def _load_certs(source: object, what: str) -> list[x509.Certificate]:
 
 
 def _spki(key: Any) -> bytes:
-    return key.public_bytes(
+    spki: bytes = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return spki
 
 
 @dataclass(frozen=True)

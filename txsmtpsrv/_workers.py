@@ -80,13 +80,13 @@ class ParentWatch(Service):
         self._reading = False
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         os.set_blocking(self._fd, False)
         self._reactor.addReader(self)
         self._reading = True
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         if self._reading:
             self._reading = False
             self._reactor.removeReader(self)
@@ -146,7 +146,7 @@ def _endpoint_arguments(description: str) -> Tuple[List[str], Dict[str, str]]:
 def shareable_address(description: str) -> Tuple[int, str, int, int]:
     """
     C{(family, interface, port, backlog)} of a C{tcp:}/C{tcp6:} endpoint
-    string; L{usage.UsageError} for anything --workers cannot share.
+    string; C{usage.UsageError} for anything --workers cannot share.
     """
     args, kwargs = _endpoint_arguments(description)
     kind = args.pop(0).lower() if args else ""
@@ -219,7 +219,7 @@ def _unix_address(description: str) -> Tuple[str, int, int]:
 
 
 def check_shareable(description: str) -> None:
-    """Raise L{usage.UsageError} saying why --workers cannot share C{description}."""
+    """Raise C{usage.UsageError} saying why --workers cannot share C{description}."""
     _, inner = split_wrappers(description)
     if inner.split(":", 1)[0].lower() == "unix":
         _unix_address(inner)
@@ -368,6 +368,7 @@ class _WorkerProtocol(ProcessProtocol):
         self._buffers = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.pid = self.transport.pid
         log.info("started worker {index}, pid {worker_pid}", index=self.index, worker_pid=self.pid)
 
@@ -458,7 +459,7 @@ class WorkerPool(Service):
         return argv[:position] + adopt + argv[position:]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self._stopping = False
         for index in range(1, self.count + 1):
             self._reactor.callWhenRunning(self._spawn, index)
@@ -538,7 +539,7 @@ class WorkerPool(Service):
             listening.stopListening()  # closes the parent's duplicate only
 
     def stopService(self) -> "Deferred[None]":
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self._stopping = True
         for call in self._restarts.values():
             if call.active():
@@ -569,7 +570,8 @@ class WorkerPool(Service):
     @staticmethod
     def _signal(worker: _WorkerProtocol, signal: str) -> None:
         try:
-            worker.transport.signalProcess(signal)
+            if worker.transport is not None:
+                worker.transport.signalProcess(signal)
         except (ierror.ProcessExitedAlready, OSError):
             pass
 

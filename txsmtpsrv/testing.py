@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -78,7 +78,7 @@ class FakeResolver:
     answer (to test the lookup time limit).
     """
 
-    def __init__(self, names: Optional[dict] = None, hang: bool = False) -> None:
+    def __init__(self, names: Optional[Dict[str, Any]] = None, hang: bool = False) -> None:
         self.names = dict(names or {})
         self.hang = hang
         self.queries: List[str] = []
@@ -164,8 +164,10 @@ class Pending:
         setattr(self, hook, answer)
 
 
+# The interface (through ITCPTransport) also lists TCP socket options that
+# this fake does not need.
 @implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
+class TLSStringTransport(StringTransport):  # type: ignore[misc]
     """
     A C{StringTransport} that can start TLS, in pretence: C{startTLS}
     records the context factory it is given (C{tls_contexts}) and what had
@@ -175,13 +177,13 @@ class TLSStringTransport(StringTransport):
     """
 
     def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
+        super().__init__(*a, **kw)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self.tls_contexts: List[Any] = []
         self.written_before_tls = b""
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
         self.tls_contexts.append(contextFactory)
-        self.written_before_tls = self.value()
+        self.written_before_tls = self.value()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         directlyProvides(self, ITLSTransport, ISSLTransport)
 
 
@@ -189,11 +191,11 @@ class ImplicitTLSStringTransport(StringTransport):
     """A C{StringTransport} that is TLS from the start, as one under C{wrapServerTLS} (port 465)."""
 
     def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
+        super().__init__(*a, **kw)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         directlyProvides(self, ISSLTransport)
 
 
-_TRANSPORTS = {None: StringTransport, False: StringTransport, "starttls": TLSStringTransport,
+_TRANSPORTS: Dict[Any, Callable[..., StringTransport]] = {None: StringTransport, False: StringTransport, "starttls": TLSStringTransport,
                "implicit": ImplicitTLSStringTransport}
 _HELLO_VERBS = ("EHLO ", "HELO ", "LHLO ")
 
@@ -232,8 +234,8 @@ class TestClient:
         if tls not in _TRANSPORTS:
             raise ValueError(f"tls must be None, 'starttls' or 'implicit', not {tls!r}")
         if isinstance(peer, tuple):
-            peer = (IPv6Address if ":" in peer[0] else IPv4Address)("TCP", *peer)  # type: ignore[arg-type]
-        host_addr = (IPv6Address if ":" in host[0] else IPv4Address)("TCP", *host)  # type: ignore[arg-type]
+            peer = (IPv6Address if ":" in peer[0] else IPv4Address)("TCP", *peer)
+        host_addr = (IPv6Address if ":" in host[0] else IPv4Address)("TCP", *host)
         self.server = server
         self.lmtp = bool(server.options.lmtp)
         self.transport = _TRANSPORTS[tls](hostAddress=host_addr, peerAddress=peer)
@@ -265,7 +267,7 @@ class TestClient:
 
     def read(self) -> bytes:
         """Everything the server wrote since the last read."""
-        data = self.transport.value()
+        data: bytes = self.transport.value()
         self.transport.clear()
         return data
 

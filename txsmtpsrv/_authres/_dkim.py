@@ -8,7 +8,7 @@ holding it, we split the work: L{MessageScanner} collects only the header
 section (bounded) and streams the body through L{BodyHasher}s, one per
 distinct body canonicalization, hash and C{l=} that the signatures ask for;
 then dkimpy verifies each signature over the header section alone, with its
-body-hash step replaced by a comparison with our digest (L{_Verifier}).
+body-hash step replaced by a comparison with our digest (C{_Verifier}).
 The canonicalization reproduces dkimpy's own (C{\\r?\\n} line ends, the
 relaxed and simple rules, the empty-body cases) chunk by chunk, holding back
 at most a CR and a collapsed run of white space; a property test compares

@@ -58,8 +58,8 @@ def make_resolver(nameservers: Sequence[str] = (), reactor: Any = None) -> IReso
 
     if nameservers:
         servers = [parse_nameserver(n) for n in nameservers]
-        return cast(IResolver, client.Resolver(servers=servers, reactor=reactor))  # type: ignore[no-untyped-call]
-    return cast(IResolver, client.Resolver(resolv="/etc/resolv.conf", reactor=reactor))  # type: ignore[no-untyped-call]
+        return cast(IResolver, client.Resolver(servers=servers, reactor=reactor))
+    return cast(IResolver, client.Resolver(resolv="/etc/resolv.conf", reactor=reactor))
 
 
 def _valid_name(name: str) -> bool:
@@ -154,10 +154,10 @@ class MessageDNS:
 
         # Every DNS*Error subclasses DomainError: only NXDOMAIN and an
         # authority's plain "no such name" mean the name does not exist.
-        missing = reason.check(error.DNSNameError)  # type: ignore[no-untyped-call]
+        missing = reason.check(error.DNSNameError)
         if missing or reason.type in (error.DomainError, error.AuthoritativeDomainError):
             return []
-        if reason.check(DNSTempError):  # type: ignore[no-untyped-call]
+        if reason.check(DNSTempError):
             reason.raiseException()
         why = reason.type.__name__ if reason.type is not None else "error"
         raise DNSTempError(f"{rrtype} {name}: {why}")

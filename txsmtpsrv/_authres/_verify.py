@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_authres -*-
 """
-L{AuthVerifier}: SPF, DKIM, DMARC and ARC as hooks, in front of other hooks.
+L{AuthVerifier}: SPF, DKIM, DMARC and ARC as hooks, in front of other hooks::
 
     server = SMTPServer(AuthVerifier(MaildirDelivery("~/Maildir"), authserv_id="mx.example"))
 
@@ -220,7 +220,7 @@ class AuthVerifier:
         d.addTimeout(self.check_timeout, self._clock)
 
         def failed(reason: Failure) -> None:
-            if reason.check(TimeoutError, CancelledError):  # type: ignore[no-untyped-call]
+            if reason.check(TimeoutError, CancelledError):
                 self.log.warn("{what} checks of session {session_id} timed out", what=what, session_id=session.id)
             else:
                 self.log.failure("{what} checks of session {session_id} failed", reason, what=what,
