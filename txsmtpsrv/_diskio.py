@@ -299,8 +299,7 @@ class ChunkFile:
 
     def pushed(self) -> "Optional[Deferred[None]]":
         """After gathering: start a write if enough waits; a Deferred means "pause"."""
-        if self._error is not None:
-            self._error.raiseException()
+        self._raise_if_failed()
         if not self._pending or self._size < self._flush_at:
             return None
         if self._writing:
@@ -309,9 +308,12 @@ class ChunkFile:
             return waiter
         self._writing = True
         self.serial.run(self._write, self._take()).addBoth(self._wrote)
-        if self._error is not None:  # inline I/O failed at once
-            self._error.raiseException()
+        self._raise_if_failed()  # inline I/O may have failed at once
         return None
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            self._error.raiseException()
 
     def _take(self) -> bytes:
         data = b"".join(self._pending)

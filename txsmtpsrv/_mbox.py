@@ -277,7 +277,7 @@ class MboxDelivery:
         if self._clock is None:
             from twisted.internet import reactor
 
-            return reactor  # type: ignore[return-value]
+            return reactor
         return self._clock
 
     def on_data(self, session: Session, stream: Any) -> "Deferred[None]":
