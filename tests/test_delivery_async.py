@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 import signal
 import smtplib
 import subprocess
@@ -333,8 +335,9 @@ class ThreadedDelivery(unittest.TestCase):
     """With the thread pool: the reactor keeps running while a delivery waits for the disk."""
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        # Not self.mktemp(): under pytest that lands in the working directory.
+        self.dir = Path(tempfile.mkdtemp(prefix="txsmtpsrv-delivery-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
 
     @defer.inlineCallbacks
     def test_reactor_serves_while_fsync_blocks(self) -> Any:
