@@ -955,6 +955,32 @@ def test_on_helo_custom_reply():
     assert reply.enhanced is None
 
 
+def test_ehlo_reply_bytes_match_one_framed_reply():
+    """
+    The EHLO keyword lines are framed once per server and reused: the wire
+    bytes stay what framing the whole reply at once gives, for a multi-line
+    custom greeting, for a second connection (the cached tail) and for HELO.
+    """
+    from txsmtpsrv._errors import format_reply
+
+    class H:
+        def on_helo(self, session, hostname):
+            return Reply(250, [f"hello {hostname}", "second line"])
+
+    server, _ = make_server(H())
+    for name in ("one.test", "two.test"):
+        client = TestClient(server, ("192.0.2.7", 4000))
+        client.read()
+        client.send(f"EHLO {name}\r\n")
+        raw = client.read()
+        lines = raw.decode().split("\r\n")[:-1]
+        assert lines[0] == f"250-hello {name}" and lines[1] == "250-second line"
+        assert len(lines) > 3 and lines[-1].startswith("250 ")
+        assert raw == format_reply(250, [line[4:] for line in lines], None)
+        client.send("HELO again.test\r\n")
+        assert client.read() == b"250-hello again.test\r\n250 second line\r\n"  # HELO: no keywords
+
+
 def test_on_close_called():
     """on_close is called with the session when the connection closes."""
     hooks = Recorder()

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ._commands import CommandError, parse_helo
 from ._cmd_guard import SLEEP, GuardCommands
 from ._core import START_TLS
-from ._errors import Reply, SMTPError, format_reply
+from ._errors import Reply, SMTPError, format_reply, reply_line
 from ._ipaddr import address_literal, parse_ip
 from ._outcome import auth_outcome, hook_outcome
 from ._phases import Phase
@@ -183,12 +183,21 @@ class SessionCommands(GuardCommands):
             else:
                 lines = [o.helo_response.format(name=o.name, client_hostname=s.client_hostname,
                                                 remote_address=s.remote_address, helo=hostname)]
-            if command != "HELO":
-                lines.extend(ehlo_keywords(self))
+            keywords: Tuple[str, ...] = () if command == "HELO" else tuple(ehlo_keywords(self))
             if self.observers["reply"]:
                 self._notify("reply", s, command, 250, None, lines[0])
             if not self._hungup:
-                self.out.append(format_reply(250, lines, None))
+                if keywords:
+                    # The keyword lines are the same for every session in the
+                    # same state: framed once per server (what format_reply
+                    # would make of the greeting and keywords together).
+                    key = ("EHLO keywords", keywords)
+                    tail = self._cache.get(key)
+                    if tail is None:
+                        tail = self._cache[key] = format_reply(250, keywords, None)
+                    self.out.append(b"".join([reply_line("250-", line) for line in lines]) + tail)
+                else:
+                    self.out.append(format_reply(250, lines, None))
             if self.observers["helo"]:
                 self._notify("helo", s, hostname)
 

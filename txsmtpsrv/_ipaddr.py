@@ -8,6 +8,7 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Optional, Union
 
@@ -23,10 +24,15 @@ def unmapped(addr: IPAddress) -> IPAddress:
     return addr
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_ip(text: str) -> Optional[IPAddress]:
     """
     C{text} as an address (scope id dropped, IPv4-mapped IPv6 as IPv4, so a
     dual-stack listener matches IPv4 networks), or C{None} if it is not one.
+
+    Cached: every connection parses its peer's address (the session, the
+    operator log) and busy clients repeat the same few; the address objects
+    are immutable, so sharing them is safe.
     """
     try:
         return unmapped(ipaddress.ip_address(text.split("%", 1)[0]))

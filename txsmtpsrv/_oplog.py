@@ -28,11 +28,11 @@ the last line: a flood from one address must not flood the log.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any, Callable, Dict, List, Optional
 
 from ._addrlimits import OncePer, address_key
+from ._ipaddr import parse_ip
 from ._logging import SessionLogger
 
 __all__ = ["SessionLog", "log_value"]
@@ -105,11 +105,9 @@ class SessionLog:
         self._removers = []
 
     def _quiet(self, address: str) -> bool:
-        try:
-            ip: Any = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = parse_ip(address)  # dual-stack listeners: IPv4-mapped matches as IPv4
+        if ip is None:
             return False
-        ip = getattr(ip, "ipv4_mapped", None) or ip  # dual-stack listeners: match as IPv4
         return any(ip in net for net in self._server.options.ignored_hosts)
 
     def _connect(self, session: Any) -> None:
