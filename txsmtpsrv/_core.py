@@ -64,7 +64,6 @@ WRITE = 8  # the client does not read our replies
 ASKING = 16  # the data hook is being called: its answer may apply to the next bytes
 _OURS = HOOK | STREAM | VERDICT | ASKING  # holds that never time the client out
 
-_ENDED = frozenset({_CLOSING, _CLOSED})
 
 Done = Callable[[Any, Optional[BaseException], bool], None]
 
