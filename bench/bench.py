@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """
-Benchmark txsmtpsrv against aiosmtpd and twisted.mail.smtp in one run.
+Benchmark txsmtpsrv against its peers in one run: aiosmtpd, twisted.mail.smtp, and
+(where their toolchains are installed) Node's smtp-server, go-smtp and Postfix's smtp-sink.
 
 Each server runs as its own process on 127.0.0.1 (see ``_peers.py``), pinned
 to one core; this process is the load generator (see ``_load.py``), pinned to
@@ -18,6 +19,7 @@ every SMTP reply and reports runs that had failures.
     python bench/bench.py            # full run (~3-5 minutes on 2 cores)
     python bench/bench.py --quick    # smoke run (~30 seconds)
     python bench/bench.py --json results.json
+    python bench/bench.py --client smtp-source --servers txsmtpsrv,node,go-smtp
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
 import _peers  # noqa: E402
+import _smtp_source  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUBJECT = "txsmtpsrv"
-PEERS = ("aiosmtpd", "twisted.mail")
+PEERS = tuple(k for k in _peers.KINDS if k != SUBJECT)
+CLIENTS = ("asyncio", "smtp-source")
+#: Scenarios that smtp-source drives; the others keep the asyncio client (no idle/latency mode).
+SMTP_SOURCE_SCENARIOS = ("persist", "churn", "large")
 START_TIMEOUT = 30.0
 STDERR_LINES = 25
 
@@ -65,6 +71,7 @@ class Config:
 
     repeat: int = 3
     pipelining: bool = False
+    client: str = "asyncio"
     message_size: int = 1 * KIB
     persist_sessions: int = 20
     persist_per_connection: int = 100
@@ -230,26 +237,23 @@ class ServerProcess:
         self.cpu = cpu
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.server_pid = 0  # from the READY line: the process that serves (may be a child)
         self.detail = ""
         self.stderr_file = tempfile.TemporaryFile()
         self.stderr_text = ""
 
     @property
     def pid(self) -> int:
+        """The serving process, whose /proc figures are read (smtp-sink runs as a child)."""
         assert self.proc is not None
-        return self.proc.pid
+        return self.server_pid or self.proc.pid
 
     def command(self) -> list[str]:
         """The server's command line (a separate method so it can be swapped when debugging)."""
-        return [sys.executable, os.path.join(HERE, "_peers.py"), self.kind]
+        return _peers.command(self.kind)
 
     def start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (ROOT, env.get("PYTHONPATH", "")) if p
-        )
-        env.pop("PYTHONASYNCIODEBUG", None)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env = _peers.server_env()
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -283,6 +287,9 @@ class ServerProcess:
         if len(parts) < 3 or parts[0] != "READY":
             raise ServerError(f"{self.kind}: unexpected start line {line!r}")
         self.port = int(parts[1])
+        self.server_pid = int(parts[2])
+        if self.server_pid != self.proc.pid and not os.path.exists(f"/proc/{self.server_pid}/stat"):
+            raise ServerError(f"{self.kind}: READY names pid {self.server_pid}, which is not running")
         self.detail = parts[3].strip() if len(parts) > 3 else ""
 
     def check_alive(self) -> None:
@@ -352,19 +359,34 @@ class RunResult:
         return self.failures == 0
 
 
-async def warm_up(srv: ServerProcess, cfg: Config, payload: bytes) -> None:
-    """A few messages first, so first-use costs (imports, caches) are not measured."""
-    tally = _load.Tally()
+async def send_load(
+    srv: ServerProcess, cfg: Config, *, scenario: str, sessions: int, total: int,
+    per_connection: int, size: int, tally: _load.Tally, deadline: float,
+) -> None:
+    """Messages of ``size`` bytes through the client ``--client`` chose for this scenario."""
+    if cfg.client == "smtp-source" and scenario in SMTP_SOURCE_SCENARIOS:
+        await _smtp_source.message_load(
+            srv.port, sessions=sessions, total=total, per_connection=per_connection,
+            size=size, tally=tally, deadline=deadline,
+        )
+        return
     await _load.message_load(
         srv.port,
-        sessions=2,
-        total=40,
-        per_connection=10,
-        payload=payload,
+        sessions=sessions,
+        total=total,
+        per_connection=per_connection,
+        payload=_load.make_message(size),
         pipelining=cfg.pipelining,
         tally=tally,
-        deadline=30,
+        deadline=deadline,
     )
+
+
+async def warm_up(srv: ServerProcess, cfg: Config, scenario: str) -> None:
+    """A few messages first, so first-use costs (imports, caches) are not measured."""
+    tally = _load.Tally()
+    await send_load(srv, cfg, scenario=scenario, sessions=2, total=40, per_connection=10,
+                    size=cfg.message_size, tally=tally, deadline=30)
     if tally.failures:
         raise ServerError(f"{srv.kind}: warm-up failed: {tally.errors}")
 
@@ -373,8 +395,8 @@ async def scenario_messages(
     srv: ServerProcess, cfg: Config, res: RunResult, *, churn: bool
 ) -> None:
     """persist / churn: CPU per message for 1 KiB messages."""
-    payload = _load.make_message(cfg.message_size)
-    await warm_up(srv, cfg, payload)
+    scenario = "churn" if churn else "persist"
+    await warm_up(srv, cfg, scenario)
     if churn:
         sessions, total, per_conn = cfg.churn_sessions, cfg.churn_total, 1
     else:
@@ -383,16 +405,9 @@ async def scenario_messages(
     tally = _load.Tally()
     cpu0 = await settle_cpu(srv.pid)
     t0 = time.perf_counter()
-    await _load.message_load(
-        srv.port,
-        sessions=sessions,
-        total=total,
-        per_connection=per_conn,
-        payload=payload,
-        pipelining=cfg.pipelining,
-        tally=tally,
-        deadline=60 + total * 0.005,
-    )
+    await send_load(srv, cfg, scenario=scenario, sessions=sessions, total=total,
+                    per_connection=per_conn, size=cfg.message_size, tally=tally,
+                    deadline=60 + total * 0.005)
     wall = time.perf_counter() - t0
     cpu = await settle_cpu(srv.pid) - cpu0
     res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
@@ -405,16 +420,13 @@ async def scenario_messages(
 
 async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
     """large: CPU per MiB and peak RSS while 10 MiB messages stream through."""
-    await warm_up(srv, cfg, _load.make_message(cfg.message_size))
-    payload = _load.make_message(cfg.large_size)
+    await warm_up(srv, cfg, "large")
     await settle_cpu(srv.pid)
     rss_before = proc_status_kib(srv.pid, "VmRSS")  # before any large message
     # One large message first, so first-use costs are not in the CPU figure.
     tally = _load.Tally()
-    await _load.message_load(
-        srv.port, sessions=1, total=1, per_connection=1, payload=payload,
-        pipelining=cfg.pipelining, tally=tally, deadline=60,
-    )
+    await send_load(srv, cfg, scenario="large", sessions=1, total=1, per_connection=1,
+                    size=cfg.large_size, tally=tally, deadline=60)
     if tally.failures:
         raise ServerError(f"{srv.kind}: large warm-up failed: {tally.errors}")
     cpu0 = await settle_cpu(srv.pid)
@@ -438,16 +450,9 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
     tally = _load.Tally()
     t0 = time.perf_counter()
     try:
-        await _load.message_load(
-            srv.port,
-            sessions=cfg.large_sessions,
-            total=cfg.large_messages,
-            per_connection=cfg.large_messages,
-            payload=payload,
-            pipelining=cfg.pipelining,
-            tally=tally,
-            deadline=60 + cfg.large_messages * 10,
-        )
+        await send_load(srv, cfg, scenario="large", sessions=cfg.large_sessions,
+                        total=cfg.large_messages, per_connection=cfg.large_messages,
+                        size=cfg.large_size, tally=tally, deadline=60 + cfg.large_messages * 10)
     finally:
         stop.set()
         await sampler
@@ -473,7 +478,7 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
 
 async def scenario_idle(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
     """idle: resident memory per connection that has done EHLO and sits idle."""
-    await warm_up(srv, cfg, _load.make_message(cfg.message_size))
+    await warm_up(srv, cfg, "idle")
     tally = _load.Tally()
     # Warm the connection path itself (first-connection allocations are not per-connection).
     await _load.idle_connections(
@@ -517,7 +522,7 @@ async def scenario_idle(srv: ServerProcess, cfg: Config, res: RunResult) -> None
 async def scenario_latency(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
     """latency: one lock-step client; wall-clock time per transaction (noisy; for context)."""
     payload = _load.make_message(cfg.message_size)
-    await warm_up(srv, cfg, payload)
+    await warm_up(srv, cfg, "latency")
     tally = _load.Tally()
     samples = await _load.latency(
         srv.port, count=cfg.latency_transactions, payload=payload, tally=tally, deadline=60
@@ -565,19 +570,8 @@ def run_one(kind: str, scenario: str, repeat: int, cfg: Config, server_cpu: int 
 
 
 def check_available(kind: str) -> str | None:
-    """None if the server can be imported, else the error (so it is skipped, not failed N times)."""
-    module = {"txsmtpsrv": "from txsmtpsrv import SMTPServer",
-              "aiosmtpd": "from aiosmtpd.smtp import SMTP",
-              "twisted.mail": "from twisted.mail import smtp"}[kind]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", module], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
-    )
-    if proc.returncode == 0:
-        return None
-    lines = proc.stderr.strip().splitlines()
-    return lines[-1] if lines else f"exit status {proc.returncode}"
+    """None if the server can run here, else why not (so it is skipped, not failed N times)."""
+    return _peers.unavailable(kind)
 
 
 # ---------------------------------------------------------------- reporting
@@ -638,6 +632,7 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
         f"server pinned to CPU {meta['server_cpu']}, load generator to CPU {meta['client_cpu']}; "
         f"{'pipelining where advertised' if cfg.pipelining else 'lock-step client for every server'}; "
         f"median of {cfg.repeat} run(s); lower is better everywhere",
+        f"client: {meta['client']}",
     ]
     for kind in servers:
         piped = meta["pipelining_advertised"].get(kind)
@@ -732,12 +727,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="runs per scenario and server (default 3; median reported)")
     p.add_argument("--json", metavar="PATH", help="also write machine-readable results ('-' = stdout only)")
     p.add_argument("--servers", default=",".join((SUBJECT,) + PEERS),
-                   help="comma-separated subset of: " + ", ".join((SUBJECT,) + PEERS))
+                   help="comma-separated subset of: " + ", ".join((SUBJECT,) + PEERS)
+                   + " (default: all; a server whose toolchain is missing is skipped with a note)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--pipelining", action="store_true",
                    help="pipeline MAIL/RCPT/DATA when the server advertises PIPELINING "
                         "(default: lock-step for every server, for a like-for-like comparison)")
+    p.add_argument("--client", choices=CLIENTS, default="asyncio",
+                   help="load generator for persist/churn/large: the built-in asyncio client "
+                        "(default) or Postfix's smtp-source (C, HELO, lock-step; idle and latency "
+                        "keep the asyncio client)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every run")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -750,6 +750,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown scenario {s!r}")
     if args.repeat is not None and not 1 <= args.repeat <= 50:
         p.error("--repeat must be between 1 and 50")
+    if args.client == "smtp-source" and args.pipelining:
+        p.error("smtp-source does not pipeline; --pipelining needs the asyncio client")
     return args
 
 
@@ -759,6 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None:
         cfg.repeat = args.repeat
     cfg.pipelining = args.pipelining
+    cfg.client = args.client
+    if cfg.client == "smtp-source":
+        missing = _smtp_source.available()
+        if missing is not None:
+            print(f"--client smtp-source: {missing}", file=sys.stderr)
+            return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     nofile = _peers.raise_nofile(cfg.idle_connections + 1000)
     if nofile < cfg.idle_connections + 200:
@@ -775,6 +783,12 @@ def main(argv: list[str] | None = None) -> int:
         "servers": {},
         "pipelining_advertised": {},
         "unavailable": {},
+        "client": (
+            "Postfix smtp-source (HELO, lock-step) for "
+            + "/".join(s for s in args.scenarios if s in SMTP_SOURCE_SCENARIOS)
+            + "; asyncio client for the rest"
+            if cfg.client == "smtp-source" else "asyncio (bench/_load.py, EHLO)"
+        ),
     }
     for kind in args.servers:
         error = check_available(kind)
@@ -782,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(kind)
         else:
             meta["unavailable"][kind] = error
-            print(f"skipping {kind}: cannot import it ({error})", file=log)
+            print(f"skipping {kind}: {error}", file=log)
     if not servers:
         print("no server available", file=log)
         return 2
