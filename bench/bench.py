@@ -16,7 +16,7 @@ servers interleaved) and the median is reported, with txsmtpsrv/peer ratios.
 This is a benchmark, not a test: it never asserts timings.  It does check
 every SMTP reply and reports runs that had failures.
 
-    python bench/bench.py            # full run (~3-5 minutes on 2 cores)
+    python bench/bench.py            # full run (~6-8 minutes on 2 cores with all six servers)
     python bench/bench.py --quick    # smoke run (~30 seconds)
     python bench/bench.py --json results.json
     python bench/bench.py --client smtp-source --servers txsmtpsrv,node,go-smtp
