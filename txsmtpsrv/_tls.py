@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 # Re-exported: the public names stay importable from here.
+from . import _tlstickets
 from ._tlsconn import _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name, start_handshake_timer, tls_info
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
                        _load_identity)
@@ -145,6 +146,17 @@ class TLSConfig:
     @ivar max_version: highest TLS version (OpenSSL's newest when C{None}).
     @ivar handshake_timeout: seconds a client gets to finish the handshake;
         C{None} disables. Applied by the protocol via L{start_handshake_timer}.
+    @ivar session_tickets: issue and accept TLS session tickets (TLS 1.3 and
+        1.2), so that returning clients resume their session with a cheap
+        handshake. Off where this OpenSSL build does not let their keys be
+        set (logged once).
+    @ivar ticket_secret: what the ticket keys are derived from: at least 32
+        bytes, or a file holding them. Servers (and processes) given the same
+        secret accept each other's tickets. C{None}: a random secret for
+        this holder (kept across L{TLSContextHolder.reload}).
+    @ivar ticket_lifetime: seconds per ticket key (and how long clients may
+        use a ticket): new tickets use the current key, the previous key
+        still decrypts, older ones are forgotten.
 
     """
 
@@ -159,6 +171,9 @@ class TLSConfig:
     min_version: str | NamedConstant | None = None
     max_version: str | NamedConstant | None = None
     handshake_timeout: float | None = 30.0
+    session_tickets: bool = True
+    ticket_secret: bytes | str | os.PathLike[str] | None = field(default=None, repr=False)
+    ticket_lifetime: float = 3600.0
 
     def __post_init__(self) -> None:
         low = _parse_version(self.min_version, "min_version")
@@ -179,6 +194,11 @@ class TLSConfig:
                     "handshake_timeout must be a positive number of seconds "
                     f"or None, not {self.handshake_timeout!r}"
                 )
+        if (isinstance(self.ticket_lifetime, bool) or not isinstance(self.ticket_lifetime, (int, float))
+                or not _tlstickets.MIN_LIFETIME <= self.ticket_lifetime <= _tlstickets.MAX_LIFETIME):
+            raise TLSConfigError(
+                f"ticket_lifetime must be {_tlstickets.MIN_LIFETIME:g} to {_tlstickets.MAX_LIFETIME:g} "
+                f"seconds, not {self.ticket_lifetime!r}")
         if not isinstance(self.sni, Mapping):
             raise TLSConfigError(
                 f"sni must be a mapping of host name to certificate, not {type(self.sni).__name__}"
@@ -226,16 +246,18 @@ class _Policy:
     ca: tuple[x509.Certificate, ...]
     minimum: Any
     maximum: Any
+    tickets: _tlstickets.TicketKeys | None = None
 
     @classmethod
-    def from_config(cls, config: TLSConfig) -> _Policy:
+    def from_config(cls, config: TLSConfig, tickets: _tlstickets.TicketKeys | None = None) -> _Policy:
         ca = tuple(_load_certs(config.ca, "ca")) if config.ca is not None else ()
         if config.ca is not None and not ca:
             raise TLSConfigError("ca: no CA certificates given (use None to accept any client certificate)")
         minimum = _parse_version(config.min_version, "min_version")
         if minimum is not None and _VERSION_ORDER.index(minimum) < _VERSION_ORDER.index(TLSVersion.TLSv1_2):
             log.warn("TLS min_version {version} allows obsolete TLS versions", version=config.min_version)
-        return cls(config.client_cert_mode, ca, minimum, _parse_version(config.max_version, "max_version"))
+        return cls(config.client_cert_mode, ca, minimum, _parse_version(config.max_version, "max_version"),
+                   tickets)
 
     def options(self, identity: _Identity, **extra: Any) -> CertificateOptions:
         """Make C{CertificateOptions} for C{identity}; its context is configured and unused."""
@@ -243,6 +265,7 @@ class _Policy:
             privateKey=identity.key,
             certificate=identity.cert,
             extraCertChain=list(identity.chain) or None,
+            enableSessionTickets=self.tickets is not None,
             **extra,
         )
         if self.minimum is not None:
@@ -259,6 +282,8 @@ class _Policy:
             ctx = opts.getContext()
         except SSL.Error as e:
             raise TLSConfigError(f"OpenSSL rejected the TLS settings: {e}") from None
+        if self.tickets is not None:
+            _tlstickets.install(ctx, self.tickets)
         if self.mode != "none":
             if self.ca:
                 # Tell clients which issuers we accept so they pick the right cert.
@@ -280,9 +305,12 @@ class _ContextSet:
     does dictionary lookups; the SNI callback's results are cached.
     """
 
-    def __init__(self, config: TLSConfig, hostname: str | None) -> None:
+    def __init__(self, config: TLSConfig, hostname: str | None,
+                 tickets: _tlstickets.TicketKeys | None = None) -> None:
         self.config = config
-        self.policy = _Policy.from_config(config)
+        #: The ticket keys in use (kept by the holder across reloads).
+        self.tickets = _ticket_keys(config, tickets)
+        self.policy = _Policy.from_config(config, self.tickets)
         if config.key is None and config.cert is None:
             dev = development_certificate(hostname or "localhost")
             identity = _load_identity(dev.key, dev.cert, None, "development certificate")
@@ -343,6 +371,33 @@ class _ContextSet:
         return ctx
 
 
+def _ticket_secret(config: TLSConfig) -> bytes | None:
+    source = config.ticket_secret
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        with open(os.fspath(source), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read the ticket_secret file {os.fspath(source)}: {e.strerror or e}") from None
+
+
+def _ticket_keys(config: TLSConfig, previous: _tlstickets.TicketKeys | None) -> _tlstickets.TicketKeys | None:
+    """The ticket keys for C{config}: C{previous} when they are the same (tickets stay valid over a reload)."""
+    if not config.session_tickets:
+        return None
+    secret = _ticket_secret(config)
+    if previous is not None and previous.lifetime == config.ticket_lifetime and (
+            secret is None and previous.random or secret is not None and previous.same_secret(secret)):
+        return previous
+    if not _tlstickets.supported():
+        return None
+    try:
+        return _tlstickets.TicketKeys(secret, config.ticket_lifetime)
+    except ValueError as e:
+        raise TLSConfigError(f"ticket_secret: {e}") from None
+
+
 def build_server_options(config: TLSConfig, *, hostname: str | None = None) -> CertificateOptions:
     """
     Build C{CertificateOptions} for C{config} (no reloading).
@@ -377,6 +432,11 @@ class TLSContextHolder:
         self._current = _ContextSet(config, hostname)
 
     @property
+    def session_tickets(self) -> bool:
+        """Whether new connections get session tickets (see L{TLSConfig.session_tickets})."""
+        return self._current.tickets is not None
+
+    @property
     def config(self) -> TLSConfig:
         """The configuration in use for new connections."""
         return self._current.config
@@ -395,7 +455,8 @@ class TLSContextHolder:
 
         @raise TLSConfigError: the new configuration cannot be loaded.
         """
-        new = _ContextSet(config if config is not None else self._current.config, self._hostname)
+        new = _ContextSet(config if config is not None else self._current.config, self._hostname,
+                          self._current.tickets)
         self._current = new
         cert = new.certificate
         log.info("TLS configuration reloaded: certificate {subject}, expires {expires}",

@@ -84,6 +84,8 @@ class TLSInfo:
     @ivar peer_certificate_verified: C{True} when the client certificate was
         verified against the configured C{ca}; C{False} when there is none or
         it was accepted without verification (no C{ca} configured).
+    @ivar resumed: the client resumed an earlier session (a session ticket):
+        an abbreviated handshake without the server's signature.
     """
 
     version: str
@@ -91,6 +93,7 @@ class TLSInfo:
     server_name: str | None = None
     peer_certificate: x509.Certificate | None = None
     peer_certificate_verified: bool = False
+    resumed: bool = False
 
 
 _MAX_WRAPPER_DEPTH = 16
@@ -139,7 +142,15 @@ def tls_info(transport: object) -> TLSInfo | None:
         server_name=server_name,
         peer_certificate=peer,
         peer_certificate_verified=peer is not None and conn not in _ACCEPTED_UNVERIFIED,
+        resumed=_resumed(conn),
     )
+
+
+def _resumed(conn: SSL.Connection) -> bool:
+    """C{SSL_session_reused}: pyOpenSSL binds it but has no method for it."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(conn._ssl))
 
 
 class HandshakeTimer:
