@@ -50,7 +50,7 @@ from zope.interface import implementer
 from . import _tlstickets
 from ._tlsconn import _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name, start_handshake_timer, tls_info
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
-                       _load_identity)
+                       _identities_from_entry, _load_identity, check_key_types, serve_side_by_side)
 
 __all__ = [
     "TLSConfig",
@@ -129,10 +129,16 @@ class TLSConfig:
         handshake fails. Without C{ca}, a requested client certificate is
         accepted whatever its issuer (the hook decides; L{TLSInfo.peer_certificate_verified}
         is then C{False}).
+    @ivar additional_certificates: more certificates served side by side
+        with C{key}/C{cert}, one per key type: typically an ECDSA one next
+        to an RSA one. Each handshake uses the certificate the client can
+        verify: ECDSA (a cheaper handshake) for clients that offer it, RSA
+        for the others. Entries as for C{sni} values.
     @ivar sni: host name -> certificate for that name (a L{TLSConfig} whose
-        key/cert/chain are used, a C{(key, cert)} or C{(key, cert, chain)}
-        tuple, or any object with C{key}, C{cert} and optional C{chain}
-        attributes). Names may be U-labels; C{"*.example.com"} matches one
+        key/cert/chain and additional_certificates are used, a C{(key, cert)}
+        or C{(key, cert, chain)} tuple, any object with C{key}, C{cert} and
+        optional C{chain} attributes, or a list of such entries of different
+        key types, served side by side). Names may be U-labels; C{"*.example.com"} matches one
         label. Unknown names and clients without SNI get the default.
     @ivar sni_callback: C{callable(name) -> entry or None} for names not in
         C{sni}; C{name} is the lower-case A-label. It runs synchronously in
@@ -163,6 +169,7 @@ class TLSConfig:
     key: KeySource | None = None
     cert: CertSource | None = None
     chain: CertsSource | None = None
+    additional_certificates: Sequence[Any] = ()
     ca: CertsSource | None = None
     sni: Mapping[str, Any] = field(default_factory=dict)
     sni_callback: Callable[[str], Any] | None = None
@@ -199,6 +206,10 @@ class TLSConfig:
             raise TLSConfigError(
                 f"ticket_lifetime must be {_tlstickets.MIN_LIFETIME:g} to {_tlstickets.MAX_LIFETIME:g} "
                 f"seconds, not {self.ticket_lifetime!r}")
+        if isinstance(self.additional_certificates, (str, bytes, Mapping)) or not isinstance(
+                self.additional_certificates, Sequence):
+            raise TLSConfigError("additional_certificates must be a list of (key, cert) entries, "
+                                 f"not {type(self.additional_certificates).__name__}")
         if not isinstance(self.sni, Mapping):
             raise TLSConfigError(
                 f"sni must be a mapping of host name to certificate, not {type(self.sni).__name__}"
@@ -259,12 +270,14 @@ class _Policy:
         return cls(config.client_cert_mode, ca, minimum, _parse_version(config.max_version, "max_version"),
                    tickets)
 
-    def options(self, identity: _Identity, **extra: Any) -> CertificateOptions:
-        """Make C{CertificateOptions} for C{identity}; its context is configured and unused."""
+    def options(self, identities: list[_Identity], **extra: Any) -> CertificateOptions:
+        """Make C{CertificateOptions} for C{identities} (side by side); its context is configured and unused."""
+        identity = identities[0]
         kwargs: dict[str, Any] = dict(
             privateKey=identity.key,
             certificate=identity.cert,
-            extraCertChain=list(identity.chain) or None,
+            # Several certificates: each gets its own chain below.
+            extraCertChain=list(identity.chain) or None if len(identities) == 1 else None,
             enableSessionTickets=self.tickets is not None,
             **extra,
         )
@@ -282,6 +295,11 @@ class _Policy:
             ctx = opts.getContext()
         except SSL.Error as e:
             raise TLSConfigError(f"OpenSSL rejected the TLS settings: {e}") from None
+        if len(identities) > 1:
+            try:
+                serve_side_by_side(ctx, identities)
+            except SSL.Error as e:
+                raise TLSConfigError(f"OpenSSL rejected the certificates: {e}") from None
         if self.tickets is not None:
             _tlstickets.install(ctx, self.tickets)
         if self.mode != "none":
@@ -309,16 +327,19 @@ class _ContextSet:
                  tickets: _tlstickets.TicketKeys | None = None) -> None:
         self.config = config
         #: The ticket keys in use (kept by the holder across reloads).
-        self.tickets = _ticket_keys(config, tickets)
+        self.tickets = _tlstickets.keys_for(config, tickets)
         self.policy = _Policy.from_config(config, self.tickets)
         if config.key is None and config.cert is None:
             dev = development_certificate(hostname or "localhost")
-            identity = _load_identity(dev.key, dev.cert, None, "development certificate")
+            identities = [_load_identity(dev.key, dev.cert, None, "development certificate")]
         else:
-            identity = _load_identity(config.key, config.cert, config.chain, "TLS")
+            identities = [_load_identity(config.key, config.cert, config.chain, "TLS")]
+        identities += [_identity_from_entry(entry, f"additional_certificates[{i}]")
+                       for i, entry in enumerate(config.additional_certificates)]
+        check_key_types(identities, "TLS")
         #: The default certificate, for logs ("reloaded: subject ..., expires ...").
-        self.certificate = identity.cert
-        self.options = self.policy.options(identity, contextForServerName=self.context_for_name)
+        self.certificate = identities[0].cert
+        self.options = self.policy.options(identities, contextForServerName=self.context_for_name)
         self.default_context: SSL.Context = self.options.getContext()
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -337,7 +358,7 @@ class _ContextSet:
         self._cache: OrderedDict[str, SSL.Context | None] = OrderedDict()
 
     def _build(self, entry: object, what: str) -> SSL.Context:
-        return self.policy.options(_identity_from_entry(entry, what)).getContext()
+        return self.policy.options(_identities_from_entry(entry, what)).getContext()
 
     def context_for_name(self, raw: bytes | None) -> SSL.Context | None:
         """C{contextForServerName} callback: the context for the client's SNI."""
@@ -369,33 +390,6 @@ class _ContextSet:
         if len(self._cache) > _SNI_CACHE_SIZE:
             self._cache.popitem(last=False)
         return ctx
-
-
-def _ticket_secret(config: TLSConfig) -> bytes | None:
-    source = config.ticket_secret
-    if source is None or isinstance(source, bytes):
-        return source
-    try:
-        with open(os.fspath(source), "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise TLSConfigError(f"cannot read the ticket_secret file {os.fspath(source)}: {e.strerror or e}") from None
-
-
-def _ticket_keys(config: TLSConfig, previous: _tlstickets.TicketKeys | None) -> _tlstickets.TicketKeys | None:
-    """The ticket keys for C{config}: C{previous} when they are the same (tickets stay valid over a reload)."""
-    if not config.session_tickets:
-        return None
-    secret = _ticket_secret(config)
-    if previous is not None and previous.lifetime == config.ticket_lifetime and (
-            secret is None and previous.random or secret is not None and previous.same_secret(secret)):
-        return previous
-    if not _tlstickets.supported():
-        return None
-    try:
-        return _tlstickets.TicketKeys(secret, config.ticket_lifetime)
-    except ValueError as e:
-        raise TLSConfigError(f"ticket_secret: {e}") from None
 
 
 def build_server_options(config: TLSConfig, *, hostname: str | None = None) -> CertificateOptions:

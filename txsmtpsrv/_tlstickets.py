@@ -37,8 +37,9 @@ from OpenSSL import SSL
 from twisted.logger import Logger
 
 from . import _tlsnative
+from ._tlsload import TLSConfigError
 
-__all__ = ["TicketKeys", "install", "supported"]
+__all__ = ["TicketKeys", "install", "keys_for", "supported"]
 
 log = Logger()
 
@@ -194,3 +195,30 @@ def install(context: SSL.Context, keys: TicketKeys) -> bool:
     context.set_session_id(keys.session_id_context)
     context.set_timeout(max(1, int(keys.lifetime)))
     return True
+
+
+def _ticket_secret(config: Any) -> bytes | None:
+    source = config.ticket_secret
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        with open(os.fspath(source), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read the ticket_secret file {os.fspath(source)}: {e.strerror or e}") from None
+
+
+def keys_for(config: Any, previous: TicketKeys | None) -> TicketKeys | None:
+    """The ticket keys for C{config}: C{previous} when they are the same (tickets stay valid over a reload)."""
+    if not config.session_tickets:
+        return None
+    secret = _ticket_secret(config)
+    if previous is not None and previous.lifetime == config.ticket_lifetime and (
+            secret is None and previous.random or secret is not None and previous.same_secret(secret)):
+        return previous
+    if not supported():
+        return None
+    try:
+        return TicketKeys(secret, config.ticket_lifetime)
+    except ValueError as e:
+        raise TLSConfigError(f"ticket_secret: {e}") from None
