@@ -219,6 +219,35 @@ class ResumptionTests(unittest.SynchronousTestCase):
         self.assertTrue(handshake(Holder(), client, session)[1])
 
 
+class ClientCertificateTests(unittest.SynchronousTestCase):
+    """A resumed session skips certificate verification: what tls_info reports must not change."""
+
+    def _infos(self, **kw: Any) -> List[Any]:
+        from tests.test_tls import material
+
+        m = material()
+        holder = TLSContextHolder(mx_config(request_client_cert=True, **kw))
+        client = client_context(ssl.TLSVersion.TLSv1_3)
+        client.load_cert_chain(m.paths["client.crt"], m.paths["client.key"])
+        session, _, first = handshake(holder, client)
+        again, resumed, second = handshake(holder, client, session)
+        self.assertTrue(resumed)
+        return [tls_info(_Handle(first)), tls_info(_Handle(second))]
+
+    def test_unverified_stays_unverified(self) -> None:
+        """No ca: the certificate is accepted unverified, and a resumption does not make it verified."""
+        infos = self._infos()
+        self.assertEqual([i.peer_certificate is not None for i in infos], [True, True])
+        self.assertEqual([i.peer_certificate_verified for i in infos], [False, False])
+
+    def test_verified_stays_verified(self) -> None:
+        from tests.test_tls import material
+
+        infos = self._infos(ca=material().ca.cert_pem)
+        self.assertEqual([i.peer_certificate_verified for i in infos], [True, True])
+        self.assertEqual(infos[0].peer_certificate, infos[1].peer_certificate)
+
+
 class _Handle:
     """A transport-like object whose getHandle() is the server connection (what tls_info walks)."""
 

@@ -48,7 +48,8 @@ from zope.interface import implementer
 
 # Re-exported: the public names stay importable from here.
 from . import _tlstickets
-from ._tlsconn import _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name, start_handshake_timer, tls_info
+from ._tlsconn import (_ACCEPT_ANY, _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name,
+                       start_handshake_timer, tls_info)
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
                        _identities_from_entry, _load_identity, check_key_types, serve_side_by_side)
 
@@ -312,6 +313,7 @@ class _Policy:
                 if self.mode == "required":
                     flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
                 ctx.set_verify(flags, _accept_any)
+                _ACCEPT_ANY.add(ctx)
         return opts
 
 
