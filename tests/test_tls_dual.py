@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import ssl
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -135,8 +137,8 @@ class SideBySideTests(_TLSTestCase):
         """Session tickets work with both certificates."""
         openssl = tool_path("openssl", "/usr/bin")
         _, port = await self.start(Recorder(), tls=dual_config())
-        directory = self.mktemp()
-        os.mkdir(directory)
+        directory = tempfile.mkdtemp(prefix="txsmtpsrv-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
         from tests.test_tls_tickets import _resumption, _s_client
 
         for version in ("-tls1_3", "-tls1_2"):

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
@@ -147,7 +149,9 @@ class ResumptionTests(unittest.SynchronousTestCase):
 
     def test_secret_file(self, ) -> None:
         """ticket_secret may name a file; the same bytes given directly make the same keys."""
-        path = Path(self.mktemp())
+        directory = tempfile.mkdtemp(prefix="txsmtpsrv-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = Path(directory) / "secret"
         path.write_bytes(SECRET)
         from_file = TLSContextHolder(mx_config(ticket_secret=str(path)))
         direct = TLSContextHolder(mx_config(ticket_secret=SECRET))
@@ -322,8 +326,8 @@ class OpenSSLClientTests(_TLSTestCase):
         openssl = tool_path("openssl", "/usr/bin")
         hooks = Recorder()
         _, port = await self.start(hooks)
-        directory = self.mktemp()
-        os.mkdir(directory)
+        directory = tempfile.mkdtemp(prefix="txsmtpsrv-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
         for version, name in (("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")):
             path = os.path.join(directory, f"{name}.pem")
             first = await self.thread(_s_client, openssl, port, version, path, True)
