@@ -113,6 +113,14 @@ class NativeTests(unittest.SynchronousTestCase):
         self.assertIsNotNone(native)
         self.assertTrue(_tlstickets.supported())
 
+    def test_symbol_table_checks(self) -> None:
+        """The ELF reader refuses what is not ELF and finds a known function in the loaded OpenSSL's file."""
+        path, _ = _tlsnative._containing_object(_tlsnative._anchor_address())
+        with self.assertRaisesRegex(LookupError, "not a 64-bit little-endian ELF"):
+            _tlsnative._symbol_table(__file__, {"SSL_CTX_new"})
+        found = _tlsnative._symbol_table(path, {"SSL_CTX_new", "no_such_function_here"})
+        self.assertEqual(set(found), {"SSL_CTX_new"})
+
 
 class ResumptionTests(unittest.SynchronousTestCase):
     """Python's ssl client resumes with the tickets the server issued."""
