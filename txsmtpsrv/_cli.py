@@ -25,6 +25,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import _limitopts
@@ -37,6 +38,8 @@ from ._workers import FAMILIES, SMTPS
 __all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+
+log = Logger()
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -159,6 +162,7 @@ class Options(usage.Options, AuthOptionMixin):
                                     "(Received headers then say 'unknown')."],
         ["needs-upgrade", None, "Refuse MAIL and AUTH until the client has used STARTTLS."],
         ["hide-starttls", None, "Don't offer STARTTLS."],
+        ["no-tls-tickets", None, "Don't issue TLS session tickets (clients then never resume a TLS session)."],
         ["worker", None, "Internal (used by --workers)."],  # hidden from --help, see getUsage
     ]
 
@@ -175,6 +179,16 @@ class Options(usage.Options, AuthOptionMixin):
         ["tls-key", None, None, "PEM private key for STARTTLS (may also hold the certificate)."],
         ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS. Without --tls-key/--tls-cert, "
                                  "STARTTLS uses a self-signed development certificate."],
+        ["tls-key2", None, None, "A second private key, of another type (e.g. ECDSA next to an RSA --tls-key), "
+                                 "for --tls-cert2."],
+        ["tls-cert2", None, None, "A second certificate served side by side with --tls-cert: clients that "
+                                  "support ECDSA get the ECDSA one (a cheaper handshake), others the RSA one."],
+        ["tls-ticket-secret", None, None, "File holding at least 32 random bytes the TLS session ticket keys are "
+                                          "derived from; give servers the same file to let clients resume across "
+                                          "them. [default: a random secret shared by the --workers processes]"],
+        ["tls-ticket-lifetime", None, 3600.0, "Seconds each session ticket key issues tickets; the previous key "
+                                              "still decrypts, so a ticket is accepted for one to two lifetimes.",
+         _seconds],
         ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
                                         "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
                                         "without it both are refused from every peer.", _cidrs],
@@ -192,6 +206,9 @@ class Options(usage.Options, AuthOptionMixin):
             "mbox": usage.CompleteFiles(),
             "tls-key": usage.CompleteFiles("*.pem"),
             "tls-cert": usage.CompleteFiles("*.pem"),
+            "tls-ticket-secret": usage.CompleteFiles(),
+            "tls-key2": usage.CompleteFiles("*.pem"),
+            "tls-cert2": usage.CompleteFiles("*.pem"),
         }
     )
 
@@ -283,11 +300,16 @@ class Options(usage.Options, AuthOptionMixin):
         else:
             self["mbox"] = os.path.abspath(os.path.expanduser(self["mbox"]))
             _check_mbox(self["mbox"])
-        for key in ("tls-key", "tls-cert"):
+        for key in ("tls-key", "tls-cert", "tls-key2", "tls-cert2"):
             if self[key]:
                 self[key] = os.path.abspath(os.path.expanduser(self[key]))
+        if (self["tls-key2"] or self["tls-cert2"]) and not (self["tls-key"] or self["tls-cert"]):
+            raise usage.UsageError("--tls-key2/--tls-cert2 need --tls-key/--tls-cert")
         if self["tls-key"] or self["tls-cert"]:
-            _check_tls_files(self["tls-key"], self["tls-cert"])
+            _check_tls_files(self["tls-key"], self["tls-cert"], self["tls-key2"], self["tls-cert2"])
+        if self["tls-ticket-secret"]:
+            self["tls-ticket-secret"] = os.path.abspath(os.path.expanduser(self["tls-ticket-secret"]))
+            _check_ticket_secret(self["tls-ticket-secret"], self["tls-ticket-lifetime"])
         if not self["listen"] and not self["adopt"]:
             self["listen"] = [DEFAULT_LISTEN]
         if self["metrics"]:
@@ -363,6 +385,15 @@ def server_kwargs(options: Any) -> Dict[str, Any]:
         kwargs.update(use_xclient=True, use_xforward=True, xclient_trusted=options["xclient-trusted"])
     tls = {field: options[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert"))
            if options[option]}
+    if options["tls-key2"] or options["tls-cert2"]:
+        tls["additional_certificates"] = [(options["tls-key2"], options["tls-cert2"])]
+    if options["no-tls-tickets"]:
+        tls["session_tickets"] = False
+    else:
+        if options["tls-ticket-secret"]:
+            tls["ticket_secret"] = options["tls-ticket-secret"]
+        if options["tls-ticket-lifetime"] != 3600.0:
+            tls["ticket_lifetime"] = options["tls-ticket-lifetime"]
     if tls:
         kwargs["tls"] = tls  # ServerOptions turns the dict into a TLSConfig
     return kwargs
@@ -394,14 +425,32 @@ def worker_arguments(options: Options, **override: Any) -> List[str]:
 # Start-up checks of files and directories
 
 
-def _check_tls_files(key: Optional[str], cert: Optional[str]) -> None:
-    """Load the certificate now, so a bad one is a usage error rather than a traceback."""
+def _check_tls_files(key: Optional[str], cert: Optional[str], key2: Optional[str] = None,
+                     cert2: Optional[str] = None) -> None:
+    """Load the certificates now, so a bad one is a usage error rather than a traceback."""
     from ._tls import TLSConfig, TLSContextHolder
 
     try:
-        TLSContextHolder(TLSConfig(key=key, cert=cert))
+        TLSContextHolder(TLSConfig(key=key, cert=cert, session_tickets=False,
+                                   additional_certificates=[(key2, cert2)] if key2 or cert2 else []))
     except ValueError as e:  # TLSConfigError
-        raise usage.UsageError(f"--tls-key/--tls-cert: {e}") from None
+        options = "--tls-key/--tls-cert" + ("/--tls-key2/--tls-cert2" if key2 or cert2 else "")
+        raise usage.UsageError(f"{options}: {e}") from None
+
+
+def _check_ticket_secret(path: str, lifetime: float) -> None:
+    """Read the ticket secret now: a missing or short file is a usage error."""
+    from ._tls import TLSConfig
+    from ._tlstickets import keys_for
+
+    try:
+        keys_for(TLSConfig(ticket_secret=path, ticket_lifetime=lifetime), None)
+    except ValueError as e:  # TLSConfigError
+        raise usage.UsageError(f"--tls-ticket-secret: {e}") from None
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        log.warn("--tls-ticket-secret {path} can be read by other users (mode {mode:o}); "
+                 "whoever reads it can decrypt resumed TLS sessions", path=path, mode=mode & 0o777)
 
 
 def _probe(option: str, path: str, directory: str) -> None:

@@ -295,6 +295,23 @@ def _share_development_certificate(options: Options, service: SMTPService) -> Tu
     return paths[0], paths[1]
 
 
+def _share_ticket_secret(service: SMTPService) -> str:
+    """
+    With --workers and no --tls-ticket-secret: make one random secret here and
+    give its file (mode 0600, in a private directory removed at exit) to every
+    process, so that each accepts the session tickets the others issue. The
+    keys are derived from it and the time, so they rotate in step with no
+    further message between the processes.
+    """
+    directory = tempfile.mkdtemp(prefix="txsmtpsrv-tickets-")
+    service.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+    path = os.path.join(directory, "ticket-secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+    return path
+
+
 def _make_service(options: Options, reactor: Any, service_cleanups: List[Callable[[], None]]) -> IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -336,8 +353,12 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     kwargs = server_kwargs(options)
     if workers > 1 and not (options["tls-key"] or options["tls-cert"] or options["hide-starttls"]):
         key, cert = _share_development_certificate(options, service)
-        kwargs["tls"] = {"key": key, "cert": cert}
+        kwargs.setdefault("tls", {}).update(key=key, cert=cert)
         worker_tls = {"tls-key": key, "tls-cert": cert}
+    if workers > 1 and not (options["no-tls-tickets"] or options["tls-ticket-secret"]):
+        secret = _share_ticket_secret(service)
+        kwargs.setdefault("tls", {})["ticket_secret"] = secret
+        worker_tls["tls-ticket-secret"] = secret
     try:
         server = SMTPServer(hooks, reactor=reactor, resolver=resolver, **kwargs)
         if not server.options.hide_starttls:

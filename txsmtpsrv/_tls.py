@@ -47,9 +47,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 # Re-exported: the public names stay importable from here.
-from ._tlsconn import _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name, start_handshake_timer, tls_info
+from . import _tlstickets
+from ._tlsconn import (_ACCEPT_ANY, _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name,
+                       start_handshake_timer, tls_info)
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
-                       _load_identity)
+                       _identities_from_entry, _load_identity, check_key_types, serve_side_by_side)
 
 __all__ = [
     "TLSConfig",
@@ -128,10 +130,16 @@ class TLSConfig:
         handshake fails. Without C{ca}, a requested client certificate is
         accepted whatever its issuer (the hook decides; L{TLSInfo.peer_certificate_verified}
         is then C{False}).
+    @ivar additional_certificates: more certificates served side by side
+        with C{key}/C{cert}, one per key type: typically an ECDSA one next
+        to an RSA one. Each handshake uses the certificate the client can
+        verify: ECDSA (a cheaper handshake) for clients that offer it, RSA
+        for the others. Entries as for C{sni} values.
     @ivar sni: host name -> certificate for that name (a L{TLSConfig} whose
-        key/cert/chain are used, a C{(key, cert)} or C{(key, cert, chain)}
-        tuple, or any object with C{key}, C{cert} and optional C{chain}
-        attributes). Names may be U-labels; C{"*.example.com"} matches one
+        key/cert/chain and additional_certificates are used, a C{(key, cert)}
+        or C{(key, cert, chain)} tuple, any object with C{key}, C{cert} and
+        optional C{chain} attributes, or a list of such entries of different
+        key types, served side by side). Names may be U-labels; C{"*.example.com"} matches one
         label. Unknown names and clients without SNI get the default.
     @ivar sni_callback: C{callable(name) -> entry or None} for names not in
         C{sni}; C{name} is the lower-case A-label. It runs synchronously in
@@ -145,12 +153,24 @@ class TLSConfig:
     @ivar max_version: highest TLS version (OpenSSL's newest when C{None}).
     @ivar handshake_timeout: seconds a client gets to finish the handshake;
         C{None} disables. Applied by the protocol via L{start_handshake_timer}.
+    @ivar session_tickets: issue and accept TLS session tickets (TLS 1.3 and
+        1.2), so that returning clients resume their session with a cheap
+        handshake. Off where this OpenSSL build does not let their keys be
+        set (logged once).
+    @ivar ticket_secret: what the ticket keys are derived from: at least 32
+        bytes, or a file holding them. Servers (and processes) given the same
+        secret accept each other's tickets. C{None}: a random secret for
+        this holder (kept across L{TLSContextHolder.reload}).
+    @ivar ticket_lifetime: seconds per ticket key (and how long clients may
+        use a ticket): new tickets use the current key, the previous key
+        still decrypts, older ones are forgotten.
 
     """
 
     key: KeySource | None = None
     cert: CertSource | None = None
     chain: CertsSource | None = None
+    additional_certificates: Sequence[Any] = ()
     ca: CertsSource | None = None
     sni: Mapping[str, Any] = field(default_factory=dict)
     sni_callback: Callable[[str], Any] | None = None
@@ -159,6 +179,9 @@ class TLSConfig:
     min_version: str | NamedConstant | None = None
     max_version: str | NamedConstant | None = None
     handshake_timeout: float | None = 30.0
+    session_tickets: bool = True
+    ticket_secret: bytes | str | os.PathLike[str] | None = field(default=None, repr=False)
+    ticket_lifetime: float = 3600.0
 
     def __post_init__(self) -> None:
         low = _parse_version(self.min_version, "min_version")
@@ -179,6 +202,15 @@ class TLSConfig:
                     "handshake_timeout must be a positive number of seconds "
                     f"or None, not {self.handshake_timeout!r}"
                 )
+        if (isinstance(self.ticket_lifetime, bool) or not isinstance(self.ticket_lifetime, (int, float))
+                or not _tlstickets.MIN_LIFETIME <= self.ticket_lifetime <= _tlstickets.MAX_LIFETIME):
+            raise TLSConfigError(
+                f"ticket_lifetime must be {_tlstickets.MIN_LIFETIME:g} to {_tlstickets.MAX_LIFETIME:g} "
+                f"seconds, not {self.ticket_lifetime!r}")
+        if isinstance(self.additional_certificates, (str, bytes, Mapping)) or not isinstance(
+                self.additional_certificates, Sequence):
+            raise TLSConfigError("additional_certificates must be a list of (key, cert) entries, "
+                                 f"not {type(self.additional_certificates).__name__}")
         if not isinstance(self.sni, Mapping):
             raise TLSConfigError(
                 f"sni must be a mapping of host name to certificate, not {type(self.sni).__name__}"
@@ -226,23 +258,28 @@ class _Policy:
     ca: tuple[x509.Certificate, ...]
     minimum: Any
     maximum: Any
+    tickets: _tlstickets.TicketKeys | None = None
 
     @classmethod
-    def from_config(cls, config: TLSConfig) -> _Policy:
+    def from_config(cls, config: TLSConfig, tickets: _tlstickets.TicketKeys | None = None) -> _Policy:
         ca = tuple(_load_certs(config.ca, "ca")) if config.ca is not None else ()
         if config.ca is not None and not ca:
             raise TLSConfigError("ca: no CA certificates given (use None to accept any client certificate)")
         minimum = _parse_version(config.min_version, "min_version")
         if minimum is not None and _VERSION_ORDER.index(minimum) < _VERSION_ORDER.index(TLSVersion.TLSv1_2):
             log.warn("TLS min_version {version} allows obsolete TLS versions", version=config.min_version)
-        return cls(config.client_cert_mode, ca, minimum, _parse_version(config.max_version, "max_version"))
+        return cls(config.client_cert_mode, ca, minimum, _parse_version(config.max_version, "max_version"),
+                   tickets)
 
-    def options(self, identity: _Identity, **extra: Any) -> CertificateOptions:
-        """Make C{CertificateOptions} for C{identity}; its context is configured and unused."""
+    def options(self, identities: list[_Identity], **extra: Any) -> CertificateOptions:
+        """Make C{CertificateOptions} for C{identities} (side by side); its context is configured and unused."""
+        identity = identities[0]
         kwargs: dict[str, Any] = dict(
             privateKey=identity.key,
             certificate=identity.cert,
-            extraCertChain=list(identity.chain) or None,
+            # Several certificates: each gets its own chain below.
+            extraCertChain=list(identity.chain) or None if len(identities) == 1 else None,
+            enableSessionTickets=self.tickets is not None,
             **extra,
         )
         if self.minimum is not None:
@@ -259,6 +296,13 @@ class _Policy:
             ctx = opts.getContext()
         except SSL.Error as e:
             raise TLSConfigError(f"OpenSSL rejected the TLS settings: {e}") from None
+        if len(identities) > 1:
+            try:
+                serve_side_by_side(ctx, identities)
+            except SSL.Error as e:
+                raise TLSConfigError(f"OpenSSL rejected the certificates: {e}") from None
+        if self.tickets is not None:
+            _tlstickets.install(ctx, self.tickets)
         if self.mode != "none":
             if self.ca:
                 # Tell clients which issuers we accept so they pick the right cert.
@@ -269,6 +313,7 @@ class _Policy:
                 if self.mode == "required":
                     flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
                 ctx.set_verify(flags, _accept_any)
+                _ACCEPT_ANY.add(ctx)
         return opts
 
 
@@ -280,17 +325,23 @@ class _ContextSet:
     does dictionary lookups; the SNI callback's results are cached.
     """
 
-    def __init__(self, config: TLSConfig, hostname: str | None) -> None:
+    def __init__(self, config: TLSConfig, hostname: str | None,
+                 tickets: _tlstickets.TicketKeys | None = None) -> None:
         self.config = config
-        self.policy = _Policy.from_config(config)
+        #: The ticket keys in use (kept by the holder across reloads).
+        self.tickets = _tlstickets.keys_for(config, tickets)
+        self.policy = _Policy.from_config(config, self.tickets)
         if config.key is None and config.cert is None:
             dev = development_certificate(hostname or "localhost")
-            identity = _load_identity(dev.key, dev.cert, None, "development certificate")
+            identities = [_load_identity(dev.key, dev.cert, None, "development certificate")]
         else:
-            identity = _load_identity(config.key, config.cert, config.chain, "TLS")
+            identities = [_load_identity(config.key, config.cert, config.chain, "TLS")]
+        identities += [_identity_from_entry(entry, f"additional_certificates[{i}]")
+                       for i, entry in enumerate(config.additional_certificates)]
+        check_key_types(identities, "TLS")
         #: The default certificate, for logs ("reloaded: subject ..., expires ...").
-        self.certificate = identity.cert
-        self.options = self.policy.options(identity, contextForServerName=self.context_for_name)
+        self.certificate = identities[0].cert
+        self.options = self.policy.options(identities, contextForServerName=self.context_for_name)
         self.default_context: SSL.Context = self.options.getContext()
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -309,7 +360,7 @@ class _ContextSet:
         self._cache: OrderedDict[str, SSL.Context | None] = OrderedDict()
 
     def _build(self, entry: object, what: str) -> SSL.Context:
-        return self.policy.options(_identity_from_entry(entry, what)).getContext()
+        return self.policy.options(_identities_from_entry(entry, what)).getContext()
 
     def context_for_name(self, raw: bytes | None) -> SSL.Context | None:
         """C{contextForServerName} callback: the context for the client's SNI."""
@@ -377,6 +428,11 @@ class TLSContextHolder:
         self._current = _ContextSet(config, hostname)
 
     @property
+    def session_tickets(self) -> bool:
+        """Whether new connections get session tickets (see L{TLSConfig.session_tickets})."""
+        return self._current.tickets is not None
+
+    @property
     def config(self) -> TLSConfig:
         """The configuration in use for new connections."""
         return self._current.config
@@ -395,7 +451,8 @@ class TLSContextHolder:
 
         @raise TLSConfigError: the new configuration cannot be loaded.
         """
-        new = _ContextSet(config if config is not None else self._current.config, self._hostname)
+        new = _ContextSet(config if config is not None else self._current.config, self._hostname,
+                          self._current.tickets)
         self._current = new
         cert = new.certificate
         log.info("TLS configuration reloaded: certificate {subject}, expires {expires}",

@@ -15,6 +15,7 @@ import idna
 
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl_lib
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 
@@ -65,6 +66,9 @@ def _wire_name(raw: bytes | None) -> str | None:
 #: Connections whose client certificate failed verification but was accepted
 #: (no C{ca} configured); read by L{tls_info}.
 _ACCEPTED_UNVERIFIED: weakref.WeakSet[SSL.Connection] = weakref.WeakSet()
+#: Contexts that request client certificates without a C{ca} to verify them
+#: against: nothing their connections present counts as verified.
+_ACCEPT_ANY: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
 
 
 # --------------------------------------------------------------------------
@@ -84,6 +88,8 @@ class TLSInfo:
     @ivar peer_certificate_verified: C{True} when the client certificate was
         verified against the configured C{ca}; C{False} when there is none or
         it was accepted without verification (no C{ca} configured).
+    @ivar resumed: the client resumed an earlier session (a session ticket):
+        an abbreviated handshake without the server's signature.
     """
 
     version: str
@@ -91,6 +97,7 @@ class TLSInfo:
     server_name: str | None = None
     peer_certificate: x509.Certificate | None = None
     peer_certificate_verified: bool = False
+    resumed: bool = False
 
 
 _MAX_WRAPPER_DEPTH = 16
@@ -138,8 +145,17 @@ def tls_info(transport: object) -> TLSInfo | None:
         cipher=cipher,
         server_name=server_name,
         peer_certificate=peer,
-        peer_certificate_verified=peer is not None and conn not in _ACCEPTED_UNVERIFIED,
+        # A resumed session skips verification (and so our callback): a context
+        # that accepts any certificate never calls one verified.
+        peer_certificate_verified=(peer is not None and conn not in _ACCEPTED_UNVERIFIED
+                                   and conn.get_context() not in _ACCEPT_ANY),
+        resumed=_resumed(conn),
     )
+
+
+def _resumed(conn: SSL.Connection) -> bool:
+    """C{SSL_session_reused}: pyOpenSSL binds it but has no method for it."""
+    return bool(_openssl_lib.SSL_session_reused(conn._ssl))
 
 
 class HandshakeTimer:

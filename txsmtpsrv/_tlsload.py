@@ -209,3 +209,66 @@ def _identity_from_entry(entry: object, what: str) -> _Identity:
         f"{what}: expected a TLSConfig, a (key, cert[, chain]) tuple or an object "
         f"with key/cert attributes, not {type(entry).__name__}"
     )
+
+
+# --------------------------------------------------------------------------
+# Several certificates in one context
+
+
+def key_type(key: PrivateKey) -> str:
+    """C{"RSA"}, C{"ECDSA"}, C{"Ed25519"}, C{"Ed448"} or C{"DSA"}: OpenSSL keeps one certificate of each."""
+    for kind, name in ((rsa.RSAPrivateKey, "RSA"), (ec.EllipticCurvePrivateKey, "ECDSA"),
+                       (ed25519.Ed25519PrivateKey, "Ed25519"), (ed448.Ed448PrivateKey, "Ed448")):
+        if isinstance(key, kind):
+            return name
+    return "DSA"
+
+
+def check_key_types(identities: "list[_Identity]", what: str) -> None:
+    """Certificates served side by side need different key types (a second RSA one would replace the first)."""
+    seen: dict[str, str] = {}
+    for identity in identities:
+        kind = key_type(identity.key)
+        if kind in seen:
+            raise TLSConfigError(
+                f"{what}: two {kind} certificates ({seen[kind]} and {identity.cert.subject.rfc4514_string()}); "
+                "certificates served side by side need different key types (e.g. one RSA, one ECDSA)")
+        seen[kind] = identity.cert.subject.rfc4514_string()
+
+
+def serve_side_by_side(context: Any, identities: "list[_Identity]") -> None:
+    """
+    Load every identity into one pyOpenSSL C{Context}, each with its own chain.
+
+    OpenSSL keeps a certificate slot per key type and, per handshake, uses the
+    one the client can verify (its signature algorithms, and for TLS 1.2 its
+    cipher suites): ECDSA for clients that offer it, RSA for the others.
+    C{SSL_CTX_use_certificate_chain_file} is the one bound call that sets a
+    chain for the current slot only (C{add_extra_chain_cert} would send every
+    chain with every certificate), hence the short-lived file of public PEM.
+    """
+    import tempfile
+
+    for identity in identities:
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (identity.cert, *identity.chain))
+        with tempfile.NamedTemporaryFile(prefix="txsmtpsrv-chain-", suffix=".pem") as f:
+            f.write(pem)
+            f.flush()
+            context.use_certificate_chain_file(f.name)
+        context.use_privatekey(identity.key)
+        context.check_privatekey()
+
+
+def _identities_from_entry(entry: object, what: str) -> list[_Identity]:
+    """An SNI entry's certificates: one entry, a list of entries, or a TLSConfig with additional_certificates."""
+    if isinstance(entry, list):
+        if not entry:
+            raise TLSConfigError(f"{what}: an empty list of certificates")
+        identities = [_identity_from_entry(item, f"{what}[{i}]") for i, item in enumerate(entry)]
+    else:
+        identities = [_identity_from_entry(entry, what)]
+        more = getattr(entry, "additional_certificates", ())
+        identities += [_identity_from_entry(item, f"{what}.additional_certificates[{i}]")
+                       for i, item in enumerate(more)]
+    check_key_types(identities, what)
+    return identities
