@@ -302,7 +302,10 @@ class _Policy:
             except SSL.Error as e:
                 raise TLSConfigError(f"OpenSSL rejected the certificates: {e}") from None
         if self.tickets is not None:
-            _tlstickets.install(ctx, self.tickets)
+            # Sessions resume only under the client-certificate policy they were made under.
+            policy = b"\0".join([self.mode.encode("ascii"),
+                                  *(c.public_bytes(serialization.Encoding.DER) for c in self.ca)])
+            _tlstickets.install(ctx, self.tickets, policy)
         if self.mode != "none":
             if self.ca:
                 # Tell clients which issuers we accept so they pick the right cert.

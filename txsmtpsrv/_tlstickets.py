@@ -26,6 +26,7 @@ functions it needs); it only derives keys (cached) and hands them over.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import time
@@ -100,6 +101,18 @@ class TicketKeys:
         #: The session ID context every context gets: sessions resume only
         #: between contexts with the same one, in every process.
         self.session_id_context = self._derive(b"session id context", 16).hex().encode("ascii")
+
+    def session_id_context_for(self, policy: bytes) -> bytes:
+        """
+        The session ID context for contexts whose client-certificate policy
+        is summed up by C{policy}: OpenSSL resumes a session only under the
+        context it was made in, and skips the certificate request and its
+        verification when it resumes, so a session made under a laxer policy
+        (another server with this secret, or before a reload) must not resume.
+        """
+        if not policy:
+            return self.session_id_context
+        return self._derive(b"session id context " + hashlib.sha256(policy).digest(), 16).hex().encode("ascii")
 
     def same_secret(self, secret: bytes) -> bool:
         """Whether C{secret} is the one these keys come from."""
@@ -177,9 +190,11 @@ def supported() -> bool:
     return native is not None
 
 
-def install(context: SSL.Context, keys: TicketKeys) -> bool:
+def install(context: SSL.Context, keys: TicketKeys, policy: bytes = b"") -> bool:
     """
-    Make C{context} issue and accept tickets under C{keys}.
+    Make C{context} issue and accept tickets under C{keys}, for sessions
+    made under the client-certificate C{policy} only (see
+    L{TicketKeys.session_id_context_for}).
 
     The context must come from C{CertificateOptions(enableSessionTickets=True)}.
     Returns C{False} (and the context keeps tickets off) when unsupported.
@@ -192,7 +207,7 @@ def install(context: SSL.Context, keys: TicketKeys) -> bool:
         context.set_options(SSL.OP_NO_TICKET)
         log.warn("TLS session tickets are off: OpenSSL refused the ticket key callback")
         return False
-    context.set_session_id(keys.session_id_context)
+    context.set_session_id(keys.session_id_context_for(policy))
     context.set_timeout(max(1, int(keys.lifetime)))
     return True
 
