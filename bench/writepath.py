@@ -1,0 +1,219 @@
+"""
+The reply write path (issue 13 part 2): instructions, system calls and CPU
+per message of the txsmtpsrv sink, by source tree and by reactor.
+
+Usage::
+
+    python bench/writepath.py --trees main,. --reactors epoll,poll,select,asyncio \\
+        --measure instructions,syscalls,cpu
+
+``--trees`` takes git refs (exported with ``git archive``) or ``.`` for this
+working tree. For each tree and reactor the sink of ``bench/_peers.py``
+(``txsmtpsrv``) runs in its own process with that reactor installed:
+
+- ``instructions``: under ``valgrind --tool=callgrind``; one connection sends
+  lock-step 1 KiB messages; the process runs twice (``--short`` and
+  ``--long`` messages) and the difference of the two totals divided by the
+  difference of the message counts is the cost of one message (start-up and
+  warm-up cancel out). Repeatable to a fraction of a percent.
+- ``syscalls``: the same two runs under ``strace -f -c``: system calls per
+  message by name (``epoll_ctl``, ``sendto``, ...).
+- ``cpu``: no tool; 20 sessions, 100 messages each, server CPU from /proc
+  per message (noisy on a shared machine: wrap the run in
+  ``flock /work/team/bench.lock``).
+
+Nothing is asserted; the numbers go to stdout (and ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _load  # noqa: E402
+
+REACTORS = ("epoll", "poll", "select", "asyncio")
+
+
+def serve(reactor_name: str) -> None:
+    """Server process: install the reactor, then run the benchmark's txsmtpsrv sink."""
+    import _peers
+
+    if reactor_name == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    else:
+        module = __import__(f"twisted.internet.{reactor_name}reactor", fromlist=["install"])
+        module.install()
+    _peers._die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    import txsmtpsrv
+
+    txsmtpsrv.__version__ = os.path.dirname(os.path.dirname(txsmtpsrv.__file__))  # shown in READY
+    _peers.serve_txsmtpsrv()
+
+
+def export_tree(ref: str, into: str) -> str:
+    """``git archive ref`` unpacked into a fresh directory; ``.`` is this tree."""
+    if ref == ".":
+        return ROOT
+    path = os.path.join(into, re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
+    os.makedirs(path)
+    data = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", path], input=data, check=True)
+    return path
+
+
+class Server:
+    """One sink process, optionally under a tool (valgrind, strace)."""
+
+    def __init__(self, tree: str, reactor: str, prefix: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE="1")
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            prefix + [sys.executable, os.path.abspath(__file__), "--serve", reactor],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=tree,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("READY"):
+            self.stderr.seek(0)
+            raise RuntimeError(f"server did not start: {line!r} {self.stderr.read()[-2000:]!r}")
+        self.port = int(line.split()[1])
+        self.pid = int(line.split()[2])
+        self.detail = line.split(None, 3)[3].strip()
+        sys.stderr.write(f"  server: {' '.join(prefix[:1])} {self.detail}\n")
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, sessions: int, total: int, per_connection: int, pipelining: bool = False) -> int:
+    """Send ``total`` 1 KiB messages; return how many were accepted (raise on failures)."""
+    tally = _load.Tally()
+    payload = _load.make_message(1024)
+    asyncio.run(_load.message_load(port, sessions=sessions, total=total, per_connection=per_connection,
+                                   payload=payload, pipelining=pipelining, tally=tally, deadline=600))
+    if tally.failures:
+        raise RuntimeError(f"load failed: {tally.errors}")
+    return tally.delivered
+
+
+def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pipelining: bool) -> Any:
+    """One server run under ``tool`` with a warm-up and ``messages`` lock-step messages on one connection."""
+    out = os.path.join(workdir, f"{tool}.{reactor}.{messages}.{time.monotonic_ns()}")
+    if tool == "instructions":
+        prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    else:
+        prefix = ["strace", "-f", "-c", "-o", out]
+    srv = Server(tree, reactor, prefix)
+    try:
+        load(srv.port, 1, 20, 20, pipelining)  # warm-up: first-use costs
+        load(srv.port, 1, messages, messages, pipelining)
+    finally:
+        srv.stop()
+    with open(out) as f:
+        text = f.read()
+    if tool == "instructions":
+        m = re.search(r"^summary:\s*(\d+)", text, re.M) or re.search(r"^totals:\s*(\d+)", text, re.M)
+        assert m, "no callgrind summary"
+        return int(m.group(1))
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) in (5, 6) and parts[3].isdigit():  # % seconds usecs/call calls [errors] name
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
+def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workdir: str, pipelining: bool) -> Any:
+    a = tool_run(tree, reactor, tool, short, workdir, pipelining)
+    b = tool_run(tree, reactor, tool, long, workdir, pipelining)
+    n = long - short
+    if tool == "instructions":
+        return (b - a) / n
+    return {k: round((b.get(k, 0) - a.get(k, 0)) / n, 2) for k in sorted(set(a) | set(b))
+            if abs(b.get(k, 0) - a.get(k, 0)) / n >= 0.05}
+
+
+def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool) -> float:
+    """Server CPU µs per message: ``sessions`` connections, 100 messages each."""
+    srv = Server(tree, reactor, [])
+    try:
+        load(srv.port, 2, 40, 10, pipelining)
+        time.sleep(0.2)
+        c0 = srv.cpu()
+        done = load(srv.port, sessions, total, 100, pipelining)
+        time.sleep(0.2)
+        return (srv.cpu() - c0) / done * 1e6
+    finally:
+        srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", metavar="REACTOR", help=argparse.SUPPRESS)
+    p.add_argument("--trees", default="main,.", help="git refs or '.' (default main,.)")
+    p.add_argument("--reactors", default="epoll", help=f"subset of {','.join(REACTORS)} (default epoll)")
+    p.add_argument("--measure", default="instructions,syscalls", help="instructions,syscalls,cpu")
+    p.add_argument("--short", type=int, default=100, help="messages in the short tool run")
+    p.add_argument("--long", type=int, default=500, help="messages in the long tool run")
+    p.add_argument("--cpu-messages", type=int, default=10000)
+    p.add_argument("--cpu-repeat", type=int, default=3)
+    p.add_argument("--pipelining", action="store_true", help="pipeline MAIL/RCPT/DATA")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    results: list[dict[str, Any]] = []
+    measures = args.measure.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {ref: export_tree(ref, tmp) for ref in args.trees.split(",")}
+        for reactor in args.reactors.split(","):
+            for ref, tree in trees.items():
+                row: dict[str, Any] = {"tree": ref, "reactor": reactor}
+                if "instructions" in measures:
+                    row["instructions_per_msg"] = round(per_message(tree, reactor, "instructions", args.short,
+                                                                    args.long, tmp, args.pipelining))
+                if "syscalls" in measures:
+                    row["syscalls_per_msg"] = per_message(tree, reactor, "syscalls", args.short, args.long,
+                                                          tmp, args.pipelining)
+                if "cpu" in measures:
+                    runs = sorted(cpu_run(tree, reactor, 20, args.cpu_messages, args.pipelining)
+                                  for _ in range(args.cpu_repeat))
+                    row["cpu_us_per_msg"] = [round(r) for r in runs]
+                print(json.dumps(row), flush=True)
+                results.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
