@@ -182,6 +182,7 @@ class Spy:
         self.fallback = 0
         self.refused: List[str] = []
         self.writers: List[ReplyWriter] = []
+        self.writes: List[Tuple[bool, bytes]] = []  # (direct at the time, what)
         spy = self
 
         class SpyWriter(ReplyWriter):
@@ -194,6 +195,7 @@ class Spy:
                 spy.writers.append(self)
 
             def write(self, data: bytes) -> None:
+                spy.writes.append((self.direct, data))
                 if not self.direct:
                     spy.fallback += 1
                 super().write(data)
@@ -254,22 +256,25 @@ class LoopbackTests(unittest.TestCase):
         spy = Spy()
         port = yield self.serve(spy)
 
-        def client() -> Tuple[int, int]:
+        def client() -> None:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
                 s.ehlo("client.test")
                 for i in range(5):
                     s.sendmail(f"plain{i}@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\nplain\r\n")
-                direct_before = spy.direct
                 s.starttls(context=unverified())
                 s.ehlo("client.test")
                 for i in range(3):
                     s.sendmail(f"tls{i}@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\ntls\r\n")
-                return direct_before, spy.direct
 
-        before, after = yield self.thread(client)
-        # greeting, EHLO, 5 x (MAIL, RCPT, DATA, dot), the 220 to STARTTLS
-        self.assertEqual(before, 2 + 5 * 4)
-        self.assertEqual(after, before + 1)  # only the 220: never a raw byte under TLS
+        yield self.thread(client)
+        ready = [i for i, (_, data) in enumerate(spy.writes) if data.startswith(b"220 2.0.0")]
+        self.assertEqual(len(ready), 1)
+        # greeting, EHLO, 5 x (MAIL, RCPT, DATA, dot), then the 220 to STARTTLS: all directly ...
+        self.assertEqual(ready[0], 2 + 5 * 4)
+        self.assertTrue(all(direct for direct, _ in spy.writes[: ready[0] + 1]))
+        self.assertEqual(spy.direct, ready[0] + 1)
+        # ... and after it never a raw byte: EHLO, 3 x 4 replies, 221 through the TLS transport.
+        self.assertEqual([direct for direct, _ in spy.writes[ready[0] + 1:]], [False] * (1 + 3 * 4 + 1))
         self.assertEqual([m[0] for m in self.hooks.messages],
                          [f"plain{i}@example.test" for i in range(5)] + [f"tls{i}@example.test" for i in range(3)])
         self.assertEqual([m[2] for m in self.hooks.messages], [False] * 5 + [True] * 3)
@@ -310,7 +315,9 @@ class LoopbackTests(unittest.TestCase):
                 mails = b"".join(b"MAIL FROM:<m%d@example.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n"
                                  b"Subject: %d\r\n\r\nbody %d\r\n.\r\n" % (i, i, i) for i in range(50))
                 s.sendall(burst + mails + b"QUIT\r\n")
-                return read_replies(s, n + 50 * 4 + 1, deadline)
+                replies = read_replies(s, n + 50 * 4 + 1, deadline)
+                assert s.recv(100) == b""  # closed after the 221, nothing more
+                return replies
 
         replies = yield self.thread(client)
         self.assertEqual([r[:3] for r in replies[:n]], [kinds[i % 4][1] for i in range(n)])
