@@ -18,6 +18,8 @@ working tree. For each tree and reactor the sink of ``bench/_peers.py``
   warm-up cancel out). Repeatable to a fraction of a percent.
 - ``syscalls``: the same two runs under ``strace -f -c``: system calls per
   message by name (``epoll_ctl``, ``sendto``, ...).
+- ``calls``: the same two runs under ``cProfile``: Python function calls
+  per message (all, and a few of the reactor's and transport's by name).
 - ``cpu``: no tool; 20 sessions, 100 messages each, server CPU from /proc
   per message (noisy on a shared machine: wrap the run in
   ``flock /work/team/bench.lock``).
@@ -46,6 +48,10 @@ sys.path.insert(0, HERE)
 import _load  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
+#: Functions whose calls per message ``--measure calls`` shows (cProfile; all functions are summed).
+WATCHED = {"log.py:callWithLogger", "abstract.py:doWrite", "abstract.py:write", "abstract.py:startWriting",
+           "abstract.py:stopWriting", "tcp.py:doRead", "tcp.py:writeSomeData", "_sendnow.py:write",
+           "epollreactor.py:doPoll", "pollreactor.py:doPoll", "selectreactor.py:doSelect", "base.py:runUntilCurrent"}
 
 
 def serve(reactor_name: str) -> None:
@@ -84,8 +90,10 @@ class Server:
     def __init__(self, tree: str, reactor: str, prefix: list[str]) -> None:
         env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE="1")
         self.stderr = tempfile.TemporaryFile()
+        python = [sys.executable] + (prefix[1:] if prefix[:1] == ["python"] else [])
+        prefix = [] if prefix[:1] == ["python"] else prefix
         self.proc = subprocess.Popen(
-            prefix + [sys.executable, os.path.abspath(__file__), "--serve", reactor],
+            prefix + python + [os.path.abspath(__file__), "--serve", reactor],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=tree,
         )
         assert self.proc.stdout is not None
@@ -128,6 +136,8 @@ def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pi
     out = os.path.join(workdir, f"{tool}.{reactor}.{messages}.{time.monotonic_ns()}")
     if tool == "instructions":
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    elif tool == "calls":
+        prefix = ["python", "-m", "cProfile", "-o", out]
     else:
         prefix = ["strace", "-f", "-c", "-o", out]
     srv = Server(tree, reactor, prefix)
@@ -136,6 +146,11 @@ def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pi
         load(srv.port, 1, messages, messages, pipelining)
     finally:
         srv.stop()
+    if tool == "calls":
+        import pstats
+
+        stats = pstats.Stats(out).stats  # type: ignore[attr-defined]
+        return {f"{os.path.basename(file)}:{name}": data[1] for (file, _, name), data in stats.items()}
     with open(out) as f:
         text = f.read()
     if tool == "instructions":
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", metavar="REACTOR", help=argparse.SUPPRESS)
     p.add_argument("--trees", default="main,.", help="git refs or '.' (default main,.)")
     p.add_argument("--reactors", default="epoll", help=f"subset of {','.join(REACTORS)} (default epoll)")
-    p.add_argument("--measure", default="instructions,syscalls", help="instructions,syscalls,cpu")
+    p.add_argument("--measure", default="instructions,syscalls", help="instructions,syscalls,calls,cpu")
     p.add_argument("--short", type=int, default=100, help="messages in the short tool run")
     p.add_argument("--long", type=int, default=500, help="messages in the long tool run")
     p.add_argument("--cpu-messages", type=int, default=10000)
@@ -200,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "instructions" in measures:
                     row["instructions_per_msg"] = round(per_message(tree, reactor, "instructions", args.short,
                                                                     args.long, tmp, args.pipelining))
+                if "calls" in measures:
+                    calls = per_message(tree, reactor, "calls", args.short, args.long, tmp, args.pipelining)
+                    row["python_calls_per_msg"] = {k: v for k, v in calls.items() if k in WATCHED}
+                    row["python_calls_per_msg"]["all"] = round(sum(calls.values()), 1)
                 if "syscalls" in measures:
                     row["syscalls_per_msg"] = per_message(tree, reactor, "syscalls", args.short, args.long,
                                                           tmp, args.pipelining)
