@@ -12,7 +12,7 @@ working tree. For each tree and reactor the sink of ``bench/_peers.py``
 (``txsmtpsrv``) runs in its own process with that reactor installed:
 
 - ``instructions``: under ``valgrind --tool=callgrind``; one connection sends
-  lock-step 1 KiB messages; the process runs twice (``--short`` and
+  lock-step 1 KiB messages (``--sessions`` for more); the process runs twice (``--short`` and
   ``--long`` messages) and the difference of the two totals divided by the
   difference of the message counts is the cost of one message (start-up and
   warm-up cancel out). Repeatable to a fraction of a percent.
@@ -114,10 +114,12 @@ class Server:
             self.proc.kill()
             self.proc.wait()
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far."""
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def load(port: int, sessions: int, total: int, per_connection: int, pipelining: bool = False) -> int:
@@ -131,8 +133,9 @@ def load(port: int, sessions: int, total: int, per_connection: int, pipelining: 
     return tally.delivered
 
 
-def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pipelining: bool) -> Any:
-    """One server run under ``tool`` with a warm-up and ``messages`` lock-step messages on one connection."""
+def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pipelining: bool,
+             sessions: int = 1) -> Any:
+    """One server run under ``tool``: a warm-up, then ``messages`` messages over ``sessions`` connections."""
     out = os.path.join(workdir, f"{tool}.{reactor}.{messages}.{time.monotonic_ns()}")
     if tool == "instructions":
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
@@ -143,7 +146,7 @@ def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pi
     srv = Server(tree, reactor, prefix)
     try:
         load(srv.port, 1, 20, 20, pipelining)  # warm-up: first-use costs
-        load(srv.port, 1, messages, messages, pipelining)
+        load(srv.port, sessions, messages, -(-messages // sessions), pipelining)
     finally:
         srv.stop()
     if tool == "calls":
@@ -165,9 +168,10 @@ def tool_run(tree: str, reactor: str, tool: str, messages: int, workdir: str, pi
     return calls
 
 
-def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workdir: str, pipelining: bool) -> Any:
-    a = tool_run(tree, reactor, tool, short, workdir, pipelining)
-    b = tool_run(tree, reactor, tool, long, workdir, pipelining)
+def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workdir: str, pipelining: bool,
+                sessions: int = 1) -> Any:
+    a = tool_run(tree, reactor, tool, short, workdir, pipelining, sessions)
+    b = tool_run(tree, reactor, tool, long, workdir, pipelining, sessions)
     n = long - short
     if tool == "instructions":
         return (b - a) / n
@@ -175,8 +179,8 @@ def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workd
             if abs(b.get(k, 0) - a.get(k, 0)) / n >= 0.05}
 
 
-def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool) -> float:
-    """Server CPU µs per message: ``sessions`` connections, 100 messages each."""
+def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool) -> tuple[float, float]:
+    """Server (user, system) CPU µs per message: ``sessions`` connections, 100 messages each."""
     srv = Server(tree, reactor, [])
     try:
         load(srv.port, 2, 40, 10, pipelining)
@@ -184,7 +188,8 @@ def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool
         c0 = srv.cpu()
         done = load(srv.port, sessions, total, 100, pipelining)
         time.sleep(0.2)
-        return (srv.cpu() - c0) / done * 1e6
+        c1 = srv.cpu()
+        return (c1[0] - c0[0]) / done * 1e6, (c1[1] - c0[1]) / done * 1e6
     finally:
         srv.stop()
 
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure", default="instructions,syscalls", help="instructions,syscalls,calls,cpu")
     p.add_argument("--short", type=int, default=100, help="messages in the short tool run")
     p.add_argument("--long", type=int, default=500, help="messages in the long tool run")
+    p.add_argument("--sessions", type=int, default=1, help="connections in the tool runs (default 1)")
     p.add_argument("--cpu-messages", type=int, default=10000)
     p.add_argument("--cpu-repeat", type=int, default=3)
     p.add_argument("--pipelining", action="store_true", help="pipeline MAIL/RCPT/DATA")
@@ -214,20 +220,27 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict[str, Any] = {"tree": ref, "reactor": reactor}
                 if "instructions" in measures:
                     row["instructions_per_msg"] = round(per_message(tree, reactor, "instructions", args.short,
-                                                                    args.long, tmp, args.pipelining))
+                                                                    args.long, tmp, args.pipelining, args.sessions))
                 if "calls" in measures:
-                    calls = per_message(tree, reactor, "calls", args.short, args.long, tmp, args.pipelining)
+                    calls = per_message(tree, reactor, "calls", args.short, args.long, tmp, args.pipelining,
+                                        args.sessions)
                     row["python_calls_per_msg"] = {k: v for k, v in calls.items() if k in WATCHED}
                     row["python_calls_per_msg"]["all"] = round(sum(calls.values()), 1)
                 if "syscalls" in measures:
                     row["syscalls_per_msg"] = per_message(tree, reactor, "syscalls", args.short, args.long,
-                                                          tmp, args.pipelining)
-                if "cpu" in measures:
-                    runs = sorted(cpu_run(tree, reactor, 20, args.cpu_messages, args.pipelining)
-                                  for _ in range(args.cpu_repeat))
-                    row["cpu_us_per_msg"] = [round(r) for r in runs]
-                print(json.dumps(row), flush=True)
+                                                          tmp, args.pipelining, args.sessions)
                 results.append(row)
+            if "cpu" in measures:  # trees alternate, so that a busier minute hits both
+                rows = results[-len(trees):]
+                for _ in range(args.cpu_repeat):
+                    for row, tree in zip(rows, trees.values()):
+                        user, system = cpu_run(tree, reactor, 20, args.cpu_messages, args.pipelining)
+                        row.setdefault("cpu_us_per_msg", []).append(round(user + system))
+                        row.setdefault("user_system", []).append((round(user), round(system)))
+                for row in rows:
+                    row["cpu_us_per_msg_median"] = sorted(row["cpu_us_per_msg"])[len(row["cpu_us_per_msg"]) // 2]
+            for row in results[-len(trees):]:
+                print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
