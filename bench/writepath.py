@@ -20,7 +20,7 @@ working tree. For each tree and reactor the sink of ``bench/_peers.py``
   message by name (``epoll_ctl``, ``sendto``, ...).
 - ``calls``: the same two runs under ``cProfile``: Python function calls
   per message (all, and a few of the reactor's and transport's by name).
-- ``cpu``: no tool; 20 sessions, 100 messages each, server CPU from /proc
+- ``cpu``: no tool; 20 sessions (``--cpu-sessions``), 100 messages each, server CPU from /proc
   per message (noisy on a shared machine: wrap the run in
   ``flock /work/team/bench.lock``).
 
@@ -182,11 +182,15 @@ def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workd
 def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool) -> tuple[float, float]:
     """Server (user, system) CPU µs per message: ``sessions`` connections, 100 messages each."""
     srv = Server(tree, reactor, [])
+    if len(os.sched_getaffinity(0)) >= 2:  # the server on one CPU, this client on another
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(srv.pid, {cpus[-1]})
+        os.sched_setaffinity(0, set(cpus[:-1]))
     try:
         load(srv.port, 2, 40, 10, pipelining)
         time.sleep(0.2)
         c0 = srv.cpu()
-        done = load(srv.port, sessions, total, 100, pipelining)
+        done = load(srv.port, sessions, total, min(100, total // sessions), pipelining)
         time.sleep(0.2)
         c1 = srv.cpu()
         return (c1[0] - c0[0]) / done * 1e6, (c1[1] - c0[1]) / done * 1e6
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", type=int, default=500, help="messages in the long tool run")
     p.add_argument("--sessions", type=int, default=1, help="connections in the tool runs (default 1)")
     p.add_argument("--cpu-messages", type=int, default=10000)
+    p.add_argument("--cpu-sessions", type=int, default=20)
     p.add_argument("--cpu-repeat", type=int, default=3)
     p.add_argument("--pipelining", action="store_true", help="pipeline MAIL/RCPT/DATA")
     p.add_argument("--json", help="write the results here")
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = results[-len(trees):]
                 for _ in range(args.cpu_repeat):
                     for row, tree in zip(rows, trees.values()):
-                        user, system = cpu_run(tree, reactor, 20, args.cpu_messages, args.pipelining)
+                        user, system = cpu_run(tree, reactor, args.cpu_sessions, args.cpu_messages, args.pipelining)
                         row.setdefault("cpu_us_per_msg", []).append(round(user + system))
                         row.setdefault("user_system", []).append((round(user), round(system)))
                 for row in rows:
