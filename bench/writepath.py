@@ -48,6 +48,7 @@ sys.path.insert(0, HERE)
 import _load  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
+CPUS = sorted(os.sched_getaffinity(0))
 #: Functions whose calls per message ``--measure calls`` shows (cProfile; all functions are summed).
 WATCHED = {"log.py:callWithLogger", "abstract.py:doWrite", "abstract.py:write", "abstract.py:startWriting",
            "abstract.py:stopWriting", "tcp.py:doRead", "tcp.py:writeSomeData", "_sendnow.py:write",
@@ -182,10 +183,9 @@ def per_message(tree: str, reactor: str, tool: str, short: int, long: int, workd
 def cpu_run(tree: str, reactor: str, sessions: int, total: int, pipelining: bool) -> tuple[float, float]:
     """Server (user, system) CPU µs per message: ``sessions`` connections, 100 messages each."""
     srv = Server(tree, reactor, [])
-    if len(os.sched_getaffinity(0)) >= 2:  # the server on one CPU, this client on another
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(srv.pid, {cpus[-1]})
-        os.sched_setaffinity(0, set(cpus[:-1]))
+    if len(CPUS) >= 2:  # the server on one CPU, this client on the others
+        os.sched_setaffinity(srv.pid, {CPUS[-1]})
+        os.sched_setaffinity(0, set(CPUS[:-1]))
     try:
         load(srv.port, 2, 40, 10, pipelining)
         time.sleep(0.2)
