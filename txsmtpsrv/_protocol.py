@@ -237,7 +237,7 @@ class SMTPServerProtocol(Protocol):
                     self._log(action[1], action[2], action[3])
                 elif kind == START_TLS:
                     self._flush()
-                    self._out.stop()  # the handle stays the raw socket under TLS
+                    self._out.stop()  # it holds the raw socket: never a plain byte under TLS
                     self.transport.startTLS(self._holder)
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:

@@ -26,9 +26,10 @@ private; C{IReactorFDSet.getWriters()} is public but builds a list of every
 waiting connection), so the writer does not ask.
 
 The caller must L{stop} the writer before anything else writes to the
-connection or changes what a byte on it means: before C{startTLS} (after it
-the handle is still the raw socket), C{loseConnection} and
-C{abortConnection} (whose queued data Twisted discards).
+connection or changes what a byte on it means: before C{startTLS} (the
+writer keeps the raw socket it was given, so a direct send would put
+plaintext into the TLS stream), C{loseConnection} and C{abortConnection}
+(whose queued data Twisted discards).
 
 Only plain TCP and UNIX connections of Twisted's POSIX reactors (C{epoll},
 C{poll}, C{select}, C{asyncio}: all use C{twisted.internet.tcp.Connection}),
