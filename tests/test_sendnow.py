@@ -11,6 +11,7 @@ writer spied on, so that each test also proves which path its bytes took.
 from __future__ import annotations
 
 import errno
+import os
 import smtplib
 import socket
 import ssl
@@ -245,7 +246,7 @@ class LoopbackTests(unittest.TestCase):
         options.setdefault("name", "mx.test")
         server = SMTPServer(self.hooks, disable_reverse_lookup=True, **options)
         self.addCleanup(server.close)
-        return server.listen(endpoint).addCallback(lambda port: port.getHost().port)
+        return server.listen(endpoint).addCallback(lambda port: getattr(port.getHost(), "port", 0))
 
     def thread(self, f: Any, *args: Any) -> "defer.Deferred[Any]":
         return deferToThread(f, *args).addTimeout(30, reactor)
@@ -407,5 +408,29 @@ class LoopbackTests(unittest.TestCase):
         replies = yield self.thread(client)
         self.assertEqual([r[:3] for r in replies], [b"250", b"250", b"250", b"354", b"250", b"221"])
         self.assertEqual([(m[0], m[3]) for m in self.hooks.messages], [("p@example.test", "192.0.2.7")])
+        self.assertGreaterEqual(spy.direct, 2)
+        self.assertEqual(spy.fallback, 0)
+
+    @defer.inlineCallbacks
+    def test_unix_socket(self) -> None:
+        """An AF_UNIX listener (LMTP in front of a store, say) gets direct replies too."""
+        spy = Spy()
+        path = os.path.join(self.mktemp() + "d", "s")
+        os.makedirs(os.path.dirname(path))
+        yield self.serve(spy, endpoint=f"unix:{path}")
+
+        def client() -> List[bytes]:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(path)
+                deadline = time.monotonic() + 10
+                read_replies(s, 1, deadline)
+                s.sendall(b"EHLO client.test\r\nMAIL FROM:<u@example.test>\r\nRCPT TO:<r@example.test>\r\n"
+                          b"DATA\r\nSubject: u\r\n\r\nunix\r\n.\r\nQUIT\r\n")
+                return read_replies(s, 6, deadline)
+
+        replies = yield self.thread(client)
+        self.assertEqual([r[:3] for r in replies], [b"250", b"250", b"250", b"354", b"250", b"221"])
+        self.assertEqual([m[0] for m in self.hooks.messages], ["u@example.test"])
         self.assertGreaterEqual(spy.direct, 2)
         self.assertEqual(spy.fallback, 0)
