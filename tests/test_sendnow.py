@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import smtplib
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from io import BytesIO
@@ -415,8 +417,9 @@ class LoopbackTests(unittest.TestCase):
     def test_unix_socket(self) -> None:
         """An AF_UNIX listener (LMTP in front of a store, say) gets direct replies too."""
         spy = Spy()
-        path = os.path.join(self.mktemp() + "d", "s")
-        os.makedirs(os.path.dirname(path))
+        directory = tempfile.mkdtemp(prefix="txsmtpsrv-sendnow-")  # short: AF_UNIX paths are limited
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s")
         yield self.serve(spy, endpoint=f"unix:{path}")
 
         def client() -> List[bytes]:
