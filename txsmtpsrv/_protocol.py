@@ -37,6 +37,7 @@ from ._logging import SessionLogger
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
+from ._sendnow import ReplyWriter, eligible
 from ._session import Session
 
 __all__ = ["SMTPServerProtocol"]
@@ -109,7 +110,7 @@ class SMTPServerProtocol(Protocol):
     transport: _Connection  # type: ignore[assignment]
 
     __slots__ = ("context", "options", "session", "core", "_clock", "_pending", "_stream", "_data_token",
-                 "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder", "_timing")
+                 "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder", "_timing", "_out")
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -129,6 +130,7 @@ class SMTPServerProtocol(Protocol):
         self._timing: Dict[int, Tuple[str, float]] = {}  # token -> (hook name, when asked), for "hook" observers
         self.session: Session
         self.core: Dialogue
+        self._out: ReplyWriter  # every write to the transport goes through it
 
     # -- connection lifecycle ----------------------------------------------
 
@@ -146,6 +148,7 @@ class SMTPServerProtocol(Protocol):
         self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, self._clock.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
+        self._out = ReplyWriter(transport, eligible(transport))
         ctx.connected(self)
         if implicit:  # the handshake is under way
             self._tls_timer = self._start_handshake_timer()
@@ -195,7 +198,7 @@ class SMTPServerProtocol(Protocol):
             if out:
                 core.out = []
                 if not self._gone:
-                    self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -234,17 +237,20 @@ class SMTPServerProtocol(Protocol):
                     self._log(action[1], action[2], action[3])
                 elif kind == START_TLS:
                     self._flush()
+                    self._out.stop()  # it holds the raw socket: never a plain byte under TLS
                     self.transport.startTLS(self._holder)
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
                     self._stop_timer()
                     self._flush()
+                    self._out.stop()
                     if not self._gone:
                         # A registered producer would hold the close back until it leaves.
                         self.transport.unregisterProducer()
                         self.transport.loseConnection()
                 elif kind == ABORT:
                     self._stop_timer()
+                    self._out.stop()
                     self.transport.abortConnection()
         finally:
             self._driving = False
@@ -252,14 +258,14 @@ class SMTPServerProtocol(Protocol):
         if out:
             core.out = []
             if not self._gone:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                self._out.write(out[0] if len(out) == 1 else b"".join(out))
         if self._paused or core.holds:
             self._sync_reading()
 
     def _flush(self) -> None:
         data = self.core.take_output()
         if data and not self._gone:
-            self.transport.write(data)
+            self._out.write(data)
 
     def _sync_reading(self) -> None:
         """Pause or resume the transport as the dialogue wants."""
@@ -482,4 +488,5 @@ class SMTPServerProtocol(Protocol):
 
     def abort(self) -> None:
         if not self._gone:
+            self._out.stop()
             self.transport.abortConnection()

@@ -1,0 +1,116 @@
+# -*- test-case-name: tests.test_sendnow -*-
+"""
+Send a reply at once when nothing is queued, instead of one reactor pass later.
+
+C{transport.write} on a Twisted TCP transport only queues: it asks the
+reactor to watch the socket for writability (one C{epoll_ctl}), the next
+loop pass calls C{doWrite} (wrapped in C{log.callWithLogger}), which sends
+and stops watching (a second C{epoll_ctl}). For an SMTP server that answers
+every command with a short reply, that is a third of the reactor's work per
+message (see C{bench/README.md}, "Issue 13 part 2: the reply write path").
+
+L{ReplyWriter} sends with C{socket.send} on the socket that
+C{ISystemHandle.getHandle()} returns, and hands whatever the kernel did not
+take (a partial send, C{EAGAIN}, an error) to C{transport.write}, for good:
+from then on every write goes through the transport, as before.
+
+Why that keeps order without peeking into the transport: the writer is the
+only thing that writes to this connection's transport (see L{eligible}), and
+until its first fallback it has never given the transport a byte, so the
+transport has nothing queued and a direct send cannot overtake anything.
+After a fallback the transport may hold data, and the writer never sends
+directly again (a connection whose socket buffer filled up once is a slow
+reader; Twisted's buffering and producer pausing then apply as before).
+Twisted's public API offers no cheap "is the buffer empty" (the buffer is
+private; C{IReactorFDSet.getWriters()} is public but builds a list of every
+waiting connection), so the writer does not ask.
+
+The caller must L{stop} the writer before anything else writes to the
+connection or changes what a byte on it means: before C{startTLS} (the
+writer keeps the raw socket it was given, so a direct send would put
+plaintext into the TLS stream), C{loseConnection} and C{abortConnection}
+(whose queued data Twisted discards).
+
+Only plain TCP and UNIX connections of Twisted's POSIX reactors (C{epoll},
+C{poll}, C{select}, C{asyncio}: all use C{twisted.internet.tcp.Connection}),
+directly or through our PROXY wrapper, qualify: a transport wrapper that
+intercepts C{write} (C{policies.ThrottlingFactory}, a timeout wrapper,
+TLS) must see every byte, and other reactors' sockets have their own rules.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Optional
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.tcp import Connection
+
+from ._proxy import ProxyProtocolWrapper
+
+__all__ = ["ReplyWriter", "eligible"]
+
+
+def eligible(transport: Any) -> Optional[socket.socket]:
+    """
+    The socket replies may be sent on directly, or C{None} when this
+    transport must see every write itself.
+
+    @param transport: the protocol's transport, at C{connectionMade}.
+    """
+    real = transport
+    if type(transport) is ProxyProtocolWrapper:
+        real = transport.transport  # it forwards write() untouched
+    if not isinstance(real, Connection) or ISSLTransport.providedBy(transport) or ISSLTransport.providedBy(real):
+        return None
+    try:
+        sock = real.getHandle()
+        if not isinstance(sock, socket.socket) or sock.gettimeout() != 0.0:
+            return None  # not a socket, or a blocking one: never block the reactor
+    except OSError:  # closed already
+        return None
+    return sock
+
+
+class ReplyWriter:
+    """
+    Writes a connection's replies: directly on the socket while nothing is
+    queued in the transport, else (and for good) through C{transport.write}.
+
+    @ivar direct: whether the next write may go to the socket directly (a
+        test seam and a statistic; never set it to C{True}).
+    """
+
+    __slots__ = ("_transport", "_sock", "direct")
+
+    def __init__(self, transport: Any, sock: Optional[socket.socket]) -> None:
+        """
+        @param transport: where bytes go once direct sending is over.
+        @param sock: the socket from L{eligible}, or C{None} to always use
+            the transport.
+        """
+        self._transport = transport
+        self._sock = sock
+        self.direct = sock is not None
+
+    def write(self, data: bytes) -> None:
+        """Send C{data} after everything written before, one way or the other."""
+        if self.direct:
+            try:
+                sent = self._sock.send(data)  # type: ignore[union-attr]
+            except OSError:
+                # EAGAIN: the kernel's buffer is full; EPIPE, ECONNRESET: the
+                # transport meets the same error on its next send and closes
+                # the connection the usual way.
+                sent = 0
+            if sent == len(data):
+                return
+            self.stop()
+            if sent:
+                data = data[sent:]
+        self._transport.write(data)
+
+    def stop(self) -> None:
+        """From now on every write goes through the transport."""
+        self.direct = False
+        self._sock = None
