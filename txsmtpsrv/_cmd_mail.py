@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params, \
-    parse_path_argument
+from ._commands import CommandError, parse_bdat, parse_envid, parse_mail_argument, parse_notify, parse_orcpt
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
@@ -93,8 +92,7 @@ class MailCommands(CoreBase):
             self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
-            mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
-            params = parse_params(ptext)
+            mailbox, params = parse_mail_argument(arg, "FROM", null_ok=True)
             env = self._mail_params(params)
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
@@ -172,8 +170,7 @@ class MailCommands(CoreBase):
         dsn = not o.hide_dsn
         notify = orcpt = None
         try:
-            mailbox, ptext = parse_path_argument(arg, "TO", null_ok=False)
-            params = parse_params(ptext)
+            mailbox, params = parse_mail_argument(arg, "TO", null_ok=False)
             if params and s.opening_command == "HELO":
                 raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
             for key, value in params.items():
