@@ -93,19 +93,23 @@ class MailCommands(CoreBase):
             return
         try:
             mailbox, params = parse_mail_argument(arg, "FROM", null_ok=True)
-            env = self._mail_params(params)
+            values = self._mail_params(params) if params else None
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
             return
-        if not mailbox.isascii() and not env.smtputf8:
+        if not mailbox.isascii() and not (values is not None and values[1]):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
         address = Address(mailbox, params)
-        env.mail_from = address
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
             if self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                s.envelope = env
+                # The envelope made when the last transaction ended (or the
+                # session began) is this transaction's: one per transaction.
+                env = s.envelope
+                env.mail_from = address
+                if values is not None:
+                    env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
                 s.transaction += 1
                 if self.phase is _COMMAND:
                     self.phase = _TRANSACTION
@@ -117,46 +121,50 @@ class MailCommands(CoreBase):
         else:
             done(None, None, False)
 
-    def _mail_params(self, params: Dict[str, Optional[str]]) -> Envelope:
-        """Check MAIL parameters; the result is the envelope to use on success."""
+    def _mail_params(self, params: Dict[str, Optional[str]]) -> Tuple[str, bool, Optional[int], Optional[str],
+                                                                     Optional[str], bool]:
+        """
+        Check MAIL parameters; the result is what they set in the envelope
+        once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls).
+        """
         o = self.options
-        env = Envelope()
-        if params and self.session.opening_command == "HELO":
+        body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls = "7BIT", False, None, None, None, False
+        if self.session.opening_command == "HELO":
             raise CommandError(555, "5.5.4", "Error: MAIL parameters need EHLO")
         for key, value in params.items():
             if key == "SIZE":
                 if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
-                env.size = int(value)
-                if o.size and env.size > o.size and o.reject_oversized:
+                size = int(value)
+                if o.size and size > o.size and o.reject_oversized:
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
                 if body == "7BIT" or (body == "8BITMIME" and not o.hide_8bitmime) or (
                         body == "BINARYMIME" and not o.hide_chunking):
-                    env.body_type = body
+                    body_type = body
                 else:
                     raise CommandError(501, "5.5.4", f"Error: unsupported BODY value {(value or '')[:20]}")
             elif key == "SMTPUTF8" and not o.hide_smtputf8:
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: SMTPUTF8 takes no value")
-                env.smtputf8 = True
+                smtputf8 = True
             elif key == "RET" and not o.hide_dsn:
                 ret = (value or "").upper()
                 if ret not in ("FULL", "HDRS"):
                     raise CommandError(501, "5.5.4", "Error: RET must be FULL or HDRS")
-                env.dsn_ret = ret
+                dsn_ret = ret
             elif key == "ENVID" and not o.hide_dsn:
-                env.dsn_envid = parse_envid(value)
+                dsn_envid = parse_envid(value)
             elif key == "REQUIRETLS" and not o.hide_requiretls:
                 if not self.session.secure:
                     raise CommandError(530, "5.7.10", "Error: REQUIRETLS needs a TLS connection")
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
-                env.requiretls = True
+                requiretls = True
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
-        return env
+        return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls
 
     # -- RCPT ---------------------------------------------------------------------
 
