@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any, List
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 
 from txsmtpsrv import Reply, SMTPError
 from txsmtpsrv._session import Envelope
-from txsmtpsrv.testing import TestClient, make_server
+from txsmtpsrv.testing import Pending, TestClient, make_server
 
 
 # -- c. one Envelope per transaction ------------------------------------------------------
@@ -96,3 +98,227 @@ def test_non_ascii_sender_needs_smtputf8_on_the_same_command() -> None:
     reply = client.command("MAIL FROM:<é@x.test> SMTPUTF8")
     assert reply.code == 250
     assert client.session.envelope.smtputf8 is True
+
+
+# -- b. hook_timeout on the connection's timer; the direct data hook -----------------------
+
+PREFIX = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+
+
+def test_pending_hook_adds_no_timer() -> None:
+    """A pending hook is bounded by the connection's one timer: no DelayedCall of its own."""
+    hooks = Pending("on_mail_from")
+    server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
+    client = TestClient(server)
+    client.ehlo()
+    assert len(clock.getDelayedCalls()) == 1
+    client.send(b"MAIL FROM:<a@x.test>\r\n")
+    assert len(hooks.deferreds) == 1 and len(clock.getDelayedCalls()) == 1
+    # The timer was moved forward to the hook's deadline...
+    assert clock.getDelayedCalls()[0].getTime() == 5
+    hooks.deferreds[0].callback(None)
+    assert client.codes() == [(250, "2.1.0")]
+    # ...and when it fires with nothing to time out, it goes back to the client's deadline.
+    clock.advance(5)
+    assert len(clock.getDelayedCalls()) == 1 and clock.getDelayedCalls()[0].getTime() == 300
+    assert not client.closed
+
+
+def test_hook_times_out_exactly_at_hook_timeout_before_socket_timeout() -> None:
+    """hook_timeout shorter than socket_timeout: 451 4.3.0 at hook_timeout, not a moment before."""
+    hooks = Pending("on_rcpt_to")
+    server, clock = make_server(hooks, hook_timeout=7, socket_timeout=300)
+    client = TestClient(server)
+    client.ehlo()
+    client.command("MAIL FROM:<a@x.test>")
+    clock.advance(2)
+    client.send(b"RCPT TO:<b@y.test>\r\nNOOP\r\n")
+    clock.advance(6.99)
+    assert client.read() == b""
+    with capturedLogs() as events:
+        clock.advance(0.01)
+    assert client.codes() == [(451, "4.3.0"), (250, "2.0.0")]
+    assert hooks.deferreds[0].called  # cancelled
+    assert any("timed out" in e.get("log_format", "") for e in events)
+    # A later hook gets its own full hook_timeout.
+    client.send(b"RCPT TO:<c@y.test>\r\n")
+    clock.advance(6.99)
+    assert client.read() == b""
+    with capturedLogs():
+        clock.advance(0.01)
+    assert client.codes() == [(451, "4.3.0")]
+
+
+def test_hook_timeout_with_a_canceller_that_answers() -> None:
+    """As with Deferred.addTimeout: a canceller that fires the Deferred with a value answers with that value."""
+    class H:
+        def on_mail_from(self, session, address):
+            return Deferred(lambda d: d.callback(Reply(250, "late but fine", "2.1.0")))
+
+    server, clock = make_server(H(), hook_timeout=3)
+    client = TestClient(server)
+    client.ehlo()
+    client.send(b"MAIL FROM:<a@x.test>\r\n")
+    clock.advance(3)
+    reply, = client.replies()
+    assert (reply.code, reply.text) == (250, "late but fine")
+
+
+def test_disconnect_cancels_pending_hook_and_its_deadline() -> None:
+    """A client leaving cancels a pending hook quietly; nothing times out later."""
+    hooks = Pending("on_mail_from")
+    server, clock = make_server(hooks, hook_timeout=5)
+    client = TestClient(server)
+    client.ehlo()
+    client.send(b"MAIL FROM:<a@x.test>\r\n")
+    assert not hooks.deferreds[0].called
+    with capturedLogs() as events:
+        client.disconnect()
+        assert hooks.deferreds[0].called  # cancelled
+        clock.advance(10)
+    assert clock.getDelayedCalls() == []
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+class CollectHooks:
+    """The common data hook: C{return stream.collect(callback)}."""
+
+    def __init__(self) -> None:
+        self.chunks: List[bytes] = []
+        self.results: List[Any] = []
+
+    def on_data(self, session, stream):
+        return stream.collect(self.chunks.append)
+
+
+def test_direct_data_hook_waits_on_no_deferred() -> None:
+    """on_data returning its stream's collect Deferred is answered by the stream, not through callbacks."""
+    seen: List[Any] = []
+
+    class H(CollectHooks):
+        def on_data(self, session, stream):
+            d = super().on_data(session, stream)
+            seen.append(d)
+            return d
+
+    hooks = H()
+    server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
+    client = TestClient(server)
+    client.send(PREFIX)
+    assert client.codes()[-1] == (354, None)
+    d = seen[0]
+    assert not d.called and not d._callbacks  # nothing chained: no timeout, no callback of ours
+    assert len(clock.getDelayedCalls()) == 1  # the connection's timer only
+    d.addBoth(hooks.results.append)  # added after it was returned: sees what is left (None)
+    client.send(b"line 1\r\nline 2\r\n.\r\nNOOP\r\n")
+    assert client.codes() == [(250, "2.0.0"), (250, "2.0.0")]
+    assert b"".join(hooks.chunks) == b"line 1\r\nline 2\r\n"
+    assert hooks.results == [None]
+
+
+def test_direct_data_hook_times_out_as_before() -> None:
+    """A body that does not end within hook_timeout: the data hook timed out, 451 4.3.0 at the dot."""
+    seen: List[Any] = []
+
+    class H(CollectHooks):
+        def on_data(self, session, stream):
+            d = super().on_data(session, stream)
+            seen.append(d)
+            return d
+
+    hooks = H()
+    server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
+    client = TestClient(server)
+    client.send(PREFIX + b"partial\r\n")
+    client.replies()
+    clock.advance(4.99)
+    assert not seen[0].called
+    clock.advance(0.01)
+    assert seen[0].called
+    with capturedLogs() as events:
+        client.send(b"more, skipped\r\n.\r\nNOOP\r\n")
+    assert client.codes() == [(451, "4.3.0"), (250, "2.0.0")]
+    assert any("timed out" in e.get("log_format", "") for e in events)
+    assert b"".join(hooks.chunks) == b"partial"  # the CRLF waited for the next read; then skipped
+
+
+def test_direct_data_hook_reader_failure_answers_451() -> None:
+    """The collect callback raising ends the message with 451, through the direct path too."""
+    class H:
+        def on_data(self, session, stream):
+            def chunk(data):
+                raise RuntimeError("disk full")
+            return stream.collect(chunk)
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX)
+    client.replies()
+    with capturedLogs() as events:
+        client.send(b"body\r\n.\r\n")
+    assert client.codes() == [(451, "4.3.0")]
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_chained_collect_deferred_is_waited_on() -> None:
+    """A collect Deferred with callbacks chained (a custom reply) is not answered directly: its result counts."""
+    class H:
+        def on_data(self, session, stream):
+            return stream.collect(lambda chunk: None).addCallback(lambda _: Reply(250, "queued as 42", "2.0.0"))
+
+    server, _ = make_server(H())
+    client = TestClient(server)
+    client.send(PREFIX + b"body\r\n.\r\n")
+    assert client.replies()[-1].text == "queued as 42"
+
+
+def test_sync_data_hook_makes_no_deferred() -> None:
+    """A data hook that reads synchronously and answers at once: no Deferred anywhere, reply at the dot."""
+    got: List[bytes] = []
+
+    class Reader:
+        def makeConnection(self, producer):
+            pass
+
+        def dataReceived(self, data):
+            got.append(data)
+
+        def connectionLost(self, reason):
+            got.append(b"<end>")
+
+    class H:
+        def on_data(self, session, stream):
+            stream.deliver_body(Reader())
+
+    server, clock = make_server(H(), hook_timeout=5)
+    client = TestClient(server)
+    client.send(PREFIX)
+    client.replies()
+    assert not client.protocol._pending  # nothing waited on
+    assert len(clock.getDelayedCalls()) == 1
+    client.send(b"body\r\n.\r\n")
+    assert client.codes() == [(250, "2.0.0")]
+    assert got == [b"body\r\n", b"<end>"]
+
+
+def test_disconnect_during_direct_data_hook() -> None:
+    """The client leaving mid-body: the direct data hook is cancelled quietly, its Deferred fires with None."""
+    seen: List[Any] = []
+
+    class H(CollectHooks):
+        def on_data(self, session, stream):
+            d = super().on_data(session, stream)
+            seen.append(d)
+            return d
+
+    server, clock = make_server(H(), hook_timeout=5)
+    client = TestClient(server)
+    client.send(PREFIX + b"part")
+    results: List[Any] = []
+    seen[0].addBoth(results.append)
+    with capturedLogs() as events:
+        client.disconnect()
+        clock.advance(10)
+    assert results == [None]
+    assert not [e for e in events if e.get("log_failure") is not None]
+    assert clock.getDelayedCalls() == []
