@@ -14,9 +14,13 @@ from typing import Any, List
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.logger import capturedLogs
+from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, LogPublisher, PredicateResult,
+                            capturedLogs)
 
 from txsmtpsrv import Reply, SMTPError
+from txsmtpsrv._logging import SessionLogger, observer_wants
+from txsmtpsrv._oplog import SessionLog
+from txsmtpsrv._protocol import SMTPServerProtocol
 from txsmtpsrv._session import Envelope
 from txsmtpsrv.testing import Pending, TestClient, make_server
 
@@ -322,3 +326,69 @@ def test_disconnect_during_direct_data_hook() -> None:
     assert results == [None]
     assert not [e for e in events if e.get("log_failure") is not None]
     assert clock.getDelayedCalls() == []
+
+
+# -- d. per-connection log events only built when an observer wants them --------------------
+
+
+def filtered(level: LogLevel, sink: List[Any], *extra: Any) -> LogPublisher:
+    """A publisher as programs set one up: a level filter in front of a sink."""
+    return LogPublisher(FilteringLogObserver(sink.append, [*extra, LogLevelFilterPredicate(defaultLogLevel=level)]))
+
+
+def test_observer_wants_reads_level_filters() -> None:
+    """observer_wants: False only when every path certainly drops the event."""
+    sink: List[Any] = []
+    ns = "txsmtpsrv._protocol.SMTPServerProtocol"
+    warn_only = filtered(LogLevel.warn, sink)
+    assert not observer_wants(warn_only, LogLevel.info, ns)
+    assert observer_wants(warn_only, LogLevel.warn, ns)
+    assert observer_wants(warn_only, LogLevel.error, ns)
+    # A namespace let through at info.
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    predicate.setLogLevelForNamespace("txsmtpsrv", LogLevel.info)
+    assert observer_wants(LogPublisher(FilteringLogObserver(sink.append, [predicate])), LogLevel.info, ns)
+    assert not observer_wants(LogPublisher(FilteringLogObserver(sink.append, [predicate])), LogLevel.debug, ns)
+    # Anything not recognised counts as wanting: a plain observer, another predicate, a negative observer.
+    assert observer_wants(LogPublisher(sink.append), LogLevel.debug, ns)
+    assert observer_wants(LogPublisher(warn_only, sink.append), LogLevel.info, ns)
+    assert observer_wants(filtered(LogLevel.warn, sink, lambda event: PredicateResult.yes), LogLevel.info, ns)
+    assert observer_wants(FilteringLogObserver(sink.append, [LogLevelFilterPredicate(LogLevel.warn)],
+                                               negativeObserver=sink.append), LogLevel.info, ns)
+    # Nested filters: the inner one decides too.
+    nested = LogPublisher(FilteringLogObserver(filtered(LogLevel.error, sink), [LogLevelFilterPredicate(LogLevel.info)]))
+    assert not observer_wants(nested, LogLevel.warn, ns)
+    assert observer_wants(nested, LogLevel.error, ns)
+    assert not observer_wants(LogPublisher(), LogLevel.critical, ns)  # nobody listens at all
+    assert sink == []  # asking emits nothing
+
+
+@pytest.mark.parametrize("level", [LogLevel.info, LogLevel.warn])
+def test_connection_lines_only_built_when_wanted(monkeypatch: pytest.MonkeyPatch, level: LogLevel) -> None:
+    """With info filtered out no per-connection info event is even emitted; with info wanted both lines come."""
+    sink: List[Any] = []
+    publisher = filtered(level, sink)
+    monkeypatch.setattr(SMTPServerProtocol, "log", SessionLogger("txsmtpsrv._protocol", observer=publisher))
+    monkeypatch.setattr(SessionLog, "log", SessionLogger("txsmtpsrv._oplog", observer=publisher))
+    emitted: List[Any] = []
+    original = SessionLogger.emit
+
+    def counting(self: SessionLogger, lvl: LogLevel, format: Any = None, **kwargs: Any) -> None:
+        emitted.append((lvl, format))
+        original(self, lvl, format, **kwargs)
+
+    monkeypatch.setattr(SessionLogger, "emit", counting)
+    server, _ = make_server()
+    client = TestClient(server)
+    client.ehlo()
+    assert client.sendmail("a@x.test", ["b@y.test"], b"Subject: x\r\n\r\nbody\r\n")[-1].code == 250
+    client.command("QUIT")
+    client.disconnect()
+    formats = [e["log_format"] for e in sink]
+    if level == LogLevel.info:
+        assert any(f.startswith("connection from") for f in formats)
+        assert any(f.startswith("connection closed:") for f in formats)
+        closed = next(e for e in sink if e["log_format"].startswith("connection closed:"))
+        assert (closed["client"], closed["accepted"], closed["session_id"]) == ("192.0.2.10", 1, client.session.id)
+    else:
+        assert emitted == [] and sink == []

@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, List, Optional
 
+from twisted.logger import LogLevel
+
 from ._addrlimits import OncePer, address_key
 from ._ipaddr import parse_ip
 from ._logging import SessionLogger
@@ -118,8 +120,11 @@ class SessionLog:
         tally = self._sessions.pop(session.id, None)
         if tally is None:
             return
+        log = self.log
+        if not log.wants(LogLevel.info):
+            return  # no observer keeps the line: not built (issue 13)
         tls = getattr(session.tls, "version", None) if session.secure else None
-        self.log.info(
+        log.info(
             "connection closed: client={client} name={name} helo={helo} tls={tls} user={user} "
             "accepted={accepted} refused={refused} bytes={bytes} duration={duration:.3f}s",
             session_id=session.id,

@@ -28,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
 from twisted.internet.protocol import Protocol
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -283,13 +284,14 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
+        log = self.log
         error = fields.pop("error", None)
         if level == "failure":
             if error is not None and not isinstance(error, Failure):
                 error = Failure(error, type(error), error.__traceback__)
-            self.log.failure(fmt, error, session_id=self.session.id, **fields)
-        else:
-            getattr(self.log, level)(fmt, session_id=self.session.id, **fields)
+            log.failure(fmt, error, session_id=self.session.id, **fields)
+        elif log.wants(LogLevel.levelWithName(level)):  # else no observer keeps it: not built
+            getattr(log, level)(fmt, session_id=self.session.id, **fields)
 
     # -- hooks -----------------------------------------------------------------
 
