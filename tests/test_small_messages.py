@@ -10,19 +10,23 @@ observer wants them; no per-connection state until it is needed.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, LogPublisher, PredicateResult,
                             capturedLogs)
 
-from txsmtpsrv import Reply, SMTPError
+from txsmtpsrv import Reply, SMTPError, _cmd_session
+from txsmtpsrv._ipaddr import plain_ipv4
 from txsmtpsrv._logging import SessionLogger, observer_wants
 from txsmtpsrv._oplog import SessionLog
 from txsmtpsrv._protocol import SMTPServerProtocol
 from txsmtpsrv._session import Envelope
-from txsmtpsrv.testing import Pending, TestClient, make_server
+from txsmtpsrv.testing import FakeResolver, Pending, TestClient, make_server
 
 
 # -- c. one Envelope per transaction ------------------------------------------------------
@@ -392,3 +396,61 @@ def test_connection_lines_only_built_when_wanted(monkeypatch: pytest.MonkeyPatch
         assert (closed["client"], closed["accepted"], closed["session_id"]) == ("192.0.2.10", 1, client.session.id)
     else:
         assert emitted == [] and sink == []
+
+
+# -- e. no ipaddress round-trip for a plain IPv4 peer -------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses(v=4), st.text("0123456789.x:", max_size=16))
+def test_plain_ipv4_is_exactly_the_canonical_spelling(addr: ipaddress.IPv4Address, text: str) -> None:
+    """plain_ipv4 holds for what str(IPv4Address) makes, and only when that text is its own canonical form."""
+    assert plain_ipv4(str(addr))
+    if plain_ipv4(text):
+        assert str(ipaddress.IPv4Address(text)) == text
+    for odd in (f"0{addr}", f"{addr}.", f" {addr}", f"::ffff:{addr}"):
+        assert not plain_ipv4(odd)
+
+
+@pytest.mark.parametrize("peer,name,lookups", [
+    ("192.0.2.10", "[192.0.2.10]", 1),
+    ("127.0.0.5", "localhost", 0),  # loopback: no PTR query
+    ("::ffff:192.0.2.10", "[192.0.2.10]", 1),  # dual stack: shown as IPv4, the slow way
+    ("2001:db8::1", "[IPv6:2001:db8::1]", 1),
+    ("::1", "localhost", 0),
+])
+def test_peer_names_with_and_without_parsing(monkeypatch: pytest.MonkeyPatch, peer: str, name: str,
+                                             lookups: int) -> None:
+    """A plain IPv4 peer is never parsed (no network list to check); every peer gets the same name as before."""
+    parsed: List[str] = []
+    original = _cmd_session.parse_ip
+
+    def spy(text: str) -> Any:
+        parsed.append(text)
+        return original(text)
+
+    monkeypatch.setattr(_cmd_session, "parse_ip", spy)
+    asked: List[str] = []
+
+    class Resolver(FakeResolver):
+        def lookupPointer(self, name: Any, timeout: Any = None) -> Any:
+            asked.append(name)
+            return super().lookupPointer(name, timeout)
+
+    server, _ = make_server(resolver=Resolver())
+    client = TestClient(server, peer=(peer, 4000))
+    assert client.session.client_hostname == name
+    assert len(asked) == lookups
+    assert parsed == ([] if plain_ipv4(peer) else [peer])
+
+
+def test_plain_ipv4_peer_still_checked_against_network_lists() -> None:
+    """With ignored_hosts or xclient_trusted set, a plain IPv4 peer is parsed and matched."""
+    server, _ = make_server(ignored_hosts=["192.0.2.0/24"], use_xclient=True, xclient_trusted=["192.0.2.10/32"])
+    with capturedLogs() as events:
+        client = TestClient(server, peer=("192.0.2.10", 4000))
+        client.ehlo()
+    assert client.protocol.core.quiet and client.protocol.core._trusted
+    assert not [e for e in events if e.get("log_format", "").startswith("connection from")]
+    other = TestClient(server, peer=("198.51.100.1", 4000))
+    assert not other.protocol.core.quiet and not other.protocol.core._trusted

@@ -107,6 +107,8 @@ class SessionLog:
         self._removers = []
 
     def _quiet(self, address: str) -> bool:
+        if not self._server.options.ignored_hosts:
+            return False
         ip = parse_ip(address)  # dual-stack listeners: IPv4-mapped matches as IPv4
         if ip is None:
             return False
