@@ -21,11 +21,12 @@ from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredic
                             capturedLogs)
 
 from txsmtpsrv import Reply, SMTPError, _cmd_session
+from txsmtpsrv._core import ActionQueue
 from txsmtpsrv._ipaddr import plain_ipv4
 from txsmtpsrv._logging import SessionLogger, observer_wants
 from txsmtpsrv._oplog import SessionLog
 from txsmtpsrv._protocol import SMTPServerProtocol
-from txsmtpsrv._session import Envelope
+from txsmtpsrv._session import NO_ATTRIBUTES, Envelope
 from txsmtpsrv.testing import FakeResolver, Pending, TestClient, make_server
 
 
@@ -454,3 +455,54 @@ def test_plain_ipv4_peer_still_checked_against_network_lists() -> None:
     assert not [e for e in events if e.get("log_format", "").startswith("connection from")]
     other = TestClient(server, peer=("198.51.100.1", 4000))
     assert not other.protocol.core.quiet and not other.protocol.core._trusted
+
+
+# -- f. no per-connection objects until they are needed -------------------------------------
+
+
+def test_idle_connection_holds_no_lazy_objects() -> None:
+    """Past EHLO and idle: no action deque, no hook tables, no junk counter, shared XCLIENT/XFORWARD maps."""
+    server, _ = make_server()
+    client = TestClient(server)
+    client.ehlo()
+    core, proto, s = client.protocol.core, client.protocol, client.session
+    assert type(core.actions) is ActionQueue and core.actions == []
+    assert core._waiting is None and core._junk_counter is None
+    assert proto._pending is None and proto._timing is None
+    assert s.xclient is NO_ATTRIBUTES and s.xforward is NO_ATTRIBUTES
+    assert isinstance(server.session_log._sessions[s.id], float)  # a start time, not a tally yet
+    other = TestClient(server)
+    assert other.protocol.core._per_byte is core._per_byte  # one float per server
+    # Each appears when needed and then works as before.
+    assert client.command("NOOP").code == 250
+    assert core._junk_counter is not None and core._junk_counter.count == 1
+    with pytest.raises(TypeError):
+        s.xclient["NAME"] = "x"  # type: ignore[index]  # read-only until XCLIENT gives attributes
+
+
+def test_action_queue_is_first_in_first_out() -> None:
+    """The list that replaced the deque keeps its order and its popleft."""
+    queue = ActionQueue()
+    queue.append((1,))
+    queue.append((2,))
+    assert queue.popleft() == (1,) and queue == [(2,)]
+
+
+def test_session_summary_counts_from_a_start_time() -> None:
+    """The operator's summary line still counts refusals and deliveries when the tally is made lazily."""
+    class H:
+        def on_rcpt_to(self, session, address):
+            if address.address.startswith("no"):
+                raise SMTPError(550, "no such user", "5.1.1")
+
+    server, _ = make_server(H())
+    with capturedLogs() as events:
+        client = TestClient(server)
+        client.ehlo()
+        client.sendmail("a@x.test", ["yes@y.test"], b"Subject: 1\r\n\r\nbody\r\n")
+        client.command("MAIL FROM:<a@x.test>")
+        assert client.command("RCPT TO:<no@y.test>").code == 550
+        client.disconnect()
+    closed = [e for e in events if e.get("log_format", "").startswith("connection closed:")]
+    assert [(e["accepted"], e["refused"]) for e in closed] == [(1, 0)]
+    assert [e["verb"] for e in events if e.get("log_format", "").startswith("refused {verb}")] == ["RCPT"]

@@ -21,7 +21,7 @@ from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
-from ._session import Address, Envelope
+from ._session import NO_ATTRIBUTES, Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _COMMAND = Phase.COMMAND
@@ -42,7 +42,7 @@ class MailCommands(CoreBase):
     __slots__ = ()
 
     #: The junk-command count (a C{GuardCommands} slot; the C{Dialogue} has both): a delivery resets it.
-    _junk_counter: JunkCounter
+    _junk_counter: Optional[JunkCounter]
 
     # -- the transaction's state ---------------------------------------------------
 
@@ -63,7 +63,7 @@ class MailCommands(CoreBase):
         if s.envelope.mail_from is not None or s.envelope.rcpt_to:
             s.envelope = Envelope()
         if s.xforward:  # XFORWARD describes one transaction
-            s.xforward = {}
+            s.xforward = NO_ATTRIBUTES
             if self._pre_xforward is not None:
                 s.remote_address, s.client_hostname = self._pre_xforward
                 self._pre_xforward = None
@@ -241,7 +241,7 @@ class MailCommands(CoreBase):
         if "on_data" in self.hooks:
             self._token += 1
             token = self._data_token = self._token
-            self._waiting[token] = (self._data_answered, False)
+            self._waiting_for()[token] = (self._data_answered, False)
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token
@@ -326,7 +326,8 @@ class MailCommands(CoreBase):
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
         if ok:
-            self._junk_counter.delivered()  # real work done: count junk afresh
+            if self._junk_counter is not None:
+                self._junk_counter.delivered()  # real work done: count junk afresh
         if ok and self.observers["message"]:  # logged by deliveries and observers, not here: the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()

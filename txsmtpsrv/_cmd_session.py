@@ -450,7 +450,7 @@ class SessionCommands(GuardCommands):
         s.remote_port = int(known.get("PORT", s.remote_port))
         s.local_address = str(known.get("DESTADDR", s.local_address))
         s.local_port = int(known.get("DESTPORT", s.local_port))
-        s.xclient.update(self._as_text(attrs))
+        s.xclient = {**s.xclient, **self._as_text(attrs)}
         self._log("info", "XCLIENT: client is now {remote_address}", remote_address=s.remote_address)
         s.opening_command = ""
         s.host_name_appears_as = str(known.get("HELO", ""))
@@ -468,7 +468,7 @@ class SessionCommands(GuardCommands):
             if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
                 self._pre_xforward = (s.remote_address, s.client_hostname)
             s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
-            s.xforward.update(self._as_text(attrs))
+            s.xforward = {**s.xforward, **self._as_text(attrs)}
             self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)
             self._reply(250, "2.0.0", "OK")
 

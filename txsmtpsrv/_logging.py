@@ -34,13 +34,13 @@ def session_system(session_id: str, level: LogLevel) -> str:
     return f"txsmtpsrv#{level.name} {session_id}"
 
 
-def observer_wants(observer: Any, level: LogLevel, namespace: str, depth: int = 0) -> bool:
+def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) -> bool:
     """
-    Whether C{observer} might keep an event of C{level} from C{namespace}.
+    Whether C{observer} might keep an event of C{level} (a C{LogLevel}) from C{namespace}.
 
     Twisted has no public way to ask, so this looks at what the standard
-    set-up is made of: a L{LogPublisher} fanning out to
-    L{FilteringLogObserver}s with L{LogLevelFilterPredicate}s (what
+    set-up is made of: a C{LogPublisher} fanning out to
+    C{FilteringLogObserver}s with C{LogLevelFilterPredicate}s (what
     C{twistd}, C{txsmtpsrv.sink} and most programs configure). It answers
     False only when every path certainly drops the event; anything it does
     not recognise (another observer, another predicate, a changed Twisted)
@@ -79,6 +79,6 @@ class SessionLogger(Logger):
             kwargs["log_system"] = session_system(str(sid), level)
         super().emit(level, format, **kwargs)
 
-    def wants(self, level: LogLevel) -> bool:
+    def wants(self, level: Any) -> bool:
         """Whether an event of C{level} from this logger might be kept (see L{observer_wants})."""
         return observer_wants(self.observer, level, self.namespace)

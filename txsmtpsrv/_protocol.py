@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from ._context import ServerContext
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
-from ._logging import SessionLogger
+from ._logging import SessionLogger, observer_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
@@ -290,7 +290,7 @@ class SMTPServerProtocol(Protocol):
             if error is not None and not isinstance(error, Failure):
                 error = Failure(error, type(error), error.__traceback__)
             log.failure(fmt, error, session_id=self.session.id, **fields)
-        elif log.wants(LogLevel.levelWithName(level)):  # else no observer keeps it: not built
+        elif observer_wants(log.observer, LogLevel.levelWithName(level), log.namespace):  # else nobody keeps it
             getattr(log, level)(fmt, session_id=self.session.id, **fields)
 
     # -- hooks -----------------------------------------------------------------
