@@ -21,7 +21,7 @@ from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredic
                             capturedLogs)
 
 from txsmtpsrv import Reply, SMTPError, _cmd_session
-from txsmtpsrv._core import ActionQueue
+from txsmtpsrv._core import REFUSAL_REPLY, ActionQueue
 from txsmtpsrv._ipaddr import plain_ipv4
 from txsmtpsrv._logging import SessionLogger, observer_wants
 from txsmtpsrv._oplog import SessionLog
@@ -506,3 +506,25 @@ def test_session_summary_counts_from_a_start_time() -> None:
     closed = [e for e in events if e.get("log_format", "").startswith("connection closed:")]
     assert [(e["accepted"], e["refused"]) for e in closed] == [(1, 0)]
     assert [e["verb"] for e in events if e.get("log_format", "").startswith("refused {verb}")] == ["RCPT"]
+
+
+def test_operator_log_observes_refusals_only() -> None:
+    """The session log is not called for accepted replies: by default nothing observes every reply."""
+    server, _ = make_server()
+    assert server._observers["reply"] == []
+    assert len(server._observers[REFUSAL_REPLY]) == 1
+    with pytest.raises(ValueError):
+        server.observe(REFUSAL_REPLY, lambda *a: None)  # ours, not offered
+    seen: List[Any] = []
+    server._observe(REFUSAL_REPLY, lambda session, verb, code, enhanced, text: seen.append((verb, code)))
+    client = TestClient(server)
+    client.ehlo()
+    with capturedLogs() as events:
+        client.command("MAIL FROM:<a@x.test>")
+        client.command("RCPT TO:<>")
+        client.command("NOOP")
+    assert seen == [("RCPT", 501)]
+    assert [e["reply"] for e in events if e.get("log_format", "").startswith("refused {verb}")] == [
+        "501 5.1.3 Null recipient address <> is not allowed"]
+    server.session_log.stop()
+    assert len(server._observers[REFUSAL_REPLY]) == 1  # only the one of this test

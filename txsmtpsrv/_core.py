@@ -49,7 +49,13 @@ _CLOSING = Phase.CLOSING
 _CLOSED = Phase.CLOSED
 
 __all__ = ["CoreBase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS", "CLOSE",
-           "ABORT", "NOTIFY", "LOG", "HOOK", "STREAM", "VERDICT", "WRITE", "ASKING"]
+           "ABORT", "NOTIFY", "LOG", "REFUSAL_REPLY", "HOOK", "STREAM", "VERDICT", "WRITE", "ASKING"]
+
+#: An observer event of our own, not offered by C{SMTPServer.observe}: the
+#: "reply" arguments, for replies with a code of 400 or more only. The
+#: operator's log (L{_oplog}) needs only those; observing every reply cost
+#: it several calls per reply on every message.
+REFUSAL_REPLY = "refusal reply"
 
 # Actions
 ASK, CANCEL, BODY_START, BODY, BODY_END, BODY_ABORT, START_TLS, CLOSE, ABORT, NOTIFY, LOG = range(11)
@@ -375,6 +381,8 @@ class CoreBase:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
         if self.observers["reply"]:
             self._notify("reply", self.session, self._verb, code, enhanced, text)
+        if code >= 400 and self.observers.get(REFUSAL_REPLY):
+            self._notify(REFUSAL_REPLY, self.session, self._verb, code, enhanced, text)
         if self._hungup:
             return
         if not cache:
@@ -390,6 +398,8 @@ class CoreBase:
         """Queue a reply with a hook's text; the enhanced code is derived when not given."""
         if self.observers["reply"]:
             self._notify("reply", self.session, self._verb, code, enhanced, "\n".join(lines))
+        if code >= 400 and self.observers.get(REFUSAL_REPLY):
+            self._notify(REFUSAL_REPLY, self.session, self._verb, code, enhanced, "\n".join(lines))
         if self._hungup:
             return
         if greeting and code < 400:

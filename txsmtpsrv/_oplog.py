@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from twisted.logger import LogLevel
 
 from ._addrlimits import OncePer, address_key
+from ._core import REFUSAL_REPLY
 from ._ipaddr import parse_ip
 from ._logging import SessionLogger, observer_wants
 
@@ -97,10 +98,12 @@ class SessionLog:
         self._removers: List[Callable[[], None]] = [
             server.observe(event, handler) for event, handler in (
                 ("connect", self._connect), ("disconnect", self._disconnect),
-                ("reply", self._reply), ("auth", self._auth), ("message", self._message),
-                ("refused", self._refused),
+                ("auth", self._auth), ("message", self._message), ("refused", self._refused),
             )
         ]
+        # Only refusals are logged: the server's own event for replies of 400
+        # and more spares every accepted command the call (issue 13).
+        self._removers.append(server._observe(REFUSAL_REPLY, self._reply))
 
     def stop(self) -> None:
         """Remove the observers: no more lines from this server."""
