@@ -217,7 +217,7 @@ class SMTPServerProtocol(Protocol):
         self._driving = True
         try:
             while actions:
-                action = actions.popleft()
+                action = actions.pop(0)  # an ActionQueue (a list): the C method, not its popleft
                 kind = action[0]
                 if kind == BODY:
                     assert self._stream is not None
