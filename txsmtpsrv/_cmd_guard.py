@@ -46,7 +46,7 @@ class GuardCommands(CoreBase):
         self._client_key: Optional[str] = None  # counted under this address key while connected
         self._sniff: Optional[bytes] = None  # the first bytes, until they tell whether TLS comes
         self._pregreet = self._delaying = self._greet_waiting = self._screening = False
-        self._junk_counter = JunkCounter(self.options.max_junk_commands)
+        self._junk_counter: Optional[JunkCounter] = None  # made at the first junk command
 
     # -- per-address connection limits -------------------------------------------------
 
@@ -133,6 +133,8 @@ class GuardCommands(CoreBase):
     def _junk(self, name: str) -> bool:
         """Count a junk command; past C{max_junk_commands}: C{421} and close (return True)."""
         junk = self._junk_counter
+        if junk is None:
+            junk = self._junk_counter = JunkCounter(self.options.max_junk_commands)
         if not junk.command(name):
             return False
         self._refusal("junk_commands", self.session)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import CommandError, parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_params, \
-    parse_path_argument
+from ._commands import CommandError, parse_bdat, parse_envid, parse_mail_argument, parse_notify, parse_orcpt
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
-from ._session import Address, Envelope
+from ._session import NO_ATTRIBUTES, Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _COMMAND = Phase.COMMAND
@@ -43,7 +42,7 @@ class MailCommands(CoreBase):
     __slots__ = ()
 
     #: The junk-command count (a C{GuardCommands} slot; the C{Dialogue} has both): a delivery resets it.
-    _junk_counter: JunkCounter
+    _junk_counter: Optional[JunkCounter]
 
     # -- the transaction's state ---------------------------------------------------
 
@@ -64,7 +63,7 @@ class MailCommands(CoreBase):
         if s.envelope.mail_from is not None or s.envelope.rcpt_to:
             s.envelope = Envelope()
         if s.xforward:  # XFORWARD describes one transaction
-            s.xforward = {}
+            s.xforward = NO_ATTRIBUTES
             if self._pre_xforward is not None:
                 s.remote_address, s.client_hostname = self._pre_xforward
                 self._pre_xforward = None
@@ -93,21 +92,24 @@ class MailCommands(CoreBase):
             self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
-            mailbox, ptext = parse_path_argument(arg, "FROM", null_ok=True)
-            params = parse_params(ptext)
-            env = self._mail_params(params)
+            mailbox, params = parse_mail_argument(arg, "FROM", null_ok=True)
+            values = self._mail_params(params) if params else None
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
             return
-        if not mailbox.isascii() and not env.smtputf8:
+        if not mailbox.isascii() and not (values is not None and values[1]):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
         address = Address(mailbox, params)
-        env.mail_from = address
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
             if self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                s.envelope = env
+                # The envelope made when the last transaction ended (or the
+                # session began) is this transaction's: one per transaction.
+                env = s.envelope
+                env.mail_from = address
+                if values is not None:
+                    env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
                 s.transaction += 1
                 if self.phase is _COMMAND:
                     self.phase = _TRANSACTION
@@ -119,46 +121,50 @@ class MailCommands(CoreBase):
         else:
             done(None, None, False)
 
-    def _mail_params(self, params: Dict[str, Optional[str]]) -> Envelope:
-        """Check MAIL parameters; the result is the envelope to use on success."""
+    def _mail_params(self, params: Dict[str, Optional[str]]) -> Tuple[str, bool, Optional[int], Optional[str],
+                                                                     Optional[str], bool]:
+        """
+        Check MAIL parameters; the result is what they set in the envelope
+        once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls).
+        """
         o = self.options
-        env = Envelope()
-        if params and self.session.opening_command == "HELO":
+        body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls = "7BIT", False, None, None, None, False
+        if self.session.opening_command == "HELO":
             raise CommandError(555, "5.5.4", "Error: MAIL parameters need EHLO")
         for key, value in params.items():
             if key == "SIZE":
                 if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise CommandError(501, "5.5.4", "Error: bad SIZE value")
-                env.size = int(value)
-                if o.size and env.size > o.size and o.reject_oversized:
+                size = int(value)
+                if o.size and size > o.size and o.reject_oversized:
                     raise CommandError(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             elif key == "BODY":
                 body = (value or "").upper()
                 if body == "7BIT" or (body == "8BITMIME" and not o.hide_8bitmime) or (
                         body == "BINARYMIME" and not o.hide_chunking):
-                    env.body_type = body
+                    body_type = body
                 else:
                     raise CommandError(501, "5.5.4", f"Error: unsupported BODY value {(value or '')[:20]}")
             elif key == "SMTPUTF8" and not o.hide_smtputf8:
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: SMTPUTF8 takes no value")
-                env.smtputf8 = True
+                smtputf8 = True
             elif key == "RET" and not o.hide_dsn:
                 ret = (value or "").upper()
                 if ret not in ("FULL", "HDRS"):
                     raise CommandError(501, "5.5.4", "Error: RET must be FULL or HDRS")
-                env.dsn_ret = ret
+                dsn_ret = ret
             elif key == "ENVID" and not o.hide_dsn:
-                env.dsn_envid = parse_envid(value)
+                dsn_envid = parse_envid(value)
             elif key == "REQUIRETLS" and not o.hide_requiretls:
                 if not self.session.secure:
                     raise CommandError(530, "5.7.10", "Error: REQUIRETLS needs a TLS connection")
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
-                env.requiretls = True
+                requiretls = True
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
-        return env
+        return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls
 
     # -- RCPT ---------------------------------------------------------------------
 
@@ -172,8 +178,7 @@ class MailCommands(CoreBase):
         dsn = not o.hide_dsn
         notify = orcpt = None
         try:
-            mailbox, ptext = parse_path_argument(arg, "TO", null_ok=False)
-            params = parse_params(ptext)
+            mailbox, params = parse_mail_argument(arg, "TO", null_ok=False)
             if params and s.opening_command == "HELO":
                 raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
             for key, value in params.items():
@@ -236,7 +241,7 @@ class MailCommands(CoreBase):
         if "on_data" in self.hooks:
             self._token += 1
             token = self._data_token = self._token
-            self._waiting[token] = (self._data_answered, False)
+            self._waiting_for()[token] = (self._data_answered, False)
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token
@@ -321,7 +326,8 @@ class MailCommands(CoreBase):
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
         if ok:
-            self._junk_counter.delivered()  # real work done: count junk afresh
+            if self._junk_counter is not None:
+                self._junk_counter.delivered()  # real work done: count junk afresh
         if ok and self.observers["message"]:  # logged by deliveries and observers, not here: the hot path
             self._notify("message", s, s.envelope, self.byte_length)
         self._reset_transaction()

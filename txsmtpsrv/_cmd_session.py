@@ -18,7 +18,7 @@ from ._commands import CommandError, parse_helo
 from ._cmd_guard import SLEEP, GuardCommands
 from ._core import START_TLS
 from ._errors import Reply, SMTPError, format_reply, reply_line
-from ._ipaddr import address_literal, parse_ip
+from ._ipaddr import address_literal, parse_ip, plain_ipv4
 from ._outcome import auth_outcome, hook_outcome
 from ._phases import Phase
 from ._sasl import Challenge, SASLAuthFailed, UnknownMechanism, start_mechanism
@@ -81,12 +81,17 @@ class SessionCommands(GuardCommands):
         o = self.options
         s = self.session
         ip = s.remote_address
-        addr = parse_ip(ip) if ip else None
+        # A peer as sockets spell IPv4 (the usual case) is shown as it is: the
+        # address object is only made when a network list has to be checked.
+        plain = bool(ip) and plain_ipv4(ip)
+        xclient = (o.use_xclient or o.use_xforward) and o.xclient_trusted
+        addr = parse_ip(ip) if ip and (not plain or o.ignored_hosts or xclient) else None
         self._deadline = self._clock() + o.socket_timeout
         self._quiet = addr is not None and any(addr in net for net in o.ignored_hosts)
-        self._trusted = bool((o.use_xclient or o.use_xforward) and addr is not None and any(
-            addr in net for net in o.xclient_trusted))
-        if ip:
+        self._trusted = bool(xclient and addr is not None and any(addr in net for net in o.xclient_trusted))
+        if plain:
+            s.client_hostname = f"[{ip}]"
+        elif ip:
             s.client_hostname = f"[{addr}]" if addr is not None and addr.version == 4 else address_literal(ip)
         # A trusted proxy is counted as the client it names with XCLIENT.
         if not self._trusted and not self._admit():
@@ -105,7 +110,7 @@ class SessionCommands(GuardCommands):
             return  # an observer closed the server (or the connection) meanwhile
         if not ip or o.disable_reverse_lookup:
             self._connect_hook()
-        elif addr is not None and addr.is_loopback:
+        elif ip.startswith("127.") if plain else (addr is not None and addr.is_loopback):
             self._lookup_done("localhost", None, False)  # a PTR query for loopback tells nothing
         else:
             # During a greeting delay reading goes on, so that early talkers are caught.
@@ -445,7 +450,7 @@ class SessionCommands(GuardCommands):
         s.remote_port = int(known.get("PORT", s.remote_port))
         s.local_address = str(known.get("DESTADDR", s.local_address))
         s.local_port = int(known.get("DESTPORT", s.local_port))
-        s.xclient.update(self._as_text(attrs))
+        s.xclient = {**s.xclient, **self._as_text(attrs)}
         self._log("info", "XCLIENT: client is now {remote_address}", remote_address=s.remote_address)
         s.opening_command = ""
         s.host_name_appears_as = str(known.get("HELO", ""))
@@ -463,7 +468,7 @@ class SessionCommands(GuardCommands):
             if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
                 self._pre_xforward = (s.remote_address, s.client_hostname)
             s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
-            s.xforward.update(self._as_text(attrs))
+            s.xforward = {**s.xforward, **self._as_text(attrs)}
             self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)
             self._reply(250, "2.0.0", "OK")
 

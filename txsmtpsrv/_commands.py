@@ -12,8 +12,8 @@ import ipaddress
 import re
 from typing import Dict, Optional, Tuple
 
-__all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_notify", "parse_orcpt",
-           "parse_envid", "parse_bdat", "parse_helo", "valid_address_literal", "has_control",
+__all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_mail_argument", "fast_mail_argument",
+           "parse_notify", "parse_orcpt", "parse_envid", "parse_bdat", "parse_helo", "valid_address_literal", "has_control",
            "XTextError", "xtext_decode", "xtext_encode"]
 
 
@@ -185,6 +185,65 @@ def parse_params(text: str) -> Dict[str, Optional[str]]:
             raise CommandError(501, "5.5.4", f"Parameter {key} given twice")
         params[key] = value if eq else None
     return params
+
+
+# The fast path (issue 13): most clients send "FROM:<local@domain>" or
+# "TO:<local@domain>", all ASCII, with a few ordinary parameters. One regular
+# expression over the whole argument recognises exactly that; anything else
+# (lower-case keywords, spaces after the colon, quoted local parts, source
+# routes, address literals, a trailing dot, UTF-8, postmaster, odd spacing)
+# goes to the full grammar above. Every string it matches is one the full
+# grammar accepts with the same result (tests/test_fast_path.py checks both
+# against each other): it never widens what is accepted.
+_FAST_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
+_FAST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_FAST_MAILBOX = rf"(({_FAST_ATOM}(?:\.{_FAST_ATOM})*)@{_FAST_LABEL}(?:\.{_FAST_LABEL})*)"
+_FAST_PARAMS = r"((?: [A-Za-z0-9][A-Za-z0-9\-]*(?:=[\x21-\x3c\x3e-\x7e]+)?)*)"
+_FAST = {
+    "FROM": re.compile(rf"FROM:<(?:{_FAST_MAILBOX})?>{_FAST_PARAMS}").fullmatch,
+    "TO": re.compile(rf"TO:<{_FAST_MAILBOX}>{_FAST_PARAMS}").fullmatch,
+}
+
+
+def fast_mail_argument(arg: str, keyword: str) -> Optional[Tuple[str, Dict[str, Optional[str]]]]:
+    """
+    The common MAIL/RCPT argument, parsed without the full grammar, or
+    C{None} when it is not that common form (the caller then parses it with
+    L{parse_path_argument} and L{parse_params}, which also give the errors).
+    """
+    m = _FAST[keyword](arg)
+    if m is None:
+        return None
+    mailbox, local, ptext = m.groups()
+    if mailbox is None:
+        mailbox = ""  # the null reverse-path <>
+    elif len(local) > 64 or len(mailbox) - len(local) > 256:
+        return None  # too long: the full grammar says so
+    params: Dict[str, Optional[str]] = {}
+    if ptext:
+        for item in ptext[1:].split(" "):
+            key, eq, value = item.partition("=")
+            key = key.upper()
+            if key in params:
+                return None  # given twice: refused by the full grammar
+            params[key] = value if eq else None
+    return mailbox, params
+
+
+def parse_mail_argument(arg: str, keyword: str, *, null_ok: bool) -> Tuple[str, Dict[str, Optional[str]]]:
+    """
+    C{"FROM:<a@b> SIZE=10"} as the mailbox and its parameters: the fast path
+    for the common form, else L{parse_path_argument} and L{parse_params}.
+
+    @param keyword: C{"FROM"} (C{null_ok} must then be true) or C{"TO"}.
+    @raise CommandError: as L{parse_path_argument} and L{parse_params}.
+    """
+    if null_ok == (keyword == "FROM"):
+        parsed = fast_mail_argument(arg, keyword)
+        if parsed is not None:
+            return parsed
+    mailbox, ptext = parse_path_argument(arg, keyword, null_ok=null_ok)
+    return mailbox, parse_params(ptext)
 
 
 class XTextError(ValueError):

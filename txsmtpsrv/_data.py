@@ -17,9 +17,9 @@ body is never held whole in memory unless the hook asks for it.
 from __future__ import annotations
 
 from types import CoroutineType
-from typing import Any, Callable, List, Optional, cast
+from typing import Any, Callable, List, Optional, Tuple, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol, IPushProducer, ITransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -180,6 +180,26 @@ class MessageStream:
         """Whether the server answers C{552} for this body (too large, and it rejects)."""
         return self.size_exceeded and self._reject
 
+    def answer_directly(self, d: "Deferred[Any]", callback: Callable[..., Any], *args: Any) -> bool:
+        """
+        For the connection: when C{d} is the still pending result of this
+        stream's L{collect} and nothing has been chained to it, arrange that
+        C{callback(reason, *args)} is called when the body ends (C{None}) or
+        fails (a C{Failure}; cancelling C{d} fails it with C{CancelledError}),
+        and return True. C{d} then fires with C{None} afterwards (what is
+        left of it once the connection consumed the answer), so the common
+        data hook C{return stream.collect(f)} costs no Deferred callbacks.
+        """
+        consumer = self._consumer
+        # Nothing chained: Deferred's callback list (the public "callbacks" is
+        # deprecated since Twisted 25.5). Should the private name go away, the
+        # default declines and the Deferred is waited on as any other.
+        if (type(consumer) is _Collector and consumer.done is d and not d.called
+                and not getattr(d, "_callbacks", True) and not consumer._failed):
+            consumer._direct = (callback, args)
+            return True
+        return False
+
     @property
     def has_reader(self) -> bool:
         """Whether someone called L{deliver_body}, L{collect} or L{content}."""
@@ -236,11 +256,20 @@ class MessageStream:
 class _Collector:
     """An IProtocol that feeds chunks to a callback, honouring Deferreds it returns."""
 
+    #: Set by L{MessageStream.answer_directly}: (callback, args) to call in
+    #: place of firing L{done} through its callbacks.
+    _direct: Optional[Tuple[Callable[..., Any], Tuple[Any, ...]]] = None
+
     def __init__(self, callback: Callable[[bytes], Any]) -> None:
         self._callback = callback
         self._producer: Optional[MessageStream] = None
         self._failed = False
-        self.done: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred(self._cancel)
+
+    def _cancel(self, d: "Deferred[None]") -> None:
+        """C{done} is cancelled: tell the direct callback (if any); else C{done} fails with C{CancelledError}."""
+        if self._direct is not None:
+            self._answer(Failure(CancelledError()))
 
     def makeConnection(self, transport: ITransport) -> None:
         self._producer = cast(MessageStream, transport)  # see MessageStream.deliver_body
@@ -270,11 +299,21 @@ class _Collector:
         if not self._failed and self._producer is not None:
             self._producer.resumeProducing()
 
+    def _answer(self, reason: Optional[Failure]) -> None:
+        """The direct way: the callback gets the reason, then C{done} fires with C{None}."""
+        assert self._direct is not None
+        (callback, args), self._direct = self._direct, None
+        callback(reason, *args)
+        if not self.done.called:
+            self.done.callback(None)
+
     def _fail(self, failure: Failure) -> None:
         if self._failed:
             return
         self._failed = True
-        if not self.done.called:
+        if self._direct is not None:
+            self._answer(failure)
+        elif not self.done.called:
             self.done.errback(failure)
         if self._producer is not None:
             self._producer.discard()
@@ -284,6 +323,9 @@ class _Collector:
 
     def ended(self, reason: Optional[Failure]) -> None:
         """The body ended (C{None}) or was cut short."""
+        if self._direct is not None:
+            self._answer(reason)
+            return
         if self.done.called:
             return
         if reason is None:

@@ -2,8 +2,9 @@
 """
 The SMTP/LMTP dialogue as a sans-IO state machine.
 
-L{Dialogue} = the machinery of L{_core} + the session commands of
-L{_cmd_session} + the mail transaction of L{_cmd_mail}. Feed it bytes, hook
+L{Dialogue} = the machinery of L{_core} + the reading loop of
+L{_dispatch} + the session commands of L{_cmd_session} + the mail
+transaction of L{_cmd_mail}. Feed it bytes, hook
 answers, TLS-up, timer ticks and shutdown; perform its C{actions} and write
 its C{out}. It never does I/O and imports nothing from Twisted, so it can be
 tested (and fuzzed) with plain bytes: see C{tests/test_dialogue.py}.
@@ -18,15 +19,15 @@ from typing import Callable, Dict, FrozenSet, Tuple
 from ._cmd_guard import SLEEP
 from ._cmd_mail import MailCommands
 from ._cmd_session import SessionCommands
-from ._core import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS,
-                    CoreBase)
+from ._core import ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS
+from ._dispatch import CommandDispatch
 from ._phases import COMMAND_PHASES, COMMANDS, Phase
 
 __all__ = ["Dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS",
            "CLOSE", "ABORT", "NOTIFY", "LOG", "SLEEP"]
 
 
-class Dialogue(MailCommands, SessionCommands):
+class Dialogue(CommandDispatch, MailCommands, SessionCommands):
     """One connection's dialogue; see the module docstring of L{_core} for its inputs and actions."""
 
     __slots__ = ()
@@ -48,4 +49,4 @@ def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[P
     return table
 
 
-CoreBase._handlers = _build_handlers()
+CommandDispatch._handlers = _build_handlers()

@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from typing import Optional, Union
 
-__all__ = ["IPAddress", "address_literal", "canonical_ip", "client_hostname", "parse_ip", "unmapped"]
+__all__ = ["IPAddress", "address_literal", "canonical_ip", "client_hostname", "parse_ip", "plain_ipv4", "unmapped"]
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}").fullmatch
+
+
+def plain_ipv4(text: str) -> bool:
+    """
+    Whether C{text} is an IPv4 address spelt as C{str(IPv4Address)} would
+    spell it (what a socket reports): then it is its own canonical form and
+    needs no C{ipaddress} round-trip to be shown or compared.
+    """
+    return _PLAIN_IPV4(text) is not None
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_oplog -*-
 """
-A C{Logger} that puts the session id into the text of every session's line.
+A C{Logger} that puts the session id into the text of every session's line,
+and can tell whether anyone would keep an event before it is built.
 
 The id is a structured field (C{session_id}) for JSON consumers, but text
 logs only show C{log_format} and C{log_system}; an operator correlating
@@ -8,20 +9,62 @@ lines with C{grep} needs the id in the text. Twisted's convention for
 per-connection context is the system (C{[SMTP,0,127.0.0.1]} in legacy
 logging), so the id goes there: C{[txsmtpsrv#info 3f2a9c1e0b7d4c55]},
 leaving C{log_format} (what tests and JSON readers match) unchanged.
+
+Per-connection info lines (a connection's first line, the session summary)
+cost several microseconds each to build and emit even when a level filter
+drops them (issue 13), and a busy server makes thousands a second.
+L{SessionLogger.wants} says whether any observer would keep one, so the
+line is only built when one would.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, LogPublisher
+from twisted.logger._filter import shouldLogEvent
+from twisted.logger._observer import bitbucketLogObserver
 
-__all__ = ["SessionLogger", "session_system"]
+__all__ = ["SessionLogger", "session_system", "observer_wants"]
 
 
 def session_system(session_id: str, level: LogLevel) -> str:
     """The C{log_system} of a session's event: C{txsmtpsrv#info <id>}."""
     return f"txsmtpsrv#{level.name} {session_id}"
+
+
+def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) -> bool:
+    """
+    Whether C{observer} might keep an event of C{level} (a C{LogLevel}) from C{namespace}.
+
+    Twisted has no public way to ask, so this looks at what the standard
+    set-up is made of: a C{LogPublisher} fanning out to
+    C{FilteringLogObserver}s with C{LogLevelFilterPredicate}s (what
+    C{twistd}, C{txsmtpsrv.sink} and most programs configure). It answers
+    False only when every path certainly drops the event; anything it does
+    not recognise (another observer, another predicate, a changed Twisted)
+    counts as wanting it, so a line is never lost, only built for nothing.
+    """
+    if depth > 8:
+        return True
+    if type(observer) is LogPublisher:
+        observers = getattr(observer, "_observers", None)
+        if not isinstance(observers, list):
+            return True
+        return any(observer_wants(o, level, namespace, depth + 1) for o in observers)
+    if type(observer) is FilteringLogObserver:
+        should = getattr(observer, "_shouldLogEvent", None)
+        if (getattr(observer, "_negativeObserver", None) is not bitbucketLogObserver
+                or not isinstance(should, partial) or should.func is not shouldLogEvent or len(should.args) != 1):
+            return True
+        for predicate in should.args[0]:
+            if type(predicate) is not LogLevelFilterPredicate:
+                return True  # it may say yes
+            if level < predicate.logLevelForNamespace(namespace):
+                return False  # dropped here
+        return observer_wants(getattr(observer, "_observer", None), level, namespace, depth + 1)
+    return True
 
 
 class SessionLogger(Logger):
@@ -35,3 +78,7 @@ class SessionLogger(Logger):
         if sid and "log_system" not in kwargs:
             kwargs["log_system"] = session_system(str(sid), level)
         super().emit(level, format, **kwargs)
+
+    def wants(self, level: Any) -> bool:
+        """Whether an event of C{level} from this logger might be kept (see L{observer_wants})."""
+        return observer_wants(self.observer, level, self.namespace)

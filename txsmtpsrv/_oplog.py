@@ -29,11 +29,14 @@ the last line: a flood from one address must not flood the log.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from twisted.logger import LogLevel
 
 from ._addrlimits import OncePer, address_key
+from ._core import REFUSAL_REPLY
 from ._ipaddr import parse_ip
-from ._logging import SessionLogger
+from ._logging import SessionLogger, observer_wants
 
 __all__ = ["SessionLog", "log_value"]
 
@@ -88,15 +91,19 @@ class SessionLog:
 
     def __init__(self, server: Any) -> None:
         self._server = server
-        self._sessions: Dict[str, _Tally] = {}
+        # session id -> when it started (a float) until something is counted, then its _Tally:
+        # an idle connection costs a float, not a tally.
+        self._sessions: Dict[str, Union[float, _Tally]] = {}
         self._once = OncePer(60.0)  # bounded: at most 50,000 addresses remembered
         self._removers: List[Callable[[], None]] = [
             server.observe(event, handler) for event, handler in (
                 ("connect", self._connect), ("disconnect", self._disconnect),
-                ("reply", self._reply), ("auth", self._auth), ("message", self._message),
-                ("refused", self._refused),
+                ("auth", self._auth), ("message", self._message), ("refused", self._refused),
             )
         ]
+        # Only refusals are logged: the server's own event for replies of 400
+        # and more spares every accepted command the call (issue 13).
+        self._removers.append(server._observe(REFUSAL_REPLY, self._reply))
 
     def stop(self) -> None:
         """Remove the observers: no more lines from this server."""
@@ -105,6 +112,8 @@ class SessionLog:
         self._removers = []
 
     def _quiet(self, address: str) -> bool:
+        if not self._server.options.ignored_hosts:
+            return False
         ip = parse_ip(address)  # dual-stack listeners: IPv4-mapped matches as IPv4
         if ip is None:
             return False
@@ -112,14 +121,19 @@ class SessionLog:
 
     def _connect(self, session: Any) -> None:
         if not self._quiet(session.remote_address):
-            self._sessions[session.id] = _Tally(self._server.reactor.seconds())
+            self._sessions[session.id] = self._server.reactor.seconds()
 
     def _disconnect(self, session: Any) -> None:
         tally = self._sessions.pop(session.id, None)
         if tally is None:
             return
+        if not isinstance(tally, _Tally):
+            tally = _Tally(tally)
+        log = self.log
+        if not observer_wants(log.observer, LogLevel.info, log.namespace):
+            return  # no observer keeps the line: not built (issue 13)
         tls = getattr(session.tls, "version", None) if session.secure else None
-        self.log.info(
+        log.info(
             "connection closed: client={client} name={name} helo={helo} tls={tls} user={user} "
             "accepted={accepted} refused={refused} bytes={bytes} duration={duration:.3f}s",
             session_id=session.id,
@@ -135,9 +149,19 @@ class SessionLog:
             remote_address=session.remote_address,
         )
 
+    def _tally(self, session_id: str) -> Optional[_Tally]:
+        """The counts of a session being logged (made on first use), or None."""
+        tally = self._sessions.get(session_id)
+        if tally is None or isinstance(tally, _Tally):
+            return tally
+        tally = self._sessions[session_id] = _Tally(tally)
+        return tally
+
     def _reply(self, session: Any, verb: str, code: int, enhanced: Optional[str], text: str) -> None:
-        tally = self._sessions.get(session.id)
-        if tally is None or code < 400 or verb not in LOGGED_VERBS:
+        if code < 400 or verb not in LOGGED_VERBS:
+            return
+        tally = self._tally(session.id)
+        if tally is None:
             return
         if verb in MESSAGE_VERBS:
             tally.refused += 1
@@ -151,8 +175,10 @@ class SessionLog:
                       remote_address=session.remote_address, code=code)
 
     def _auth(self, session: Any, mechanism: str, username: Optional[str], code: int) -> None:
-        tally = self._sessions.get(session.id)
-        if tally is None or code < 400:
+        if code < 400:
+            return
+        tally = self._tally(session.id)
+        if tally is None:
             return
         tally.auth_reply_logged = True
         self.log.info("refused AUTH {mechanism} from {client} user={user}: {code}", session_id=session.id,
@@ -161,7 +187,7 @@ class SessionLog:
                       remote_address=session.remote_address, username=username)
 
     def _message(self, session: Any, envelope: Any, size: int) -> None:
-        tally = self._sessions.get(session.id)
+        tally = self._tally(session.id)
         if tally is not None:
             tally.accepted += 1
             tally.bytes += size

@@ -28,12 +28,13 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
 from twisted.internet.protocol import Protocol
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
-from ._logging import SessionLogger
+from ._logging import SessionLogger, observer_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
@@ -43,6 +44,10 @@ from ._session import Session
 __all__ = ["SMTPServerProtocol"]
 
 _QUIET_FAILURES = (CancelledError, ConnectionLost, ConnectionDone, MessageDiscarded)
+#: The deadline of a hook that ran past hook_timeout and is being cancelled (see L{_expire_hooks}).
+_EXPIRED = -1.0
+#: Slack in comparing a hook's deadline with the clock (timer arithmetic may round down).
+_EPSILON = 1e-6
 
 
 def _address_parts(address: Any) -> Tuple[str, int]:
@@ -116,8 +121,9 @@ class SMTPServerProtocol(Protocol):
         self.context = context
         self.options = context.options
         self._clock = context.reactor
-        # A hook's Deferred, or the timer of one of our sleeps: either is cancelled.
-        self._pending: Dict[int, Deferred[Any] | IDelayedCall] = {}
+        # token -> (a hook's Deferred or the timer of one of our sleeps: either
+        # is cancelled; its hook_timeout deadline, None for none); made on first use.
+        self._pending: Optional[Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]] = None
         self._stream: Optional[MessageStream] = None
         self._data_token: Optional[int] = None
         self._timer: Any = None
@@ -127,7 +133,8 @@ class SMTPServerProtocol(Protocol):
         self._driving = False  # performing the dialogue's actions
         self._gone = False  # connectionLost ran
         self._holder: Any = None
-        self._timing: Dict[int, Tuple[str, float]] = {}  # token -> (hook name, when asked), for "hook" observers
+        # token -> (hook name, when asked), for "hook" observers; made on first use.
+        self._timing: Optional[Dict[int, Tuple[str, float]]] = None
         self.session: Session
         self.core: Dialogue
         self._out: ReplyWriter  # every write to the transport goes through it
@@ -213,7 +220,7 @@ class SMTPServerProtocol(Protocol):
         self._driving = True
         try:
             while actions:
-                action = actions.popleft()
+                action = actions.pop(0)  # an ActionQueue (a list): the C method, not its popleft
                 kind = action[0]
                 if kind == BODY:
                     assert self._stream is not None
@@ -228,9 +235,9 @@ class SMTPServerProtocol(Protocol):
                 elif kind == BODY_ABORT:
                     self._body_abort(action[1], action[2])
                 elif kind == CANCEL:
-                    d = self._pending.pop(action[1], None)
-                    if d is not None:
-                        d.cancel()
+                    entry = self._pending.pop(action[1], None) if self._pending else None
+                    if entry is not None:
+                        entry[0].cancel()
                 elif kind == NOTIFY:
                     self.context.notify(action[1], *action[2])
                 elif kind == LOG:
@@ -283,13 +290,14 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
+        log = self.log
         error = fields.pop("error", None)
         if level == "failure":
             if error is not None and not isinstance(error, Failure):
                 error = Failure(error, type(error), error.__traceback__)
-            self.log.failure(fmt, error, session_id=self.session.id, **fields)
-        else:
-            getattr(self.log, level)(fmt, session_id=self.session.id, **fields)
+            log.failure(fmt, error, session_id=self.session.id, **fields)
+        elif observer_wants(log.observer, LogLevel.levelWithName(level), log.namespace):  # else nobody keeps it
+            getattr(log, level)(fmt, session_id=self.session.id, **fields)
 
     # -- hooks -----------------------------------------------------------------
 
@@ -297,7 +305,7 @@ class SMTPServerProtocol(Protocol):
         hook: Callable[..., Any]
         if name == SLEEP:
             # A delay of ours (greeting delay, AUTH tarpit): a timer, cancelled like a hook.
-            self._pending[token] = self._clock.callLater(args[0], self._slept, token)
+            self._pending_calls()[token] = (self._clock.callLater(args[0], self._slept, token), None)
             self.core.asked(token)
             return
         if name == "reverse_lookup":
@@ -311,7 +319,8 @@ class SMTPServerProtocol(Protocol):
         self._call(token, hook, args)
 
     def _slept(self, token: int) -> None:
-        self._pending.pop(token, None)
+        if self._pending:
+            self._pending.pop(token, None)
         if self._gone:
             return
         self._answer(token, None, None, True)
@@ -323,14 +332,20 @@ class SMTPServerProtocol(Protocol):
     def _tls_context(self) -> None:
         self._holder = self.context.tls()
 
-    def _call(self, token: int, hook: Callable[..., Any], args: Tuple[Any, ...], timed: bool = True) -> None:
+    def _call(self, token: int, hook: Callable[..., Any], args: Tuple[Any, ...], timed: bool = True,
+              stream: Optional[MessageStream] = None) -> None:
         """
         Call C{hook(*args)} and give the dialogue its answer: at once when
         the hook answers at once (no Deferred is made then), else when its
-        Deferred fires, bounded by C{hook_timeout}. The "hook" observers
-        learn how long it took.
+        Deferred fires, bounded by C{hook_timeout} (kept by the connection's
+        timer: no timer per call). The data hook's answer when it returns
+        the Deferred of its C{stream}'s C{collect} comes straight from the
+        stream, without Deferred callbacks. The "hook" observers learn how
+        long it took.
         """
         if timed and self.context.observers["hook"]:
+            if self._timing is None:
+                self._timing = {}
             self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self._clock.seconds())
         try:
             result = hook(*args)
@@ -343,35 +358,77 @@ class SMTPServerProtocol(Protocol):
         if not isinstance(result, Deferred):
             self._answer(token, result, None, False)
             return
-        waiting = answered = False
-
-        def fired(outcome: Any) -> None:
-            nonlocal answered
-            answered = True
-            if waiting:
-                self._pending.pop(token, None)
-                if self._gone or self.core.finished:
-                    # Nobody to answer. A hook failing because the client left
-                    # (or we cancelled it) is not worth a traceback.
-                    if isinstance(outcome, Failure) and not outcome.check(*_QUIET_FAILURES):
-                        self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
-                    return None
-            if isinstance(outcome, Failure):
-                self._answer(token, None, outcome, waiting)
-            else:
-                self._answer(token, outcome, None, waiting)
-            if waiting:
-                self._run()
-            return None
-
-        if not result.called or result.paused:  # pending, or waiting on another Deferred
-            result.addTimeout(self.options.hook_timeout, self._clock)
-        result.addBoth(fired)
-        if answered:
-            return  # fired already: answered synchronously
-        waiting = True
-        self._pending[token] = result
+        if result.called and not result.paused:  # fired already: answered synchronously
+            result.addBoth(self._settled, token)
+            return
+        deadline = None
+        if timed:
+            deadline = self._clock.seconds() + self.options.hook_timeout
+            self._schedule(deadline)
+        self._pending_calls()[token] = (result, deadline)
+        if stream is None or not stream.answer_directly(result, self._fired, token, hook):
+            result.addBoth(self._fired, token, hook)
         self.core.asked(token)
+
+    def _settled(self, outcome: Any, token: int) -> None:
+        """A hook's Deferred that had fired before it was returned: its answer, at once."""
+        if isinstance(outcome, Failure):
+            self._answer(token, None, outcome, False)
+        else:
+            self._answer(token, outcome, None, False)
+
+    def _fired(self, outcome: Any, token: int, hook: Any) -> None:
+        """A hook's pending Deferred fired (or the stream it reads ended, for a direct data hook)."""
+        entry = self._pending.pop(token, None) if self._pending else None
+        if (entry is not None and entry[1] == _EXPIRED and isinstance(outcome, Failure)
+                and outcome.check(CancelledError)):
+            # What Deferred.addTimeout makes of the cancellation.
+            outcome = Failure(TimeoutError(self.options.hook_timeout, "Deferred"))
+        if self._gone or self.core.finished:
+            # Nobody to answer. A hook failing because the client left
+            # (or we cancelled it) is not worth a traceback.
+            if isinstance(outcome, Failure) and not outcome.check(*_QUIET_FAILURES):
+                self._log_hook_failure(outcome, getattr(hook, "__name__", "hook"))
+            return None
+        if isinstance(outcome, Failure):
+            self._answer(token, None, outcome, True)
+        else:
+            self._answer(token, outcome, None, True)
+        self._run()
+        return None
+
+    def _pending_calls(self) -> Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]:
+        if self._pending is None:
+            self._pending = {}
+        return self._pending
+
+    def _schedule(self, deadline: float) -> None:
+        """Have the connection's timer fire by C{deadline} (a hook's): moved earlier if need be."""
+        timer = self._timer
+        if timer is None:
+            if not self._gone:
+                self._timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._check_timeout)
+        elif timer.getTime() > deadline:
+            timer.reset(max(0.0, deadline - self._clock.seconds()))
+
+    def _expire_hooks(self, now: float) -> Optional[float]:
+        """
+        Cancel every hook past its C{hook_timeout} deadline (its answer is
+        then a timeout, as with C{Deferred.addTimeout}); return the next
+        deadline of those still pending, or None.
+        """
+        pending = self._pending
+        if not pending:
+            return None
+        expired = [token for token, (_, deadline) in pending.items()
+                   if deadline is not None and deadline != _EXPIRED and deadline <= now + _EPSILON]
+        for token in expired:
+            entry = pending.get(token)
+            if entry is not None and entry[1] != _EXPIRED:
+                pending[token] = (entry[0], _EXPIRED)
+                entry[0].cancel()
+        deadlines = [deadline for _, deadline in pending.values() if deadline is not None and deadline != _EXPIRED]
+        return min(deadlines) if deadlines else None
 
     def _answer(self, token: int, value: Any, failure: Optional[Failure], late: bool) -> None:
         if self._timing:
@@ -403,7 +460,7 @@ class SMTPServerProtocol(Protocol):
             stream.discard()
             return
         self._data_token = token
-        self._call(token, self.context.hooks.on_data, (session, stream))
+        self._call(token, self.context.hooks.on_data, (session, stream), stream=stream)
 
     def _stream_paused(self) -> None:
         self.core.pause_stream()
@@ -433,12 +490,20 @@ class SMTPServerProtocol(Protocol):
     # -- timers and TLS ---------------------------------------------------------------
 
     def _check_timeout(self) -> None:
+        """The connection's one timer: hooks past hook_timeout, then the client's timeouts."""
         self._timer = None
         if self._gone:
             return
-        delay = self.core.check_timeout()
+        now = self._clock.seconds()
+        hooks = self._expire_hooks(now)
+        delay = self.core.check_timeout()  # None once closed (or gone meanwhile)
         if delay is not None:
-            self._timer = self._clock.callLater(delay, self._check_timeout)
+            if hooks is not None:
+                delay = min(delay, max(0.0, hooks - now))
+            if self._timer is None:
+                self._timer = self._clock.callLater(delay, self._check_timeout)
+            elif self._timer.getTime() > now + delay:
+                self._timer.reset(delay)
         self._run()
 
     def _register_backpressure(self) -> None:

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._context import ServerContext
+from ._core import REFUSAL_REPLY
 from ._errors import format_reply
 from ._hooks import ResolvedHooks
 from ._options import ServerOptions, ServerOptionsArgs
@@ -88,6 +89,7 @@ class SMTPServer(ServerFactory):
         self.hooks = hooks
         self._hooks = ResolvedHooks(hooks)
         self._observers: Dict[str, List[Callable[..., Any]]] = {e: [] for e in OBSERVER_EVENTS}
+        self._observers[REFUSAL_REPLY] = []  # ours: see _observe
         self._reply_cache: Dict[Any, bytes] = {}
         self._connections: Set[SMTPServerProtocol] = set()
         self._ports: List[IListeningPort] = []
@@ -150,8 +152,12 @@ class SMTPServer(ServerFactory):
 
         @return: a function that removes the observer.
         """
-        if event not in self._observers:
+        if event not in OBSERVER_EVENTS:
             raise ValueError(f"unknown event {event!r}; choose from {', '.join(OBSERVER_EVENTS)}")
+        return self._observe(event, callback)
+
+    def _observe(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
+        """L{observe}, also for our own events (C{REFUSAL_REPLY}: "reply" for codes of 400 and more)."""
         self._observers[event].append(callback)
         return lambda: self._observers[event].remove(callback)
 

@@ -9,10 +9,14 @@ immutable values, the session and envelope change as the dialogue goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
+from types import MappingProxyType
 from typing import Any, List, Mapping, Optional, Tuple
 
-__all__ = ["Address", "Envelope", "Session"]
+__all__ = ["Address", "Envelope", "Session", "NO_ATTRIBUTES"]
+
+#: C{session.xclient} / C{session.xforward} until the command gives some:
+#: one read-only empty mapping shared by every session (no dict per connection).
+NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
 
@@ -102,6 +106,9 @@ class Session:
     @ivar secure: whether the connection is encrypted.
     @ivar tls: a L{TLSInfo} (version, cipher, SNI name, client certificate)
         once TLS is up.
+    @ivar xclient: the attributes XCLIENT gave (a read-only empty mapping
+        until one came).
+    @ivar xforward: the attributes XFORWARD gave for the current transaction.
     """
 
     __slots__ = (
@@ -127,8 +134,8 @@ class Session:
         self.tls: Any = None
         self.proxy: Any = None
         self.lmtp = lmtp
-        self.xclient: dict[str, str] = {}
-        self.xforward: dict[str, str] = {}
+        self.xclient: Mapping[str, str] = NO_ATTRIBUTES
+        self.xforward: Mapping[str, str] = NO_ATTRIBUTES
 
     @property
     def transmission_type(self) -> str:
