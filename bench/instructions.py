@@ -23,6 +23,17 @@ with each server's ratio to twisted.mail measured in the same run.
 ``PYTHONHASHSEED=0`` keeps hashing (and so dict/set layouts) the same from run
 to run.
 
+The cyclic garbage collector: a full collection walks every object in the heap
+(Twisted and OpenSSL bindings included), a lump of ~20 M instructions that may
+fall inside one server's window and not another's -- 50k per message over a
+400-message load, more than the differences being looked for. So the server
+runs a full ``gc.collect()`` (on SIGUSR1, installed by a small wrapper around
+``_peers.py``) before each counted load, so that every load starts from the
+same collector state, and the report shows the figures twice: all
+instructions, and without ``gc_collect_main`` (inclusive, from
+``callgrind_annotate``) -- the code's own path length, which is what a change
+to the code changes directly.
+
 Scenarios (loads are small because callgrind slows Python down ~50-100x;
 1 KiB messages as in bench.py unless said otherwise):
 
@@ -80,6 +91,16 @@ import _load  # noqa: E402
 
 MIB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Runs bench/_peers.py KIND as __main__, after installing a SIGUSR1 handler that runs a full
+#: gc.collect(): every measured load then starts from the same collector state (all
+#: generations empty), so a full collection that happens to fall inside one server's window
+#: and not another's does not decide the comparison.
+PEER_WRAPPER = (
+    "import gc, runpy, signal, sys; "
+    "signal.signal(signal.SIGUSR1, lambda *_: gc.collect()); "
+    "sys.argv = sys.argv[1:]; sys.path[0] = __import__('os').path.dirname(sys.argv[0]); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 START_TIMEOUT = 600.0  # interpreter start under valgrind (uninstrumented) takes 10-60 s
 SCENARIOS = ("persist", "pipelined", "churn", "large")
 PEERS = ("twisted.mail", "aiosmtpd")
@@ -130,6 +151,7 @@ class Result:
     repeat: int
     units: float = 0.0  # messages, connections or MiB delivered
     instructions: int = 0
+    gc_instructions: int = 0  # part of ``instructions`` spent in the cyclic GC (gc_collect_main)
     syscalls: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     errors: list[str] = field(default_factory=list)
@@ -138,6 +160,16 @@ class Result:
     @property
     def per_unit(self) -> Optional[float]:
         return self.instructions / self.units if self.units and not self.failures else None
+
+    @property
+    def per_unit_no_gc(self) -> Optional[float]:
+        if not self.units or self.failures:
+            return None
+        return (self.instructions - self.gc_instructions) / self.units
+
+    @property
+    def gc_per_unit(self) -> Optional[float]:
+        return self.gc_instructions / self.units if self.units and not self.failures else None
 
 
 class ServerError(Exception):
@@ -202,7 +234,7 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (target.tree, env.get("PYTHONPATH")) if p)
         env["PYTHONHASHSEED"] = "0"
         env.pop("PYTHONASYNCIODEBUG", None)
-        command = [sys.executable, os.path.join(HERE, "_peers.py"), target.kind]
+        command = [sys.executable, "-c", PEER_WRAPPER, os.path.join(HERE, "_peers.py"), target.kind]
         if outdir is not None:
             command = [
                 "valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -242,6 +274,10 @@ class Server:
         )
         if done.returncode != 0 or "OK" not in done.stdout:
             raise ServerError(f"callgrind_control {' '.join(args)} failed: {done.stdout}{done.stderr}")
+
+    def collect_garbage(self) -> None:
+        """Make the server run a full ``gc.collect()`` (SIGUSR1, see PEER_WRAPPER)."""
+        os.kill(self.pid, signal.SIGUSR1)
 
     def start_count(self) -> None:
         self.control("-i", "on")
@@ -314,6 +350,23 @@ class Strace:
         return counts
 
 
+def gc_instructions(dump: str) -> int:
+    """Inclusive instructions of CPython's cyclic collector (``gc_collect_main``) in a dump."""
+    try:
+        text = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    total = 0
+    for line in text.splitlines():
+        m = re.match(r"^\s*([\d,]+) \(.*?\)\s+\S*:gc_collect_main(?:'\d+)?(?: |$)", line)
+        if m:
+            total += int(m.group(1).replace(",", ""))
+    return total
+
+
 # ---------------------------------------------------------------- loads
 
 
@@ -358,6 +411,7 @@ async def measure(server: Server, scenario: str, loads: Loads, repeat: int,
     if tally.failures:
         res.failures, res.errors = tally.failures, [f"warm-up: {e}" for e in tally.errors]
         return res
+    server.collect_garbage()
     await settle(server.pid)
     tracer = None
     if strace_dir is not None:
@@ -371,7 +425,8 @@ async def measure(server: Server, scenario: str, loads: Loads, repeat: int,
     if tracer is not None:
         res.syscalls = tracer.finish()
     else:
-        res.instructions, _ = server.dump_count()
+        res.instructions, dump = server.dump_count()
+        res.gc_instructions = gc_instructions(dump)
     res.units = tally.delivered * unit
     res.failures, res.errors = tally.failures, tally.errors
     return res
@@ -406,14 +461,9 @@ def fmt_int(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
-def report(results: list[Result], labels: list[str], scenarios: list[str], loads: Loads,
-           meta: dict[str, str]) -> str:
-    out = [f"{k}: {v}" for k, v in meta.items()]
-    out.append("loads: " + "; ".join(f"{s}: {loads.describe()[s]}" for s in scenarios))
-    out.append("")
-    out.append("Instructions (callgrind Ir, server process, load only) per message; "
-               "churn per connection; large per MiB.")
-    out.append("Each cell: median of the repeats [spread = (max-min)/median].")
+def table(results: list[Result], labels: list[str], scenarios: list[str],
+          metric: Callable[[Result], Optional[float]]) -> list[str]:
+    """One table: per scenario, each label's median [spread], ratios to twisted.mail, new/old."""
     ref = "twisted.mail" if "twisted.mail" in labels else None
     head = ["scenario"] + labels
     if ref:
@@ -425,14 +475,14 @@ def report(results: list[Result], labels: list[str], scenarios: list[str], loads
     for sc in scenarios:
         row = [sc]
         for lab in labels:
-            vals = [r.per_unit for r in results if r.label == lab and r.scenario == sc]
+            vals = [metric(r) for r in results if r.label == lab and r.scenario == sc]
             good = [v for v in vals if v is not None]
             if not good:
                 row.append("FAILED" if vals else "-")
                 continue
             med = statistics.median(good)
             medians[(lab, sc)] = med
-            spread = (max(good) - min(good)) / med * 100 if len(good) > 1 else 0.0
+            spread = (max(good) - min(good)) / med * 100 if len(good) > 1 and med else 0.0
             row.append(f"{fmt_int(med)} [{spread:.2f}%]")
         if ref:
             for lab in labels:
@@ -445,16 +495,35 @@ def report(results: list[Result], labels: list[str], scenarios: list[str], loads
             row.append(f"{a / b:.3f} ({(a / b - 1) * 100:+.1f}%)" if a and b else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    out = []
     for i, cells in enumerate(rows):
         out.append("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def report(results: list[Result], labels: list[str], scenarios: list[str], loads: Loads,
+           meta: dict[str, str]) -> str:
+    out = [f"{k}: {v}" for k, v in meta.items()]
+    out.append("loads: " + "; ".join(f"{s}: {loads.describe()[s]}" for s in scenarios))
     out.append("")
-    out.append("Every run (instructions per unit):")
+    out.append("Instructions (callgrind Ir, server process, load only) per message; "
+               "churn per connection; large per MiB.")
+    out.append("Each cell: median of the repeats [spread = (max-min)/median]. "
+               "Every load starts after a full gc.collect().")
+    out.append("")
+    out.append("All instructions:")
+    out += table(results, labels, scenarios, lambda r: r.per_unit)
+    out.append("")
+    out.append("Without the cyclic garbage collector (gc_collect_main, inclusive) -- the code's path length:")
+    out += table(results, labels, scenarios, lambda r: r.per_unit_no_gc)
+    out.append("")
+    out.append("Every run (instructions per unit, of which cyclic GC):")
     for r in results:
         if not r.syscalls:
             out.append(f"  {r.label:>13} {r.scenario:<9} #{r.repeat}: {fmt_int(r.per_unit)}"
-                       f" ({r.instructions:,} Ir / {r.units:g})"
+                       f" (GC {fmt_int(r.gc_per_unit)}; {r.instructions:,} Ir / {r.units:g})"
                        + (f" FAILED {r.failures}: {r.errors}" if r.failures else ""))
     return "\n".join(out)
 
@@ -580,7 +649,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "loads": loads.__dict__,
-                           "runs": [r.__dict__ | {"per_unit": r.per_unit} for r in results]},
+                           "runs": [r.__dict__ | {"per_unit": r.per_unit, "per_unit_no_gc": r.per_unit_no_gc}
+                                    for r in results]},
                           f, indent=1)
         return 1 if any(r.failures for r in results) else 0
     except subprocess.CalledProcessError as exc:
