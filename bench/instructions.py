@@ -609,7 +609,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "python": sys.version.split()[0], "new": f"working tree {ROOT}"}
         targets = []
-        for lab in labels:
+        for lab in list(labels):
             if lab == "new":
                 targets.append(Target("new", "txsmtpsrv", ROOT))
             elif lab == "old":
@@ -617,6 +617,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 meta["old"] = desc
                 targets.append(Target("old", "txsmtpsrv", tree))
             else:
+                module = "twisted.mail.smtp" if lab == "twisted.mail" else lab
+                probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+                if probe.returncode != 0:
+                    progress(f"{lab}: cannot import {module} (pip install -e '.[bench]'); skipped")
+                    labels.remove(lab)
+                    continue
                 targets.append(Target(lab, lab, ROOT))
         head = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip()
