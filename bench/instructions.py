@@ -624,6 +624,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     labels.remove(lab)
                     continue
                 targets.append(Target(lab, lab, ROOT))
+        for target in targets:
+            if target.kind == "txsmtpsrv":  # the tree the server will really import
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                    p for p in (target.tree, os.environ.get("PYTHONPATH")) if p))
+                where = subprocess.run(
+                    [sys.executable, "-c", "import txsmtpsrv; print(txsmtpsrv.__file__)"],
+                    capture_output=True, text=True, env=env, cwd=target.tree,
+                ).stdout.strip()
+                meta[f"{target.label} imports"] = where
+                if not where.startswith(os.path.realpath(target.tree)) and not where.startswith(target.tree):
+                    progress(f"warning: {target.label} imports txsmtpsrv from {where!r}, not from {target.tree}")
         head = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip()
         meta["new"] += f" ({head})" if head else ""
