@@ -54,6 +54,11 @@ recv per read" can be compared separately. Syscall counts depend a little on
 timing (how many sockets one ``epoll_wait`` returns, a ``recv`` that finds
 nothing); instruction counts do too, a little, through the reactor's batching.
 
+Run time on the 2-core VM: each server start under valgrind takes 15-40 s and
+twisted.mail's large load ~80-120 s; the default (3 servers, 2 repeats, all
+scenarios) takes 20-25 minutes, ``--repeat 1`` about half, ``--syscalls`` adds
+a minute.
+
 A benchmark, not a test: nothing is asserted; the exit status is 0, or 1 when
 a run had failures (every reply is checked by ``_load.py``), or 2 when valgrind
 is missing.
