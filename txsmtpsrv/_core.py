@@ -380,7 +380,8 @@ class CoreBase:
     def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""
         if self.observers["reply"]:
-            self._notify("reply", self.session, self._verb, code, enhanced, text)
+            tell = self._tell or self._notify  # _tell at once: one *args call less per reply
+            tell("reply", self.session, self._verb, code, enhanced, text)
         if code >= 400 and self.observers.get(REFUSAL_REPLY):
             self._notify(REFUSAL_REPLY, self.session, self._verb, code, enhanced, text)
         if self._hungup:
