@@ -11,6 +11,7 @@ observer wants them; no per-connection state until it is needed.
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any, List
 
 import pytest
@@ -26,7 +27,7 @@ from txsmtpsrv._ipaddr import plain_ipv4
 from txsmtpsrv._logging import SessionLogger, observer_wants
 from txsmtpsrv._oplog import SessionLog
 from txsmtpsrv._protocol import SMTPServerProtocol
-from txsmtpsrv._session import NO_ATTRIBUTES, Envelope
+from txsmtpsrv._session import Envelope
 from txsmtpsrv.testing import FakeResolver, Pending, TestClient, make_server
 
 
@@ -469,15 +470,16 @@ def test_idle_connection_holds_no_lazy_objects() -> None:
     assert type(core.actions) is ActionQueue and core.actions == []
     assert core._waiting is None and core._junk_counter is None
     assert proto._pending is None and proto._timing is None
-    assert s.xclient is NO_ATTRIBUTES and s.xforward is NO_ATTRIBUTES
+    assert s._xclient is None and s._xforward is None  # no dicts until asked for
     assert isinstance(server.session_log._sessions[s.id], float)  # a start time, not a tally yet
     other = TestClient(server)
     assert other.protocol.core._per_byte is core._per_byte  # one float per server
     # Each appears when needed and then works as before.
     assert client.command("NOOP").code == 250
     assert core._junk_counter is not None and core._junk_counter.count == 1
-    with pytest.raises(TypeError):
-        s.xclient["NAME"] = "x"  # type: ignore[index]  # read-only until XCLIENT gives attributes
+    assert s.xclient == {} and s.xforward == {}  # plain dicts, as in 0.1.0, made on first use
+    s.xclient["NAME"] = "x"
+    assert s.xclient == {"NAME": "x"} and json.dumps(s.xforward) == "{}"
 
 
 def test_action_queue_is_first_in_first_out() -> None:

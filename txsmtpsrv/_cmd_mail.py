@@ -21,7 +21,7 @@ from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import Phase, refusal
-from ._session import NO_ATTRIBUTES, Address, Envelope
+from ._session import Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _COMMAND = Phase.COMMAND
@@ -62,8 +62,8 @@ class MailCommands(CoreBase):
         s = self.session
         if s.envelope.mail_from is not None or s.envelope.rcpt_to:
             s.envelope = Envelope()
-        if s.xforward:  # XFORWARD describes one transaction
-            s.xforward = NO_ATTRIBUTES
+        if s._xforward:  # XFORWARD describes one transaction (no dict made to ask)
+            s._xforward = None
             if self._pre_xforward is not None:
                 s.remote_address, s.client_hostname = self._pre_xforward
                 self._pre_xforward = None
