@@ -191,32 +191,27 @@ def test_disconnect_cancels_pending_hook_and_its_deadline() -> None:
 
 
 class CollectHooks:
-    """The common data hook: C{return stream.collect(callback)}."""
+    """The common data hook: C{return stream.collect(callback)}; keeps each Deferred it returned in C{seen}."""
 
     def __init__(self) -> None:
         self.chunks: List[bytes] = []
         self.results: List[Any] = []
+        self.seen: List[Any] = []
 
     def on_data(self, session, stream):
-        return stream.collect(self.chunks.append)
+        d = stream.collect(self.chunks.append)
+        self.seen.append(d)
+        return d
 
 
 def test_direct_data_hook_waits_on_no_deferred() -> None:
     """on_data returning its stream's collect Deferred is answered by the stream, not through callbacks."""
-    seen: List[Any] = []
-
-    class H(CollectHooks):
-        def on_data(self, session, stream):
-            d = super().on_data(session, stream)
-            seen.append(d)
-            return d
-
-    hooks = H()
+    hooks = CollectHooks()
     server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
     client = TestClient(server)
     client.send(PREFIX)
     assert client.codes()[-1] == (354, None)
-    d = seen[0]
+    d = hooks.seen[0]
     assert not d.called and not d._callbacks  # nothing chained: no timeout, no callback of ours
     assert len(clock.getDelayedCalls()) == 1  # the connection's timer only
     d.addBoth(hooks.results.append)  # added after it was returned: sees what is left (None)
@@ -228,23 +223,15 @@ def test_direct_data_hook_waits_on_no_deferred() -> None:
 
 def test_direct_data_hook_times_out_as_before() -> None:
     """A body that does not end within hook_timeout: the data hook timed out, 451 4.3.0 at the dot."""
-    seen: List[Any] = []
-
-    class H(CollectHooks):
-        def on_data(self, session, stream):
-            d = super().on_data(session, stream)
-            seen.append(d)
-            return d
-
-    hooks = H()
+    hooks = CollectHooks()
     server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
     client = TestClient(server)
     client.send(PREFIX + b"partial\r\n")
     client.replies()
     clock.advance(4.99)
-    assert not seen[0].called
+    assert not hooks.seen[0].called
     clock.advance(0.01)
-    assert seen[0].called
+    assert hooks.seen[0].called
     with capturedLogs() as events:
         client.send(b"more, skipped\r\n.\r\nNOOP\r\n")
     assert client.codes() == [(451, "4.3.0"), (250, "2.0.0")]
@@ -313,19 +300,12 @@ def test_sync_data_hook_makes_no_deferred() -> None:
 
 def test_disconnect_during_direct_data_hook() -> None:
     """The client leaving mid-body: the direct data hook is cancelled quietly, its Deferred fires with None."""
-    seen: List[Any] = []
-
-    class H(CollectHooks):
-        def on_data(self, session, stream):
-            d = super().on_data(session, stream)
-            seen.append(d)
-            return d
-
-    server, clock = make_server(H(), hook_timeout=5)
+    hooks = CollectHooks()
+    server, clock = make_server(hooks, hook_timeout=5)
     client = TestClient(server)
     client.send(PREFIX + b"part")
     results: List[Any] = []
-    seen[0].addBoth(results.append)
+    hooks.seen[0].addBoth(results.append)
     with capturedLogs() as events:
         client.disconnect()
         clock.advance(10)
