@@ -239,6 +239,13 @@ def read_replies(sock: socket.socket, count: int, deadline: float) -> List[bytes
     return lines
 
 
+def one_message(sock: socket.socket, sender: bytes, body: bytes, deadline: float) -> List[bytes]:
+    """After the greeting: EHLO, one message from C{sender}, QUIT; the six replies."""
+    sock.sendall(b"EHLO client.test\r\nMAIL FROM:<" + sender + b">\r\nRCPT TO:<r@example.test>\r\n"
+                 b"DATA\r\n" + body + b"\r\n.\r\nQUIT\r\n")
+    return read_replies(sock, 6, deadline)
+
+
 class LoopbackTests(unittest.TestCase):
     timeout = 60
 
@@ -403,9 +410,7 @@ class LoopbackTests(unittest.TestCase):
                 s.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n")
                 deadline = time.monotonic() + 10
                 read_replies(s, 1, deadline)
-                s.sendall(b"EHLO client.test\r\nMAIL FROM:<p@example.test>\r\nRCPT TO:<r@example.test>\r\n"
-                          b"DATA\r\nSubject: p\r\n\r\nproxied\r\n.\r\nQUIT\r\n")
-                return read_replies(s, 6, deadline)
+                return one_message(s, b"p@example.test", b"Subject: p\r\n\r\nproxied", deadline)
 
         replies = yield self.thread(client)
         self.assertEqual([r[:3] for r in replies], [b"250", b"250", b"250", b"354", b"250", b"221"])
@@ -428,9 +433,7 @@ class LoopbackTests(unittest.TestCase):
                 s.connect(path)
                 deadline = time.monotonic() + 10
                 read_replies(s, 1, deadline)
-                s.sendall(b"EHLO client.test\r\nMAIL FROM:<u@example.test>\r\nRCPT TO:<r@example.test>\r\n"
-                          b"DATA\r\nSubject: u\r\n\r\nunix\r\n.\r\nQUIT\r\n")
-                return read_replies(s, 6, deadline)
+                return one_message(s, b"u@example.test", b"Subject: u\r\n\r\nunix", deadline)
 
         replies = yield self.thread(client)
         self.assertEqual([r[:3] for r in replies], [b"250", b"250", b"250", b"354", b"250", b"221"])
