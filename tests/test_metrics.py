@@ -26,7 +26,7 @@ from txsmtpsrv.testing import TestClient, make_server
 
 from tests._support import tool_path
 from tests.test_oplog import Policy, plain
-from tests.test_twistd import CLEAN_EXITS, POLICY, TIMEOUT, Twistd
+from tests.test_twistd import CLEAN_EXITS, TIMEOUT, Twistd, workers_with_policy
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -162,11 +162,7 @@ def test_twistd_metrics_over_http(tmp_path):
 
 def test_twistd_workers_one_scrape_shows_every_process(tmp_path):
     """--workers 2 --metrics: connections served by both processes all show in the parent's scrape."""
-    (tmp_path / "mypolicy.py").write_text(POLICY)
-    pids_file = tmp_path / "pids.txt"
-    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
-                               "--hooks", "mypolicy:Policy", "--metrics", "tcp:0:interface=127.0.0.1"],
-                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    server, pids_file = workers_with_policy(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1")
     try:
         port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
         server.wait_for(r"worker \d+\] txsmtpsrv ready")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Set
 
 from tests._certs import make_ca, write_pem
-from tests.test_twistd import CLEAN_EXITS, POLICY, TIMEOUT, Twistd
+from tests.test_twistd import CLEAN_EXITS, TIMEOUT, Twistd, workers_with_policy
 
 
 def fingerprint(port: int, context: ssl.SSLContext) -> str:
@@ -49,11 +49,7 @@ def test_sighup_reaches_every_worker(tmp_path):
     old, new = ca.issue("old.test"), ca.issue("new.test")
     key = write_pem(str(tmp_path), "key.pem", old.key_pem)
     cert = write_pem(str(tmp_path), "cert.pem", old.cert_pem)
-    (tmp_path / "mypolicy.py").write_text(POLICY)
-    pids_file = tmp_path / "pids.txt"
-    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
-                               "--tls-key", key, "--tls-cert", cert, "--hooks", "mypolicy:Policy"],
-                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    server, pids_file = workers_with_policy(tmp_path, "--tls-key", key, "--tls-cert", cert)
     try:
         worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
         server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
@@ -130,11 +126,7 @@ def test_failed_reload_is_one_error_line(tmp_path):
 
 def test_workers_share_one_development_certificate(tmp_path):
     """--workers 2 without certificates: one development certificate, made by the parent, for all."""
-    (tmp_path / "mypolicy.py").write_text(POLICY)
-    pids_file = tmp_path / "pids.txt"
-    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
-                               "--hooks", "mypolicy:Policy"],
-                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    server, pids_file = workers_with_policy(tmp_path)
     try:
         worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
         server.wait_for(rf"worker {worker}\] txsmtpsrv ready")

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -314,6 +314,16 @@ class Policy(Hooks):
         if address.local_part == "blocked":
             raise SMTPError(550, "No such user here", "5.1.1")
 '''
+
+
+def workers_with_policy(tmp_path: Path, *extra: str) -> Tuple[Twistd, Path]:
+    """C{--workers 2} on 127.0.0.1 with L{POLICY}'s hooks, which note each serving pid in the file returned."""
+    (tmp_path / "mypolicy.py").write_text(POLICY)
+    pids_file = tmp_path / "pids.txt"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
+                               "--hooks", "mypolicy:Policy", *extra],
+                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(pids_file)})
+    return server, pids_file
 
 
 def test_hooks_module_from_working_directory(twistd, tmp_path):
