@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import smtplib
 import socket
 import subprocess
 from typing import Any, List
 
-import pytest
-
 from tests._support import haproxy_path, stop_process
 from tests.test_examples import (  # noqa: F401 (fixture)
-    EXAMPLES, LISTENING, MESSAGE, START_TIMEOUT, WAIT_TIMEOUT, run_example)
+    EXAMPLES, LISTENING, START_TIMEOUT, mail_through_haproxy, run_example)
 
 CONFIG = os.path.join(EXAMPLES, "haproxy.cfg")
 
@@ -82,19 +79,7 @@ def test_shipped_config_in_front_of_behind_haproxy(run_example: Any, tmp_path: A
         proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], pass_fds=[frontend.fileno()],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        try:
-            # From 127.0.0.2, so the client's address differs from HAProxy's (127.0.0.1).
-            with smtplib.SMTP("127.0.0.1", frontend.getsockname()[1], timeout=WAIT_TIMEOUT,
-                              source_address=("127.0.0.2", 0)) as client:
-                client_port = client.sock.getsockname()[1]
-                assert client.sendmail("a@client.test", ["b@example.test"], MESSAGE) == {}
-        except (OSError, smtplib.SMTPException) as e:
-            pytest.fail(f"no SMTP through haproxy ({e!r}); haproxy log:\n{log_path.read_text()}"
-                        f"\nexample stderr:\n{example.text()}")
-        m = example.wait_for(rf"client 127\.0\.0\.2:{client_port} via proxy 127\.0\.0\.1 "
-                             rf"\(session \S+, haproxy id (\S+)\)")
-        assert m.group(1).startswith(f"7F000002:{client_port:04X}_")  # the shipped unique-id-format
-        example.wait_for(r"message from client 127\.0\.0\.2: <a@client\.test> to 1 recipient\(s\)")
+        mail_through_haproxy(example, frontend.getsockname()[1], log_path.read_text)
     finally:
         stop_process(proc, 5)
         frontend.close()

@@ -427,15 +427,22 @@ def test_behind_haproxy_logs_real_client(run_example: Any, tmp_path: Any) -> Non
 
     options = "send-proxy-v2 proxy-v2-options unique-id,crc32c"
     with HAProxy(haproxy, str(tmp_path), port, options, timeout=20) as proxy:
-        try:
-            # Connect from 127.0.0.2, so the client's address differs from HAProxy's (127.0.0.1).
-            with smtplib.SMTP("127.0.0.1", proxy.port, timeout=WAIT_TIMEOUT,
-                              source_address=("127.0.0.2", 0)) as client:
-                client_port = client.sock.getsockname()[1]
-                assert client.sendmail("a@client.test", ["b@example.test"], MESSAGE) == {}
-        except (OSError, smtplib.SMTPException) as e:
-            pytest.fail(f"no SMTP through haproxy ({e!r}); haproxy log:\n{proxy.log()}"
-                        f"\nexample stderr:\n{example.text()}")
+        mail_through_haproxy(example, proxy.port, proxy.log)
+
+
+def mail_through_haproxy(example: Any, port: int, haproxy_log: Callable[[], str]) -> None:
+    """
+    One message through HAProxy listening on C{port}, from 127.0.0.2 so the client's address differs from
+    HAProxy's (127.0.0.1): behind_haproxy.py logs the real client with HAProxy's unique id (the shipped
+    unique-id-format: the client's address and port in hex first), then the message.
+    """
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=WAIT_TIMEOUT, source_address=("127.0.0.2", 0)) as client:
+            client_port = client.sock.getsockname()[1]
+            assert client.sendmail("a@client.test", ["b@example.test"], MESSAGE) == {}
+    except (OSError, smtplib.SMTPException) as e:
+        pytest.fail(f"no SMTP through haproxy ({e!r}); haproxy log:\n{haproxy_log()}"
+                    f"\nexample stderr:\n{example.text()}")
     m = example.wait_for(rf"client 127\.0\.0\.2:{client_port} via proxy 127\.0\.0\.1 \(session \S+, haproxy id (\S+)\)")
     assert m.group(1).startswith(f"7F000002:{client_port:04X}_")
     example.wait_for(r"message from client 127\.0\.0\.2: <a@client\.test> to 1 recipient\(s\)")
