@@ -14,6 +14,7 @@ tests/run.sh, so nothing here needs them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import smtplib
@@ -241,3 +242,19 @@ def test_bad_server_command_lines() -> None:
         proc = subprocess.run([sys.executable, os.path.join(BENCH, "_peers.py"), *argv],
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2, (argv, proc.stderr)
+
+
+def test_tls_bench_smoke_run_resumes(tmp_path: Any) -> None:
+    """bench/tls.py --quick against txsmtpsrv: every scenario measured, and every resuming connection resumed
+    (issue 13: TLS session resumption works); the figures themselves are not checked."""
+    out = tmp_path / "tls.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "tls.py"), "--quick", "--servers", "txsmtpsrv", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    figures = result["servers"]["txsmtpsrv"]
+    assert {"persist", "large", "plain", "full", "resumed", "handshake"} <= set(figures)
+    assert figures["resumed"]["resumed_share"] == 1.0
+    assert result["openssl"]["resumed_share"] == 1.0
