@@ -20,6 +20,8 @@ import ipaddress
 from collections import OrderedDict
 from typing import Dict, Generic, Optional, Tuple, TypeVar
 
+from ._ipaddr import parse_ip
+
 __all__ = ["address_key", "ExpiringTable", "ConnectionLimiter", "OncePer", "DEFAULT_MAX_ENTRIES",
            "OVER_CONCURRENCY", "OVER_RATE"]
 
@@ -41,17 +43,10 @@ def address_key(address: Optional[str], ipv6_prefix: int = 64) -> Optional[str]:
     form. C{None} for what is not an IP address (a UNIX socket), which no
     per-address limit applies to.
     """
-    if not address:
+    addr = parse_ip(address) if address else None  # IPv4-mapped IPv6 comes back as IPv4
+    if addr is None:
         return None
-    try:
-        addr = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        if ipv6_prefix >= 128:
-            return str(addr)
+    if isinstance(addr, ipaddress.IPv6Address) and ipv6_prefix < 128:
         net = ipaddress.IPv6Network((int(addr) >> (128 - ipv6_prefix) << (128 - ipv6_prefix), ipv6_prefix))
         return str(net)
     return str(addr)

@@ -14,16 +14,17 @@ parsed.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Dict
 
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-__all__ = ["AdoptedEndpointParser"]
+__all__ = ["AdoptedEndpointParser", "FAMILIES"]
 
-_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+#: The FAMILY names of C{adopted:} strings (also C{--adopt FD:FAMILY} and the worker pool's).
+FAMILIES: Dict[str, int] = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -37,6 +38,6 @@ class AdoptedEndpointParser:
             number = int(fd)
         except ValueError:
             raise ValueError(f"adopted: wants a file descriptor number, not {fd!r}") from None
-        if family.upper() not in _FAMILIES:
+        if family.upper() not in FAMILIES:
             raise ValueError(f"adopted: family must be INET, INET6 or UNIX, not {family!r}")
-        return AdoptedStreamServerEndpoint(reactor, number, _FAMILIES[family.upper()])
+        return AdoptedStreamServerEndpoint(reactor, number, FAMILIES[family.upper()])

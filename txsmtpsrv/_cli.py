@@ -29,11 +29,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import _limitopts
+from ._adopted import FAMILIES
 from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
-# Defined with the worker pool, which needs them too (and must not import this module).
-from ._workers import FAMILIES, SMTPS
+# Defined with the worker pool, which needs it too (and must not import this module).
+from ._workers import SMTPS
 
 __all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
 

@@ -48,11 +48,6 @@ def _window(value: str) -> float:
     return number
 
 
-_count.coerceDoc = "An integer >= 0; 0 turns the limit off."  # type: ignore[attr-defined]
-_prefix.coerceDoc = "Bits, 0 to 128."  # type: ignore[attr-defined]
-_delay.coerceDoc = "Seconds, 0 to 3600."  # type: ignore[attr-defined]
-_window.coerceDoc = "Seconds, a positive number."  # type: ignore[attr-defined]
-
 #: (flag, ServerOptions field, coerce, twistd default (None: computed), help)
 LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("max-clients-per-ip", "max_clients_per_ip", _count, 20,
@@ -125,10 +120,6 @@ def apply_defaults(options: Any, descriptions: Sequence[str], adopted: bool = Fa
             if flag == "greeting-delay":
                 default = 0.1 if beyond_loopback(descriptions, adopted) else 0.0
             options[flag] = default
-
-
-
-
 
 
 def file_checker(description: str) -> Optional[Any]:

@@ -52,10 +52,10 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._adopted import FAMILIES  # --adopt FD:FAMILY names, as in adopted: strings
+
 #: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
 SMTPS = "smtps:"
-#: Address families of --adopt, by name.
-FAMILIES: Dict[str, int] = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 __all__ = ["SharedPort", "WorkerPool", "ParentWatch", "shareable_address", "twist_command",
            "worker_environment", "READY"]
