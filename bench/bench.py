@@ -47,12 +47,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import proc_cpu_seconds  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUBJECT = "txsmtpsrv"
 PEERS = tuple(k for k in _peers.KINDS if k != SUBJECT)
 CLIENTS = ("asyncio", "smtp-source")
@@ -178,15 +178,6 @@ SCENARIOS = ("persist", "churn", "large", "idle", "latency")
 
 
 # ---------------------------------------------------------------- /proc readers
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads) in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_status_kib(pid: int, key: str) -> int:

@@ -48,17 +48,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import proc_cpu_seconds  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SESSIONS = 20
 PER_CONNECTION = 100
 NOOP_INTERVAL = 0.005
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def export_tree(ref: str, into: str) -> str:
@@ -141,10 +135,10 @@ async def load(port: int, messages: int, pid: int) -> Dict[str, Any]:
     stop = asyncio.Event()
     prober = asyncio.ensure_future(noop_prober(port, stop, latencies, tally))
     await asyncio.sleep(0.1)
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = proc_cpu_seconds(pid), time.perf_counter()
     await _load.message_load(port, sessions=SESSIONS, total=messages, per_connection=PER_CONNECTION,
                              payload=payload, pipelining=False, tally=tally, deadline=300)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, proc_cpu_seconds(pid) - cpu0
     stop.set()
     await prober
     latencies.sort()

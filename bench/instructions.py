@@ -93,9 +93,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import proc_cpu_seconds  # noqa: E402
 
 MIB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Runs bench/_peers.py KIND as __main__, after installing a SIGUSR1 handler that runs a full
 #: gc.collect(): every measured load then starts from the same collector state (all
 #: generations empty), so a full collection that happens to fall inside one server's window
@@ -205,20 +205,13 @@ def resolve_baseline(spec: str, scratch: str) -> tuple[str, str]:
     return export_tree(commit, os.path.join(scratch, "baseline")), f"git {spec} ({commit})"
 
 
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 async def settle(pid: int, quiet: float = 0.4, limit: float = 60.0) -> None:
     """Wait until the server has used no CPU for ``quiet`` seconds (bounded by ``limit``)."""
     end = time.monotonic() + limit
-    last, since = cpu_ticks(pid), time.monotonic()
+    last, since = proc_cpu_seconds(pid), time.monotonic()
     while time.monotonic() < end:
         await asyncio.sleep(0.05)
-        now = cpu_ticks(pid)
+        now = proc_cpu_seconds(pid)
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:

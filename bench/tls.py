@@ -51,20 +51,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
+from _common import proc_cpu_seconds  # noqa: E402
 from _load import make_message  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMEOUT = 30.0  # every socket operation of the client
 SCENARIOS = ("persist", "large", "plain", "full", "resumed")
 EXTRA = ("openssl",)  # not per server: see openssl_handshakes
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def settle(pid: int, limit: float = 1.5) -> float:

@@ -46,6 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import proc_cpu_times  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
 CPUS = sorted(os.sched_getaffinity(0))
@@ -117,10 +118,7 @@ class Server:
 
     def cpu(self) -> tuple[float, float]:
         """(user, system) CPU seconds so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        return proc_cpu_times(self.pid)
 
 
 def load(port: int, sessions: int, total: int, per_connection: int, pipelining: bool = False) -> int:
