@@ -48,18 +48,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import proc_cpu_seconds  # noqa: E402
+from _common import export_tree, proc_cpu_seconds  # noqa: E402
 
 SESSIONS = 20
 PER_CONNECTION = 100
 NOOP_INTERVAL = 0.005
-
-
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` unpacked into a directory (the repository itself is not touched)."""
-    archive = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return into
 
 
 class Daemon:

@@ -93,7 +93,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import proc_cpu_seconds  # noqa: E402
+from _common import export_tree, proc_cpu_seconds  # noqa: E402
 
 MIB = 1024 * 1024
 #: Runs bench/_peers.py KIND as __main__, after installing a SIGUSR1 handler that runs a full
@@ -182,16 +182,6 @@ class ServerError(Exception):
 
 
 # ---------------------------------------------------------------- trees and processes
-
-
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` of this checkout, unpacked into ``into`` (the repository is not touched)."""
-    archive = subprocess.run(
-        ["git", "-C", ROOT, "archive", ref], check=True, capture_output=True
-    ).stdout
-    os.makedirs(into, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return into
 
 
 def resolve_baseline(spec: str, scratch: str) -> tuple[str, str]:

@@ -46,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import proc_cpu_times  # noqa: E402
+from _common import export_tree, proc_cpu_times  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
 CPUS = sorted(os.sched_getaffinity(0))
@@ -75,15 +75,13 @@ def serve(reactor_name: str) -> None:
     _peers.serve_txsmtpsrv()
 
 
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` unpacked into a fresh directory; ``.`` is this tree."""
+def tree_of(ref: str, into: str) -> str:
+    """``ref`` exported into a fresh directory under ``into``; ``.`` is this tree."""
     if ref == ".":
         return ROOT
     path = os.path.join(into, re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
     os.makedirs(path)
-    data = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", path], input=data, check=True)
-    return path
+    return export_tree(ref, path)
 
 
 class Server:
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     measures = args.measure.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {ref: export_tree(ref, tmp) for ref in args.trees.split(",")}
+        trees = {ref: tree_of(ref, tmp) for ref in args.trees.split(",")}
         for reactor in args.reactors.split(","):
             for ref, tree in trees.items():
                 row: dict[str, Any] = {"tree": ref, "reactor": reactor}
