@@ -1,14 +1,16 @@
 """
-What every bench script reads the same way: a server's CPU time from
-``/proc/PID/stat`` and a baseline tree exported from this checkout with
-``git archive``. One copy, so a fix (the ``comm`` field may hold spaces and
+What every bench script does the same way: read a server's CPU time from
+``/proc/PID/stat``, export a baseline tree from this checkout with
+``git archive``, wait for a server's READY line. One copy, so a fix (the ``comm`` field may hold spaces and
 parentheses, hence the ``rindex(b")")``) reaches every script.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,3 +38,35 @@ def export_tree(ref: str, into: str) -> str:
     os.makedirs(into, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
     return into
+
+
+class NotReady(Exception):
+    """The server gave no usable READY line; the message says why (its stderr is the caller's)."""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, str]:
+    """
+    (port, pid, detail) from the ``READY <port> <pid> <detail>`` line every
+    ``_peers.py`` server writes first. Bounded by ``timeout`` seconds (a server
+    under valgrind starts slowly, a broken one may never write), so a ``select``
+    loop rather than ``readline``; L{NotReady} if it times out, exits or writes
+    something else.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    line = b""
+    end = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0:
+            raise NotReady(f"no READY line within {timeout:.0f} s")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                proc.wait(10)
+                raise NotReady(f"exited with {proc.returncode} before listening")
+            line += chunk
+    parts = line.decode().split(None, 3)
+    if len(parts) < 3 or parts[0] != "READY":
+        raise NotReady(f"unexpected start line {line!r}")
+    return int(parts[1]), int(parts[2]), parts[3].strip() if len(parts) > 3 else ""

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import select
 import signal
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import proc_cpu_seconds  # noqa: E402
+from _common import NotReady, proc_cpu_seconds, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
@@ -261,32 +260,13 @@ class ServerProcess:
         ServerProcess.live.add(self)
         if self.cpu is not None:
             os.sched_setaffinity(self.proc.pid, {self.cpu})
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        line = b""
-        end = time.monotonic() + START_TIMEOUT
-        while not line.endswith(b"\n"):
-            left = end - time.monotonic()
-            if left <= 0:
-                raise ServerError(f"{self.kind}: no READY line within {START_TIMEOUT:.0f} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise ServerError(
-                        f"{self.kind}: exited with {self.proc.returncode} before listening"
-                        f"\n{self.read_stderr()}"
-                    )
-                line += chunk
-        parts = line.decode().split(None, 3)
-        if len(parts) < 3 or parts[0] != "READY":
-            raise ServerError(f"{self.kind}: unexpected start line {line!r}")
-        self.port = int(parts[1])
-        self.server_pid = int(parts[2])
+        try:
+            self.port, self.server_pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
+            exited = self.proc.returncode is not None
+            raise ServerError(f"{self.kind}: {e}" + (f"\n{self.read_stderr()}" if exited else "")) from None
         if self.server_pid != self.proc.pid and not os.path.exists(f"/proc/{self.server_pid}/stat"):
             raise ServerError(f"{self.kind}: READY names pid {self.server_pid}, which is not running")
-        self.detail = parts[3].strip() if len(parts) > 3 else ""
 
     def check_alive(self) -> None:
         assert self.proc is not None

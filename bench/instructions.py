@@ -93,7 +93,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import export_tree, proc_cpu_seconds  # noqa: E402
+from _common import NotReady, export_tree, proc_cpu_seconds, wait_ready  # noqa: E402
 
 MIB = 1024 * 1024
 #: Runs bench/_peers.py KIND as __main__, after installing a SIGUSR1 handler that runs a full
@@ -234,26 +234,11 @@ class Server:
         )
 
     def wait_ready(self) -> None:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + START_TIMEOUT
-        line = b""
-        import select
-
-        fd = self.proc.stdout.fileno()
-        while not line.endswith(b"\n"):
-            left = end - time.monotonic()
-            if left <= 0:
-                raise ServerError(f"{self.target.label}: no READY line within {START_TIMEOUT:.0f} s")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(10)
-                    raise ServerError(f"{self.target.label}: exited before listening\n{self.errors()}")
-                line += chunk
-        parts = line.decode().split()
-        if len(parts) < 3 or parts[0] != "READY":
-            raise ServerError(f"{self.target.label}: unexpected start line {line!r}")
-        self.port, self.pid = int(parts[1]), int(parts[2])
+        try:
+            self.port, self.pid, _ = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
+            exited = self.proc.returncode is not None
+            raise ServerError(f"{self.target.label}: {e}" + (f"\n{self.errors()}" if exited else "")) from None
 
     def control(self, *args: str) -> None:
         """``callgrind_control ARGS PID``; the server is idle in epoll_wait, vgdb wakes it."""

@@ -51,10 +51,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
-from _common import proc_cpu_seconds  # noqa: E402
+from _common import NotReady, proc_cpu_seconds, wait_ready  # noqa: E402
 from _load import make_message  # noqa: E402
 
 TIMEOUT = 30.0  # every socket operation of the client
+START_TIMEOUT = 30.0  # a server's READY line
 SCENARIOS = ("persist", "large", "plain", "full", "resumed")
 EXTRA = ("openssl",)  # not per server: see openssl_handshakes
 
@@ -314,12 +315,11 @@ class Server:
         self.errors = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errors,
                                      env=_peers.server_env(), cwd=os.path.dirname(HERE))
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().split()
-        if not line or line[0] != "READY":
+        try:
+            self.port, self.pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
             self.stop()
-            raise RuntimeError(f"{kind} did not start: {self.stderr()}")
-        self.port, self.pid, self.detail = int(line[1]), int(line[2]), " ".join(line[3:])
+            raise RuntimeError(f"{kind} did not start ({e}): {self.stderr()}") from None
 
     def stderr(self) -> str:
         self.errors.seek(0)

@@ -46,10 +46,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import export_tree, proc_cpu_times  # noqa: E402
+from _common import NotReady, export_tree, proc_cpu_times, wait_ready  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
 CPUS = sorted(os.sched_getaffinity(0))
+START_TIMEOUT = 600.0  # a server's READY line; interpreter start under valgrind takes 10-60 s
 #: Functions whose calls per message ``--measure calls`` shows (cProfile; all functions are summed).
 WATCHED = {"log.py:callWithLogger", "abstract.py:doWrite", "abstract.py:write", "abstract.py:startWriting",
            "abstract.py:stopWriting", "tcp.py:doRead", "tcp.py:writeSomeData", "_sendnow.py:write",
@@ -96,14 +97,11 @@ class Server:
             prefix + python + [os.path.abspath(__file__), "--serve", reactor],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=tree,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY"):
+        try:
+            self.port, self.pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
             self.stderr.seek(0)
-            raise RuntimeError(f"server did not start: {line!r} {self.stderr.read()[-2000:]!r}")
-        self.port = int(line.split()[1])
-        self.pid = int(line.split()[2])
-        self.detail = line.split(None, 3)[3].strip()
+            raise RuntimeError(f"server did not start: {e} {self.stderr.read()[-2000:]!r}") from None
         sys.stderr.write(f"  server: {' '.join(prefix[:1])} {self.detail}\n")
 
     def stop(self) -> None:
