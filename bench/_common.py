@@ -1,7 +1,8 @@
 """
 What every bench script does the same way: read a server's CPU time from
 ``/proc/PID/stat``, export a baseline tree from this checkout with
-``git archive``, wait for a server's READY line. One copy, so a fix (the ``comm`` field may hold spaces and
+``git archive``, wait for a server's READY line, pin server and client to a
+core each. One copy, so a fix (the ``comm`` field may hold spaces and
 parentheses, hence the ``rindex(b")")``) reaches every script.
 """
 
@@ -30,6 +31,16 @@ def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads) in seconds."""
     user, system = proc_cpu_times(pid)
     return user + system
+
+
+def pin_cpus() -> tuple[int | None, int | None]:
+    """Server on one core, this process on another, when at least two are available."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    server_cpu, client_cpu = cpus[0], cpus[1]
+    os.sched_setaffinity(0, {client_cpu})
+    return server_cpu, client_cpu
 
 
 def export_tree(ref: str, into: str) -> str:

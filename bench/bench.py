@@ -46,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import NotReady, proc_cpu_seconds, wait_ready  # noqa: E402
+from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
@@ -680,16 +680,6 @@ def render_problems(results: list[RunResult]) -> str:
 
 
 # ---------------------------------------------------------------- main
-
-
-def pin_cpus() -> tuple[int | None, int | None]:
-    """Server on one core, this process on another, when at least two are available."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    server_cpu, client_cpu = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {client_cpu})
-    return server_cpu, client_cpu
 
 
 def machine_description() -> str:

@@ -48,7 +48,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import export_tree, proc_cpu_seconds  # noqa: E402
+from _common import export_tree, pin_cpus, proc_cpu_seconds  # noqa: E402
 
 SESSIONS = 20
 PER_CONNECTION = 100
@@ -171,10 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dir", default=None, help="where the Maildirs go (default: system temp dir)")
     p.add_argument("--json", help="write all runs here")
     args = p.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    pinned = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-    if pinned[1] is not None:
-        os.sched_setaffinity(0, {pinned[1]})
+    pinned = pin_cpus()
     tmp = tempfile.mkdtemp(prefix="deliver-trees-")
     try:
         before = args.baseline_tree or export_tree(args.baseline, tmp)

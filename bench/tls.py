@@ -51,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
-from _common import NotReady, proc_cpu_seconds, wait_ready  # noqa: E402
+from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
 from _load import make_message  # noqa: E402
 
 TIMEOUT = 30.0  # every socket operation of the client
@@ -347,10 +347,7 @@ UNITS = {"persist": ("µs/msg", 1e6), "large": ("ms/MiB", 1e3), "plain": ("µs/c
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = cpus[0] if len(cpus) > 1 else None
-    if server_cpu is not None:
-        os.sched_setaffinity(0, {cpus[1]})
+    server_cpu, _ = pin_cpus()
     directory = tempfile.mkdtemp(prefix="txsmtpsrv-bench-tls-")
     cert, key = make_certificate(directory, args.key_type)
     results: dict[str, Any] = {"key_type": args.key_type, "servers": {}, "skipped": {}}
