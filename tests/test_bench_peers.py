@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 
+import _common  # noqa: E402
 import _load  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
@@ -241,3 +242,33 @@ def test_bad_server_command_lines() -> None:
         proc = subprocess.run([sys.executable, os.path.join(BENCH, "_peers.py"), *argv],
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2, (argv, proc.stderr)
+
+
+@pytest.mark.parametrize("code, error", [
+    ("print('hello', flush=True)", "unexpected start line b'hello\\n'"),
+    ("import sys; sys.exit(3)", "exited with 3 before listening"),
+    ("import time; time.sleep(30)", "no READY line within 1 s"),
+])
+def test_wait_ready_refuses(code: str, error: str) -> None:
+    """Every bench script's server start fails with the reason, bounded in time."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        with pytest.raises(_common.NotReady) as caught:
+            _common.wait_ready(proc, 1.0)
+        assert str(caught.value) == error
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_wait_ready_reads_port_pid_detail() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "print('READY 2525 42 kind=x y', flush=True)"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert _common.wait_ready(proc, 30.0) == (2525, 42, "kind=x y")
+    finally:
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
