@@ -35,7 +35,11 @@ import tempfile
 import time
 from typing import List, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _common import proc_cpu_seconds  # noqa: E402
 
 SERVER = r"""
 import sys
@@ -137,9 +141,9 @@ def run(kind: str, path: str, args: argparse.Namespace, label: str) -> None:
         if len(os.sched_getaffinity(0)) >= 2:  # server and load on different cores
             os.sched_setaffinity(proc.pid, {0})
             os.sched_setaffinity(0, {1})
-        cpu0 = _cpu(proc.pid)
+        cpu0 = proc_cpu_seconds(proc.pid)
         samples, counts = asyncio.run(scenario(port, args.seconds, args.rate, args.clients))
-        cpu = _cpu(proc.pid) - cpu0
+        cpu = proc_cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(10)
@@ -148,12 +152,6 @@ def run(kind: str, path: str, args: argparse.Namespace, label: str) -> None:
     print(f"{label:15} attempts {counts[0]:5} ({counts[0] / args.seconds:5.1f}/s, {counts[1]} not 535)  "
           f"server CPU {cpu / args.seconds * 100:5.1f}%  greeting+EHLO ms: p50 {q[49]:6.2f}  "
           f"p95 {q[94]:6.2f}  p99 {q[98]:6.2f}  max {ms[-1]:6.2f}  (n={len(ms)})", flush=True)
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

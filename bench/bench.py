@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import select
 import signal
 import statistics
 import subprocess
@@ -47,12 +46,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUBJECT = "txsmtpsrv"
 PEERS = tuple(k for k in _peers.KINDS if k != SUBJECT)
 CLIENTS = ("asyncio", "smtp-source")
@@ -180,15 +179,6 @@ SCENARIOS = ("persist", "churn", "large", "idle", "latency")
 # ---------------------------------------------------------------- /proc readers
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads) in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def proc_status_kib(pid: int, key: str) -> int:
     """A ``kB`` line (VmRSS, VmHWM, ...) of /proc/PID/status."""
     prefix = key.encode() + b":"
@@ -270,32 +260,13 @@ class ServerProcess:
         ServerProcess.live.add(self)
         if self.cpu is not None:
             os.sched_setaffinity(self.proc.pid, {self.cpu})
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        line = b""
-        end = time.monotonic() + START_TIMEOUT
-        while not line.endswith(b"\n"):
-            left = end - time.monotonic()
-            if left <= 0:
-                raise ServerError(f"{self.kind}: no READY line within {START_TIMEOUT:.0f} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise ServerError(
-                        f"{self.kind}: exited with {self.proc.returncode} before listening"
-                        f"\n{self.read_stderr()}"
-                    )
-                line += chunk
-        parts = line.decode().split(None, 3)
-        if len(parts) < 3 or parts[0] != "READY":
-            raise ServerError(f"{self.kind}: unexpected start line {line!r}")
-        self.port = int(parts[1])
-        self.server_pid = int(parts[2])
+        try:
+            self.port, self.server_pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
+            exited = self.proc.returncode is not None
+            raise ServerError(f"{self.kind}: {e}" + (f"\n{self.read_stderr()}" if exited else "")) from None
         if self.server_pid != self.proc.pid and not os.path.exists(f"/proc/{self.server_pid}/stat"):
             raise ServerError(f"{self.kind}: READY names pid {self.server_pid}, which is not running")
-        self.detail = parts[3].strip() if len(parts) > 3 else ""
 
     def check_alive(self) -> None:
         assert self.proc is not None
@@ -709,16 +680,6 @@ def render_problems(results: list[RunResult]) -> str:
 
 
 # ---------------------------------------------------------------- main
-
-
-def pin_cpus() -> tuple[int | None, int | None]:
-    """Server on one core, this process on another, when at least two are available."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    server_cpu, client_cpu = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {client_cpu})
-    return server_cpu, client_cpu
 
 
 def machine_description() -> str:

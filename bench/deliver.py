@@ -48,24 +48,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import export_tree, pin_cpus, proc_cpu_seconds  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SESSIONS = 20
 PER_CONNECTION = 100
 NOOP_INTERVAL = 0.005
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` unpacked into a directory (the repository itself is not touched)."""
-    archive = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return into
 
 
 class Daemon:
@@ -141,10 +128,10 @@ async def load(port: int, messages: int, pid: int) -> Dict[str, Any]:
     stop = asyncio.Event()
     prober = asyncio.ensure_future(noop_prober(port, stop, latencies, tally))
     await asyncio.sleep(0.1)
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = proc_cpu_seconds(pid), time.perf_counter()
     await _load.message_load(port, sessions=SESSIONS, total=messages, per_connection=PER_CONNECTION,
                              payload=payload, pipelining=False, tally=tally, deadline=300)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, proc_cpu_seconds(pid) - cpu0
     stop.set()
     await prober
     latencies.sort()
@@ -184,10 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dir", default=None, help="where the Maildirs go (default: system temp dir)")
     p.add_argument("--json", help="write all runs here")
     args = p.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    pinned = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-    if pinned[1] is not None:
-        os.sched_setaffinity(0, {pinned[1]})
+    pinned = pin_cpus()
     tmp = tempfile.mkdtemp(prefix="deliver-trees-")
     try:
         before = args.baseline_tree or export_tree(args.baseline, tmp)

@@ -93,9 +93,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import NotReady, export_tree, proc_cpu_seconds, wait_ready  # noqa: E402
 
 MIB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Runs bench/_peers.py KIND as __main__, after installing a SIGUSR1 handler that runs a full
 #: gc.collect(): every measured load then starts from the same collector state (all
 #: generations empty), so a full collection that happens to fall inside one server's window
@@ -184,16 +184,6 @@ class ServerError(Exception):
 # ---------------------------------------------------------------- trees and processes
 
 
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` of this checkout, unpacked into ``into`` (the repository is not touched)."""
-    archive = subprocess.run(
-        ["git", "-C", ROOT, "archive", ref], check=True, capture_output=True
-    ).stdout
-    os.makedirs(into, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return into
-
-
 def resolve_baseline(spec: str, scratch: str) -> tuple[str, str]:
     """(tree directory, description) for a directory holding txsmtpsrv/ or a git ref."""
     if os.path.isdir(os.path.join(spec, "txsmtpsrv")):
@@ -205,20 +195,13 @@ def resolve_baseline(spec: str, scratch: str) -> tuple[str, str]:
     return export_tree(commit, os.path.join(scratch, "baseline")), f"git {spec} ({commit})"
 
 
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 async def settle(pid: int, quiet: float = 0.4, limit: float = 60.0) -> None:
     """Wait until the server has used no CPU for ``quiet`` seconds (bounded by ``limit``)."""
     end = time.monotonic() + limit
-    last, since = cpu_ticks(pid), time.monotonic()
+    last, since = proc_cpu_seconds(pid), time.monotonic()
     while time.monotonic() < end:
         await asyncio.sleep(0.05)
-        now = cpu_ticks(pid)
+        now = proc_cpu_seconds(pid)
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
@@ -251,26 +234,11 @@ class Server:
         )
 
     def wait_ready(self) -> None:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + START_TIMEOUT
-        line = b""
-        import select
-
-        fd = self.proc.stdout.fileno()
-        while not line.endswith(b"\n"):
-            left = end - time.monotonic()
-            if left <= 0:
-                raise ServerError(f"{self.target.label}: no READY line within {START_TIMEOUT:.0f} s")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(10)
-                    raise ServerError(f"{self.target.label}: exited before listening\n{self.errors()}")
-                line += chunk
-        parts = line.decode().split()
-        if len(parts) < 3 or parts[0] != "READY":
-            raise ServerError(f"{self.target.label}: unexpected start line {line!r}")
-        self.port, self.pid = int(parts[1]), int(parts[2])
+        try:
+            self.port, self.pid, _ = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
+            exited = self.proc.returncode is not None
+            raise ServerError(f"{self.target.label}: {e}" + (f"\n{self.errors()}" if exited else "")) from None
 
     def control(self, *args: str) -> None:
         """``callgrind_control ARGS PID``; the server is idle in epoll_wait, vgdb wakes it."""

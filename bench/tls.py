@@ -51,20 +51,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
+from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
 from _load import make_message  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMEOUT = 30.0  # every socket operation of the client
+START_TIMEOUT = 30.0  # a server's READY line
 SCENARIOS = ("persist", "large", "plain", "full", "resumed")
 EXTRA = ("openssl",)  # not per server: see openssl_handshakes
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def settle(pid: int, limit: float = 1.5) -> float:
@@ -322,12 +315,11 @@ class Server:
         self.errors = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errors,
                                      env=_peers.server_env(), cwd=os.path.dirname(HERE))
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().split()
-        if not line or line[0] != "READY":
+        try:
+            self.port, self.pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
             self.stop()
-            raise RuntimeError(f"{kind} did not start: {self.stderr()}")
-        self.port, self.pid, self.detail = int(line[1]), int(line[2]), " ".join(line[3:])
+            raise RuntimeError(f"{kind} did not start ({e}): {self.stderr()}") from None
 
     def stderr(self) -> str:
         self.errors.seek(0)
@@ -355,10 +347,7 @@ UNITS = {"persist": ("µs/msg", 1e6), "large": ("ms/MiB", 1e3), "plain": ("µs/c
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = cpus[0] if len(cpus) > 1 else None
-    if server_cpu is not None:
-        os.sched_setaffinity(0, {cpus[1]})
+    server_cpu, _ = pin_cpus()
     directory = tempfile.mkdtemp(prefix="txsmtpsrv-bench-tls-")
     cert, key = make_certificate(directory, args.key_type)
     results: dict[str, Any] = {"key_type": args.key_type, "servers": {}, "skipped": {}}

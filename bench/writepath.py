@@ -46,9 +46,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from _common import NotReady, export_tree, proc_cpu_times, wait_ready  # noqa: E402
 
 REACTORS = ("epoll", "poll", "select", "asyncio")
 CPUS = sorted(os.sched_getaffinity(0))
+START_TIMEOUT = 600.0  # a server's READY line; interpreter start under valgrind takes 10-60 s
 #: Functions whose calls per message ``--measure calls`` shows (cProfile; all functions are summed).
 WATCHED = {"log.py:callWithLogger", "abstract.py:doWrite", "abstract.py:write", "abstract.py:startWriting",
            "abstract.py:stopWriting", "tcp.py:doRead", "tcp.py:writeSomeData", "_sendnow.py:write",
@@ -74,15 +76,13 @@ def serve(reactor_name: str) -> None:
     _peers.serve_txsmtpsrv()
 
 
-def export_tree(ref: str, into: str) -> str:
-    """``git archive ref`` unpacked into a fresh directory; ``.`` is this tree."""
+def tree_of(ref: str, into: str) -> str:
+    """``ref`` exported into a fresh directory under ``into``; ``.`` is this tree."""
     if ref == ".":
         return ROOT
     path = os.path.join(into, re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
     os.makedirs(path)
-    data = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", path], input=data, check=True)
-    return path
+    return export_tree(ref, path)
 
 
 class Server:
@@ -97,14 +97,11 @@ class Server:
             prefix + python + [os.path.abspath(__file__), "--serve", reactor],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=tree,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY"):
+        try:
+            self.port, self.pid, self.detail = wait_ready(self.proc, START_TIMEOUT)
+        except NotReady as e:
             self.stderr.seek(0)
-            raise RuntimeError(f"server did not start: {line!r} {self.stderr.read()[-2000:]!r}")
-        self.port = int(line.split()[1])
-        self.pid = int(line.split()[2])
-        self.detail = line.split(None, 3)[3].strip()
+            raise RuntimeError(f"server did not start: {e} {self.stderr.read()[-2000:]!r}") from None
         sys.stderr.write(f"  server: {' '.join(prefix[:1])} {self.detail}\n")
 
     def stop(self) -> None:
@@ -117,10 +114,7 @@ class Server:
 
     def cpu(self) -> tuple[float, float]:
         """(user, system) CPU seconds so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        return proc_cpu_times(self.pid)
 
 
 def load(port: int, sessions: int, total: int, per_connection: int, pipelining: bool = False) -> int:
@@ -219,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     measures = args.measure.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {ref: export_tree(ref, tmp) for ref in args.trees.split(",")}
+        trees = {ref: tree_of(ref, tmp) for ref in args.trees.split(",")}
         for reactor in args.reactors.split(","):
             for ref, tree in trees.items():
                 row: dict[str, Any] = {"tree": ref, "reactor": reactor}

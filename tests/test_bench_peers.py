@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 
+import _common  # noqa: E402
 import _load  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
@@ -258,3 +259,33 @@ def test_tls_bench_smoke_run_resumes(tmp_path: Any) -> None:
     assert {"persist", "large", "plain", "full", "resumed", "handshake"} <= set(figures)
     assert figures["resumed"]["resumed_share"] == 1.0
     assert result["openssl"]["resumed_share"] == 1.0
+
+
+@pytest.mark.parametrize("code, error", [
+    ("print('hello', flush=True)", "unexpected start line b'hello\\n'"),
+    ("import sys; sys.exit(3)", "exited with 3 before listening"),
+    ("import time; time.sleep(30)", "no READY line within 1 s"),
+])
+def test_wait_ready_refuses(code: str, error: str) -> None:
+    """Every bench script's server start fails with the reason, bounded in time."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        with pytest.raises(_common.NotReady) as caught:
+            _common.wait_ready(proc, 1.0)
+        assert str(caught.value) == error
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_wait_ready_reads_port_pid_detail() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "print('READY 2525 42 kind=x y', flush=True)"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert _common.wait_ready(proc, 30.0) == (2525, 42, "kind=x y")
+    finally:
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()

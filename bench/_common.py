@@ -1,0 +1,83 @@
+"""
+What every bench script does the same way: read a server's CPU time from
+``/proc/PID/stat``, export a baseline tree from this checkout with
+``git archive``, wait for a server's READY line, pin server and client to a
+core each. One copy, so a fix (the ``comm`` field may hold spaces and
+parentheses, hence the ``rindex(b")")``) reaches every script.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of ``pid``, all its threads, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads) in seconds."""
+    user, system = proc_cpu_times(pid)
+    return user + system
+
+
+def pin_cpus() -> tuple[int | None, int | None]:
+    """Server on one core, this process on another, when at least two are available."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    server_cpu, client_cpu = cpus[0], cpus[1]
+    os.sched_setaffinity(0, {client_cpu})
+    return server_cpu, client_cpu
+
+
+def export_tree(ref: str, into: str) -> str:
+    """``git archive ref`` of this checkout, unpacked into ``into`` (the repository is not touched)."""
+    archive = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
+    os.makedirs(into, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return into
+
+
+class NotReady(Exception):
+    """The server gave no usable READY line; the message says why (its stderr is the caller's)."""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, str]:
+    """
+    (port, pid, detail) from the ``READY <port> <pid> <detail>`` line every
+    ``_peers.py`` server writes first. Bounded by ``timeout`` seconds (a server
+    under valgrind starts slowly, a broken one may never write), so a ``select``
+    loop rather than ``readline``; L{NotReady} if it times out, exits or writes
+    something else.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    line = b""
+    end = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0:
+            raise NotReady(f"no READY line within {timeout:.0f} s")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                proc.wait(10)
+                raise NotReady(f"exited with {proc.returncode} before listening")
+            line += chunk
+    parts = line.decode().split(None, 3)
+    if len(parts) < 3 or parts[0] != "READY":
+        raise NotReady(f"unexpected start line {line!r}")
+    return int(parts[1]), int(parts[2]), parts[3].strip() if len(parts) > 3 else ""
