@@ -21,7 +21,7 @@ from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -37,7 +37,7 @@ _CA_KEY_USAGE = x509.KeyUsage(
 )
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -49,7 +49,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
              days: int) -> x509.CertificateBuilder:
     """A certificate builder for C{subject} signed by C{issuer}, valid from five minutes ago for C{days} days."""
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -74,7 +74,7 @@ def common_name(cert: x509.Certificate) -> str:
 class Leaf:
     """An end-entity key and certificate, as objects and PEM."""
 
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     cert: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
 
@@ -185,9 +185,15 @@ def pem_dir(prefix: str) -> str:
     return directory
 
 
-def self_signed(cn: str) -> Leaf:
-    """A throwaway self-signed EC certificate for C{cn} (also its only SAN), valid for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed(cn: str, *, rsa_key: bool = False) -> Leaf:
+    """
+    A throwaway self-signed certificate for C{cn} (also its only SAN), valid
+    for a day: EC P-256, or RSA-2048 with C{rsa_key} (for tests of RSA and
+    ECDSA certificates side by side).
+    """
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key
+        else ec.generate_private_key(ec.SECP256R1()))
     cert = (
         _builder(_name(cn), _name(cn), key.public_key(), 1)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)

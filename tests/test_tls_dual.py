@@ -10,7 +10,6 @@ certificate and its own chain, one limited to RSA gets the RSA certificate
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import shutil
@@ -22,11 +21,10 @@ from typing import Any, List, Tuple
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from twisted.trial import unittest
 
+from tests._certs import self_signed
 from tests._support import tool_path
 from tests.test_tls import Recorder, _TLSTestCase, material
 from txsmtpsrv._tls import TLSConfig, TLSConfigError, TLSContextHolder
@@ -34,17 +32,8 @@ from txsmtpsrv._tls import TLSConfig, TLSConfigError, TLSContextHolder
 
 def rsa_leaf(cn: str) -> Tuple[bytes, bytes]:
     """A self-signed RSA-2048 certificate for C{cn}: (key PEM, certificate PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()),
-            cert.public_bytes(serialization.Encoding.PEM))
+    leaf = self_signed(cn, rsa_key=True)
+    return leaf.key_pem, leaf.cert_pem
 
 
 _RSA: List[Tuple[bytes, bytes]] = []

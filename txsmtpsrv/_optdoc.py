@@ -10,7 +10,7 @@ this module reads them back from the source and renders them twice:
   - as plain text appended to C{ServerOptions.__doc__}, so that
     C{help(ServerOptions)} lists every option's type, default and meaning;
   - as the Markdown table between the markers in C{README.md}, rewritten by
-    C{python -m txsmtpsrv._optdoc} (C{--check} only compares, as the tests
+    C{python tools/optdoc.py} (C{--check} only compares, as the tests
     do).
 
 A docstring may end with C{(smtp-server: C{nodeName}...)}, naming the

@@ -195,8 +195,10 @@ class ImplicitTLSStringTransport(StringTransport):
         directlyProvides(self, ISSLTransport)
 
 
-_TRANSPORTS: Dict[Any, Callable[..., StringTransport]] = {None: StringTransport, False: StringTransport, "starttls": TLSStringTransport,
-               "implicit": ImplicitTLSStringTransport}
+_TRANSPORTS: Dict[Any, Callable[..., StringTransport]] = {
+    None: StringTransport, False: StringTransport, "starttls": TLSStringTransport,
+    "implicit": ImplicitTLSStringTransport,
+}
 _HELLO_VERBS = ("EHLO ", "HELO ", "LHLO ")
 
 
