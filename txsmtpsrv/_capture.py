@@ -17,12 +17,12 @@ import threading
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from functools import cached_property
-from types import CoroutineType
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 
 from ._data import MessageStream
+from ._deferreds import call_hook
 from ._errors import Reply
 from ._session import Address, Envelope, Session
 
@@ -247,14 +247,8 @@ class CapturingHooks:
 
         body_done.addCallbacks(lambda _: finished(None), finished)
 
-        def call_user() -> Any:
-            result = user(session, inner)
-            if isinstance(result, CoroutineType):
-                return Deferred.fromCoroutine(result)
-            return result
-
         try:
-            result = await maybeDeferred(call_user)
+            result = await call_hook(user, session, inner)
         finally:
             if not inner.has_reader:
                 inner.discard()

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
+from txsmtpsrv._deferreds import when_fired
 from txsmtpsrv._errors import SMTPError
 from txsmtpsrv._passwd import PasswordTable, is_hash, verify
 from txsmtpsrv._sasl import MECHANISMS, Credentials, constant_time_equals
@@ -423,7 +424,7 @@ class FileCredentialsChecker:
     def reload(self) -> "Deferred[None]":
         """Read the file again (in the pool); fires when the new contents are in use."""
         if self._loading is not None:
-            return self._chain(self._loading)
+            return when_fired(self._loading)
         self._signature = self._stat()
         self._checked = self._clock()
         d = self._pooled.call(PasswordTable.load, self.path)
@@ -442,23 +443,12 @@ class FileCredentialsChecker:
             self._loading = None
 
         d.addCallbacks(loaded, failed).addBoth(finished)
-        return self._chain(d)
-
-    @staticmethod
-    def _chain(d: "Deferred[None]") -> "Deferred[None]":
-        waiter: Deferred[None] = Deferred()
-
-        def passed(result: Any) -> Any:
-            waiter.callback(None)
-            return result
-
-        d.addBoth(passed)
-        return waiter
+        return when_fired(d)
 
     def _maybe_reload(self) -> Optional["Deferred[None]"]:
         """A reload to wait for, when one runs or the file changed; else C{None}."""
         if self._loading is not None:
-            return self._chain(self._loading)
+            return when_fired(self._loading)
         now = self._clock()
         if now - self._checked < self.check_interval:
             return None

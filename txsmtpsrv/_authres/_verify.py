@@ -33,16 +33,16 @@ from __future__ import annotations
 
 import re
 import tempfile
-from types import CoroutineType
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorThreads, IReactorTime, IResolver
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._data import MessageStream
+from .._deferreds import call_hook, when_fired
 from .._errors import SMTPError
 from .._hooks import ResolvedHooks
 from ._dkim import KeyAnswer, MessageScanner, key_names, verify_arc, verify_dkim
@@ -57,27 +57,6 @@ METHODS = ("spf", "dkim", "dmarc", "arc")
 _OWN_FIELD = re.compile(rb"authentication-results[ \t]*:", re.I)
 _REPLAY_CHUNK = 65536
 _CHUNKS_PER_TURN = 16  # then let the reactor serve others
-
-
-def _call(method: Any, *args: Any) -> "Deferred[Any]":
-    """Call a hook; whatever it returns (value, Deferred, coroutine) or raises, as a Deferred."""
-    def invoke() -> Any:
-        result = method(*args)
-        return Deferred.fromCoroutine(result) if isinstance(result, CoroutineType) else result
-
-    return maybeDeferred(invoke)
-
-
-def _after(d: "Deferred[Any]") -> "Deferred[None]":
-    """A new Deferred firing (with None) when C{d} fires, leaving C{d}'s own result alone."""
-    after: Deferred[None] = Deferred()
-
-    def fired(result: Any) -> Any:
-        after.callback(None)
-        return result
-
-    d.addBoth(fired)
-    return after
 
 
 class _Transaction:
@@ -181,7 +160,7 @@ class AuthVerifier:
                                       lambda: self._spf_timed_out(auth), session, "SPF")
         if state.spf is None:
             return self._then_inner(session, address, auth)
-        return _after(state.spf).addCallback(lambda _: self._then_inner(session, address, auth))
+        return when_fired(state.spf).addCallback(lambda _: self._then_inner(session, address, auth))
 
     def _then_inner(self, session: Any, address: Any, auth: AuthResults) -> Any:
         spf = auth.spf_mailfrom
@@ -260,7 +239,7 @@ class AuthVerifier:
                 work = Deferred.fromCoroutine(self._check_message(session, auth, state, scanner, prefetch))
                 await self._bounded(work, lambda: self._message_timed_out(auth), session, "message")
             elif state.spf is not None:
-                await _after(state.spf)
+                await when_fired(state.spf)
             field = auth.header(self.authserv_id)
             self.log.debug("session {session_id}: {results}", session_id=session.id,
                           results=field.decode("ascii").replace("\r\n\t", " ").strip())
@@ -316,7 +295,7 @@ class AuthVerifier:
             auth.dkim = dkim
         auth.arc = arc
         if state.spf is not None:
-            await _after(state.spf)
+            await when_fired(state.spf)
         if "dmarc" in self.verify:
             froms = [value for name, value in scanner.fields if name.lower() == b"from"]
             domain, why = from_domain(froms)
@@ -354,12 +333,12 @@ class AuthVerifier:
         inner_stream = MessageStream(replay.pause, replay.resume)
         replay.stream = inner_stream
         assert self._inner.on_data is not None
-        answer = _call(self._inner.on_data, session, inner_stream)
+        answer = call_hook(self._inner.on_data, session, inner_stream)
         replay.resume()
         try:
             value = await answer
             if inner_stream.has_reader and not inner_stream.ended:
-                await _after(replay.done)  # the hook answered first; its reader still gets everything
+                await when_fired(replay.done)  # the hook answered first; its reader still gets everything
             return value
         finally:
             replay.stop()
