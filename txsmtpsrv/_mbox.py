@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from txsmtpsrv._diskio import BlockingIO, ChunkFile, ToLF, Writer, fsync_directory, make_directory, make_io, write_all
 from txsmtpsrv._maildir import count, local_error, now
+from txsmtpsrv._maildir_tmp import default_clock
 from txsmtpsrv._session import Session
 from txsmtpsrv._trace import sender_of, trace_headers
 
@@ -274,11 +275,7 @@ class MboxDelivery:
         return f"<{type(self).__name__} {self.path}>"
 
     def _reactor(self) -> IReactorTime:
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._clock
+        return self._clock if self._clock is not None else default_clock()
 
     def on_data(self, session: Session, stream: Any) -> "Deferred[None]":
         """Append the message; the Deferred fires once it is durably in the mbox."""
