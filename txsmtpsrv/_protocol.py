@@ -201,11 +201,7 @@ class SMTPServerProtocol(Protocol):
         if core.actions:
             self._run()
         else:  # the common case: replies only, in one write
-            out = core.out
-            if out:
-                core.out = []
-                if not self._gone:
-                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
+            self._flush()
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -261,18 +257,18 @@ class SMTPServerProtocol(Protocol):
                     self.transport.abortConnection()
         finally:
             self._driving = False
+        self._flush()
+        if self._paused or core.holds:
+            self._sync_reading()
+
+    def _flush(self) -> None:
+        """Write the replies the dialogue has made so far, in one write."""
+        core = self.core
         out = core.out
         if out:
             core.out = []
             if not self._gone:
                 self._out.write(out[0] if len(out) == 1 else b"".join(out))
-        if self._paused or core.holds:
-            self._sync_reading()
-
-    def _flush(self) -> None:
-        data = self.core.take_output()
-        if data and not self._gone:
-            self._out.write(data)
 
     def _sync_reading(self) -> None:
         """Pause or resume the transport as the dialogue wants."""
