@@ -269,7 +269,7 @@ class MailCommands(CoreBase):
     def _body_bytes(self, data: bytes) -> None:
         decoder = self._decoder
         payload, rest = decoder.feed(data)
-        if decoder.bare and not self._data_bare:
+        if decoder.fault is not None and not self._data_bare:
             # Refuse before handing it on: a reader that streams the body on
             # must never be given the bytes that make it refused (smuggling).
             self._body_refused(decoder.fault)
