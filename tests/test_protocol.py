@@ -1003,6 +1003,24 @@ def test_on_close_failure_is_logged():
     assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in events)
 
 
+def test_async_on_close_failure_is_logged():
+    """An async on_close hook that fails after it was called is logged too, with the session id."""
+    gate: Deferred = Deferred()
+
+    class H:
+        async def on_close(self, session):
+            await gate
+            raise RuntimeError("close failed later")
+
+    _, _, client = connect(H())
+    with capturedLogs() as events:
+        client.disconnect()
+        assert not any(e.get("log_failure") is not None for e in events)
+        gate.callback(None)
+    failed = [e for e in events if e.get("log_failure") is not None and e["log_failure"].check(RuntimeError)]
+    assert len(failed) == 1 and failed[0].get("session_id")
+
+
 def test_disconnect_cancels_async_hook():
     """A client vanishing while an async hook awaits cancels it (CancelledError inside)."""
     seen = []

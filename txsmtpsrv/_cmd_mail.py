@@ -269,7 +269,7 @@ class MailCommands(CoreBase):
     def _body_bytes(self, data: bytes) -> None:
         decoder = self._decoder
         payload, rest = decoder.feed(data)
-        if decoder.bare and not self._data_bare:
+        if decoder.fault is not None and not self._data_bare:
             # Refuse before handing it on: a reader that streams the body on
             # must never be given the bytes that make it refused (smuggling).
             self._body_refused(decoder.fault)
@@ -298,6 +298,13 @@ class MailCommands(CoreBase):
         else:
             self._data_reply()
 
+    def _end_replies(self) -> int:
+        """
+        How many replies the end of a message (DATA's dot, BDAT LAST) gets:
+        LMTP answers once per accepted recipient (RFC 2033 4.2), SMTP once.
+        """
+        return max(1, len(self.session.envelope.rcpt_to)) if self.options.lmtp else 1
+
     def _data_reply(self) -> None:
         assert self._data_outcome is not None
         self._body = False
@@ -305,19 +312,18 @@ class MailCommands(CoreBase):
         value, error, timed_out = self._data_outcome
         s = self.session
         o = self.options
-        # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
-        rcpts = s.envelope.rcpt_to if o.lmtp else [None]
         self._trace = self._data_trace
         if self.refused_for_size:
-            for _ in rcpts:
+            for _ in range(self._end_replies()):
                 self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
             ok = False
         elif self._data_bare:
-            for _ in rcpts:
+            for _ in range(self._end_replies()):
                 self._reply(550, "5.6.0", self._data_bare)
             ok = False
         elif o.lmtp:
-            outcomes, problem = lmtp_outcomes(value, error, timed_out, rcpts)
+            # LMTP answers once per accepted recipient (RFC 2033 4.2), in order.
+            outcomes, problem = lmtp_outcomes(value, error, timed_out, s.envelope.rcpt_to)
             if problem:
                 self._log("error", "on_data returned {n} answers for {m} recipients", n=problem[0], m=problem[1])
             ok = False
@@ -394,8 +400,7 @@ class MailCommands(CoreBase):
         """A whole chunk was read: answer it, or (LAST) wait for the verdict."""
         error = self._chunk_error
         last = self._chunk_last
-        # LMTP answers the last chunk once per recipient, like the end of DATA.
-        count = max(1, len(self.session.envelope.rcpt_to)) if last and self.options.lmtp else 1
+        count = self._end_replies() if last else 1
         if error is None and self._body:
             check = self._bdat_check
             if last and check is not None and check.end() and not self._data_bare:

@@ -281,9 +281,7 @@ class SessionCommands(GuardCommands):
         self._auth_failures += 1
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit:
-            self._refused("auth_failures")
-            self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
-            self._close()
+            self._close_over_limit("auth_failures", "failed authentication attempts")
 
     def _auth_step(self, exchange: Any, line: Optional[bytes]) -> None:
         try:
@@ -338,9 +336,7 @@ class SessionCommands(GuardCommands):
         limit = self.options.max_auth_failures
         if limit and self._auth_failures >= limit and outcome.code == 535:
             self._send(outcome)
-            self._refused("auth_failures")
-            self._reply(421, "4.7.0", f"{self.options.name} Error: too many failed authentication attempts")
-            self._close()
+            self._close_over_limit("auth_failures", "failed authentication attempts")
             return
         if outcome.code == 535 and exchange.supports_error_challenge:
             # RFC 7628: an error challenge, then 535 once the client acknowledges it.

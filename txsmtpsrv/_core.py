@@ -367,15 +367,19 @@ class CoreBase:
         self._unrecognized += 1
         limit = self.options.max_unrecognized_commands
         if limit and self._unrecognized >= limit:
-            self._refused("unrecognized_commands")
-            self._reply(421, "4.7.0", f"{self.options.name} Error: too many unrecognized commands")
-            self._close()
+            self._close_over_limit("unrecognized_commands", "unrecognized commands")
 
     # -- replies and actions ----------------------------------------------------------
 
     def _refused(self, reason: str) -> None:
         """Tell the "refused" observers why this connection is being closed."""
         self._notify("refused", reason, self.session.remote_address, self.session)
+
+    def _close_over_limit(self, reason: str, what: str) -> None:
+        """A per-connection limit was reached: tell the "refused" observers, say 421 "too many C{what}", close."""
+        self._refused(reason)
+        self._reply(421, "4.7.0", f"{self.options.name} Error: too many {what}")
+        self._close()
 
     def _reply(self, code: int, enhanced: Optional[str], text: str, cache: bool = True) -> None:
         """Queue a reply; fixed texts (C{cache}) are encoded once per server."""

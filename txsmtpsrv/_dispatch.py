@@ -101,9 +101,7 @@ class CommandDispatch(CoreBase):
             self._unauthenticated, verdict = unauthenticated_command(
                 name, self._unauthenticated, o.max_allowed_unauthenticated_commands)
             if verdict == GATE_CLOSE:
-                self._refused("unauthenticated_commands")
-                self._reply(421, "4.7.0", f"{o.name} Error: too many unauthenticated commands")
-                self._close()
+                self._close_over_limit("unauthenticated_commands", "unauthenticated commands")
                 return
             if verdict == GATE_REFUSE:  # RFC 4954 6
                 self._reply(530, "5.7.0", self._auth_required_text())

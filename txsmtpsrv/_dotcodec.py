@@ -121,11 +121,12 @@ class DotDecoder:
     """
     Incremental DATA decoder (RFC 5321 4.1.1.4, 4.5.2).
 
-    @ivar bare: set once a bare CR or LF, or a NUL, was seen (only if C{check_bare}).
-    @ivar fault: then the reply text saying which (L{BARE_LINE_ENDING} or L{NUL_IN_BODY}).
+    @ivar fault: once a bare CR or LF, or a NUL, was seen (only if
+        C{check_bare}), the reply text saying which (L{BARE_LINE_ENDING} or
+        L{NUL_IN_BODY}); else C{None}.
     """
 
-    __slots__ = ("_carry", "_first", "_check_bare", "bare", "fault")
+    __slots__ = ("_carry", "_first", "_check_bare", "fault")
 
     def __init__(self, check_bare: bool = True) -> None:
         # The body starts at a line start: pretend a CRLF came before it so
@@ -133,8 +134,12 @@ class DotDecoder:
         self._carry = b"\r\n"
         self._first = True
         self._check_bare = check_bare
-        self.bare = False
         self.fault: Optional[str] = None
+
+    @property
+    def bare(self) -> bool:
+        """Whether the body was found faulty (see C{fault})."""
+        return self.fault is not None
 
     def feed(self, data: bytes) -> tuple[bytes, Optional[bytes]]:
         """
@@ -176,9 +181,8 @@ class DotDecoder:
             elif buf.endswith(b"\r\n"):
                 end = n - 2
         self._carry = buf[end:] if rest is None else b""
-        if self._check_bare and not self.bare:
+        if self._check_bare and self.fault is None:
             self.fault = body_fault(buf, end)
-            self.bare = self.fault is not None
         if parts:
             parts.append(buf[start:end])
             body = b"".join(parts)

@@ -24,7 +24,7 @@ import os
 from types import CoroutineType
 from typing import Any, Callable, Dict, Optional, Protocol as TypingProtocol, Tuple, cast
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
 from twisted.internet.protocol import Protocol
@@ -183,14 +183,8 @@ class SMTPServerProtocol(Protocol):
         self.context.notify("disconnect", s)
         hook = self.context.hooks.on_close
         if hook is not None:
-            try:
-                result = hook(s)
-                if isinstance(result, CoroutineType):
-                    result = Deferred.fromCoroutine(result)
-                if isinstance(result, Deferred):
-                    result.addErrback(self._log_hook_failure, "on_close")
-            except Exception:
-                self.log.failure("hook on_close failed", session_id=s.id)
+            # A value, a Deferred or a coroutine; a failure, raised now or later, is logged.
+            maybeDeferred(hook, s).addErrback(self._log_hook_failure, "on_close")
 
     def _log_hook_failure(self, failure: Failure, name: str) -> None:
         self.log.failure("hook {hook} failed", failure, hook=name, session_id=self.session.id)
@@ -201,11 +195,7 @@ class SMTPServerProtocol(Protocol):
         if core.actions:
             self._run()
         else:  # the common case: replies only, in one write
-            out = core.out
-            if out:
-                core.out = []
-                if not self._gone:
-                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
+            self._flush()
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -261,18 +251,18 @@ class SMTPServerProtocol(Protocol):
                     self.transport.abortConnection()
         finally:
             self._driving = False
+        self._flush()
+        if self._paused or core.holds:
+            self._sync_reading()
+
+    def _flush(self) -> None:
+        """Write the replies the dialogue has made so far, in one write."""
+        core = self.core
         out = core.out
         if out:
             core.out = []
             if not self._gone:
                 self._out.write(out[0] if len(out) == 1 else b"".join(out))
-        if self._paused or core.holds:
-            self._sync_reading()
-
-    def _flush(self) -> None:
-        data = self.core.take_output()
-        if data and not self._gone:
-            self._out.write(data)
 
     def _sync_reading(self) -> None:
         """Pause or resume the transport as the dialogue wants."""
