@@ -19,10 +19,9 @@ from email.parser import BytesParser
 from functools import cached_property
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from ._data import MessageStream
-from ._deferreds import call_hook
 from ._errors import Reply
 from ._session import Address, Envelope, Session
 
@@ -248,7 +247,7 @@ class CapturingHooks:
         body_done.addCallbacks(lambda _: finished(None), finished)
 
         try:
-            result = await call_hook(user, session, inner)
+            result = await maybeDeferred(user, session, inner)
         finally:
             if not inner.has_reader:
                 inner.discard()

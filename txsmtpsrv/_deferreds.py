@@ -1,30 +1,18 @@
 # -*- test-case-name: tests.test_deferreds -*-
 """
-Two small Deferred idioms that several modules need.
+A Deferred idiom several modules need: wait for shared work without touching its result.
 
-The per-command and per-chunk paths (C{_protocol.SMTPServerProtocol._ask},
-C{_data}'s chunk callback) test for a coroutine inline instead of calling
-L{as_deferred}: a function call there costs every command or chunk.
+(Calling a hook that may return a value, a Deferred or a coroutine, or raise,
+needs no helper: C{maybeDeferred} turns all of them into a Deferred.)
 """
 
 from __future__ import annotations
 
-from types import CoroutineType
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 
-__all__ = ["as_deferred", "call_hook", "when_fired"]
-
-
-def as_deferred(result: Any) -> Any:
-    """A hook's answer with an C{async def}'s coroutine turned into a Deferred; anything else unchanged."""
-    return Deferred.fromCoroutine(result) if isinstance(result, CoroutineType) else result
-
-
-def call_hook(method: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-    """Call a hook; whatever it returns (value, Deferred, coroutine) or raises, as a Deferred."""
-    return maybeDeferred(lambda: as_deferred(method(*args)))
+__all__ = ["when_fired"]
 
 
 def when_fired(d: "Deferred[Any]") -> "Deferred[None]":

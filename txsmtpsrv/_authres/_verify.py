@@ -35,14 +35,14 @@ import re
 import tempfile
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime, IResolver
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._data import MessageStream
-from .._deferreds import call_hook, when_fired
+from .._deferreds import when_fired
 from .._errors import SMTPError
 from .._hooks import ResolvedHooks
 from ._dkim import KeyAnswer, MessageScanner, key_names, verify_arc, verify_dkim
@@ -333,7 +333,7 @@ class AuthVerifier:
         inner_stream = MessageStream(replay.pause, replay.resume)
         replay.stream = inner_stream
         assert self._inner.on_data is not None
-        answer = call_hook(self._inner.on_data, session, inner_stream)
+        answer = maybeDeferred(self._inner.on_data, session, inner_stream)
         replay.resume()
         try:
             value = await answer
