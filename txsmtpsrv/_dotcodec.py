@@ -116,7 +116,6 @@ def _dot_line(buf: bytes, start: int, probe: bool) -> tuple[int, bool]:
     return buf.find(b"\r\n.", start), False
 
 
-
 class DotDecoder:
     """
     Incremental DATA decoder (RFC 5321 4.1.1.4, 4.5.2).
