@@ -54,15 +54,59 @@ SESSIONS = 20
 PER_CONNECTION = 100
 NOOP_INTERVAL = 0.005
 
+#: Prepended to the daemon's start-up code by ``--instrument``: wraps the epoll
+#: reactor's poller so every loop pass is timed -- from the moment ``epoll_wait``
+#: returned (GIL re-taken) to the next ``epoll_wait`` call, i.e. the reactor's
+#: own work per pass, with the number of ready events -- and writes the passes
+#: (CLOCK_MONOTONIC end time, busy seconds, events) to ``$DELIVER_STATS`` at
+#: shutdown, with every cyclic garbage collection (end time, seconds,
+#: generation). The bench keeps what falls inside the load window. Costs two
+#: ``perf_counter`` calls per pass; compare instrumented runs with each other.
+INSTRUMENT = r"""
+import array, gc, json, os, time
+from twisted.internet import reactor as _r
+_gc = {"start": 0.0, "runs": []}
+def _gc_timer(phase, info):
+    if phase == "start":
+        _gc["start"] = time.monotonic()
+    else:
+        now = time.monotonic()
+        _gc["runs"].append((now, now - _gc["start"], info["generation"], info["collected"]))
+gc.callbacks.append(_gc_timer)
+class _TimedPoller:
+    def __init__(self, real):
+        self._real, self.ends, self.busy, self.events, self._back = real, array.array("d"), array.array("d"), array.array("i"), None
+    def poll(self, timeout=-1, maxevents=-1):
+        start = time.monotonic()
+        if self._back is not None:
+            self.ends.append(start); self.busy.append(start - self._back); self.events.append(self._n)
+        got = self._real.poll(timeout, maxevents)
+        self._back, self._n = time.monotonic(), len(got)
+        return got
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+_p = _r._poller = _TimedPoller(_r._poller)
+def _dump():
+    with open(os.environ["DELIVER_STATS"], "w") as f:
+        json.dump({"ends": _p.ends.tolist(), "busy": _p.busy.tolist(), "events": _p.events.tolist(),
+                   "gc": _gc["runs"], "objects": len(gc.get_objects())}, f)
+_r.addSystemEventTrigger("after", "shutdown", _dump)
+"""
+
 
 class Daemon:
     """``twistd -n smtpsrv --maildir`` from a given tree."""
 
-    def __init__(self, tree: str, workdir: str, cpu: Optional[int]) -> None:
+    def __init__(self, tree: str, workdir: str, cpu: Optional[int], instrument: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=tree)
         self.maildir = os.path.join(workdir, "Maildir")
+        self.stats_path: Optional[str] = None
+        code = "from twisted.scripts.twistd import run; run()"
+        if instrument:
+            self.stats_path = env["DELIVER_STATS"] = os.path.join(workdir, "stats.json")
+            code = INSTRUMENT + code
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            [sys.executable, "-c", code, "-n", "--pidfile=",
              "smtpsrv", "-l", "tcp:0:interface=127.0.0.1", "--maildir", self.maildir,
              # The daemon's anti-abuse defaults would refuse the load itself: 21 connections from
              # one address (limit 20), 120 connections a minute, and the NOOP client's NOOPs
@@ -102,6 +146,114 @@ class Daemon:
         if getattr(self, "_drain", None) is not None:
             self._drain.wait(timeout=10)
 
+    def stats(self) -> Optional[Dict[str, Any]]:
+        """What the instrumented daemon recorded (after L{stop})."""
+        if self.stats_path is None or not os.path.exists(self.stats_path):
+            return None
+        with open(self.stats_path) as f:
+            result: Dict[str, Any] = json.load(f)
+        return result
+
+
+def probe_process(port: int, interval: float) -> None:
+    """
+    The NOOP client as its own process (``--probe PORT``): a blocking socket,
+    one NOOP every C{interval} seconds, each timed with C{perf_counter} from
+    just before C{send} to the reply's last byte -- nobody's event loop in
+    between. Runs until stdin closes, then writes the latencies (seconds) as
+    one JSON line on stdout.
+    """
+    import select
+    import socket
+
+    latencies: List[float] = []
+    error = ""
+    sock = socket.create_connection((_load.HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+
+    def reply() -> bytes:
+        nonlocal buf
+        while True:
+            end = buf.find(b"\n")
+            while end >= 0 and buf[3:4] == b"-":
+                buf = buf[end + 1 :]
+                end = buf.find(b"\n")
+            if end >= 0:
+                line, buf = buf[: end + 1], buf[end + 1 :]
+                return line
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+
+    try:
+        reply()  # greeting
+        sock.sendall(b"EHLO probe.test\r\n")
+        reply()
+        print("ready", flush=True)
+        while not select.select([sys.stdin], [], [], interval)[0]:
+            t0 = time.perf_counter()
+            sock.sendall(b"NOOP\r\n")
+            line = reply()
+            latencies.append(time.perf_counter() - t0)
+            if not line.startswith(b"250"):
+                error = f"NOOP: {line[:200]!r}"
+                break
+        sock.sendall(b"QUIT\r\n")
+        reply()
+    except OSError as exc:
+        error = f"NOOP probe: {exc}"
+    finally:
+        sock.close()
+    print(json.dumps({"latencies": latencies, "error": error}), flush=True)
+
+
+class Prober:
+    """L{probe_process} started on C{cpu} (the load generator's core, never the server's)."""
+
+    def __init__(self, port: int, cpu: Optional[int]) -> None:
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--probe", str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {cpu})
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready": past EHLO
+
+    def finish(self) -> Dict[str, Any]:
+        out, _ = self.proc.communicate(b"", timeout=30)
+        result: Dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+
+def thread_times(pid: int) -> Dict[str, List[float]]:
+    """
+    Per thread of C{pid}: [CPU seconds, involuntary context switches], the
+    main (reactor) thread under "reactor", every other thread summed under
+    "threads" (the delivery pool).
+    """
+    out = {"reactor": [0.0, 0.0], "threads": [0.0, 0.0]}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except FileNotFoundError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        m = re.search(r"nonvoluntary_ctxt_switches:\s*(\d+)", status)
+        key = "reactor" if int(tid) == pid else "threads"
+        out[key][0] += cpu
+        out[key][1] += int(m.group(1)) if m else 0
+    return out
+
+
+def pct(values: List[float], p: float) -> float:
+    """The C{p} quantile of sorted C{values} (nan if empty)."""
+    return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
+
 
 async def noop_prober(port: int, stop: asyncio.Event, latencies: List[float], tally: _load.Tally) -> None:
     try:
@@ -118,7 +270,7 @@ async def noop_prober(port: int, stop: asyncio.Event, latencies: List[float], ta
         tally.fail(f"NOOP client: {exc}")
 
 
-async def load(port: int, messages: int, pid: int) -> Dict[str, Any]:
+async def load(port: int, messages: int, pid: int, probe_cpu: Optional[int]) -> Dict[str, Any]:
     payload = _load.make_message(1024)
     warm = _load.Tally()
     await _load.message_load(port, sessions=4, total=40, per_connection=10, payload=payload,
@@ -126,36 +278,68 @@ async def load(port: int, messages: int, pid: int) -> Dict[str, Any]:
     tally = _load.Tally()
     latencies: List[float] = []
     stop = asyncio.Event()
+    # Two NOOP clients at once: the old one, in this event loop next to the 20 sessions (its
+    # figure includes waiting behind the load generator's own work on this core), and one in its
+    # own process with a blocking socket (what a client that is not the load itself sees).
     prober = asyncio.ensure_future(noop_prober(port, stop, latencies, tally))
+    separate = Prober(port, probe_cpu)
     await asyncio.sleep(0.1)
-    cpu0, t0 = proc_cpu_seconds(pid), time.perf_counter()
+    threads0 = thread_times(pid)
+    cpu0, t0, mono0 = proc_cpu_seconds(pid), time.perf_counter(), time.monotonic()
     await _load.message_load(port, sessions=SESSIONS, total=messages, per_connection=PER_CONNECTION,
                              payload=payload, pipelining=False, tally=tally, deadline=300)
-    wall, cpu = time.perf_counter() - t0, proc_cpu_seconds(pid) - cpu0
+    wall, cpu, mono1 = time.perf_counter() - t0, proc_cpu_seconds(pid) - cpu0, time.monotonic()
+    threads1 = thread_times(pid)
     stop.set()
     await prober
+    probed = await asyncio.get_running_loop().run_in_executor(None, separate.finish)
+    if probed["error"]:
+        tally.fail(probed["error"])
     latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-
+    own = sorted(probed["latencies"])
+    n = max(tally.delivered, 1)
     return {
         "delivered": tally.delivered, "failures": tally.failures + warm.failures,
         "errors": tally.errors[:3] + warm.errors[:3],
-        "msgs_per_s": tally.delivered / wall, "cpu_us_per_msg": cpu / max(tally.delivered, 1) * 1e6,
-        "noop_count": len(latencies), "noop_p50_ms": pct(0.50), "noop_p99_ms": pct(0.99),
+        "msgs_per_s": tally.delivered / wall, "cpu_us_per_msg": cpu / n * 1e6,
+        "noop_count": len(latencies), "noop_p50_ms": pct(latencies, 0.50) * 1000,
+        "noop_p99_ms": pct(latencies, 0.99) * 1000,
         "noop_max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+        "probe_count": len(own), "probe_p50_ms": pct(own, 0.50) * 1000, "probe_p99_ms": pct(own, 0.99) * 1000,
+        "probe_max_ms": own[-1] * 1000 if own else float("nan"),
+        "reactor_cpu_us_per_msg": (threads1["reactor"][0] - threads0["reactor"][0]) / n * 1e6,
+        "threads_cpu_us_per_msg": (threads1["threads"][0] - threads0["threads"][0]) / n * 1e6,
+        "reactor_preempted_per_msg": (threads1["reactor"][1] - threads0["reactor"][1]) / n,
+        "window": [mono0, mono1],
     }
 
 
-def run_once(tree: str, base_dir: str, messages: int, cpus: tuple) -> Dict[str, Any]:
+def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
+    """Loop passes of an instrumented daemon inside the load window: busy ms p50/p99/max, events."""
+    inside = [(b, e) for t, b, e in zip(stats["ends"], stats["busy"], stats["events"]) if window[0] <= t <= window[1]]
+    busy = sorted(b for b, _ in inside)
+    events = sorted(e for _, e in inside)
+    gcs = [(d, g) for t, d, g, _ in stats["gc"] if window[0] <= t <= window[1]]
+    full = [d for d, g in gcs if g == 2]
+    return {"gc_runs": len(gcs), "gc_ms_total": sum(d for d, _ in gcs) * 1000, "gc_full": len(full),
+            "gc_full_max_ms": max(full, default=0.0) * 1000, "gc_max_ms": max((d for d, _ in gcs), default=0.0) * 1000,
+            "objects_at_exit": stats["objects"],"passes": len(inside), "pass_p50_ms": pct(busy, 0.5) * 1000, "pass_p99_ms": pct(busy, 0.99) * 1000,
+            "pass_max_ms": busy[-1] * 1000 if busy else float("nan"),
+            "events_p50": pct(events, 0.5), "events_p99": pct(events, 0.99),
+            "busy_share": sum(busy) / (window[1] - window[0])}
+
+
+def run_once(tree: str, base_dir: str, messages: int, cpus: tuple, instrument: bool = False) -> Dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="deliver-", dir=base_dir)
     try:
-        daemon = Daemon(tree, workdir, cpus[0])
+        daemon = Daemon(tree, workdir, cpus[0], instrument)
         try:
-            res = asyncio.run(load(daemon.port, messages, daemon.proc.pid))
+            res = asyncio.run(load(daemon.port, messages, daemon.proc.pid, cpus[1]))
         finally:
             daemon.stop()
+        stats = daemon.stats()
+        if stats is not None:
+            res.update(pass_stats(stats, res["window"]))
         res["stored"] = len(os.listdir(os.path.join(daemon.maildir, "new")))
         return res
     finally:
@@ -170,7 +354,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--dir", default=None, help="where the Maildirs go (default: system temp dir)")
     p.add_argument("--json", help="write all runs here")
+    p.add_argument("--instrument", action="store_true",
+                   help="time every reactor loop pass in the daemons (adds a little CPU to both trees)")
+    p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the NOOP prober process
     args = p.parse_args(argv)
+    if args.probe:
+        probe_process(args.probe, NOOP_INTERVAL)
+        return 0
     pinned = pin_cpus()
     tmp = tempfile.mkdtemp(prefix="deliver-trees-")
     try:
@@ -180,21 +370,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         for rep in range(args.repeat):
             order = list(trees) if rep % 2 == 0 else list(reversed(trees))
             for name in order:
-                res = run_once(trees[name], args.dir or tempfile.gettempdir(), args.messages, pinned)
+                res = run_once(trees[name], args.dir or tempfile.gettempdir(), args.messages, pinned,
+                               args.instrument)
                 runs[name].append(res)
                 print(f"{name:6} run {rep + 1}: {res['msgs_per_s']:7.0f} msg/s  {res['cpu_us_per_msg']:6.0f} µs CPU/msg"
-                      f"  NOOP p50 {res['noop_p50_ms']:.2f} p99 {res['noop_p99_ms']:.2f} max {res['noop_max_ms']:.1f} ms"
+                      f" (reactor {res['reactor_cpu_us_per_msg']:.0f}, threads {res['threads_cpu_us_per_msg']:.0f},"
+                      f" reactor preempted {res['reactor_preempted_per_msg']:.2f}/msg)"
+                      f"  NOOP in-loop p50 {res['noop_p50_ms']:.2f} p99 {res['noop_p99_ms']:.2f}"
+                      f" max {res['noop_max_ms']:.1f} ms; own process p50 {res['probe_p50_ms']:.2f}"
+                      f" p99 {res['probe_p99_ms']:.2f} max {res['probe_max_ms']:.1f} ms"
                       f"  ({res['delivered']} ok, {res['failures']} failed, {res['stored']} stored)", file=sys.stderr)
+                if "passes" in res:
+                    print(f"{'':6}        loop passes {res['passes']}: busy p50 {res['pass_p50_ms']:.2f} p99"
+                          f" {res['pass_p99_ms']:.2f} max {res['pass_max_ms']:.1f} ms, events p50"
+                          f" {res['events_p50']:.0f} p99 {res['events_p99']:.0f}, busy {res['busy_share']:.0%}"
+                          f" of the window; gc {res['gc_runs']} runs {res['gc_ms_total']:.1f} ms in all, max"
+                          f" {res['gc_max_ms']:.2f} ms, {res['gc_full']} full (max {res['gc_full_max_ms']:.1f} ms),"
+                          f" {res['objects_at_exit']} objects at exit", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    keys = ("msgs_per_s", "cpu_us_per_msg", "noop_p50_ms", "noop_p99_ms", "noop_max_ms")
+    labels = {"msgs_per_s": "messages/s", "cpu_us_per_msg": "server CPU µs/msg",
+              "reactor_cpu_us_per_msg": "  of which reactor thread", "threads_cpu_us_per_msg": "  of which other threads",
+              "reactor_preempted_per_msg": "reactor thread preempted per msg",
+              "noop_p50_ms": "NOOP p50 ms, in the load's loop", "noop_p99_ms": "NOOP p99 ms, in the load's loop",
+              "noop_max_ms": "NOOP max ms, in the load's loop",
+              "probe_p50_ms": "NOOP p50 ms, own process", "probe_p99_ms": "NOOP p99 ms, own process",
+              "probe_max_ms": "NOOP max ms, own process",
+              "pass_p50_ms": "loop pass busy p50 ms", "pass_p99_ms": "loop pass busy p99 ms",
+              "pass_max_ms": "loop pass busy max ms", "events_p99": "ready events per pass p99",
+              "gc_ms_total": "cyclic GC ms in the window", "gc_max_ms": "longest cyclic GC ms"}
+    keys = [k for k in labels if all(k in r for rs in runs.values() for r in rs)]
     med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
     print(f"deliver: twistd smtpsrv -> Maildir, {SESSIONS} sessions, 1 KiB, {args.messages} messages, "
           f"median of {args.repeat}; before = {args.baseline_tree or args.baseline}, after = working tree")
     print(f"| figure | before | after | after/before |\n|---|---|---|---|")
-    for k, label in zip(keys, ("messages/s", "server CPU µs/msg", "NOOP p50 ms", "NOOP p99 ms", "NOOP max ms")):
+    for k in keys:
         b, a = med["before"][k], med["after"][k]
-        print(f"| {label} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+        print(f"| {labels[k]} | {b:.2f} | {a:.2f} | {a / b if b else float('nan'):.2f} |")
     failures = sum(r["failures"] for rs in runs.values() for r in rs)
     if failures:
         print(f"FAILURES: {failures}; first errors: {[r['errors'] for rs in runs.values() for r in rs][:3]}")

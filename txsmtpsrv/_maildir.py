@@ -41,6 +41,9 @@ def now(clock: Optional[IReactorTime]) -> float:
 
 _counter = itertools.count(1)
 
+#: Flags of the new file in C{tmp/}: only ever a new name, not inherited by child processes.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
 
 def count(n: int, noun: str) -> str:
     """C{1 recipient}, C{2 recipients}: log lines in plain English."""
@@ -126,6 +129,15 @@ class MaildirDelivery:
         self._cleaner: Optional[TmpCleaner] = None
         self._io = make_io(threads)
         self._commit = GroupCommit(self._io, os.path.join(self.path, "new"))
+        self._tmp = os.path.join(self.path, "tmp", "")
+        self._host = _maildir_hostname(self.hostname)
+        self._made = False  # the directories exist (checked on the first delivery, again if one vanishes)
+
+    def _make_directories(self) -> None:
+        """(Blocking.) Create the Maildir and its C{cur}, C{new}, C{tmp} where missing, durably."""
+        for sub in ("", "tmp", "new", "cur"):
+            make_directory(os.path.join(self.path, sub))
+        self._made = True
 
     def start_cleaning(self, clock: Optional[IReactorTime] = None) -> None:
         """Remove stale C{tmp/} files now, then every C{tmp_clean_interval} seconds."""
@@ -145,17 +157,20 @@ class MaildirDelivery:
 
     def _create_tmp(self, when: float) -> Tuple[str, IO[bytes]]:
         """(Blocking.) Create a new file in C{tmp/} that no other delivery can be using."""
-        for sub in ("", "tmp", "new", "cur"):
-            make_directory(os.path.join(self.path, sub))
+        if not self._made:
+            self._make_directories()
         seconds, micro = divmod(int(when * 1_000_000), 1_000_000)
-        host = _maildir_hostname(self.hostname)
         for _attempt in range(10):
-            name = f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}.{host}"
-            path = os.path.join(self.path, "tmp", name)
+            path = f"{self._tmp}{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}.{self._host}"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                fd = os.open(path, _CREATE, 0o600)
             except FileExistsError:
                 continue
+            except FileNotFoundError:
+                if not self._made:
+                    raise
+                self._made = False  # removed behind our back: make the directories again, once
+                return self._create_tmp(when)
             return path, os.fdopen(fd, "wb")
         raise FileExistsError(errno.EEXIST, "no unique Maildir file name found", self.path)
 

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_diskio_threads -*-
+"""
+Issue 13 part 1, the NOOP latency levers of the delivery threads: results
+come back to the reactor in batches (one wake-up for many finished calls),
+the threads run below the reactor's priority, and a Maildir's directories
+are checked once rather than for every message (made again if they vanish).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import Any, Callable, List
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from txsmtpsrv import _diskio
+from txsmtpsrv._data import MessageStream
+from txsmtpsrv._diskio import ThreadIO, lower_thread_priority
+from txsmtpsrv._maildir import MaildirDelivery
+from txsmtpsrv._session import Address, Session
+
+
+class HeldReactor:
+    """Queues what threads hand to callFromThread until the test runs it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: List[Callable[[], Any]] = []
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        with self.lock:
+            self.calls.append(lambda: f(*args))
+
+    def addSystemEventTrigger(self, *args: Any) -> None:
+        pass
+
+    def run_queued(self) -> int:
+        with self.lock:
+            calls, self.calls = self.calls, []
+        for call in calls:
+            call()
+        return len(calls)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
+def test_finished_calls_share_one_wakeup_and_fire_in_order():
+    """Ten calls finishing while the reactor is busy: one callFromThread; every result (and a failure) delivered."""
+    held = HeldReactor()
+    io = ThreadIO(3, held)
+    gate = threading.Event()
+    done: List[int] = []
+
+    def job(n: int) -> int:
+        gate.wait(10)
+        done.append(n)
+        if n == 4:
+            raise OSError(5, "disk gone")
+        return n * 10
+
+    try:
+        ds = [io.run(job, n) for n in range(10)]
+        gate.set()
+        wait_for(lambda: len(done) == 10 and len(io._finished) == 10)
+        assert len(held.calls) == 1
+        got: List[Any] = []
+        for d in ds:
+            d.addBoth(got.append)
+        assert got == []  # nothing fires in a pool thread
+        assert held.run_queued() == 1
+        assert len(got) == 10
+        failures = [r for r in got if isinstance(r, Failure)]
+        assert len(failures) == 1 and failures[0].check(OSError)
+        assert sorted(r for r in got if not isinstance(r, Failure)) == [n * 10 for n in range(10) if n != 4]
+        # The reactor has taken the batch: the next finished call wakes it again.
+        d = io.run(lambda: "again")
+        wait_for(lambda: len(held.calls) == 1)
+        assert held.run_queued() == 1
+        assert d.result == "again"
+    finally:
+        gate.set()
+        io.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_delivery_threads_run_below_the_reactor_priority():
+    held = HeldReactor()
+    io = ThreadIO(1, held)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        d = io.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        wait_for(lambda: bool(held.calls))
+        held.run_queued()
+        assert d.result == min(19, mine + _diskio.THREAD_NICENESS)
+        assert _diskio.THREAD_NICENESS > 0
+    finally:
+        io.stop()
+    # ... and only the thread's: this one is untouched.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_lower_thread_priority_zero_changes_nothing():
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    lower_thread_priority(0)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+
+
+def deliver(delivery: MaildirDelivery, n: int) -> Any:
+    s = Session(f"s{n}", "127.0.0.1", 25, "192.0.2.1", 40000 + n)
+    s.host_name_appears_as = "client.example"
+    s.opening_command = "EHLO"
+    s.envelope.mail_from = Address("bob@example.com")
+    s.envelope.rcpt_to = [Address("alice@example.org")]
+    stream = MessageStream(lambda: None, lambda: None, 0)
+    d: Deferred[None] = delivery.on_data(s, stream)
+    stream.write(f"Subject: {n}\r\n\r\nbody\r\n".encode())
+    stream.finish()
+    out: List[Any] = []
+    d.addBoth(out.append)
+    assert out, "inline delivery did not finish"
+    return out[0]
+
+
+def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, monkeypatch):
+    made: List[str] = []
+    real = _diskio.make_directory
+
+    def counting(path: str) -> None:
+        made.append(path)
+        real(path)
+
+    monkeypatch.setattr("txsmtpsrv._maildir.make_directory", counting)
+    box = tmp_path / "Maildir"
+    delivery = MaildirDelivery(str(box), "mx.test", threads=0)
+    for n in range(3):
+        assert deliver(delivery, n) is None
+    assert len(made) == 4  # the Maildir and cur, new, tmp: once, not per message
+    assert len(os.listdir(box / "new")) == 3
+    shutil.rmtree(box)  # an operator removes it under a running server
+    assert deliver(delivery, 3) is None
+    assert len(made) == 8
+    assert len(os.listdir(box / "new")) == 1
+    assert sorted(os.listdir(box)) == ["cur", "new", "tmp"]
