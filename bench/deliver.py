@@ -60,10 +60,18 @@ NOOP_INTERVAL = 0.005
 #: own work per pass, with the number of ready events -- and writes the passes
 #: (CLOCK_MONOTONIC end time, busy seconds, events) to ``$DELIVER_STATS`` at
 #: shutdown, with every cyclic garbage collection (end time, seconds,
-#: generation). The bench keeps what falls inside the load window. Costs two
+#: generation) and, for every NOOP the daemon answers, where its time went:
+#: waiting for the reactor to finish an earlier pass, from ``epoll_wait`` being
+#: called to it returning into Python (wake-up, CPU and GIL), within the pass
+#: until the socket was read, and read to reply sent (the kernel's receive
+#: time from SO_TIMESTAMPNS; patched ``socket.recv``/``send`` on the class),
+#: and how much of the ``epoll_wait`` part the reactor thread spent runnable
+#: but off the CPU (run-queue delay from ``/proc/thread-self/schedstat``; the
+#: rest of it is the kernel's wake-up and waiting for the GIL).
+#: The bench keeps what falls inside the load window. Costs two
 #: ``perf_counter`` calls per pass; compare instrumented runs with each other.
 INSTRUMENT = r"""
-import array, gc, json, os, time
+import array, gc, json, os, socket as _s, struct, time
 from twisted.internet import reactor as _r
 _gc = {"start": 0.0, "runs": []}
 def _gc_timer(phase, info):
@@ -75,21 +83,63 @@ def _gc_timer(phase, info):
 gc.callbacks.append(_gc_timer)
 class _TimedPoller:
     def __init__(self, real):
-        self._real, self.ends, self.busy, self.events, self._back = real, array.array("d"), array.array("d"), array.array("i"), None
+        self._real, self.ends, self.busy, self.events = real, array.array("d"), array.array("d"), array.array("i")
+        self.pass_runq = array.array("d")
+        self._back = self._called = self.runq = 0.0
+        self._waited_after = 0
+        self._n = 0
+        self._sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
     def poll(self, timeout=-1, maxevents=-1):
-        start = time.monotonic()
-        if self._back is not None:
+        start = self._called = time.monotonic()
+        waited = int(os.pread(self._sched, 100, 0).split()[1])
+        if self._back:
             self.ends.append(start); self.busy.append(start - self._back); self.events.append(self._n)
+            self.pass_runq.append((waited - self._waited_after) / 1e9)
         got = self._real.poll(timeout, maxevents)
         self._back, self._n = time.monotonic(), len(got)
+        # Time this thread spent runnable but not running (another thread or process had the CPU).
+        self._waited_after = int(os.pread(self._sched, 100, 0).split()[1])
+        self.runq = (self._waited_after - waited) / 1e9
         return got
     def __getattr__(self, name):
         return getattr(self._real, name)
 _p = _r._poller = _TimedPoller(_r._poller)
+# NOOPs: the kernel's receive time (SO_TIMESTAMPNS, from a connection's second NOOP on), when
+# epoll handed the socket back, when it was read, when the reply was sent.
+_TS = getattr(_s, "SO_TIMESTAMPNS", 35)
+_recv, _send = _s.socket.recv, _s.socket.send
+_stamped, _pending, _noops = set(), {}, []
+def _timed_recv(self, n, *a):
+    fd = self.fileno()
+    if fd not in _stamped:
+        data = _recv(self, n, *a)
+        if data == b"NOOP\r\n":
+            self.setsockopt(_s.SOL_SOCKET, _TS, 1)
+            _stamped.add(fd)
+        return data
+    data, anc, _f, _a = self.recvmsg(n, 64)
+    wall, mono = time.time(), time.monotonic()
+    for level, kind, raw in anc:
+        if level == _s.SOL_SOCKET and kind == _TS and data == b"NOOP\r\n":
+            sec, nsec = struct.unpack("qq", raw[:16])
+            arrived = mono - (wall - (sec + nsec / 1e9))
+            _pending[fd] = (arrived, _p._called, _p._back, mono, _p.runq)
+    return data
+def _timed_send(self, data, *a):
+    sent = _send(self, data, *a)
+    got = _pending.pop(self.fileno(), None) if _pending else None
+    if got is not None:
+        arrived, called, back, read, runq = got
+        now = time.monotonic()
+        busy_wait = max(0.0, called - arrived)  # the reactor was still busy with an earlier pass
+        _noops.append((now, busy_wait, back - max(arrived, called), read - back, now - read, min(runq, back - max(arrived, called))))
+    return sent
+_s.socket.recv, _s.socket.send = _timed_recv, _timed_send
 def _dump():
     with open(os.environ["DELIVER_STATS"], "w") as f:
         json.dump({"ends": _p.ends.tolist(), "busy": _p.busy.tolist(), "events": _p.events.tolist(),
-                   "gc": _gc["runs"], "objects": len(gc.get_objects())}, f)
+                   "pass_runq": _p.pass_runq.tolist(),
+                   "gc": _gc["runs"], "objects": len(gc.get_objects()), "noops": _noops}, f)
 _r.addSystemEventTrigger("after", "shutdown", _dump)
 """
 
@@ -316,15 +366,26 @@ async def load(port: int, messages: int, pid: int, probe_cpu: Optional[int]) -> 
 
 def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
     """Loop passes of an instrumented daemon inside the load window: busy ms p50/p99/max, events."""
-    inside = [(b, e) for t, b, e in zip(stats["ends"], stats["busy"], stats["events"]) if window[0] <= t <= window[1]]
-    busy = sorted(b for b, _ in inside)
-    events = sorted(e for _, e in inside)
+    inside = [(b, e, q) for t, b, e, q in zip(stats["ends"], stats["busy"], stats["events"], stats["pass_runq"])
+              if window[0] <= t <= window[1]]
+    busy = sorted(b for b, _, _ in inside)
+    events = sorted(e for _, e, _ in inside)
+    running = sorted(b - q for b, _, q in inside)
     gcs = [(d, g) for t, d, g, _ in stats["gc"] if window[0] <= t <= window[1]]
     full = [d for d, g in gcs if g == 2]
-    return {"gc_runs": len(gcs), "gc_ms_total": sum(d for d, _ in gcs) * 1000, "gc_full": len(full),
+    noops = [n for n in stats["noops"] if window[0] <= n[0] <= window[1]]
+    split: Dict[str, float] = {"server_noops": len(noops)}
+    for i, name in enumerate(("busy_wait", "wake", "in_pass", "reply", "runq", "total"), 1):
+        vals = sorted(sum(n[1:5]) if name == "total" else n[i] for n in noops)
+        split[f"srv_{name}_p50_ms"] = pct(vals, 0.5) * 1000
+        split[f"srv_{name}_p99_ms"] = pct(vals, 0.99) * 1000
+        split[f"srv_{name}_max_ms"] = vals[-1] * 1000 if vals else float("nan")
+    return {**split, "gc_runs": len(gcs), "gc_ms_total": sum(d for d, _ in gcs) * 1000, "gc_full": len(full),
             "gc_full_max_ms": max(full, default=0.0) * 1000, "gc_max_ms": max((d for d, _ in gcs), default=0.0) * 1000,
             "objects_at_exit": stats["objects"],"passes": len(inside), "pass_p50_ms": pct(busy, 0.5) * 1000, "pass_p99_ms": pct(busy, 0.99) * 1000,
             "pass_max_ms": busy[-1] * 1000 if busy else float("nan"),
+            "pass_oncpu_p99_ms": pct(running, 0.99) * 1000,
+            "pass_oncpu_max_ms": running[-1] * 1000 if running else float("nan"),
             "events_p50": pct(events, 0.5), "events_p99": pct(events, 0.99),
             "busy_share": sum(busy) / (window[1] - window[0])}
 
@@ -382,11 +443,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"  ({res['delivered']} ok, {res['failures']} failed, {res['stored']} stored)", file=sys.stderr)
                 if "passes" in res:
                     print(f"{'':6}        loop passes {res['passes']}: busy p50 {res['pass_p50_ms']:.2f} p99"
-                          f" {res['pass_p99_ms']:.2f} max {res['pass_max_ms']:.1f} ms, events p50"
+                          f" {res['pass_p99_ms']:.2f} max {res['pass_max_ms']:.1f} ms (on the CPU: p99"
+                          f" {res['pass_oncpu_p99_ms']:.2f} max {res['pass_oncpu_max_ms']:.1f}), events p50"
                           f" {res['events_p50']:.0f} p99 {res['events_p99']:.0f}, busy {res['busy_share']:.0%}"
                           f" of the window; gc {res['gc_runs']} runs {res['gc_ms_total']:.1f} ms in all, max"
                           f" {res['gc_max_ms']:.2f} ms, {res['gc_full']} full (max {res['gc_full_max_ms']:.1f} ms),"
                           f" {res['objects_at_exit']} objects at exit", file=sys.stderr)
+                    print(f"{'':6}        NOOPs seen by the daemon {res['server_noops']}, arrival to reply p50/p99/max ms:"
+                          + "".join(f" {k} {res[f'srv_{k}_p50_ms']:.2f}/{res[f'srv_{k}_p99_ms']:.2f}"
+                                    f"/{res[f'srv_{k}_max_ms']:.1f}"
+                                    for k in ("total", "busy_wait", "wake", "runq", "in_pass", "reply")), file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {"msgs_per_s": "messages/s", "cpu_us_per_msg": "server CPU µs/msg",
@@ -397,8 +463,15 @@ def main(argv: Optional[List[str]] = None) -> int:
               "probe_p50_ms": "NOOP p50 ms, own process", "probe_p99_ms": "NOOP p99 ms, own process",
               "probe_max_ms": "NOOP max ms, own process",
               "pass_p50_ms": "loop pass busy p50 ms", "pass_p99_ms": "loop pass busy p99 ms",
-              "pass_max_ms": "loop pass busy max ms", "events_p99": "ready events per pass p99",
-              "gc_ms_total": "cyclic GC ms in the window", "gc_max_ms": "longest cyclic GC ms"}
+              "pass_max_ms": "loop pass busy max ms", "pass_oncpu_p99_ms": "loop pass on the CPU p99 ms",
+              "pass_oncpu_max_ms": "loop pass on the CPU max ms", "events_p99": "ready events per pass p99",
+              "gc_ms_total": "cyclic GC ms in the window", "gc_max_ms": "longest cyclic GC ms",
+              "srv_total_p99_ms": "daemon: NOOP arrival to reply p99 ms",
+              "srv_busy_wait_p99_ms": "daemon: .. waiting for an earlier pass p99 ms",
+              "srv_wake_p99_ms": "daemon: .. epoll_wait to Python (CPU, GIL) p99 ms",
+              "srv_runq_p99_ms": "daemon: .. .. of which waiting for the CPU p99 ms",
+              "srv_in_pass_p99_ms": "daemon: .. in its pass before the read p99 ms",
+              "srv_total_max_ms": "daemon: NOOP arrival to reply max ms"}
     keys = [k for k in labels if all(k in r for rs in runs.values() for r in rs)]
     med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
     print(f"deliver: twistd smtpsrv -> Maildir, {SESSIONS} sessions, 1 KiB, {args.messages} messages, "
