@@ -84,21 +84,25 @@ gc.callbacks.append(_gc_timer)
 class _TimedPoller:
     def __init__(self, real):
         self._real, self.ends, self.busy, self.events = real, array.array("d"), array.array("d"), array.array("i")
-        self.pass_runq = array.array("d")
+        self.pass_runq, self.pass_cpu = array.array("d"), array.array("d")
+        self._cpu_after = 0.0
         self._back = self._called = self.runq = 0.0
         self._waited_after = 0
         self._n = 0
         self._sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
     def poll(self, timeout=-1, maxevents=-1):
         start = self._called = time.monotonic()
+        cpu = time.thread_time()
         waited = int(os.pread(self._sched, 100, 0).split()[1])
         if self._back:
             self.ends.append(start); self.busy.append(start - self._back); self.events.append(self._n)
             self.pass_runq.append((waited - self._waited_after) / 1e9)
+            self.pass_cpu.append(cpu - self._cpu_after)
         got = self._real.poll(timeout, maxevents)
         self._back, self._n = time.monotonic(), len(got)
         # Time this thread spent runnable but not running (another thread or process had the CPU).
         self._waited_after = int(os.pread(self._sched, 100, 0).split()[1])
+        self._cpu_after = time.thread_time()
         self.runq = (self._waited_after - waited) / 1e9
         return got
     def __getattr__(self, name):
@@ -135,11 +139,23 @@ def _timed_send(self, data, *a):
         _noops.append((now, busy_wait, back - max(arrived, called), read - back, now - read, min(runq, back - max(arrived, called))))
     return sent
 _s.socket.recv, _s.socket.send = _timed_recv, _timed_send
+# The delivery threads' finished calls handed to the reactor (trees that batch them).
+_batches = []
+from txsmtpsrv import _diskio
+if hasattr(_diskio.ThreadIO, "_deliver"):
+    _real_deliver = _diskio.ThreadIO._deliver
+    def _timed_deliver(self):
+        n, t = len(self._finished), time.monotonic()
+        _real_deliver(self)
+        now = time.monotonic()
+        _batches.append((now, now - t, n))
+    _diskio.ThreadIO._deliver = _timed_deliver
 def _dump():
     with open(os.environ["DELIVER_STATS"], "w") as f:
         json.dump({"ends": _p.ends.tolist(), "busy": _p.busy.tolist(), "events": _p.events.tolist(),
-                   "pass_runq": _p.pass_runq.tolist(),
-                   "gc": _gc["runs"], "objects": len(gc.get_objects()), "noops": _noops}, f)
+                   "pass_runq": _p.pass_runq.tolist(), "pass_cpu": _p.pass_cpu.tolist(),
+                   "gc": _gc["runs"], "objects": len(gc.get_objects()), "noops": _noops,
+                   "batches": _batches}, f)
 _r.addSystemEventTrigger("after", "shutdown", _dump)
 """
 
@@ -366,11 +382,15 @@ async def load(port: int, messages: int, pid: int, probe_cpu: Optional[int]) -> 
 
 def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
     """Loop passes of an instrumented daemon inside the load window: busy ms p50/p99/max, events."""
-    inside = [(b, e, q) for t, b, e, q in zip(stats["ends"], stats["busy"], stats["events"], stats["pass_runq"])
-              if window[0] <= t <= window[1]]
-    busy = sorted(b for b, _, _ in inside)
-    events = sorted(e for _, e, _ in inside)
-    running = sorted(b - q for b, _, q in inside)
+    inside = [(b, e, q, c) for t, b, e, q, c in zip(stats["ends"], stats["busy"], stats["events"], stats["pass_runq"],
+                                                    stats["pass_cpu"]) if window[0] <= t <= window[1]]
+    # A pass's wall time is: on the CPU (thread CPU time) + runnable but off the CPU (run queue) +
+    # neither: asleep, which in a pass means waiting for the GIL (or a blocking call).
+    asleep = sorted(max(0.0, b - q - c) for b, _, q, c in inside)
+    oncpu = sorted(c for _, _, _, c in inside)
+    busy = sorted(b for b, _, _, _ in inside)
+    events = sorted(e for _, e, _, _ in inside)
+    window_s = window[1] - window[0]
     gcs = [(d, g) for t, d, g, _ in stats["gc"] if window[0] <= t <= window[1]]
     full = [d for d, g in gcs if g == 2]
     noops = [n for n in stats["noops"] if window[0] <= n[0] <= window[1]]
@@ -380,12 +400,22 @@ def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
         split[f"srv_{name}_p50_ms"] = pct(vals, 0.5) * 1000
         split[f"srv_{name}_p99_ms"] = pct(vals, 0.99) * 1000
         split[f"srv_{name}_max_ms"] = vals[-1] * 1000 if vals else float("nan")
+    batches = [(d, n) for t, d, n in stats.get("batches", []) if window[0] <= t <= window[1]]
+    if batches:
+        times = sorted(d for d, _ in batches)
+        sizes = sorted(n for _, n in batches)
+        split.update(batches=len(batches), batch_p50=pct(sizes, 0.5), batch_p99=pct(sizes, 0.99),
+                     batch_ms_p50=pct(times, 0.5) * 1000, batch_ms_p99=pct(times, 0.99) * 1000,
+                     batch_ms_max=times[-1] * 1000, batch_us_per_call=sum(times) / sum(sizes) * 1e6)
     return {**split, "gc_runs": len(gcs), "gc_ms_total": sum(d for d, _ in gcs) * 1000, "gc_full": len(full),
             "gc_full_max_ms": max(full, default=0.0) * 1000, "gc_max_ms": max((d for d, _ in gcs), default=0.0) * 1000,
             "objects_at_exit": stats["objects"],"passes": len(inside), "pass_p50_ms": pct(busy, 0.5) * 1000, "pass_p99_ms": pct(busy, 0.99) * 1000,
             "pass_max_ms": busy[-1] * 1000 if busy else float("nan"),
-            "pass_oncpu_p99_ms": pct(running, 0.99) * 1000,
-            "pass_oncpu_max_ms": running[-1] * 1000 if running else float("nan"),
+            "pass_oncpu_p99_ms": pct(oncpu, 0.99) * 1000,
+            "pass_oncpu_max_ms": oncpu[-1] * 1000 if oncpu else float("nan"),
+            "pass_asleep_p99_ms": pct(asleep, 0.99) * 1000, "pass_asleep_max_ms": asleep[-1] * 1000 if asleep else 0.0,
+            "pass_cpu_share": sum(oncpu) / window_s, "pass_runq_share": sum(q for _, _, q, _ in inside) / window_s,
+            "pass_asleep_share": sum(asleep) / window_s,
             "events_p50": pct(events, 0.5), "events_p99": pct(events, 0.99),
             "busy_share": sum(busy) / (window[1] - window[0])}
 
@@ -444,7 +474,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if "passes" in res:
                     print(f"{'':6}        loop passes {res['passes']}: busy p50 {res['pass_p50_ms']:.2f} p99"
                           f" {res['pass_p99_ms']:.2f} max {res['pass_max_ms']:.1f} ms (on the CPU: p99"
-                          f" {res['pass_oncpu_p99_ms']:.2f} max {res['pass_oncpu_max_ms']:.1f}), events p50"
+                          f" {res['pass_oncpu_p99_ms']:.2f} max {res['pass_oncpu_max_ms']:.1f}; asleep (GIL): p99"
+                          f" {res['pass_asleep_p99_ms']:.2f} max {res['pass_asleep_max_ms']:.1f}; share of the window"
+                          f" on CPU {res['pass_cpu_share']:.0%}, run queue {res['pass_runq_share']:.0%}, asleep"
+                          f" {res['pass_asleep_share']:.0%}), events p50"
                           f" {res['events_p50']:.0f} p99 {res['events_p99']:.0f}, busy {res['busy_share']:.0%}"
                           f" of the window; gc {res['gc_runs']} runs {res['gc_ms_total']:.1f} ms in all, max"
                           f" {res['gc_max_ms']:.2f} ms, {res['gc_full']} full (max {res['gc_full_max_ms']:.1f} ms),"
@@ -453,6 +486,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                           + "".join(f" {k} {res[f'srv_{k}_p50_ms']:.2f}/{res[f'srv_{k}_p99_ms']:.2f}"
                                     f"/{res[f'srv_{k}_max_ms']:.1f}"
                                     for k in ("total", "busy_wait", "wake", "runq", "in_pass", "reply")), file=sys.stderr)
+                if "batches" in res:
+                    print(f"{'':6}        finished thread calls handed over in {res['batches']} batches: size p50"
+                          f" {res['batch_p50']:.0f} p99 {res['batch_p99']:.0f}; ms p50 {res['batch_ms_p50']:.2f} p99"
+                          f" {res['batch_ms_p99']:.2f} max {res['batch_ms_max']:.1f}; {res['batch_us_per_call']:.0f} µs"
+                          f" per finished call", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {"msgs_per_s": "messages/s", "cpu_us_per_msg": "server CPU µs/msg",
@@ -464,7 +502,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               "probe_max_ms": "NOOP max ms, own process",
               "pass_p50_ms": "loop pass busy p50 ms", "pass_p99_ms": "loop pass busy p99 ms",
               "pass_max_ms": "loop pass busy max ms", "pass_oncpu_p99_ms": "loop pass on the CPU p99 ms",
-              "pass_oncpu_max_ms": "loop pass on the CPU max ms", "events_p99": "ready events per pass p99",
+              "pass_oncpu_max_ms": "loop pass on the CPU max ms",
+              "pass_asleep_p99_ms": "loop pass asleep (GIL) p99 ms", "pass_asleep_share": "share of window: passes asleep (GIL)",
+              "pass_runq_share": "share of window: passes off the CPU (run queue)", "events_p99": "ready events per pass p99",
               "gc_ms_total": "cyclic GC ms in the window", "gc_max_ms": "longest cyclic GC ms",
               "srv_total_p99_ms": "daemon: NOOP arrival to reply p99 ms",
               "srv_busy_wait_p99_ms": "daemon: .. waiting for an earlier pass p99 ms",

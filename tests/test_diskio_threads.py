@@ -152,3 +152,59 @@ def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, mo
     assert len(made) == 8
     assert len(os.listdir(box / "new")) == 1
     assert sorted(os.listdir(box)) == ["cur", "new", "tmp"]
+
+
+class LaterIO:
+    """An io whose C{later} queues calls until the test runs a reactor turn."""
+
+    flush_at = 0
+
+    def __init__(self) -> None:
+        self.turns: List[Callable[[], Any]] = []
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending = (f, args, d)
+        return d
+
+    def later(self, f: Callable[..., Any], *args: Any) -> None:
+        self.turns.append(lambda: f(*args))
+
+    def turn(self) -> None:
+        turns, self.turns = self.turns, []
+        for call in turns:
+            call()
+
+
+def test_answers_of_one_group_commit_go_out_a_slice_per_reactor_turn(tmp_path):
+    """Ten commits answered by one fsync: ANSWER_SLICE now, the rest on later turns, all after the fsync."""
+    io = LaterIO()
+    commit = _diskio.GroupCommit(io, str(tmp_path))
+    first = commit.commit()  # starts the first fsync
+    f, args, d = io.pending
+    group = [commit.commit() for _ in range(10)]  # wait for the next fsync
+    f(*args)
+    d.callback(None)
+    assert first.called and not any(g.called for g in group)  # the second fsync has not run yet
+    f, args, d = io.pending
+    f(*args)
+    d.callback(None)
+    answered = [sum(g.called for g in group)]
+    while io.turns:
+        io.turn()
+        answered.append(sum(g.called for g in group))
+    slice_ = _diskio.ANSWER_SLICE
+    assert answered == [min(10, slice_ * k) for k in range(1, len(answered) + 1)]
+    assert answered[-1] == 10 and commit.commits == 11 and commit.fsyncs == 2
+
+
+def test_without_later_every_answer_goes_out_at_once(tmp_path):
+    done: List[int] = []
+    _diskio.answer_in_slices(_diskio.InlineIO(), list(range(9)), done.append)
+    assert done == list(range(9))
+    io = LaterIO()
+    _diskio.answer_in_slices(io, list(range(9)), done.append)
+    assert len(done) == 9 + _diskio.ANSWER_SLICE
+    io.turn()
+    io.turn()
+    assert done == list(range(9)) * 2 and not io.turns
