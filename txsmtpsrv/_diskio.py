@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 __all__ = [
-    "BlockingIO", "ChunkFile", "GroupCommit", "InlineIO", "Serial", "ThreadIO", "ToLF", "Writer", "answer_in_slices",
+    "BlockingIO", "ChunkFile", "GroupCommit", "InlineIO", "Serial", "ThreadIO", "ToLF", "Writer",
     "fsync_directory", "lower_thread_priority", "make_directory", "make_io", "write_all",
 ]
 
@@ -50,9 +50,6 @@ DEFAULT_THREADS = 4
 
 #: How far the delivery threads' priority is lowered below the reactor's (see L{ThreadIO}).
 THREAD_NICENESS = 5
-
-#: Messages answered per reactor turn when one C{fsync} completes many (see L{answer_in_slices}).
-ANSWER_SLICE = 4
 
 
 class BlockingIO(Protocol):
@@ -130,10 +127,6 @@ class ThreadIO:
                 return  # a wake-up is pending; it will take this one too
         self._reactor.callFromThread(self._deliver)
 
-    def later(self, f: Callable[..., Any], *args: Any) -> None:
-        """Call C{f(*args)} on a later reactor turn, after the I/O that is ready by then."""
-        self._reactor.callLater(0, f, *args)
-
     def _deliver(self) -> None:
         """(Reactor thread.) Fire every Deferred whose call has finished, in order."""
         with self._lock:
@@ -183,25 +176,6 @@ def make_io(threads: Optional[int], reactor: Any = None) -> BlockingIO:
     if threads < 0:
         raise ValueError("threads must be 0 or more")
     return InlineIO() if threads == 0 else ThreadIO(threads, reactor)
-
-
-def answer_in_slices(io: BlockingIO, items: Sequence[T], answer: Callable[[T], Any]) -> None:
-    """
-    Call C{answer(item)} for every item: all at once, or, where C{io} can
-    schedule work for a later reactor turn (L{ThreadIO.later}), at most
-    L{ANSWER_SLICE} per turn. A group commit makes a whole group durable at
-    once, but answering twenty messages (reply, log line) is milliseconds of
-    reactor work; in slices, the reactor reads and answers other clients
-    (a NOOP) between them. Every answer still comes after the C{fsync}.
-    """
-    later = getattr(io, "later", None)
-    if later is None or len(items) <= ANSWER_SLICE:
-        for item in items:
-            answer(item)
-        return
-    for item in items[:ANSWER_SLICE]:
-        answer(item)
-    later(answer_in_slices, io, items[ANSWER_SLICE:], answer)
 
 
 def _settle(d: "Deferred[Any]", result: Any) -> None:
@@ -278,8 +252,7 @@ class GroupCommit:
     at a time, and it answers every L{commit} asked before it started. A
     caller asks only after its rename returned, so that C{fsync} covers it.
 
-    @ivar fsyncs: directory C{fsync}s run so far; C{commits}: answers due
-        (given at once, or in slices: L{answer_in_slices}).
+    @ivar fsyncs: directory C{fsync}s run so far; C{commits}: answers given.
     """
 
     def __init__(self, io: BlockingIO, directory: str) -> None:
@@ -308,7 +281,8 @@ class GroupCommit:
     def _finished(self, result: Any, batch: List["Deferred[None]"]) -> None:
         self._running = False
         self.commits += len(batch)
-        answer_in_slices(self._io, batch, lambda d: _settle(d, result))
+        for d in batch:
+            _settle(d, result)
         self._start()
 
 

@@ -21,9 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsmtpsrv._diskio import (
-    BlockingIO, ChunkFile, ToLF, Writer, answer_in_slices, fsync_directory, make_directory, make_io, write_all,
-)
+from txsmtpsrv._diskio import BlockingIO, ChunkFile, ToLF, Writer, fsync_directory, make_directory, make_io, write_all
 from txsmtpsrv._maildir import count, local_error, now
 from txsmtpsrv._maildir_tmp import default_clock
 from txsmtpsrv._session import Session
@@ -209,7 +207,8 @@ class _Appender:
                 return
             batch = []
         self._running = False
-        answer_in_slices(self._io, batch, lambda item: self._answer(item, result))
+        for item in batch:
+            self._answer(item, result)
         self._start()
 
     def _retry(self) -> None:
