@@ -160,6 +160,17 @@ _r.addSystemEventTrigger("after", "shutdown", _dump)
 """
 
 
+def _has_option(tree: str, name: str) -> bool:
+    """Whether the daemon in C{tree} knows C{--name} (looked up in its sources)."""
+    package = os.path.join(tree, "txsmtpsrv")
+    for entry in os.listdir(package):
+        if entry.endswith(".py"):
+            with open(os.path.join(package, entry), encoding="utf-8") as f:
+                if f'"{name}"' in f.read():
+                    return True
+    return False
+
+
 class Daemon:
     """``twistd -n smtpsrv --maildir`` from a given tree."""
 
@@ -171,13 +182,16 @@ class Daemon:
         if instrument:
             self.stats_path = env["DELIVER_STATS"] = os.path.join(workdir, "stats.json")
             code = INSTRUMENT + code
+        # The daemon's anti-abuse defaults would refuse the load itself: 21 connections from
+        # one address (limit 20), 120 connections a minute, and the NOOP clients' NOOPs
+        # (cut off with 421 after 100, i.e. after half a second). Trees from before those
+        # limits (the pre-issue-13 code, for the ">= 3x" comparison) have no such options.
+        limits = ["--max-clients-per-ip", "0", "--max-connect-rate", "0", "--max-junk-commands", "0"]
+        if not _has_option(tree, "max-junk-commands"):
+            limits = []
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "-n", "--pidfile=",
-             "smtpsrv", "-l", "tcp:0:interface=127.0.0.1", "--maildir", self.maildir,
-             # The daemon's anti-abuse defaults would refuse the load itself: 21 connections from
-             # one address (limit 20), 120 connections a minute, and the NOOP client's NOOPs
-             # (cut off with 421 after 100, i.e. after half a second).
-             "--max-clients-per-ip", "0", "--max-connect-rate", "0", "--max-junk-commands", "0"],
+             "smtpsrv", "-l", "tcp:0:interface=127.0.0.1", "--maildir", self.maildir, *limits],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         if cpu is not None:

@@ -49,7 +49,7 @@ FLUSH_AT = 64 * 1024
 DEFAULT_THREADS = 4
 
 #: How far the delivery threads' priority is lowered below the reactor's (see L{ThreadIO}).
-THREAD_NICENESS = 5
+THREAD_NICENESS = 10
 
 
 class BlockingIO(Protocol):
