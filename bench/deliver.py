@@ -14,9 +14,21 @@ pinned to one CPU (the load generator on the other), and reports:
   figure issue 13 sets a target on, so it is the headline here, with the
   usual caveat that wall-clock rates swing on shared machines; compare the
   two trees within one run;
-- server CPU per message (``/proc/PID/stat``, all threads);
-- the NOOP client's reply latency during the load: p50, p99, max (one NOOP
-  every 5 ms, on its own connection, past EHLO).
+- server CPU per message (``/proc/PID/stat``, all threads), and how it
+  splits between the reactor (main) thread and the others (the delivery
+  pool), with how often the reactor thread was preempted (involuntary
+  context switches, ``/proc/PID/task/TID/status``);
+- NOOP reply latency during the load: p50, p99, max (one NOOP every 5 ms,
+  on its own connection, past EHLO), from two clients at once: the original
+  one, a task in the load generator's own event loop (so its figure includes
+  waiting behind the load generator's work on that core), and one in its
+  own process with a blocking socket and ``perf_counter`` (what a client
+  that is not the load sees). Both on the load generator's core.
+
+``--instrument`` also times the daemon from the inside (see L{INSTRUMENT}):
+every reactor loop pass (wall time, on the CPU, in the run queue, asleep --
+which in a pass means waiting for the GIL), every cyclic GC, and for each
+NOOP where its time went between the kernel receiving it and the reply.
 
 Messages are 1 KiB, 100 per connection (the persist pattern), checked reply
 by reply by ``_load.py``; failures are counted and reported. A benchmark,
@@ -139,23 +151,11 @@ def _timed_send(self, data, *a):
         _noops.append((now, busy_wait, back - max(arrived, called), read - back, now - read, min(runq, back - max(arrived, called))))
     return sent
 _s.socket.recv, _s.socket.send = _timed_recv, _timed_send
-# The delivery threads' finished calls handed to the reactor (trees that batch them).
-_batches = []
-from txsmtpsrv import _diskio
-if hasattr(_diskio.ThreadIO, "_deliver"):
-    _real_deliver = _diskio.ThreadIO._deliver
-    def _timed_deliver(self):
-        n, t = len(self._finished), time.monotonic()
-        _real_deliver(self)
-        now = time.monotonic()
-        _batches.append((now, now - t, n))
-    _diskio.ThreadIO._deliver = _timed_deliver
 def _dump():
     with open(os.environ["DELIVER_STATS"], "w") as f:
         json.dump({"ends": _p.ends.tolist(), "busy": _p.busy.tolist(), "events": _p.events.tolist(),
                    "pass_runq": _p.pass_runq.tolist(), "pass_cpu": _p.pass_cpu.tolist(),
-                   "gc": _gc["runs"], "objects": len(gc.get_objects()), "noops": _noops,
-                   "batches": _batches}, f)
+                   "gc": _gc["runs"], "objects": len(gc.get_objects()), "noops": _noops}, f)
 _r.addSystemEventTrigger("after", "shutdown", _dump)
 """
 
@@ -414,13 +414,6 @@ def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
         split[f"srv_{name}_p50_ms"] = pct(vals, 0.5) * 1000
         split[f"srv_{name}_p99_ms"] = pct(vals, 0.99) * 1000
         split[f"srv_{name}_max_ms"] = vals[-1] * 1000 if vals else float("nan")
-    batches = [(d, n) for t, d, n in stats.get("batches", []) if window[0] <= t <= window[1]]
-    if batches:
-        times = sorted(d for d, _ in batches)
-        sizes = sorted(n for _, n in batches)
-        split.update(batches=len(batches), batch_p50=pct(sizes, 0.5), batch_p99=pct(sizes, 0.99),
-                     batch_ms_p50=pct(times, 0.5) * 1000, batch_ms_p99=pct(times, 0.99) * 1000,
-                     batch_ms_max=times[-1] * 1000, batch_us_per_call=sum(times) / sum(sizes) * 1e6)
     return {**split, "gc_runs": len(gcs), "gc_ms_total": sum(d for d, _ in gcs) * 1000, "gc_full": len(full),
             "gc_full_max_ms": max(full, default=0.0) * 1000, "gc_max_ms": max((d for d, _ in gcs), default=0.0) * 1000,
             "objects_at_exit": stats["objects"],"passes": len(inside), "pass_p50_ms": pct(busy, 0.5) * 1000, "pass_p99_ms": pct(busy, 0.99) * 1000,
@@ -500,11 +493,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                           + "".join(f" {k} {res[f'srv_{k}_p50_ms']:.2f}/{res[f'srv_{k}_p99_ms']:.2f}"
                                     f"/{res[f'srv_{k}_max_ms']:.1f}"
                                     for k in ("total", "busy_wait", "wake", "runq", "in_pass", "reply")), file=sys.stderr)
-                if "batches" in res:
-                    print(f"{'':6}        finished thread calls handed over in {res['batches']} batches: size p50"
-                          f" {res['batch_p50']:.0f} p99 {res['batch_p99']:.0f}; ms p50 {res['batch_ms_p50']:.2f} p99"
-                          f" {res['batch_ms_p99']:.2f} max {res['batch_ms_max']:.1f}; {res['batch_us_per_call']:.0f} µs"
-                          f" per finished call", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {"msgs_per_s": "messages/s", "cpu_us_per_msg": "server CPU µs/msg",
@@ -530,7 +518,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
     print(f"deliver: twistd smtpsrv -> Maildir, {SESSIONS} sessions, 1 KiB, {args.messages} messages, "
           f"median of {args.repeat}; before = {args.baseline_tree or args.baseline}, after = working tree")
-    print(f"| figure | before | after | after/before |\n|---|---|---|---|")
+    print("| figure | before | after | after/before |\n|---|---|---|---|")
     for k in keys:
         b, a = med["before"][k], med["after"][k]
         print(f"| {labels[k]} | {b:.2f} | {a:.2f} | {a / b if b else float('nan'):.2f} |")

@@ -1,9 +1,8 @@
 # -*- test-case-name: tests.test_diskio_threads -*-
 """
-Issue 13 part 1, the NOOP latency levers of the delivery threads: results
-come back to the reactor in batches (one wake-up for many finished calls),
-the threads run below the reactor's priority, and a Maildir's directories
-are checked once rather than for every message (made again if they vanish).
+Issue 13 part 1, the NOOP latency levers of the delivery threads: the
+threads run below the reactor's priority, and a Maildir's directories are
+checked once rather than for every message (made again if they vanish).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any, Callable, List
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from txsmtpsrv import _diskio
 from txsmtpsrv._data import MessageStream
@@ -53,44 +51,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.001)
-
-
-def test_finished_calls_share_one_wakeup_and_fire_in_order():
-    """Ten calls finishing while the reactor is busy: one callFromThread; every result (and a failure) delivered."""
-    held = HeldReactor()
-    io = ThreadIO(3, held)
-    gate = threading.Event()
-    done: List[int] = []
-
-    def job(n: int) -> int:
-        gate.wait(10)
-        done.append(n)
-        if n == 4:
-            raise OSError(5, "disk gone")
-        return n * 10
-
-    try:
-        ds = [io.run(job, n) for n in range(10)]
-        gate.set()
-        wait_for(lambda: len(done) == 10 and len(io._finished) == 10)
-        assert len(held.calls) == 1
-        got: List[Any] = []
-        for d in ds:
-            d.addBoth(got.append)
-        assert got == []  # nothing fires in a pool thread
-        assert held.run_queued() == 1
-        assert len(got) == 10
-        failures = [r for r in got if isinstance(r, Failure)]
-        assert len(failures) == 1 and failures[0].check(OSError)
-        assert sorted(r for r in got if not isinstance(r, Failure)) == [n * 10 for n in range(10) if n != 4]
-        # The reactor has taken the batch: the next finished call wakes it again.
-        d = io.run(lambda: "again")
-        wait_for(lambda: len(held.calls) == 1)
-        assert held.run_queued() == 1
-        assert d.result == "again"
-    finally:
-        gate.set()
-        io.stop()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")

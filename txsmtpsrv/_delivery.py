@@ -16,8 +16,9 @@ message behind, so the client retries and nothing is lost. A crash between
 storing and the client reading the C{250} can duplicate a message (the client
 retries one we kept), as RFC 5321 6.1 prefers to losing it.
 
-The file work runs in a small thread pool (L{txsmtpsrv._diskio}), so a
-message waiting for the disk does not stall the other clients, and the
+The file work runs in a small thread pool (L{txsmtpsrv._diskio}), below
+the reactor thread's priority, so a message waiting for the disk -- or the
+kernel's CPU work for its C{fsync} -- does not stall the other clients, and the
 C{fsync}s that make renames (Maildir) or appends (mbox) durable are shared by
 every message that finished meanwhile: group commit. Memory stays bounded:
 at most about two 64 KiB batches of a message are held while the disk

@@ -77,12 +77,8 @@ class ThreadIO:
     """
     Run calls in a private pool of threads (C{concurrent.futures}, lighter
     per call than Twisted's ThreadPool), started on first use and shut down
-    when the reactor stops (jobs already queued finish first).
-
-    Results come back to the reactor thread in batches: a finished call
-    queues its result and wakes the reactor (C{callFromThread}) only if no
-    wake-up is pending already, so the answers of a whole group commit cost
-    one wake-up and one pass over the queue, not one each.
+    when the reactor stops (jobs already queued finish first); results come
+    back to the reactor thread with C{callFromThread}.
 
     On Linux the threads run at a lower scheduling priority (a higher nice
     value, per thread) than the reactor thread: when both want the same CPU
@@ -103,8 +99,6 @@ class ThreadIO:
         self.niceness = niceness
         self._reactor = reactor
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._lock = threading.Lock()
-        self._finished: List[Tuple["Deferred[Any]", bool, Any]] = []
 
     def run(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
         if self._pool is None:
@@ -115,27 +109,12 @@ class ThreadIO:
         return d
 
     def _call(self, d: "Deferred[Any]", f: Callable[..., Any], args: Tuple[Any, ...]) -> None:
-        """(In a pool thread.) Run C{f}, queue the outcome, wake the reactor if nobody has yet."""
         try:
-            outcome: Tuple["Deferred[Any]", bool, Any] = (d, True, f(*args))
+            result = f(*args)
         except BaseException:
-            outcome = (d, False, Failure())
-        with self._lock:
-            finished = self._finished
-            finished.append(outcome)
-            if len(finished) > 1:
-                return  # a wake-up is pending; it will take this one too
-        self._reactor.callFromThread(self._deliver)
-
-    def _deliver(self) -> None:
-        """(Reactor thread.) Fire every Deferred whose call has finished, in order."""
-        with self._lock:
-            finished, self._finished = self._finished, []
-        for d, ok, result in finished:
-            if ok:
-                d.callback(result)
-            else:
-                d.errback(result)
+            self._reactor.callFromThread(d.errback, Failure())
+        else:
+            self._reactor.callFromThread(d.callback, result)
 
     def _start(self) -> None:
         if self._reactor is None:

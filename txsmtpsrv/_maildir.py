@@ -102,7 +102,8 @@ class MaildirDelivery:
     @param tmp_clean_interval: seconds between C{tmp/} cleanings; 0 turns
         cleaning off.
     @param threads: size of the thread pool doing the file work (started on
-        first use, stopped with the reactor); 0 for none; default 8.
+        first use, stopped with the reactor, run below the reactor's
+        priority); 0 for none; default 4 (L{txsmtpsrv._diskio.DEFAULT_THREADS}).
     """
 
     log = Logger()
