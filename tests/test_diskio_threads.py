@@ -113,3 +113,12 @@ def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, mo
     assert len(os.listdir(box / "new")) == 1
     assert sorted(os.listdir(box)) == ["cur", "new", "tmp"]
 
+
+
+def test_maildir_new_removed_after_the_first_delivery_is_made_again(tmp_path):
+    box = tmp_path / "Maildir"
+    delivery = MaildirDelivery(str(box), "mx.test", threads=0)
+    assert deliver(delivery, 0) is None
+    shutil.rmtree(box / "new")
+    assert deliver(delivery, 1) is None
+    assert len(os.listdir(box / "new")) == 1 and os.listdir(box / "tmp") == []

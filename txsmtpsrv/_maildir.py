@@ -228,7 +228,12 @@ class MaildirDelivery:
         out.file = None
         file.close()
         new_path = os.path.join(self.path, "new", os.path.basename(out.path))
-        os.rename(out.path, new_path)
+        try:
+            os.rename(out.path, new_path)
+        except FileNotFoundError:
+            # new/ removed behind our back (the file in tmp/ is still ours): make it again, once.
+            self._make_directories()
+            os.rename(out.path, new_path)
         out.path = new_path  # from here on, a failure must remove this one
 
     def _not_removed(self, failure: Failure) -> None:
