@@ -10,14 +10,22 @@ later, a data hook that stores the message later), then the server closes.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from txsmtpsrv import SMTPServer, _protocol
+from txsmtpsrv._halfclose import ForwardsHalfClose, half_closeable, pass_half_close_through_tls, tls_layer
+from txsmtpsrv._testca import test_ca
+from txsmtpsrv._workers import listen_endpoint
 
 #: Seconds every client waits at most (far below the server's socket_timeout).
 DEADLINE = 10.0
@@ -207,3 +215,246 @@ class TransportWriteTests(PlainTCPTests):
         self.hooks.on_mail_from = lambda session, address: None  # type: ignore[method-assign]
         data, _ = yield self.run_client(port, b"EHLO client.test\r\nNOOP\r\nMAIL FROM:<a@example.test>\r\n")
         self.assertEqual(finals(data), [b"250", b"250", b"250"])
+
+
+# -- TLS --------------------------------------------------------------------------------
+
+
+class TLSClient:
+    """
+    A TLS client over a plain socket through memory BIOs, so that it can
+    shut down the socket's sending side (a TCP FIN, no TLS close_notify) and
+    go on reading TLS records, or send close_notify first.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.eof = False
+
+    def _pump_out(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _pump_in(self) -> None:
+        chunk = self.sock.recv(65536)
+        if chunk:
+            self.incoming.write(chunk)
+        else:
+            self.eof = True
+            self.incoming.write_eof()
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                self._pump_out()
+                return
+            except ssl.SSLWantReadError:
+                self._pump_out()
+                self._pump_in()
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._pump_out()
+
+    def read_all(self) -> bytes:
+        """Application data until the server closes (close_notify or EOF)."""
+        data = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+                if not chunk:
+                    return data
+                data += chunk
+            except ssl.SSLWantReadError:
+                if self.eof:
+                    return data
+                self._pump_in()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return data
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """One plain reply (before TLS), up to its final line."""
+    data = b""
+    while not any(line[3:4] == b" " for line in data.split(b"\r\n")):
+        chunk = sock.recv(4096)
+        assert chunk, f"EOF in a reply: {data!r}"
+        data += chunk
+    return data
+
+
+def tls_half_close(port: int, commands: bytes, starttls: bool, close_notify: bool = False,
+                   proxy: bool = False) -> Tuple[bytes, float]:
+    """
+    Over TLS (STARTTLS, or implicit TLS from the first byte): send
+    C{commands}, shut down the sending side (after a TLS close_notify with
+    C{close_notify}), read the application data until the server closes.
+    Returns the greeting and the replies under TLS, and the seconds from
+    the shutdown to the end.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        if proxy:
+            sock.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n")
+        head = b""
+        if starttls:
+            head = read_reply(sock)
+            sock.sendall(b"EHLO client.test\r\n")
+            read_reply(sock)
+            sock.sendall(b"STARTTLS\r\n")
+            assert read_reply(sock).startswith(b"220 ")
+        client = TLSClient(sock, test_ca().client_context())
+        client.handshake()
+        if not starttls:
+            head = b""
+            while b"\r\n" not in head:
+                head += client.tls.read(4096) if client.tls.pending() or client.incoming.pending \
+                    else (client._pump_in() or b"")
+        client.send(commands)
+        if close_notify:
+            try:
+                client.tls.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            client._pump_out()
+        sock.shutdown(socket.SHUT_WR)
+        shut = time.monotonic()
+        data = client.read_all()
+        return head + data, time.monotonic() - shut
+
+
+class TLSTests(unittest.TestCase):
+    """Half-closing under TLS: the client's FIN arrives under the TLS layer."""
+
+    timeout = 60
+
+    def serve(self, implicit: bool, proxy: bool = False) -> "defer.Deferred[int]":
+        self.hooks = LateHooks()
+        server = SMTPServer(self.hooks, disable_reverse_lookup=True, name="mx.test", socket_timeout=30,
+                            tls=test_ca().server_config())
+        self.addCleanup(server.close)
+        description = ("smtps:" if implicit else "") + ("smtpproxy:trusted=127.0.0.0/8:timeout=5:" if proxy else "")
+        endpoint = listen_endpoint(reactor, description + "tcp:0:interface=127.0.0.1", lambda: server.tls)
+        return server.listen(endpoint).addCallback(lambda port: port.getHost().port)
+
+    @defer.inlineCallbacks
+    def session(self, commands: bytes, implicit: bool = False, proxy: bool = False,
+                close_notify: bool = False) -> Any:
+        port = yield self.serve(implicit, proxy)
+        data, waited = yield deferToThread(tls_half_close, port, commands, not implicit, close_notify,
+                                           proxy).addTimeout(30, reactor)
+        self.assertLess(waited, 5.0)  # closed promptly: socket_timeout is 30 s
+        return finals(data)
+
+    @defer.inlineCallbacks
+    def test_starttls(self) -> Any:
+        """After STARTTLS, a message, then a TCP FIN: the 250 (written after the data hook) arrives."""
+        codes = yield self.session(MESSAGE)
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354", b"250"])
+        self.assertEqual([m[0] for m in self.hooks.messages], ["a@example.test"])
+
+    @defer.inlineCallbacks
+    def test_implicit_tls(self) -> Any:
+        """The same on an smtps: listener (TLS from the first byte)."""
+        codes = yield self.session(MESSAGE, implicit=True)
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354", b"250"])
+        self.assertEqual([m[0] for m in self.hooks.messages], ["a@example.test"])
+
+    @defer.inlineCallbacks
+    def test_starttls_behind_the_proxy_wrapper(self) -> Any:
+        """PROXY header, STARTTLS, a message, FIN: the TLS layer tells the wrapper, which tells the session."""
+        codes = yield self.session(MESSAGE, proxy=True)
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354", b"250"])
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_behind_the_proxy_wrapper(self) -> Any:
+        """smtps: over smtpproxy: (the wrapper under the TLS layer) passes the FIN up through both."""
+        codes = yield self.session(MESSAGE, implicit=True, proxy=True)
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354", b"250"])
+
+    @defer.inlineCallbacks
+    def test_idle_closes_tcp_too(self) -> Any:
+        """
+        Nothing pending: the server closes at once. Its TLS layer alone would
+        wait for the client's close_notify, which cannot come any more.
+        """
+        codes = yield self.session(b"NOOP\r\n")
+        self.assertEqual(codes, [b"250"])
+
+    @defer.inlineCallbacks
+    def test_in_the_middle_of_a_message(self) -> Any:
+        """No end of message can come: no 250, nothing stored, closed at once."""
+        codes = yield self.session(MESSAGE[:-len(b".\r\n")], implicit=True)
+        self.assertEqual(codes, [b"250", b"250", b"250", b"354"])
+        self.assertEqual(self.hooks.messages, [])
+
+    @defer.inlineCallbacks
+    def test_close_notify_before_the_fin_still_closes(self) -> Any:
+        """
+        Not covered: a TLS close_notify before the FIN makes Twisted's TLS
+        layer shut the connection down at once (replies still to come are
+        lost). What is kept: the connection ends at once, and a message
+        whose data hook was already running is still stored.
+        """
+        codes = yield self.session(b"NOOP\r\n", close_notify=True)
+        self.assertIn(codes, ([], [b"250"]))
+
+
+# -- the pieces, in memory ------------------------------------------------------------------
+
+
+class _Forwarder(ForwardsHalfClose, ProtocolWrapper):
+    """A wrapper that forwards the half-close, like the PROXY wrapper."""
+
+
+class _Ends(Protocol):
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def readConnectionLost(self) -> None:
+        self.ended += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def test_wrapper_above_ours_does_not_bounce_the_half_close_back():
+    """
+    Twisted's ProtocolWrapper copies its transport's interfaces: above a
+    half-closeable wrapper it claims IHalfCloseableProtocol without handling
+    it (its missing methods are looked up on its transport). Forwarding to it
+    would recurse; it is treated as not half-closeable and the connection
+    closes instead.
+    """
+    outer = _Forwarder(WrappingFactory(Factory()), Protocol())
+    inner = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    outer.wrappedProtocol = inner
+    transport = StringTransport()
+    outer.makeConnection(transport)
+    inner.makeConnection(outer)
+    assert IHalfCloseableProtocol.providedBy(inner)  # the trap
+    assert not half_closeable(inner)
+    outer.readConnectionLost()
+    assert transport.disconnecting
+
+
+def test_forwarder_tells_a_half_closeable_protocol():
+    ends = _Ends()
+    from zope.interface import alsoProvides
+    alsoProvides(ends, IHalfCloseableProtocol)
+    wrapper = _Forwarder(WrappingFactory(Factory()), ends)
+    transport = StringTransport()
+    wrapper.makeConnection(transport)
+    wrapper.readConnectionLost()
+    assert ends.ended == 1 and not transport.disconnecting
+
+
+def test_no_tls_layer_no_change():
+    """Plain transports have no TLS layer: nothing is patched."""
+    transport = StringTransport()
+    assert tls_layer(transport) is None
+    pass_half_close_through_tls(transport)
+    assert not IHalfCloseableProtocol.providedBy(transport)

@@ -20,19 +20,29 @@ hook or the message's verdict is pending; at once, without a reply, in
 the middle of a message (its end can never arrive: the message is
 discarded as for a lost connection).
 
-TLS: Twisted's C{TLSMemoryBIOProtocol} does not provide the interface, so
-under STARTTLS or implicit TLS a half-close still ends the connection at
-once (see C{bench/README.md}, "Half-closing clients").
+Under TLS the FIN reaches Twisted's C{TLSMemoryBIOProtocol}, which does
+not provide the interface: C{tcp.Connection} would end the connection at
+once. Once the handshake is done, L{pass_half_close_through_tls} makes
+that connection's TLS layer provide it and pass the end of input on (an
+attribute on the instance, through public attributes only); and our close
+then also closes TCP, since the TLS layer's own close would wait for the
+client's close_notify, which can no longer come. A client that sends
+close_notify before its FIN (a TLS 1.3 half-close) still loses the replies
+written after it: on close_notify Twisted's TLS layer shuts the whole
+connection down, in code with no public hook.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from zope.interface import implementer
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import alsoProvides, implementer
 
-__all__ = ["HalfCloseable", "ForwardsHalfClose"]
+__all__ = ["HalfCloseable", "ForwardsHalfClose", "forward_half_close", "half_closeable", "pass_half_close_through_tls",
+           "tls_layer"]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -79,6 +89,10 @@ class HalfCloseable:
         # A registered producer would hold the close back until it leaves.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        tls = tls_layer(self.transport)
+        if tls is not None:
+            # TLS sent its close_notify and would wait for the client's: close TCP after it.
+            tls.transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -92,18 +106,64 @@ class ForwardsHalfClose:
 
     __slots__ = ()
 
-    if TYPE_CHECKING:
-        wrappedProtocol: Any
-
-        def loseConnection(self) -> None: ...
-
     def readConnectionLost(self) -> None:
         """The client shut down its sending side."""
-        protocol = self.wrappedProtocol
-        if IHalfCloseableProtocol.providedBy(protocol):
-            protocol.readConnectionLost()
-        else:
-            self.loseConnection()  # the wrapper's: after what is queued
+        forward_half_close(self)
 
     def writeConnectionLost(self) -> None:
         """Our sending side was shut down: never asked for."""
+
+
+def forward_half_close(wrapper: Any) -> None:
+    """
+    A protocol wrapper's C{readConnectionLost}: tell the wrapped protocol if
+    it can still answer; else close the connection under the wrapper, after
+    what is queued (for the TLS layer: TCP, not TLS, whose close would wait
+    for a close_notify that cannot come).
+    """
+    protocol = wrapper.wrappedProtocol
+    if half_closeable(protocol):
+        protocol.readConnectionLost()
+    else:
+        wrapper.transport.loseConnection()
+
+
+def half_closeable(protocol: Any) -> bool:
+    """
+    Whether C{protocol} really handles a half-close. Twisted's
+    C{ProtocolWrapper} (the TLS layer's base) copies every interface its
+    transport provides, ours included, and finds missing methods on its
+    transport: above our PROXY wrapper it would claim the interface and
+    send C{readConnectionLost} back down, round and round.
+    """
+    return IHalfCloseableProtocol.providedBy(protocol) and (
+        hasattr(type(protocol), "readConnectionLost") or "readConnectionLost" in getattr(protocol, "__dict__", {}))
+
+
+def tls_layer(transport: Any) -> Any:
+    """
+    The C{TLSMemoryBIOProtocol} under a connection's C{transport}, or C{None}:
+    the transport itself (implicit TLS), the protocol of the TCP connection
+    after STARTTLS, also behind a wrapper (the PROXY wrapper).
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        if isinstance(candidate, TLSMemoryBIOProtocol):
+            return candidate
+        inner = getattr(candidate, "protocol", None)
+        if isinstance(inner, TLSMemoryBIOProtocol):
+            return inner
+    return None
+
+
+def pass_half_close_through_tls(transport: Any) -> None:
+    """
+    Once a connection's TLS handshake is done: let its TLS layer pass the
+    client's half-close on to the protocol it wraps (L{HalfCloseable}, or
+    the PROXY wrapper that forwards it), instead of ending the connection.
+    """
+    tls = tls_layer(transport)
+    if tls is None or half_closeable(tls):
+        return
+    tls.readConnectionLost = partial(forward_half_close, tls)
+    tls.writeConnectionLost = lambda: None
+    alsoProvides(tls, IHalfCloseableProtocol)

@@ -39,7 +39,7 @@ from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANC
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
 from ._sendnow import ReplyWriter, eligible
-from ._halfclose import HalfCloseable
+from ._halfclose import HalfCloseable, pass_half_close_through_tls
 from ._session import Session
 
 __all__ = ["SMTPServerProtocol"]
@@ -524,6 +524,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         self._tls_timer = None
         if self._gone or self.core.finished:
             return  # already said goodbye (e.g. on_connect refused): let the close finish
+        pass_half_close_through_tls(self.transport)
         self._register_backpressure()
         self.core.tls_up(tls_info(self.transport))
         self._run()
