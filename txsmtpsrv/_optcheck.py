@@ -150,19 +150,24 @@ class _NoReactor:
     """Stands in for the reactor when endpoint strings are checked at parse time."""
 
 
-def check_endpoint(option: str, description: str) -> None:
-    """Parse an endpoint string now (without listening): a mistake is a usage error."""
+def check_endpoint(option: str, description: str, given: Optional[str] = None) -> None:
+    """
+    Parse an endpoint string now (without listening): a mistake is a usage
+    error naming the option and the value as C{given} (default: C{description}).
+    """
+    given = description if given is None else given
     try:
         serverFromString(_NoReactor(), description)
     except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError, ...
-        raise usage.UsageError(f"{option} {description}: {e}") from None
+        raise usage.UsageError(f"{option} {given}: {e}") from None
     if description.split(":", 1)[0].lower() == "unix" and not description[5:].split(":", 1)[0]:
-        raise usage.UsageError(f"{option} {description}: unix: needs a socket path")
+        raise usage.UsageError(f"{option} {given}: unix: needs a socket path")
 
 
 def check_listen(description: str) -> None:
     """A C{--listen} endpoint, maybe behind C{smtps:} (checked as L{_workers.listen_endpoint} reads it)."""
-    check_endpoint("--listen", description[len(SMTPS):] if description.startswith(SMTPS) else description)
+    inner = description[len(SMTPS):] if description.startswith(SMTPS) else description
+    check_endpoint("--listen", inner, description)
 
 
 def check_tls_files(key: Optional[str], cert: Optional[str], key2: Optional[str] = None,
