@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import time
 from typing import Any, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from tests._support import tool_path
 from txsmtpsrv import SMTPServer, _protocol
 from txsmtpsrv._halfclose import ForwardsHalfClose, half_closeable, pass_half_close_through_tls, tls_layer
 from txsmtpsrv._testca import test_ca
@@ -196,6 +198,36 @@ class PlainTCPTests(unittest.TestCase):
         data, waited = yield deferToThread(client).addTimeout(30, reactor)
         self.assertEqual((data, self.hooks.closed), (b"", []))
         self.assertLess(waited, 4.0)  # not the header timeout (5 s)
+
+
+class NetcatTests(unittest.TestCase):
+    """A real client nobody here wrote: OpenBSD netcat's C{-N} shuts the socket down after stdin's EOF."""
+
+    timeout = 60
+
+    def test_netcat_gets_every_reply(self) -> Any:
+        """Replies sent directly on the socket."""
+        return self.netcat()
+
+    def test_netcat_through_the_transport(self) -> Any:
+        """Every reply queued in Twisted's transport (on main the last ones were dropped at nc's FIN)."""
+        self.patch(_protocol, "eligible", lambda transport: None)
+        return self.netcat()
+
+    @defer.inlineCallbacks
+    def netcat(self) -> Any:
+        nc = tool_path("nc.openbsd")
+        self.hooks = LateHooks()
+        server = SMTPServer(self.hooks, disable_reverse_lookup=True, name="mx.test", socket_timeout=30)
+        self.addCleanup(server.close)
+        port = (yield server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+        start = time.monotonic()
+        done = yield deferToThread(subprocess.run, [nc, "-N", "127.0.0.1", str(port)], input=MESSAGE,
+                                   capture_output=True, timeout=20).addTimeout(30, reactor)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(finals(done.stdout), [b"250", b"250", b"250", b"354", b"250"])
+        self.assertEqual([m[0] for m in self.hooks.messages], ["a@example.test"])
+        self.assertLess(time.monotonic() - start, 10.0)  # nc exits because the server closed, not a timeout
 
 
 class TransportWriteTests(PlainTCPTests):

@@ -196,3 +196,20 @@ def test_server_options_error_translates_only_option_fields():
         "--max-recipients must be at least 1"
     assert _optcheck.server_options_error("auth_methods: unsupported X", names) == "--auth-methods: unsupported X"
     assert _optcheck.server_options_error("greeting_delay must be shorter", names) == "greeting_delay must be shorter"
+
+
+def test_tls_key_file_holding_the_certificate(tmp_path, monkeypatch):
+    """Both commands accept one --tls-key file holding key and certificate (the sink used to want both options)."""
+    from txsmtpsrv._selfsigned import cert_pem, key_pem, self_signed
+    from txsmtpsrv._sink import SinkOptions
+
+    monkeypatch.chdir(tmp_path)
+    key, cert = self_signed("localhost")
+    both = tmp_path / "both.pem"
+    both.write_bytes(key_pem(key) + cert_pem(cert))
+    sink = SinkOptions()
+    sink.parseOptions(["--tls-key", str(both)])
+    twistd = Options()
+    twistd.parseOptions(["--tls-key", str(both)])
+    assert sink.serverKwargs["tls"] == {"key": str(both)} == {k: v for k, v in twistd.serverKwargs["tls"].items()
+                                                              if k == "key"}
