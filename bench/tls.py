@@ -33,7 +33,6 @@ Nothing is asserted: numbers are printed (``--json`` for a file).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import socket
@@ -74,27 +73,16 @@ def settle(pid: int, limit: float = 1.5) -> float:
 
 
 def make_certificate(directory: str, key_type: str) -> tuple[str, str]:
-    """A self-signed certificate for ``bench``: (cert path, key path)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
+    """A self-signed certificate for ``bench`` (the library's helper): (cert path, key path)."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from txsmtpsrv._selfsigned import cert_pem, key_pem, self_signed
 
-    key: Any = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_type == "rsa"
-                else ec.generate_private_key(ec.SECP256R1()))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    key, cert = self_signed("bench", days=7, key_type="rsa" if key_type == "rsa" else "ec")
     cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(cert_pem(cert))
     with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(key_pem(key))
     return cert_path, key_path
 
 

@@ -24,25 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from txsmtpsrv._selfsigned import CA_KEY_USAGE, key_pem, self_signed as _self_signed
+
 __all__ = [
     "CA", "Leaf", "client_context", "common_name", "make_ca", "pem_dir", "self_signed", "write_leaf", "write_pem",
 ]
-
-
-#: Key usage of every test CA: signs certificates and CRLs (and may sign itself).
-_CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True, content_commitment=False, key_encipherment=False,
-    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-    crl_sign=True, encipher_only=False, decipher_only=False,
-)
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _name(cn: str) -> x509.Name:
@@ -80,7 +66,7 @@ class Leaf:
 
     @property
     def key_pem(self) -> bytes:
-        return _pem_key(self.key)
+        return key_pem(self.key)
 
     @property
     def cert_pem(self) -> bytes:
@@ -141,7 +127,7 @@ class CA:
         cert = (
             self._builder(_name(cn), key.public_key(), 30)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(CA_KEY_USAGE, critical=True)
             .sign(self.key, hashes.SHA256())
         )
         # Leaves of an intermediate must send it (and any above it, not the root).
@@ -149,15 +135,9 @@ class CA:
 
 
 def make_ca(cn: str = "txsmtpsrv Test CA") -> CA:
-    """Create a self-signed root CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _builder(_name(cn), _name(cn), key.public_key(), 30)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_CA_KEY_USAGE, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    """Create a self-signed root CA (the library's one self-signed builder, as a CA)."""
+    key, cert = _self_signed(cn, days=30, ca=True)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     return CA(key, cert)
 
 
@@ -187,19 +167,12 @@ def pem_dir(prefix: str) -> str:
 
 def self_signed(cn: str, *, rsa_key: bool = False) -> Leaf:
     """
-    A throwaway self-signed certificate for C{cn} (also its only SAN), valid
-    for a day: EC P-256, or RSA-2048 with C{rsa_key} (for tests of RSA and
-    ECDSA certificates side by side).
+    A throwaway self-signed server certificate for C{cn} (also its only
+    SAN), valid for a day: EC P-256, or RSA-2048 with C{rsa_key} (for tests
+    of RSA and ECDSA certificates side by side). Made by the library's
+    helper, the one that makes the development certificate.
     """
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key
-        else ec.generate_private_key(ec.SECP256R1()))
-    cert = (
-        _builder(_name(cn), _name(cn), key.public_key(), 1)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = _self_signed(cn, key_type="rsa" if rsa_key else "ec")
     return Leaf(key, cert)
 
 

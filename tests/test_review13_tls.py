@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import ssl
+import sys
 import weakref
 from typing import Any, Optional, Tuple
 
@@ -23,13 +24,30 @@ from txsmtpsrv._tls import TLSContextHolder, tls_info
 VERSIONS = [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]
 
 
-def attempt(holder: Any, client: ssl.SSLContext, session: Optional[ssl.SSLSession]
+#: The server's OpenSSL reasons for refusing a client under its certificate policy.
+NO_CERTIFICATE = "peer did not return a certificate"
+UNVERIFIED = "certificate verify failed"
+
+
+def _reasons(error: SSL.Error) -> Tuple[str, ...]:
+    """The reason strings of an OpenSSL error ([(library, function, reason), ...])."""
+    return tuple(str(entry[2]) for entry in error.args[0] if len(entry) == 3) if error.args else ()
+
+
+def attempt(holder: Any, client: ssl.SSLContext, session: Optional[ssl.SSLSession], refusal: str
             ) -> Optional[Tuple[bool, Any]]:
-    """A handshake: (resumed, TLSInfo) when it completes, None when it fails."""
+    """
+    A handshake: (resumed, TLSInfo) when it completes; None when the server
+    refused it for C{refusal} (its certificate policy). Any other failure
+    (another TLS error, a handshake that stalls) propagates, so a test fails
+    for what actually went wrong rather than passing as "refused".
+    """
     try:
         _, resumed, server = handshake(holder, client, session)
-    except (SSL.Error, ssl.SSLError, AssertionError):
-        return None
+    except SSL.Error as e:
+        if refusal in _reasons(e):
+            return None
+        raise
     return resumed, tls_info(_Handle(server))
 
 
@@ -50,7 +68,7 @@ class PolicyAcrossResumptionTests(unittest.SynchronousTestCase):
             client = client_context(version)  # no client certificate
             session, resumed, _ = handshake(lax, client)
             self.assertFalse(resumed)
-            outcome = attempt(strict, client, session)
+            outcome = attempt(strict, client, session, NO_CERTIFICATE)
             if outcome is not None:  # it may only complete with a (verified) certificate
                 resumed, info = outcome
                 self.assertFalse(resumed, version)
@@ -71,7 +89,7 @@ class PolicyAcrossResumptionTests(unittest.SynchronousTestCase):
             self.assertFalse(tls_info(_Handle(first)).peer_certificate_verified)
             with capturedLogs():
                 holder.reload(mx_config(ticket_secret=SECRET, request_client_cert=True, ca=m.ca.cert_pem))
-            outcome = attempt(holder, client, session)
+            outcome = attempt(holder, client, session, UNVERIFIED)
             if outcome is not None:
                 resumed, info = outcome
                 self.assertFalse(info.peer_certificate_verified and info.peer_certificate is not None
@@ -90,6 +108,43 @@ class PolicyAcrossResumptionTests(unittest.SynchronousTestCase):
                     client.load_cert_chain(m.paths["client.crt"], m.paths["client.key"])
                 session, _, _ = handshake(one, client)
                 self.assertTrue(handshake(two, client, session)[1], (kw, version))
+
+
+class AttemptTests(unittest.SynchronousTestCase):
+    """L{attempt} calls only the expected policy refusal a refusal; the tests above rely on it."""
+
+    def strict(self) -> TLSContextHolder:
+        return TLSContextHolder(mx_config(require_client_cert=True, ca=material().ca.cert_pem))
+
+    def test_expected_refusal(self) -> None:
+        """No client certificate where one is required: the server's own reason, so None."""
+        for version in VERSIONS:
+            self.assertIsNone(attempt(self.strict(), client_context(version), None, NO_CERTIFICATE))
+
+    def test_other_tls_refusal_propagates(self) -> None:
+        """The server refusing for another reason than the one expected is an error, not "refused"."""
+        for version in VERSIONS:
+            with self.assertRaises(SSL.Error) as caught:
+                attempt(self.strict(), client_context(version), None, UNVERIFIED)
+            self.assertIn(NO_CERTIFICATE, _reasons(caught.exception))
+
+    def test_unrelated_failures_propagate(self) -> None:
+        """A refused connection, a timeout or a stalled handshake are not policy refusals."""
+        module = sys.modules[__name__]  # where attempt() finds handshake
+        for error in (ConnectionRefusedError(111, "Connection refused"), TimeoutError("timed out"),
+                      AssertionError("handshake did not finish")):
+            def fail(*args: Any, _error: BaseException = error) -> Any:
+                raise _error
+            self.patch(module, "handshake", fail)
+            with self.assertRaises(type(error)):
+                attempt(self.strict(), client_context(VERSIONS[0]), None, NO_CERTIFICATE)
+
+    def test_completed_handshake(self) -> None:
+        """A handshake the policy allows completes: (resumed, TLSInfo)."""
+        outcome = attempt(TLSContextHolder(mx_config()), client_context(VERSIONS[0]), None, NO_CERTIFICATE)
+        assert outcome is not None
+        self.assertFalse(outcome[0])
+        self.assertIsNone(outcome[1].peer_certificate)
 
 
 class CallbackLifetimeTests(unittest.SynchronousTestCase):

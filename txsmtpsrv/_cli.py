@@ -15,20 +15,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import ipaddress
 import os
 import sys
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
 from . import _limitopts
+from ._optcheck import (absolute, check_endpoint, check_listen, check_maildir, check_mbox, check_tls_files,
+                        check_writable_file, checked, choice, cidrs, coerce_option, integer, seconds,
+                        server_options_error, text)
 from ._adopted import FAMILIES
 from ._authres import _tap as _authres
 from ._options import ServerOptions
@@ -43,85 +43,43 @@ DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 log = Logger()
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
-    def coerce(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum:
-            raise ValueError(f"{value!r} is not an integer >= {minimum}")
-        return number
-    return coerce
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not 0 < number < float("inf"):
-        raise ValueError(f"{value!r} is not a positive number of seconds")
-    return number
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def coerce(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return coerce
-
-
-def _text(value: str) -> str:
-    return value
-
-
-def _cidrs(value: str) -> Tuple[str, ...]:
-    """C{--xclient-trusted}: comma separated networks, each checked now."""
-    networks = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not networks:
-        raise ValueError("no network given")
-    for network in networks:
-        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
-    return networks
-
-
 #: ServerOptions fields settable from the command line as --field-name:
 #: (field, coerce, help). Numbers are checked here; ServerOptions checks the rest.
 LIMITS: Tuple[Tuple[str, Callable[[str], Any], str], ...] = (
-    ("size", _integer(0), "Largest accepted message in bytes, advertised with SIZE; 0: no limit. "
+    ("size", integer(0), "Largest accepted message in bytes, advertised with SIZE; 0: no limit. "
                           "[default: 33554432 (32 MiB)]"),
-    ("max_clients", _integer(1), "Concurrent connections (per process); more are answered 421. "
+    ("max_clients", integer(1), "Concurrent connections (per process); more are answered 421. "
                                  "[default: 1000]"),
-    ("socket_timeout", _seconds, "Seconds a client may stay idle before 421 and close. [default: 60]"),
-    ("close_timeout", _seconds, "Seconds transactions in progress may take to finish when the server "
+    ("socket_timeout", seconds, "Seconds a client may stay idle before 421 and close. [default: 60]"),
+    ("close_timeout", seconds, "Seconds transactions in progress may take to finish when the server "
                                 "stops. [default: 30]"),
-    ("hook_timeout", _seconds, "Seconds a hook (policy, delivery, auth) may take before 451. [default: 300]"),
-    ("reverse_lookup_timeout", _seconds, "Seconds the greeting may wait for reverse DNS. [default: 1.5]"),
-    ("min_data_rate", _integer(0), "Slowest accepted transfer in bytes per second; 0: off. [default: 500]"),
-    ("max_command_length", _integer(512), "Longest command line in bytes. [default: 12288]"),
-    ("max_recipients", _integer(1), "Recipients per message; more get 452. [default: 1000]"),
-    ("max_unrecognized_commands", _integer(0), "Unknown commands before 421 and close; 0: no limit. "
+    ("hook_timeout", seconds, "Seconds a hook (policy, delivery, auth) may take before 451. [default: 300]"),
+    ("reverse_lookup_timeout", seconds, "Seconds the greeting may wait for reverse DNS. [default: 1.5]"),
+    ("min_data_rate", integer(0), "Slowest accepted transfer in bytes per second; 0: off. [default: 500]"),
+    ("max_command_length", integer(512), "Longest command line in bytes. [default: 12288]"),
+    ("max_recipients", integer(1), "Recipients per message; more get 452. [default: 1000]"),
+    ("max_unrecognized_commands", integer(0), "Unknown commands before 421 and close; 0: no limit. "
                                                "[default: 10]"),
-    ("max_allowed_unauthenticated_commands", _integer(0), "With --auth: commands before AUTH, then 421; "
+    ("max_allowed_unauthenticated_commands", integer(0), "With --auth: commands before AUTH, then 421; "
                                                           "0: no limit. [default: 10]"),
-    ("max_auth_failures", _integer(0), "Failed AUTH attempts before 421 and close; 0: no limit. [default: 5]"),
-    ("bare_line_endings", _choice("reject", "accept"), "What a bare CR or LF in a message does: reject "
+    ("max_auth_failures", integer(0), "Failed AUTH attempts before 421 and close; 0: no limit. [default: 5]"),
+    ("bare_line_endings", choice("reject", "accept"), "What a bare CR or LF in a message does: reject "
                                                        "(550, against SMTP smuggling) or accept. "
                                                        "[default: reject]"),
-    ("disabled_commands", _text, "Commands answered 502 as if not implemented, comma separated "
+    ("disabled_commands", text, "Commands answered 502 as if not implemented, comma separated "
                                  "(e.g. VRFY,EXPN)."),
-    ("ignored_hosts", _text, "Networks whose connections are not logged (health checks), comma "
+    ("ignored_hosts", text, "Networks whose connections are not logged (health checks), comma "
                              "separated (e.g. 10.0.0.5,192.0.2.0/24)."),
-    ("helo_response", _text, "First line of the EHLO/HELO reply; fields {name}, {client_hostname}, "
+    ("helo_response", text, "First line of the EHLO/HELO reply; fields {name}, {client_hostname}, "
                              "{remote_address}, {helo}."),
-    ("auth_methods", _text, "SASL mechanisms offered with --auth, comma separated (PLAIN, LOGIN, "
+    ("auth_methods", text, "SASL mechanisms offered with --auth, comma separated (PLAIN, LOGIN, "
                             "CRAM-MD5, XOAUTH2). [default: PLAIN,LOGIN]"),
 )
 # Issue 12's abuse limits (their daemon defaults: _limitopts.apply_defaults).
 LIMITS += tuple((field, coerce, doc) for _, field, coerce, _, doc in _limitopts.LIMIT_FLAGS)
 _LIMIT_NAMES = {field.replace("_", "-"): (field, coerce) for field, coerce, _ in LIMITS}
+#: Options whose ServerOptions errors are reported under the option's name.
+_SERVER_OPTION_NAMES = frozenset(_LIMIT_NAMES) | {"name", "banner"}
 
 #: Flags passed through to ServerOptions as True when given.
 FLAGS = (
@@ -137,10 +95,6 @@ _PLAIN = (("name", "name"), ("banner", "banner"))
 #: Options a worker must not be given again (the parent handles them) or gets in another form.
 _NOT_FORWARDED = frozenset({"listen", "adopt", "workers", "worker", "log-json",
                             "verify", "authserv-id", "verify-reject"})  # _authres.worker_arguments
-
-
-class _NoReactor:
-    """Stands in for the reactor when endpoint strings are checked at parse time."""
 
 
 class Options(usage.Options, AuthOptionMixin):
@@ -189,12 +143,14 @@ class Options(usage.Options, AuthOptionMixin):
                                           "them. [default: a random secret shared by the --workers processes]"],
         ["tls-ticket-lifetime", None, 3600.0, "Seconds each session ticket key issues tickets; the previous key "
                                               "still decrypts, so a ticket is accepted for one to two lifetimes.",
-         _seconds],
+         checked("tls-ticket-lifetime", seconds)],
         ["xclient-trusted", None, None, "Accept Postfix's XCLIENT and XFORWARD from these networks "
                                         "only, comma separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8); "
-                                        "without it both are refused from every peer.", _cidrs],
+                                        "without it both are refused from every peer.",
+         checked("xclient-trusted", cidrs)],
         ["workers", None, 1, "Number of processes serving the --listen ports (tcp:, tcp6:, unix:, also "
-                             "behind smtps: and smtpproxy:); the twistd process is one of them.", _integer(1)],
+                             "behind smtps: and smtpproxy:); the twistd process is one of them.",
+         checked("workers", integer(1))],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint, e.g. "
                                 "tcp:9101:interface=127.0.0.1 (needs prometheus_client)."],
         ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file; "
@@ -256,7 +212,7 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_listen(self, description: str) -> None:
         # One line: usage.Options shows docstrings verbatim.
         """Endpoint to listen on, e.g. tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/lmtp.sock:mode=660, smtpproxy:trusted=10.0.0.0/8:tcp:25 (behind HAProxy), or smtps:tcp:465 for implicit TLS with --tls-key/--tls-cert (or the development certificate); repeat for several. [default: tcp:2525:interface=127.0.0.1]"""  # noqa: E501
-        check_endpoint("--listen", description[len(SMTPS):] if description.startswith(SMTPS) else description)
+        check_listen(description)
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -295,21 +251,21 @@ class Options(usage.Options, AuthOptionMixin):
         if self["maildir"] and self["mbox"]:
             raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
         if not self["mbox"]:
-            self["maildir"] = os.path.abspath(os.path.expanduser(self["maildir"] or "Maildir"))
+            self["maildir"] = absolute(self["maildir"] or "Maildir")
             if not self["worker"]:
-                _check_maildir(self["maildir"])
+                check_maildir(self["maildir"])
         else:
-            self["mbox"] = os.path.abspath(os.path.expanduser(self["mbox"]))
-            _check_mbox(self["mbox"])
+            self["mbox"] = absolute(self["mbox"])
+            check_mbox(self["mbox"])
         for key in ("tls-key", "tls-cert", "tls-key2", "tls-cert2"):
             if self[key]:
-                self[key] = os.path.abspath(os.path.expanduser(self[key]))
+                self[key] = absolute(self[key])
         if (self["tls-key2"] or self["tls-cert2"]) and not (self["tls-key"] or self["tls-cert"]):
             raise usage.UsageError("--tls-key2/--tls-cert2 need --tls-key/--tls-cert")
         if self["tls-key"] or self["tls-cert"]:
-            _check_tls_files(self["tls-key"], self["tls-cert"], self["tls-key2"], self["tls-cert2"])
+            check_tls_files(self["tls-key"], self["tls-cert"], self["tls-key2"], self["tls-cert2"])
         if self["tls-ticket-secret"]:
-            self["tls-ticket-secret"] = os.path.abspath(os.path.expanduser(self["tls-ticket-secret"]))
+            self["tls-ticket-secret"] = absolute(self["tls-ticket-secret"])
             _check_ticket_secret(self["tls-ticket-secret"], self["tls-ticket-lifetime"])
         if not self["listen"] and not self["adopt"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -320,8 +276,8 @@ class Options(usage.Options, AuthOptionMixin):
                 raise usage.UsageError("--metrics needs the prometheus_client package "
                                        "(pip install 'txsmtpsrv[metrics]')")
         if self["log-json"] and self["log-json"] != "-":
-            self["log-json"] = os.path.abspath(os.path.expanduser(self["log-json"]))
-            _check_writable_file("--log-json", self["log-json"])
+            self["log-json"] = absolute(self["log-json"])
+            check_writable_file("--log-json", self["log-json"])
         if self["workers"] > 1:
             if self["adopt"] or self["worker"]:
                 raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
@@ -331,10 +287,7 @@ class Options(usage.Options, AuthOptionMixin):
                 check_shareable(description)  # a UsageError saying why not
         for option, (_, coerce) in _LIMIT_NAMES.items():
             if isinstance(self[option], str):
-                try:
-                    self[option] = coerce(self[option])
-                except ValueError as e:
-                    raise usage.UsageError(f"--{option}: {e}") from None
+                self[option] = coerce_option(option, coerce, self[option])
         if self["max-clients"] is None:
             self["max-clients"] = 1000  # a daemon's default; the library's is no limit
         _limitopts.apply_defaults(self, self["listen"], bool(self["adopt"]))
@@ -342,7 +295,7 @@ class Options(usage.Options, AuthOptionMixin):
         try:
             ServerOptions.build(**self.serverKwargs)
         except (TypeError, ValueError) as e:
-            raise usage.UsageError(_option_error(str(e))) from None
+            raise usage.UsageError(server_options_error(str(e), _SERVER_OPTION_NAMES)) from None
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
         _authres.post_options(self)
@@ -350,24 +303,6 @@ class Options(usage.Options, AuthOptionMixin):
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
         return list(self.get("credCheckers", []))
-
-
-def _option_error(message: str) -> str:
-    """A ServerOptions error ("max_recipients must ...") in command-line terms."""
-    field, sep, rest = message.partition(" ")
-    if field.rstrip(":").replace("_", "-") in _LIMIT_NAMES or field.rstrip(":") in ("name", "banner"):
-        return f"--{field.rstrip(':').replace('_', '-')}{':' if field.endswith(':') else ''} {rest}"
-    return message
-
-
-def check_endpoint(option: str, description: str) -> None:
-    """Parse an endpoint string now (without listening): a mistake is a usage error."""
-    try:
-        serverFromString(_NoReactor(), description)
-    except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError, ...
-        raise usage.UsageError(f"{option} {description}: {e}") from None
-    if description.split(":", 1)[0].lower() == "unix" and not description[5:].split(":", 1)[0]:
-        raise usage.UsageError(f"{option} {description}: unix: needs a socket path")
 
 
 def server_kwargs(options: Any) -> Dict[str, Any]:
@@ -426,19 +361,6 @@ def worker_arguments(options: Options, **override: Any) -> List[str]:
 # Start-up checks of files and directories
 
 
-def _check_tls_files(key: Optional[str], cert: Optional[str], key2: Optional[str] = None,
-                     cert2: Optional[str] = None) -> None:
-    """Load the certificates now, so a bad one is a usage error rather than a traceback."""
-    from ._tls import TLSConfig, TLSContextHolder
-
-    try:
-        TLSContextHolder(TLSConfig(key=key, cert=cert, session_tickets=False,
-                                   additional_certificates=[(key2, cert2)] if key2 or cert2 else []))
-    except ValueError as e:  # TLSConfigError
-        options = "--tls-key/--tls-cert" + ("/--tls-key2/--tls-cert2" if key2 or cert2 else "")
-        raise usage.UsageError(f"{options}: {e}") from None
-
-
 def _check_ticket_secret(path: str, lifetime: float) -> None:
     """Read the ticket secret now: a missing or short file is a usage error."""
     from ._tls import TLSConfig
@@ -452,47 +374,6 @@ def _check_ticket_secret(path: str, lifetime: float) -> None:
     if mode & 0o077:
         log.warn("--tls-ticket-secret {path} can be read by other users (mode {mode:o}); "
                  "whoever reads it can decrypt resumed TLS sessions", path=path, mode=mode & 0o777)
-
-
-def _probe(option: str, path: str, directory: str) -> None:
-    """Create and remove a file in C{directory}: the one test of writability that root cannot fool."""
-    try:
-        with tempfile.TemporaryFile(dir=directory, prefix=".txsmtpsrv-probe-"):
-            pass
-    except OSError as e:
-        raise usage.UsageError(f"{option} {path}: cannot write in {directory}: {e.strerror}") from None
-
-
-def _check_maildir(path: str) -> None:
-    """Create the Maildir (and cur/new/tmp) now and write in tmp/, or refuse to start."""
-    for sub in ("", "tmp", "new", "cur"):
-        target = os.path.join(path, sub) if sub else path
-        try:
-            os.makedirs(target, 0o700, exist_ok=True)
-        except OSError as e:
-            raise usage.UsageError(f"--maildir {path}: cannot create {target}: {e.strerror}") from None
-    _probe("--maildir", path, os.path.join(path, "tmp"))
-
-
-def _check_writable_file(option: str, path: str) -> None:
-    """C{path} is a writable file, or can be created, in an existing directory (none is created)."""
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise usage.UsageError(f"{option} {path}: directory {directory} does not exist")
-    if os.path.exists(path):
-        if not os.path.isfile(path):
-            raise usage.UsageError(f"{option} {path}: not a regular file")
-        try:
-            with open(path, "ab"):
-                pass
-        except OSError as e:
-            raise usage.UsageError(f"{option} {path}: cannot write: {e.strerror}") from None
-    else:
-        _probe(option, path, directory)
-
-
-def _check_mbox(path: str) -> None:
-    _check_writable_file("--mbox", path)
 
 
 def _load_hooks_target(spec: str) -> Any:

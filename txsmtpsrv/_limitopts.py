@@ -17,35 +17,14 @@ import ipaddress
 import re
 from typing import Any, Callable, Optional, Sequence, Tuple
 
+from ._optcheck import integer, seconds, seconds_upto
+
 __all__ = ["LIMIT_FLAGS", "apply_defaults", "beyond_loopback", "file_checker", "reload_checkers"]
 
 
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"{value} is negative")
-    return number
-
-
-def _prefix(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= 128:
-        raise ValueError(f"{value} is not a prefix length from 0 to 128")
-    return number
-
-
-def _delay(value: str) -> float:
-    number = float(value)
-    if not 0 <= number <= 3600:
-        raise ValueError(f"{value} is not a number of seconds from 0 to 3600")
-    return number
-
-
-def _window(value: str) -> float:
-    number = float(value)
-    if not 0 < number < float("inf"):
-        raise ValueError(f"{value} is not a positive number of seconds")
-    return number
+_count = integer(0)
+_prefix = integer(0, 128)
+_delay = seconds_upto(3600)
 
 
 #: (flag, ServerOptions field, coerce, twistd default (None: computed), help)
@@ -70,7 +49,7 @@ LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("max-auth-failures-per-user", "max_auth_failures_per_user", _count, 0,
      "The same per user name from any address (lets anyone lock that user out for a window). "
      "[default: 0, off]"),
-    ("auth-failure-window", "auth_failure_window", _window, 300.0,
+    ("auth-failure-window", "auth_failure_window", seconds, 300.0,
      "Seconds after an address's (user's) first failure when its count starts again. [default: 300]"),
     ("auth-failure-delay", "auth_failure_delay", _delay, 1.0,
      "Tarpit: seconds before a failed AUTH is answered, doubling with each failure of the address "
@@ -78,8 +57,6 @@ LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("auth-failure-max-delay", "auth_failure_max_delay", _delay, 30.0,
      "The longest tarpit delay. [default: 30]"),
 )
-
-
 
 
 _SPLIT = re.compile(r"(?<!\\):")

@@ -39,6 +39,7 @@ from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANC
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
 from ._sendnow import ReplyWriter, eligible
+from ._halfclose import HalfCloseable, pass_half_close_through_tls
 from ._session import Session
 
 __all__ = ["SMTPServerProtocol"]
@@ -102,7 +103,7 @@ class _Connection(TypingProtocol):
 
 
 @implementer(IHandshakeListener)
-class SMTPServerProtocol(Protocol):
+class SMTPServerProtocol(HalfCloseable, Protocol):
     """
     One SMTP (or LMTP) connection. Built by L{txsmtpsrv.SMTPServer}; users
     never subclass it, they pass hooks to the server.
@@ -132,6 +133,7 @@ class SMTPServerProtocol(Protocol):
         self._paused = False  # we paused the transport
         self._driving = False  # performing the dialogue's actions
         self._gone = False  # connectionLost ran
+        self._input_ended = False  # the client half-closed (see HalfCloseable)
         self._holder: Any = None
         # token -> (hook name, when asked), for "hook" observers; made on first use.
         self._timing: Optional[Dict[int, Tuple[str, float]]] = None
@@ -254,6 +256,8 @@ class SMTPServerProtocol(Protocol):
         self._flush()
         if self._paused or core.holds:
             self._sync_reading()
+        if self._input_ended:
+            self._close_when_answered()
 
     def _flush(self) -> None:
         """Write the replies the dialogue has made so far, in one write."""
@@ -520,6 +524,7 @@ class SMTPServerProtocol(Protocol):
         self._tls_timer = None
         if self._gone or self.core.finished:
             return  # already said goodbye (e.g. on_connect refused): let the close finish
+        pass_half_close_through_tls(self.transport)
         self._register_backpressure()
         self.core.tls_up(tls_info(self.transport))
         self._run()

@@ -86,6 +86,7 @@ from twisted.plugin import IPlugin
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from ._halfclose import ForwardsHalfClose
 from ._ipaddr import canonical_ip
 # The header's names stay importable from here (re-exported).
 from ._proxyheader import (  # noqa: F401
@@ -181,7 +182,7 @@ _AWAITING, _CONNECTED, _CLOSED = "awaiting-header", "connected", "closed"
 
 
 @implementer(IHandshakeListener)
-class ProxyProtocolWrapper(ProtocolWrapper):
+class ProxyProtocolWrapper(ForwardsHalfClose, ProtocolWrapper):
     """
     Transport-side half of the PROXY support: reads the header, then becomes
     a transparent wrapper whose C{getPeer()}/C{getHost()} report the proxied

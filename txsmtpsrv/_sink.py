@@ -16,7 +16,6 @@ may finish within C{--close-timeout}, and the exit status is 0.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import IO, Any, List, Optional, Sequence
@@ -27,27 +26,18 @@ from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate, FilteringL
 from twisted.python import usage
 
 from ._data import MessageStream
+from ._optcheck import (absolute, check_listen, check_maildir, check_mbox, check_tls_files, checked, integer,
+                        seconds, server_options_error)
 from ._session import Session
 
 __all__ = ["SinkOptions", "main"]
 
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
-_SMTPS = "smtps:"
 log = Logger()
 
 
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"{value} is negative")
-    return number
-
-
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError(f"{value} is not a positive number of seconds")
-    return number
+#: Options whose ServerOptions errors are reported under the option's name.
+_SERVER_OPTION_NAMES = frozenset({"name", "banner", "size", "max-clients", "socket-timeout", "close-timeout"})
 
 
 class SinkOptions(usage.Options):
@@ -71,11 +61,13 @@ class SinkOptions(usage.Options):
         ["name", None, "localhost", "Host name for the greeting, the EHLO reply and Received headers."],
         ["banner", None, None, "Text after the host name in the 220 greeting."],
         ["size", None, None, "Largest accepted message in bytes, advertised with SIZE; 0: no limit. "
-                             "[default: 32 MiB]", _non_negative_int],
-        ["max-clients", None, None, "Concurrent connections; more are answered 421.", _non_negative_int],
-        ["socket-timeout", None, None, "Seconds a client may stay idle. [default: 60]", _seconds],
-        ["close-timeout", None, 5.0, "Seconds a message in transit may take to finish at Ctrl-C.", _seconds],
-        ["tls-key", None, None, "PEM private key for STARTTLS and smtps: listeners."],
+                             "[default: 32 MiB]", checked("size", integer(0))],
+        ["max-clients", None, None, "Concurrent connections; more are answered 421.", checked("max-clients", integer(1))],
+        ["socket-timeout", None, None, "Seconds a client may stay idle. [default: 60]",
+         checked("socket-timeout", seconds)],
+        ["close-timeout", None, 5.0, "Seconds a message in transit may take to finish at Ctrl-C.",
+         checked("close-timeout", seconds)],
+        ["tls-key", None, None, "PEM private key for STARTTLS and smtps: listeners (may also hold the certificate)."],
         ["tls-cert", None, None, "PEM certificate (and chain). Without --tls-key/--tls-cert, a self-signed "
                                  "development certificate."],
     ]
@@ -83,22 +75,51 @@ class SinkOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self["listen"] = []
+        #: L{ServerOptions} keyword arguments, checked by L{postOptions}.
+        self.serverKwargs: dict[str, Any] = {}
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:2525, tcp6:8025:interface=\\:\\:1, unix:/tmp/smtp.sock, or smtps:tcp:8465 for implicit TLS; repeatable. [default: tcp:8025:interface=127.0.0.1]"""  # noqa: E501
+        check_listen(description)
         self["listen"].append(description)
 
     opt_l = opt_listen
 
     def postOptions(self) -> None:
+        """Check every value now, as C{twistd smtpsrv} does (the same checks, the same error texts)."""
+        from ._options import ServerOptions
+
         if self["maildir"] and self["mbox"]:
-            raise usage.UsageError("--maildir and --mbox exclude each other: choose one")
+            raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
         if self["reverse-lookup"] and self["no-reverse-lookup"]:
             raise usage.UsageError("--reverse-lookup and --no-reverse-lookup exclude each other")
-        if bool(self["tls-key"]) != bool(self["tls-cert"]):
-            raise usage.UsageError("--tls-key and --tls-cert go together")
+        if self["maildir"]:
+            self["maildir"] = absolute(self["maildir"])
+            check_maildir(self["maildir"])
+        elif self["mbox"]:
+            self["mbox"] = absolute(self["mbox"])
+            check_mbox(self["mbox"])
+        for key in ("tls-key", "tls-cert"):
+            if self[key]:
+                self[key] = absolute(self[key])
+        if self["tls-key"] or self["tls-cert"]:
+            check_tls_files(self["tls-key"], self["tls-cert"])
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        kwargs: dict[str, Any] = {"name": self["name"], "lmtp": bool(self["lmtp"]),
+                                  "disable_reverse_lookup": not self["reverse-lookup"],
+                                  "close_timeout": self["close-timeout"]}
+        for option in ("banner", "size", "max-clients", "socket-timeout"):
+            if self[option] is not None:
+                kwargs[option.replace("-", "_")] = self[option]
+        tls = {field: self[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert")) if self[option]}
+        if tls:
+            kwargs["tls"] = tls
+        try:
+            ServerOptions.build(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(server_options_error(str(e), _SERVER_OPTION_NAMES)) from None
+        self.serverKwargs = kwargs
 
 
 class _Printer:
@@ -151,35 +172,23 @@ def _server(options: SinkOptions, out: Optional[IO[str]], reactor: Any) -> Any:
     from ._delivery import MaildirDelivery, MboxDelivery
     from ._server import SMTPServer
 
-    kwargs: dict[str, Any] = {"name": options["name"], "lmtp": bool(options["lmtp"]),
-                              "disable_reverse_lookup": not options["reverse-lookup"],
-                              "close_timeout": options["close-timeout"]}
-    for option, field in (("banner", "banner"), ("size", "size"), ("max-clients", "max_clients"),
-                          ("socket-timeout", "socket_timeout")):
-        if options[option] is not None:
-            kwargs[field] = options[option]
-    if options["tls-key"]:
-        kwargs["tls"] = {"key": options["tls-key"], "cert": options["tls-cert"]}
     delivery: Any = None
     if options["maildir"]:
-        delivery = MaildirDelivery(os.path.abspath(os.path.expanduser(options["maildir"])))
+        delivery = MaildirDelivery(options["maildir"])
     elif options["mbox"]:
-        delivery = MboxDelivery(os.path.abspath(os.path.expanduser(options["mbox"])))
+        delivery = MboxDelivery(options["mbox"])
     hooks = _Printer(None if options["quiet"] else out, bool(options["body"]), delivery)
-    return SMTPServer(hooks, reactor=reactor, **kwargs)
+    return SMTPServer(hooks, reactor=reactor, **options.serverKwargs)
 
 
 async def _run(reactor: Any, options: SinkOptions, out: IO[str]) -> None:
-    from twisted.internet.endpoints import serverFromString, wrapServerTLS
+    from ._workers import SMTPS, listen_endpoint
 
     server = _server(options, out, reactor)
     for description in options["listen"]:
-        implicit = description.startswith(_SMTPS)
+        implicit = description.startswith(SMTPS)
         try:
-            endpoint = serverFromString(reactor, description[len(_SMTPS):] if implicit else description)
-            if implicit:
-                endpoint = wrapServerTLS(server.tls, endpoint)
-            port = await server.listen(endpoint)
+            port = await server.listen(listen_endpoint(reactor, description, lambda: server.tls))
         except Exception as e:
             sys.stderr.write(f"python -m txsmtpsrv: cannot listen on {description}: {e}\n")
             await server.close()

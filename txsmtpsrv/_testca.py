@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import ipaddress
 import os
 import shutil
 import ssl
@@ -24,23 +23,16 @@ import threading
 from typing import Dict, Optional, Sequence, Tuple
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._selfsigned import cert_pem, general_name, key_pem, new_key, self_signed
 from ._tls import TLSConfig
 
 __all__ = ["TestCA", "test_ca"]
 
 #: Names every test certificate carries, so clients may connect by any loopback name.
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
-    except ValueError:
-        return x509.DNSName(name)
 
 
 class TestCA:
@@ -54,26 +46,8 @@ class TestCA:
     __test__ = False  # not a pytest test class
 
     def __init__(self, common_name: str = "txsmtpsrv throwaway test CA") -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert_pem: bytes = self._cert.public_bytes(serialization.Encoding.PEM)
+        self._key, self._cert = self_signed(common_name, days=7, ca=True, path_length=0)
+        self.cert_pem: bytes = cert_pem(self._cert)
         self._leaves: Dict[Tuple[str, ...], TLSConfig] = {}
         self._path: Optional[str] = None
         self._lock = threading.Lock()
@@ -104,7 +78,7 @@ class TestCA:
             return config
 
     def _issue(self, names: Tuple[str, ...]) -> TLSConfig:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
             x509.CertificateBuilder()
@@ -115,15 +89,13 @@ class TestCA:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([general_name(n) for n in names]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                            critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return TLSConfig(key=key_pem, cert=cert.public_bytes(serialization.Encoding.PEM))
+        return TLSConfig(key=key_pem(key), cert=cert_pem(cert))
 
     def client_context(self) -> ssl.SSLContext:
         """

@@ -25,8 +25,6 @@ L{txsmtpsrv._tlsconn}; both are re-exported here.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import re
 import weakref
@@ -36,9 +34,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 from constantly import NamedConstant
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -48,6 +44,7 @@ from zope.interface import implementer
 
 # Re-exported: the public names stay importable from here.
 from . import _tlstickets
+from ._selfsigned import cert_pem, general_name, key_pem, self_signed
 from ._tlsconn import (_ACCEPT_ANY, _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name,
                        start_handshake_timer, tls_info)
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
@@ -491,46 +488,19 @@ def development_certificate(hostname: str, *, days: int = 365) -> TLSConfig:
 
     @return: a L{TLSConfig} with C{key} and C{cert} as PEM bytes.
     """
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(hostname.strip("[]"))
-    except ValueError:
-        ip = None
-    if ip is not None:
-        name = str(ip)
-        san: x509.GeneralName = x509.IPAddress(ip)
+    san = general_name(hostname)
+    if isinstance(san, x509.IPAddress):
+        name = str(san.value)
     else:
         try:
             name = _normalize_name(hostname)
         except ValueError as e:
             raise TLSConfigError(f"development certificate: {e}") from None
-        san = x509.DNSName(name)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed(name, days=days)
     log.warn(
         "Using a self-signed development TLS certificate for {hostname}, valid {days} days; "
         "configure a real key and certificate for production",
         hostname=name,
         days=days,
     )
-    return TLSConfig(
-        key=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        cert=cert.public_bytes(serialization.Encoding.PEM),
-    )
+    return TLSConfig(key=key_pem(key), cert=cert_pem(cert))
