@@ -148,6 +148,22 @@ class Client:
             self.sock.close()
 
 
+def session(port: int, tls: bool, messages: int, primed: Callable[[], None]) -> None:
+    """One connection [with STARTTLS]: 3 messages, ``primed()``, ``messages`` more, QUIT."""
+    body = make_message(1024)
+    client = Client(port)
+    if tls:
+        client.starttls(client_context(), None)
+    else:
+        client.command(b"EHLO client.bench\r\n", 250)
+    for _ in range(3):
+        client.send(body)
+    primed()
+    for _ in range(messages):
+        client.send(body)
+    client.quit()
+
+
 def client_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -361,6 +377,9 @@ def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any
     a shared machine where /proc CPU figures swing 15-30 %). One lock-step client thread;
     each mode gets a warm-up, then a full ``gc.collect()`` in the server, then the count
     for ``--connections`` connections. ``--strace`` adds system calls per connection.
+    Then per 1 KiB message on one connection without and with STARTTLS (``persist-plain``,
+    ``persist-tls``): the difference of a ``--messages`` and a ``--messages``/5 count, so
+    the connection's set-up and QUIT cancel out.
     """
     import instructions as _ins  # bench/instructions.py: the callgrind plumbing
 
@@ -412,6 +431,21 @@ def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any
                 print(f"{label} {mode}: {count / outcome.units:,.0f} instructions/connection "
                       f"({gc_count / outcome.units:,.0f} of them in the cyclic GC)"
                       + (f", {sum(calls.values()) / outcome.units:.1f} syscalls" if calls else ""), file=sys.stderr)
+            for mode in ("persist-plain", "persist-tls"):
+                counts = []
+                for messages in (args.messages // 5, args.messages):
+                    def counted() -> None:
+                        asyncio_free_settle(pid)
+                        os.kill(pid, signal.SIGUSR1)
+                        asyncio_free_settle(pid)
+                        server.start_count()
+
+                    session(port, mode == "persist-tls", messages, counted)
+                    asyncio_free_settle(pid)
+                    counts.append(server.dump_count())
+                per_message = (counts[1][0] - counts[0][0]) / (args.messages - args.messages // 5)
+                figures[mode] = {"per_message": per_message, "dumps": [c[1] for c in counts]}
+                print(f"{label} {mode}: {per_message:,.0f} instructions/message", file=sys.stderr)
             plain = figures["plain"]["per_conn"]
             full, again = figures["full"]["per_conn"] - plain, figures["resumed"]["per_conn"] - plain
             figures["handshake"] = {"full": full, "resumed": again, "ratio": again / full}
