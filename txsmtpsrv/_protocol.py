@@ -236,7 +236,8 @@ class SMTPServerProtocol(Protocol):
                     self._flush()
                     self._out.stop()  # it holds the raw socket: never a plain byte under TLS
                     self.transport.startTLS(self._holder)
-                    self._keep_tls_declarations()
+                    from ._tlsconn import keep_declarations
+                    keep_declarations(self.transport)  # zope caches them weakly: keep them for the next one
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
                     self._stop_timer()
@@ -502,10 +503,6 @@ class SMTPServerProtocol(Protocol):
         if not self._backpressure:
             self._backpressure = True
             self.transport.registerProducer(_ReplyBackpressure(self), True)
-
-    def _keep_tls_declarations(self) -> None:
-        from ._tlsconn import keep_declarations
-        keep_declarations(self.transport)
 
     def _start_handshake_timer(self) -> Any:
         from ._tls import start_handshake_timer
