@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import ssl
 import statistics
@@ -59,15 +60,32 @@ SCENARIOS = ("persist", "large", "plain", "full", "resumed")
 EXTRA = ("openssl",)  # not per server: see openssl_handshakes
 
 
+def cpu_seconds(pid: int) -> float:
+    """
+    CPU time of ``pid``: to the nanosecond (``/proc/PID/schedstat``, user and system)
+    when it runs one thread, as the Python servers do; else utime + stime in clock
+    ticks (10 ms: ~25 µs per connection over a 400-connection load), which, unlike
+    the per-thread figures, keeps the time of threads that have ended.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        if len(tasks) == 1:
+            with open(f"/proc/{pid}/task/{tasks[0]}/schedstat") as f:
+                return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    return proc_cpu_seconds(pid)
+
+
 def settle(pid: int, limit: float = 1.5) -> float:
     """The server's CPU time once it stops moving (it may still be closing connections)."""
     end = time.monotonic() + limit
-    last = proc_cpu_seconds(pid)
+    last = cpu_seconds(pid)
     while time.monotonic() < end:
         time.sleep(0.03)
-        now = proc_cpu_seconds(pid)
-        if now == last:
-            break
+        now = cpu_seconds(pid)
+        if now - last < 50e-6:  # idle: at most a timer firing in 30 ms
+            return now
         last = now
     return last
 
@@ -135,6 +153,22 @@ class Client:
             self.sock.close()
 
 
+def session(port: int, tls: bool, messages: int, primed: Callable[[], None]) -> None:
+    """One connection [with STARTTLS]: 3 messages, ``primed()``, ``messages`` more, QUIT."""
+    body = make_message(1024)
+    client = Client(port)
+    if tls:
+        client.starttls(client_context(), None)
+    else:
+        client.command(b"EHLO client.bench\r\n", 250)
+    for _ in range(3):
+        client.send(body)
+    primed()
+    for _ in range(messages):
+        client.send(body)
+    client.quit()
+
+
 def client_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -197,8 +231,13 @@ def large(port: int, messages: int) -> Outcome:
     return in_threads(1, work)
 
 
-def churn(port: int, threads: int, connections: int, mode: str) -> Outcome:
-    """``plain``, ``full`` or ``resumed`` connections: EHLO[, STARTTLS, EHLO], QUIT."""
+def churn(port: int, threads: int, connections: int, mode: str,
+          primed: Callable[[], None] | None = None) -> Outcome:
+    """
+    ``plain``, ``full`` or ``resumed`` connections: EHLO[, STARTTLS, EHLO], QUIT.
+    ``primed`` (one thread only) is called once the thread is ready to start
+    counting: after the connection that fetches the first ticket.
+    """
 
     def work(index: int, outcome: Outcome, lock: threading.Lock) -> None:
         context = client_context()
@@ -208,6 +247,8 @@ def churn(port: int, threads: int, connections: int, mode: str) -> Outcome:
             tls = client.starttls(context, None)
             session = tls.session
             client.quit()
+        if primed is not None:
+            primed()
         for _ in range(connections):
             client = Client(port)
             if mode == "plain":
@@ -330,6 +371,113 @@ def measure(server: Server, scenario: str, args: argparse.Namespace) -> tuple[fl
     return settle(server.pid) - before, outcome
 
 
+
+# ---------------------------------------------------------------- instruction counts
+
+
+def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any]:
+    """
+    User-space instructions per connection of txsmtpsrv (this tree, and ``--baseline``'s)
+    for ``plain``, ``full`` and ``resumed`` connections, under callgrind (repeatable on
+    a shared machine where /proc CPU figures swing 15-30 %). One lock-step client thread;
+    each mode gets a warm-up, then a full ``gc.collect()`` in the server, then the count
+    for ``--connections`` connections. ``--strace`` adds system calls per connection.
+    Then per 1 KiB message on one connection without and with STARTTLS (``persist-plain``,
+    ``persist-tls``): the difference of a ``--messages`` and a ``--messages``/5 count, so
+    the connection's set-up and QUIT cancel out.
+    """
+    import instructions as _ins  # bench/instructions.py: the callgrind plumbing
+
+    trees = [("new", os.path.dirname(HERE))]
+    if args.baseline:
+        scratch = tempfile.mkdtemp(prefix="txsmtpsrv-tls-baseline-")
+        trees.insert(0, ("old", _ins.resolve_baseline(args.baseline, scratch)[0]))
+    out: dict[str, Any] = {}
+    for label, tree in trees:
+        outdir = tempfile.mkdtemp(prefix="txsmtpsrv-tls-cg-")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p),
+                   PYTHONHASHSEED="0")
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   f"--callgrind-out-file={os.path.join(outdir, 'callgrind.out.%p')}",
+                   sys.executable, "-c", _ins.PEER_WRAPPER, os.path.join(HERE, "_peers.py"), "txsmtpsrv",
+                   "--cert", cert, "--key", key]
+        errors = tempfile.TemporaryFile()
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                env=env, cwd=tree)
+        try:
+            port, pid, _ = wait_ready(proc, 600.0)
+            server = _ins.Server.__new__(_ins.Server)
+            server.pid, server.outdir, server.dumps = pid, outdir, 0
+            figures: dict[str, Any] = {}
+            for mode in ("plain", "full", "resumed"):
+                churn(port, 1, 3, mode)  # warm-up
+                tracers: list[Any] = []
+
+                def primed() -> None:
+                    asyncio_free_settle(pid)
+                    os.kill(pid, signal.SIGUSR1)  # a full gc.collect(): every count starts alike
+                    asyncio_free_settle(pid)
+                    server.start_count()
+                    if args.strace:
+                        tracers.append(_ins.Strace(pid, os.path.join(outdir, f"strace.{mode}")))
+
+                outcome = churn(port, 1, args.connections, mode, primed)
+                tracer = tracers[0] if tracers else None
+                asyncio_free_settle(pid)
+                calls = tracer.finish() if tracer is not None else {}
+                count, dump = server.dump_count()
+                if outcome.errors:
+                    raise RuntimeError(f"{label} {mode}: {outcome.errors[:2]}")
+                gc_count = _ins.gc_instructions(dump)
+                figures[mode] = {"per_conn": count / outcome.units, "gc_per_conn": gc_count / outcome.units,
+                                 "resumed": outcome.resumed,
+                                 "units": outcome.units, "dump": dump,
+                                 "syscalls": {k: v / outcome.units for k, v in sorted(calls.items())}}
+                print(f"{label} {mode}: {count / outcome.units:,.0f} instructions/connection "
+                      f"({gc_count / outcome.units:,.0f} of them in the cyclic GC)"
+                      + (f", {sum(calls.values()) / outcome.units:.1f} syscalls" if calls else ""), file=sys.stderr)
+            for mode in ("persist-plain", "persist-tls"):
+                counts = []
+                for messages in (args.messages // 5, args.messages):
+                    def counted() -> None:
+                        asyncio_free_settle(pid)
+                        os.kill(pid, signal.SIGUSR1)
+                        asyncio_free_settle(pid)
+                        server.start_count()
+
+                    session(port, mode == "persist-tls", messages, counted)
+                    asyncio_free_settle(pid)
+                    counts.append(server.dump_count())
+                per_message = (counts[1][0] - counts[0][0]) / (args.messages - args.messages // 5)
+                figures[mode] = {"per_message": per_message, "dumps": [c[1] for c in counts]}
+                print(f"{label} {mode}: {per_message:,.0f} instructions/message", file=sys.stderr)
+            plain = figures["plain"]["per_conn"]
+            full, again = figures["full"]["per_conn"] - plain, figures["resumed"]["per_conn"] - plain
+            figures["handshake"] = {"full": full, "resumed": again, "ratio": again / full}
+            out[label] = figures
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    return out
+
+
+def asyncio_free_settle(pid: int, quiet: float = 0.4, limit: float = 60.0) -> None:
+    """Wait until the server has used no CPU for ``quiet`` seconds (it may still be closing)."""
+    end = time.monotonic() + limit
+    last, since = proc_cpu_seconds(pid), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = proc_cpu_seconds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
 UNITS = {"persist": ("µs/msg", 1e6), "large": ("ms/MiB", 1e3), "plain": ("µs/conn", 1e6),
          "full": ("µs/conn", 1e6), "resumed": ("µs/conn", 1e6)}
 
@@ -432,7 +580,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=3, help="10 MiB messages")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few of everything, one repeat")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--instructions", action="store_true",
+                        help="txsmtpsrv only, under callgrind: instructions per plain/full/resumed connection")
+    parser.add_argument("--baseline", help="with --instructions: also a git ref or a tree holding txsmtpsrv/")
+    parser.add_argument("--strace", action="store_true", help="with --instructions: system calls per connection")
     args = parser.parse_args(argv)
+    if args.instructions:
+        directory = tempfile.mkdtemp(prefix="txsmtpsrv-bench-tls-")
+        cert, key = make_certificate(directory, args.key_type)
+        found = instructions(args, cert, key)
+        for label, figures in found.items():
+            h = figures["handshake"]
+            print(f"{label} ({args.key_type}): plain {figures['plain']['per_conn']:,.0f}, full "
+                  f"{figures['full']['per_conn']:,.0f}, resumed {figures['resumed']['per_conn']:,.0f} "
+                  f"({figures['resumed']['resumed']}/{figures['resumed']['units']} resumed) instructions/connection; "
+                  f"handshake full {h['full']:,.0f} / resumed {h['resumed']:,.0f} = {h['ratio']:.2f}x")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(found, f, indent=1)
+        return 0
     if args.quick:
         args.repeat, args.messages, args.connections, args.large = 1, 20, 10, 1
     if not hasattr(_peers, "command"):

@@ -238,6 +238,8 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
                     self._flush()
                     self._out.stop()  # it holds the raw socket: never a plain byte under TLS
                     self.transport.startTLS(self._holder)
+                    from ._tlsconn import keep_declarations
+                    keep_declarations(self.transport)  # zope caches them weakly: keep them for the next one
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
                     self._stop_timer()

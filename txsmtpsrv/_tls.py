@@ -303,6 +303,8 @@ class _Policy:
             policy = b"\0".join([self.mode.encode("ascii"),
                                   *(c.public_bytes(serialization.Encoding.DER) for c in self.ca)])
             _tlstickets.install(ctx, self.tickets, policy)
+        else:
+            _tlstickets.disable(ctx)
         if self.mode != "none":
             if self.ca:
                 # Tell clients which issuers we accept so they pick the right cert.

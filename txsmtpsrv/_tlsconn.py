@@ -16,10 +16,12 @@ import idna
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl_lib
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITransport
 from twisted.logger import Logger
+from zope.interface import providedBy
+from zope.interface.declarations import Provides
 
-__all__ = ["HandshakeTimer", "TLSInfo", "start_handshake_timer", "tls_info"]
+__all__ = ["HandshakeTimer", "TLSInfo", "keep_declarations", "start_handshake_timer", "tls_info"]
 
 log = Logger()
 
@@ -156,6 +158,37 @@ def tls_info(transport: object) -> TLSInfo | None:
 def _resumed(conn: SSL.Connection) -> bool:
     """C{SSL_session_reused}: pyOpenSSL binds it but has no method for it."""
     return bool(_openssl_lib.SSL_session_reused(conn._ssl))
+
+
+#: (transport class, TLS protocol class) -> the interface declarations that
+#: C{startTLS} gives their instances, kept alive (see L{keep_declarations}).
+_DECLARATIONS: dict[tuple[type, type], tuple[object, ...]] = {}
+#: Transport classes are few (TCP, UNIX, a PROXY wrapper); a bound all the same.
+_MAX_DECLARATIONS = 16
+
+
+def keep_declarations(transport: object) -> None:
+    """
+    Keep alive the interface declarations Twisted's C{startTLS} just gave
+    C{transport} and its TLS protocol, so the next connection finds them cached.
+
+    C{startTLS} marks the transport C{ISSLTransport} and C{TLSMemoryBIOProtocol.
+    makeConnection} copies every interface of the transport onto the TLS
+    protocol, one C{directlyProvides} each: each call looks up
+    C{Provides(class, interface)}, which zope.interface caches only weakly. When
+    connections come one after another (no other TLS connection alive holds
+    them), every STARTTLS built some of them again, C3 resolution order
+    included. Call right after C{transport.startTLS}; a cheap dictionary check
+    after the first time per pair of classes.
+    """
+    wrapper = getattr(transport, "protocol", None)
+    key = (type(transport), type(wrapper))
+    if key in _DECLARATIONS or len(_DECLARATIONS) >= _MAX_DECLARATIONS:
+        return
+    declarations: list[object] = [Provides(type(transport), ISSLTransport)]
+    if wrapper is not None:
+        declarations += [Provides(type(wrapper), interface) for interface in providedBy(transport)]
+    _DECLARATIONS[key] = tuple(declarations)
 
 
 class HandshakeTimer:

@@ -45,6 +45,10 @@ _FUNCTIONS = {
     "EVP_MAC_CTX_set_params": "int(*)(void *, const OSSL_PARAM *)",
     "EVP_aes_256_cbc": "const void *(*)(void)",
 }
+#: Found when present; nothing depends on them.
+_OPTIONAL = {
+    "SSL_CTX_set_num_tickets": "int(*)(void *, size_t)",
+}
 _ANCHOR = "SSL_CTX_new"
 
 _CDEF = """
@@ -73,6 +77,8 @@ class Native:
     @ivar mac_set_params: C{EVP_MAC_CTX_set_params}.
     @ivar aes_256_cbc: the C{EVP_CIPHER} tickets are encrypted with.
     @ivar where: the shared object the functions were found in, for logs.
+    @ivar set_num_tickets: C{SSL_CTX_set_num_tickets} (TLS 1.3 tickets per
+        full handshake), or C{None} where it was not found.
     """
 
     ffi: Any
@@ -81,6 +87,7 @@ class Native:
     mac_set_params: Any
     aes_256_cbc: Any
     where: str
+    set_num_tickets: Any = None
 
     def context_pointer(self, context: Any) -> Any:
         """The C{SSL_CTX *} of a pyOpenSSL C{Context}, as this module's cffi C{void *}."""
@@ -176,7 +183,7 @@ def _symbol_table(path: str, names: set[str]) -> dict[str, int]:
 def _locate() -> tuple[dict[str, int], str]:
     anchor = _anchor_address()  # cffi's wrapper around SSL_CTX_new in the binding's module
     path, base = _containing_object(anchor)
-    exported = _exported(path, [_ANCHOR, *_FUNCTIONS])
+    exported = _exported(path, [_ANCHOR, *_FUNCTIONS, *_OPTIONAL])
     if all(name in exported for name in _FUNCTIONS):
         # A shared OpenSSL the binding's module links to: dlsym through that
         # module finds what the module itself calls; all from one library.
@@ -185,13 +192,13 @@ def _locate() -> tuple[dict[str, int], str]:
             return exported, libraries.pop()
         raise LookupError(f"OpenSSL functions come from several libraries: {sorted(libraries)}")
     wrapper = "_cffi_d_" + _ANCHOR
-    values = _symbol_table(path, {wrapper, *_FUNCTIONS})
+    values = _symbol_table(path, {wrapper, *_FUNCTIONS, *_OPTIONAL})
     if wrapper not in values or base + values[wrapper] != anchor:
         raise LookupError(f"the symbol table of {path} does not match the loaded code")
     missing = [name for name in _FUNCTIONS if name not in values]
     if missing:
         raise LookupError(f"{path} lacks {', '.join(missing)} (OpenSSL 3.0 or newer is needed)")
-    return {name: base + values[name] for name in _FUNCTIONS}, path
+    return {name: base + value for name, value in values.items() if name != wrapper}, path
 
 
 _loaded: Native | None = None
@@ -211,8 +218,11 @@ def load() -> Native | None:
             calls: dict[str, Callable[..., Any]] = {
                 name: ffi.cast(signature, addresses[name]) for name, signature in _FUNCTIONS.items()
             }
+            optional = {name: ffi.cast(signature, addresses[name])
+                        for name, signature in _OPTIONAL.items() if name in addresses}
             _loaded = Native(ffi, calls["SSL_CTX_set_tlsext_ticket_key_evp_cb"], calls["EVP_CipherInit_ex"],
-                             calls["EVP_MAC_CTX_set_params"], calls["EVP_aes_256_cbc"](), where)
+                             calls["EVP_MAC_CTX_set_params"], calls["EVP_aes_256_cbc"](), where,
+                             optional.get("SSL_CTX_set_num_tickets"))
         except Exception as e:  # any surprise: no tickets rather than a crash
             _error = f"{type(e).__name__}: {e}"
     return _loaded

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from . import _tlsnative
 from ._tlsload import TLSConfigError
 
-__all__ = ["TicketKeys", "install", "keys_for", "supported"]
+__all__ = ["TICKETS_PER_HANDSHAKE", "TicketKeys", "disable", "install", "keys_for", "supported"]
 
 log = Logger()
 
@@ -49,6 +49,15 @@ MIN_LIFETIME = 1.0
 MAX_LIFETIME = 7 * 86400.0
 #: Secrets shorter than this are refused (they would make guessable keys).
 MIN_SECRET = 32
+
+#: TLS 1.3 tickets sent after a full handshake (OpenSSL's default is 2; a
+#: resumption with a current ticket gets none). One is what an SMTP client
+#: uses: it keeps one session per destination and connects to it one
+#: connection at a time. The second ticket only served a client opening two
+#: connections at once, each resuming with a ticket of its own; such a client
+#: now offers the one ticket twice (accepted: tickets are stateless here) or
+#: does a full handshake for the second (see bench/README.md for what it saves).
+TICKETS_PER_HANDSHAKE = 1
 
 _NAME, _HMAC, _AES = 16, 32, 32
 _INFO = b"txsmtpsrv TLS session ticket key v1 "
@@ -204,12 +213,27 @@ def install(context: SSL.Context, keys: TicketKeys, policy: bytes = b"") -> bool
         context.set_options(SSL.OP_NO_TICKET)
         return False
     if native.set_ticket_cb(native.context_pointer(context), keys.callback(native)) != 1:
-        context.set_options(SSL.OP_NO_TICKET)
+        disable(context)
         log.warn("TLS session tickets are off: OpenSSL refused the ticket key callback")
         return False
+    if native.set_num_tickets is not None:
+        native.set_num_tickets(native.context_pointer(context), TICKETS_PER_HANDSHAKE)
     context.set_session_id(keys.session_id_context_for(policy))
     context.set_timeout(max(1, int(keys.lifetime)))
     return True
+
+
+def disable(context: SSL.Context) -> None:
+    """
+    No tickets at all from C{context}. With C{OP_NO_TICKET} alone (what
+    C{CertificateOptions} sets) OpenSSL still sends two TLS 1.3 tickets per
+    handshake, stateful ones naming a session in a cache that is off: no
+    client can resume with them, so making and sending them is waste.
+    """
+    context.set_options(SSL.OP_NO_TICKET)
+    native = _tlsnative.load()
+    if native is not None and native.set_num_tickets is not None:
+        native.set_num_tickets(native.context_pointer(context), 0)
 
 
 def _ticket_secret(config: Any) -> bytes | None:
