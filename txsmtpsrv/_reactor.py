@@ -93,7 +93,7 @@ class SMTPEPollReactor(EPollReactor):
             stack.append({_ILogContext: ctx})
             try:
                 try:
-                    dispatch(selectable, fd, event)
+                    dispatch(selectable, fd, event)  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 finally:
                     stack.pop()
             except KeyboardInterrupt:
@@ -118,7 +118,7 @@ def install() -> None:
     """Install L{SMTPEPollReactor} as Twisted's global reactor."""
     from twisted.internet.main import installReactor
 
-    reactor = SMTPEPollReactor()
+    reactor = SMTPEPollReactor()  # type: ignore[no-untyped-call]  # Twisted: unannotated __init__
     missing = [name for name in ("_poller", "_selectables", "_doReadOrWrite") if not hasattr(reactor, name)]
     if missing:
         raise RuntimeError(f"{SHORT_NAME}: this Twisted's EPollReactor lacks {missing}; use the default reactor")
