@@ -346,9 +346,19 @@ def gc_instructions(dump: str) -> int:
 # ---------------------------------------------------------------- loads
 
 
+#: The load generator: "asyncio" (bench/_load.py, EHLO) or "smtp-source" (Postfix's, HELO).
+CLIENT = "asyncio"
+
+
 async def deliver(port: int, *, total: int, sessions: int, per_connection: int,
                   payload: bytes, pipelining: bool) -> _load.Tally:
     tally = _load.Tally()
+    if CLIENT == "smtp-source" and not pipelining:
+        import _smtp_source
+
+        await _smtp_source.message_load(port, sessions=sessions, total=total, per_connection=per_connection,
+                                        size=len(payload), tally=tally, deadline=1800)
+        return tally
     await _load.message_load(
         port, sessions=sessions, total=total, per_connection=per_connection,
         payload=payload, pipelining=pipelining, tally=tally, deadline=1800,
@@ -544,6 +554,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="comma list of old, new, twisted.mail, aiosmtpd (default: old,new,twisted.mail); "
                         "old@NAME / new@NAME run that txsmtpsrv sink on twistd's reactor NAME "
                         "(e.g. new,new@smtpsrv-epoll)")
+    p.add_argument("--client", choices=("asyncio", "smtp-source"), default="asyncio",
+                   help="load generator: bench/_load.py (default) or Postfix's smtp-source, as bench.py "
+                        "--client smtp-source (HELO, lock-step; pipelined stays with the asyncio client)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma list of {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--repeat", type=int, default=2, help="server processes per target (default 2)")
@@ -560,6 +573,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    global CLIENT
+    CLIENT = args.client
     loads = Loads(persist_total=args.persist, churn_total=args.churn, large_total=args.large)
     scenarios = [s for s in args.scenarios.split(",") if s]
     labels = [s for s in args.servers.split(",") if s]
