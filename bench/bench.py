@@ -406,6 +406,13 @@ async def scenario_messages(
     else:
         sessions, total = cfg.persist_sessions, cfg.persist_total
         per_conn = cfg.persist_per_connection
+    await measure_messages(srv, cfg, res, churn=churn, sessions=sessions, total=total, per_conn=per_conn)
+
+
+async def measure_messages(srv: ServerProcess, cfg: Config, res: RunResult, *, churn: bool, sessions: int,
+                           total: int, per_conn: int) -> None:
+    """One measured load of small messages on a warmed-up server: CPU per message into C{res}."""
+    scenario = "churn" if churn else "persist"
     tally = _load.Tally()
     await settle_cpu(srv.pid)
     clock = CPUClock(srv.pid)
@@ -582,6 +589,60 @@ def run_one(kind: str, scenario: str, repeat: int, cfg: Config, server_cpu: int 
     return res
 
 
+def run_interleaved(servers: list[str], scenario: str, cycles: int, cfg: Config,
+                    server_cpu: int | None, log: Any) -> list[RunResult]:
+    """
+    persist/churn with every server up at once, measured in short slices that take
+    turns: C{cycles} rounds, each giving every server (in a rotated order) one slice
+    -- C{persist_sessions * persist_per_connection} messages (persist) or
+    C{churn_total / cycles} connections (churn). A change in the machine's load then
+    falls on every server alike instead of on whichever ran during it. One
+    L{RunResult} per server and slice (C{repeat} = the round), so the median and the
+    per-round ratios are over slices.
+    """
+    churn = scenario == "churn"
+    if churn:
+        sessions, per_conn = cfg.churn_sessions, 1
+        size = max(sessions, cfg.churn_total // cycles)
+    else:
+        sessions, per_conn = cfg.persist_sessions, cfg.persist_per_connection
+        size = sessions * per_conn
+    procs = {kind: ServerProcess(kind, server_cpu) for kind in servers}
+    results: list[RunResult] = []
+
+    async def run() -> None:
+        for kind, srv in procs.items():
+            await warm_up(srv, cfg, scenario)
+        for cycle in range(cycles):
+            order = servers[cycle % len(servers):] + servers[: cycle % len(servers)]
+            for kind in order:
+                res = RunResult(kind, scenario, cycle)
+                res.extra["server"] = procs[kind].detail
+                await measure_messages(procs[kind], cfg, res, churn=churn, sessions=sessions, total=size,
+                                       per_conn=per_conn)
+                procs[kind].check_alive()
+                results.append(res)
+                shown = ", ".join(f"{k}={v:.1f}" for k, v in res.values.items())
+                print(f"slice {cycle + 1}/{cycles} {scenario:8} {kind:13} "
+                      f"{'ok' if res.ok else 'FAILED':6} {shown}", file=log, flush=True)
+
+    try:
+        for srv in procs.values():
+            srv.start()
+        asyncio.run(run())
+    except ServerError as exc:
+        failed = RunResult(servers[0], scenario, len(results))
+        failed.failures, failed.errors = 1, [str(exc)]
+        results.append(failed)
+    finally:
+        for kind, srv in procs.items():
+            srv.stop()
+            for res in results:
+                if res.server == kind:
+                    res.stderr = srv.stderr_text
+    return results
+
+
 def check_available(kind: str) -> str | None:
     """None if the server can run here, else why not (so it is skipped, not failed N times)."""
     return _peers.unavailable(base_kind(kind))
@@ -666,7 +727,8 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
         f"SMTP server benchmark - {meta['date']} - {meta['machine']}",
         f"server pinned to CPU {meta['server_cpu']}, load generator to CPU {meta['client_cpu']}; "
         f"{'pipelining where advertised' if cfg.pipelining else 'lock-step client for every server'}; "
-        f"median of {cfg.repeat} run(s); lower is better everywhere",
+        + (f"median of {meta['interleave']} interleaved slice(s) per server, all servers up at once"
+         if meta.get("interleave") else f"median of {cfg.repeat} run(s)") + "; lower is better everywhere",
         f"client: {meta['client']}",
     ]
     for kind in servers:
@@ -773,6 +835,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="load generator for persist/churn/large: the built-in asyncio client "
                         "(default) or Postfix's smtp-source (C, HELO, lock-step; idle and latency "
                         "keep the asyncio client)")
+    p.add_argument("--interleave", type=int, metavar="ROUNDS",
+                   help="persist/churn only: start every server at once and measure in ROUNDS rounds of "
+                        "short slices that take turns (see run_interleaved); medians and per-round "
+                        "ratios are then over slices")
     p.add_argument("--verbose", "-v", action="store_true", help="print every run")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -785,6 +851,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown scenario {s!r}")
     if args.repeat is not None and not 1 <= args.repeat <= 50:
         p.error("--repeat must be between 1 and 50")
+    if args.interleave is not None:
+        if not 2 <= args.interleave <= 100:
+            p.error("--interleave must be between 2 and 100")
+        if set(args.scenarios) - {"persist", "churn"}:
+            p.error("--interleave measures persist and churn only")
     if args.client == "smtp-source" and args.pipelining:
         p.error("smtp-source does not pipeline; --pipelining needs the asyncio client")
     return args
@@ -815,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
+        "interleave": args.interleave,
         "servers": {},
         "pipelining_advertised": {},
         "unavailable": {},
@@ -840,7 +912,15 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     started = time.perf_counter()
     try:
-        for rep in range(cfg.repeat):
+        if args.interleave:
+            for scenario in args.scenarios:
+                for res in run_interleaved(servers, scenario, args.interleave, cfg, server_cpu, log):
+                    results.append(res)
+                    if res.extra.get("server"):
+                        meta["servers"][res.server] = res.extra["server"]
+                    if res.extra.get("pipelining_advertised") is not None:
+                        meta["pipelining_advertised"][res.server] = res.extra["pipelining_advertised"]
+        for rep in range(0 if args.interleave else cfg.repeat):
             for scenario in args.scenarios:
                 # Rotate the order each repeat so no server always runs first/last.
                 order = servers[rep % len(servers):] + servers[: rep % len(servers)]
