@@ -190,6 +190,22 @@ def test_dispatch_matches_twisted(name: str) -> None:
     assert theirs["seen"] or name in ("interrupted", "poll fails", "nothing", "interrupt in logPrefix")
 
 
+def test_no_log_context_at_all_is_logged_like_twisteds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A context stack without ILogContext: each event's failure logged and the loop goes on, as in Twisted."""
+    events, selectables = SCENARIOS["several"]
+    got = []
+    for reactor_type in (EPollReactor, SMTPEPollReactor):
+        tracker = context.ThreadedContextTracker()
+        tracker.currentContext().contexts = [{}]
+        monkeypatch.setattr(context, "theContextTracker", tracker)
+        monkeypatch.setattr(context, "get", tracker.getContext)
+        monkeypatch.setattr(context, "call", tracker.callWithContext)
+        got.append(run(reactor_type, events, selectables))
+    assert got[0] == got[1]
+    assert got[1]["raised"] is None and got[1]["seen"] == []
+    assert [e[3] for e in got[1]["logged"]] == ["AttributeError"] * 3
+
+
 def test_the_context_is_the_selectables_prefix() -> None:
     """Inside doRead the legacy log context's system is the selectable's logPrefix(), and it is popped after."""
     depth = len(context.theContextTracker.currentContext().contexts)

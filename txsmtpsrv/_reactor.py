@@ -81,17 +81,18 @@ class SMTPEPollReactor(EPollReactor):
             except BaseException:
                 prefix = _BUGGY_PREFIX
                 log.err(system=prefix)
-            # log.callWithContext: a copy of the current ILogContext with our system.
-            for frame in reversed(stack):
-                if _ILogContext in frame:
-                    current = frame[_ILogContext]
-                    break
-            else:
-                current = None
-            ctx = current.copy()  # AttributeError on None, as in callWithContext
-            ctx["system"] = prefix
-            stack.append({_ILogContext: ctx})
             try:
+                # log.callWithContext: a copy of the current ILogContext with our system
+                # (no ILogContext at all: AttributeError, logged below as Twisted's is).
+                for frame in reversed(stack):
+                    if _ILogContext in frame:
+                        current = frame[_ILogContext]
+                        break
+                else:
+                    current = None
+                ctx = current.copy()
+                ctx["system"] = prefix
+                stack.append({_ILogContext: ctx})
                 try:
                     dispatch(selectable, fd, event)  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 finally:
