@@ -33,6 +33,50 @@ def proc_cpu_seconds(pid: int) -> float:
     return user + system
 
 
+def task_run_ns(pid: int) -> dict[int, int]:
+    """
+    Nanoseconds each live thread of ``pid`` has run on a CPU, from
+    ``/proc/PID/task/TID/schedstat`` (the scheduler's ``sum_exec_runtime``:
+    exact, where ``/proc/PID/stat`` counts 10 ms ticks); empty where the kernel
+    has no schedstat.
+    """
+    out: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return out
+
+
+class CPUClock:
+    """
+    CPU time of a server process over a load: exact run time from schedstat when
+    every thread that ran at the start is still there at the end, else (a thread
+    ended, and took its run time with it) ``/proc/PID/stat``'s utime + stime.
+    ``user``/``system`` (tick-based, from stat) split it.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start_ns = task_run_ns(pid)
+        self.start_user, self.start_system = proc_cpu_times(pid)
+
+    def read(self) -> dict[str, float | str]:
+        end_ns = task_run_ns(self.pid)
+        user, system = proc_cpu_times(self.pid)
+        ticks = (user - self.start_user) + (system - self.start_system)
+        exact = bool(end_ns) and set(self.start_ns) <= set(end_ns)
+        ran = sum(end_ns[t] - self.start_ns.get(t, 0) for t in end_ns) / 1e9 if exact else ticks
+        return {"seconds": ran, "source": "schedstat" if exact else "stat", "tick_seconds": ticks,
+                "user": user - self.start_user, "system": system - self.start_system}
+
+
 def pin_cpus() -> tuple[int | None, int | None]:
     """Server on one core, this process on another, when at least two are available."""
     cpus = sorted(os.sched_getaffinity(0))

@@ -116,7 +116,17 @@ def _run_reactor_listening(listen: Callable[[], Any], detail: str) -> None:
 
 
 def serve_txsmtpsrv(cert: str | None = None, key: str | None = None) -> None:
-    """txsmtpsrv: SMTPServer with an on_data hook that reads and discards the body."""
+    """
+    txsmtpsrv: SMTPServer with an on_data hook that reads and discards the body.
+
+    On the reactor named by C{$TXSMTPSRV_BENCH_REACTOR} (a C{twistd --reactor} name
+    such as C{smtpsrv-epoll}) when that is set, else on Twisted's default.
+    """
+    reactor_name = os.environ.get("TXSMTPSRV_BENCH_REACTOR")
+    if reactor_name:
+        from twisted.application.reactors import installReactor
+
+        installReactor(reactor_name)
     _twisted_logging_to_stderr()
     import txsmtpsrv
     from txsmtpsrv import SMTPServer

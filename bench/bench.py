@@ -6,12 +6,16 @@ Benchmark txsmtpsrv against its peers in one run: aiosmtpd, twisted.mail.smtp, a
 Each server runs as its own process on 127.0.0.1 (see ``_peers.py``), pinned
 to one core; this process is the load generator (see ``_load.py``), pinned to
 the other core when there are two.  Every figure is a *server-side* cost read
-from ``/proc/PID`` around the load phase only -- CPU time (utime + stime) per
-message or per MiB, resident memory per idle connection, peak resident memory
+from ``/proc/PID`` around the load phase only -- CPU time (each thread's exact
+run time from ``/proc/PID/task/TID/schedstat``, or utime + stime in 10 ms ticks
+where that is missing or a thread ended) per message or per MiB, resident memory per idle connection, peak resident memory
 while large messages stream through -- because on a shared, noisy machine the
 CPU time a server spends per message is far steadier than any wall-clock rate.
 Each scenario runs ``--repeat`` times (a fresh server process each time,
-servers interleaved) and the median is reported, with txsmtpsrv/peer ratios.
+servers interleaved) and the median is reported, with txsmtpsrv/peer ratios and,
+over several rounds, the lowest and highest ratio within one round.
+``txsmtpsrv@NAME`` is the txsmtpsrv sink on twistd's reactor ``NAME``
+(``smtpsrv-epoll``), measured beside the default one in the same run.
 
 This is a benchmark, not a test: it never asserts timings.  It does check
 every SMTP reply and reports runs that had failures.
@@ -46,7 +50,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
+from _common import CPUClock, NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
@@ -54,6 +58,16 @@ KIB = 1024
 MIB = 1024 * 1024
 SUBJECT = "txsmtpsrv"
 PEERS = tuple(k for k in _peers.KINDS if k != SUBJECT)
+
+
+def base_kind(server: str) -> str:
+    """C{txsmtpsrv@smtpsrv-epoll} -> C{txsmtpsrv}: the _peers.py kind of a server name."""
+    return server.partition("@")[0]
+
+
+def is_subject(server: str) -> bool:
+    """txsmtpsrv itself or txsmtpsrv on a named reactor (C{txsmtpsrv@NAME})."""
+    return base_kind(server) == SUBJECT
 CLIENTS = ("asyncio", "smtp-source")
 #: Scenarios that smtp-source drives; the others keep the asyncio client (no idle/latency mode).
 SMTP_SOURCE_SCENARIOS = ("persist", "churn", "large")
@@ -245,10 +259,13 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         """The server's command line (a separate method so it can be swapped when debugging)."""
-        return _peers.command(self.kind)
+        return _peers.command(base_kind(self.kind))
 
     def start(self) -> None:
         env = _peers.server_env()
+        reactor = self.kind.partition("@")[2]
+        if reactor:  # txsmtpsrv@NAME: the txsmtpsrv sink on twistd's reactor NAME
+            env["TXSMTPSRV_BENCH_REACTOR"] = reactor
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -389,20 +406,32 @@ async def scenario_messages(
     else:
         sessions, total = cfg.persist_sessions, cfg.persist_total
         per_conn = cfg.persist_per_connection
+    await measure_messages(srv, cfg, res, churn=churn, sessions=sessions, total=total, per_conn=per_conn)
+
+
+async def measure_messages(srv: ServerProcess, cfg: Config, res: RunResult, *, churn: bool, sessions: int,
+                           total: int, per_conn: int) -> None:
+    """One measured load of small messages on a warmed-up server: CPU per message into C{res}."""
+    scenario = "churn" if churn else "persist"
     tally = _load.Tally()
-    cpu0 = await settle_cpu(srv.pid)
+    await settle_cpu(srv.pid)
+    clock = CPUClock(srv.pid)
     t0 = time.perf_counter()
     await send_load(srv, cfg, scenario=scenario, sessions=sessions, total=total,
                     per_connection=per_conn, size=cfg.message_size, tally=tally,
                     deadline=60 + total * 0.005)
     wall = time.perf_counter() - t0
-    cpu = await settle_cpu(srv.pid) - cpu0
+    await settle_cpu(srv.pid)
+    used = clock.read()
+    cpu = float(used["seconds"])
     res.delivered, res.failures, res.errors = tally.delivered, tally.failures, tally.errors
     res.extra["pipelining_advertised"] = tally.pipelining_advertised
     key = "churn_cpu_us_per_msg" if churn else "persist_cpu_us_per_msg"
     if tally.delivered:
         res.values[key] = cpu / tally.delivered * 1e6
-    res.extra.update(cpu_seconds=cpu, load_wall_seconds=wall, msgs_per_wall_second=tally.delivered / wall)
+    res.extra.update(cpu_seconds=cpu, cpu_source=used["source"], tick_cpu_seconds=used["tick_seconds"],
+                     user_seconds=used["user"], system_seconds=used["system"],
+                     load_wall_seconds=wall, msgs_per_wall_second=tally.delivered / wall)
 
 
 async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> None:
@@ -416,7 +445,8 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
                     size=cfg.large_size, tally=tally, deadline=60)
     if tally.failures:
         raise ServerError(f"{srv.kind}: large warm-up failed: {tally.errors}")
-    cpu0 = await settle_cpu(srv.pid)
+    await settle_cpu(srv.pid)
+    clock = CPUClock(srv.pid)
     hwm_reset = reset_peak_rss(srv.pid)
     sampled_peak = proc_status_kib(srv.pid, "VmRSS")
     stop = asyncio.Event()
@@ -444,7 +474,9 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
         stop.set()
         await sampler
     wall = time.perf_counter() - t0
-    cpu = await settle_cpu(srv.pid) - cpu0
+    await settle_cpu(srv.pid)
+    used = clock.read()
+    cpu = float(used["seconds"])
     peak = sampled_peak
     if hwm_reset:
         peak = max(peak, proc_status_kib(srv.pid, "VmHWM"))
@@ -456,6 +488,7 @@ async def scenario_large(srv: ServerProcess, cfg: Config, res: RunResult) -> Non
     res.values["large_rss_growth_mib"] = (peak - rss_before) / KIB
     res.extra.update(
         cpu_seconds=cpu,
+        cpu_source=used["source"],
         load_wall_seconds=wall,
         mib_per_wall_second=mib / wall,
         rss_before_mib=rss_before / KIB,
@@ -556,9 +589,63 @@ def run_one(kind: str, scenario: str, repeat: int, cfg: Config, server_cpu: int 
     return res
 
 
+def run_interleaved(servers: list[str], scenario: str, cycles: int, cfg: Config,
+                    server_cpu: int | None, log: Any) -> list[RunResult]:
+    """
+    persist/churn with every server up at once, measured in short slices that take
+    turns: C{cycles} rounds, each giving every server (in a rotated order) one slice
+    -- C{persist_sessions * persist_per_connection} messages (persist) or
+    C{churn_total / cycles} connections (churn). A change in the machine's load then
+    falls on every server alike instead of on whichever ran during it. One
+    L{RunResult} per server and slice (C{repeat} = the round), so the median and the
+    per-round ratios are over slices.
+    """
+    churn = scenario == "churn"
+    if churn:
+        sessions, per_conn = cfg.churn_sessions, 1
+        size = max(sessions, cfg.churn_total // cycles)
+    else:
+        sessions, per_conn = cfg.persist_sessions, cfg.persist_per_connection
+        size = sessions * per_conn
+    procs = {kind: ServerProcess(kind, server_cpu) for kind in servers}
+    results: list[RunResult] = []
+
+    async def run() -> None:
+        for kind, srv in procs.items():
+            await warm_up(srv, cfg, scenario)
+        for cycle in range(cycles):
+            order = servers[cycle % len(servers):] + servers[: cycle % len(servers)]
+            for kind in order:
+                res = RunResult(kind, scenario, cycle)
+                res.extra["server"] = procs[kind].detail
+                await measure_messages(procs[kind], cfg, res, churn=churn, sessions=sessions, total=size,
+                                       per_conn=per_conn)
+                procs[kind].check_alive()
+                results.append(res)
+                shown = ", ".join(f"{k}={v:.1f}" for k, v in res.values.items())
+                print(f"slice {cycle + 1}/{cycles} {scenario:8} {kind:13} "
+                      f"{'ok' if res.ok else 'FAILED':6} {shown}", file=log, flush=True)
+
+    try:
+        for srv in procs.values():
+            srv.start()
+        asyncio.run(run())
+    except ServerError as exc:
+        failed = RunResult(servers[0], scenario, len(results))
+        failed.failures, failed.errors = 1, [str(exc)]
+        results.append(failed)
+    finally:
+        for kind, srv in procs.items():
+            srv.stop()
+            for res in results:
+                if res.server == kind:
+                    res.stderr = srv.stderr_text
+    return results
+
+
 def check_available(kind: str) -> str | None:
     """None if the server can run here, else why not (so it is skipped, not failed N times)."""
-    return _peers.unavailable(kind)
+    return _peers.unavailable(base_kind(kind))
 
 
 # ---------------------------------------------------------------- reporting
@@ -584,20 +671,42 @@ def summarise(results: list[RunResult], cfg: Config, servers: list[str]) -> dict
                 ),
             }
         ratios: dict[str, float | None] = {}
-        subject = per_server.get(SUBJECT, {}).get("median")
-        for peer in PEERS:
-            peer_median = per_server.get(peer, {}).get("median")
-            if fig.ratio and peer in per_server and SUBJECT in per_server:
-                ratios[f"{SUBJECT}/{peer}"] = (
-                    subject / peer_median if subject is not None and peer_median else None
-                )
+        rounds: dict[str, list[float]] = {}
+        for sub in (k for k in servers if is_subject(k) and k in per_server):
+            subject = per_server[sub]["median"]
+            for peer in PEERS:
+                peer_median = per_server.get(peer, {}).get("median")
+                if fig.ratio and peer in per_server:
+                    col = f"{sub}/{peer}"
+                    ratios[col] = subject / peer_median if subject is not None and peer_median else None
+                    rounds[col] = round_ratios(results, fig, sub, peer)
         if per_server:
             out[fig.key] = {
                 "label": fig.label,
                 "unit": fig.unit,
                 "servers": per_server,
                 "ratios": ratios,
+                "round_ratios": rounds,
             }
+    return out
+
+
+def round_ratios(results: list[RunResult], fig: Figure, subject: str, peer: str) -> list[float]:
+    """
+    The ratio in each round (repeat) where both ran cleanly: how much the ratio
+    itself moves on this machine, which the ratio of medians hides.
+    """
+    def value(server: str, rep: int) -> float | None:
+        for r in results:
+            if r.server == server and r.scenario == fig.scenario and r.repeat == rep and r.ok:
+                return r.values.get(fig.key)
+        return None
+
+    out = []
+    for rep in sorted({r.repeat for r in results}):
+        a, b = value(subject, rep), value(peer, rep)
+        if a is not None and b:
+            out.append(a / b)
     return out
 
 
@@ -618,7 +727,8 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
         f"SMTP server benchmark - {meta['date']} - {meta['machine']}",
         f"server pinned to CPU {meta['server_cpu']}, load generator to CPU {meta['client_cpu']}; "
         f"{'pipelining where advertised' if cfg.pipelining else 'lock-step client for every server'}; "
-        f"median of {cfg.repeat} run(s); lower is better everywhere",
+        + (f"median of {meta['interleave']} interleaved slice(s) per server, all servers up at once"
+         if meta.get("interleave") else f"median of {cfg.repeat} run(s)") + "; lower is better everywhere",
         f"client: {meta['client']}",
     ]
     for kind in servers:
@@ -626,7 +736,7 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
         note = "" if piped is None else f" (PIPELINING {'advertised' if piped else 'not advertised'})"
         lines.append(f"  {kind:13} {meta['servers'][kind]}{note}")
     lines.append("")
-    ratio_cols = [f"{SUBJECT}/{p}" for p in PEERS if p in servers] if SUBJECT in servers else []
+    ratio_cols = [f"{sub}/{p}" for sub in servers if is_subject(sub) for p in PEERS if p in servers]
     headers = ["figure", "unit"] + servers + [c.replace(SUBJECT, "tx") for c in ratio_cols]
     rows = []
     by_key = {f.key: f for f in figures(cfg)}
@@ -637,7 +747,11 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
             row.append(fmt_value(entry["servers"].get(kind), fig.digits))
         for col in ratio_cols:
             ratio = entry["ratios"].get(col)
-            row.append(f"{ratio:.2f}" if ratio is not None else "-" if col not in entry["ratios"] else "n/a")
+            cell = f"{ratio:.2f}" if ratio is not None else "-" if col not in entry["ratios"] else "n/a"
+            per_round = entry.get("round_ratios", {}).get(col, [])
+            if ratio is not None and len(per_round) > 1:
+                cell += f" [{min(per_round):.2f}-{max(per_round):.2f}]"
+            row.append(cell)
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
     def line(row: list[str]) -> str:
@@ -647,6 +761,10 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
     lines.append(line(headers))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(line(r) for r in rows)
+    if any(len(v) > 1 for e in summary.values() for v in e.get("round_ratios", {}).values()):
+        lines.append("ratios: of the medians; [low-high]: the ratio within each round (both servers' "
+                     "runs of the same repeat)")
+    lines.append("CPU: run time from /proc/PID/task/*/schedstat (ns), else utime+stime (10 ms ticks)")
     return "\n".join(lines)
 
 
@@ -705,7 +823,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write machine-readable results ('-' = stdout only)")
     p.add_argument("--servers", default=",".join((SUBJECT,) + PEERS),
                    help="comma-separated subset of: " + ", ".join((SUBJECT,) + PEERS)
-                   + " (default: all; a server whose toolchain is missing is skipped with a note)")
+                   + " (default: all; a server whose toolchain is missing is skipped with a note); "
+                   "txsmtpsrv@NAME runs the txsmtpsrv sink on twistd's reactor NAME "
+                   "(e.g. txsmtpsrv,txsmtpsrv@smtpsrv-epoll,twisted.mail)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--pipelining", action="store_true",
@@ -715,18 +835,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="load generator for persist/churn/large: the built-in asyncio client "
                         "(default) or Postfix's smtp-source (C, HELO, lock-step; idle and latency "
                         "keep the asyncio client)")
+    p.add_argument("--interleave", type=int, metavar="ROUNDS",
+                   help="persist/churn only: start every server at once and measure in ROUNDS rounds of "
+                        "short slices that take turns (see run_interleaved); medians and per-round "
+                        "ratios are then over slices")
     p.add_argument("--verbose", "-v", action="store_true", help="print every run")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for s in args.servers:
-        if s not in (SUBJECT,) + PEERS:
+        if s not in (SUBJECT,) + PEERS and not (is_subject(s) and s.partition("@")[2]):
             p.error(f"unknown server {s!r}")
     for s in args.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
     if args.repeat is not None and not 1 <= args.repeat <= 50:
         p.error("--repeat must be between 1 and 50")
+    if args.interleave is not None:
+        if not 2 <= args.interleave <= 100:
+            p.error("--interleave must be between 2 and 100")
+        if set(args.scenarios) - {"persist", "churn"}:
+            p.error("--interleave measures persist and churn only")
     if args.client == "smtp-source" and args.pipelining:
         p.error("smtp-source does not pipeline; --pipelining needs the asyncio client")
     return args
@@ -757,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
+        "interleave": args.interleave,
         "servers": {},
         "pipelining_advertised": {},
         "unavailable": {},
@@ -782,7 +912,15 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     started = time.perf_counter()
     try:
-        for rep in range(cfg.repeat):
+        if args.interleave:
+            for scenario in args.scenarios:
+                for res in run_interleaved(servers, scenario, args.interleave, cfg, server_cpu, log):
+                    results.append(res)
+                    if res.extra.get("server"):
+                        meta["servers"][res.server] = res.extra["server"]
+                    if res.extra.get("pipelining_advertised") is not None:
+                        meta["pipelining_advertised"][res.server] = res.extra["pipelining_advertised"]
+        for rep in range(0 if args.interleave else cfg.repeat):
             for scenario in args.scenarios:
                 # Rotate the order each repeat so no server always runs first/last.
                 order = servers[rep % len(servers):] + servers[: rep % len(servers)]

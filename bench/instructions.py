@@ -145,6 +145,7 @@ class Target:
     label: str
     kind: str
     tree: str
+    reactor: str = ""  # a twistd --reactor name for the txsmtpsrv sink ("new@smtpsrv-epoll")
 
 
 @dataclass
@@ -222,6 +223,8 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (target.tree, env.get("PYTHONPATH")) if p)
         env["PYTHONHASHSEED"] = "0"
         env.pop("PYTHONASYNCIODEBUG", None)
+        if target.reactor:
+            env["TXSMTPSRV_BENCH_REACTOR"] = target.reactor
         command = [sys.executable, "-c", PEER_WRAPPER, os.path.join(HERE, "_peers.py"), target.kind]
         if outdir is not None:
             command = [
@@ -343,9 +346,19 @@ def gc_instructions(dump: str) -> int:
 # ---------------------------------------------------------------- loads
 
 
+#: The load generator: "asyncio" (bench/_load.py, EHLO) or "smtp-source" (Postfix's, HELO).
+CLIENT = "asyncio"
+
+
 async def deliver(port: int, *, total: int, sessions: int, per_connection: int,
                   payload: bytes, pipelining: bool) -> _load.Tally:
     tally = _load.Tally()
+    if CLIENT == "smtp-source" and not pipelining:
+        import _smtp_source
+
+        await _smtp_source.message_load(port, sessions=sessions, total=total, per_connection=per_connection,
+                                        size=len(payload), tally=tally, deadline=1800)
+        return tally
     await _load.message_load(
         port, sessions=sessions, total=total, per_connection=per_connection,
         payload=payload, pipelining=pipelining, tally=tally, deadline=1800,
@@ -538,7 +551,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="'old' txsmtpsrv: a git ref of this checkout (git archive) or a directory "
                    "holding txsmtpsrv/ (default: main)")
     p.add_argument("--servers", default="old,new,twisted.mail",
-                   help="comma list of old, new, twisted.mail, aiosmtpd (default: old,new,twisted.mail)")
+                   help="comma list of old, new, twisted.mail, aiosmtpd (default: old,new,twisted.mail); "
+                        "old@NAME / new@NAME run that txsmtpsrv sink on twistd's reactor NAME "
+                        "(e.g. new,new@smtpsrv-epoll)")
+    p.add_argument("--client", choices=("asyncio", "smtp-source"), default="asyncio",
+                   help="load generator: bench/_load.py (default) or Postfix's smtp-source, as bench.py "
+                        "--client smtp-source (HELO, lock-step; pipelined stays with the asyncio client)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma list of {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--repeat", type=int, default=2, help="server processes per target (default 2)")
@@ -555,11 +573,14 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    global CLIENT
+    CLIENT = args.client
     loads = Loads(persist_total=args.persist, churn_total=args.churn, large_total=args.large)
     scenarios = [s for s in args.scenarios.split(",") if s]
     labels = [s for s in args.servers.split(",") if s]
     bad = [s for s in scenarios if s not in SCENARIOS] + [
-        s for s in labels if s not in ("old", "new") + PEERS]
+        s for s in labels
+        if s not in ("old", "new") + PEERS and not (s.partition("@")[0] in ("old", "new") and s.partition("@")[2])]
     if bad:
         sys.stderr.write(f"unknown scenario/server: {', '.join(bad)}\n")
         return 2
@@ -583,12 +604,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "python": sys.version.split()[0], "new": f"working tree {ROOT}"}
         targets = []
         for lab in list(labels):
-            if lab == "new":
-                targets.append(Target("new", "txsmtpsrv", ROOT))
-            elif lab == "old":
+            base, _, reactor = lab.partition("@")
+            if base == "new":
+                targets.append(Target(lab, "txsmtpsrv", ROOT, reactor))
+            elif base == "old":
                 tree, desc = resolve_baseline(args.baseline, scratch)
                 meta["old"] = desc
-                targets.append(Target("old", "txsmtpsrv", tree))
+                targets.append(Target(lab, "txsmtpsrv", tree, reactor))
             else:
                 module = "twisted.mail.smtp" if lab == "twisted.mail" else lab
                 probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)

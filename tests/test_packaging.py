@@ -83,7 +83,7 @@ def test_changelog_has_this_release() -> None:
 
 
 def test_wheel_ships_the_plugin(tmp_path: Any) -> None:
-    """A built wheel holds the package, py.typed, LICENSE and both twisted/plugins modules, but no dropin.cache."""
+    """A built wheel holds the package, py.typed, LICENSE and the twisted/plugins modules, but no dropin.cache."""
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
          "-w", str(tmp_path), REPO],
@@ -94,7 +94,7 @@ def test_wheel_ships_the_plugin(tmp_path: Any) -> None:
     with zipfile.ZipFile(tmp_path / wheel) as z:
         names = set(z.namelist())
     assert {"twisted/plugins/txsmtpsrv_plugin.py", "twisted/plugins/txsmtpsrv_endpoints.py",
-            "txsmtpsrv/__init__.py", "txsmtpsrv/py.typed"} <= names
+            "twisted/plugins/txsmtpsrv_reactor.py", "txsmtpsrv/__init__.py", "txsmtpsrv/py.typed"} <= names
     assert f"txsmtpsrv-{txsmtpsrv.__version__}.dist-info/licenses/LICENSE" in names
     assert not any(n.endswith("dropin.cache") or n.startswith(("tests/", "twisted/__init__")) for n in names)
     # Every module of the package, subpackages included, is in the wheel.

@@ -37,14 +37,14 @@ class Twistd:
     """A C{twistd smtpsrv} subprocess and its log output."""
 
     def __init__(self, cwd: Path, args: List[str], pythonpath: Optional[List[str]] = None,
-                 env: Optional[dict] = None) -> None:
+                 env: Optional[dict] = None, reactor: Optional[str] = None) -> None:
         environ = dict(os.environ)
         environ.update(env or {})
         environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + (pythonpath or []))
         environ.pop("CI_TWISTD_DEBUG", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "smtpsrv", *args],
+             "-n", "--pidfile=", *([f"--reactor={reactor}"] if reactor else []), "smtpsrv", *args],
             cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -116,8 +116,9 @@ def twistd(tmp_path) -> Iterator:
     """Start C{twistd smtpsrv} with extra arguments; every process is killed at teardown."""
     started: List[Twistd] = []
 
-    def start(*args: str, pythonpath: Optional[List[str]] = None, env: Optional[dict] = None) -> Twistd:
-        server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", *args], pythonpath, env)
+    def start(*args: str, pythonpath: Optional[List[str]] = None, env: Optional[dict] = None,
+              reactor: Optional[str] = None) -> Twistd:
+        server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", *args], pythonpath, env, reactor)
         started.append(server)
         return server
 

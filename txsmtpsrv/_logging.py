@@ -20,18 +20,65 @@ line is only built when one would.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Dict, Tuple
 
 from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, LogPublisher
 from twisted.logger._filter import shouldLogEvent
 from twisted.logger._observer import bitbucketLogObserver
 
-__all__ = ["SessionLogger", "session_system", "observer_wants"]
+__all__ = ["SessionLogger", "session_system", "observer_wants", "instance_logger_wants"]
 
 
 def session_system(session_id: str, level: LogLevel) -> str:
     """The C{log_system} of a session's event: C{txsmtpsrv#info <id>}."""
     return f"txsmtpsrv#{level.name} {session_id}"
+
+
+#: namespace -> the names LogLevelFilterPredicate.logLevelForNamespace looks up, in its
+#: order (the namespace, then each dotted prefix, longest first); "" is looked up last.
+_lookups: Dict[str, Tuple[str, ...]] = {}
+
+
+def _namespace_lookups(namespace: str) -> Tuple[str, ...]:
+    names = _lookups.get(namespace)
+    if names is None:
+        segments = namespace.split(".")
+        names = (namespace,) + tuple(".".join(segments[:i]) for i in range(len(segments) - 1, 0, -1))
+        if len(_lookups) < 1024:  # namespaces are class names: few; bounded all the same
+            _lookups[namespace] = names
+    return names
+
+
+def _level_for(predicate: LogLevelFilterPredicate, namespace: str) -> Any:
+    """C{predicate.logLevelForNamespace(namespace)} without splitting and joining the namespace each time."""
+    levels = getattr(predicate, "_logLevelsByNamespace", None)
+    if not namespace or type(levels) is not dict or "" not in levels:
+        return predicate.logLevelForNamespace(namespace)  # not what we know: Twisted's own answer
+    for name in _namespace_lookups(namespace):
+        if name in levels:
+            return levels[name]
+    return levels[""]
+
+
+def instance_logger_wants(instance: Any, level: Any, attribute: str = "log") -> bool:
+    """
+    C{observer_wants} for C{instance.log} (a C{Logger} class attribute) without
+    reading C{instance.log}: C{Logger.__get__} builds a new C{Logger} on every
+    access (~3 us), only to be asked for its observer and namespace, which are
+    the descriptor's observer and the name of C{type(instance)}, as
+    C{Logger.__get__} makes them. Anything but a plain class-level C{Logger}
+    is read the ordinary way.
+    """
+    owner = type(instance)
+    for klass in owner.__mro__:
+        descriptor = klass.__dict__.get(attribute)
+        if descriptor is not None:
+            break
+    if (isinstance(descriptor, Logger) and type(descriptor).__get__ is Logger.__get__
+            and attribute not in getattr(instance, "__dict__", ())):
+        return observer_wants(descriptor.observer, level, f"{owner.__module__}.{owner.__name__}")
+    log = getattr(instance, attribute)
+    return observer_wants(log.observer, level, log.namespace)
 
 
 def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) -> bool:
@@ -52,7 +99,10 @@ def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) ->
         observers = getattr(observer, "_observers", None)
         if not isinstance(observers, list):
             return True
-        return any(observer_wants(o, level, namespace, depth + 1) for o in observers)
+        for o in observers:  # a loop, not any(generator): this runs for every connection
+            if observer_wants(o, level, namespace, depth + 1):
+                return True
+        return False
     if type(observer) is FilteringLogObserver:
         should = getattr(observer, "_shouldLogEvent", None)
         if (getattr(observer, "_negativeObserver", None) is not bitbucketLogObserver
@@ -61,7 +111,7 @@ def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) ->
         for predicate in should.args[0]:
             if type(predicate) is not LogLevelFilterPredicate:
                 return True  # it may say yes
-            if level < predicate.logLevelForNamespace(namespace):
+            if level < _level_for(predicate, namespace):
                 return False  # dropped here
         return observer_wants(getattr(observer, "_observer", None), level, namespace, depth + 1)
     return True

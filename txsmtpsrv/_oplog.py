@@ -36,7 +36,7 @@ from twisted.logger import LogLevel
 from ._addrlimits import OncePer, address_key
 from ._core import REFUSAL_REPLY
 from ._ipaddr import parse_ip
-from ._logging import SessionLogger, observer_wants
+from ._logging import SessionLogger, instance_logger_wants
 
 __all__ = ["SessionLog", "log_value"]
 
@@ -129,9 +129,9 @@ class SessionLog:
             return
         if not isinstance(tally, _Tally):
             tally = _Tally(tally)
-        log = self.log
-        if not observer_wants(log.observer, LogLevel.info, log.namespace):
+        if not instance_logger_wants(self, LogLevel.info):
             return  # no observer keeps the line: not built (issue 13)
+        log = self.log
         tls = getattr(session.tls, "version", None) if session.secure else None
         log.info(
             "connection closed: client={client} name={name} helo={helo} tls={tls} user={user} "

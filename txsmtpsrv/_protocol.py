@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from ._context import ServerContext
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
-from ._logging import SessionLogger, observer_wants
+from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
@@ -49,6 +49,7 @@ _QUIET_FAILURES = (CancelledError, ConnectionLost, ConnectionDone, MessageDiscar
 _EXPIRED = -1.0
 #: Slack in comparing a hook's deadline with the clock (timer arithmetic may round down).
 _EPSILON = 1e-6
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}  # LogLevel.levelWithName, a dict lookup
 
 
 def _address_parts(address: Any) -> Tuple[str, int]:
@@ -286,14 +287,13 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         self._timer = None
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
-        log = self.log
         error = fields.pop("error", None)
         if level == "failure":
             if error is not None and not isinstance(error, Failure):
                 error = Failure(error, type(error), error.__traceback__)
-            log.failure(fmt, error, session_id=self.session.id, **fields)
-        elif observer_wants(log.observer, LogLevel.levelWithName(level), log.namespace):  # else nobody keeps it
-            getattr(log, level)(fmt, session_id=self.session.id, **fields)
+            self.log.failure(fmt, error, session_id=self.session.id, **fields)
+        elif instance_logger_wants(self, _LEVELS[level]):  # else nobody keeps it: self.log not even made
+            getattr(self.log, level)(fmt, session_id=self.session.id, **fields)
 
     # -- hooks -----------------------------------------------------------------
 

@@ -333,6 +333,7 @@ _REACTOR_NAMES = {
     "SelectReactor": "select",
     "KQueueReactor": "kqueue",
     "AsyncioSelectorReactor": "asyncio",
+    "SMTPEPollReactor": "smtpsrv-epoll",  # txsmtpsrv._reactor: workers run what the parent runs
 }
 
 
