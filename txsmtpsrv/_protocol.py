@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
+from ._deadlines import Deadline
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, observer_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
@@ -57,29 +58,19 @@ def _address_parts(address: Any) -> Tuple[str, int]:
     return str(host), int(getattr(address, "port", 0) or 0)
 
 
-@implementer(IPushProducer)
-class _ReplyBackpressure:
-    """
-    Registered with the transport: when a client pipelines commands but does
-    not read the replies, the write buffer fills and we stop reading
-    commands, so replies cannot pile up in memory.
-    """
+#: The listening addresses seen, so that every connection to one shares its
+#: host string and port number instead of a copy of its own (~90 bytes).
+_LOCAL: Dict[Tuple[str, int], Tuple[str, int]] = {}
 
-    __slots__ = ("_proto",)
 
-    def __init__(self, proto: "SMTPServerProtocol") -> None:
-        self._proto = proto
-
-    def pauseProducing(self) -> None:
-        self._proto.core.pause_write()
-        self._proto._sync_reading()
-
-    def resumeProducing(self) -> None:
-        self._proto.core.resume_write()
-        self._proto._run()
-
-    def stopProducing(self) -> None:
-        pass
+def _local_parts(address: Any) -> Tuple[str, int]:
+    parts = _address_parts(address)
+    shared = _LOCAL.get(parts)
+    if shared is None:
+        if len(_LOCAL) >= 256:  # bounded, whatever the program listens on
+            _LOCAL.clear()
+        shared = _LOCAL[parts] = parts
+    return shared
 
 
 class _Connection(TypingProtocol):
@@ -101,7 +92,7 @@ class _Connection(TypingProtocol):
     def resumeProducing(self) -> None: ...
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class SMTPServerProtocol(Protocol):
     """
     One SMTP (or LMTP) connection. Built by L{txsmtpsrv.SMTPServer}; users
@@ -126,9 +117,9 @@ class SMTPServerProtocol(Protocol):
         self._pending: Optional[Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]] = None
         self._stream: Optional[MessageStream] = None
         self._data_token: Optional[int] = None
-        self._timer: Any = None
+        self._timer: Optional[Deadline] = None  # the connection's one timer, in the server's Deadlines
         self._tls_timer: Any = None
-        self._backpressure = False  # _ReplyBackpressure registered with the transport
+        self._backpressure = False  # registered with the transport as its producer
         self._paused = False  # we paused the transport
         self._driving = False  # performing the dialogue's actions
         self._gone = False  # connectionLost ran
@@ -139,12 +130,16 @@ class SMTPServerProtocol(Protocol):
         self.core: Dialogue
         self._out: ReplyWriter  # every write to the transport goes through it
 
+    def logPrefix(self) -> str:
+        """Twisted's log context (its transport keeps two strings made of it per connection): short."""
+        return "SMTP"
+
     # -- connection lifecycle ----------------------------------------------
 
     def connectionMade(self) -> None:
         transport = self.transport
         peer = _address_parts(transport.getPeer())
-        host = _address_parts(transport.getHost())
+        host = _local_parts(transport.getHost())
         o = self.options
         ctx = self.context
         s = self.session = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
@@ -163,7 +158,7 @@ class SMTPServerProtocol(Protocol):
             # Under TLS only once the handshake is done: before, the TLS layer
             # pauses its producer while it buffers our greeting.
             self._register_backpressure()
-        self._timer = self._clock.callLater(o.socket_timeout, self._check_timeout)
+        self._timer = ctx.deadlines.call_later(o.socket_timeout, self)
         self.core.start()
         self._run()
 
@@ -172,10 +167,10 @@ class SMTPServerProtocol(Protocol):
         if self._tls_timer is not None and self.context.observers["tls"]:  # the handshake never finished
             why = reason.getErrorMessage() if reason is not None else "connection lost"
             self.context.notify("tls", self.session, why)
-        for timer in (self._timer, self._tls_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._tls_timer = None
+        self._stop_timer()
+        if self._tls_timer is not None and self._tls_timer.active():
+            self._tls_timer.cancel()
+        self._tls_timer = None
         self.core.connection_lost()
         self._run()
         s = self.session
@@ -275,9 +270,9 @@ class SMTPServerProtocol(Protocol):
                 self.transport.resumeProducing()
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._timer is not None:
+            self.context.deadlines.cancel(self._timer)
+            self._timer = None
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         log = self.log
@@ -397,9 +392,16 @@ class SMTPServerProtocol(Protocol):
         timer = self._timer
         if timer is None:
             if not self._gone:
-                self._timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._check_timeout)
-        elif timer.getTime() > deadline:
-            timer.reset(max(0.0, deadline - self._clock.seconds()))
+                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self._clock.seconds()), self)
+        elif timer.when > deadline:
+            self._wake_in(max(0.0, deadline - self._clock.seconds()))
+
+    def _wake_in(self, delay: float) -> None:
+        """Move the connection's timer (earlier): as C{DelayedCall.reset(delay)}."""
+        deadlines = self.context.deadlines
+        if self._timer is not None:
+            deadlines.cancel(self._timer)
+        self._timer = deadlines.call_later(delay, self)
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """
@@ -479,8 +481,8 @@ class SMTPServerProtocol(Protocol):
 
     # -- timers and TLS ---------------------------------------------------------------
 
-    def _check_timeout(self) -> None:
-        """The connection's one timer: hooks past hook_timeout, then the client's timeouts."""
+    def deadline_reached(self) -> None:
+        """The connection's one timer (see L{Deadlines}): hooks past hook_timeout, then the client's timeouts."""
         self._timer = None
         if self._gone:
             return
@@ -491,16 +493,32 @@ class SMTPServerProtocol(Protocol):
             if hooks is not None:
                 delay = min(delay, max(0.0, hooks - now))
             if self._timer is None:
-                self._timer = self._clock.callLater(delay, self._check_timeout)
-            elif self._timer.getTime() > now + delay:
-                self._timer.reset(delay)
+                self._timer = self.context.deadlines.call_later(delay, self)
+            elif self._timer.when > now + delay:
+                self._wake_in(delay)
         self._run()
 
     def _register_backpressure(self) -> None:
         # Once per connection: startTLS carries a registered producer over.
         if not self._backpressure:
             self._backpressure = True
-            self.transport.registerProducer(_ReplyBackpressure(self), True)
+            self.transport.registerProducer(self, True)
+
+    # IPushProducer, registered with the transport (the connection itself: no
+    # object of its own per connection). When a client pipelines commands but
+    # does not read the replies, the write buffer fills and we stop reading
+    # commands, so replies cannot pile up in memory.
+
+    def pauseProducing(self) -> None:
+        self.core.pause_write()
+        self._sync_reading()
+
+    def resumeProducing(self) -> None:
+        self.core.resume_write()
+        self._run()
+
+    def stopProducing(self) -> None:
+        pass
 
     def _start_handshake_timer(self) -> Any:
         from ._tls import start_handshake_timer
