@@ -41,7 +41,7 @@ class ServerContext:
     def __init__(self, options: Any, hooks: Any, observers: Dict[str, List[Callable[..., Any]]],
                  reply_cache: Dict[Any, bytes], reactor: Any, resolver: Callable[[], Any], tls: Callable[[], Any],
                  notify: Callable[..., None], connected: Callable[[Any], None],
-                 disconnected: Callable[[Any], None], guard: Any = None) -> None:
+                 disconnected: Callable[[Any], None], guard: Any = None, deadlines: Any = None) -> None:
         self.options = options
         self.hooks = hooks
         self.hook_names: FrozenSet[str] = frozenset(
@@ -59,5 +59,4 @@ class ServerContext:
             from ._guard import Guard
             guard = Guard(options)
         self.guard = guard
-        from ._deadlines import Deadlines
-        self.deadlines = Deadlines(reactor)
+        self.deadlines = deadlines
