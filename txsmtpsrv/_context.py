@@ -32,11 +32,13 @@ class ServerContext:
     @ivar connected: counts a connection in (for C{max_clients} and shutdown).
     @ivar disconnected: counts it out.
     @ivar guard: the per-address limit tables (L{_guard.Guard}) its connections share.
+    @ivar dialogue: the dialogue class of this server's connections (the server's constants as class attributes).
     @ivar deadlines: the connections' timers (L{_deadlines.Deadlines}): one reactor call for them all.
     """
 
     __slots__ = ("options", "hooks", "hook_names", "observers", "reply_cache", "reactor", "resolver", "tls",
-                 "notify", "connected", "disconnected", "guard", "deadlines")
+                 "notify", "connected", "disconnected", "guard", "deadlines",
+                 "dialogue")
 
     def __init__(self, options: Any, hooks: Any, observers: Dict[str, List[Callable[..., Any]]],
                  reply_cache: Dict[Any, bytes], reactor: Any, resolver: Callable[[], Any], tls: Callable[[], Any],
@@ -60,3 +62,4 @@ class ServerContext:
             guard = Guard(options)
         self.guard = guard
         self.deadlines = deadlines
+        self.dialogue: Any = None  # the connections' dialogue class (_dialogue.server_dialogue), made on first use

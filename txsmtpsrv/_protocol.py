@@ -37,7 +37,7 @@ from ._deadlines import Deadline
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, observer_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
-                        SLEEP, START_TLS, Dialogue)
+                        SLEEP, START_TLS, DialogueMachine, server_dialogue)
 from ._rdns import reverse_lookup
 from ._sendnow import ReplyWriter, eligible
 from ._session import Session
@@ -131,7 +131,7 @@ class SMTPServerProtocol:
         # token -> (hook name, when asked), for "hook" observers; made on first use.
         self._timing: Optional[Dict[int, Tuple[str, float]]] = None
         self.session: Session
-        self.core: Dialogue
+        self.core: DialogueMachine
         self._out: ReplyWriter  # every write to the transport goes through it
 
     @property
@@ -160,14 +160,18 @@ class SMTPServerProtocol:
         transport = self.transport
         peer = _address_parts(transport.getPeer())
         host = _local_parts(transport.getHost())
-        o = self.options
         ctx = self.context
+        o = ctx.options
         s = self.session = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
         s.secure = o.secured
         # Behind our PROXY wrapper getPeer() is already the real client.
         s.proxy = getattr(transport, "proxy_info", None)
         implicit = ISSLTransport.providedBy(transport)
-        self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, self._clock.seconds,
+        dialogue = ctx.dialogue
+        if dialogue is None:
+            dialogue = ctx.dialogue = server_dialogue(o, ctx.hook_names, ctx.observers, ctx.reply_cache,
+                                                      ctx.reactor.seconds, ctx.notify, ctx.guard)
+        self.core = dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
         self._out = ReplyWriter(transport, eligible(transport))
@@ -310,7 +314,7 @@ class SMTPServerProtocol:
         hook: Callable[..., Any]
         if name == SLEEP:
             # A delay of ours (greeting delay, AUTH tarpit): a timer, cancelled like a hook.
-            self._pending_calls()[token] = (self._clock.callLater(args[0], self._slept, token), None)
+            self._pending_calls()[token] = (self.context.reactor.callLater(args[0], self._slept, token), None)
             self.core.asked(token)
             return
         if name == "reverse_lookup":
@@ -332,7 +336,8 @@ class SMTPServerProtocol:
         self._run()
 
     def _reverse_lookup(self, ip: str) -> Any:
-        return reverse_lookup(ip, self.context.resolver(), self.options.reverse_lookup_timeout, self._clock)
+        ctx = self.context
+        return reverse_lookup(ip, ctx.resolver(), ctx.options.reverse_lookup_timeout, ctx.reactor)
 
     def _tls_context(self) -> None:
         self._holder = self.context.tls()
@@ -351,7 +356,7 @@ class SMTPServerProtocol:
         if timed and self.context.observers["hook"]:
             if self._timing is None:
                 self._timing = {}
-            self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self._clock.seconds())
+            self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self.context.reactor.seconds())
         try:
             result = hook(*args)
             if isinstance(result, CoroutineType):
@@ -368,7 +373,7 @@ class SMTPServerProtocol:
             return
         deadline = None
         if timed:
-            deadline = self._clock.seconds() + self.options.hook_timeout
+            deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
             self._schedule(deadline)
         self._pending_calls()[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
@@ -388,7 +393,7 @@ class SMTPServerProtocol:
         if (entry is not None and entry[1] == _EXPIRED and isinstance(outcome, Failure)
                 and outcome.check(CancelledError)):
             # What Deferred.addTimeout makes of the cancellation.
-            outcome = Failure(TimeoutError(self.options.hook_timeout, "Deferred"))
+            outcome = Failure(TimeoutError(self.context.options.hook_timeout, "Deferred"))
         if self._gone or self.core.finished:
             # Nobody to answer. A hook failing because the client left
             # (or we cancelled it) is not worth a traceback.
@@ -412,9 +417,10 @@ class SMTPServerProtocol:
         timer = self._timer
         if timer is None:
             if not self._gone:
-                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self._clock.seconds()), self)
+                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self.context.reactor.seconds()),
+                                                                self)
         elif timer.when > deadline:
-            self._wake_in(max(0.0, deadline - self._clock.seconds()))
+            self._wake_in(max(0.0, deadline - self.context.reactor.seconds()))
 
     def _wake_in(self, delay: float) -> None:
         """Move the connection's timer (earlier): as C{DelayedCall.reset(delay)}."""
@@ -446,7 +452,7 @@ class SMTPServerProtocol:
         if self._timing:
             timing = self._timing.pop(token, None)
             if timing is not None:
-                self.context.notify("hook", self.session, timing[0], self._clock.seconds() - timing[1])
+                self.context.notify("hook", self.session, timing[0], self.context.reactor.seconds() - timing[1])
         core = self.core
         holding = core.hook_pending
         stream = self._stream
@@ -466,7 +472,7 @@ class SMTPServerProtocol:
     # -- the message body ------------------------------------------------------------
 
     def _body_start(self, token: Optional[int], session: Session) -> None:
-        o = self.options
+        o = self.context.options
         stream = self._stream = MessageStream(self._stream_paused, self._stream_resumed, o.size, o.reject_oversized)
         if token is None:
             stream.discard()
@@ -506,17 +512,22 @@ class SMTPServerProtocol:
         self._timer = None
         if self._gone:
             return
-        now = self._clock.seconds()
+        now = self.context.reactor.seconds()
         hooks = self._expire_hooks(now)
         delay = self.core.check_timeout()  # None once closed (or gone meanwhile)
         if delay is not None:
             if hooks is not None:
                 delay = min(delay, max(0.0, hooks - now))
-            if self._timer is None:
-                self._timer = self.context.deadlines.call_later(delay, self)
-            elif self._timer.when > now + delay:
-                self._wake_in(delay)
+            self._wake_by(now + delay, delay)
         self._run()
+
+    def _wake_by(self, when: float, delay: float) -> None:
+        """Have the timer (gone, or set again meanwhile by a hook's answer) fire by C{when}, C{delay} from now."""
+        timer = self._timer
+        if timer is None:
+            self._timer = self.context.deadlines.call_later(delay, self)
+        elif timer.when > when:
+            self._wake_in(delay)
 
     def _register_backpressure(self) -> None:
         # Once per connection: startTLS carries a registered producer over.
@@ -547,8 +558,8 @@ class SMTPServerProtocol:
         except Exception:
             self.log.failure("TLS configuration failed", session_id=self.session.id)
             timeout = 30.0
-        return start_handshake_timer(cast(ITransport, self.transport), timeout, self._clock, hold=lambda: self.core.hook_pending,
-                                     session_id=self.session.id)
+        return start_handshake_timer(cast(ITransport, self.transport), timeout, self.context.reactor,
+                                     hold=lambda: self.core.hook_pending, session_id=self.session.id)
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up; tell the dialogue (and so the on_secure hook)."""
