@@ -97,7 +97,7 @@ class CoreBase:
     State and machinery shared by the command mixins.
 
     @ivar phase: the current L{Phase}.
-    @ivar out: reply bytes not yet written.
+    @ivar out: reply bytes not yet written (a list), or C{None} when there are none.
     @ivar actions: actions not yet performed (see the module docstring).
     """
 
@@ -162,7 +162,7 @@ class CoreBase:
         self.tls_available = tls_available
         self.tls_active = tls_active
         self.phase = _GREETING
-        self.out: List[bytes] = []
+        self.out: Optional[List[bytes]] = None  # reply bytes not yet written (None: none)
         self.actions = ActionQueue()
         self.reader = CommandReader(options.max_command_length)
         #: Why reading waits (HOOK | STREAM | VERDICT | WRITE | ASKING); 0: it goes on.
@@ -363,7 +363,9 @@ class CoreBase:
 
     def take_output(self) -> bytes:
         """The reply bytes to write now, in one write."""
-        out, self.out = self.out, []
+        out, self.out = self.out, None
+        if not out:
+            return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _auth_required_text(self) -> str:
@@ -414,13 +416,25 @@ class CoreBase:
         if self._hungup:
             return
         if not cache:
-            self.out.append(format_reply(code, text.split("\n"), enhanced if self._esc else None))
+            self._emit(format_reply(code, text.split("\n"), enhanced if self._esc else None))
             return
         key = (code, enhanced, text)
         data = self._cache.get(key)
         if data is None:
             data = self._cache[key] = format_reply(code, text.split("\n"), enhanced if self._esc else None)
-        self.out.append(data)
+        out = self.out
+        if out is None:
+            self.out = [data]
+        else:
+            out.append(data)
+
+    def _emit(self, data: bytes) -> None:
+        """Queue reply bytes (the list is made for them: an idle connection keeps none)."""
+        out = self.out
+        if out is None:
+            self.out = [data]
+        else:
+            out.append(data)
 
     def _reply_lines(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
         """Queue a reply with a hook's text; the enhanced code is derived when not given."""
@@ -434,7 +448,7 @@ class CoreBase:
             enhanced = None
         elif enhanced is None:
             enhanced = f"{str(code)[0]}.0.0" if code >= 400 or code < 300 else None
-        self.out.append(format_reply(code, lines, enhanced if self._esc else None))
+        self._emit(format_reply(code, lines, enhanced if self._esc else None))
 
     def _send(self, outcome: Outcome) -> bool:
         """Reply with an outcome (logging what needs it); return whether it was a success."""

@@ -107,14 +107,13 @@ class SMTPServerProtocol:
 
     log = SessionLogger()  # the session id goes into every line's text
 
-    __slots__ = ("factory", "transport", "connected", "context", "session", "core", "_pending", "_stream",
+    __slots__ = ("factory", "transport", "context", "core", "_pending", "_stream",
                  "_data_token", "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder",
                  "_timing", "_out")
 
     def __init__(self, context: ServerContext) -> None:
         self.factory: Any = None  # set by the server
         self.transport: _Connection = None  # type: ignore[assignment]  # set by makeConnection
-        self.connected = 0
         self.context = context
         # token -> (a hook's Deferred or the timer of one of our sleeps: either
         # is cancelled; its hook_timeout deadline, None for none); made on first use.
@@ -130,9 +129,18 @@ class SMTPServerProtocol:
         self._holder: Any = None
         # token -> (hook name, when asked), for "hook" observers; made on first use.
         self._timing: Optional[Dict[int, Tuple[str, float]]] = None
-        self.session: Session
         self.core: DialogueMachine
         self._out: ReplyWriter  # every write to the transport goes through it
+
+    @property
+    def session(self) -> Session:
+        """The L{Session} (the dialogue's: one slot less per connection)."""
+        return self.core.session
+
+    @property
+    def connected(self) -> int:
+        """C{IProtocol}'s flag, as C{BaseProtocol} keeps it: 1 once C{makeConnection} ran."""
+        return 0 if self.transport is None else 1
 
     @property
     def options(self) -> Any:
@@ -146,7 +154,6 @@ class SMTPServerProtocol:
 
     def makeConnection(self, transport: Any) -> None:
         """IProtocol: the connection is up (what C{BaseProtocol.makeConnection} does)."""
-        self.connected = 1
         self.transport = transport
         self.connectionMade()
 
@@ -162,7 +169,7 @@ class SMTPServerProtocol:
         host = _local_parts(transport.getHost())
         ctx = self.context
         o = ctx.options
-        s = self.session = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
+        s = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
         s.secure = o.secured
         # Behind our PROXY wrapper getPeer() is already the real client.
         s.proxy = getattr(transport, "proxy_info", None)
@@ -279,7 +286,7 @@ class SMTPServerProtocol:
         core = self.core
         out = core.out
         if out:
-            core.out = []
+            core.out = None
             if not self._gone:
                 self._out.write(out[0] if len(out) == 1 else b"".join(out))
 
