@@ -62,8 +62,9 @@ class MailCommands(CoreBase):
         s = self.session
         if s.envelope.mail_from is not None or s.envelope.rcpt_to:
             s.envelope = Envelope()
-        if s._xforward:  # XFORWARD describes one transaction (no dict made to ask)
-            s._xforward = None
+        extra = s._extra  # [xclient, xforward] once either was used
+        if extra is not None and extra[1]:  # XFORWARD describes one transaction (no dict made to ask)
+            extra[1] = {}
             if self._pre_xforward is not None:
                 s.remote_address, s.client_hostname = self._pre_xforward
                 self._pre_xforward = None

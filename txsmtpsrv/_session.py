@@ -105,7 +105,7 @@ class Session:
     __slots__ = (
         "id", "local_address", "local_port", "remote_address", "remote_port",
         "client_hostname", "host_name_appears_as", "opening_command", "envelope",
-        "transaction", "user", "secure", "tls", "proxy", "lmtp", "_xclient", "_xforward",
+        "transaction", "user", "secure", "tls", "proxy", "lmtp", "_extra",
     )
 
     def __init__(self, id: str, local_address: str, local_port: int, remote_address: str,
@@ -125,32 +125,33 @@ class Session:
         self.tls: Any = None
         self.proxy: Any = None
         self.lmtp = lmtp
-        # Made on first use: most connections never see XCLIENT/XFORWARD, and
-        # two empty dicts are an eighth of an idle connection's memory.
-        self._xclient: Optional[Dict[str, str]] = None
-        self._xforward: Optional[Dict[str, str]] = None
+        # [xclient, xforward], made on first use: most connections never see
+        # XCLIENT/XFORWARD (one slot for both: 16 bytes less per connection
+        # with the allocator's 16-byte steps).
+        self._extra: Optional[List[Dict[str, str]]] = None
+
+    def _extras(self) -> List[Dict[str, str]]:
+        if self._extra is None:
+            self._extra = [{}, {}]
+        return self._extra
 
     @property
     def xclient(self) -> Dict[str, str]:
         """The attributes XCLIENT gave (empty until one came)."""
-        if self._xclient is None:
-            self._xclient = {}
-        return self._xclient
+        return self._extras()[0]
 
     @xclient.setter
     def xclient(self, value: Dict[str, str]) -> None:
-        self._xclient = value
+        self._extras()[0] = value
 
     @property
     def xforward(self) -> Dict[str, str]:
         """The attributes XFORWARD gave for the current transaction."""
-        if self._xforward is None:
-            self._xforward = {}
-        return self._xforward
+        return self._extras()[1]
 
     @xforward.setter
     def xforward(self, value: Dict[str, str]) -> None:
-        self._xforward = value
+        self._extras()[1] = value
 
     @property
     def transmission_type(self) -> str:
