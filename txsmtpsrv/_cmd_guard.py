@@ -33,9 +33,8 @@ _GREETING = Phase.GREETING
 class GuardCommands(CoreBase):
     """The dialogue's side of the limits; L{CoreBase} calls these at the right moments."""
 
-    __slots__ = ("_client_key", "_sniff", "_pregreet", "_delaying", "_greet_waiting", "_screening",
+    __slots__ = ("_guard", "_client_key", "_sniff", "_pregreet", "_delaying", "_greet_waiting", "_screening",
                  "_junk_counter")
-    _guard: Guard  # a per-server constant (see CoreBase.SHARED)
 
     def __init__(self, *args: Any, guard: Optional[Guard] = None, **kwargs: Any) -> None:
         """
@@ -43,9 +42,7 @@ class GuardCommands(CoreBase):
             its connections); by default one of this dialogue's own.
         """
         super().__init__(*args, **kwargs)
-        if self._own_constants:
-            # (a Dialogue's own slot: see CoreBase.SHARED)
-            setattr(self, "_guard", guard if guard is not None else Guard(self.options))
+        self._guard = guard if guard is not None else Guard(self.options)
         self._client_key: Optional[str] = None  # counted under this address key while connected
         self._sniff: Optional[bytes] = None  # the first bytes, until they tell whether TLS comes
         self._pregreet = self._delaying = self._greet_waiting = self._screening = False

@@ -60,11 +60,12 @@ class MailCommands(CoreBase):
             self._abandon_data()  # RSET or EHLO between BDAT chunks
         self._bdat_error = None
         s = self.session
-        if s.envelope.mail_from is not None or s.envelope.rcpt_to:
+        env = s.envelope
+        if env.mail_from is not None or env._rcpt:  # (_rcpt: asking rcpt_to would make the list)
             s.envelope = Envelope()
-        extra = s._extra  # [xclient, xforward] once either was used
+        extra = s._extra  # [xclient, xforward, tls, proxy] once one was set
         if extra is not None and extra[1]:  # XFORWARD describes one transaction (no dict made to ask)
-            extra[1] = {}
+            extra[1] = None
             if self._pre_xforward is not None:
                 s.remote_address, s.client_hostname = self._pre_xforward
                 self._pre_xforward = None

@@ -32,13 +32,11 @@ class ServerContext:
     @ivar connected: counts a connection in (for C{max_clients} and shutdown).
     @ivar disconnected: counts it out.
     @ivar guard: the per-address limit tables (L{_guard.Guard}) its connections share.
-    @ivar dialogue: the dialogue class of this server's connections (the server's constants as class attributes).
     @ivar deadlines: the connections' timers (L{_deadlines.Deadlines}): one reactor call for them all.
     """
 
     __slots__ = ("options", "hooks", "hook_names", "observers", "reply_cache", "reactor", "resolver", "tls",
-                 "notify", "connected", "disconnected", "guard", "deadlines",
-                 "dialogue")
+                 "notify", "connected", "disconnected", "guard", "deadlines")
 
     def __init__(self, options: Any, hooks: Any, observers: Dict[str, List[Callable[..., Any]]],
                  reply_cache: Dict[Any, bytes], reactor: Any, resolver: Callable[[], Any], tls: Callable[[], Any],
@@ -62,4 +60,3 @@ class ServerContext:
             guard = Guard(options)
         self.guard = guard
         self.deadlines = deadlines
-        self.dialogue: Any = None  # the connections' dialogue class (_dialogue.server_dialogue), made on first use

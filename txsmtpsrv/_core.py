@@ -101,45 +101,15 @@ class CoreBase:
     @ivar actions: actions not yet performed (see the module docstring).
     """
 
-    # The server's constants (SHARED) are not here: a L{_dialogue.Dialogue}
-    # keeps its own in slots, a server's class (L{_dialogue.server_dialogue})
-    # holds them as class attributes, shared by its connections.
     __slots__ = (
-        "session", "phase", "out", "actions", "reader",
-        "holds", "_hook_waits", "_waiting", "_token", "_shutdown", "_hungup",
+        "options", "session", "hooks", "observers", "phase", "out", "actions", "reader", "_clock",
+        "_esc", "_cache", "holds", "_hook_waits", "_waiting", "_token", "_shutdown", "_hungup",
         "_unrecognized", "_unauthenticated", "_auth_failures", "_stream_wait", "_auth", "_auth_error",
-        "_deadline", "_quiet", "_trusted", "tls_available", "tls_active",
+        "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb",
+        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb", "_tell",
     )
-    #: The per-server constants, by name (see L{constants}).
-    SHARED = ("options", "hooks", "observers", "_cache", "_clock", "_tell", "_esc", "_auth_needed", "_per_byte")
-    #: Whether the instance keeps the constants itself (False in a server's class).
-    _own_constants = True
-    options: Any
-    hooks: FrozenSet[str]
-    observers: Mapping[str, List[Any]]
-    _cache: Dict[Any, bytes]
-    _clock: Callable[[], float]
-    _tell: Optional[Callable[..., None]]
-    _esc: bool
-    _auth_needed: bool
-    _per_byte: float
-
-    @staticmethod
-    def constants(options: Any, hooks: FrozenSet[str], observers: Mapping[str, List[Any]],
-                  reply_cache: Dict[Any, bytes], clock: Callable[[], float],
-                  notify: Optional[Callable[..., None]]) -> Dict[str, Any]:
-        """The values of L{SHARED}: what every connection of one server has in common."""
-        return {
-            "options": options, "hooks": hooks, "observers": observers, "_cache": reply_cache, "_clock": clock,
-            "_tell": notify,
-            # RFC 2033: LMTP servers always do ENHANCEDSTATUSCODES and PIPELINING.
-            "_esc": options.lmtp or not options.hide_enhancedstatuscodes,
-            "_auth_needed": "on_auth" in hooks and not options.auth_optional,
-            "_per_byte": _seconds_per_byte(options.min_data_rate),
-        }
 
     def __init__(self, options: Any, session: Session, hooks: FrozenSet[str],
                  observers: Mapping[str, List[Any]], reply_cache: Dict[Any, bytes],
@@ -155,12 +125,17 @@ class CoreBase:
         @param tls_available: whether the transport can start TLS.
         @param tls_active: whether it is TLS already (implicit TLS).
         """
-        if self._own_constants:
-            for name, value in self.constants(options, hooks, observers, reply_cache, clock, notify).items():
-                setattr(self, name, value)
+        self.options = options
+        self._tell = notify
         self.session = session
+        self.hooks = hooks
+        self.observers = observers
+        self._cache = reply_cache
+        self._clock = clock
         self.tls_available = tls_available
         self.tls_active = tls_active
+        # RFC 2033: LMTP servers always do ENHANCEDSTATUSCODES and PIPELINING.
+        self._esc = options.lmtp or not options.hide_enhancedstatuscodes
         self.phase = _GREETING
         self.out: Optional[List[bytes]] = None  # reply bytes not yet written (None: none)
         self.actions = ActionQueue()
@@ -182,7 +157,9 @@ class CoreBase:
         # give after an XOAUTH2 error challenge is acknowledged.
         self._auth: Any = None
         self._auth_error: Any = None
+        self._auth_needed = "on_auth" in hooks and not options.auth_optional
         self._deadline = 0.0
+        self._per_byte = _seconds_per_byte(options.min_data_rate)
         self._quiet = False
         self._trusted = False
         # The message: its decoder (DATA), whether a stream is open, the data

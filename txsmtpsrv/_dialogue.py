@@ -14,47 +14,23 @@ Its phases and which command runs in which phase: L{_phases}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
+from typing import Callable, Dict, FrozenSet, Tuple
 
 from ._cmd_guard import SLEEP
 from ._cmd_mail import MailCommands
 from ._cmd_session import SessionCommands
-from ._core import ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS, CoreBase
+from ._core import ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS
 from ._dispatch import CommandDispatch
-from ._guard import Guard
 from ._phases import COMMAND_PHASES, COMMANDS, Phase
 
-__all__ = ["Dialogue", "DialogueMachine", "server_dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS",
+__all__ = ["Dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END", "BODY_ABORT", "START_TLS",
            "CLOSE", "ABORT", "NOTIFY", "LOG", "SLEEP"]
 
 
-class DialogueMachine(CommandDispatch, MailCommands, SessionCommands):
-    """The dialogue without a place for the server's constants (see L{Dialogue}, L{server_dialogue})."""
-
-    __slots__ = ()
-
-
-class Dialogue(DialogueMachine):
+class Dialogue(CommandDispatch, MailCommands, SessionCommands):
     """One connection's dialogue; see the module docstring of L{_core} for its inputs and actions."""
 
-    __slots__ = CoreBase.SHARED + ("_guard",)
-
-
-def server_dialogue(options: Any, hooks: FrozenSet[str], observers: Mapping[str, List[Any]],
-                    reply_cache: Dict[Any, bytes], clock: Callable[[], float],
-                    notify: Optional[Callable[..., None]], guard: Guard) -> Type[DialogueMachine]:
-    """
-    A L{Dialogue} class for the connections of one server: the server's
-    constants (options, hooks, observers, reply cache, clock, guard and
-    what derives from them) are its class attributes, not ten slots of
-    every connection (~80 bytes of each idle one). Built once per server;
-    its instances take the same arguments as a L{Dialogue}'s and ignore
-    the constants among them.
-    """
-    shared = CoreBase.constants(options, hooks, observers, reply_cache, clock, notify)
-    shared.update(__slots__=(), _own_constants=False, _guard=guard, __module__=__name__,
-                  __doc__="L{Dialogue} with the constants of one server as class attributes.")
-    return type("ServerDialogue", (DialogueMachine,), shared)
+    __slots__ = ()
 
 
 def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]]:

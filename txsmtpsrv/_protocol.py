@@ -37,7 +37,7 @@ from ._deadlines import Deadline
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, observer_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
-                        SLEEP, START_TLS, DialogueMachine, server_dialogue)
+                        SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
 from ._sendnow import ReplyWriter, eligible
 from ._session import Session
@@ -129,7 +129,7 @@ class SMTPServerProtocol:
         self._holder: Any = None
         # token -> (hook name, when asked), for "hook" observers; made on first use.
         self._timing: Optional[Dict[int, Tuple[str, float]]] = None
-        self.core: DialogueMachine
+        self.core: Dialogue
         self._out: ReplyWriter  # every write to the transport goes through it
 
     @property
@@ -174,11 +174,7 @@ class SMTPServerProtocol:
         # Behind our PROXY wrapper getPeer() is already the real client.
         s.proxy = getattr(transport, "proxy_info", None)
         implicit = ISSLTransport.providedBy(transport)
-        dialogue = ctx.dialogue
-        if dialogue is None:
-            dialogue = ctx.dialogue = server_dialogue(o, ctx.hook_names, ctx.observers, ctx.reply_cache,
-                                                      ctx.reactor.seconds, ctx.notify, ctx.guard)
-        self.core = dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
+        self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
         self._out = ReplyWriter(transport, eligible(transport))
