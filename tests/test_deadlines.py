@@ -139,6 +139,34 @@ def test_rearming_from_the_callback() -> None:
     assert pending_calls(clock) == [] and len(d) == 0
 
 
+def test_rearming_later_keeps_an_earlier_entry_exact() -> None:
+    """An owner re-arming past another pending entry must not delay that one."""
+    clock = Clock()
+    d = Deadlines(clock)
+    a = Owner(clock, "a", then=lambda o: d.call_later(15, o) if len(o.woken) < 2 else None)
+    b = Owner(clock, "b")
+    d.call_later(5, a)
+    d.call_later(10, b)
+    for _ in range(30):
+        clock.advance(1)
+    assert a.woken == [5, 20] and b.woken == [10]
+
+
+def test_rearming_earlier_from_the_callback() -> None:
+    """An owner re-arming before the next pending entry moves the reactor call earlier."""
+    clock = Clock()
+    d = Deadlines(clock)
+    a = Owner(clock, "a", then=lambda o: d.call_later(1, o) if len(o.woken) < 2 else None)
+    b = Owner(clock, "b")
+    d.call_later(5, a)
+    d.call_later(10, b)
+    clock.advance(5)
+    assert pending_calls(clock) == [6]
+    for _ in range(10):
+        clock.advance(1)
+    assert a.woken == [5, 6] and b.woken == [10]
+
+
 def test_due_together_run_together_and_may_cancel_each_other() -> None:
     clock = Clock()
     d = Deadlines(clock)

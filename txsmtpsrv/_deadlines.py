@@ -79,7 +79,7 @@ class Deadlines:
     runs.
     """
 
-    __slots__ = ("_reactor", "_heap", "_call", "_at", "_live", "_empty")
+    __slots__ = ("_reactor", "_heap", "_call", "_at", "_live", "_empty", "_firing")
 
     log = Logger()
 
@@ -90,6 +90,7 @@ class Deadlines:
         self._at = 0.0  # the instant _call was set for
         self._live = 0
         self._empty = 0  # cancelled entries still in the heap
+        self._firing = False  # in _fire: it sets the next call itself when done
 
     def __len__(self) -> int:
         """How many deadlines are pending."""
@@ -100,7 +101,7 @@ class Deadlines:
         entry = Deadline(self._reactor.seconds() + delay, owner)
         heappush(self._heap, entry)
         self._live += 1
-        if self._call is None or entry.when < self._at:
+        if not self._firing and (self._call is None or entry.when < self._at):
             self._arm(entry.when)
         return entry
 
@@ -115,7 +116,7 @@ class Deadlines:
         if not self._live:
             self._heap.clear()
             self._empty = 0
-            if self._call is not None:
+            if self._call is not None and not self._firing:
                 if self._call.active():
                     self._call.cancel()
                 self._call = None
@@ -154,20 +155,21 @@ class Deadlines:
         if not self._live:
             self._heap.clear()
             self._empty = 0
-        for entry in due:
-            owner = entry.owner
-            if owner is None:  # cancelled by an entry run before it
-                continue
-            entry.owner = None
-            try:
-                owner.deadline_reached()
-            except Exception:
-                self.log.failure("connection timer failed")
-        if self._call is None:  # else an owner scheduled something earlier meanwhile
-            self._arm_next()
-
-    def _arm_next(self) -> None:
-        heap = self._heap
+        self._firing = True
+        try:
+            for entry in due:
+                owner = entry.owner
+                if owner is None:  # cancelled by an entry run before it
+                    continue
+                entry.owner = None
+                try:
+                    owner.deadline_reached()
+                except Exception:
+                    self.log.failure("connection timer failed")
+        finally:
+            self._firing = False
+        # What the owners scheduled meanwhile may come before or after what was there.
+        heap = self._heap  # (a cancellation may have rebuilt it)
         while heap and heap[0].owner is None:
             heappop(heap)
             self._empty -= 1
