@@ -461,8 +461,9 @@ class SessionCommands(GuardCommands):
         attrs = self._x_attributes("XFORWARD", self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
             s = self.session
-            if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
-                self._pre_xforward = (s.remote_address, s.client_hostname)
+            extra = s._extras()  # [5]: the proxy's own identity, back after the transaction
+            if extra[5] is None:
+                extra[5] = (s.remote_address, s.client_hostname)
             s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
             s.xforward = {**s.xforward, **self._as_text(attrs)}
             self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)

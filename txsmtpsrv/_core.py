@@ -108,7 +108,7 @@ class CoreBase:
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb", "_tell",
+        "_asking", "_bdat_check", "_verb", "_tell",
     )
 
     def __init__(self, options: Any, session: Session, hooks: FrozenSet[str],
@@ -171,11 +171,10 @@ class CoreBase:
         self._data_dot = False
         self._data_bare = ""  # the 550 5.6.0 text once the body is refused (bare CR/LF, NUL)
         self._bdat_check: Any = None
-        self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool]] = None
-        self._data_trace: Any = None
+        # (value, error, timed_out, the driver's record of the error for logs)
+        self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool, Any]] = None
         self._asking: Optional[int] = None
-        # (remote_address, client_hostname) before an XFORWARD replaced them.
-        self._pre_xforward: Optional[Tuple[str, str]] = None
+        # (remote_address, client_hostname) before an XFORWARD replaced them: kept by the session (its _extra[5]).
         # The verb the next replies answer, for the "reply" observers
         # (CONNECT for the greeting, UNKNOWN for what is not a command).
         self._verb = "CONNECT"
@@ -308,7 +307,7 @@ class CoreBase:
                 and now - self._stream_wait >= o.hook_timeout):
             # The hook answered but left a reader that stopped reading.
             self._log("warn", "message reader stalled for {timeout}s", timeout=o.hook_timeout)
-            self._data_outcome = (None, TimeoutError("the message reader stalled"), True)
+            self._data_outcome = (None, TimeoutError("the message reader stalled"), True, self._data_outcome[3])
             self.actions.append((BODY_ABORT, "stalled", ""))
         ours = self.holds & _OURS
         if ours or now < self._deadline:

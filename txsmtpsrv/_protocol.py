@@ -58,21 +58,6 @@ def _address_parts(address: Any) -> Tuple[str, int]:
     return str(host), int(getattr(address, "port", 0) or 0)
 
 
-#: The listening addresses seen, so that every connection to one shares its
-#: host string and port number instead of a copy of its own (~90 bytes).
-_LOCAL: Dict[Tuple[str, int], Tuple[str, int]] = {}
-
-
-def _local_parts(address: Any) -> Tuple[str, int]:
-    parts = _address_parts(address)
-    shared = _LOCAL.get(parts)
-    if shared is None:
-        if len(_LOCAL) >= 256:  # bounded, whatever the program listens on
-            _LOCAL.clear()
-        shared = _LOCAL[parts] = parts
-    return shared
-
-
 class _Connection(TypingProtocol):
     """
     What this protocol uses of its transport. TCP, UNIX and TLS transports
@@ -166,7 +151,7 @@ class SMTPServerProtocol:
     def connectionMade(self) -> None:
         transport = self.transport
         peer = _address_parts(transport.getPeer())
-        host = _local_parts(transport.getHost())
+        host = _address_parts(transport.getHost())  # the Session shares one (address, port) per listener
         ctx = self.context
         o = ctx.options
         s = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
