@@ -241,11 +241,12 @@ def test_per_recipient_list_skips_refused_recipients():
 
 
 @pytest.mark.parametrize("answer", [[None], [None, None, None], []])
-def test_hook_list_of_wrong_length(answer):
+def test_hook_list_of_wrong_length(answer, monkeypatch):
     """A list of the wrong length: 451 4.3.0 for each recipient, and an error is logged."""
     client = lmtp_client(Recorder(answer))
     events: List[Dict[str, Any]] = []
-    client.protocol.log = Logger(observer=events.append)
+    # The protocol has slots only (no instance dict): its logger is replaced on the class.
+    monkeypatch.setattr(type(client.protocol), "log", Logger(observer=events.append))
     replies = transaction(client, ["a@example.test", "b@example.test"])
     assert codes(replies[-2:]) == [(451, "4.3.0")] * 2
     assert any(e.get("n") == len(answer) and e.get("m") == 2 for e in events)

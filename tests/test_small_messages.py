@@ -450,7 +450,8 @@ def test_idle_connection_holds_no_lazy_objects() -> None:
     assert type(core.actions) is ActionQueue and core.actions == []
     assert core._waiting is None and core._junk_counter is None
     assert proto._pending is None and proto._timing is None
-    assert s._xclient is None and s._xforward is None  # no dicts until asked for
+    # No XCLIENT/XFORWARD/TLS/PROXY record, recipients' list or reply list until needed (issue 13, idle memory).
+    assert s._extra is None and s.envelope._rcpt is None and core.out is None
     assert isinstance(server.session_log._sessions[s.id], float)  # a start time, not a tally yet
     other = TestClient(server)
     assert other.protocol.core._per_byte is core._per_byte  # one float per server
@@ -460,6 +461,9 @@ def test_idle_connection_holds_no_lazy_objects() -> None:
     assert s.xclient == {} and s.xforward == {}  # plain dicts, as in 0.1.0, made on first use
     s.xclient["NAME"] = "x"
     assert s.xclient == {"NAME": "x"} and json.dumps(s.xforward) == "{}"
+    assert s.tls is None and s.proxy is None and s.envelope.rcpt_to == []
+    s.envelope.rcpt_to.append("r")  # a list like any other once asked for
+    assert s.envelope.rcpt_to == ["r"]
 
 
 def test_action_queue_is_first_in_first_out() -> None:

@@ -60,13 +60,15 @@ class MailCommands(CoreBase):
             self._abandon_data()  # RSET or EHLO between BDAT chunks
         self._bdat_error = None
         s = self.session
-        if s.envelope.mail_from is not None or s.envelope.rcpt_to:
+        env = s.envelope
+        if env.mail_from is not None or env._rcpt:  # (_rcpt: asking rcpt_to would make the list)
             s.envelope = Envelope()
-        if s._xforward:  # XFORWARD describes one transaction (no dict made to ask)
-            s._xforward = None
-            if self._pre_xforward is not None:
-                s.remote_address, s.client_hostname = self._pre_xforward
-                self._pre_xforward = None
+        extra = s._extra  # [xclient, xforward, tls, proxy] once one was set
+        if extra is not None and extra[1]:  # XFORWARD describes one transaction (no dict made to ask)
+            extra[1] = None
+            if extra[5] is not None:  # the proxy's own identity, from before XFORWARD
+                s.remote_address, s.client_hostname = extra[5]
+                extra[5] = None
         if self.phase in _IN_TRANSACTION:
             self.phase = _COMMAND
 
@@ -234,7 +236,6 @@ class MailCommands(CoreBase):
         self._data_dot = False
         self._data_bare = ""
         self._data_outcome = None
-        self._data_trace = None
         self._body = True
         self.byte_length = 0
         self.refused_for_size = False
@@ -249,12 +250,11 @@ class MailCommands(CoreBase):
             self.actions.append((BODY_START, token, self.session))
         else:
             self._data_token = None
-            self._data_outcome = (None, None, False)
+            self._data_outcome = (None, None, False, None)
             self.actions.append((BODY_START, None, self.session))
 
     def _data_answered(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-        self._data_outcome = (value, error, timed_out)
-        self._data_trace = self._trace
+        self._data_outcome = (value, error, timed_out, self._trace)
         self._data_token = None
         if self._data_dot:
             self._data_reply()
@@ -309,10 +309,9 @@ class MailCommands(CoreBase):
         assert self._data_outcome is not None
         self._body = False
         self._data_dot = False
-        value, error, timed_out = self._data_outcome
+        value, error, timed_out, self._trace = self._data_outcome
         s = self.session
         o = self.options
-        self._trace = self._data_trace
         if self.refused_for_size:
             for _ in range(self._end_replies()):
                 self._reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
@@ -411,8 +410,7 @@ class MailCommands(CoreBase):
                 error = (550, "5.6.0", self._data_bare)
             elif self._data_outcome is not None and self._data_outcome[1] is not None:
                 # The hook refused before the last chunk: its reply, now.
-                value, err, timed_out = self._data_outcome
-                self._trace = self._data_trace
+                value, err, timed_out, self._trace = self._data_outcome
                 for _ in range(count):
                     self._send(hook_outcome(None, err, timed_out, 250, "", ""))
                 self._chunk_failed((554, "5.6.0", "Error: message refused"), last)

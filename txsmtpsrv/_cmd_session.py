@@ -200,9 +200,9 @@ class SessionCommands(GuardCommands):
                     tail = self._cache.get(key)
                     if tail is None:
                         tail = self._cache[key] = format_reply(250, keywords, None)
-                    self.out.append(b"".join([reply_line("250-", line) for line in lines]) + tail)
+                    self._emit(b"".join([reply_line("250-", line) for line in lines]) + tail)
                 else:
-                    self.out.append(format_reply(250, lines, None))
+                    self._emit(format_reply(250, lines, None))
             if self.observers["helo"]:
                 self._notify("helo", s, hostname)
 
@@ -298,7 +298,7 @@ class SessionCommands(GuardCommands):
         if isinstance(result, Challenge):
             self._auth = exchange
             self.phase = _AUTH
-            self.out.append(result.reply_line())
+            self._emit(result.reply_line())
             return
 
         if self._auth_refused(result.username):
@@ -345,7 +345,7 @@ class SessionCommands(GuardCommands):
                 outcome.code, outcome.lines, outcome.enhanced)
             self._auth_error = err
             self.phase = _AUTH
-            self.out.append(exchange.reject(getattr(err, "challenge", None)).reply_line())
+            self._emit(exchange.reject(getattr(err, "challenge", None)).reply_line())
             return
         self._send(outcome)
 
@@ -461,8 +461,9 @@ class SessionCommands(GuardCommands):
         attrs = self._x_attributes("XFORWARD", self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
             s = self.session
-            if self._pre_xforward is None:  # the proxy's own identity, back after the transaction
-                self._pre_xforward = (s.remote_address, s.client_hostname)
+            extra = s._extras()  # [5]: the proxy's own identity, back after the transaction
+            if extra[5] is None:
+                extra[5] = (s.remote_address, s.client_hostname)
             s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
             s.xforward = {**s.xforward, **self._as_text(attrs)}
             self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)

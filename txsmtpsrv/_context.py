@@ -32,15 +32,16 @@ class ServerContext:
     @ivar connected: counts a connection in (for C{max_clients} and shutdown).
     @ivar disconnected: counts it out.
     @ivar guard: the per-address limit tables (L{_guard.Guard}) its connections share.
+    @ivar deadlines: the connections' timers (L{_deadlines.Deadlines}): one reactor call for them all.
     """
 
     __slots__ = ("options", "hooks", "hook_names", "observers", "reply_cache", "reactor", "resolver", "tls",
-                 "notify", "connected", "disconnected", "guard")
+                 "notify", "connected", "disconnected", "guard", "deadlines")
 
     def __init__(self, options: Any, hooks: Any, observers: Dict[str, List[Callable[..., Any]]],
                  reply_cache: Dict[Any, bytes], reactor: Any, resolver: Callable[[], Any], tls: Callable[[], Any],
                  notify: Callable[..., None], connected: Callable[[Any], None],
-                 disconnected: Callable[[Any], None], guard: Any = None) -> None:
+                 disconnected: Callable[[Any], None], guard: Any = None, deadlines: Any = None) -> None:
         self.options = options
         self.hooks = hooks
         self.hook_names: FrozenSet[str] = frozenset(
@@ -58,3 +59,4 @@ class ServerContext:
             from ._guard import Guard
             guard = Guard(options)
         self.guard = guard
+        self.deadlines = deadlines

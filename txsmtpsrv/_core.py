@@ -97,7 +97,7 @@ class CoreBase:
     State and machinery shared by the command mixins.
 
     @ivar phase: the current L{Phase}.
-    @ivar out: reply bytes not yet written.
+    @ivar out: reply bytes not yet written (a list), or C{None} when there are none.
     @ivar actions: actions not yet performed (see the module docstring).
     """
 
@@ -108,7 +108,7 @@ class CoreBase:
         "_auth_needed", "_deadline", "_per_byte", "_quiet", "_trusted", "tls_available", "tls_active",
         "_decoder", "_body", "_data_token", "_data_dot", "_data_bare", "_data_outcome", "byte_length",
         "refused_for_size", "_chunk_left", "_chunk_last", "_chunk_error", "_bdat_error", "_late", "_trace",
-        "_data_trace", "_asking", "_pre_xforward", "_bdat_check", "_verb", "_tell",
+        "_asking", "_bdat_check", "_verb", "_tell",
     )
 
     def __init__(self, options: Any, session: Session, hooks: FrozenSet[str],
@@ -137,7 +137,7 @@ class CoreBase:
         # RFC 2033: LMTP servers always do ENHANCEDSTATUSCODES and PIPELINING.
         self._esc = options.lmtp or not options.hide_enhancedstatuscodes
         self.phase = _GREETING
-        self.out: List[bytes] = []
+        self.out: Optional[List[bytes]] = None  # reply bytes not yet written (None: none)
         self.actions = ActionQueue()
         self.reader = CommandReader(options.max_command_length)
         #: Why reading waits (HOOK | STREAM | VERDICT | WRITE | ASKING); 0: it goes on.
@@ -171,11 +171,10 @@ class CoreBase:
         self._data_dot = False
         self._data_bare = ""  # the 550 5.6.0 text once the body is refused (bare CR/LF, NUL)
         self._bdat_check: Any = None
-        self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool]] = None
-        self._data_trace: Any = None
+        # (value, error, timed_out, the driver's record of the error for logs)
+        self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool, Any]] = None
         self._asking: Optional[int] = None
-        # (remote_address, client_hostname) before an XFORWARD replaced them.
-        self._pre_xforward: Optional[Tuple[str, str]] = None
+        # (remote_address, client_hostname) before an XFORWARD replaced them: kept by the session (its _extra[5]).
         # The verb the next replies answer, for the "reply" observers
         # (CONNECT for the greeting, UNKNOWN for what is not a command).
         self._verb = "CONNECT"
@@ -308,7 +307,7 @@ class CoreBase:
                 and now - self._stream_wait >= o.hook_timeout):
             # The hook answered but left a reader that stopped reading.
             self._log("warn", "message reader stalled for {timeout}s", timeout=o.hook_timeout)
-            self._data_outcome = (None, TimeoutError("the message reader stalled"), True)
+            self._data_outcome = (None, TimeoutError("the message reader stalled"), True, self._data_outcome[3])
             self.actions.append((BODY_ABORT, "stalled", ""))
         ours = self.holds & _OURS
         if ours or now < self._deadline:
@@ -340,7 +339,9 @@ class CoreBase:
 
     def take_output(self) -> bytes:
         """The reply bytes to write now, in one write."""
-        out, self.out = self.out, []
+        out, self.out = self.out, None
+        if not out:
+            return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _auth_required_text(self) -> str:
@@ -391,13 +392,25 @@ class CoreBase:
         if self._hungup:
             return
         if not cache:
-            self.out.append(format_reply(code, text.split("\n"), enhanced if self._esc else None))
+            self._emit(format_reply(code, text.split("\n"), enhanced if self._esc else None))
             return
         key = (code, enhanced, text)
         data = self._cache.get(key)
         if data is None:
             data = self._cache[key] = format_reply(code, text.split("\n"), enhanced if self._esc else None)
-        self.out.append(data)
+        out = self.out
+        if out is None:
+            self.out = [data]
+        else:
+            out.append(data)
+
+    def _emit(self, data: bytes) -> None:
+        """Queue reply bytes (the list is made for them: an idle connection keeps none)."""
+        out = self.out
+        if out is None:
+            self.out = [data]
+        else:
+            out.append(data)
 
     def _reply_lines(self, code: int, enhanced: Optional[str], lines: Tuple[str, ...], greeting: bool) -> None:
         """Queue a reply with a hook's text; the enhanced code is derived when not given."""
@@ -411,7 +424,7 @@ class CoreBase:
             enhanced = None
         elif enhanced is None:
             enhanced = f"{str(code)[0]}.0.0" if code >= 400 or code < 300 else None
-        self.out.append(format_reply(code, lines, enhanced if self._esc else None))
+        self._emit(format_reply(code, lines, enhanced if self._esc else None))
 
     def _send(self, outcome: Outcome) -> bool:
         """Reply with an outcome (logging what needs it); return whether it was a success."""

@@ -120,7 +120,10 @@ class SessionLog:
         return any(ip in net for net in self._server.options.ignored_hosts)
 
     def _connect(self, session: Any) -> None:
-        if not self._quiet(session.remote_address):
+        # Every line but the refused connection's is info: a session that starts
+        # while no observer keeps info lines is not followed (no entry per idle
+        # connection in a server logging at warn; issue 13).
+        if instance_logger_wants(self, LogLevel.info) and not self._quiet(session.remote_address):
             self._sessions[session.id] = self._server.reactor.seconds()
 
     def _disconnect(self, session: Any) -> None:
@@ -193,9 +196,10 @@ class SessionLog:
             tally.bytes += size
 
     def _refused(self, reason: str, address: str, session: Any) -> None:
-        if session is not None and session.id not in self._sessions:
-            return  # an ignored host
-        if session is None and self._quiet(address):
+        if session is not None:
+            if session.id not in self._sessions and self._quiet(session.remote_address):
+                return  # an ignored host
+        elif self._quiet(address):
             return
         extra: Dict[str, Any] = {}
         if session is not None:

@@ -26,13 +26,14 @@ from typing import Any, Callable, Dict, Optional, Protocol as TypingProtocol, Tu
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IPushProducer, ISSLTransport, ITLSTransport, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (IAddress, IDelayedCall, IHandshakeListener, ILoggingContext, IProtocol,
+                                         IPushProducer, ISSLTransport, ITLSTransport, ITransport)
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
+from ._deadlines import Deadline
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
@@ -59,31 +60,6 @@ def _address_parts(address: Any) -> Tuple[str, int]:
     return str(host), int(getattr(address, "port", 0) or 0)
 
 
-@implementer(IPushProducer)
-class _ReplyBackpressure:
-    """
-    Registered with the transport: when a client pipelines commands but does
-    not read the replies, the write buffer fills and we stop reading
-    commands, so replies cannot pile up in memory.
-    """
-
-    __slots__ = ("_proto",)
-
-    def __init__(self, proto: "SMTPServerProtocol") -> None:
-        self._proto = proto
-
-    def pauseProducing(self) -> None:
-        self._proto.core.pause_write()
-        self._proto._sync_reading()
-
-    def resumeProducing(self) -> None:
-        self._proto.core.resume_write()
-        self._proto._run()
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _Connection(TypingProtocol):
     """
     What this protocol uses of its transport. TCP, UNIX and TLS transports
@@ -103,34 +79,37 @@ class _Connection(TypingProtocol):
     def resumeProducing(self) -> None: ...
 
 
-@implementer(IHandshakeListener)
-class SMTPServerProtocol(HalfCloseable, Protocol):
+@implementer(IProtocol, ILoggingContext, IHandshakeListener, IPushProducer)
+class SMTPServerProtocol(HalfCloseable):
     """
     One SMTP (or LMTP) connection. Built by L{txsmtpsrv.SMTPServer}; users
     never subclass it, they pass hooks to the server.
+
+    An C{IProtocol} with slots only: Twisted's C{Protocol} base class would
+    give every connection an instance dict for its three attributes
+    (C{factory}, C{transport}, C{connected}), ~60 bytes of an idle connection.
 
     @ivar core: the L{Dialogue} (a test seam: tests may drive or inspect it).
     """
 
     log = SessionLogger()  # the session id goes into every line's text
-    # Set by makeConnection before any use (an annotation only: no cost).
-    transport: _Connection  # type: ignore[assignment]
 
-    __slots__ = ("context", "options", "session", "core", "_clock", "_pending", "_stream", "_data_token",
-                 "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder", "_timing", "_out")
+    __slots__ = ("factory", "transport", "context", "core", "_pending", "_stream",
+                 "_data_token", "_timer", "_tls_timer", "_backpressure", "_paused", "_driving", "_gone", "_holder",
+                 "_timing", "_out")
 
     def __init__(self, context: ServerContext) -> None:
+        self.factory: Any = None  # set by the server
+        self.transport: _Connection = None  # type: ignore[assignment]  # set by makeConnection
         self.context = context
-        self.options = context.options
-        self._clock = context.reactor
         # token -> (a hook's Deferred or the timer of one of our sleeps: either
         # is cancelled; its hook_timeout deadline, None for none); made on first use.
         self._pending: Optional[Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]] = None
         self._stream: Optional[MessageStream] = None
         self._data_token: Optional[int] = None
-        self._timer: Any = None
+        self._timer: Optional[Deadline] = None  # the connection's one timer, in the server's Deadlines
         self._tls_timer: Any = None
-        self._backpressure = False  # _ReplyBackpressure registered with the transport
+        self._backpressure = False  # registered with the transport as its producer
         self._paused = False  # we paused the transport
         self._driving = False  # performing the dialogue's actions
         self._gone = False  # connectionLost ran
@@ -138,24 +117,52 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         self._holder: Any = None
         # token -> (hook name, when asked), for "hook" observers; made on first use.
         self._timing: Optional[Dict[int, Tuple[str, float]]] = None
-        self.session: Session
         self.core: Dialogue
         self._out: ReplyWriter  # every write to the transport goes through it
+
+    @property
+    def session(self) -> Session:
+        """The L{Session} (the dialogue's: one slot less per connection)."""
+        return self.core.session
+
+    @property
+    def connected(self) -> int:
+        """C{IProtocol}'s flag, as C{BaseProtocol} keeps it: 1 once C{makeConnection} ran."""
+        return 0 if self.transport is None else 1
+
+    @property
+    def options(self) -> Any:
+        """The server's L{ServerOptions}."""
+        return self.context.options
+
+    @property
+    def _clock(self) -> Any:
+        """The server's C{IReactorTime}."""
+        return self.context.reactor
+
+    def makeConnection(self, transport: Any) -> None:
+        """IProtocol: the connection is up (what C{BaseProtocol.makeConnection} does)."""
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        """Twisted's log context (its transport keeps two strings made of it per connection): short."""
+        return "SMTP"
 
     # -- connection lifecycle ----------------------------------------------
 
     def connectionMade(self) -> None:
         transport = self.transport
         peer = _address_parts(transport.getPeer())
-        host = _address_parts(transport.getHost())
-        o = self.options
+        host = _address_parts(transport.getHost())  # the Session shares one (address, port) per listener
         ctx = self.context
-        s = self.session = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
+        o = ctx.options
+        s = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
         s.secure = o.secured
         # Behind our PROXY wrapper getPeer() is already the real client.
         s.proxy = getattr(transport, "proxy_info", None)
         implicit = ISSLTransport.providedBy(transport)
-        self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, self._clock.seconds,
+        self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
         self._out = ReplyWriter(transport, eligible(transport))
@@ -166,7 +173,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
             # Under TLS only once the handshake is done: before, the TLS layer
             # pauses its producer while it buffers our greeting.
             self._register_backpressure()
-        self._timer = self._clock.callLater(o.socket_timeout, self._check_timeout)
+        self._timer = ctx.deadlines.call_later(o.socket_timeout, self)
         self.core.start()
         self._run()
 
@@ -175,10 +182,10 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         if self._tls_timer is not None and self.context.observers["tls"]:  # the handshake never finished
             why = reason.getErrorMessage() if reason is not None else "connection lost"
             self.context.notify("tls", self.session, why)
-        for timer in (self._timer, self._tls_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._tls_timer = None
+        self._stop_timer()
+        if self._tls_timer is not None and self._tls_timer.active():
+            self._tls_timer.cancel()
+        self._tls_timer = None
         self.core.connection_lost()
         self._run()
         s = self.session
@@ -267,7 +274,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         core = self.core
         out = core.out
         if out:
-            core.out = []
+            core.out = None
             if not self._gone:
                 self._out.write(out[0] if len(out) == 1 else b"".join(out))
 
@@ -282,9 +289,9 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
                 self.transport.resumeProducing()
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._timer is not None:
+            self.context.deadlines.cancel(self._timer)
+            self._timer = None
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         error = fields.pop("error", None)
@@ -301,7 +308,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         hook: Callable[..., Any]
         if name == SLEEP:
             # A delay of ours (greeting delay, AUTH tarpit): a timer, cancelled like a hook.
-            self._pending_calls()[token] = (self._clock.callLater(args[0], self._slept, token), None)
+            self._pending_calls()[token] = (self.context.reactor.callLater(args[0], self._slept, token), None)
             self.core.asked(token)
             return
         if name == "reverse_lookup":
@@ -323,7 +330,8 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         self._run()
 
     def _reverse_lookup(self, ip: str) -> Any:
-        return reverse_lookup(ip, self.context.resolver(), self.options.reverse_lookup_timeout, self._clock)
+        ctx = self.context
+        return reverse_lookup(ip, ctx.resolver(), ctx.options.reverse_lookup_timeout, ctx.reactor)
 
     def _tls_context(self) -> None:
         self._holder = self.context.tls()
@@ -342,7 +350,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         if timed and self.context.observers["hook"]:
             if self._timing is None:
                 self._timing = {}
-            self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self._clock.seconds())
+            self._timing[token] = (getattr(hook, "__name__", "hook").lstrip("_"), self.context.reactor.seconds())
         try:
             result = hook(*args)
             if isinstance(result, CoroutineType):
@@ -359,7 +367,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
             return
         deadline = None
         if timed:
-            deadline = self._clock.seconds() + self.options.hook_timeout
+            deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
             self._schedule(deadline)
         self._pending_calls()[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
@@ -379,7 +387,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         if (entry is not None and entry[1] == _EXPIRED and isinstance(outcome, Failure)
                 and outcome.check(CancelledError)):
             # What Deferred.addTimeout makes of the cancellation.
-            outcome = Failure(TimeoutError(self.options.hook_timeout, "Deferred"))
+            outcome = Failure(TimeoutError(self.context.options.hook_timeout, "Deferred"))
         if self._gone or self.core.finished:
             # Nobody to answer. A hook failing because the client left
             # (or we cancelled it) is not worth a traceback.
@@ -403,9 +411,17 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         timer = self._timer
         if timer is None:
             if not self._gone:
-                self._timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._check_timeout)
-        elif timer.getTime() > deadline:
-            timer.reset(max(0.0, deadline - self._clock.seconds()))
+                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self.context.reactor.seconds()),
+                                                                self)
+        elif timer.when > deadline:
+            self._wake_in(max(0.0, deadline - self.context.reactor.seconds()))
+
+    def _wake_in(self, delay: float) -> None:
+        """Move the connection's timer (earlier): as C{DelayedCall.reset(delay)}."""
+        deadlines = self.context.deadlines
+        if self._timer is not None:
+            deadlines.cancel(self._timer)
+        self._timer = deadlines.call_later(delay, self)
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """
@@ -430,7 +446,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         if self._timing:
             timing = self._timing.pop(token, None)
             if timing is not None:
-                self.context.notify("hook", self.session, timing[0], self._clock.seconds() - timing[1])
+                self.context.notify("hook", self.session, timing[0], self.context.reactor.seconds() - timing[1])
         core = self.core
         holding = core.hook_pending
         stream = self._stream
@@ -450,7 +466,7 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
     # -- the message body ------------------------------------------------------------
 
     def _body_start(self, token: Optional[int], session: Session) -> None:
-        o = self.options
+        o = self.context.options
         stream = self._stream = MessageStream(self._stream_paused, self._stream_resumed, o.size, o.reject_oversized)
         if token is None:
             stream.discard()
@@ -485,28 +501,49 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
 
     # -- timers and TLS ---------------------------------------------------------------
 
-    def _check_timeout(self) -> None:
-        """The connection's one timer: hooks past hook_timeout, then the client's timeouts."""
+    def deadline_reached(self) -> None:
+        """The connection's one timer (see L{Deadlines}): hooks past hook_timeout, then the client's timeouts."""
         self._timer = None
         if self._gone:
             return
-        now = self._clock.seconds()
+        now = self.context.reactor.seconds()
         hooks = self._expire_hooks(now)
         delay = self.core.check_timeout()  # None once closed (or gone meanwhile)
         if delay is not None:
             if hooks is not None:
                 delay = min(delay, max(0.0, hooks - now))
-            if self._timer is None:
-                self._timer = self._clock.callLater(delay, self._check_timeout)
-            elif self._timer.getTime() > now + delay:
-                self._timer.reset(delay)
+            self._wake_by(now + delay, delay)
         self._run()
+
+    def _wake_by(self, when: float, delay: float) -> None:
+        """Have the timer (gone, or set again meanwhile by a hook's answer) fire by C{when}, C{delay} from now."""
+        timer = self._timer
+        if timer is None:
+            self._timer = self.context.deadlines.call_later(delay, self)
+        elif timer.when > when:
+            self._wake_in(delay)
 
     def _register_backpressure(self) -> None:
         # Once per connection: startTLS carries a registered producer over.
         if not self._backpressure:
             self._backpressure = True
-            self.transport.registerProducer(_ReplyBackpressure(self), True)
+            self.transport.registerProducer(self, True)
+
+    # IPushProducer, registered with the transport (the connection itself: no
+    # object of its own per connection). When a client pipelines commands but
+    # does not read the replies, the write buffer fills and we stop reading
+    # commands, so replies cannot pile up in memory.
+
+    def pauseProducing(self) -> None:
+        self.core.pause_write()
+        self._sync_reading()
+
+    def resumeProducing(self) -> None:
+        self.core.resume_write()
+        self._run()
+
+    def stopProducing(self) -> None:
+        pass
 
     def _start_handshake_timer(self) -> Any:
         from ._tls import start_handshake_timer
@@ -515,8 +552,8 @@ class SMTPServerProtocol(HalfCloseable, Protocol):
         except Exception:
             self.log.failure("TLS configuration failed", session_id=self.session.id)
             timeout = 30.0
-        return start_handshake_timer(cast(ITransport, self.transport), timeout, self._clock, hold=lambda: self.core.hook_pending,
-                                     session_id=self.session.id)
+        return start_handshake_timer(cast(ITransport, self.transport), timeout, self.context.reactor,
+                                     hold=lambda: self.core.hook_pending, session_id=self.session.id)
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up; tell the dialogue (and so the on_secure hook)."""

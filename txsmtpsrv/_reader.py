@@ -91,6 +91,10 @@ class CommandReader:
         buf, pos = self._buf, self._pos
         nl = buf.find(b"\n", pos)
         if nl < 0:
+            if pos and pos == len(buf):
+                # All read: let the last read's bytes go (an idle connection keeps no copy).
+                self._buf, self._pos = b"", 0
+                return None
             if len(buf) - pos > self.max_length:
                 # No end in sight: drop it and what follows up to the next LF.
                 self._buf, self._pos, self._skip = b"", 0, True

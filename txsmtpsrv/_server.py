@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from ._context import ServerContext
 from ._core import REFUSAL_REPLY
+from ._deadlines import Deadlines
 from ._errors import format_reply
 from ._hooks import ResolvedHooks
 from ._options import ServerOptions, ServerOptionsArgs
@@ -105,7 +106,8 @@ class SMTPServer(ServerFactory):
         self._closing_reply = format_reply(421, [f"{o.name} Service shutting down"], "4.3.2" if esc else None)
         self._context = ServerContext(o, self._hooks, self._observers, self._reply_cache, reactor,
                                       lambda: self.resolver,
-                                      self.load_tls, self._notify, self._connected, self._disconnected)
+                                      self.load_tls, self._notify, self._connected, self._disconnected,
+                                      deadlines=Deadlines(reactor))
         if (o.use_xclient or o.use_xforward) and not o.xclient_trusted:
             self.log.warn("XCLIENT/XFORWARD are on but xclient_trusted names no network: "
                           "every peer is refused (550 5.7.0); name the proxies' networks to trust them")
@@ -115,7 +117,7 @@ class SMTPServer(ServerFactory):
 
     # -- factory ---------------------------------------------------------------
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Any:  # a Protocol or an SMTPServerProtocol (an IProtocol of slots)
         limit = self.options.max_clients
         if self._closing or (limit is not None and len(self._connections) >= limit):
             self._notify("refused", "shutting_down" if self._closing else "max_clients",
