@@ -24,9 +24,9 @@ apt_install() {  # apt_install [--no-install-recommends] PACKAGE...
 missing=""
 # tool:Debian package (spfquery and opendkim-testmsg cross-check SPF/DKIM; ip and unshare run
 # opendkim-testmsg in a network namespace with its own resolv.conf; nc.openbsd -N is a client
-# that half-closes)
+# that half-closes; curl is the XOAUTH2 client: no released swaks has XOAUTH2)
 for pair in swaks:swaks haproxy:haproxy openssl:openssl spfquery:spf-tools-perl \
-            opendkim-testmsg:opendkim-tools ip:iproute2 unshare:util-linux nc.openbsd:netcat-openbsd; do
+            opendkim-testmsg:opendkim-tools ip:iproute2 unshare:util-linux nc.openbsd:netcat-openbsd curl:curl; do
   tool=${pair%%:*}
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing ${pair#*:}"
 done

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_auth_loopback -*-
 """
 SMTP AUTH over loopback with real clients nobody here wrote: Python's
-smtplib, swaks and Twisted's own ESMTP client, against every mechanism.
+smtplib, swaks, curl and Twisted's own ESMTP client, against every mechanism
+(XOAUTH2 with curl: no released swaks speaks it).
 """
 
 from __future__ import annotations
@@ -21,13 +22,6 @@ from txsmtpsrv import SMTPError, SMTPServer
 USER = "alice"
 PASSWORD = "s3cret-Pa55"
 TOKEN = "ya29.loopback-token"
-
-
-def swaks_xoauth2():
-    """Skip unless the installed swaks knows XOAUTH2 (added in swaks 20240103; Debian 12 has 20201014)."""
-    with open(tool_path("swaks"), "rb") as f:
-        if b"XOAUTH2" not in f.read():
-            raise unittest.SkipTest("this swaks has no XOAUTH2 (needs swaks >= 20240103)")
 
 
 def xoauth2(token):
@@ -232,11 +226,6 @@ class AuthLoopbackTests(unittest.TestCase):
         """swaks -a CRAM-MD5."""
         return self.check_swaks("CRAM-MD5", PASSWORD)
 
-    def test_swaks_xoauth2(self):
-        """swaks -a XOAUTH2 (the token is given as the password)."""
-        swaks_xoauth2()
-        return self.check_swaks("XOAUTH2", TOKEN)
-
     @defer.inlineCallbacks
     def test_swaks_wrong_password(self):
         """swaks with a wrong password fails on 535 5.7.8; nothing is delivered."""
@@ -248,22 +237,50 @@ class AuthLoopbackTests(unittest.TestCase):
         self.assertEqual(self.hooks.messages, [])
 
     @defer.inlineCallbacks
-    def test_swaks_xoauth2_bad_token(self):
-        """swaks with a bad XOAUTH2 token goes through the error challenge and fails."""
-        swaks_xoauth2()
-        yield self.start(auth_methods=("XOAUTH2",))
-        out, code = yield self.swaks("XOAUTH2", "expired")
-        self.assertNotEqual(code, 0)
-        self.assertIn(b"535 5.7.8", out)
-        self.assertEqual(self.hooks.messages, [])
-
-    @defer.inlineCallbacks
     def test_swaks_plaintext_refused(self):
         """Without allow_insecure_auth AUTH is not offered, so swaks gives up before MAIL."""
         yield self.start(allow_insecure_auth=False)
         out, code = yield self.swaks("PLAIN", PASSWORD)
         self.assertNotEqual(code, 0)
         self.assertEqual(self.hooks.logins, [])
+        self.assertEqual(self.hooks.messages, [])
+
+    # -- curl (XOAUTH2) ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def curl_xoauth2(self, token):
+        """Send one message with curl's XOAUTH2 (C{--oauth2-bearer}); return (its -v output, exit status)."""
+        message = self.mktemp()
+        with open(message, "wb") as f:
+            f.write(b"Subject: curl auth\r\n\r\nhello from curl\r\n")
+        out, err, code = yield utils.getProcessOutputAndValue(tool_path("curl"), [
+            "-sS", "-v", "--max-time", "20", f"smtp://127.0.0.1:{self.port}/client.test",
+            "--mail-from", "s@example.test", "--mail-rcpt", "r@example.test", "--upload-file", message,
+            "--user", f"{USER}:", "--oauth2-bearer", token, "--login-options", "AUTH=XOAUTH2"], env=os.environ)
+        return out + err, code
+
+    @defer.inlineCallbacks
+    def test_curl_xoauth2(self):
+        """curl --oauth2-bearer authenticates with XOAUTH2 and delivers; the hook saw the user and token."""
+        yield self.start(auth_methods=("XOAUTH2",))
+        out, code = yield self.curl_xoauth2(TOKEN)
+        self.assertEqual(code, 0, out.decode("utf-8", "replace"))
+        self.assertIn(b"> AUTH XOAUTH2", out)
+        self.assertIn(b"< 235 2.7.0 Authentication successful", out)
+        self.assertEqual(self.hooks.logins, [("XOAUTH2", USER, None)])
+        [(user, kind, body)] = self.hooks.messages
+        self.assertEqual((user, kind), (USER, "ESMTPA"))
+        self.assertIn(b"hello from curl", body)
+
+    @defer.inlineCallbacks
+    def test_curl_xoauth2_bad_token(self):
+        """A refused token gets XOAUTH2's error challenge (334 and base64 JSON); curl gives up, nothing is delivered."""
+        yield self.start(auth_methods=("XOAUTH2",))
+        out, code = yield self.curl_xoauth2("expired")
+        self.assertEqual(code, 67, out.decode("utf-8", "replace"))  # CURLE_LOGIN_DENIED
+        self.assertIn(b"< 334 eyJ", out)  # base64 of '{"'
+        self.assertNotIn(b"< 235", out)
+        self.assertEqual(self.hooks.logins, [("XOAUTH2", USER, None)])
         self.assertEqual(self.hooks.messages, [])
 
     # -- Twisted's client -------------------------------------------------------------------
