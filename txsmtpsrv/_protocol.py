@@ -135,11 +135,6 @@ class SMTPServerProtocol(HalfCloseable):
         """The server's L{ServerOptions}."""
         return self.context.options
 
-    @property
-    def _clock(self) -> Any:
-        """The server's C{IReactorTime}."""
-        return self.context.reactor
-
     def makeConnection(self, transport: Any) -> None:
         """IProtocol: the connection is up (what C{BaseProtocol.makeConnection} does)."""
         self.transport = transport
