@@ -239,6 +239,7 @@ def test_many_connections_one_reactor_call_exact_timeouts() -> None:
         assert not c.closed
         clock.advance(0.001)
         assert c.closed and c.replies()[-1].code == 421
+        c.disconnect()  # the 421 went out and the connection closed (else its Linger deadline stays)
     assert pending_calls(clock) == [] and len(server._context.deadlines) == 0
 
 
@@ -263,6 +264,8 @@ def test_closing_a_connection_cancels_its_deadline() -> None:
     assert len(server._context.deadlines) == 1
     b.send(b"QUIT\r\n")
     assert b.closed
+    assert len(server._context.deadlines) == 1  # its close's deadline (Linger), until the close completes
+    b.disconnect()
     assert len(server._context.deadlines) == 0 and pending_calls(clock) == []
 
 

@@ -33,7 +33,7 @@ from typing import Any, List, Optional, Protocol as TypingProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Deadline", "Deadlines", "Owner"]
+__all__ = ["Deadline", "Deadlines", "Linger", "Owner"]
 
 #: Empty entries tolerated in the heap before it is rebuilt, whatever the live count.
 _SLACK = 64
@@ -70,6 +70,23 @@ class Deadline:
     def getTime(self) -> float:
         """The instant (the name C{IDelayedCall} uses)."""
         return self.when
+
+
+class Linger:
+    """
+    The owner of a closing connection's last deadline. C{loseConnection}
+    waits until what is queued has been sent, for ever if the client reads
+    nothing more (a full TCP window): at this deadline the connection is
+    aborted (C{protocol.abort()}). Its C{connectionLost} cancels the entry.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def deadline_reached(self) -> None:
+        self._protocol.abort()
 
 
 class Deadlines:

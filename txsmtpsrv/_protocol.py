@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
-from ._deadlines import Deadline
+from ._deadlines import Deadline, Linger
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
@@ -245,7 +245,7 @@ class SMTPServerProtocol(HalfCloseable):
                     keep_declarations(self.transport)  # zope caches them weakly: keep them for the next one
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
-                    self._stop_timer()
+                    self._stop_timer(closing=True)
                     self._flush()
                     self._out.stop()
                     if not self._gone:
@@ -283,10 +283,13 @@ class SMTPServerProtocol(HalfCloseable):
             elif not self.core.finished:
                 self.transport.resumeProducing()
 
-    def _stop_timer(self) -> None:
+    def _stop_timer(self, closing: bool = False) -> None:
+        """Cancel the connection's timer; C{closing}: the client has socket_timeout to read the rest (L{Linger})."""
         if self._timer is not None:
             self.context.deadlines.cancel(self._timer)
             self._timer = None
+        if closing and not self._gone:
+            self._timer = self.context.deadlines.call_later(self.context.options.socket_timeout, Linger(self))
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         error = fields.pop("error", None)
