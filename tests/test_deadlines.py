@@ -269,6 +269,20 @@ def test_closing_a_connection_cancels_its_deadline() -> None:
     assert len(server._context.deadlines) == 0 and pending_calls(clock) == []
 
 
+def test_a_close_moves_the_entry_without_a_new_reactor_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUIT's close deadline (Linger) replaces the connection's entry: one reactor call per connection, as before."""
+    server, clock = make_server(socket_timeout=60)
+    made: List[float] = []
+    real = clock.callLater
+    monkeypatch.setattr(clock, "callLater", lambda delay, *a, **kw: (made.append(delay), real(delay, *a, **kw))[1])
+    for _ in range(5):
+        c = TestClient(server)
+        c.send(b"QUIT\r\n")
+        assert c.closed
+        c.disconnect()
+    assert made == [60] * 5 and pending_calls(clock) == []
+
+
 # -- what an idle connection holds ---------------------------------------------------
 
 #: Bytes an idle connection past EHLO allocates in txsmtpsrv and in

@@ -285,11 +285,12 @@ class SMTPServerProtocol(HalfCloseable):
 
     def _stop_timer(self, closing: bool = False) -> None:
         """Cancel the connection's timer; C{closing}: the client has socket_timeout to read the rest (L{Linger})."""
-        if self._timer is not None:
-            self.context.deadlines.cancel(self._timer)
-            self._timer = None
-        if closing and not self._gone:
-            self._timer = self.context.deadlines.call_later(self.context.options.socket_timeout, Linger(self))
+        deadlines, timer = self.context.deadlines, self._timer
+        # The close's entry first: the last connection's does not cancel the reactor's call only to make another.
+        self._timer = deadlines.call_later(self.context.options.socket_timeout, Linger(self)) \
+            if closing and not self._gone else None
+        if timer is not None:
+            deadlines.cancel(timer)
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         error = fields.pop("error", None)
