@@ -407,20 +407,8 @@ class SMTPServerProtocol(HalfCloseable):
 
     def _schedule(self, deadline: float) -> None:
         """Have the connection's timer fire by C{deadline} (a hook's): moved earlier if need be."""
-        timer = self._timer
-        if timer is None:
-            if not self._gone:
-                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self.context.reactor.seconds()),
-                                                                self)
-        elif timer.when > deadline:
-            self._wake_in(max(0.0, deadline - self.context.reactor.seconds()))
-
-    def _wake_in(self, delay: float) -> None:
-        """Move the connection's timer (earlier): as C{DelayedCall.reset(delay)}."""
-        deadlines = self.context.deadlines
-        if self._timer is not None:
-            deadlines.cancel(self._timer)
-        self._timer = deadlines.call_later(delay, self)
+        if not self._gone:
+            self._wake_by(deadline, max(0.0, deadline - self.context.reactor.seconds()))
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """
@@ -515,12 +503,16 @@ class SMTPServerProtocol(HalfCloseable):
         self._run()
 
     def _wake_by(self, when: float, delay: float) -> None:
-        """Have the timer (gone, or set again meanwhile by a hook's answer) fire by C{when}, C{delay} from now."""
-        timer = self._timer
-        if timer is None:
-            self._timer = self.context.deadlines.call_later(delay, self)
-        elif timer.when > when:
-            self._wake_in(delay)
+        """
+        Have the timer (none, or set again meanwhile by a hook's answer) fire
+        by C{when}, C{delay} from now: a later one is moved, as
+        C{DelayedCall.reset(delay)} would.
+        """
+        deadlines, timer = self.context.deadlines, self._timer
+        if timer is None or timer.when > when:
+            self._timer = deadlines.call_later(delay, self)
+            if timer is not None:
+                deadlines.cancel(timer)
 
     def _register_backpressure(self) -> None:
         # Once per connection: startTLS carries a registered producer over.
