@@ -68,6 +68,31 @@ def test_closing_client_that_never_reads_is_aborted():
     assert len(server._context.deadlines) == 0 and clock.getDelayedCalls() == []
 
 
+def test_close_deadline_counts_from_the_close():
+    """The connection's pending wake-up comes before the close's deadline: the client still gets its whole time."""
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    clock.advance(20)
+    client.send(b"QUIT\r\n")  # the connection's timer is due at 30 (the idle timeout from the greeting)
+    clock.advance(29.9)
+    assert client.closed and not client.transport.disconnected
+    clock.advance(0.1)
+    assert client.transport.disconnected
+
+
+def test_forced_close_with_a_hook_pending_is_aborted_too():
+    """Closed (server shutdown's 421) while a hook with a longer hook_timeout waits: aborted socket_timeout later."""
+    hooks = Pending("on_mail_from")
+    server, clock = make_server(hooks, socket_timeout=30, hook_timeout=300, close_timeout=600)
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+    assert len(hooks.deferreds) == 1
+    client.protocol.force_close()  # 421 and close, the hook still pending
+    assert client.closed
+    clock.advance(30)
+    assert client.transport.disconnected
+
+
 def test_timed_out_client_that_never_reads_the_421_is_aborted():
     server, clock = make_server(socket_timeout=30)
     client = TestClient(server)

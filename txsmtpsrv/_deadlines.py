@@ -76,17 +76,26 @@ class Linger:
     """
     The owner of a closing connection's last deadline. C{loseConnection}
     waits until what is queued has been sent, for ever if the client reads
-    nothing more (a full TCP window): at this deadline the connection is
-    aborted (C{protocol.abort()}). Its C{connectionLost} cancels the entry.
+    nothing more (a full TCP window): at C{until} the connection is aborted
+    (C{protocol.abort()}). It takes over the connection's pending entry when
+    that one is due by then (no heap work on the way out); woken early by
+    it, it waits on in an entry of its own. Either entry is the protocol's
+    C{_timer}, which its C{connectionLost} cancels.
     """
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_until")
 
-    def __init__(self, protocol: Any) -> None:
+    def __init__(self, protocol: Any, until: float) -> None:
         self._protocol = protocol
+        self._until = until
 
     def deadline_reached(self) -> None:
-        self._protocol.abort()
+        protocol = self._protocol
+        left = self._until - protocol.context.reactor.seconds()
+        if left > 1e-6:  # (timer arithmetic may land a hair early)
+            protocol._timer = protocol.context.deadlines.call_later(left, self)
+        else:
+            protocol.abort()
 
 
 class Deadlines:

@@ -285,12 +285,18 @@ class SMTPServerProtocol(HalfCloseable):
 
     def _stop_timer(self, closing: bool = False) -> None:
         """Cancel the connection's timer; C{closing}: the client has socket_timeout to read the rest (L{Linger})."""
-        deadlines, timer = self.context.deadlines, self._timer
-        # The close's entry first: the last connection's does not cancel the reactor's call only to make another.
-        self._timer = deadlines.call_later(self.context.options.socket_timeout, Linger(self)) \
-            if closing and not self._gone else None
+        timer = self._timer
+        if closing and not self._gone:
+            ctx = self.context
+            linger = Linger(self, ctx.reactor.seconds() + ctx.options.socket_timeout)
+            if timer is not None and timer.owner is not None and timer.when <= linger._until:
+                timer.owner = linger  # the pending entry wakes it (no heap work per close)
+            else:
+                self._wake_by(linger._until, ctx.options.socket_timeout, linger)
+            return
         if timer is not None:
-            deadlines.cancel(timer)
+            self._timer = None
+            self.context.deadlines.cancel(timer)
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         error = fields.pop("error", None)
@@ -502,15 +508,16 @@ class SMTPServerProtocol(HalfCloseable):
             self._wake_by(now + delay, delay)
         self._run()
 
-    def _wake_by(self, when: float, delay: float) -> None:
+    def _wake_by(self, when: float, delay: float, owner: Any = None) -> None:
         """
-        Have the timer (none, or set again meanwhile by a hook's answer) fire
-        by C{when}, C{delay} from now: a later one is moved, as
-        C{DelayedCall.reset(delay)} would.
+        Have the timer (none, or set again meanwhile by a hook's answer) wake
+        C{owner} (default: the connection) by C{when}, C{delay} from now: a
+        later one is moved, as C{DelayedCall.reset(delay)} would.
         """
         deadlines, timer = self.context.deadlines, self._timer
-        if timer is None or timer.when > when:
-            self._timer = deadlines.call_later(delay, self)
+        if timer is None or timer.when > when or owner is not None:
+            # The new entry first: the shared reactor call is moved, never dropped and made again.
+            self._timer = deadlines.call_later(delay, self if owner is None else owner)
             if timer is not None:
                 deadlines.cancel(timer)
 
