@@ -239,6 +239,7 @@ def test_many_connections_one_reactor_call_exact_timeouts() -> None:
         assert not c.closed
         clock.advance(0.001)
         assert c.closed and c.replies()[-1].code == 421
+        c.disconnect()  # the 421 went out and the connection closed (else its Linger deadline stays)
     assert pending_calls(clock) == [] and len(server._context.deadlines) == 0
 
 
@@ -263,7 +264,23 @@ def test_closing_a_connection_cancels_its_deadline() -> None:
     assert len(server._context.deadlines) == 1
     b.send(b"QUIT\r\n")
     assert b.closed
+    assert len(server._context.deadlines) == 1  # its close's deadline (Linger), until the close completes
+    b.disconnect()
     assert len(server._context.deadlines) == 0 and pending_calls(clock) == []
+
+
+def test_a_close_moves_the_entry_without_a_new_reactor_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUIT's close deadline (Linger) replaces the connection's entry: one reactor call per connection, as before."""
+    server, clock = make_server(socket_timeout=60)
+    made: List[float] = []
+    real = clock.callLater
+    monkeypatch.setattr(clock, "callLater", lambda delay, *a, **kw: (made.append(delay), real(delay, *a, **kw))[1])
+    for _ in range(5):
+        c = TestClient(server)
+        c.send(b"QUIT\r\n")
+        assert c.closed
+        c.disconnect()
+    assert made == [60] * 5 and pending_calls(clock) == []
 
 
 # -- what an idle connection holds ---------------------------------------------------

@@ -122,3 +122,31 @@ def test_maildir_new_removed_after_the_first_delivery_is_made_again(tmp_path):
     shutil.rmtree(box / "new")
     assert deliver(delivery, 1) is None
     assert len(os.listdir(box / "new")) == 1 and os.listdir(box / "tmp") == []
+
+
+def test_maildir_tmp_that_cannot_be_made_fails_once_not_forever(tmp_path, monkeypatch):
+    """
+    tmp/ a dangling symlink (its target on a mount that is gone): making the
+    directories "succeeds" and creating the file still finds no directory.
+    The delivery fails with that error after one more try, not by recursing
+    until Python gives up.
+    """
+    made: List[str] = []
+    real = _diskio.make_directory
+
+    def counting(path: str) -> None:
+        made.append(path)
+        real(path)
+
+    monkeypatch.setattr("txsmtpsrv._maildir.make_directory", counting)
+    box = tmp_path / "Maildir"
+    delivery = MaildirDelivery(str(box), "mx.test", threads=0)
+    assert deliver(delivery, 0) is None  # the directories are made and known
+    shutil.rmtree(box / "tmp")
+    os.symlink(tmp_path / "gone", box / "tmp")
+    made.clear()
+    with pytest.raises(FileNotFoundError):
+        delivery._create_tmp(time.time())
+    assert len(made) <= 8  # the Maildir and cur, new, tmp made again once (not ~1000 times)
+    failure = deliver(delivery, 1)  # the client gets the local error, the log the real one
+    assert failure is not None and not failure.check(RecursionError)

@@ -50,6 +50,79 @@ def test_client_not_reading_is_aborted_at_timeout():
     assert client.transport.disconnecting
 
 
+def test_closing_client_that_never_reads_is_aborted():
+    """
+    After QUIT the close waits for the queued replies to be sent (Twisted's
+    loseConnection); a client that reads nothing more would hold the
+    connection for ever: it is aborted after socket_timeout.
+    """
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    client.send(b"NOOP\r\nQUIT\r\n")
+    assert client.closed and not client.transport.disconnected  # closing, its replies not read
+    clock.advance(29.9)
+    assert not client.transport.disconnected
+    clock.advance(0.1)
+    assert client.transport.disconnected  # abortConnection
+    client.disconnect()
+    assert len(server._context.deadlines) == 0 and clock.getDelayedCalls() == []
+
+
+def test_close_deadline_counts_from_the_close():
+    """The connection's pending wake-up comes before the close's deadline: the client still gets its whole time."""
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    clock.advance(20)
+    client.send(b"QUIT\r\n")  # the connection's timer is due at 30 (the idle timeout from the greeting)
+    clock.advance(29.9)
+    assert client.closed and not client.transport.disconnected
+    clock.advance(0.1)
+    assert client.transport.disconnected
+
+
+def test_forced_close_with_a_hook_pending_is_aborted_too():
+    """Closed (server shutdown's 421) while a hook with a longer hook_timeout waits: aborted socket_timeout later."""
+    hooks = Pending("on_mail_from")
+    server, clock = make_server(hooks, socket_timeout=30, hook_timeout=300, close_timeout=600)
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+    assert len(hooks.deferreds) == 1
+    client.protocol.force_close()  # 421 and close, the hook still pending
+    assert client.closed
+    clock.advance(30)
+    assert client.transport.disconnected
+
+
+def test_timed_out_client_that_never_reads_the_421_is_aborted():
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    clock.advance(30)
+    assert client.closed and client.codes()[-1] == (421, "4.4.2")
+    clock.advance(30)
+    assert client.transport.disconnected
+
+
+def test_half_closed_client_that_never_reads_is_aborted():
+    """The same after a half-close (the connection closes itself once it has answered)."""
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nNOOP\r\n")
+    client.protocol.readConnectionLost()
+    assert client.closed and not client.transport.disconnected
+    clock.advance(30)
+    assert client.transport.disconnected
+
+
+def test_a_close_that_completes_leaves_no_timer():
+    server, clock = make_server(socket_timeout=30)
+    client = TestClient(server)
+    client.send(b"QUIT\r\n")
+    client.disconnect()  # the replies went out, the connection closed
+    assert len(server._context.deadlines) == 0 and clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert not client.transport.disconnected
+
+
 def test_unicode_digits_are_not_sizes():
     """SIZE=² and BDAT ² are syntax errors, not crashes."""
     server, _ = make_server()

@@ -51,6 +51,21 @@ def test_ip_names_and_rsa():
     assert [type(n).__name__ for n in san(cert)] == ["IPAddress", "IPAddress", "DNSName"]
 
 
+def test_internationalised_names():
+    """
+    A U-label name becomes its A-label, as certificates carry it: the
+    development certificate for a server named in Unicode (it was made
+    before the one builder existed) still builds.
+    """
+    assert _selfsigned.general_name("bücher.example") == x509.DNSName("xn--bcher-kva.example")
+    _, cert = self_signed("xn--bcher-kva.example", names=["bücher.example"])
+    assert san(cert) == [x509.DNSName("xn--bcher-kva.example")]
+    with capturedLogs():
+        config = development_certificate("bücher.example")
+    cert = x509.load_pem_x509_certificate(config.cert)
+    assert san(cert) == [x509.DNSName("xn--bcher-kva.example")]
+
+
 def test_root_ca():
     key, cert = self_signed("Root", ca=True, path_length=0)
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

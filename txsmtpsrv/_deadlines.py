@@ -33,7 +33,7 @@ from typing import Any, List, Optional, Protocol as TypingProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Deadline", "Deadlines", "Owner"]
+__all__ = ["Deadline", "Deadlines", "Linger", "Owner"]
 
 #: Empty entries tolerated in the heap before it is rebuilt, whatever the live count.
 _SLACK = 64
@@ -70,6 +70,32 @@ class Deadline:
     def getTime(self) -> float:
         """The instant (the name C{IDelayedCall} uses)."""
         return self.when
+
+
+class Linger:
+    """
+    The owner of a closing connection's last deadline. C{loseConnection}
+    waits until what is queued has been sent, for ever if the client reads
+    nothing more (a full TCP window): at C{until} the connection is aborted
+    (C{protocol.abort()}). It takes over the connection's pending entry when
+    that one is due by then (no heap work on the way out); woken early by
+    it, it waits on in an entry of its own. Either entry is the protocol's
+    C{_timer}, which its C{connectionLost} cancels.
+    """
+
+    __slots__ = ("_protocol", "_until")
+
+    def __init__(self, protocol: Any, until: float) -> None:
+        self._protocol = protocol
+        self._until = until
+
+    def deadline_reached(self) -> None:
+        protocol = self._protocol
+        left = self._until - protocol.context.reactor.seconds()
+        if left > 1e-6:  # (timer arithmetic may land a hair early)
+            protocol._timer = protocol.context.deadlines.call_later(left, self)
+        else:
+            protocol.abort()
 
 
 class Deadlines:

@@ -63,7 +63,7 @@ class HalfCloseable:
         _gone: bool
         _out: Any
 
-        def _stop_timer(self) -> None: ...
+        def _stop_timer(self, closing: bool = False) -> None: ...
         def _flush(self) -> None: ...
 
     def readConnectionLost(self) -> None:
@@ -83,7 +83,7 @@ class HalfCloseable:
         mid_message = stream is not None and not stream.ended
         if core.holds and not mid_message:
             return  # a hook, the message's verdict or a slow reader: called again after the next round
-        self._stop_timer()
+        self._stop_timer(closing=True)
         self._flush()
         self._out.stop()
         # A registered producer would hold the close back until it leaves.

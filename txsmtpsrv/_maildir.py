@@ -156,8 +156,12 @@ class MaildirDelivery:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"
 
-    def _create_tmp(self, when: float) -> Tuple[str, IO[bytes]]:
-        """(Blocking.) Create a new file in C{tmp/} that no other delivery can be using."""
+    def _create_tmp(self, when: float, again: bool = True) -> Tuple[str, IO[bytes]]:
+        """
+        (Blocking.) Create a new file in C{tmp/} that no other delivery can be using.
+
+        @param again: whether a missing C{tmp/} is made again and the file tried once more.
+        """
         if not self._made:
             self._make_directories()
         seconds, micro = divmod(int(when * 1_000_000), 1_000_000)
@@ -168,10 +172,10 @@ class MaildirDelivery:
             except FileExistsError:
                 continue
             except FileNotFoundError:
-                if not self._made:
+                if not again:
                     raise
                 self._made = False  # removed behind our back: make the directories again, once
-                return self._create_tmp(when)
+                return self._create_tmp(when, False)
             return path, os.fdopen(fd, "wb")
         raise FileExistsError(errno.EEXIST, "no unique Maildir file name found", self.path)
 

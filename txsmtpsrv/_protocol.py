@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._context import ServerContext
-from ._deadlines import Deadline
+from ._deadlines import Deadline, Linger
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
 from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
@@ -134,11 +134,6 @@ class SMTPServerProtocol(HalfCloseable):
     def options(self) -> Any:
         """The server's L{ServerOptions}."""
         return self.context.options
-
-    @property
-    def _clock(self) -> Any:
-        """The server's C{IReactorTime}."""
-        return self.context.reactor
 
     def makeConnection(self, transport: Any) -> None:
         """IProtocol: the connection is up (what C{BaseProtocol.makeConnection} does)."""
@@ -250,7 +245,7 @@ class SMTPServerProtocol(HalfCloseable):
                     keep_declarations(self.transport)  # zope caches them weakly: keep them for the next one
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
-                    self._stop_timer()
+                    self._stop_timer(closing=True)
                     self._flush()
                     self._out.stop()
                     if not self._gone:
@@ -288,10 +283,20 @@ class SMTPServerProtocol(HalfCloseable):
             elif not self.core.finished:
                 self.transport.resumeProducing()
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self.context.deadlines.cancel(self._timer)
+    def _stop_timer(self, closing: bool = False) -> None:
+        """Cancel the connection's timer; C{closing}: the client has socket_timeout to read the rest (L{Linger})."""
+        timer = self._timer
+        if closing and not self._gone:
+            ctx = self.context
+            linger = Linger(self, ctx.reactor.seconds() + ctx.options.socket_timeout)
+            if timer is not None and timer.owner is not None and timer.when <= linger._until:
+                timer.owner = linger  # the pending entry wakes it (no heap work per close)
+            else:
+                self._wake_by(linger._until, ctx.options.socket_timeout, linger)
+            return
+        if timer is not None:
             self._timer = None
+            self.context.deadlines.cancel(timer)
 
     def _log(self, level: str, fmt: str, fields: Dict[str, Any]) -> None:
         error = fields.pop("error", None)
@@ -408,20 +413,8 @@ class SMTPServerProtocol(HalfCloseable):
 
     def _schedule(self, deadline: float) -> None:
         """Have the connection's timer fire by C{deadline} (a hook's): moved earlier if need be."""
-        timer = self._timer
-        if timer is None:
-            if not self._gone:
-                self._timer = self.context.deadlines.call_later(max(0.0, deadline - self.context.reactor.seconds()),
-                                                                self)
-        elif timer.when > deadline:
-            self._wake_in(max(0.0, deadline - self.context.reactor.seconds()))
-
-    def _wake_in(self, delay: float) -> None:
-        """Move the connection's timer (earlier): as C{DelayedCall.reset(delay)}."""
-        deadlines = self.context.deadlines
-        if self._timer is not None:
-            deadlines.cancel(self._timer)
-        self._timer = deadlines.call_later(delay, self)
+        if not self._gone:
+            self._wake_by(deadline, max(0.0, deadline - self.context.reactor.seconds()))
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """
@@ -515,13 +508,18 @@ class SMTPServerProtocol(HalfCloseable):
             self._wake_by(now + delay, delay)
         self._run()
 
-    def _wake_by(self, when: float, delay: float) -> None:
-        """Have the timer (gone, or set again meanwhile by a hook's answer) fire by C{when}, C{delay} from now."""
-        timer = self._timer
-        if timer is None:
-            self._timer = self.context.deadlines.call_later(delay, self)
-        elif timer.when > when:
-            self._wake_in(delay)
+    def _wake_by(self, when: float, delay: float, owner: Any = None) -> None:
+        """
+        Have the timer (none, or set again meanwhile by a hook's answer) wake
+        C{owner} (default: the connection) by C{when}, C{delay} from now: a
+        later one is moved, as C{DelayedCall.reset(delay)} would.
+        """
+        deadlines, timer = self.context.deadlines, self._timer
+        if timer is None or timer.when > when or owner is not None:
+            # The new entry first: the shared reactor call is moved, never dropped and made again.
+            self._timer = deadlines.call_later(delay, self if owner is None else owner)
+            if timer is not None:
+                deadlines.cancel(timer)
 
     def _register_backpressure(self) -> None:
         # Once per connection: startTLS carries a registered producer over.

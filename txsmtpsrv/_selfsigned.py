@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 from typing import Literal, Optional, Sequence, Tuple, Union
 
+import idna
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -43,11 +44,17 @@ def new_key(key_type: Literal["ec", "rsa"] = "ec") -> PrivateKey:
 
 
 def general_name(name: str) -> x509.GeneralName:
-    """A subjectAltName entry: an IP address (also in brackets) or else a DNS name."""
+    """
+    A subjectAltName entry: an IP address (also in brackets) or else a DNS
+    name, a U-label as its A-label (C{ValueError} if it has none).
+    """
     try:
         return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
     except ValueError:
-        return x509.DNSName(name)
+        pass
+    if not name.isascii():
+        name = idna.encode(name, uts46=True).decode("ascii")  # idna.IDNAError is a ValueError
+    return x509.DNSName(name)
 
 
 def self_signed(common_name: str, *, names: Optional[Sequence[str]] = None, days: float = 1,
