@@ -355,3 +355,26 @@ def info_filtered(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_idle_connection_memory_stays_small(info_filtered: None) -> None:
     per_connection = idle_bytes_per_connection()
     assert per_connection < IDLE_BYTES_BOUND, f"{per_connection:.0f} bytes per idle connection"
+
+
+def test_a_failing_connection_timer_is_logged_with_its_session_id() -> None:
+    """The failure line of a connection's timer carries the session id, as every session line does."""
+    server, clock = make_server()
+    client = TestClient(server)
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol = client.protocol
+        original = type(protocol).deadline_reached
+        type(protocol).deadline_reached = lambda self: 1 / 0  # type: ignore[method-assign]
+        try:
+            protocol.context.deadlines.call_later(1, protocol)
+            clock.advance(1)
+        finally:
+            type(protocol).deadline_reached = original  # type: ignore[method-assign]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("log_failure") is not None and e["log_failure"].check(ZeroDivisionError)]
+    assert event["session_id"] == str(protocol.session.id)
+    assert str(protocol.session.id) in event["log_system"]
+    client.disconnect()

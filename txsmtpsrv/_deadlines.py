@@ -31,7 +31,8 @@ from heapq import heapify, heappop, heappush
 from typing import Any, List, Optional, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+
+from ._logging import SessionLogger
 
 __all__ = ["Deadline", "Deadlines", "Linger", "Owner"]
 
@@ -98,6 +99,15 @@ class Linger:
             protocol.abort()
 
 
+def _session_id(owner: Any) -> Optional[str]:
+    """The session id of a deadline's owner (a protocol, or a L{Linger} holding one), for the failure's log line."""
+    protocol = getattr(owner, "_protocol", owner)
+    try:
+        return str(protocol.session.id)
+    except Exception:  # an owner with no session (a test's): the line goes out without one
+        return None
+
+
 class Deadlines:
     """
     A server's connection timers: L{call_later} gives a L{Deadline}, which
@@ -107,7 +117,7 @@ class Deadlines:
 
     __slots__ = ("_reactor", "_heap", "_call", "_at", "_live", "_empty", "_firing")
 
-    log = Logger()
+    log = SessionLogger()
 
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
@@ -191,7 +201,7 @@ class Deadlines:
                 try:
                     owner.deadline_reached()
                 except Exception:
-                    self.log.failure("connection timer failed")
+                    self.log.failure("connection timer failed", session_id=_session_id(owner))
         finally:
             self._firing = False
         # What the owners scheduled meanwhile may come before or after what was there.
