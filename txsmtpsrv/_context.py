@@ -59,7 +59,4 @@ class ServerContext:
             from ._guard import Guard
             guard = Guard(options)
         self.guard = guard
-        if deadlines is None:
-            from ._deadlines import Deadlines
-            deadlines = Deadlines(reactor)
         self.deadlines = deadlines
