@@ -174,7 +174,7 @@ class MailCommands(CoreBase):
         s = self.session
         env = s.envelope
         o = self.options
-        if len(env.rcpt_to) >= o.max_recipients:
+        if env._rcpt is not None and len(env._rcpt) >= o.max_recipients:  # (_rcpt: no property call)
             self._reply(452, "4.5.3", "Error: too many recipients")
             return
         dsn = not o.hide_dsn
@@ -219,7 +219,7 @@ class MailCommands(CoreBase):
             return
         if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
             return
-        if not env.rcpt_to:
+        if not env._rcpt:  # (rcpt_to without the property call)
             self._reply(554, "5.5.1", "Error: no valid recipients")
             return
         if env.body_type == "BINARYMIME":
