@@ -373,7 +373,10 @@ class SMTPServerProtocol(HalfCloseable):
         if timed:
             deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
             self._schedule(deadline)
-        self._pending_calls()[token] = (result, deadline)
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = {}
+        pending[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
             result.addBoth(self._fired, token, hook)
         self.core.asked(token)
@@ -452,7 +455,8 @@ class SMTPServerProtocol(HalfCloseable):
             if timing is not None:
                 self.context.notify("hook", self.session, timing[0], self.context.reactor.seconds() - timing[1])
         core = self.core
-        holding = core.hook_pending
+        tls_timer = self._tls_timer  # only a TLS handshake under way needs to know whether a hook held it
+        holding = late and tls_timer is not None and core.hook_pending
         stream = self._stream
         if failure is None:
             core.answer(token, value, None, False, late)
@@ -464,7 +468,7 @@ class SMTPServerProtocol(HalfCloseable):
                 # Nobody reads the rest: skip it up to the end. This may
                 # resume reading and so reach the end (and the reply) at once.
                 stream.discard()
-        if late and holding and not core.hook_pending and self._tls_timer is not None:
+        if holding and not core.hook_pending and self._tls_timer is not None:
             self._tls_timer.restart()  # our hook held the handshake up, not the client
 
     # -- the message body ------------------------------------------------------------
