@@ -267,7 +267,11 @@ class SMTPServerProtocol(HalfCloseable):
                     self.transport.abortConnection()
         finally:
             self._driving = False
-        self._flush()
+        out = core.out  # _flush, inline (this runs for most reads)
+        if out:
+            core.out = None
+            if not self._gone:
+                self._out.write(out[0] if len(out) == 1 else b"".join(out))
         if self._paused or core.holds:
             self._sync_reading()
         if self._input_ended:
@@ -405,7 +409,8 @@ class SMTPServerProtocol(HalfCloseable):
             self._answer(token, None, outcome, True)
         else:
             self._answer(token, outcome, None, True)
-        self._run()
+        if not self._driving:  # else the _run under way (a direct data hook answers from it) goes on
+            self._run()
         return None
 
     def _pending_calls(self) -> Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]:
