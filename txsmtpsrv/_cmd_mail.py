@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import CommandError, parse_bdat, parse_envid, parse_mail_argument, parse_notify, parse_orcpt
+from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
+                        parse_orcpt)
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
@@ -94,7 +95,8 @@ class MailCommands(CoreBase):
             self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
-            mailbox, params = parse_mail_argument(arg, "FROM", null_ok=True)
+            parsed = fast_mail_argument(arg, "FROM")  # (the common form; parse_mail_argument would try it too)
+            mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "FROM", null_ok=True)
             values = self._mail_params(params) if params else None
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
@@ -180,7 +182,8 @@ class MailCommands(CoreBase):
         dsn = not o.hide_dsn
         notify = orcpt = None
         try:
-            mailbox, params = parse_mail_argument(arg, "TO", null_ok=False)
+            parsed = fast_mail_argument(arg, "TO")
+            mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "TO", null_ok=False)
             if params and s.opening_command == "HELO":
                 raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
             for key, value in params.items():
@@ -242,7 +245,10 @@ class MailCommands(CoreBase):
         if "on_data" in self.hooks:
             self._token += 1
             token = self._data_token = self._token
-            self._waiting_for()[token] = (self._data_answered, False)
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = {}
+            waiting[token] = (self._data_answered, False)
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token

@@ -532,7 +532,8 @@ class CoreBase:
             if self._shutdown and self._shutdown_if_idle():
                 return
             self._deadline = self._clock() + self.options.socket_timeout
-        self._process()
+        if self.reader._buf:  # (nothing buffered: nothing to process)
+            self._process()
 
     # -- lifecycle ------------------------------------------------------------------
 
