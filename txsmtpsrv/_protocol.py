@@ -174,7 +174,7 @@ class SMTPServerProtocol(HalfCloseable):
             # pauses its producer while it buffers our greeting.
             self._register_backpressure()
         self._timer = ctx.deadlines.call_later(o.socket_timeout, self)
-        self.core.start()
+        self.core.start(instance_logger_wants(self, LogLevel.info))  # the check _log would make of the line
         self._run()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
