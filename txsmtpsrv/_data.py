@@ -233,7 +233,8 @@ class MessageStream:
             return
         if self._end is not None or self._ending:
             self._close(self._end)
-        self._release()
+        elif self._holding:  # (_close released it; the test spares a call per message)
+            self._release()
 
     def _close(self, reason: Optional[Failure]) -> None:
         """Tell the reader the body is over; C{None} means it ended normally."""
@@ -250,7 +251,8 @@ class MessageStream:
             consumer.ended(reason)  # no Failure needed for the common case
         elif consumer is not None:
             consumer.connectionLost(reason or Failure(MessageDone()))
-        self._release()
+        if self._holding:
+            self._release()
 
 
 #: C{sys.getrefcount} where there is one (CPython), and what it says of a
