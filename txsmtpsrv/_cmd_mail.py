@@ -107,18 +107,21 @@ class MailCommands(CoreBase):
         address = Address(mailbox, params)
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                # The envelope made when the last transaction ended (or the
-                # session began) is this transaction's: one per transaction.
-                env = s.envelope
-                env.mail_from = address
-                if values is not None:
-                    env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
-                s.transaction += 1
-                if self.phase is _COMMAND:
-                    self.phase = _TRANSACTION
-                if self.observers["mail"]:
-                    self._notify("mail", s, address)
+            if value is None and error is None:  # the default answer: _answered's hot path, inline
+                self._reply(250, "2.1.0", "Accepted")
+            elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
+                return
+            # The envelope made when the last transaction ended (or the
+            # session began) is this transaction's: one per transaction.
+            env = s.envelope
+            env.mail_from = address
+            if values is not None:
+                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
+            s.transaction += 1
+            if self.phase is _COMMAND:
+                self.phase = _TRANSACTION
+            if self.observers["mail"]:
+                self._notify("mail", s, address)
 
         if "on_mail_from" in self.hooks:
             self._ask("on_mail_from", (s, address), done)
@@ -202,11 +205,14 @@ class MailCommands(CoreBase):
         address = Address(mailbox, params, notify, orcpt)
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
-                if s.envelope is env:  # not reset meanwhile
-                    env.rcpt_to.append(address)
-                    if self.observers["rcpt"]:
-                        self._notify("rcpt", s, address)
+            if value is None and error is None:  # the default answer: _answered's hot path, inline
+                self._reply(250, "2.1.5", "Accepted")
+            elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
+                return
+            if s.envelope is env:  # not reset meanwhile
+                env.rcpt_to.append(address)
+                if self.observers["rcpt"]:
+                    self._notify("rcpt", s, address)
 
         if "on_rcpt_to" in self.hooks:
             self._ask("on_rcpt_to", (s, address), done)
@@ -334,6 +340,9 @@ class MailCommands(CoreBase):
             ok = False
             for outcome in outcomes:
                 ok = self._send(outcome) or ok
+        elif value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.0.0", "OK: message accepted")
+            ok = True
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
         if ok:
