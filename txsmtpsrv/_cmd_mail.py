@@ -290,7 +290,8 @@ class MailCommands(CoreBase):
         if rest is None:
             return
         self._decoder = None
-        self.reader.push_back(rest)
+        if rest:  # pipelined commands after the dot
+            self.reader.push_back(rest)
         self._body_ended()
 
     def _body_refused(self, fault: Optional[str]) -> None:
@@ -306,7 +307,7 @@ class MailCommands(CoreBase):
             self.actions.append((CANCEL, self._data_token))  # the verdict is known: no need to wait
         if self._data_outcome is None:
             self.phase = _VERDICT
-            self._hold(VERDICT)  # commands after the end wait for the verdict
+            self.holds |= VERDICT  # (_hold, inline) commands after the end wait for the verdict
         else:
             self._data_reply()
 
