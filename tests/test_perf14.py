@@ -326,3 +326,35 @@ def test_hook_answers_still_count() -> None:
     assert client.command("DATA").code == 354
     client.send(b"body\r\n.\r\n")
     assert [r.text for r in client.replies()] == ["queued"]
+
+
+def test_reader_failing_after_the_dot_answers_once_and_done_never_fails() -> None:
+    """
+    A chunk callback's Deferred failing after the body ended: one 451, and
+    the collect Deferred, answered directly and held by nobody, does not
+    fail afterwards (it would log "Unhandled error in Deferred" when
+    collected).
+    """
+    pending: List[Deferred[None]] = []
+    collectors: List[Any] = []
+
+    class Slow:
+        def on_data(self, session: Any, stream: Any) -> Any:
+            def chunk(data: bytes) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+            d = stream.collect(chunk)
+            collectors.append(stream._consumer)  # the collector, not its Deferred
+            return d
+
+    server, _ = make_server(Slow(), hook_timeout=50, socket_timeout=300)
+    client = TestClient(server)
+    client.ehlo()
+    client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nbody\r\n.\r\n")
+    assert client.codes() == [(250, "2.1.0"), (250, "2.1.5"), (354, None)]
+    pending[0].errback(RuntimeError("disk full"))
+    assert client.codes() == [(451, "4.3.0")]
+    assert client.command("NOOP").code == 250
+    done = collectors[0].done
+    assert not done.called or done.result is None

@@ -268,6 +268,8 @@ class _Collector:
     #: Set by L{MessageStream.answer_directly}: (callback, args) to call in
     #: place of firing L{done} through its callbacks.
     _direct: Optional[Tuple[Callable[..., Any], Tuple[Any, ...]]] = None
+    #: Whether the direct callback was called: C{done} is then over, fired or not (see L{_answer}).
+    _answered = False
 
     def __init__(self, callback: Callable[[bytes], Any]) -> None:
         self._callback = callback
@@ -314,6 +316,7 @@ class _Collector:
         """The direct way: the callback gets the reason, then C{done} fires with C{None}."""
         assert self._direct is not None
         (callback, args), self._direct = self._direct, None
+        self._answered = True
         callback(reason, *args)
         done = self.done
         # Fired for whoever kept it; one nobody holds (the usual case: the
@@ -329,7 +332,7 @@ class _Collector:
         self._failed = True
         if self._direct is not None:
             self._answer(failure)
-        elif not self.done.called:
+        elif not self.done.called and not self._answered:
             self.done.errback(failure)
         if self._producer is not None:
             self._producer.discard()
@@ -342,7 +345,7 @@ class _Collector:
         if self._direct is not None:
             self._answer(reason)
             return
-        if self.done.called:
+        if self.done.called or self._answered:
             return
         if reason is None:
             self.done.callback(None)
