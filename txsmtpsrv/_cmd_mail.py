@@ -210,7 +210,11 @@ class MailCommands(CoreBase):
             elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
                 return
             if s.envelope is env:  # not reset meanwhile
-                env.rcpt_to.append(address)
+                rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
+                if rcpt is None:
+                    env._rcpt = [address]
+                else:
+                    rcpt.append(address)
                 if self.observers["rcpt"]:
                     self._notify("rcpt", s, address)
 
