@@ -377,10 +377,7 @@ class SMTPServerProtocol(HalfCloseable):
         if timed:
             deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
             self._schedule(deadline)
-        pending = self._pending
-        if pending is None:
-            pending = self._pending = {}
-        pending[token] = (result, deadline)
+        (self._pending if self._pending is not None else self._pending_calls())[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
             result.addBoth(self._fired, token, hook)
         self.core.asked(token)
@@ -460,8 +457,7 @@ class SMTPServerProtocol(HalfCloseable):
             if timing is not None:
                 self.context.notify("hook", self.session, timing[0], self.context.reactor.seconds() - timing[1])
         core = self.core
-        tls_timer = self._tls_timer  # only a TLS handshake under way needs to know whether a hook held it
-        holding = late and tls_timer is not None and core.hook_pending
+        holding = late and self._tls_timer is not None and core.hook_pending  # (only a handshake needs it)
         stream = self._stream
         if failure is None:
             core.answer(token, value, None, False, late)
