@@ -49,4 +49,4 @@ def _build_handlers() -> Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[P
     return table
 
 
-CommandDispatch._handlers.update(_build_handlers())  # the dict _dispatch reads
+CommandDispatch._handlers = _build_handlers()

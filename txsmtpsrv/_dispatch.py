@@ -30,18 +30,14 @@ _BDAT_CHUNK = Phase.BDAT_CHUNK
 
 __all__ = ["CommandDispatch"]
 
-_HANDLERS: Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]] = {}
-
 
 class CommandDispatch(CoreBase):
     """Reads what the client sent and hands each command to its handler."""
 
     __slots__ = ()
 
-    #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); filled by L{_dialogue}.
-    #: (The same dict as the module's C{_HANDLERS}, which L{_line} reads: a class attribute
-    #: read through a slotted instance is not specialised on Python 3.11, a global is.)
-    _handlers: Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]] = _HANDLERS
+    #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
+    _handlers: Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]] = {}
 
     def _process(self) -> None:
         """Handle buffered input until it runs out or something holds us."""
@@ -91,7 +87,7 @@ class CommandDispatch(CoreBase):
             return
         sp = line.find(b" ")
         verb = (line if sp < 0 else line[:sp]).upper()
-        entry = _HANDLERS.get(verb)
+        entry = self._handlers.get(verb)
         if entry is None:
             self._verb = "UNKNOWN"
             if not self._other_protocol(verb, line):  # type: ignore[attr-defined]
