@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import CommandError, parse_bdat, parse_envid, parse_mail_argument, parse_notify, parse_orcpt
+from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
+                        parse_orcpt)
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
@@ -94,7 +95,8 @@ class MailCommands(CoreBase):
             self._reply(530, "5.7.0", self._auth_required_text())
             return
         try:
-            mailbox, params = parse_mail_argument(arg, "FROM", null_ok=True)
+            parsed = fast_mail_argument(arg, "FROM")  # (the common form; parse_mail_argument would try it too)
+            mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "FROM", null_ok=True)
             values = self._mail_params(params) if params else None
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
@@ -105,18 +107,21 @@ class MailCommands(CoreBase):
         address = Address(mailbox, params)
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                # The envelope made when the last transaction ended (or the
-                # session began) is this transaction's: one per transaction.
-                env = s.envelope
-                env.mail_from = address
-                if values is not None:
-                    env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
-                s.transaction += 1
-                if self.phase is _COMMAND:
-                    self.phase = _TRANSACTION
-                if self.observers["mail"]:
-                    self._notify("mail", s, address)
+            if value is None and error is None:  # the default answer: _answered's hot path, inline
+                self._reply(250, "2.1.0", "Accepted")
+            elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
+                return
+            # The envelope made when the last transaction ended (or the
+            # session began) is this transaction's: one per transaction.
+            env = s.envelope
+            env.mail_from = address
+            if values is not None:
+                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
+            s.transaction += 1
+            if self.phase is _COMMAND:
+                self.phase = _TRANSACTION
+            if self.observers["mail"]:
+                self._notify("mail", s, address)
 
         if "on_mail_from" in self.hooks:
             self._ask("on_mail_from", (s, address), done)
@@ -174,13 +179,14 @@ class MailCommands(CoreBase):
         s = self.session
         env = s.envelope
         o = self.options
-        if len(env.rcpt_to) >= o.max_recipients:
+        if env._rcpt is not None and len(env._rcpt) >= o.max_recipients:  # (_rcpt: no property call)
             self._reply(452, "4.5.3", "Error: too many recipients")
             return
         dsn = not o.hide_dsn
         notify = orcpt = None
         try:
-            mailbox, params = parse_mail_argument(arg, "TO", null_ok=False)
+            parsed = fast_mail_argument(arg, "TO")
+            mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "TO", null_ok=False)
             if params and s.opening_command == "HELO":
                 raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
             for key, value in params.items():
@@ -199,11 +205,18 @@ class MailCommands(CoreBase):
         address = Address(mailbox, params, notify, orcpt)
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
-                if s.envelope is env:  # not reset meanwhile
-                    env.rcpt_to.append(address)
-                    if self.observers["rcpt"]:
-                        self._notify("rcpt", s, address)
+            if value is None and error is None:  # the default answer: _answered's hot path, inline
+                self._reply(250, "2.1.5", "Accepted")
+            elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
+                return
+            if s.envelope is env:  # not reset meanwhile
+                rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
+                if rcpt is None:
+                    env._rcpt = [address]
+                else:
+                    rcpt.append(address)
+                if self.observers["rcpt"]:
+                    self._notify("rcpt", s, address)
 
         if "on_rcpt_to" in self.hooks:
             self._ask("on_rcpt_to", (s, address), done)
@@ -219,7 +232,7 @@ class MailCommands(CoreBase):
             return
         if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
             return
-        if not env.rcpt_to:
+        if not env._rcpt:  # (rcpt_to without the property call)
             self._reply(554, "5.5.1", "Error: no valid recipients")
             return
         if env.body_type == "BINARYMIME":
@@ -242,7 +255,10 @@ class MailCommands(CoreBase):
         if "on_data" in self.hooks:
             self._token += 1
             token = self._data_token = self._token
-            self._waiting_for()[token] = (self._data_answered, False)
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = {}
+            waiting[token] = (self._data_answered, False)
             # Read no more until the driver has called the hook: an answer
             # it gives at once applies to the bytes that follow.
             self._asking = token
@@ -278,7 +294,8 @@ class MailCommands(CoreBase):
         if rest is None:
             return
         self._decoder = None
-        self.reader.push_back(rest)
+        if rest:  # pipelined commands after the dot
+            self.reader.push_back(rest)
         self._body_ended()
 
     def _body_refused(self, fault: Optional[str]) -> None:
@@ -294,7 +311,7 @@ class MailCommands(CoreBase):
             self.actions.append((CANCEL, self._data_token))  # the verdict is known: no need to wait
         if self._data_outcome is None:
             self.phase = _VERDICT
-            self._hold(VERDICT)  # commands after the end wait for the verdict
+            self.holds |= VERDICT  # (_hold, inline) commands after the end wait for the verdict
         else:
             self._data_reply()
 
@@ -328,6 +345,9 @@ class MailCommands(CoreBase):
             ok = False
             for outcome in outcomes:
                 ok = self._send(outcome) or ok
+        elif value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.0.0", "OK: message accepted")
+            ok = True
         else:
             ok = self._answered(value, error, timed_out, 250, "2.0.0", "OK: message accepted")
         if ok:

@@ -12,6 +12,7 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._commands import CommandError, parse_helo
@@ -69,6 +70,17 @@ def ehlo_keywords(core: "SessionCommands") -> List[str]:
     return ext
 
 
+@functools.lru_cache(maxsize=256)
+def _hello_line(fmt: str, name: str, client_hostname: str, remote_address: str, helo: str) -> Tuple[str, bytes, bytes]:
+    """
+    The HELO/EHLO/LHLO answer's first line (C{helo_response} filled in):
+    its text, the whole HELO reply and the first line of a multi-line one.
+    Cached (bounded): a client that connects again says the same (issue 13).
+    """
+    text = fmt.format(name=name, client_hostname=client_hostname, remote_address=remote_address, helo=helo)
+    return text, format_reply(250, [text], None), reply_line("250-", text)
+
+
 class SessionCommands(GuardCommands):
     """Commands about the session rather than one message."""
 
@@ -76,8 +88,14 @@ class SessionCommands(GuardCommands):
 
     # -- connecting and greeting ----------------------------------------------------
 
-    def start(self) -> None:
-        """The connection is made: decide who the client is and greet (or ask first)."""
+    def start(self, log_connection: bool = True) -> None:
+        """
+        The connection is made: decide who the client is and greet (or ask first).
+
+        @param log_connection: whether the "connection from" info line is
+            wanted (the driver knows whether any log observer keeps info
+            lines; when none does, the line is not even built: issue 13).
+        """
         o = self.options
         s = self.session
         ip = s.remote_address
@@ -102,7 +120,7 @@ class SessionCommands(GuardCommands):
             self._screening = True
         if o.greeting_delay:
             self._start_greeting_delay()
-        if not self._quiet:
+        if log_connection and not self._quiet:
             self._log("info", "connection from {peer}", remote_address=ip, remote_port=s.remote_port,
                       peer=f"{ip}:{s.remote_port}" if ip else "a local socket")
         self._notify("connect", s)
@@ -183,11 +201,12 @@ class SessionCommands(GuardCommands):
             s.host_name_appears_as = hostname
             s.opening_command = command
             o = self.options
+            first: Optional[Tuple[str, bytes, bytes]] = None
             if custom:  # a Reply from on_helo replaces the greeting line(s)
                 lines = list(value.lines)
             else:
-                lines = [o.helo_response.format(name=o.name, client_hostname=s.client_hostname,
-                                                remote_address=s.remote_address, helo=hostname)]
+                first = _hello_line(o.helo_response, o.name, s.client_hostname, s.remote_address, hostname)
+                lines = [first[0]]
             keywords: Tuple[str, ...] = () if command == "HELO" else tuple(ehlo_keywords(self))
             if self.observers["reply"]:
                 self._notify("reply", s, command, 250, None, lines[0])
@@ -200,9 +219,12 @@ class SessionCommands(GuardCommands):
                     tail = self._cache.get(key)
                     if tail is None:
                         tail = self._cache[key] = format_reply(250, keywords, None)
-                    self._emit(b"".join([reply_line("250-", line) for line in lines]) + tail)
+                    if first is not None:
+                        self._emit(first[2] + tail)
+                    else:
+                        self._emit(b"".join([reply_line("250-", line) for line in lines]) + tail)
                 else:
-                    self._emit(format_reply(250, lines, None))
+                    self._emit(first[1] if first is not None else format_reply(250, lines, None))
             if self.observers["helo"]:
                 self._notify("helo", s, hostname)
 

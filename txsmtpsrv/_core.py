@@ -205,7 +205,12 @@ class CoreBase:
             # A new command starts (or no rate is enforced): a whole
             # socket_timeout; else each byte of a command or body buys
             # 1/min_data_rate s only.
-            idle = self.reader.feed(data)
+            reader = self.reader
+            if reader._buf or reader._skip:
+                idle = reader.feed(data)
+            else:  # nothing buffered (the usual case): the read is the buffer, as CommandReader.feed makes it
+                reader._buf = data
+                idle = True
             if not self._per_byte or (idle and phase is not _DATA and phase is not _BDAT_CHUNK):
                 self._deadline = self._clock() + self.options.socket_timeout
             else:
@@ -252,7 +257,7 @@ class CoreBase:
         if token == self._asking:
             self._asking = None
             self.holds &= ~ASKING
-            if not self.holds and not self._hungup:
+            if not self.holds and not self._hungup and self.reader._buf:
                 self._process()
 
     def pause_stream(self) -> None:
@@ -527,7 +532,8 @@ class CoreBase:
             if self._shutdown and self._shutdown_if_idle():
                 return
             self._deadline = self._clock() + self.options.socket_timeout
-        self._process()
+        if self.reader._buf:  # (nothing buffered: nothing to process)
+            self._process()
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ class CommandDispatch(CoreBase):
         reader = self.reader
         # _hungup, not the phase: an observer may close the dialogue while a
         # handler runs, and the handler may then still set its next phase.
-        while not self.holds and not self._hungup:
+        # reader._buf is empty exactly when nothing is buffered (see
+        # CommandReader.line): no call to learn that there is nothing to read.
+        while reader._buf and not self.holds and not self._hungup:
             phase = self.phase
             if phase is _DATA:
                 data = reader.take()

@@ -49,6 +49,11 @@ def _namespace_lookups(namespace: str) -> Tuple[str, ...]:
     return names
 
 
+#: LogLevel -> its order: comparing two LogLevels calls constantly's C{__lt__}
+#: (Python); two lookups in this dict (the constants hash by identity) do not.
+_RANKS: Dict[Any, int] = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
+
+
 def _level_for(predicate: LogLevelFilterPredicate, namespace: str) -> Any:
     """C{predicate.logLevelForNamespace(namespace)} without splitting and joining the namespace each time."""
     levels = getattr(predicate, "_logLevelsByNamespace", None)
@@ -108,10 +113,29 @@ def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) ->
         if (getattr(observer, "_negativeObserver", None) is not bitbucketLogObserver
                 or not isinstance(should, partial) or should.func is not shouldLogEvent or len(should.args) != 1):
             return True
+        rank = _RANKS.get(level)
         for predicate in should.args[0]:
             if type(predicate) is not LogLevelFilterPredicate:
                 return True  # it may say yes
-            if level < _level_for(predicate, namespace):
+            # _level_for inline (this runs for every connection): the same lookups, no calls.
+            levels = getattr(predicate, "_logLevelsByNamespace", None)
+            if not namespace or type(levels) is not dict or "" not in levels:
+                limit = predicate.logLevelForNamespace(namespace)  # not what we know: Twisted's own answer
+            else:
+                names = _lookups.get(namespace)
+                if names is None:
+                    names = _namespace_lookups(namespace)
+                for name in names:
+                    if name in levels:
+                        limit = levels[name]
+                        break
+                else:
+                    limit = levels[""]
+            limit_rank = _RANKS.get(limit)
+            if rank is None or limit_rank is None:
+                if level < limit:
+                    return False  # dropped here
+            elif rank < limit_rank:
                 return False  # dropped here
         return observer_wants(getattr(observer, "_observer", None), level, namespace, depth + 1)
     return True

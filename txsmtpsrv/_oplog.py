@@ -98,9 +98,12 @@ class SessionLog:
         self._removers: List[Callable[[], None]] = [
             server.observe(event, handler) for event, handler in (
                 ("connect", self._connect), ("disconnect", self._disconnect),
-                ("auth", self._auth), ("message", self._message), ("refused", self._refused),
+                ("auth", self._auth), ("refused", self._refused),
             )
         ]
+        # "message" is observed only while a session is followed: a server
+        # logging at warn calls no observer per message (issue 13).
+        self._counting: Optional[Callable[[], None]] = None
         # Only refusals are logged: the server's own event for replies of 400
         # and more spares every accepted command the call (issue 13).
         self._removers.append(server._observe(REFUSAL_REPLY, self._reply))
@@ -110,6 +113,9 @@ class SessionLog:
         for remove in self._removers:
             remove()
         self._removers = []
+        if self._counting is not None:
+            self._counting()
+            self._counting = None
 
     def _quiet(self, address: str) -> bool:
         if not self._server.options.ignored_hosts:
@@ -125,11 +131,16 @@ class SessionLog:
         # connection in a server logging at warn; issue 13).
         if instance_logger_wants(self, LogLevel.info) and not self._quiet(session.remote_address):
             self._sessions[session.id] = self._server.reactor.seconds()
+            if self._counting is None and self._removers:
+                self._counting = self._server.observe("message", self._message)
 
     def _disconnect(self, session: Any) -> None:
         tally = self._sessions.pop(session.id, None)
         if tally is None:
             return
+        if not self._sessions and self._counting is not None:
+            self._counting()
+            self._counting = None
         if not isinstance(tally, _Tally):
             tally = _Tally(tally)
         if not instance_logger_wants(self, LogLevel.info):

@@ -169,7 +169,7 @@ class SMTPServerProtocol(HalfCloseable):
             # pauses its producer while it buffers our greeting.
             self._register_backpressure()
         self._timer = ctx.deadlines.call_later(o.socket_timeout, self)
-        self.core.start()
+        self.core.start(instance_logger_wants(self, LogLevel.info))  # the check _log would make of the line
         self._run()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -199,8 +199,12 @@ class SMTPServerProtocol(HalfCloseable):
         core.receive(data)
         if core.actions:
             self._run()
-        else:  # the common case: replies only, in one write
-            self._flush()
+        else:  # the common case: replies only, in one write (_flush, inline: one call less per read)
+            out = core.out
+            if out:
+                core.out = None
+                if not self._gone:
+                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -258,7 +262,11 @@ class SMTPServerProtocol(HalfCloseable):
                     self.transport.abortConnection()
         finally:
             self._driving = False
-        self._flush()
+        out = core.out  # _flush, inline (this runs for most reads)
+        if out:
+            core.out = None
+            if not self._gone:
+                self._out.write(out[0] if len(out) == 1 else b"".join(out))
         if self._paused or core.holds:
             self._sync_reading()
         if self._input_ended:
@@ -374,7 +382,7 @@ class SMTPServerProtocol(HalfCloseable):
         if timed:
             deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
             self._schedule(deadline)
-        self._pending_calls()[token] = (result, deadline)
+        (self._pending if self._pending is not None else self._pending_calls())[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
             result.addBoth(self._fired, token, hook)
         self.core.asked(token)
@@ -403,7 +411,8 @@ class SMTPServerProtocol(HalfCloseable):
             self._answer(token, None, outcome, True)
         else:
             self._answer(token, outcome, None, True)
-        self._run()
+        if not self._driving:  # else the _run under way (a direct data hook answers from it) goes on
+            self._run()
         return None
 
     def _pending_calls(self) -> Dict[int, Tuple[Deferred[Any] | IDelayedCall, Optional[float]]]:
@@ -441,7 +450,7 @@ class SMTPServerProtocol(HalfCloseable):
             if timing is not None:
                 self.context.notify("hook", self.session, timing[0], self.context.reactor.seconds() - timing[1])
         core = self.core
-        holding = core.hook_pending
+        holding = late and self._tls_timer is not None and core.hook_pending  # (only a handshake needs it)
         stream = self._stream
         if failure is None:
             core.answer(token, value, None, False, late)
@@ -453,7 +462,7 @@ class SMTPServerProtocol(HalfCloseable):
                 # Nobody reads the rest: skip it up to the end. This may
                 # resume reading and so reach the end (and the reply) at once.
                 stream.discard()
-        if late and holding and not core.hook_pending and self._tls_timer is not None:
+        if holding and not core.hook_pending and self._tls_timer is not None:
             self._tls_timer.restart()  # our hook held the handshake up, not the client
 
     # -- the message body ------------------------------------------------------------

@@ -44,6 +44,10 @@ class CommandReader:
 
     __slots__ = ("_buf", "_pos", "_skip", "max_length")
 
+    # Invariant: C{_buf} is C{b""} whenever nothing is buffered (every method
+    # lets a fully read buffer go), so the dialogue's reading loop tests
+    # C{_buf} itself rather than calling L{line} or L{take} to learn that.
+
     def __init__(self, max_length: int) -> None:
         self._buf = b""
         self._pos = 0
@@ -100,7 +104,13 @@ class CommandReader:
                 self._buf, self._pos, self._skip = b"", 0, True
                 return TOO_LONG
             return None
-        self._pos = nl + 1
+        if nl + 1 == len(buf):
+            # The last buffered line (the usual case: one command per read):
+            # let the read's bytes go now, so that L{pending} is simply
+            # whether C{_buf} is empty.
+            self._buf, self._pos = b"", 0
+        else:
+            self._pos = nl + 1
         if nl - pos > self.max_length:
             return TOO_LONG
         if nl > pos and buf[nl - 1] == 13:
@@ -113,11 +123,10 @@ class CommandReader:
         end = len(buf)
         if 0 <= limit < end - pos:
             end = pos + limit
-        elif pos == 0:
-            self._buf = b""
-            return buf
-        self._pos = end
-        return buf[pos:end]
+            self._pos = end
+            return buf[pos:end]
+        self._buf, self._pos = b"", 0  # all taken: nothing kept
+        return buf if pos == 0 else buf[pos:]
 
     def push_back(self, data: bytes) -> None:
         """Put bytes the caller took but did not use (after the end of a body) in front."""

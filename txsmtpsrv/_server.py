@@ -167,7 +167,8 @@ class SMTPServer(ServerFactory):
         for callback in self._observers[event]:
             try:
                 result = callback(*args)
-                if isinstance(result, Deferred):
+                # (None first: isinstance(None, Deferred) runs ABCMeta's __instancecheck__.)
+                if result is not None and isinstance(result, Deferred):
                     result.addErrback(self._observer_failed, event)
             except Exception:
                 self._observer_failed(Failure(), event)

@@ -9,12 +9,18 @@ immutable values, the session and envelope change as the dialogue goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, cast
 
 __all__ = ["Address", "Envelope", "Session"]
 
 
-@dataclass(frozen=True)
+#: The default of L{Address}'s C{params}: a fresh dict is made for each address that gets it.
+_NO_PARAMS: Mapping[str, Optional[str]] = MappingProxyType({})
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, init=False)
 class Address:
     """
     A reverse-path or forward-path with its ESMTP parameters.
@@ -32,6 +38,16 @@ class Address:
     notify: Optional[Tuple[str, ...]] = None
     #: DSN ORCPT (RFC 3461 4.2): C{(addr_type, decoded original address)}.
     orcpt: Optional[Tuple[str, str]] = None
+
+    def __init__(self, address: str, params: Mapping[str, Optional[str]] = _NO_PARAMS,
+                 notify: Optional[Tuple[str, ...]] = None, orcpt: Optional[Tuple[str, str]] = None) -> None:
+        # What the dataclass's __init__ does (object.__setattr__, it is
+        # frozen), without its per-field global lookups and default-factory
+        # test: two addresses are made per message (issue 13).
+        _set(self, "address", address)
+        _set(self, "params", {} if params is _NO_PARAMS else params)
+        _set(self, "notify", notify)
+        _set(self, "orcpt", orcpt)
 
     @property
     def local_part(self) -> str:
