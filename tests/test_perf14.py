@@ -358,3 +358,30 @@ def test_reader_failing_after_the_dot_answers_once_and_done_never_fails() -> Non
     assert client.command("NOOP").code == 250
     done = collectors[0].done
     assert not done.called or done.result is None
+
+
+def test_collect_deferred_chained_to_later_and_let_go_still_runs_its_callbacks() -> None:
+    """
+    A callback chained to the collect Deferred after the hook returned it,
+    by someone who then let go of the Deferred, still runs when the body
+    ends: left unfired is only for a Deferred nobody holds and nothing
+    was chained to.
+    """
+    ran: List[Any] = []
+    later: List[Any] = []
+
+    class Hook:
+        def on_data(self, session: Any, stream: Any) -> Any:
+            d = stream.collect(lambda chunk: None)
+            later.append(d)
+            return d
+
+    server, _ = make_server(Hook(), socket_timeout=300)
+    client = TestClient(server)
+    client.ehlo()
+    client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nbody\r\n")
+    assert [c for c, _ in client.codes()] == [250, 250, 354]
+    later.pop().addCallback(ran.append)  # chained after the connection took its direct answer, then let go
+    client.send(b".\r\n")
+    assert [c for c, _ in client.codes()] == [250]
+    assert ran == [None]

@@ -319,11 +319,13 @@ class _Collector:
         self._answered = True
         callback(reason, *args)
         done = self.done
-        # Fired for whoever kept it; one nobody holds (the usual case: the
-        # hook returned it and the connection has let go) is left unfired,
-        # which nobody can tell: Deferred.callback costs ~4,000 instructions
-        # even with no callbacks (issue 13).
-        if not done.called and (_refcount is None or _refcount(done) > _UNSHARED):
+        # Fired for whoever kept it or chained to it since (and let go of it
+        # after: the callbacks still run); one nobody holds and nothing was
+        # chained to (the usual case: the hook returned it and the connection
+        # has let go) is left unfired, which nobody can tell: Deferred.callback
+        # costs ~4,000 instructions even with no callbacks (issue 13).
+        if not done.called and (_refcount is None or getattr(done, "_callbacks", True)
+                                or _refcount(done) > _UNSHARED):
             done.callback(None)
 
     def _fail(self, failure: Failure) -> None:
