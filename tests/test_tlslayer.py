@@ -1,0 +1,639 @@
+# -*- test-case-name: tests.test_tlslayer -*-
+"""
+The lean STARTTLS layer (L{txsmtpsrv._tlslayer}).
+
+Two kinds of test. L{Wire} runs a real C{twisted.internet.tcp.Server} on a
+real loopback socket with a C{MemoryReactorClock}: the test plays the
+reactor (it hands the client's ciphertext to the connection in pieces of
+its choosing, flushes queued writes, delivers the end of input) and a
+Python C{ssl} (or pyOpenSSL) client over memory BIOs plays the client, so
+every edge (chunk boundaries, pause with decrypted data pending, close_notify,
+truncation, a failed or stalled handshake) is deterministic. The loopback
+tests at the end run real clients against the real reactor and compare the
+new path with Twisted's layer where the behaviour must be the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from OpenSSL import SSL
+from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.tcp import Server
+from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from tests._support import tool_path
+from txsmtpsrv import SMTPServer, _tlslayer
+from txsmtpsrv._protocol import SMTPServerProtocol
+from txsmtpsrv._tls import tls_info
+from txsmtpsrv._testca import test_ca
+from txsmtpsrv._workers import listen_endpoint
+
+#: What a blocking client waits at most.
+IO_TIMEOUT = 10.0
+
+
+class _Port:
+    """What tcp.Server wants of its listening port (its repr)."""
+
+    _realPortNumber = 25
+
+
+class Hooks:
+    """Records messages (streamed, with a hash) and TLS facts; a slow reader on request."""
+
+    def __init__(self, slow: bool = False) -> None:
+        self.messages: List[Tuple[str, int, str]] = []
+        self.secure: List[Any] = []
+        self.closed = 0
+        self.slow = slow
+        self.readers: List[Any] = []
+
+    def on_secure(self, session: Any) -> None:
+        self.secure.append(session.tls)
+
+    def on_data(self, session: Any, stream: Any) -> Any:
+        sender = session.envelope.mail_from.address
+        if not self.slow:
+            return stream.content().addCallback(
+                lambda body: self.messages.append((sender, len(body), hashlib.sha256(body).hexdigest())))
+        reader = _SlowReader(stream)
+        self.readers.append(reader)
+        return reader.done.addCallback(lambda body: self.messages.append(
+            (sender, len(body), hashlib.sha256(body).hexdigest())))
+
+    def on_close(self, session: Any) -> None:
+        self.closed += 1
+
+
+class _SlowReader:
+    """A data-hook reader that pauses the stream after every chunk until the test resumes it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.chunks: List[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+        self.producer: Any = None
+        stream.deliver_body(self)
+
+    def makeConnection(self, producer: Any) -> None:
+        self.producer = producer
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.producer.pauseProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.done.callback(b"".join(self.chunks))
+
+
+class _Recording(SMTPServerProtocol):
+    """The SMTP connection, noting the reasons its connectionLost gets."""
+
+    lost: List[Failure]
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self.lost.append(reason)  # type: ignore[arg-type]
+        super().connectionLost(reason)
+
+
+class Wire:
+    """
+    One server connection on a real TCP socket whose reactor is the test.
+
+    The server side is a real C{tcp.Server} (so the lean layer takes it);
+    the reactor is a C{MemoryReactorClock}: reads are handed over by
+    L{feed}, queued writes flushed by L{pump}, timers run by L{advance}.
+    """
+
+    def __init__(self, hooks: Any = None, **options: Any) -> None:
+        self.clock = MemoryReactorClock()
+        options.setdefault("name", "mx.test")
+        options.setdefault("tls", test_ca().server_config())
+        self.server = SMTPServer(hooks, reactor=self.clock, disable_reverse_lookup=True, **options)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        self.client_sock = socket.create_connection(listener.getsockname(), timeout=IO_TIMEOUT)
+        server_sock, peer = listener.accept()
+        listener.close()
+        server_sock.setblocking(False)
+        self.client_sock.setblocking(False)
+        self.lost: List[Failure] = []
+        self.protocol = _Recording(self.server._context)
+        self.protocol.factory = self.server
+        self.protocol.lost = self.lost
+        self.transport = Server(server_sock, self.protocol, peer, _Port(), 1, self.clock)  # type: ignore[arg-type]
+        self.protocol.makeConnection(self.transport)
+        self.tls: Optional[ssl.SSLObject] = None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.plain = b""  # what the client read before TLS
+        self.closed_by_server = False
+        self.reset = False
+
+    # -- the reactor's part ------------------------------------------------------------
+
+    @property
+    def reading(self) -> bool:
+        return self.transport in self.clock.getReaders()
+
+    def pump(self) -> None:
+        """Let the transport write what it queued (as the reactor would), and end it if it closed."""
+        for _ in range(1000):
+            if self.transport.disconnected:
+                return
+            if self.transport not in self.clock.getWriters():
+                return
+            why = self.transport.doWrite()
+            if why is not None:
+                self.transport.connectionLost(Failure(why))
+                return
+        raise AssertionError("the transport never finished writing")
+
+    def feed(self, data: bytes) -> None:
+        """A read: C{data} to the connection's protocol (the TLS layer after STARTTLS)."""
+        assert not self.transport.disconnected
+        self.transport.protocol.dataReceived(data)
+        self.pump()
+
+    def fin(self) -> None:
+        """The client's FIN, as the reactor reports it."""
+        self.transport.readConnectionLost(Failure(ConnectionDone()))
+        self.pump()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.clock.advance(0)  # callLater(0)s, e.g. an abort's connectionLost
+        self.pump()
+
+    # -- the client's part ----------------------------------------------------------------
+
+    def received(self) -> bytes:
+        """What the server sent that the client has not read yet (raw bytes)."""
+        self.pump()
+        data = b""
+        while True:
+            try:
+                chunk = self.client_sock.recv(1 << 20)
+            except BlockingIOError:
+                return data
+            except ConnectionResetError:  # an abort (SO_LINGER 0)
+                self.reset = True
+                chunk = b""
+            if not chunk:
+                self.closed_by_server = True
+                return data
+            data += chunk
+
+    def plain_reply(self) -> bytes:
+        self.plain += self.received()
+        return self.plain
+
+    def starttls(self, context: Optional[ssl.SSLContext] = None) -> None:
+        self.feed(b"EHLO client.test\r\n")
+        self.feed(b"STARTTLS\r\n")
+        assert self.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"), self.plain
+        self.plain = b""
+        self.tls = (context or test_ca().client_context()).wrap_bio(self.incoming, self.outgoing,
+                                                                    server_hostname="localhost")
+
+    def client_out(self) -> bytes:
+        return self.outgoing.read()
+
+    def client_in(self) -> None:
+        data = self.received()
+        if data:
+            self.incoming.write(data)
+
+    def handshake(self, chunks: Callable[[bytes], List[bytes]] = lambda data: [data]) -> None:
+        assert self.tls is not None
+        for _ in range(20):
+            try:
+                self.tls.do_handshake()
+                out = self.client_out()
+                for piece in chunks(out):
+                    self.feed(piece)
+                return
+            except ssl.SSLWantReadError:
+                out = self.client_out()
+                for piece in chunks(out):
+                    self.feed(piece)
+                self.client_in()
+        raise AssertionError("handshake did not finish")
+
+    def send(self, data: bytes, chunks: Callable[[bytes], List[bytes]] = lambda data: [data]) -> None:
+        assert self.tls is not None
+        self.tls.write(data)
+        for piece in chunks(self.client_out()):
+            self.feed(piece)
+
+    def read(self) -> bytes:
+        """Application data the server sent so far (under TLS)."""
+        assert self.tls is not None
+        self.client_in()
+        data = b""
+        while True:
+            try:
+                chunk = self.tls.read(1 << 16)
+            except ssl.SSLWantReadError:
+                return data
+            except ssl.SSLZeroReturnError:
+                return data + b"<close_notify>"
+            if not chunk:  # what ssl makes of a close_notify
+                return data + b"<close_notify>"
+            data += chunk
+
+
+def finals(data: bytes) -> List[bytes]:
+    """The code of each final reply line, in order."""
+    return [line[:3] for line in data.split(b"\r\n") if line[3:4] == b" "]
+
+
+MESSAGE = (b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
+           b"Subject: lean\r\n\r\n" + b"line of the body\r\n" * 3000 + b".\r\n")
+MESSAGE_BODY_LEN = len(b"Subject: lean\r\n\r\n" + b"line of the body\r\n" * 3000)
+
+
+# --------------------------------------------------------------------------------------
+# Which path
+
+
+class PathTests(unittest.SynchronousTestCase):
+    def test_plain_tcp_takes_the_layer(self) -> None:
+        """STARTTLS on tcp.Server: the transport's protocol is the layer, ISSLTransport and getHandle as before."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        layer = wire.transport.protocol
+        self.assertIsInstance(layer, _tlslayer.TLSLayer)
+        self.assertTrue(wire.transport.TLS)
+        self.assertTrue(ISSLTransport.providedBy(wire.transport))
+        self.assertIsInstance(wire.transport.getHandle(), SSL.Connection)
+        self.assertIs(wire.transport.getHandle().get_app_data(), layer)
+        wire.handshake()
+        self.assertEqual(tls_info(wire.transport).version, "TLSv1.3")
+        self.assertIsNone(wire.transport.getPeerCertificate())
+        self.assertIs(_tlslayer._SSL_PROVIDES[0].__class__.__name__, "Provides")
+
+    def test_switch_off(self) -> None:
+        """ENABLED = False: Twisted's startTLS, as before."""
+        self.patch(_tlslayer, "ENABLED", False)
+        wire = Wire(Hooks())
+        wire.feed(b"EHLO client.test\r\n")
+        wire.feed(b"STARTTLS\r\n")
+        self.assertIsInstance(wire.transport.protocol, TLSMemoryBIOProtocol)
+
+    def test_not_eligible(self) -> None:
+        holder = test_ca().server_config()
+        self.assertFalse(_tlslayer.eligible(object(), holder))
+        wire = Wire(Hooks())
+        self.assertFalse(_tlslayer.eligible(wire.transport, holder))  # a TLSConfig is no connection creator
+        self.assertTrue(_tlslayer.eligible(wire.transport, wire.server.tls))
+        wire.transport.TLS = True
+        self.assertFalse(_tlslayer.eligible(wire.transport, wire.server.tls))
+
+
+# --------------------------------------------------------------------------------------
+# The dialogue through the layer
+
+
+def session(wire: Wire, chunks: Callable[[bytes], List[bytes]] = lambda data: [data]) -> bytes:
+    """STARTTLS, a message, QUIT; everything read under TLS."""
+    wire.starttls()
+    wire.handshake(chunks)
+    wire.send(MESSAGE + b"QUIT\r\n", chunks)
+    return wire.read()
+
+
+class DialogueTests(unittest.SynchronousTestCase):
+    def test_message_and_quit(self) -> None:
+        """EHLO, a 54 KiB message in four records, QUIT: the replies, close_notify, the connection closed."""
+        hooks = Hooks()
+        wire = Wire(hooks)
+        data = session(wire)
+        self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250", b"250", b"354", b"250", b"221"])
+        self.assertTrue(data.endswith(b"<close_notify>"))
+        self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
+        self.assertTrue(wire.transport.disconnected)
+        self.assertEqual(len(hooks.secure), 1)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.integers(0, 2 ** 32), st.sampled_from([1, 7, 300, 5000, 20000]))
+    def test_any_chunking(self, seed: int, largest: int) -> None:
+        """The client's ciphertext cut anywhere (pieces of 1 byte to 20 KiB): the same replies, the same message."""
+        rnd = random.Random(seed)
+
+        def chunks(data: bytes) -> List[bytes]:
+            out = []
+            while data:
+                n = rnd.randint(1, largest)
+                out.append(data[:n])
+                data = data[n:]
+            return out
+
+        hooks = Hooks()
+        data = session(Wire(hooks), chunks)
+        self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250", b"250", b"354", b"250", b"221"])
+        self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
+
+    def test_pipelined_plaintext_discarded(self) -> None:
+        """STARTTLS and MAIL in one read: MAIL never runs (CVE-2011-0411), under TLS the session starts afresh."""
+        wire = Wire(Hooks())
+        wire.feed(b"EHLO client.test\r\n")
+        with capturedLogs() as events:
+            wire.feed(b"STARTTLS\r\nMAIL FROM:<x@y.test>\r\n")
+        self.assertTrue(wire.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"))
+        self.assertEqual([e["n"] for e in events if "discarded" in e.get("log_format", "")], [22])
+        wire.tls = test_ca().client_context().wrap_bio(wire.incoming, wire.outgoing, server_hostname="localhost")
+        wire.handshake()
+        wire.send(b"MAIL FROM:<x@y.test>\r\n")
+        self.assertEqual(finals(wire.read()), [b"503"])
+
+    def test_plaintext_after_starttls_breaks_the_handshake(self) -> None:
+        """Plaintext in a later read is handshake data to OpenSSL: an alert, the connection closed, the error reported."""
+        hooks = Hooks()
+        wire = Wire(hooks)
+        tls_events: List[Any] = []
+        wire.server.observe("tls", lambda *args: tls_events.append(args))
+        wire.starttls()
+        wire.feed(b"MAIL FROM:<x@y.test>\r\n")
+        self.assertTrue(wire.transport.disconnected)
+        [reason] = wire.lost
+        self.assertIsInstance(reason.value, SSL.Error)
+        self.assertEqual(len(tls_events), 1)
+        self.assertIn("wrong version number", str(tls_events[0][-1]))
+        self.assertEqual(hooks.secure, [])
+        self.assertEqual(wire.received(), b"")  # OpenSSL sends no alert for a non-TLS record; no plaintext either
+
+    def test_refused_handshake_sends_the_alert(self) -> None:
+        """No cipher in common: OpenSSL's handshake_failure alert goes out, then the connection closes."""
+        wire = Wire(Hooks())
+        tls_events: List[Any] = []
+        wire.server.observe("tls", lambda *args: tls_events.append(args))
+        wire.starttls()
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_cipher_list(b"CAMELLIA128-SHA")  # not among the server's
+        client = SSL.Connection(ctx, None)
+        client.set_connect_state()
+        with pytest.raises(SSL.WantReadError):
+            client.do_handshake()
+        wire.feed(client.bio_read(1 << 16))
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, SSL.Error)
+        self.assertIn("no shared cipher", str(tls_events[0][-1]))
+        alert = wire.received()
+        self.assertEqual(alert[:1], b"\x15")  # an alert record
+        client.bio_write(alert)
+        with pytest.raises(SSL.Error, match="handshake failure"):
+            client.do_handshake()
+
+    def test_handshake_timeout_aborts(self) -> None:
+        """STARTTLS and then silence: the handshake timer aborts; reported as a lost connection, nothing sent."""
+        from txsmtpsrv._tls import TLSConfig
+        config = test_ca().server_config()
+        wire = Wire(Hooks(), tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=3.0))
+        tls_events: List[Any] = []
+        wire.server.observe("tls", lambda *args: tls_events.append(args))
+        wire.starttls()
+        wire.advance(2.9)
+        self.assertFalse(wire.transport.disconnected)
+        with capturedLogs():
+            wire.advance(0.2)
+        self.assertTrue(wire.transport.disconnected)
+        [reason] = wire.lost
+        self.assertIsInstance(reason.value, ConnectionLost)
+        self.assertEqual([e[-1] for e in tls_events], [reason.getErrorMessage()])
+        self.assertEqual(wire.received(), b"")
+
+    def test_plaintext_before_the_handshake_waits(self) -> None:
+        """The server shuts down during the handshake: its 421 goes out under TLS once the handshake ends, then close_notify."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.server.close()
+        wire.pump()
+        self.assertFalse(wire.transport.disconnected)
+        self.assertEqual(wire.received(), b"")  # no plaintext byte after the 220
+        wire.handshake()
+        data = wire.read()
+        self.assertTrue(data.startswith(b"421 "), data)
+        self.assertTrue(data.endswith(b"<close_notify>"), data)
+        self.assertTrue(wire.transport.disconnected)
+
+    def test_close_before_the_handshake_with_nothing_to_say_aborts(self) -> None:
+        """loseConnection mid-handshake with nothing written: abort (TLS has nothing to close cleanly)."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.transport.loseConnection()
+        wire.advance(0)
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, ConnectionLost)
+        self.assertEqual(wire.received(), b"")
+
+    def test_client_close_notify(self) -> None:
+        """The client's close_notify: ours in answer, the connection ends (as with Twisted's layer)."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.handshake()
+        wire.send(b"NOOP\r\n")
+        self.assertEqual(finals(wire.read()), [b"250"])
+        assert wire.tls is not None
+        with pytest.raises(ssl.SSLWantReadError):
+            wire.tls.unwrap()
+        wire.feed(wire.client_out())
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, ConnectionDone)
+        wire.client_in()
+        wire.tls.unwrap()  # our close_notify arrived: no exception now
+
+    def test_fin_after_the_handshake_is_a_half_close(self) -> None:
+        """TCP FIN without close_notify once TLS is up: the commands before it are answered, then close_notify."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.handshake()
+        wire.send(b"NOOP\r\nNOOP\r\n")
+        wire.fin()
+        data = wire.read()
+        self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250"])
+        self.assertTrue(data.endswith(b"<close_notify>"))
+        self.assertTrue(wire.transport.disconnected)
+
+    def test_fin_mid_message_stores_nothing(self) -> None:
+        """A FIN (truncation) in the middle of a message: no 250, nothing stored, closed."""
+        hooks = Hooks()
+        wire = Wire(hooks)
+        wire.starttls()
+        wire.handshake()
+        wire.send(MESSAGE[:-3])
+        wire.fin()
+        self.assertNotIn(b"250 2.0.0", wire.read())
+        self.assertEqual(hooks.messages, [])
+        self.assertTrue(wire.transport.disconnected)
+
+    def test_fin_during_the_handshake_ends_the_connection(self) -> None:
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.fin()
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, ConnectionLost)
+
+    def test_truncated_connection(self) -> None:
+        """The connection lost without close_notify mid-message: ConnectionLost, nothing stored."""
+        hooks = Hooks()
+        wire = Wire(hooks)
+        wire.starttls()
+        wire.handshake()
+        wire.send(MESSAGE[:-3])
+        wire.transport.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(wire.lost[0].value, ConnectionLost)
+        self.assertEqual(hooks.messages, [])
+        self.assertEqual(hooks.closed, 1)
+
+    def test_corrupt_record(self) -> None:
+        """A record whose authentication fails: an alert, the connection closed with OpenSSL's error."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.handshake()
+        assert wire.tls is not None
+        wire.tls.write(b"NOOP\r\n")
+        record = bytearray(wire.client_out())
+        record[-1] ^= 1
+        wire.feed(bytes(record))
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, SSL.Error)
+        self.assertEqual(wire.received()[:1], b"\x17")  # the alert (TLS 1.3: an encrypted record)
+
+    def test_abort_sends_nothing_more(self) -> None:
+        """abortConnection: what the protocol writes afterwards is never sent, nothing more is handed over."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.handshake()
+        wire.read()
+        wire.transport.abortConnection()
+        wire.transport.write(b"250 late\r\n")
+        self.assertEqual(wire.received(), b"")
+        wire.advance(0)
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, ConnectionLost)
+
+
+class PauseTests(unittest.SynchronousTestCase):
+    def test_pause_with_decrypted_data_pending(self) -> None:
+        """
+        A slow reader pauses the stream: from that record on nothing more is
+        decrypted (the ciphertext waits in OpenSSL's BIO), the socket is not
+        read; each resume hands over more, and the message arrives whole.
+        """
+        hooks = Hooks(slow=True)
+        wire = Wire(hooks)
+        wire.starttls()
+        wire.handshake()
+        wire.read()
+        layer = wire.transport.protocol
+        handed: List[int] = []
+        original = wire.protocol.dataReceived
+
+        def counting(data: bytes) -> None:
+            handed.append(len(data))
+            original(data)
+        wire.protocol.dataReceived = counting  # type: ignore[method-assign]  # an instance dict: _Recording
+        wire.send(MESSAGE + b"QUIT\r\n")  # one read: the whole message in four records
+        self.assertFalse(wire.reading)
+        self.assertTrue(layer._paused)
+        first = len(handed)
+        self.assertLess(first, 4)
+        [reader] = hooks.readers
+        rounds = 0
+        while not reader.done.called:
+            rounds += 1
+            self.assertLess(rounds, 100)
+            self.assertFalse(wire.reading)  # paused: the socket is not read
+            reader.producer.resumeProducing()
+            wire.pump()
+        self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
+        data = wire.read()
+        self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250", b"250", b"354", b"250", b"221"])
+        self.assertEqual(sum(handed), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
+                         + len(b"EHLO client.test\r\n"))
+
+    def test_resume_reads_the_socket_again(self) -> None:
+        """Paused and resumed by the protocol: the transport reads again once nothing is pending."""
+        wire = Wire(Hooks())
+        wire.starttls()
+        wire.handshake()
+        layer = wire.transport.protocol
+        wire.transport.pauseProducing()
+        self.assertFalse(wire.reading)
+        wire.send(b"NOOP\r\n")  # a read the reactor had already made
+        self.assertEqual(wire.read(), b"")  # not handed over while paused
+        wire.transport.resumeProducing()
+        self.assertTrue(wire.reading)
+        self.assertEqual(finals(wire.read()), [b"250"])
+        self.assertFalse(layer._paused)
+
+
+class RenegotiationTests(unittest.SynchronousTestCase):
+    def test_tls12_renegotiation_refused_and_answered(self) -> None:
+        """
+        A TLS 1.2 client asks to renegotiate: OpenSSL refuses with an alert
+        written while reading, which must go out although the server has no
+        reply to send; the session goes on.
+        """
+        wire = Wire(Hooks())
+        wire.starttls()
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        client = SSL.Connection(ctx, None)
+        client.set_connect_state()
+
+        def exchange() -> None:
+            try:
+                out = client.bio_read(1 << 16)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                wire.feed(out)
+            data = wire.received()
+            if data:
+                client.bio_write(data)
+
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except SSL.WantReadError:
+                exchange()
+        exchange()
+        self.assertTrue(client.renegotiate())
+        with pytest.raises(SSL.WantReadError):
+            client.do_handshake()
+        out = client.bio_read(1 << 16)
+        wire.feed(out)
+        answer = wire.received()
+        self.assertTrue(answer, "OpenSSL's answer to the renegotiation was not sent")
+        client.bio_write(answer)
+        try:
+            client.do_handshake()
+        except SSL.Error:
+            pass  # the client may give up on the refusal
+        else:  # or carry on without it
+            client.send(b"NOOP\r\n")
+            wire.feed(client.bio_read(1 << 16))
+            client.bio_write(wire.received())
+            self.assertEqual(client.recv(1000)[:3], b"250")
