@@ -587,6 +587,84 @@ class PauseTests(unittest.SynchronousTestCase):
         self.assertFalse(layer._paused)
 
 
+def _key_update() -> Callable[[SSL.Connection], int]:
+    """
+    C{SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED)} for a pyOpenSSL client:
+    no binding offers it; found as L{txsmtpsrv._tlsnative} finds its functions.
+    """
+    import ctypes
+
+    from OpenSSL._util import ffi
+
+    from txsmtpsrv import _tlsnative
+    anchor = _tlsnative._anchor_address()
+    path, base = _tlsnative._containing_object(anchor)
+    address = _tlsnative._exported(path, ["SSL_key_update"]).get("SSL_key_update")
+    if address is None:
+        values = _tlsnative._symbol_table(path, {"_cffi_d_SSL_CTX_new", "SSL_key_update"})
+        assert base + values["_cffi_d_SSL_CTX_new"] == anchor
+        address = base + values["SSL_key_update"]
+    function = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(address)
+    return lambda conn: int(function(int(ffi.cast("uintptr_t", conn._ssl)), 1))
+
+
+class _PyOpenSSLClient:
+    """A pyOpenSSL client on a L{Wire} (renegotiation, KeyUpdate: what Python's ssl cannot do)."""
+
+    def __init__(self, wire: Wire, max_version: int = SSL.TLS1_3_VERSION) -> None:
+        self.wire = wire
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_max_proto_version(max_version)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_connect_state()
+        wire.starttls()
+        for _ in range(10):
+            try:
+                self.conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                self.exchange()
+        self.exchange()
+
+    def exchange(self) -> bytes:
+        """The client's pending output to the server; the server's answer (raw) into the client."""
+        try:
+            out = self.conn.bio_read(1 << 16)
+        except SSL.WantReadError:
+            out = b""
+        if out:
+            self.wire.feed(out)
+        data = self.wire.received()
+        if data:
+            self.conn.bio_write(data)
+        return data
+
+    def command(self, line: bytes) -> bytes:
+        self.conn.send(line)
+        self.exchange()
+        return self.conn.recv(1 << 16)
+
+
+class KeyUpdateTests(unittest.SynchronousTestCase):
+    def test_key_update(self) -> None:
+        """
+        TLS 1.3 KeyUpdate asking for ours, between commands: OpenSSL reads it
+        (answering with its own KeyUpdate before its next record, as RFC 8446
+        4.6.3 allows) and the session goes on under the new keys, both ways.
+        """
+        key_update = _key_update()
+        client = _PyOpenSSLClient(Wire(Hooks()))
+        self.assertEqual(client.command(b"NOOP\r\n")[:3], b"250")
+        for _ in range(2):
+            self.assertEqual(key_update(client.conn), 1)
+            client.conn.do_handshake()  # sends the KeyUpdate
+            self.assertEqual(client.exchange(), b"")  # read; the server's comes with its next record
+            for _ in range(2):
+                self.assertEqual(client.command(b"NOOP\r\n")[:3], b"250")
+        self.assertFalse(client.wire.transport.disconnected)
+
+
 class RenegotiationTests(unittest.SynchronousTestCase):
     def test_tls12_renegotiation_refused_and_answered(self) -> None:
         """
@@ -637,3 +715,116 @@ class RenegotiationTests(unittest.SynchronousTestCase):
             wire.feed(client.bio_read(1 << 16))
             client.bio_write(wire.received())
             self.assertEqual(client.recv(1000)[:3], b"250")
+
+
+# --------------------------------------------------------------------------------------
+# Over loopback, with the real reactor
+
+
+class _Streaming:
+    """A data hook that reads the body with pauses (resumed by the reactor) and hashes it as it comes."""
+
+    def __init__(self) -> None:
+        self.messages: List[Tuple[int, str]] = []
+        self.pauses = 0
+
+    def on_data(self, session: Any, stream: Any) -> Any:
+        hooks = self
+        done: defer.Deferred[None] = defer.Deferred()
+
+        class Reader:
+            def makeConnection(self, producer: Any) -> None:
+                self.producer = producer
+                self.digest = hashlib.sha256()
+                self.size = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                self.digest.update(data)
+                self.size += len(data)
+                if self.size // 65536 > (self.size - len(data)) // 65536:  # every 64 KiB: a pause
+                    hooks.pauses += 1
+                    self.producer.pauseProducing()
+                    reactor.callLater(0.001, self.producer.resumeProducing)
+
+            def connectionLost(self, reason: Failure) -> None:
+                hooks.messages.append((self.size, self.digest.hexdigest()))
+                done.callback(None)
+
+        stream.deliver_body(Reader())
+        return done
+
+
+def _unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class LoopbackTests(unittest.TestCase):
+    timeout = 120
+
+    def serve(self, hooks: Any, endpoint: str = "tcp:0:interface=127.0.0.1", **options: Any) -> "defer.Deferred[int]":
+        started = self.started = []
+        original = self.original = getattr(self, "original", _tlslayer.start_tls)
+
+        def counting(*args: Any) -> Any:
+            layer = original(*args)
+            started.append(layer)
+            return layer
+        self.patch(_tlslayer, "start_tls", counting)
+        options.setdefault("name", "mx.test")
+        options.setdefault("tls", test_ca().server_config())
+        server = SMTPServer(hooks, disable_reverse_lookup=True, **options)
+        self.addCleanup(server.close)
+        description = listen_endpoint(reactor, endpoint, lambda: server.tls)
+        return server.listen(description).addCallback(lambda port: port.getHost().port)
+
+    def thread(self, f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        return deferToThread(f, *args).addTimeout(60, reactor)
+
+    @defer.inlineCallbacks
+    def test_ten_mib_with_a_pausing_reader(self) -> None:
+        """smtplib, STARTTLS, a 10 MiB message in 16 KiB records, a reader that pauses every 64 KiB: all of it, intact."""
+        hooks = _Streaming()
+        port = yield self.serve(hooks)
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_0123456789\r\n"
+        body = b"Subject: big\r\n\r\n" + line * (10 * 1024 * 1024 // len(line))
+
+        def client() -> Any:
+            with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
+                s.starttls(context=_unverified())
+                s.ehlo("client.test")
+                return s.sendmail("a@example.test", ["b@example.test"], body)
+
+        refused = yield self.thread(client)
+        self.assertEqual(refused, {})
+        self.assertEqual(hooks.messages, [(len(body), hashlib.sha256(body).hexdigest())])
+        self.assertGreater(hooks.pauses, 100)
+        self.assertEqual(len(self.started), 1)
+
+    @defer.inlineCallbacks
+    def test_only_plain_tcp_takes_the_layer(self) -> None:
+        """STARTTLS behind the PROXY wrapper keeps Twisted's layer; plain TCP takes ours."""
+        for endpoint, expected in (("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1", 0),
+                                   ("tcp:0:interface=127.0.0.1", 1)):
+            port = yield self.serve(_Streaming(), endpoint)
+
+            def client(proxy: bool = expected == 0) -> int:
+                with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as raw:
+                    if proxy:
+                        raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n")
+                    s = smtplib.SMTP()
+                    s._host = "localhost"
+                    s.sock = raw
+                    s.file = None
+                    s.getreply()
+                    s.ehlo("client.test")
+                    s.starttls(context=_unverified())
+                    s.ehlo("client.test")
+                    code = s.noop()[0]
+                    s.quit()
+                    return code
+
+            self.assertEqual((yield self.thread(client)), 250)
+            self.assertEqual(len(self.started), expected, endpoint)
