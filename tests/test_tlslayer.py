@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import select
 import smtplib
 import socket
 import ssl
@@ -155,15 +156,19 @@ class Wire:
 
     def pump(self) -> None:
         """Let the transport write what it queued (as the reactor would), and end it if it closed."""
+        t = self.transport
         for _ in range(1000):
-            if self.transport.disconnected:
+            if t.disconnected or t not in self.clock.getWriters():
                 return
-            if self.transport not in self.clock.getWriters():
-                return
-            why = self.transport.doWrite()
+            before = (len(t.dataBuffer) - t.offset + t._tempDataLen, t.producerPaused)
+            why = t.doWrite()
             if why is not None:
-                self.transport.connectionLost(Failure(why))
+                t.connectionLost(Failure(why))
                 return
+            if before == (len(t.dataBuffer) - t.offset + t._tempDataLen, t.producerPaused):
+                # No room: as the reactor would, wait (briefly) for the socket to take more.
+                if not select.select([], [t.socket], [], 0.01)[1]:
+                    return  # the client must read first
         raise AssertionError("the transport never finished writing")
 
     def feed(self, data: bytes) -> None:
@@ -663,6 +668,58 @@ class KeyUpdateTests(unittest.SynchronousTestCase):
             for _ in range(2):
                 self.assertEqual(client.command(b"NOOP\r\n")[:3], b"250")
         self.assertFalse(client.wire.transport.disconnected)
+
+
+class BackpressureTests(unittest.SynchronousTestCase):
+    def test_a_client_that_does_not_read(self) -> None:
+        """
+        Pipelined commands from a client that does not read the replies: once
+        the transport holds more than its buffer, the SMTP protocol pauses and
+        the layer decrypts no more commands (their ciphertext waits); as the
+        client reads, the rest is answered, every reply in order.
+        """
+        wire = Wire(Hooks(), max_junk_commands=0)  # NOOPs without end are fine here
+        wire.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        wire.client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        wire.starttls()
+        wire.handshake()
+        wire.read()
+        layer = wire.transport.protocol
+        n = 40000
+        assert wire.tls is not None
+        wire.tls.write(b"NOOP\r\n" * n)
+        ciphertext = wire.client_out()
+        wire.transport.protocol.dataReceived(ciphertext)  # not pumped: the client reads nothing
+        self.assertTrue(layer._paused)
+        self.assertFalse(wire.reading)
+        self.assertFalse(layer._raw.direct)  # the socket was full: the transport queues
+        queued = len(wire.transport.dataBuffer) + wire.transport._tempDataLen
+        self.assertLess(queued, 3 * wire.transport.bufferSize)  # not n replies' worth
+        self.assertLess(queued, n * len(b"250 2.0.0 OK\r\n") // 4)
+        data = b""
+        for _ in range(10000):
+            data += wire.read()
+            if data.count(b"\r\n") >= n:
+                break
+        self.assertEqual(data, b"250 2.0.0 OK\r\n" * n)
+        self.assertTrue(wire.reading)
+        self.assertFalse(layer._paused)
+
+
+class ClientCertificateTests(unittest.SynchronousTestCase):
+    def test_peer_certificate(self) -> None:
+        """A client certificate: getPeerCertificate on the transport and tls_info see it, verified."""
+        from tests.test_tls import client_context, material, mx_config
+        wire = Wire(Hooks(), tls=mx_config(ca=material().ca.cert_pem, request_client_cert=True))
+        wire.starttls(client_context(verify=False, cert="client"))
+        wire.handshake()
+        wire.send(b"NOOP\r\n")
+        self.assertEqual(finals(wire.read()), [b"250"])
+        self.assertIsNotNone(wire.transport.getPeerCertificate())
+        info = tls_info(wire.transport)
+        assert info is not None and info.peer_certificate is not None
+        self.assertTrue(info.peer_certificate_verified)
+        self.assertEqual(wire.protocol.session.tls, info)
 
 
 class RenegotiationTests(unittest.SynchronousTestCase):
