@@ -21,15 +21,14 @@ import select
 import smtplib
 import socket
 import ssl
-import subprocess
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from OpenSSL import SSL
-from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet import defer, reactor, task
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.tcp import Server
 from twisted.internet.testing import MemoryReactorClock
@@ -39,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests._support import tool_path
+from tests import test_halfclose, test_tls
 from txsmtpsrv import SMTPServer, _tlslayer
 from txsmtpsrv._protocol import SMTPServerProtocol
 from txsmtpsrv._tls import tls_info
@@ -832,7 +831,7 @@ class LoopbackTests(unittest.TestCase):
         self.patch(_tlslayer, "start_tls", counting)
         options.setdefault("name", "mx.test")
         options.setdefault("tls", test_ca().server_config())
-        server = SMTPServer(hooks, disable_reverse_lookup=True, **options)
+        server = self.smtp_server = SMTPServer(hooks, disable_reverse_lookup=True, **options)
         self.addCleanup(server.close)
         description = listen_endpoint(reactor, endpoint, lambda: server.tls)
         return server.listen(description).addCallback(lambda port: port.getHost().port)
@@ -885,3 +884,76 @@ class LoopbackTests(unittest.TestCase):
 
             self.assertEqual((yield self.thread(client)), 250)
             self.assertEqual(len(self.started), expected, endpoint)
+
+    @defer.inlineCallbacks
+    def test_failures_reported_as_by_twisted(self) -> None:
+        """
+        A failed, a stalled and an abandoned handshake: the "tls" observer
+        event, the client's view and the on_close hook are the same on both
+        layers.
+        """
+        from txsmtpsrv._tls import TLSConfig
+        config = test_ca().server_config()
+
+        def attempt(kind: str, port: int) -> str:
+            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+                sock.recv(1000)
+                sock.sendall(b"EHLO client.test\r\n")
+                time.sleep(0.05)
+                sock.recv(1000)
+                sock.sendall(b"STARTTLS\r\n")
+                sock.recv(1000)
+                if kind == "garbage":
+                    sock.sendall(b"MAIL FROM:<x@y.test>\r\n")
+                elif kind == "abandoned":
+                    return "closed"
+                try:
+                    data = sock.recv(1000)
+                except ConnectionResetError:
+                    return "reset"
+                return "eof" if data == b"" else f"data {data[:1]!r}"
+
+        outcomes = {}
+        for enabled in (True, False):
+            self.patch(_tlslayer, "ENABLED", enabled)
+            for kind in ("garbage", "stalled", "abandoned"):
+                events: List[str] = []
+                closed: List[str] = []
+                hooks = type("H", (), {"on_close": lambda self, s: closed.append(s.id)})()
+                port = yield self.serve(hooks, tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=0.5))
+                self.smtp_server.observe("tls", lambda session, why, _e=events: _e.append(why))
+                with capturedLogs():
+                    client = yield self.thread(attempt, kind, port)
+                    for _ in range(100):
+                        if closed:
+                            break
+                        yield task.deferLater(reactor, 0.02, lambda: None)
+                outcomes[(enabled, kind)] = (client, events, len(closed))
+        for kind in ("garbage", "stalled", "abandoned"):
+            self.assertEqual(outcomes[(True, kind)], outcomes[(False, kind)], kind)
+        self.assertIn("wrong version number", outcomes[(True, "garbage")][1][0])
+        self.assertEqual(len(self.started), 0)  # the last round ran on Twisted's layer
+
+
+# --------------------------------------------------------------------------------------
+# The existing loopback STARTTLS tests run on this layer (the default); the
+# same tests again on Twisted's layer, which the PROXY wrapper still uses.
+
+
+class TwistedLayerStartTLSTests(test_tls.StartTLSTests):
+    """tests/test_tls.py's STARTTLS tests with C{ENABLED = False}."""
+
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
+
+
+class TwistedLayerClientCertificateTests(test_tls.ClientCertificateTests):
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
+
+
+class TwistedLayerHalfCloseTests(test_halfclose.TLSTests):
+    """tests/test_halfclose.py's TLS half-close tests with C{ENABLED = False}."""
+
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
