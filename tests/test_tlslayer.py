@@ -575,6 +575,23 @@ class PauseTests(unittest.SynchronousTestCase):
         self.assertEqual(sum(handed), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
                          + len(b"EHLO client.test\r\n"))
 
+    def test_pause_and_resume_while_handing_over(self) -> None:
+        """A reader that pauses and resumes at once, inside each chunk: the socket is read again afterwards."""
+        hooks = Hooks(slow=True)
+        wire = Wire(hooks)
+        wire.starttls()
+        wire.handshake()
+        wire.read()
+        wire.send(MESSAGE[:len(MESSAGE) // 2])
+        [reader] = hooks.readers
+        reader.dataReceived = lambda data: (reader.chunks.append(data), reader.producer.pauseProducing(),
+                                            reader.producer.resumeProducing())
+        reader.producer.resumeProducing()
+        wire.send(MESSAGE[len(MESSAGE) // 2:])
+        self.assertTrue(wire.reading)
+        self.assertFalse(wire.transport.protocol._paused)
+        self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
+
     def test_resume_reads_the_socket_again(self) -> None:
         """Paused and resumed by the protocol: the transport reads again once nothing is pending."""
         wire = Wire(Hooks())

@@ -239,9 +239,7 @@ class TLSLayer:
     def resumeProducing(self) -> None:
         """The protocol reads again: first what is already received, then the socket."""
         self._paused = False
-        if self._busy:
-            return  # called while handing data over: that loop goes on
-        if self._done and not self._over:
+        if not self._busy and self._done and not self._over:  # (while busy, that loop goes on)
             self._deliver()
         if not self._paused and not self._ended:
             FileDescriptor.resumeProducing(self._transport)
@@ -348,8 +346,15 @@ class TLSLayer:
         except SSL.Error:
             pass  # mid-handshake, or TLS failed already: nothing to close cleanly
         self._flush()
+        self._close_tcp()
+
+    def _close_tcp(self) -> None:
+        """Close TCP after what the transport holds (a paused producer would hold the close back)."""
         self._raw.stop()
-        FileDescriptor.loseConnection(self._transport)
+        transport = self._transport
+        if transport.producer is not None:
+            FileDescriptor.unregisterProducer(transport)
+        FileDescriptor.loseConnection(transport)
 
     def _peer_closed(self) -> None:
         """The client's close_notify: ours in answer, and the connection ends (as Twisted's layer does)."""
@@ -364,8 +369,7 @@ class TLSLayer:
             self._reason = failure
         self._over = True
         self._flush()
-        self._raw.stop()
-        FileDescriptor.loseConnection(self._transport)
+        self._close_tcp()
 
 
 class _RawWrite:
