@@ -279,6 +279,14 @@ MESSAGE_BODY_LEN = len(b"Subject: lean\r\n\r\n" + b"line of the body\r\n" * 3000
 
 
 class PathTests(unittest.SynchronousTestCase):
+    def test_unexpected_eof(self) -> None:
+        """OpenSSL's EOF in violation of TLS (a SysCallError, an "unexpected eof" or empty error queue) is told apart."""
+        self.assertTrue(_tlslayer._unexpected_eof(SSL.SysCallError(-1, "Unexpected EOF")))
+        self.assertTrue(_tlslayer._unexpected_eof(SSL.Error([("SSL routines", "", "unexpected eof while reading")])))
+        self.assertTrue(_tlslayer._unexpected_eof(SSL.Error([])))
+        self.assertFalse(_tlslayer._unexpected_eof(SSL.Error([("SSL routines", "", "wrong version number")])))
+        self.assertFalse(_tlslayer._unexpected_eof(SSL.SysCallError(104, "ECONNRESET")))
+
     def test_plain_tcp_takes_the_layer(self) -> None:
         """STARTTLS on tcp.Server: the transport's protocol is the layer, ISSLTransport and getHandle as before."""
         wire = Wire(Hooks())
@@ -438,6 +446,31 @@ class DialogueTests(unittest.SynchronousTestCase):
         self.assertTrue(data.startswith(b"421 "), data)
         self.assertTrue(data.endswith(b"<close_notify>"), data)
         self.assertTrue(wire.transport.disconnected)
+
+    def test_abort_from_inside_the_handshake(self) -> None:
+        """
+        Twisted's SNI callback aborts a connection whose context lookup
+        raised through the OpenSSL connection's app data (the layer): aborted,
+        nothing more sent, no handshakeCompleted.
+        """
+        from txsmtpsrv import _tls
+
+        def broken(self: Any, raw: Any) -> Any:
+            raise RuntimeError("lookup failed")
+        self.patch(_tls._ContextSet, "context_for_name", broken)
+        hooks = Hooks()
+        wire = Wire(hooks)
+        wire.starttls()
+        assert wire.tls is not None
+        with pytest.raises(ssl.SSLWantReadError):
+            wire.tls.do_handshake()
+        wire.feed(wire.client_out())
+        wire.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # Twisted's "while looking up SNI context"
+        self.assertTrue(wire.transport.disconnected)
+        self.assertIsInstance(wire.lost[0].value, ConnectionLost)
+        self.assertEqual(hooks.secure, [])
+        self.assertEqual(wire.received(), b"")
 
     def test_close_before_the_handshake_with_nothing_to_say_aborts(self) -> None:
         """loseConnection mid-handshake with nothing written: abort (TLS has nothing to close cleanly)."""

@@ -256,7 +256,8 @@ class TLSLayer:
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
-            self._flush()
+            if not self._over:  # (aborted meanwhile: nothing more goes out)
+                self._flush()
             return
         except SSL.Error:
             self._fail(Failure())
