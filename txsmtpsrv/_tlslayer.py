@@ -80,6 +80,17 @@ _RECV_SIZE = 1 << 15
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
 _BIO_SIZE = 1 << 16
 
+try:
+    # How many bytes a memory BIO holds, without a read that raises when it
+    # holds none (pyOpenSSL's binding has the macro; the BIOs are
+    # C{Connection._into_ssl} and C{_from_ssl}). Without them: the raising way.
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+    _held: Any = _lib.BIO_get_mem_data
+    _NULL: Any = _ffi.NULL
+except (ImportError, AttributeError):  # pragma: no cover  (another pyOpenSSL)
+    _held = None
+    _NULL = None
+
 #: C{Provides(tcp.Server, ISSLTransport)}, which zope.interface caches only
 #: weakly: kept, so that connections one after another do not build it again.
 _SSL_PROVIDES: List[Any] = []
@@ -116,13 +127,16 @@ class TLSLayer:
     reach through C{transport.TLS}.
     """
 
-    __slots__ = ("_transport", "_protocol", "_conn", "_raw", "_queue", "_done", "_closing", "_over", "_paused",
-                 "_busy", "_ended", "_reason", "_clean", "_listener")
+    __slots__ = ("_transport", "_protocol", "_conn", "_rbio", "_wbio", "_raw", "_queue", "_done", "_closing",
+                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener")
 
     def __init__(self, transport: Server, protocol: Any, sock: Any) -> None:
         self._transport = transport
         self._protocol = protocol
         self._conn: SSL.Connection = None  # type: ignore[assignment]  # set by start_tls
+        # OpenSSL's memory BIOs (ciphertext in, ciphertext out), when their fill can be asked.
+        self._rbio: Any = None
+        self._wbio: Any = None
         # Raw (ciphertext) output: the transport's own pre-TLS write.
         self._raw = ReplyWriter(_RawWrite(transport), sock)
         self._queue: Optional[List[bytes]] = []  # plaintext waiting for the handshake (None: none waits)
@@ -303,18 +317,27 @@ class TLSLayer:
         return None
 
     def _deliver(self) -> None:
-        """Hand decrypted data to the protocol until OpenSSL has no more or the protocol pauses."""
+        """
+        Hand decrypted data to the protocol until OpenSSL has no more or the
+        protocol pauses. OpenSSL reads exactly one record at a time from its
+        memory BIO (read-ahead is off: OpenSSL's default, which neither
+        pyOpenSSL, Twisted nor txsmtpsrv change), so an empty BIO means no
+        record is left: no C{recv} that would only raise C{WantReadError}.
+        """
         if self._busy:
             return
         self._busy = True
         conn = self._conn
         protocol = self._protocol
+        rbio = self._rbio
         try:
             while not self._paused and not self._over:
+                if rbio is not None and not _held(rbio, _NULL) and not conn.pending():
+                    break
                 try:
                     data = conn.recv(_RECV_SIZE)
                 except SSL.WantReadError:
-                    break
+                    break  # a partial record: the rest comes with the next read
                 except SSL.ZeroReturnError:
                     self._peer_closed()
                     break
@@ -325,11 +348,17 @@ class TLSLayer:
         finally:
             self._busy = False
         if not self._over:
-            self._flush()  # what OpenSSL wrote while reading: alerts, KeyUpdate answers
+            self._flush()  # what OpenSSL wrote while reading: alerts, a refused renegotiation
 
     def _flush(self) -> None:
         """Send what OpenSSL has written to its memory BIO."""
         conn = self._conn
+        wbio = self._wbio
+        if wbio is not None:
+            size = _held(wbio, _NULL)
+            if size:
+                self._raw.write(conn.bio_read(size))
+            return
         while True:
             try:
                 data = conn.bio_read(_BIO_SIZE)
@@ -402,6 +431,9 @@ def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSL
     conn.set_accept_state()
     conn.set_app_data(layer)  # Twisted's SNI callback aborts through it
     layer._conn = conn
+    if _held is not None:
+        layer._rbio = getattr(conn, "_into_ssl", None)
+        layer._wbio = getattr(conn, "_from_ssl", None)
     t: Any = transport
     t.protocol = layer
     t.getHandle = layer.getHandle
