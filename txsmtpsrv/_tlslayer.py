@@ -41,8 +41,9 @@ the connection closes; the end of input (TCP FIN) after the handshake is a
 half-close the SMTP protocol answers (L{txsmtpsrv._halfclose}), before it
 the end of the connection; our close sends close_notify and then closes TCP
 (not waiting for the client's, which RFC 8446 6.1 and RFC 5246 7.2.1 allow);
-whatever OpenSSL writes while reading (alerts, a refusal to renegotiate,
-TLS 1.3 KeyUpdate answers) is sent after every read. While the SMTP
+whatever OpenSSL writes while reading (alerts, a refusal to renegotiate)
+is sent after every read (OpenSSL answers a TLS 1.3 KeyUpdate with its
+next record, as RFC 8446 4.6.3 allows). While the SMTP
 protocol is paused nothing more is decrypted: the ciphertext of the read
 in progress (at most one read, 64 KiB) stays in OpenSSL's memory BIO and
 the socket is not read until it resumes.
