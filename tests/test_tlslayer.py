@@ -921,6 +921,36 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(len(self.started), 1)
 
     @defer.inlineCallbacks
+    def test_nothing_kept_after_the_connections(self) -> None:
+        """Twenty STARTTLS sessions come and go: no layer (nor what it holds) outlives them."""
+        import gc
+
+        from twisted.logger import globalLogBeginner, globalLogPublisher
+        # Before logging begins (pytest), Twisted keeps every event, and so
+        # every connection (an event's log_source), in a history buffer.
+        history = getattr(globalLogBeginner, "_temporaryObserver", None)
+        if history is not None:
+            globalLogPublisher.removeObserver(history)
+            self.addCleanup(globalLogPublisher.addObserver, history)
+        port = yield self.serve(_Streaming())
+
+        def client() -> None:
+            for _ in range(20):
+                with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
+                    s.starttls(context=_unverified())
+                    s.ehlo("client.test")
+                    s.noop()
+
+        yield self.thread(client)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(self.started), 20)
+        ours = {id(layer) for layer in self.started}
+        del self.started[:]
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, _tlslayer.TLSLayer) and id(o) in ours]
+        self.assertEqual(alive, [])
+
+    @defer.inlineCallbacks
     def test_only_plain_tcp_takes_the_layer(self) -> None:
         """STARTTLS behind the PROXY wrapper keeps Twisted's layer; plain TCP takes ours."""
         for endpoint, expected in (("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1", 0),
