@@ -243,10 +243,8 @@ class SMTPServerProtocol(HalfCloseable):
                     self._log(action[1], action[2], action[3])
                 elif kind == START_TLS:
                     self._flush()
-                    self._out.stop()  # it holds the raw socket: never a plain byte under TLS
-                    self.transport.startTLS(self._holder)
-                    from ._tlsconn import keep_declarations
-                    keep_declarations(self.transport)  # zope caches them weakly: keep them for the next one
+                    from ._tlslayer import upgrade  # our TLS layer on plain TCP, else Twisted's
+                    self._out = upgrade(self.transport, self._holder, self, self._out)
                     self._tls_timer = self._start_handshake_timer()
                 elif kind == CLOSE:
                     self._stop_timer(closing=True)
