@@ -258,7 +258,29 @@ class MessageStream:
 #: C{sys.getrefcount} where there is one (CPython), and what it says of a
 #: Deferred held only by its L{_Collector} and the caller's local name.
 _refcount = getattr(sys, "getrefcount", None)
-_UNSHARED = 3  # the collector's attribute, the local name, the argument
+
+
+class _Probe:
+    __slots__ = ("done",)
+
+    done: object
+
+
+def _unshared_count() -> int:
+    """
+    What L{_refcount} says, read as L{_Collector._answer} reads it, of an
+    object held only by an attribute and a local name: measured, not
+    assumed, since it depends on the interpreter (3 up to CPython 3.13: the
+    attribute, the local, the argument; 3.14 passes a local without a
+    reference of its own, gh-130704, and says 2).
+    """
+    probe = _Probe()
+    probe.done = object()
+    done = probe.done
+    return _refcount(done) if _refcount is not None else 0
+
+
+_UNSHARED = _unshared_count()
 
 
 @implementer(IProtocol)
