@@ -230,3 +230,36 @@ class ClosingTests(unittest.SynchronousTestCase):
         except Exception:
             pass
         self.assertEqual(finals(data), [b"250", b"250"])
+
+
+class TinyRecordTests(unittest.SynchronousTestCase):
+    def test_tiny_records_are_handed_over_together(self) -> None:
+        """
+        A body sent as one-byte TLS records (23 bytes of ciphertext each,
+        ~2,800 in one 64 KiB read): the records of a read reach the dialogue
+        together, as a plain TCP read would, not one chunk per record (each
+        chunk costs ~40 bytes more in a reader that keeps them, such as
+        C{stream.content()}: a message of C{size} bytes would take 40 times
+        that).
+        """
+        chunks: List[int] = []
+
+        class Collecting:
+            def on_data(self, session: Any, stream: Any) -> Any:
+                return stream.collect(lambda chunk: chunks.append(len(chunk)))
+        wire = Wire(Collecting())
+        wire.starttls()
+        wire.handshake()
+        wire.send(b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        self.assertEqual(finals(wire.read()), [b"250", b"250", b"250", b"354"])
+        assert wire.tls is not None
+        body = (b"x" * 78 + b"\r\n") * 250  # 20,000 bytes
+        for i in range(len(body)):
+            wire.tls.write(body[i:i + 1])
+        ciphertext = wire.client_out()
+        for i in range(0, len(ciphertext), 1 << 16):  # the reads the reactor would make
+            wire.feed(ciphertext[i:i + (1 << 16)])
+        wire.send(b".\r\n")
+        self.assertEqual(finals(wire.read()), [b"250"])
+        self.assertEqual(sum(chunks), len(body))
+        self.assertLess(len(chunks), 50)  # ~8 reads
