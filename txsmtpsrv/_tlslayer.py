@@ -51,6 +51,7 @@ the socket is not read until it resumes.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterable, List, Optional
 
 from OpenSSL import SSL
@@ -76,6 +77,8 @@ ENABLED = True
 #: Plaintext asked of OpenSSL per C{recv}: more than a record holds (16 KiB),
 #: so each call returns one whole record.
 _RECV_SIZE = 1 << 15
+#: Plaintext of small records gathered into one handover (a plain TCP read's worth, roughly).
+_GATHER = 1 << 13
 #: Ciphertext taken out of OpenSSL's memory BIO per C{bio_read}; a shorter
 #: answer means the BIO is empty (no C{WantReadError} raised to learn it).
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
@@ -333,19 +336,35 @@ class TLSLayer:
         rbio = self._rbio
         try:
             while not self._paused and not self._over:
-                if rbio is not None and not _held(rbio, _NULL) and not conn.pending():
+                # Small records are gathered up to _GATHER bytes: a client's
+                # one-byte records must not reach the dialogue (and a reader
+                # keeping chunks) as thousands of one-byte chunks per read.
+                parts: List[bytes] = []
+                size = 0
+                end: Any = None
+                while size < _GATHER:
+                    if rbio is not None and not _held(rbio, _NULL) and not conn.pending():
+                        break
+                    try:
+                        data = conn.recv(_RECV_SIZE)
+                    except SSL.WantReadError:
+                        break  # a partial record: the rest comes with the next read
+                    except SSL.ZeroReturnError:
+                        end = self._peer_closed
+                        break
+                    except SSL.Error:
+                        end = partial(self._fail, Failure())
+                        break
+                    parts.append(data)
+                    size += len(data)
+                if parts:
+                    protocol.dataReceived(parts[0] if len(parts) == 1 else b"".join(parts))
+                if end is not None:
+                    if not self._over:  # (the protocol may have closed meanwhile)
+                        end()
                     break
-                try:
-                    data = conn.recv(_RECV_SIZE)
-                except SSL.WantReadError:
-                    break  # a partial record: the rest comes with the next read
-                except SSL.ZeroReturnError:
-                    self._peer_closed()
-                    break
-                except SSL.Error:
-                    self._fail(Failure())
-                    break
-                protocol.dataReceived(data)
+                if size < _GATHER:
+                    break  # nothing more in the BIO
         finally:
             self._busy = False
         if not self._over:
