@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from txsmtpsrv import Reply
 from txsmtpsrv.testing import TestClient, make_server
+from tests.test_perf14 import _Sink  # a data hook returning stream.collect(...), keeping it or not
 
 _SESSION = (
     b"EHLO c.test\r\n"
@@ -140,22 +141,6 @@ def test_one_read_transcript_is_right() -> None:
 # -- the collect Deferred: "held by nobody" must not depend on how CPython counts -----------------
 
 
-class _Keeper:
-    """A data hook returning C{stream.collect(...)} (the direct path), keeping the Deferred or not."""
-
-    def __init__(self, keep: bool) -> None:
-        self.keep = keep
-        self.kept: List[Deferred[None]] = []
-        self.returned: List[int] = []
-
-    def on_data(self, session: Any, stream: Any) -> Any:
-        d = stream.collect(lambda chunk: None)
-        self.returned.append(id(d))
-        if self.keep:
-            self.kept.append(d)
-        return d
-
-
 @pytest.mark.parametrize("keep", [True, False])
 def test_collect_deferred_kept_fires_where_arguments_are_borrowed(monkeypatch: pytest.MonkeyPatch,
                                                                    keep: bool) -> None:
@@ -184,7 +169,7 @@ def test_collect_deferred_kept_fires_where_arguments_are_borrowed(monkeypatch: p
         original(self, result)
 
     monkeypatch.setattr(Deferred, "callback", spy)
-    hooks = _Keeper(keep)
+    hooks = _Sink(keep)
     server, _ = make_server(hooks)
     client = TestClient(server)
     client.ehlo()
