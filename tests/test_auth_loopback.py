@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import tempfile
 from io import BytesIO
 
 from twisted.internet import defer, reactor, utils
@@ -250,9 +251,10 @@ class AuthLoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def curl_xoauth2(self, token):
         """Send one message with curl's XOAUTH2 (C{--oauth2-bearer}); return (its -v output, exit status)."""
-        message = self.mktemp()
-        with open(message, "wb") as f:
+        with tempfile.NamedTemporaryFile("wb", suffix=".eml", delete=False) as f:
             f.write(b"Subject: curl auth\r\n\r\nhello from curl\r\n")
+        message = f.name
+        self.addCleanup(os.remove, message)
         out, err, code = yield utils.getProcessOutputAndValue(tool_path("curl"), [
             "-sS", "-v", "--max-time", "20", f"smtp://127.0.0.1:{self.port}/client.test",
             "--mail-from", "s@example.test", "--mail-rcpt", "r@example.test", "--upload-file", message,
