@@ -108,8 +108,8 @@ class _Sink:
         return d
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+def send_to_sink(monkeypatch: pytest.MonkeyPatch, keep: bool, messages: int) -> Tuple[_Sink, List[int]]:
+    """Send C{messages} messages to a L{_Sink}; return it and the ids of every Deferred fired meanwhile."""
     fired: List[int] = []
     original = Deferred.callback
 
@@ -122,8 +122,14 @@ def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.Mo
     server, _ = make_server(hooks)
     client = TestClient(server)
     client.ehlo()
-    for _ in range(3):
+    for _ in range(messages):
         assert client.sendmail("a@x.test", ["b@y.test"], b"Subject: x\r\n\r\nbody\r\n")[-1].code == 250
+    return hooks, fired
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+    hooks, fired = send_to_sink(monkeypatch, keep, 3)
     if keep:
         assert [d.called for d in hooks.kept] == [True] * 3
         results: List[Any] = []
