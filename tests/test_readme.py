@@ -172,7 +172,8 @@ def test_setup_commands() -> None:
     commands = code_blocks(section("Set-up: two commands"), "sh")[0]
     lines = [line for line in commands.splitlines() if line and not line.startswith("#")]
     assert lines == [
-        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/twistd -n --pidfile= smtpsrv",
+        "{ python3 -m venv .venv || { apt-get update && apt-get install -y python3-venv && python3 -m venv .venv; }; }"
+        " && .venv/bin/pip install -e . && .venv/bin/twistd -n --pidfile= smtpsrv",
         "bash tests/run.sh",
     ]
     with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
