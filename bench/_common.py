@@ -33,6 +33,16 @@ def proc_cpu_seconds(pid: int) -> float:
     return user + system
 
 
+def proc_status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line (VmRSS, VmHWM, ...) of /proc/PID/status."""
+    prefix = key.encode() + b":"
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(prefix):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
 def task_run_ns(pid: int) -> dict[int, int]:
     """
     Nanoseconds each live thread of ``pid`` has run on a CPU, from

@@ -50,7 +50,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import CPUClock, NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
+from _common import CPUClock, NotReady, pin_cpus, proc_cpu_seconds, proc_status_kib, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 
@@ -191,16 +191,6 @@ SCENARIOS = ("persist", "churn", "large", "idle", "latency")
 
 
 # ---------------------------------------------------------------- /proc readers
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    """A ``kB`` line (VmRSS, VmHWM, ...) of /proc/PID/status."""
-    prefix = key.encode() + b":"
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(prefix):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def reset_peak_rss(pid: int) -> bool:

@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from _common import proc_status_kib  # noqa: E402
 
 CLIENT = r"""
 import socket, sys
@@ -50,14 +52,6 @@ for i in range(n):
 sys.stdout.write("open\n"); sys.stdout.flush()
 sys.stdin.readline()
 """
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def build_server(kind: str, reactor: Any) -> Any:
@@ -161,7 +155,7 @@ def main() -> None:
 
     def measure(port: int) -> None:
         gc.collect()
-        result["rss0"] = rss_kib()
+        result["rss0"] = proc_status_kib(os.getpid(), "VmRSS")
         if not args.rss:
             tracemalloc.start(1)
         result["snap0"] = tracemalloc.take_snapshot() if not args.rss else None
@@ -172,7 +166,7 @@ def main() -> None:
         gc.collect()
         result["snap1"] = tracemalloc.take_snapshot() if not args.rss else None
         tracemalloc.stop()
-        result["rss1"] = rss_kib()
+        result["rss1"] = proc_status_kib(os.getpid(), "VmRSS")
         ts = transports(args.server)
         result["n"] = len(ts)
         # Census of one connection: objects shared with another connection are excluded.
