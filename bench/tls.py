@@ -51,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
-from _common import NotReady, pin_cpus, proc_cpu_seconds, wait_ready  # noqa: E402
+from _common import NotReady, pin_cpus, proc_cpu_seconds, task_run_ns, wait_ready  # noqa: E402
 from _load import make_message  # noqa: E402
 
 TIMEOUT = 30.0  # every socket operation of the client
@@ -67,13 +67,9 @@ def cpu_seconds(pid: int) -> float:
     ticks (10 ms: ~25 µs per connection over a 400-connection load), which, unlike
     the per-thread figures, keeps the time of threads that have ended.
     """
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        if len(tasks) == 1:
-            with open(f"/proc/{pid}/task/{tasks[0]}/schedstat") as f:
-                return int(f.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
+    runs = task_run_ns(pid)
+    if len(runs) == 1:
+        return next(iter(runs.values())) / 1e9
     return proc_cpu_seconds(pid)
 
 
