@@ -18,9 +18,9 @@ ROOT = os.path.dirname(HERE)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) seconds of ``pid``, all its threads, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
+def proc_cpu_times(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(user, system) seconds of ``pid``, all its threads, from /proc/PID/stat (thread ``tid`` alone: its task's stat)."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat", "rb") as f:
         data = f.read()
     fields = data[data.rindex(b")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.

@@ -60,7 +60,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import export_tree, pin_cpus, proc_cpu_seconds  # noqa: E402
+from _common import export_tree, pin_cpus, proc_cpu_seconds, proc_cpu_times  # noqa: E402
 
 SESSIONS = 20
 PER_CONNECTION = 100
@@ -315,14 +315,11 @@ def thread_times(pid: int) -> Dict[str, List[float]]:
     out = {"reactor": [0.0, 0.0], "threads": [0.0, 0.0]}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
+            cpu = sum(proc_cpu_times(pid, int(tid)))
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = f.read()
         except FileNotFoundError:
             continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         m = re.search(r"nonvoluntary_ctxt_switches:\s*(\d+)", status)
         key = "reactor" if int(tid) == pid else "threads"
         out[key][0] += cpu
