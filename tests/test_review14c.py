@@ -52,27 +52,24 @@ def _client_hello(wire: Wire, read: Callable[[bytes], bytes]) -> None:
 
 
 class InjectionTests(unittest.SynchronousTestCase):
-    def test_plaintext_before_the_client_hello_in_one_read(self) -> None:
-        """Plaintext, then the ClientHello, in one read: a broken handshake, nothing handed to the dialogue."""
+    def _assert_hello_read_rejected(self, read: Callable[[bytes], bytes]) -> None:
+        """The ClientHello made into one read by C{read}: a broken handshake, nothing handed to the dialogue."""
         hooks = Hooks()
         wire = Wire(hooks)
         wire.starttls()
         handed = _watch(wire)
-        _client_hello(wire, lambda hello: INJECTED + hello)
+        _client_hello(wire, read)
         self.assertTrue(wire.transport.disconnected)
         self.assertIsInstance(wire.lost[0].value, SSL.Error)
         self.assertEqual((handed, hooks.secure), ([], []))
 
+    def test_plaintext_before_the_client_hello_in_one_read(self) -> None:
+        """Plaintext, then the ClientHello, in one read: a broken handshake, nothing handed to the dialogue."""
+        self._assert_hello_read_rejected(lambda hello: INJECTED + hello)
+
     def test_plaintext_after_the_client_hello_in_one_read(self) -> None:
         """The ClientHello, then plaintext, in one read: the same."""
-        hooks = Hooks()
-        wire = Wire(hooks)
-        wire.starttls()
-        handed = _watch(wire)
-        _client_hello(wire, lambda hello: hello + INJECTED)
-        self.assertTrue(wire.transport.disconnected)
-        self.assertIsInstance(wire.lost[0].value, SSL.Error)
-        self.assertEqual((handed, hooks.secure), ([], []))
+        self._assert_hello_read_rejected(lambda hello: hello + INJECTED)
 
     def test_plaintext_after_the_finished_in_one_read(self) -> None:
         """
