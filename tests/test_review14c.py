@@ -102,8 +102,7 @@ class InjectionTests(unittest.SynchronousTestCase):
         wire.protocol._out.write(b"250 plaintext?\r\n")
         self.assertEqual(wire.received(), b"")  # held for the handshake, not sent in the clear
         wire.plain = b""
-        from tests.test_tlslayer import test_ca
-        wire.tls = test_ca().client_context().wrap_bio(wire.incoming, wire.outgoing, server_hostname="localhost")
+        wire.client_tls()
         wire.handshake()
         self.assertEqual(wire.read(), b"250 plaintext?\r\n" * 3)
 

@@ -214,6 +214,10 @@ class Wire:
         self.feed(b"STARTTLS\r\n")
         assert self.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"), self.plain
         self.plain = b""
+        self.client_tls(context)
+
+    def client_tls(self, context: Optional[ssl.SSLContext] = None) -> None:
+        """The client's TLS side, ready for L{handshake} (by default trusting the test CA)."""
         self.tls = (context or test_ca().client_context()).wrap_bio(self.incoming, self.outgoing,
                                                                     server_hostname="localhost")
 
@@ -375,7 +379,7 @@ class DialogueTests(unittest.SynchronousTestCase):
             wire.feed(b"STARTTLS\r\nMAIL FROM:<x@y.test>\r\n")
         self.assertTrue(wire.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"))
         self.assertEqual([e["n"] for e in events if "discarded" in e.get("log_format", "")], [22])
-        wire.tls = test_ca().client_context().wrap_bio(wire.incoming, wire.outgoing, server_hostname="localhost")
+        wire.client_tls()
         wire.handshake()
         wire.send(b"MAIL FROM:<x@y.test>\r\n")
         self.assertEqual(finals(wire.read()), [b"503"])
