@@ -877,13 +877,6 @@ class _Streaming:
         return done
 
 
-def _unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class LoopbackTests(unittest.TestCase):
     timeout = 120
 
@@ -916,7 +909,7 @@ class LoopbackTests(unittest.TestCase):
 
         def client() -> Any:
             with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
-                s.starttls(context=_unverified())
+                s.starttls(context=test_ca().client_context())
                 s.ehlo("client.test")
                 return s.sendmail("a@example.test", ["b@example.test"], body)
 
@@ -943,7 +936,7 @@ class LoopbackTests(unittest.TestCase):
         def client() -> None:
             for _ in range(20):
                 with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
-                    s.starttls(context=_unverified())
+                    s.starttls(context=test_ca().client_context())
                     s.ehlo("client.test")
                     s.noop()
 
@@ -973,7 +966,7 @@ class LoopbackTests(unittest.TestCase):
                     s.file = None
                     s.getreply()
                     s.ehlo("client.test")
-                    s.starttls(context=_unverified())
+                    s.starttls(context=test_ca().client_context())
                     s.ehlo("client.test")
                     code = s.noop()[0]
                     s.quit()
