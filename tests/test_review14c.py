@@ -25,18 +25,6 @@ from tests.test_tlslayer import Hooks, Wire, finals
 INJECTED = b"MAIL FROM:<injected@attacker.test>\r\n"
 
 
-def _watch(wire: Wire) -> List[bytes]:
-    """What the SMTP protocol receives from now on (the layer's handovers)."""
-    handed: List[bytes] = []
-    original = wire.protocol.dataReceived
-
-    def recording(data: bytes) -> None:
-        handed.append(data)
-        original(data)
-    wire.protocol.dataReceived = recording  # type: ignore[method-assign]  # an instance dict: _Recording
-    return handed
-
-
 def _never_reads(wire: Wire) -> None:
     """From now on the client reads nothing: the kernel takes no more, everything queues in the transport."""
     wire.transport.protocol._raw.stop()  # as after a full socket once
@@ -57,7 +45,7 @@ class InjectionTests(unittest.SynchronousTestCase):
         hooks = Hooks()
         wire = Wire(hooks)
         wire.starttls()
-        handed = _watch(wire)
+        handed = wire.watch()
         _client_hello(wire, read)
         self.assertTrue(wire.transport.disconnected)
         self.assertIsInstance(wire.lost[0].value, SSL.Error)
@@ -79,7 +67,7 @@ class InjectionTests(unittest.SynchronousTestCase):
         """
         wire = Wire(Hooks())
         wire.starttls()
-        handed = _watch(wire)
+        handed = wire.watch()
         flights: List[int] = []
 
         def inject_into_the_second(data: bytes) -> List[bytes]:

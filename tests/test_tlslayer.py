@@ -222,6 +222,17 @@ class Wire:
         self.tls = (context or test_ca().client_context()).wrap_bio(self.incoming, self.outgoing,
                                                                     server_hostname="localhost")
 
+    def watch(self) -> List[bytes]:
+        """What the SMTP protocol receives from now on (the layer's handovers), one item per handover."""
+        handed: List[bytes] = []
+        original = self.protocol.dataReceived
+
+        def recording(data: bytes) -> None:
+            handed.append(data)
+            original(data)
+        self.protocol.dataReceived = recording  # type: ignore[method-assign]  # an instance dict: _Recording
+        return handed
+
     def client_out(self) -> bytes:
         return self.outgoing.read()
 
@@ -599,13 +610,7 @@ class PauseTests(unittest.SynchronousTestCase):
         wire.handshake()
         wire.read()
         layer = wire.transport.protocol
-        handed: List[int] = []
-        original = wire.protocol.dataReceived
-
-        def counting(data: bytes) -> None:
-            handed.append(len(data))
-            original(data)
-        wire.protocol.dataReceived = counting  # type: ignore[method-assign]  # an instance dict: _Recording
+        handed = wire.watch()
         wire.send(MESSAGE + b"QUIT\r\n")  # one read: the whole message in four records
         self.assertFalse(wire.reading)
         self.assertTrue(layer._paused)
@@ -622,7 +627,7 @@ class PauseTests(unittest.SynchronousTestCase):
         self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
         data = wire.read()
         self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250", b"250", b"354", b"250", b"221"])
-        self.assertEqual(sum(handed), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
+        self.assertEqual(sum(map(len, handed)), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
                          + len(b"EHLO client.test\r\n"))
 
     def test_pause_and_resume_while_handing_over(self) -> None:
