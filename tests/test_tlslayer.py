@@ -673,13 +673,7 @@ def _key_update() -> Callable[[SSL.Connection], int]:
     from OpenSSL._util import ffi
 
     from txsmtpsrv import _tlsnative
-    anchor = _tlsnative._anchor_address()
-    path, base = _tlsnative._containing_object(anchor)
-    address = _tlsnative._exported(path, ["SSL_key_update"]).get("SSL_key_update")
-    if address is None:
-        values = _tlsnative._symbol_table(path, {"_cffi_d_SSL_CTX_new", "SSL_key_update"})
-        assert base + values["_cffi_d_SSL_CTX_new"] == anchor
-        address = base + values["SSL_key_update"]
+    address = _tlsnative._locate("SSL_key_update")[0]["SSL_key_update"]
     function = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(address)
     return lambda conn: int(function(int(ffi.cast("uintptr_t", conn._ssl)), 1))
 
