@@ -795,31 +795,7 @@ class RenegotiationTests(unittest.SynchronousTestCase):
         reply to send; the session goes on.
         """
         wire = Wire(Hooks())
-        wire.starttls()
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        client = SSL.Connection(ctx, None)
-        client.set_connect_state()
-
-        def exchange() -> None:
-            try:
-                out = client.bio_read(1 << 16)
-            except SSL.WantReadError:
-                out = b""
-            if out:
-                wire.feed(out)
-            data = wire.received()
-            if data:
-                client.bio_write(data)
-
-        for _ in range(10):
-            try:
-                client.do_handshake()
-                break
-            except SSL.WantReadError:
-                exchange()
-        exchange()
+        client = _PyOpenSSLClient(wire, SSL.TLS1_2_VERSION).conn
         self.assertTrue(client.renegotiate())
         with pytest.raises(SSL.WantReadError):
             client.do_handshake()
