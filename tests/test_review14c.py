@@ -25,18 +25,6 @@ from tests.test_tlslayer import Hooks, Wire, finals
 INJECTED = b"MAIL FROM:<injected@attacker.test>\r\n"
 
 
-def _watch(wire: Wire) -> List[bytes]:
-    """What the SMTP protocol receives from now on (the layer's handovers)."""
-    handed: List[bytes] = []
-    original = wire.protocol.dataReceived
-
-    def recording(data: bytes) -> None:
-        handed.append(data)
-        original(data)
-    wire.protocol.dataReceived = recording  # type: ignore[method-assign]  # an instance dict: _Recording
-    return handed
-
-
 def _never_reads(wire: Wire) -> None:
     """From now on the client reads nothing: the kernel takes no more, everything queues in the transport."""
     wire.transport.protocol._raw.stop()  # as after a full socket once
@@ -52,27 +40,24 @@ def _client_hello(wire: Wire, read: Callable[[bytes], bytes]) -> None:
 
 
 class InjectionTests(unittest.SynchronousTestCase):
-    def test_plaintext_before_the_client_hello_in_one_read(self) -> None:
-        """Plaintext, then the ClientHello, in one read: a broken handshake, nothing handed to the dialogue."""
+    def _assert_hello_read_rejected(self, read: Callable[[bytes], bytes]) -> None:
+        """The ClientHello made into one read by C{read}: a broken handshake, nothing handed to the dialogue."""
         hooks = Hooks()
         wire = Wire(hooks)
         wire.starttls()
-        handed = _watch(wire)
-        _client_hello(wire, lambda hello: INJECTED + hello)
+        handed = wire.watch()
+        _client_hello(wire, read)
         self.assertTrue(wire.transport.disconnected)
         self.assertIsInstance(wire.lost[0].value, SSL.Error)
         self.assertEqual((handed, hooks.secure), ([], []))
 
+    def test_plaintext_before_the_client_hello_in_one_read(self) -> None:
+        """Plaintext, then the ClientHello, in one read: a broken handshake, nothing handed to the dialogue."""
+        self._assert_hello_read_rejected(lambda hello: INJECTED + hello)
+
     def test_plaintext_after_the_client_hello_in_one_read(self) -> None:
         """The ClientHello, then plaintext, in one read: the same."""
-        hooks = Hooks()
-        wire = Wire(hooks)
-        wire.starttls()
-        handed = _watch(wire)
-        _client_hello(wire, lambda hello: hello + INJECTED)
-        self.assertTrue(wire.transport.disconnected)
-        self.assertIsInstance(wire.lost[0].value, SSL.Error)
-        self.assertEqual((handed, hooks.secure), ([], []))
+        self._assert_hello_read_rejected(lambda hello: hello + INJECTED)
 
     def test_plaintext_after_the_finished_in_one_read(self) -> None:
         """
@@ -82,7 +67,7 @@ class InjectionTests(unittest.SynchronousTestCase):
         """
         wire = Wire(Hooks())
         wire.starttls()
-        handed = _watch(wire)
+        handed = wire.watch()
         flights: List[int] = []
 
         def inject_into_the_second(data: bytes) -> List[bytes]:
@@ -105,8 +90,7 @@ class InjectionTests(unittest.SynchronousTestCase):
         wire.protocol._out.write(b"250 plaintext?\r\n")
         self.assertEqual(wire.received(), b"")  # held for the handshake, not sent in the clear
         wire.plain = b""
-        from tests.test_tlslayer import test_ca
-        wire.tls = test_ca().client_context().wrap_bio(wire.incoming, wire.outgoing, server_hostname="localhost")
+        wire.client_tls()
         wire.handshake()
         self.assertEqual(wire.read(), b"250 plaintext?\r\n" * 3)
 

@@ -22,7 +22,7 @@ from tests import _certs
 from txsmtpsrv import _selfsigned
 from txsmtpsrv._selfsigned import cert_pem, key_pem, self_signed
 from txsmtpsrv._testca import TestCA
-from txsmtpsrv._tls import development_certificate
+from txsmtpsrv._tls import TLSConfigError, development_certificate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,6 +114,13 @@ def test_every_user_builds_with_it():
     assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
     assert _certs.make_ca().cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert san(_certs.self_signed("proxy.test").cert) == [x509.DNSName("proxy.test")]
+
+
+@pytest.mark.parametrize("hostname", ["a\u200db.test", "b\u00fccher..test", "bad..test"])
+def test_development_certificate_refuses_a_bad_name(hostname):
+    """A name that is no host name, U-label or not: a configuration error, as before the shared helper."""
+    with pytest.raises(TLSConfigError, match="development certificate: invalid host name"):
+        development_certificate(hostname)
 
 
 def self_signing_calls(source: str) -> list:

@@ -37,9 +37,10 @@ from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface.declarations import Provides
 
 from tests import test_halfclose, test_tls
-from txsmtpsrv import SMTPServer, _tlslayer
+from txsmtpsrv import SMTPServer, _tlsconn, _tlslayer
 from txsmtpsrv._protocol import SMTPServerProtocol
 from txsmtpsrv._tls import tls_info
 from txsmtpsrv._testca import test_ca
@@ -214,8 +215,23 @@ class Wire:
         self.feed(b"STARTTLS\r\n")
         assert self.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"), self.plain
         self.plain = b""
+        self.client_tls(context)
+
+    def client_tls(self, context: Optional[ssl.SSLContext] = None) -> None:
+        """The client's TLS side, ready for L{handshake} (by default trusting the test CA)."""
         self.tls = (context or test_ca().client_context()).wrap_bio(self.incoming, self.outgoing,
                                                                     server_hostname="localhost")
+
+    def watch(self) -> List[bytes]:
+        """What the SMTP protocol receives from now on (the layer's handovers), one item per handover."""
+        handed: List[bytes] = []
+        original = self.protocol.dataReceived
+
+        def recording(data: bytes) -> None:
+            handed.append(data)
+            original(data)
+        self.protocol.dataReceived = recording  # type: ignore[method-assign]  # an instance dict: _Recording
+        return handed
 
     def client_out(self) -> bytes:
         return self.outgoing.read()
@@ -300,7 +316,8 @@ class PathTests(unittest.SynchronousTestCase):
         wire.handshake()
         self.assertEqual(tls_info(wire.transport).version, "TLSv1.3")
         self.assertIsNone(wire.transport.getPeerCertificate())
-        self.assertIs(_tlslayer._SSL_PROVIDES[0].__class__.__name__, "Provides")
+        # The transport's ISSLTransport declaration is kept (zope.interface caches it only weakly).
+        self.assertIs(_tlsconn._DECLARATIONS[(Server, _tlslayer.TLSLayer)][0], Provides(Server, ISSLTransport))
         # OpenSSL's memory BIOs are found: their fill is asked, no read raises to learn it.
         self.assertIsNotNone(layer._rbio)
         self.assertIsNotNone(layer._wbio)
@@ -375,7 +392,7 @@ class DialogueTests(unittest.SynchronousTestCase):
             wire.feed(b"STARTTLS\r\nMAIL FROM:<x@y.test>\r\n")
         self.assertTrue(wire.plain_reply().endswith(b"220 2.0.0 Ready to start TLS\r\n"))
         self.assertEqual([e["n"] for e in events if "discarded" in e.get("log_format", "")], [22])
-        wire.tls = test_ca().client_context().wrap_bio(wire.incoming, wire.outgoing, server_hostname="localhost")
+        wire.client_tls()
         wire.handshake()
         wire.send(b"MAIL FROM:<x@y.test>\r\n")
         self.assertEqual(finals(wire.read()), [b"503"])
@@ -593,13 +610,7 @@ class PauseTests(unittest.SynchronousTestCase):
         wire.handshake()
         wire.read()
         layer = wire.transport.protocol
-        handed: List[int] = []
-        original = wire.protocol.dataReceived
-
-        def counting(data: bytes) -> None:
-            handed.append(len(data))
-            original(data)
-        wire.protocol.dataReceived = counting  # type: ignore[method-assign]  # an instance dict: _Recording
+        handed = wire.watch()
         wire.send(MESSAGE + b"QUIT\r\n")  # one read: the whole message in four records
         self.assertFalse(wire.reading)
         self.assertTrue(layer._paused)
@@ -616,7 +627,7 @@ class PauseTests(unittest.SynchronousTestCase):
         self.assertEqual([(m[0], m[1]) for m in hooks.messages], [("a@example.test", MESSAGE_BODY_LEN)])
         data = wire.read()
         self.assertEqual(finals(data[:-len(b"<close_notify>")]), [b"250", b"250", b"250", b"354", b"250", b"221"])
-        self.assertEqual(sum(handed), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
+        self.assertEqual(sum(map(len, handed)), len(MESSAGE) - len(b"EHLO client.test\r\n") + len(b"QUIT\r\n")
                          + len(b"EHLO client.test\r\n"))
 
     def test_pause_and_resume_while_handing_over(self) -> None:
@@ -662,13 +673,7 @@ def _key_update() -> Callable[[SSL.Connection], int]:
     from OpenSSL._util import ffi
 
     from txsmtpsrv import _tlsnative
-    anchor = _tlsnative._anchor_address()
-    path, base = _tlsnative._containing_object(anchor)
-    address = _tlsnative._exported(path, ["SSL_key_update"]).get("SSL_key_update")
-    if address is None:
-        values = _tlsnative._symbol_table(path, {"_cffi_d_SSL_CTX_new", "SSL_key_update"})
-        assert base + values["_cffi_d_SSL_CTX_new"] == anchor
-        address = base + values["SSL_key_update"]
+    address = _tlsnative._locate("SSL_key_update")[0]["SSL_key_update"]
     function = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(address)
     return lambda conn: int(function(int(ffi.cast("uintptr_t", conn._ssl)), 1))
 
@@ -790,31 +795,7 @@ class RenegotiationTests(unittest.SynchronousTestCase):
         reply to send; the session goes on.
         """
         wire = Wire(Hooks())
-        wire.starttls()
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        client = SSL.Connection(ctx, None)
-        client.set_connect_state()
-
-        def exchange() -> None:
-            try:
-                out = client.bio_read(1 << 16)
-            except SSL.WantReadError:
-                out = b""
-            if out:
-                wire.feed(out)
-            data = wire.received()
-            if data:
-                client.bio_write(data)
-
-        for _ in range(10):
-            try:
-                client.do_handshake()
-                break
-            except SSL.WantReadError:
-                exchange()
-        exchange()
+        client = _PyOpenSSLClient(wire, SSL.TLS1_2_VERSION).conn
         self.assertTrue(client.renegotiate())
         with pytest.raises(SSL.WantReadError):
             client.do_handshake()
@@ -871,13 +852,6 @@ class _Streaming:
         return done
 
 
-def _unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class LoopbackTests(unittest.TestCase):
     timeout = 120
 
@@ -910,7 +884,7 @@ class LoopbackTests(unittest.TestCase):
 
         def client() -> Any:
             with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
-                s.starttls(context=_unverified())
+                s.starttls(context=test_ca().client_context())
                 s.ehlo("client.test")
                 return s.sendmail("a@example.test", ["b@example.test"], body)
 
@@ -937,7 +911,7 @@ class LoopbackTests(unittest.TestCase):
         def client() -> None:
             for _ in range(20):
                 with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
-                    s.starttls(context=_unverified())
+                    s.starttls(context=test_ca().client_context())
                     s.ehlo("client.test")
                     s.noop()
 
@@ -967,7 +941,7 @@ class LoopbackTests(unittest.TestCase):
                     s.file = None
                     s.getreply()
                     s.ehlo("client.test")
-                    s.starttls(context=_unverified())
+                    s.starttls(context=test_ca().client_context())
                     s.ehlo("client.test")
                     code = s.noop()[0]
                     s.quit()

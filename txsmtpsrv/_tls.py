@@ -25,6 +25,7 @@ L{txsmtpsrv._tlsconn}; both are re-exported here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import weakref
@@ -44,7 +45,7 @@ from zope.interface import implementer
 
 # Re-exported: the public names stay importable from here.
 from . import _tlstickets
-from ._selfsigned import cert_pem, general_name, key_pem, self_signed
+from ._selfsigned import cert_pem, key_pem, self_signed
 from ._tlsconn import (_ACCEPT_ANY, _ACCEPTED_UNVERIFIED, TLSInfo, _normalize_name, _wire_name,
                        start_handshake_timer, tls_info)
 from ._tlsload import (PrivateKey, TLSConfigError, _Identity, _identity_from_entry, _load_certs,
@@ -490,10 +491,9 @@ def development_certificate(hostname: str, *, days: int = 365) -> TLSConfig:
 
     @return: a L{TLSConfig} with C{key} and C{cert} as PEM bytes.
     """
-    san = general_name(hostname)
-    if isinstance(san, x509.IPAddress):
-        name = str(san.value)
-    else:
+    try:
+        name = str(ipaddress.ip_address(hostname.strip("[]")))
+    except ValueError:
         try:
             name = _normalize_name(hostname)
         except ValueError as e:

@@ -178,8 +178,9 @@ def keep_declarations(transport: object) -> None:
     C{Provides(class, interface)}, which zope.interface caches only weakly. When
     connections come one after another (no other TLS connection alive holds
     them), every STARTTLS built some of them again, C3 resolution order
-    included. Call right after C{transport.startTLS}; a cheap dictionary check
-    after the first time per pair of classes.
+    included. Call right after C{transport.startTLS} (or L{txsmtpsrv._tlslayer.start_tls},
+    which declares C{ISSLTransport} on the transport in the same way); a cheap
+    dictionary check after the first time per pair of classes.
     """
     wrapper = getattr(transport, "protocol", None)
     key = (type(transport), type(wrapper))

@@ -62,7 +62,6 @@ from twisted.internet.interfaces import (IHalfCloseableProtocol, IHandshakeListe
 from twisted.internet.tcp import Server
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
-from zope.interface.declarations import Provides
 
 from ._halfclose import half_closeable
 from ._sendnow import ReplyWriter, eligible as direct_socket
@@ -94,10 +93,6 @@ try:
 except (ImportError, AttributeError):  # pragma: no cover  (another pyOpenSSL)
     _held = None
     _NULL = None
-
-#: C{Provides(tcp.Server, ISSLTransport)}, which zope.interface caches only
-#: weakly: kept, so that connections one after another do not build it again.
-_SSL_PROVIDES: List[Any] = []
 
 
 def _unexpected_eof(error: BaseException) -> bool:
@@ -462,8 +457,7 @@ def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSL
     t.resumeProducing = layer.resumeProducing
     t.abortConnection = layer.abortConnection
     directlyProvides(transport, ISSLTransport)
-    if not _SSL_PROVIDES:
-        _SSL_PROVIDES.append(Provides(Server, ISSLTransport))
+    keep_declarations(transport)  # Provides(tcp.Server, ISSLTransport), which zope caches weakly
     t.TLS = True
     # Nothing to do before the client's first message: the first read starts the handshake.
     return layer

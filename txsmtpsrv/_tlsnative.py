@@ -180,10 +180,15 @@ def _symbol_table(path: str, names: set[str]) -> dict[str, int]:
     return found
 
 
-def _locate() -> tuple[dict[str, int], str]:
+def _locate(*extra: str) -> tuple[dict[str, int], str]:
+    """
+    Addresses of C{_FUNCTIONS} (all of them), and of C{_OPTIONAL} and
+    C{extra} where found; and the shared object they are in.
+    """
     anchor = _anchor_address()  # cffi's wrapper around SSL_CTX_new in the binding's module
     path, base = _containing_object(anchor)
-    exported = _exported(path, [_ANCHOR, *_FUNCTIONS, *_OPTIONAL])
+    optional = [*_OPTIONAL, *extra]
+    exported = _exported(path, [_ANCHOR, *_FUNCTIONS, *optional])
     if all(name in exported for name in _FUNCTIONS):
         # A shared OpenSSL the binding's module links to: dlsym through that
         # module finds what the module itself calls; all from one library.
@@ -192,7 +197,7 @@ def _locate() -> tuple[dict[str, int], str]:
             return exported, libraries.pop()
         raise LookupError(f"OpenSSL functions come from several libraries: {sorted(libraries)}")
     wrapper = "_cffi_d_" + _ANCHOR
-    values = _symbol_table(path, {wrapper, *_FUNCTIONS, *_OPTIONAL})
+    values = _symbol_table(path, {wrapper, *_FUNCTIONS, *optional})
     if wrapper not in values or base + values[wrapper] != anchor:
         raise LookupError(f"the symbol table of {path} does not match the loaded code")
     missing = [name for name in _FUNCTIONS if name not in values]
