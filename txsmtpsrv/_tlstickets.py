@@ -209,8 +209,8 @@ def install(context: SSL.Context, keys: TicketKeys, policy: bytes = b"") -> bool
     Returns C{False} (and the context keeps tickets off) when unsupported.
     """
     native = _tlsnative.load()
-    if native is None or not supported():
-        context.set_options(SSL.OP_NO_TICKET)
+    if native is None:
+        disable(context)
         return False
     if native.set_ticket_cb(native.context_pointer(context), keys.callback(native)) != 1:
         disable(context)
