@@ -42,6 +42,11 @@ def pending_calls(clock: Clock) -> List[float]:
     return [c.getTime() for c in clock.getDelayedCalls() if c.active()]
 
 
+def rearm(d: Deadlines, delay: float, times: int) -> Any:
+    """An L{Owner}'s C{then}: call it again C{delay} later, until it has been woken C{times} times."""
+    return lambda owner: d.call_later(delay, owner) if len(owner.woken) < times else None
+
+
 # -- the timer on its own ----------------------------------------------------------
 
 
@@ -131,7 +136,7 @@ def test_rearming_from_the_callback() -> None:
     """The connection re-arms for the client's next deadline from deadline_reached."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, then=lambda o: d.call_later(3, o) if len(o.woken) < 3 else None)
+    a = Owner(clock, then=rearm(d, 3, 3))
     d.call_later(2, a)
     for _ in range(100):
         clock.advance(1)
@@ -143,7 +148,7 @@ def test_rearming_later_keeps_an_earlier_entry_exact() -> None:
     """An owner re-arming past another pending entry must not delay that one."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, "a", then=lambda o: d.call_later(15, o) if len(o.woken) < 2 else None)
+    a = Owner(clock, "a", then=rearm(d, 15, 2))
     b = Owner(clock, "b")
     d.call_later(5, a)
     d.call_later(10, b)
@@ -156,7 +161,7 @@ def test_rearming_earlier_from_the_callback() -> None:
     """An owner re-arming before the next pending entry moves the reactor call earlier."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, "a", then=lambda o: d.call_later(1, o) if len(o.woken) < 2 else None)
+    a = Owner(clock, "a", then=rearm(d, 1, 2))
     b = Owner(clock, "b")
     d.call_later(5, a)
     d.call_later(10, b)
