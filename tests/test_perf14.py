@@ -108,8 +108,8 @@ class _Sink:
         return d
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+def fired_deferreds(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """The ids of the Deferreds fired with C{callback} from now on (until the test ends)."""
     fired: List[int] = []
     original = Deferred.callback
 
@@ -118,6 +118,12 @@ def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.Mo
         original(self, result)
 
     monkeypatch.setattr(Deferred, "callback", spy)
+    return fired
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_collect_deferred_fired_only_for_whoever_keeps_it(monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+    fired = fired_deferreds(monkeypatch)
     hooks = _Sink(keep)
     server, _ = make_server(hooks)
     client = TestClient(server)

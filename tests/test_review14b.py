@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, succeed
 from txsmtpsrv import Reply
 from txsmtpsrv.testing import TestClient, make_server
 from tests.test_perf14 import _Sink  # a data hook returning stream.collect(...), keeping it or not
+from tests.test_perf14 import fired_deferreds
 
 _SESSION = (
     b"EHLO c.test\r\n"
@@ -158,17 +159,8 @@ def test_collect_deferred_kept_fires_where_arguments_are_borrowed(monkeypatch: p
         return sys.getrefcount(obj) - 2  # this wrapper's parameter and argument: as if both were borrowed
 
     monkeypatch.setattr(_data, "_refcount", borrowed)
-    calibrate = getattr(_data, "_unshared_count", None)
-    if calibrate is not None:
-        monkeypatch.setattr(_data, "_UNSHARED", calibrate())
-    fired: List[int] = []
-    original = Deferred.callback
-
-    def spy(self: Deferred[Any], result: Any) -> None:
-        fired.append(id(self))
-        original(self, result)
-
-    monkeypatch.setattr(Deferred, "callback", spy)
+    monkeypatch.setattr(_data, "_UNSHARED", _data._unshared_count())
+    fired = fired_deferreds(monkeypatch)
     hooks = _Sink(keep)
     server, _ = make_server(hooks)
     client = TestClient(server)
