@@ -70,9 +70,12 @@ def test_delivery_threads_run_below_the_reactor_priority():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
-def test_lower_thread_priority_zero_changes_nothing():
+def test_lower_thread_priority_zero_changes_nothing(monkeypatch):
     mine = os.getpriority(os.PRIO_PROCESS, 0)
+    calls: List[Any] = []
+    monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(args))
     lower_thread_priority(0)
+    assert calls == []  # not even set to the value it has (which no priority reading could tell)
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine
 
 
