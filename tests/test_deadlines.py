@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import capturedLogs
 
 from txsmtpsrv._deadlines import _SLACK, Deadline, Deadlines
 from txsmtpsrv.testing import TestClient, make_server
@@ -40,6 +40,11 @@ class Owner:
 
 def pending_calls(clock: Clock) -> List[float]:
     return [c.getTime() for c in clock.getDelayedCalls() if c.active()]
+
+
+def rearm(d: Deadlines, delay: float, times: int) -> Any:
+    """An L{Owner}'s C{then}: call it again C{delay} later, until it has been woken C{times} times."""
+    return lambda owner: d.call_later(delay, owner) if len(owner.woken) < times else None
 
 
 # -- the timer on its own ----------------------------------------------------------
@@ -131,7 +136,7 @@ def test_rearming_from_the_callback() -> None:
     """The connection re-arms for the client's next deadline from deadline_reached."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, then=lambda o: d.call_later(3, o) if len(o.woken) < 3 else None)
+    a = Owner(clock, then=rearm(d, 3, 3))
     d.call_later(2, a)
     for _ in range(100):
         clock.advance(1)
@@ -143,7 +148,7 @@ def test_rearming_later_keeps_an_earlier_entry_exact() -> None:
     """An owner re-arming past another pending entry must not delay that one."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, "a", then=lambda o: d.call_later(15, o) if len(o.woken) < 2 else None)
+    a = Owner(clock, "a", then=rearm(d, 15, 2))
     b = Owner(clock, "b")
     d.call_later(5, a)
     d.call_later(10, b)
@@ -156,7 +161,7 @@ def test_rearming_earlier_from_the_callback() -> None:
     """An owner re-arming before the next pending entry moves the reactor call earlier."""
     clock = Clock()
     d = Deadlines(clock)
-    a = Owner(clock, "a", then=lambda o: d.call_later(1, o) if len(o.woken) < 2 else None)
+    a = Owner(clock, "a", then=rearm(d, 1, 2))
     b = Owner(clock, "b")
     d.call_later(5, a)
     d.call_later(10, b)
@@ -191,9 +196,7 @@ def test_due_together_run_together_and_may_cancel_each_other() -> None:
 def test_a_failing_owner_is_logged_and_the_others_run() -> None:
     clock = Clock()
     d = Deadlines(clock)
-    events: List[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
+    with capturedLogs() as events:
         bad = Owner(clock, then=lambda o: 1 / 0)
         good = Owner(clock)
         d.call_later(1, bad)
@@ -201,8 +204,6 @@ def test_a_failing_owner_is_logged_and_the_others_run() -> None:
         d.call_later(2, good)
         clock.advance(1)
         clock.advance(1)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
     assert bad.woken == [1] and good.woken == [1, 2]
     assert any(e.get("log_failure") is not None and e["log_failure"].check(ZeroDivisionError) for e in events)
 
@@ -357,23 +358,16 @@ def test_idle_connection_memory_stays_small(info_filtered: None) -> None:
     assert per_connection < IDLE_BYTES_BOUND, f"{per_connection:.0f} bytes per idle connection"
 
 
-def test_a_failing_connection_timer_is_logged_with_its_session_id() -> None:
+def test_a_failing_connection_timer_is_logged_with_its_session_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure line of a connection's timer carries the session id, as every session line does."""
     server, clock = make_server()
     client = TestClient(server)
-    events: List[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        protocol = client.protocol
-        original = type(protocol).deadline_reached
-        type(protocol).deadline_reached = lambda self: 1 / 0  # type: ignore[method-assign]
-        try:
+    protocol = client.protocol
+    with capturedLogs() as events:
+        with monkeypatch.context() as patched:
+            patched.setattr(type(protocol), "deadline_reached", lambda self: 1 / 0)
             protocol.context.deadlines.call_later(1, protocol)
             clock.advance(1)
-        finally:
-            type(protocol).deadline_reached = original  # type: ignore[method-assign]
-    finally:
-        globalLogPublisher.removeObserver(events.append)
     [event] = [e for e in events if e.get("log_failure") is not None and e["log_failure"].check(ZeroDivisionError)]
     assert event["session_id"] == str(protocol.session.id)
     assert str(protocol.session.id) in event["log_system"]

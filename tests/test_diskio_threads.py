@@ -70,9 +70,12 @@ def test_delivery_threads_run_below_the_reactor_priority():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
-def test_lower_thread_priority_zero_changes_nothing():
+def test_lower_thread_priority_zero_changes_nothing(monkeypatch):
     mine = os.getpriority(os.PRIO_PROCESS, 0)
+    calls: List[Any] = []
+    monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(args))
     lower_thread_priority(0)
+    assert calls == []  # not even set to the value it has (which no priority reading could tell)
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine
 
 
@@ -92,15 +95,21 @@ def deliver(delivery: MaildirDelivery, n: int) -> Any:
     return out[0]
 
 
-def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, monkeypatch):
-    made: List[str] = []
+@pytest.fixture
+def made(monkeypatch: Any) -> List[str]:
+    """The directories the Maildir delivery makes (it still makes them), in order."""
+    paths: List[str] = []
     real = _diskio.make_directory
 
     def counting(path: str) -> None:
-        made.append(path)
+        paths.append(path)
         real(path)
 
     monkeypatch.setattr("txsmtpsrv._maildir.make_directory", counting)
+    return paths
+
+
+def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, made):
     box = tmp_path / "Maildir"
     delivery = MaildirDelivery(str(box), "mx.test", threads=0)
     for n in range(3):
@@ -114,7 +123,6 @@ def test_maildir_directories_checked_once_and_made_again_if_removed(tmp_path, mo
     assert sorted(os.listdir(box)) == ["cur", "new", "tmp"]
 
 
-
 def test_maildir_new_removed_after_the_first_delivery_is_made_again(tmp_path):
     box = tmp_path / "Maildir"
     delivery = MaildirDelivery(str(box), "mx.test", threads=0)
@@ -124,21 +132,13 @@ def test_maildir_new_removed_after_the_first_delivery_is_made_again(tmp_path):
     assert len(os.listdir(box / "new")) == 1 and os.listdir(box / "tmp") == []
 
 
-def test_maildir_tmp_that_cannot_be_made_fails_once_not_forever(tmp_path, monkeypatch):
+def test_maildir_tmp_that_cannot_be_made_fails_once_not_forever(tmp_path, made):
     """
     tmp/ a dangling symlink (its target on a mount that is gone): making the
     directories "succeeds" and creating the file still finds no directory.
     The delivery fails with that error after one more try, not by recursing
     until Python gives up.
     """
-    made: List[str] = []
-    real = _diskio.make_directory
-
-    def counting(path: str) -> None:
-        made.append(path)
-        real(path)
-
-    monkeypatch.setattr("txsmtpsrv._maildir.make_directory", counting)
     box = tmp_path / "Maildir"
     delivery = MaildirDelivery(str(box), "mx.test", threads=0)
     assert deliver(delivery, 0) is None  # the directories are made and known

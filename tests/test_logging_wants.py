@@ -13,7 +13,7 @@ from typing import Any, List
 from hypothesis import given, settings, strategies as st
 from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, LogPublisher
 
-from txsmtpsrv._logging import SessionLogger, _level_for, instance_logger_wants, observer_wants
+from txsmtpsrv._logging import SessionLogger, instance_logger_wants, observer_wants
 from txsmtpsrv._oplog import SessionLog
 from txsmtpsrv._protocol import SMTPServerProtocol
 
@@ -29,7 +29,10 @@ def test_level_lookup_is_twisteds(default: Any, settings_: List[Any], asked: str
     predicate = LogLevelFilterPredicate(defaultLogLevel=default)
     for namespace, level in settings_:
         predicate.setLogLevelForNamespace(namespace, level)
-    assert _level_for(predicate, asked) is predicate.logLevelForNamespace(asked)
+    limit = predicate.logLevelForNamespace(asked)
+    observer = FilteringLogObserver(lambda event: None, [predicate])
+    for level in LEVELS:
+        assert observer_wants(observer, level, asked) is not (level < limit)
 
 
 def test_a_level_change_counts_at_once() -> None:

@@ -116,22 +116,6 @@ def test_abuse_limits_name_the_option(tmp_path, monkeypatch, flag, coerce, bad):
     assert str(direct.value).startswith(f"{bad!r} is not ")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "0"], "--workers: '0' is not an integer >= 1"),
-    (["--tls-ticket-lifetime", "-1"], "--tls-ticket-lifetime: '-1' is not a positive number of seconds"),
-    (["--xclient-trusted", "10.0.0.0/8,nowhere"], "--xclient-trusted: 'nowhere' is not a network"),
-    (["--xclient-trusted", ","], "--xclient-trusted: ',' names no network"),
-    (["--ipv6-prefix", "129"], "--ipv6-prefix: '129' is not an integer from 0 to 128"),
-    (["--greeting-delay", "3601"], "--greeting-delay: '3601' is not a number of seconds from 0 to 3600"),
-])
-def test_twistd_only_options_name_the_option(tmp_path, monkeypatch, args, message):
-    """Options coerced while parsing say which option too (Twisted's own text does not)."""
-    monkeypatch.chdir(tmp_path)
-    error = twistd_error(*args)
-    assert error.startswith(message)
-    assert "Parameter type enforcement failed" not in error
-
-
 def test_real_commands_print_the_same_line(tmp_path):
     """End to end: the processes users run print the same error line (twistd: status 1, the sink: 2)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -403,7 +403,7 @@ class CoreBase:
         data = self._cache.get(key)
         if data is None:
             data = self._cache[key] = format_reply(code, text.split("\n"), enhanced if self._esc else None)
-        out = self.out
+        out = self.out  # _emit, inline: this is every fixed reply's path
         if out is None:
             self.out = [data]
         else:

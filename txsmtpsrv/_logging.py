@@ -54,17 +54,6 @@ def _namespace_lookups(namespace: str) -> Tuple[str, ...]:
 _RANKS: Dict[Any, int] = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 
-def _level_for(predicate: LogLevelFilterPredicate, namespace: str) -> Any:
-    """C{predicate.logLevelForNamespace(namespace)} without splitting and joining the namespace each time."""
-    levels = getattr(predicate, "_logLevelsByNamespace", None)
-    if not namespace or type(levels) is not dict or "" not in levels:
-        return predicate.logLevelForNamespace(namespace)  # not what we know: Twisted's own answer
-    for name in _namespace_lookups(namespace):
-        if name in levels:
-            return levels[name]
-    return levels[""]
-
-
 def instance_logger_wants(instance: Any, level: Any, attribute: str = "log") -> bool:
     """
     C{observer_wants} for C{instance.log} (a C{Logger} class attribute) without
@@ -117,7 +106,8 @@ def observer_wants(observer: Any, level: Any, namespace: str, depth: int = 0) ->
         for predicate in should.args[0]:
             if type(predicate) is not LogLevelFilterPredicate:
                 return True  # it may say yes
-            # _level_for inline (this runs for every connection): the same lookups, no calls.
+            # predicate.logLevelForNamespace(namespace) without splitting and joining the
+            # namespace each time, inline (this runs for every connection): no calls.
             levels = getattr(predicate, "_logLevelsByNamespace", None)
             if not namespace or type(levels) is not dict or "" not in levels:
                 limit = predicate.logLevelForNamespace(namespace)  # not what we know: Twisted's own answer

@@ -272,12 +272,9 @@ class SMTPServerProtocol(HalfCloseable):
 
     def _flush(self) -> None:
         """Write the replies the dialogue has made so far, in one write."""
-        core = self.core
-        out = core.out
-        if out:
-            core.out = None
-            if not self._gone:
-                self._out.write(out[0] if len(out) == 1 else b"".join(out))
+        data = self.core.take_output()
+        if data and not self._gone:
+            self._out.write(data)
 
     def _sync_reading(self) -> None:
         """Pause or resume the transport as the dialogue wants."""
