@@ -64,12 +64,7 @@ class MailCommands(CoreBase):
         env = s.envelope
         if env.mail_from is not None or env._rcpt:  # (_rcpt: asking rcpt_to would make the list)
             s.envelope = Envelope()
-        extra = s._extra  # Session._extra: [xclient, xforward, tls, proxy, user, the client before XFORWARD]
-        if extra is not None and extra[1]:  # XFORWARD describes one transaction (no dict made to ask)
-            extra[1] = None
-            if extra[5] is not None:  # the proxy's own identity, from before XFORWARD
-                s.remote_address, s.client_hostname = extra[5]
-                extra[5] = None
+        s._end_xforward()  # XFORWARD describes one transaction
         if self.phase in _IN_TRANSACTION:
             self.phase = _COMMAND
 
