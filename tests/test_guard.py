@@ -158,6 +158,71 @@ def test_xclient_counts_the_real_client():
     assert server._context.guard.connections.open_connections("203.0.113.9") == 0
 
 
+# -- connection_limit_exceptions (health checks) -----------------------------------------------------
+
+
+def test_connection_limit_exceptions_neither_limited_nor_counted():
+    """
+    A monitoring probe's network is exempt from both per-address connection
+    limits and leaves no count behind; neighbours outside it (the same IPv6
+    /64 too) are limited as before.
+    """
+    server, clock = make_server(max_clients_per_ip=1, max_connect_rate=2,
+                                connection_limit_exceptions="198.51.100.0/30, 2001:db8::1/128")
+    probes = [TestClient(server, peer(1)) for _ in range(10)]  # held open, and 10 a minute
+    probes += [TestClient(server, ("::ffff:198.51.100.2", 1)), TestClient(server, ("2001:db8::1", 1)),
+               TestClient(server, ("2001:db8::1", 2))]
+    assert [p.greeting.code for p in probes] == [220] * 13
+    guard = server._context.guard
+    assert guard.sizes["open"] == guard.sizes["rate"] == 0
+    assert TestClient(server, ("2001:db8::2", 1)).greeting.code == 220  # its /64 was not charged by ::1
+    assert TestClient(server, ("2001:db8::3", 1)).greeting.code == 421
+    assert TestClient(server, peer(5)).greeting.code == 220  # 198.51.100.5: outside the /30
+    refused = TestClient(server, peer(5))
+    assert (refused.greeting.code, refused.greeting.enhanced) == (421, "4.7.0")
+    for p in probes:
+        p.disconnect()
+    assert guard.sizes["open"] == 2  # 2001:db8::/64 and 198.51.100.5, nothing of the probes
+
+
+def test_connection_limit_exceptions_waive_nothing_else():
+    """max_clients and the per-address AUTH failure limit still apply to an exempt client."""
+    hooks = Auth()
+    server, _ = make_server(hooks, max_clients=3, max_clients_per_ip=1, allow_insecure_auth=True,
+                            max_auth_failures_per_ip=2, connection_limit_exceptions=["198.51.100.1"])
+    clients = [TestClient(server, peer(1)) for _ in range(3)]
+    over = TestClient(server, peer(1))
+    assert [c.greeting.code for c in clients] == [220] * 3
+    assert over.greeting.code == 421 and "Too many connected clients" in over.greeting.text
+    clients[0].command("EHLO x")
+    assert [clients[0].command(plain(password="guess")).code for _ in range(2)] == [535, 535]
+    clients[1].command("EHLO x")
+    assert clients[1].command(plain()).code == 454  # the address is over its AUTH failures
+
+
+def test_connection_limit_exceptions_apply_to_the_xclient_client():
+    """After XCLIENT the real client's address is the one looked up in the exceptions."""
+    server, _ = make_server(max_clients_per_ip=1, use_xclient=True, xclient_trusted=["192.0.2.200"],
+                            connection_limit_exceptions=["203.0.113.9"])
+    for i in range(3):
+        proxy = TestClient(server, ("192.0.2.200", 1000 + i))
+        proxy.command("EHLO proxy")
+        assert proxy.command("XCLIENT ADDR=203.0.113.9").code == 220
+    proxy = TestClient(server, ("192.0.2.200", 2000))
+    proxy.command("EHLO proxy")
+    proxy.command("XCLIENT ADDR=203.0.113.10")
+    proxy = TestClient(server, ("192.0.2.200", 2001))
+    proxy.command("EHLO proxy")
+    assert proxy.command("XCLIENT ADDR=203.0.113.10").code == 421
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300/8", "health-checker", "10.0.0.0/33", ["127.0.0.1", "::1/129"]])
+def test_connection_limit_exceptions_bad_network(value):
+    """A bad network is a ValueError naming the option and the value at construction."""
+    with pytest.raises(ValueError, match=r"^connection_limit_exceptions: .*(300|health|33|129)"):
+        make_server(connection_limit_exceptions=value)
+
+
 def test_flood_tables_stay_bounded():
     """10,000 connections from 10,000 addresses: open-connection keys follow live connections; the rate table is capped."""
     server, clock = make_server(max_clients_per_ip=5, max_connect_rate=100)

@@ -59,7 +59,7 @@ class GuardCommands(CoreBase):
         limiter = guard.connections
         if not limiter.enabled:
             return True
-        key = limiter.key(self.session.remote_address)
+        key = limiter.admission_key(self.session.remote_address)  # None: connection_limit_exceptions
         now = self._clock()
         why = limiter.admit(key, now)
         if why is None:

@@ -268,6 +268,16 @@ class ServerOptions:
     included; more get C{421 4.7.0} at the greeting (0: no limit;
     C{twistd smtpsrv}: 120).
     """
+    connection_limit_exceptions: Tuple[IPNetwork, ...] = ()
+    """
+    Networks (CIDR strings, or one comma separated string) whose clients
+    C{max_clients_per_ip} and C{max_connect_rate} neither limit nor count:
+    a monitoring probe or a load balancer's health checks connecting every
+    few seconds. Everything else still applies to them (C{max_clients},
+    the AUTH failure limits, timeouts, sizes). Empty by default, nothing
+    exempt. (Postfix: C{smtpd_client_event_limit_exceptions}, which
+    defaults to C{$mynetworks}.)
+    """
     max_junk_commands: int = 100
     """
     NOOP, RSET, VRFY, EXPN and HELP allowed between delivered messages; the
@@ -312,7 +322,7 @@ class ServerOptions:
         set_ = object.__setattr__
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
-        for name in ("xclient_trusted", "ignored_hosts"):
+        for name in ("xclient_trusted", "ignored_hosts", "connection_limit_exceptions"):
             value: Any = getattr(self, name)
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
@@ -452,6 +462,7 @@ class ServerOptionsArgs(TypedDict, total=False):
     max_clients_per_ip: int
     ipv6_prefix: int
     max_connect_rate: int
+    connection_limit_exceptions: str | Iterable[str]
     max_junk_commands: int
     greeting_delay: float
     max_auth_failures_per_ip: int
