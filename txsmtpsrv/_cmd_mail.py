@@ -64,7 +64,8 @@ class MailCommands(CoreBase):
         env = s.envelope
         if env.mail_from is not None or env._rcpt:  # (_rcpt: asking rcpt_to would make the list)
             s.envelope = Envelope()
-        s._end_xforward()  # XFORWARD describes one transaction
+        if s._extra is not None:  # XFORWARD describes one transaction (no call without extras: the hot path)
+            s._end_xforward()
         if self.phase in _IN_TRANSACTION:
             self.phase = _COMMAND
 

@@ -213,7 +213,11 @@ class Session:
         extra[1] = {**(extra[1] or {}), **attributes}
 
     def _end_xforward(self) -> None:
-        """The transaction is over: XFORWARD's attributes go, the proxy's own identity comes back."""
+        """
+        The transaction is over: XFORWARD's attributes go, the proxy's own
+        identity comes back. (Callers on the hot path may skip the call
+        while C{_extra} is None: then there is nothing to undo.)
+        """
         extra = self._extra
         if extra is not None:  # (no list made to ask: most sessions never have one)
             if extra[1]:
