@@ -150,7 +150,8 @@ class SMTPServer(ServerFactory):
         """
         Call C{callback} on C{event} (see L{OBSERVER_EVENTS}) for logging or
         metrics. Observers cannot delay or change the dialogue: their return
-        value is ignored and their exceptions are logged.
+        value is ignored and their exceptions are logged. An observer added or
+        removed while an event is being delivered counts from the next event.
 
         @return: a function that removes the observer.
         """
