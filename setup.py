@@ -20,10 +20,18 @@ module next to its C{.py} in a checkout would shadow every later edit of
 the C{.py}.  Which build runs: C{txsmtpsrv._build.compiled()}.
 """
 
+import glob
 import os
+import shutil
 import sys
 
 from setuptools import setup
+
+# setuptools packs whatever build/lib* holds: a compiled module left there by
+# an earlier TXSMTPSRV_MYPYC=1 build would ship in a pure wheel (and a stale
+# one in a compiled wheel).  Every build starts from the sources.
+for _stale in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "lib*")):
+    shutil.rmtree(_stale, ignore_errors=True)
 
 #: The modules compiled with TXSMTPSRV_MYPYC=1: the sans-IO dialogue on the
 #: per-message path.  Nothing that imports Twisted (compiled as non-native
@@ -42,14 +50,17 @@ def _ext_modules() -> list:
     if {"develop", "editable_wheel"} & set(sys.argv):
         # The developer trap: a .so beside each .py of a checkout, shadowing every later edit.
         sys.exit("TXSMTPSRV_MYPYC=1 builds wheels only, not an editable install (see setup.py)")
+    if {"egg_info", "dist_info"} & set(sys.argv):  # metadata only (pip's first steps): nothing to compile
+        return []
     try:
         from mypyc.build import mypycify  # the build requirements add mypy (tools/_build_backend.py)
     except ImportError:
-        if "egg_info" in sys.argv:  # pip asking for the build requirements: mypy is not there yet
-            return []
         sys.exit("TXSMTPSRV_MYPYC=1 needs mypy (mypyc) and a C compiler with Python's headers")
 
-    return mypycify(MYPYC_MODULES, opt_level=os.environ.get("TXSMTPSRV_MYPYC_OPT", "3"))
+    # follow-imports=silent: type-check (and compile) only these modules; what
+    # they import (through txsmtpsrv/__init__.py: Twisted, and the extras'
+    # packages) need not be installed in the build environment.
+    return mypycify(["--follow-imports=silent", *MYPYC_MODULES], opt_level=os.environ.get("TXSMTPSRV_MYPYC_OPT", "3"))
 
 
 setup(ext_modules=_ext_modules())

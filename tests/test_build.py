@@ -83,10 +83,45 @@ def test_backend_asks_for_mypy_only_when_compiling(monkeypatch: Any) -> None:
         assert f'"{requirement}"' in pyproject
 
 
+def test_backend_refuses_a_compiled_editable_install(monkeypatch: Any) -> None:
+    """pip install -e . (PEP 660) with TXSMTPSRV_MYPYC=1 stops at the first step, with the reason."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import _build_backend
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    monkeypatch.setenv("TXSMTPSRV_MYPYC", "1")
+    for step in (lambda: _build_backend.get_requires_for_build_editable(),
+                 lambda: _build_backend.prepare_metadata_for_build_editable("unused"),
+                 lambda: _build_backend.build_editable("unused")):
+        with pytest.raises(SystemExit, match="builds wheels only"):
+            step()
+
+
 def test_no_compiled_editable_install() -> None:
-    """TXSMTPSRV_MYPYC=1 refuses an editable install: compiled modules in a checkout would shadow edits."""
+    """setup.py develop (old pip's editable install) refuses TXSMTPSRV_MYPYC=1: compiled modules would shadow edits."""
     for command in ("develop", "editable_wheel"):
         done = subprocess.run([sys.executable, "setup.py", command], cwd=REPO, capture_output=True, text=True,
                               env=dict(os.environ, TXSMTPSRV_MYPYC="1"), timeout=60)
         assert done.returncode != 0
         assert "builds wheels only" in done.stderr
+
+
+def test_bench_measures_the_build_it_names() -> None:
+    """
+    bench.py's txsmtpsrv+mypyc runs a compiled build or refuses: given this
+    tree, the mypyc pass measures it (the server says build=mypyc) and the
+    pure pass is told that the tree holds no compiled txsmtpsrv.
+    """
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "bench.py"), "--quick", "--scenarios", "latency",
+         "--servers", "txsmtpsrv,txsmtpsrv+mypyc", "--mypyc-tree", REPO],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)),
+    )
+    if _build.compiled():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "txsmtpsrv+mypyc txsmtpsrv=" in proc.stdout and "build=mypyc" in proc.stdout
+    else:
+        assert proc.returncode != 0
+        assert "does not hold a compiled txsmtpsrv" in proc.stderr

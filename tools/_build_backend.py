@@ -27,5 +27,24 @@ def get_requires_for_build_wheel(config_settings: Optional[Dict[str, Any]] = Non
     return list(_setuptools.get_requires_for_build_wheel(config_settings)) + _mypyc()
 
 
+def _no_compiled_editable() -> None:
+    if _mypyc():
+        # The developer trap: a .so beside each .py of a checkout would shadow every later edit.
+        raise SystemExit("TXSMTPSRV_MYPYC=1 builds wheels only, not an editable install (see setup.py)")
+
+
 def get_requires_for_build_editable(config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
-    return list(_setuptools.get_requires_for_build_editable(config_settings)) + _mypyc()
+    _no_compiled_editable()
+    return list(_setuptools.get_requires_for_build_editable(config_settings))
+
+
+def prepare_metadata_for_build_editable(metadata_directory: str,
+                                        config_settings: Optional[Dict[str, Any]] = None) -> str:
+    _no_compiled_editable()
+    return str(_setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings))
+
+
+def build_editable(wheel_directory: str, config_settings: Optional[Dict[str, Any]] = None,
+                   metadata_directory: Optional[str] = None) -> str:
+    _no_compiled_editable()
+    return str(_setuptools.build_editable(wheel_directory, config_settings, metadata_directory))
