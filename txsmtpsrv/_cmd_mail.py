@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
                         parse_orcpt)
-from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
+from ._cmd_session import SessionCommands
+from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
@@ -37,7 +38,7 @@ __all__ = ["MailCommands"]
 _IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS, _VERDICT})
 
 
-class MailCommands(CoreBase):
+class MailCommands(SessionCommands):
     """The commands of one mail transaction, and its body."""
 
     __slots__ = ()
