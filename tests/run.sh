@@ -54,7 +54,7 @@ fi
 if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
   py="$VIRTUAL_ENV/bin/python"
 else
-  py=.venv/bin/python
+  py="$PWD/.venv/bin/python"  # absolute: the mypyc pass runs from a copy of the checkout
   if ! "$py" -m pip --version >/dev/null 2>&1; then
     rm -rf .venv
     if ! python3 -m venv .venv >/dev/null 2>&1; then
