@@ -8,6 +8,7 @@ tarpit. Over real sockets: tests/test_guard_loopback.py.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -536,6 +537,42 @@ def test_per_ip_limit_counts_the_proxy_header_client():
     assert via_proxy("203.0.113.1", 1001).startswith(b"220 ")
     assert via_proxy("203.0.113.1", 1002).startswith(b"421 4.7.0 ")  # same client behind the proxy
     assert via_proxy("203.0.113.2", 1003).startswith(b"220 ")  # another client through the same proxy
+
+
+def test_connection_limit_exceptions_behind_the_proxy_header():
+    """
+    Behind PROXY the exemption is looked up for the client the header names:
+    exempting the proxy exempts none of its clients, only its own connections
+    (v2 LOCAL: a balancer's health check); exempting a client exempts it.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from txsmtpsrv import ProxyWrappingFactory
+
+    local = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"  # v2, LOCAL, UNSPEC, no addresses
+
+    def via_proxy(factory: Any, header: bytes, port: int) -> bytes:
+        peer = IPv4Address("TCP", "10.0.0.1", port)
+        wrapper = factory.buildProtocol(peer)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.2", 25), peerAddress=peer)
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(header)
+        return transport.value()[:4]
+
+    def proxied(source: str, port: int) -> bytes:
+        return f"PROXY TCP4 {source} 192.0.2.25 {port} 25\r\n".encode()
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="10.0.0.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.2", 1000 + i), 1000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 2000 + i) for i in range(3)] == [b"220 "] * 3
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="203.0.113.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.1", 1000 + i), 1000 + i) for i in range(3)] == [b"220 "] * 3
+    assert [via_proxy(factory, proxied("203.0.113.2", 2000 + i), 2000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 3000 + i) for i in range(2)] == [b"220 ", b"421 "]  # the proxy is not exempt
 
 
 @settings(max_examples=40, deadline=None)
