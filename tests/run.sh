@@ -87,6 +87,8 @@ status=0
 case $builds in *,pure,*)
   echo "== the pure-Python build"
   TXSMTPSRV_EXPECT_BUILD=pure "$py" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+  # pytest's 2 (interrupted: Ctrl-C) and 4 (bad arguments): no second suite, build and all.
+  case $status in 2|4) exit $status;; esac
 esac
 case $builds in *,mypyc,*)
   echo "== the mypyc build"

@@ -82,6 +82,14 @@ def test_a_failing_pass_is_the_exit_status(tmp_path: Any, failing: str, code: in
     assert [build for build, _ in passes] == ["pure", "mypyc"]
 
 
+@pytest.mark.parametrize("code", [2, 4])
+def test_an_interrupted_first_pass_stops_the_run(tmp_path: Any, code: int) -> None:
+    """Ctrl-C in the pure pass (pytest's 2), or arguments pytest refuses (4): the mypyc pass is not started."""
+    rc, passes, _ = run_sh(tmp_path, FAKE_PYTEST_pure=str(code))
+    assert rc == code
+    assert [build for build, _ in passes] == ["pure"]
+
+
 def test_a_failing_compiled_build_fails_the_run_and_leaves_nothing(tmp_path: Any) -> None:
     rc, passes, _ = run_sh(tmp_path, FAKE_WHEEL_FAIL="1")
     assert rc == 7
