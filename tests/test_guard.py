@@ -217,6 +217,14 @@ def test_connection_limit_exceptions_apply_to_the_xclient_client():
     assert proxy.command("XCLIENT ADDR=203.0.113.10").code == 421
 
 
+def test_connection_limit_exceptions_in_ipv4_mapped_spelling():
+    """An exemption written as an IPv4-mapped network covers its clients on IPv4 and dual-stack listeners."""
+    server, _ = make_server(max_clients_per_ip=1, connection_limit_exceptions="::ffff:198.51.100.0/126")
+    probes = [TestClient(server, (address, 1)) for address in ("198.51.100.1", "::ffff:198.51.100.1") * 2]
+    assert [p.greeting.code for p in probes] == [220] * 4
+    assert [TestClient(server, peer(5)).greeting.code for _ in range(2)] == [220, 421]
+
+
 @pytest.mark.parametrize("value", ["10.0.0.300/8", "health-checker", "10.0.0.0/33", ["127.0.0.1", "::1/129"]])
 def test_connection_limit_exceptions_bad_network(value):
     """A bad network is a ValueError naming the option and the value at construction."""

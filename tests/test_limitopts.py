@@ -177,6 +177,18 @@ def test_a_network_object_is_one_network(field):
     assert [str(n) for n in getattr(mixed, field)] == ["192.0.2.1/32", "2001:db8::/32", "10.0.0.0/8"]
 
 
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+def test_ipv4_mapped_networks_are_ipv4(field):
+    """
+    ::ffff:192.0.2.0/120 is 192.0.2.0/24: client addresses are unmapped
+    before they are looked up, so the mapped spelling never matched anyone.
+    """
+    import ipaddress
+
+    value = ServerOptions(**{field: ["::ffff:192.0.2.0/120", ipaddress.ip_network("::ffff:10.0.0.1/128"), "::/0"]})
+    assert [str(n) for n in getattr(value, field)] == ["192.0.2.0/24", "10.0.0.1/32", "::/0"]
+
+
 def test_twistd_exempts_the_named_probe(twistd, tmp_path):  # noqa: F811  (the fixture)
     """
     The real daemon, daemon defaults plus --max-connect-rate 3: a probe from

@@ -14,7 +14,7 @@ import re
 from typing import Any, Optional, Tuple, Union
 
 __all__ = ["IPAddress", "IPNetwork", "address_literal", "canonical_ip", "client_hostname", "parse_ip", "parse_network",
-           "parse_networks", "plain_ipv4", "unmapped"]
+           "parse_networks", "plain_ipv4", "unmapped", "unmapped_network"]
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}").fullmatch
@@ -101,7 +101,7 @@ def parse_network(text: str) -> IPNetwork:
     10.0.0.0/8 where the operator may have meant the one address.
     """
     try:
-        return ipaddress.ip_network(text)
+        return unmapped_network(ipaddress.ip_network(text))
     except ValueError:
         try:
             wider = ipaddress.ip_network(text, strict=False)
@@ -110,6 +110,19 @@ def parse_network(text: str) -> IPNetwork:
     address = text.split("/", 1)[0]
     raise ValueError(f"{text!r} has host bits set: write {wider} for the network, "
                      f"or {address}/{wider.max_prefixlen} for the one address")
+
+
+def unmapped_network(net: IPNetwork) -> IPNetwork:
+    """
+    An IPv4-mapped IPv6 network (C{::ffff:192.0.2.0/120}) as the IPv4
+    network it is: L{parse_ip} unmaps client addresses, which such a
+    network would otherwise never contain.
+    """
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 def parse_networks(value: Any) -> Tuple[IPNetwork, ...]:
@@ -121,12 +134,12 @@ def parse_networks(value: Any) -> Tuple[IPNetwork, ...]:
     is one network, not the addresses iterating it would give.
     """
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return (value,)
+        return (unmapped_network(value),)
     if isinstance(value, (bytes, bytearray)):
         raise ValueError(f"networks must be text, not {type(value).__name__}: {value!r}")
     if isinstance(value, str):
         value = value.replace(",", " ").split()
     elif not hasattr(value, "__iter__"):
         raise ValueError(f"not networks: {value!r} (e.g. \"10.0.0.0/8, 2001:db8::/32\" or a list)")
-    return tuple(v if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+    return tuple(unmapped_network(v) if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
                  else parse_network(v.strip() if isinstance(v, str) else repr(v)) for v in value)
