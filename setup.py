@@ -45,7 +45,12 @@ MYPYC_MODULES = [
 
 
 def _ext_modules() -> list:
-    if os.environ.get("TXSMTPSRV_MYPYC", "") not in ("1", "true", "yes"):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+    try:
+        from _build_backend import wants_mypyc  # one reading of TXSMTPSRV_MYPYC for both
+    finally:
+        del sys.path[0]
+    if not wants_mypyc():
         return []
     if {"develop", "editable_wheel"} & set(sys.argv):
         # The developer trap: a .so beside each .py of a checkout, shadowing every later edit.

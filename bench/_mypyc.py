@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,20 +34,29 @@ def build_tree(dest: str | None = None, source: str = ROOT, log=sys.stderr) -> s
     Build the compiled wheel of C{source} and unpack it into C{dest} (a new
     temporary directory by default); return C{dest}. Needs a C compiler and
     Python's headers (Debian: gcc, python3-dev); takes about a minute.
+    The wheel is not kept, nor a temporary C{dest} when the build fails.
     """
+    made = dest is None
     dest = dest or tempfile.mkdtemp(prefix="txsmtpsrv-mypyc-")
-    wheels = tempfile.mkdtemp(prefix="txsmtpsrv-mypyc-wheel-")
     log.write(f"building the mypyc wheel of {source} (about a minute)...\n")
     log.flush()
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", source,
-         "-w", wheels],
-        check=True, env=dict(os.environ, TXSMTPSRV_MYPYC="1"),
-    )
-    (wheel,) = glob.glob(os.path.join(wheels, "txsmtpsrv-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(dest)
-    check_tree(dest)
+    try:
+        with tempfile.TemporaryDirectory(prefix="txsmtpsrv-mypyc-wheel-") as wheels:  # only the tree stays
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", source,
+                 "-w", wheels],
+                check=True, env=dict(os.environ, TXSMTPSRV_MYPYC="1"),
+            )
+            (wheel,) = glob.glob(os.path.join(wheels, "txsmtpsrv-*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(dest)
+        check_tree(dest)
+    except BaseException:
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if made:  # kept for --mypyc-tree; nothing else is left behind
+        log.write(f"the mypyc build is in {dest} (reuse it with --mypyc-tree {dest}; remove it when done)\n")
     return dest
 
 

@@ -14,6 +14,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# The builds to test (see below), checked before anything is installed: a typo
+# would otherwise run no pass at all and exit 0.
+builds=",${TXSMTPSRV_TEST_BUILDS:-pure,mypyc},"
+case $builds in ,pure,|,mypyc,|,pure,mypyc,|,mypyc,pure,) ;;
+  *) echo "TXSMTPSRV_TEST_BUILDS=${TXSMTPSRV_TEST_BUILDS:-}: name pure, mypyc or pure,mypyc" >&2; exit 2;;
+esac
+
 as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 apt_updated=""
 apt_install() {  # apt_install [--no-install-recommends] PACKAGE...
@@ -75,12 +82,13 @@ fi
 # - mypyc: the dialogue's modules compiled (setup.py, TXSMTPSRV_MYPYC=1), a wheel
 #   built from a copy of the checkout and unpacked in that copy, so that no compiled
 #   module ever lands in the checkout (it would shadow edits of the .py files).
-# TXSMTPSRV_TEST_BUILDS=pure (or mypyc) runs one pass only; CI runs both.
-builds=",${TXSMTPSRV_TEST_BUILDS:-pure,mypyc},"
+# TXSMTPSRV_TEST_BUILDS=pure (or mypyc) runs one pass only (checked at the top); CI runs both.
 status=0
 case $builds in *,pure,*)
   echo "== the pure-Python build"
   TXSMTPSRV_EXPECT_BUILD=pure "$py" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+  # pytest's 2 (interrupted: Ctrl-C) and 4 (bad arguments): no second suite, build and all.
+  case $status in 2|4) exit $status;; esac
 esac
 case $builds in *,mypyc,*)
   echo "== the mypyc build"

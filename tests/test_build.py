@@ -83,6 +83,28 @@ def test_backend_asks_for_mypy_only_when_compiling(monkeypatch: Any) -> None:
         assert f'"{requirement}"' in pyproject
 
 
+@pytest.mark.parametrize("value, compiled", [("1", True), ("TRUE", True), (" Yes ", True), ("on", True),
+                                             ("", False), ("0", False), ("False", False), ("off", False)])
+def test_backend_reads_the_variable_in_any_case(monkeypatch: Any, value: str, compiled: bool) -> None:
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import _build_backend
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    monkeypatch.setenv("TXSMTPSRV_MYPYC", value)
+    assert _build_backend.wants_mypyc() is compiled
+    assert bool(_build_backend._mypyc()) is compiled
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "mypyc"])
+def test_an_unknown_mypyc_value_stops_the_build(value: str) -> None:
+    """setup.py (and so every build) refuses what it cannot read, rather than building a pure wheel silently."""
+    done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, TXSMTPSRV_MYPYC=value), timeout=60)
+    assert done.returncode != 0
+    assert f"TXSMTPSRV_MYPYC={value!r}: say 1" in done.stderr
+
+
 def test_backend_refuses_a_compiled_editable_install(monkeypatch: Any) -> None:
     """pip install -e . (PEP 660) with TXSMTPSRV_MYPYC=1 stops at the first step, with the reason."""
     sys.path.insert(0, os.path.join(REPO, "tools"))

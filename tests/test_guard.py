@@ -8,6 +8,7 @@ tarpit. Over real sockets: tests/test_guard_loopback.py.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -214,6 +215,14 @@ def test_connection_limit_exceptions_apply_to_the_xclient_client():
     proxy = TestClient(server, ("192.0.2.200", 2001))
     proxy.command("EHLO proxy")
     assert proxy.command("XCLIENT ADDR=203.0.113.10").code == 421
+
+
+def test_connection_limit_exceptions_in_ipv4_mapped_spelling():
+    """An exemption written as an IPv4-mapped network covers its clients on IPv4 and dual-stack listeners."""
+    server, _ = make_server(max_clients_per_ip=1, connection_limit_exceptions="::ffff:198.51.100.0/126")
+    probes = [TestClient(server, (address, 1)) for address in ("198.51.100.1", "::ffff:198.51.100.1") * 2]
+    assert [p.greeting.code for p in probes] == [220] * 4
+    assert [TestClient(server, peer(5)).greeting.code for _ in range(2)] == [220, 421]
 
 
 @pytest.mark.parametrize("value", ["10.0.0.300/8", "health-checker", "10.0.0.0/33", ["127.0.0.1", "::1/129"]])
@@ -536,6 +545,42 @@ def test_per_ip_limit_counts_the_proxy_header_client():
     assert via_proxy("203.0.113.1", 1001).startswith(b"220 ")
     assert via_proxy("203.0.113.1", 1002).startswith(b"421 4.7.0 ")  # same client behind the proxy
     assert via_proxy("203.0.113.2", 1003).startswith(b"220 ")  # another client through the same proxy
+
+
+def test_connection_limit_exceptions_behind_the_proxy_header():
+    """
+    Behind PROXY the exemption is looked up for the client the header names:
+    exempting the proxy exempts none of its clients, only its own connections
+    (v2 LOCAL: a balancer's health check); exempting a client exempts it.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from txsmtpsrv import ProxyWrappingFactory
+
+    local = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"  # v2, LOCAL, UNSPEC, no addresses
+
+    def via_proxy(factory: Any, header: bytes, port: int) -> bytes:
+        peer = IPv4Address("TCP", "10.0.0.1", port)
+        wrapper = factory.buildProtocol(peer)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.2", 25), peerAddress=peer)
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(header)
+        return transport.value()[:4]
+
+    def proxied(source: str, port: int) -> bytes:
+        return f"PROXY TCP4 {source} 192.0.2.25 {port} 25\r\n".encode()
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="10.0.0.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.2", 1000 + i), 1000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 2000 + i) for i in range(3)] == [b"220 "] * 3
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="203.0.113.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.1", 1000 + i), 1000 + i) for i in range(3)] == [b"220 "] * 3
+    assert [via_proxy(factory, proxied("203.0.113.2", 2000 + i), 2000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 3000 + i) for i in range(2)] == [b"220 ", b"421 "]  # the proxy is not exempt
 
 
 @settings(max_examples=40, deadline=None)

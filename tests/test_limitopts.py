@@ -135,12 +135,58 @@ EXAMPLE = " (e.g. 10.0.0.0/8 or 2001:db8::/32)"
     ("127.0.0.1,health-check", "'health-check' is not a network" + EXAMPLE),
     ("10.0.0.0/33", "'10.0.0.0/33' is not a network" + EXAMPLE),
     (" , ", "' , ' names no network"),
+    ("10.1.2.3/16", "'10.1.2.3/16' has host bits set: write 10.1.0.0/16 for the network, "
+                    "or 10.1.2.3/32 for the one address"),
 ])
 def test_connection_limit_exceptions_bad_network(tmp_path, value, message):
     """A bad CIDR is one usage error naming the flag and the network."""
     with pytest.raises(usage.UsageError) as e:
         parse("--maildir", str(tmp_path), "--connection-limit-exceptions", value)
     assert str(e.value) == f"--connection-limit-exceptions: {message}"
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+@pytest.mark.parametrize("value, error", [
+    # Host bits beyond the prefix silently widened the list (10.1.2.3/8 to all of 10.0.0.0/8).
+    ("10.1.2.3/8", "'10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the network, or 10.1.2.3/32"),
+    (["2001:db8::1/32"], "'2001:db8::1/32' has host bits set: write 2001:db8::/32 for the network, "
+                         "or 2001:db8::1/128"),
+    # Bytes were read as a sequence of numbers: 0.0.0.49/32, 0.0.0.48/32 ...
+    (b"10.0.0.0/8", "networks must be text, not bytes"),
+    ([49], "'49' is not a network"),
+    (5, "not networks: 5"),
+])
+def test_bad_networks_are_refused(field, value, error):
+    """The network lists of ServerOptions refuse what would silently trust or exempt other addresses."""
+    with pytest.raises(ValueError) as e:
+        ServerOptions(**{field: value})
+    assert str(e.value).startswith(f"{field}: {error}")
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+def test_a_network_object_is_one_network(field):
+    """
+    One ipaddress network (not in a list) is that network: it used to be
+    iterated into one /32 per address (16 million for a /8, hanging start-up).
+    """
+    import ipaddress
+
+    assert getattr(ServerOptions(**{field: ipaddress.ip_network("10.0.0.0/24")}), field) == \
+        (ipaddress.ip_network("10.0.0.0/24"),)
+    mixed = ServerOptions(**{field: ["192.0.2.1", ipaddress.ip_network("2001:db8::/32"), " 10.0.0.0/8 "]})
+    assert [str(n) for n in getattr(mixed, field)] == ["192.0.2.1/32", "2001:db8::/32", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+def test_ipv4_mapped_networks_are_ipv4(field):
+    """
+    ::ffff:192.0.2.0/120 is 192.0.2.0/24: client addresses are unmapped
+    before they are looked up, so the mapped spelling never matched anyone.
+    """
+    import ipaddress
+
+    value = ServerOptions(**{field: ["::ffff:192.0.2.0/120", ipaddress.ip_network("::ffff:10.0.0.1/128"), "::/0"]})
+    assert [str(n) for n in getattr(value, field)] == ["192.0.2.0/24", "10.0.0.1/32", "::/0"]
 
 
 def test_twistd_exempts_the_named_probe(twistd, tmp_path):  # noqa: F811  (the fixture)

@@ -92,8 +92,9 @@ def test_unwritable_maildir_same_error(tmp_path, capsys):
     assert from_twistd.startswith(f"--maildir {path}: cannot create")
 
 
-def test_broken_certificate_same_error(tmp_path, capsys):
+def test_broken_certificate_same_error(tmp_path, capsys, monkeypatch):
     """A key file that is not PEM: the same --tls-key/--tls-cert error from both."""
+    monkeypatch.chdir(tmp_path)  # twistd makes its default ./Maildir before it reads the key
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     key.write_text("not a key\n")
     cert.write_text("not a certificate\n")

@@ -19,8 +19,23 @@ from setuptools.build_meta import *  # noqa: F401,F403  (the rest of PEP 517 and
 MYPYC_REQUIRES = ["mypy~=2.4.1", "mypy-zope~=1.0.17"]
 
 
+def wants_mypyc() -> bool:
+    """
+    Whether C{TXSMTPSRV_MYPYC} asks for the compiled build (C{1}, C{true},
+    C{yes}, C{on}, any case; unset, empty, C{0}, C{false}, C{no}, C{off}: the
+    pure one). Anything else stops the build: C{TXSMTPSRV_MYPYC=True} used to
+    build a pure wheel without a word. (setup.py asks here too.)
+    """
+    value = os.environ.get("TXSMTPSRV_MYPYC", "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"TXSMTPSRV_MYPYC={os.environ['TXSMTPSRV_MYPYC']!r}: say 1 (the mypyc build) or 0 (pure)")
+
+
 def _mypyc() -> List[str]:
-    return MYPYC_REQUIRES if os.environ.get("TXSMTPSRV_MYPYC", "") in ("1", "true", "yes") else []
+    return MYPYC_REQUIRES if wants_mypyc() else []
 
 
 def get_requires_for_build_wheel(config_settings: Optional[Dict[str, Any]] = None) -> List[str]:

@@ -14,7 +14,6 @@ problem; L{checked} and L{coerce_option} put the option's name in front.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tempfile
 from typing import Any, Callable, Collection, FrozenSet, Optional, Tuple, TypeVar
@@ -22,6 +21,7 @@ from typing import Any, Callable, Collection, FrozenSet, Optional, Tuple, TypeVa
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from ._ipaddr import parse_network
 from ._workers import SMTPS
 
 __all__ = ["integer", "seconds", "seconds_upto", "choice", "text", "cidrs", "checked", "coerce_option",
@@ -96,10 +96,7 @@ def cidrs(value: str) -> Tuple[str, ...]:
     if not networks:
         raise ValueError(f"{value!r} names no network")
     for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ValueError(f"{network!r} is not a network (e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
+        parse_network(network)  # as ServerOptions will: the error names the flag now
     return networks
 
 

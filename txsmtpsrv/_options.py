@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Literal, Mapping, Optional, Tuple, TypedDict, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Literal, Mapping, Optional, Tuple, TypedDict, cast
 
+from ._ipaddr import IPNetwork, parse_networks
 from ._optdoc import with_help_text
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from ._tls import TLSConfig
 
 __all__ = ["ServerOptions", "ServerOptionsArgs"]
-
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Commands a server can be told to refuse with C{disabled_commands}.
 KNOWN_COMMANDS = frozenset(
@@ -323,11 +321,8 @@ class ServerOptions:
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
         for name in ("xclient_trusted", "ignored_hosts", "connection_limit_exceptions"):
-            value: Any = getattr(self, name)
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
             try:
-                set_(self, name, tuple(ipaddress.ip_network(v, strict=False) for v in value))
+                set_(self, name, parse_networks(getattr(self, name)))
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
         tls: Any = self.tls
