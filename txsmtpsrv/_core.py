@@ -162,7 +162,6 @@ class CoreBase:
         # (value, error, timed_out, the driver's record of the error for logs)
         self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool, Any]] = None
         self._asking: Optional[int] = None
-        # (remote_address, client_hostname) before an XFORWARD replaced them: kept by the session (_begin_xforward).
         # The verb the next replies answer, for the "reply" observers
         # (CONNECT for the greeting, UNKNOWN for what is not a command).
         self._verb = "CONNECT"
