@@ -11,7 +11,9 @@
 #   Debian ships venv's pip bootstrap separately (python3-venv), installed
 #   here when we run as root and it is missing.
 # - Arguments are passed to pytest (e.g. tests/test_examples.py -k haproxy).
-set -eu
+# pipefail: the copy of the checkout for the mypyc pass is a tar pipe; a failing creating tar
+# (an unreadable file) would otherwise leave a copy short of it, and go unnoticed.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The builds to test (see below), checked before anything is installed: a typo

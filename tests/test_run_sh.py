@@ -39,6 +39,15 @@ exec "$REAL_PYTHON" "$@"
 """
 
 
+#: A tar that does its work and then, creating an archive, fails anyway when FAKE_TAR_FAIL
+#: is set (as GNU tar does with 2 after a file it could not read: the archive is short of it).
+FAKE_TAR = r"""#!/bin/sh
+"$REAL_TAR" "$@" || exit $?
+[ "$1" = -cf ] || exit 0
+exit ${FAKE_TAR_FAIL:-0}
+"""
+
+
 def run_sh(tmp_path: Any, gcc: bool = True, **env: str) -> Tuple[int, List[Tuple[str, str]], str]:
     """Run tests/run.sh; return its exit status, the pytest passes (build, directory) and its stderr."""
     venv, bin_ = tmp_path / "venv", tmp_path / "bin"
@@ -47,15 +56,18 @@ def run_sh(tmp_path: Any, gcc: bool = True, **env: str) -> Tuple[int, List[Tuple
     python = venv / "bin" / "python"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    for tool in ("id", "dirname", "mktemp", "tar", "rm") + (("gcc",) if gcc else ()):
+    for tool in ("id", "dirname", "mktemp", "rm") + (("gcc",) if gcc else ()):
         real = shutil.which(tool)
         assert real is not None, tool
         (bin_ / tool).symlink_to(real)
+    (bin_ / "tar").write_text(FAKE_TAR)
+    (bin_ / "tar").chmod(0o755)
     (tmp_path / "tmp").mkdir()
     log = tmp_path / "pytest.log"
     log.write_text("")
     environ: Dict[str, str] = {
         "PATH": str(bin_), "VIRTUAL_ENV": str(venv), "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log),
+        "REAL_TAR": shutil.which("tar") or "tar",
         "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path), **env,
     }
     done = subprocess.run([shutil.which("bash") or "/bin/bash", os.path.join(REPO, "tests", "run.sh")],
@@ -93,6 +105,14 @@ def test_an_interrupted_first_pass_stops_the_run(tmp_path: Any, code: int) -> No
 def test_a_failing_compiled_build_fails_the_run_and_leaves_nothing(tmp_path: Any) -> None:
     rc, passes, _ = run_sh(tmp_path, FAKE_WHEEL_FAIL="1")
     assert rc == 7
+    assert [build for build, _ in passes] == ["pure"]
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_failing_copy_fails_the_run_and_leaves_nothing(tmp_path: Any) -> None:
+    """The copy of the checkout for the mypyc pass is a tar pipe: the creating tar's failure counts."""
+    rc, passes, _ = run_sh(tmp_path, FAKE_TAR_FAIL="2")
+    assert rc == 2
     assert [build for build, _ in passes] == ["pure"]
     assert os.listdir(tmp_path / "tmp") == []
 
