@@ -2,7 +2,7 @@
 """
 Helpers shared by the tests that run real programs: swaks, openssl, HAProxy.
 
-A missing program fails the test when C{CI} is set (tests/run.sh installs
+A missing program fails the test under CI (L{under_ci}: tests/run.sh installs
 it there) and skips it otherwise. HAProxy is started with an already
 listening frontend socket (C{bind fd@N}), so there are no fixed ports and no
 start-up race, and it is always stopped (SIGTERM, then kill).
@@ -23,14 +23,24 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest as trial
 
 __all__ = [
-    "HAProxy", "HAProxyTestCase", "haproxy_config", "haproxy_path", "require", "stop_process", "tool_path",
+    "HAProxy", "HAProxyTestCase", "haproxy_config", "haproxy_path", "require", "stop_process", "tool_path", "under_ci",
 ]
 
 
+def under_ci() -> bool:
+    """
+    Whether the tests run under CI: C{CI} set to anything but a way of saying
+    no (empty, C{0}, C{false}, C{no}, C{off}, any case). CI systems set
+    C{true}, C{1} or their own name (Woodpecker: C{woodpecker}); C{CI=false}
+    is a developer turning it off. tests/run.sh reads it the same way.
+    """
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def require(path: str | None, missing: str, skip: str) -> str:
-    """C{path}; if it is None, fail with C{missing} when CI is set, else skip with C{skip}."""
+    """C{path}; if it is None, fail with C{missing} under CI (L{under_ci}), else skip with C{skip}."""
     if path is None:
-        if os.environ.get("CI"):
+        if under_ci():
             raise AssertionError(missing)
         raise unittest.SkipTest(skip)
     return path

@@ -4,7 +4,7 @@
 #
 # - Real tools (swaks, haproxy, openssl, promtool, fail2ban-regex...) come
 #   from Debian's packages; the tests that use them fail rather than skip
-#   when CI is set and they are missing.
+#   under CI (CI=true; CI=false, 0, no, off or empty is not CI) and they are missing.
 # - Python packages go into a virtual environment, never into the system
 #   Python (Debian 12 refuses that: externally-managed-environment): the
 #   active one if you have activated one, else ./.venv, created here.
@@ -23,6 +23,13 @@ case $builds in ,pure,|,mypyc,|,pure,mypyc,|,mypyc,pure,) ;;
   *) echo "TXSMTPSRV_TEST_BUILDS=${TXSMTPSRV_TEST_BUILDS:-}: name pure, mypyc or pure,mypyc" >&2; exit 2;;
 esac
 
+# Under CI: CI set to anything but a way of saying no (empty, 0, false, no, off, any case),
+# as tests/_support.py's under_ci reads it (CI systems set true, 1 or their own name).
+under_ci() {
+  local value=${CI:-}
+  value=${value//[[:space:]]/}
+  case ${value,,} in ""|0|false|no|off) return 1;; esac
+}
 as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 apt_updated=""
 apt_install() {  # apt_install [--no-install-recommends] PACKAGE...
@@ -105,7 +112,7 @@ case $builds in *,mypyc,*)
   fi
   if ! command -v gcc >/dev/null 2>&1 || ! has_headers; then
     echo "cannot test the mypyc build: it needs gcc and Python's headers (Debian: gcc python3-dev)" >&2
-    [ -n "${CI:-}" ] && status=1
+    if under_ci; then status=1; fi
   else
     tree=$(mktemp -d "${TMPDIR:-/tmp}/txsmtpsrv-mypyc.XXXXXX")
     trap 'rm -rf "$tree"' EXIT

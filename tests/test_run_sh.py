@@ -139,3 +139,12 @@ def test_no_compiler_fails_under_ci_only(tmp_path: Any) -> None:
     assert "cannot test the mypyc build" in stderr
     rc, passes, stderr = run_sh(tmp_path / "dev", gcc=False)
     assert rc == 0 and "cannot test the mypyc build" in stderr
+
+
+@pytest.mark.parametrize("value, failing", [("false", False), ("0", False), ("", False), ("FALSE", False),
+                                            ("no", False), ("off", False), ("1", True), ("woodpecker", True)])
+def test_ci_false_is_not_ci(tmp_path: Any, value: str, failing: bool) -> None:
+    """CI=false (0, no, off, empty) is a developer's machine: no compiler is a warning, not a failure."""
+    rc, passes, stderr = run_sh(tmp_path, gcc=False, CI=value)
+    assert rc == (1 if failing else 0) and [build for build, _ in passes] == ["pure"]
+    assert "cannot test the mypyc build" in stderr
