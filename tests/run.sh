@@ -10,7 +10,9 @@
 #   active one if you have activated one, else ./.venv, created here.
 #   Debian ships venv's pip bootstrap separately (python3-venv), installed
 #   here when we run as root and it is missing.
-# - Arguments are passed to pytest (e.g. tests/test_examples.py -k haproxy).
+# - Arguments are passed to pytest, in both passes: a path runs that alone
+#   (e.g. tests/test_examples.py -k haproxy); without one, tests/ runs
+#   (pyproject.toml's testpaths).
 # pipefail: the copy of the checkout for the mypyc pass is a tar pipe; a failing creating tar
 # (an unreadable file) would otherwise leave a copy short of it, and go unnoticed.
 set -euo pipefail
@@ -95,7 +97,7 @@ fi
 status=0
 case $builds in *,pure,*)
   echo "== the pure-Python build"
-  TXSMTPSRV_EXPECT_BUILD=pure "$py" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+  TXSMTPSRV_EXPECT_BUILD=pure "$py" -m pytest -q -p no:cacheprovider "$@" || status=$?
   # pytest's 2 (interrupted: Ctrl-C) and 4 (bad arguments): no second suite, build and all.
   case $status in 2|4) exit $status;; esac
 esac
@@ -127,7 +129,7 @@ with zipfile.ZipFile(wheel) as z:  # the package with its compiled modules; not 
     z.extractall(tree, [n for n in z.namelist() if ".dist-info/" not in n])
 EOF_UNPACK
     (cd "$tree" && TXSMTPSRV_EXPECT_BUILD=mypyc PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}" \
-        "$py" -m pytest -q -p no:cacheprovider "$@" tests) || status=$?
+        "$py" -m pytest -q -p no:cacheprovider "$@") || status=$?
   fi
 esac
 exit $status

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -33,6 +33,8 @@ with zipfile.ZipFile(sys.argv[1] + "/txsmtpsrv-0-py3-none-any.whl", "w") as z:
 fi
 if [ "$1 $2" = "-m pytest" ]; then
   echo "$TXSMTPSRV_EXPECT_BUILD $PWD" >> "$FAKE_LOG"
+  shift 2
+  echo "$*" >> "$FAKE_LOG.args"
   eval "exit \${FAKE_PYTEST_$TXSMTPSRV_EXPECT_BUILD:-0}"
 fi
 exec "$REAL_PYTHON" "$@"
@@ -48,8 +50,9 @@ exit ${FAKE_TAR_FAIL:-0}
 """
 
 
-def run_sh(tmp_path: Any, gcc: bool = True, **env: str) -> Tuple[int, List[Tuple[str, str]], str]:
-    """Run tests/run.sh; return its exit status, the pytest passes (build, directory) and its stderr."""
+def run_sh(tmp_path: Any, gcc: bool = True, args: Sequence[str] = (),
+           **env: str) -> Tuple[int, List[Tuple[str, str]], str]:
+    """Run tests/run.sh with C{args}; return its exit status, the pytest passes (build, directory) and its stderr."""
     venv, bin_ = tmp_path / "venv", tmp_path / "bin"
     (venv / "bin").mkdir(parents=True)
     bin_.mkdir()
@@ -70,7 +73,7 @@ def run_sh(tmp_path: Any, gcc: bool = True, **env: str) -> Tuple[int, List[Tuple
         "REAL_TAR": shutil.which("tar") or "tar",
         "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path), **env,
     }
-    done = subprocess.run([shutil.which("bash") or "/bin/bash", os.path.join(REPO, "tests", "run.sh")],
+    done = subprocess.run([shutil.which("bash") or "/bin/bash", os.path.join(REPO, "tests", "run.sh"), *args],
                           env=environ, capture_output=True, text=True, timeout=120)
     passes = [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]
     return done.returncode, passes, done.stderr  # type: ignore[return-value]
@@ -148,3 +151,28 @@ def test_ci_false_is_not_ci(tmp_path: Any, value: str, failing: bool) -> None:
     rc, passes, stderr = run_sh(tmp_path, gcc=False, CI=value)
     assert rc == (1 if failing else 0) and [build for build, _ in passes] == ["pure"]
     assert "cannot test the mypyc build" in stderr
+
+
+@pytest.mark.parametrize("args", [[], ["tests/test_x.py"], ["-k", "haproxy"], ["tests/test_x.py::test_y", "-x"]])
+def test_arguments_go_to_pytest_as_given(tmp_path: Any, args: List[str]) -> None:
+    """
+    Both passes get the arguments and nothing more: a test file named runs
+    that file, not the whole suite as well (pytest's testpaths, in
+    pyproject.toml, makes no path mean tests/).
+    """
+    rc, passes, _ = run_sh(tmp_path, args=args)
+    assert rc == 0 and [build for build, _ in passes] == ["pure", "mypyc"]
+    given = (tmp_path / "pytest.log.args").read_text().splitlines()
+    assert [line.split() for line in given] == [["-q", "-p", "no:cacheprovider", *args]] * 2
+
+
+def test_no_path_means_the_tests_directory(tmp_path: Any) -> None:
+    """pytest with no path, run where the checkout's pyproject.toml is (as run.sh runs it), collects tests/ only."""
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path)
+    for path in ("tests/test_a.py", "examples/test_b.py", "test_c.py"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("def test_it() -> None:\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line for line in done.stdout.splitlines() if "::" in line] == ["tests/test_a.py::test_it"]
