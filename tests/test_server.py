@@ -123,7 +123,8 @@ def test_observer_events_listed():
 def test_observer_removing_itself_during_its_event_does_not_skip_the_next():
     """
     Every observer registered when an event starts hears it, even if one of them
-    removes itself (or adds another) meanwhile: the event goes to a snapshot.
+    removes itself (or adds another) meanwhile: the event goes to the observers of
+    its start (the one added waits for the next), less those removed meanwhile.
     """
     server, _ = make_server()
     seen: List[str] = []
@@ -140,6 +141,32 @@ def test_observer_removing_itself_during_its_event_does_not_skip_the_next():
     assert seen == ["once NOOP", "always NOOP"]  # the live list skipped "always"; "late" waits
     client.command("RSET")
     assert seen[2:] == ["always RSET", "late"]
+
+
+def test_an_observer_removed_by_another_during_an_event_does_not_hear_it():
+    """
+    Removal takes effect at once: once its remover has returned, an observer
+    is never called again, not even for the event in progress (an observer
+    that stops another one, e.g. closing the file that one writes to, must
+    not have it called after its end). Additions still count from the next event.
+    """
+    server, _ = make_server()
+    seen: List[str] = []
+
+    def stopper(session: Any, verb: str, arg: str) -> None:
+        seen.append("stopper " + verb)
+        if verb == "NOOP":
+            remove_writer()
+
+    server.observe("command", stopper)
+    remove_writer = server.observe("command", lambda session, verb, arg: seen.append("writer " + verb))
+    server.observe("command", lambda session, verb, arg: seen.append("after " + verb))
+    client = TestClient(server)
+    client.command("RSET")
+    client.command("NOOP")
+    client.command("RSET")
+    assert seen == ["stopper RSET", "writer RSET", "after RSET", "stopper NOOP", "after NOOP",
+                    "stopper RSET", "after RSET"]
 
 
 def test_removing_an_observer_twice_is_an_error():

@@ -150,8 +150,11 @@ class SMTPServer(ServerFactory):
         """
         Call C{callback} on C{event} (see L{OBSERVER_EVENTS}) for logging or
         metrics. Observers cannot delay or change the dialogue: their return
-        value is ignored and their exceptions are logged. An observer added or
-        removed while an event is being delivered counts from the next event.
+        value is ignored and their exceptions are logged. An observer added
+        while an event is being delivered hears the next one; one removed is
+        never called again once its remover has returned, not even for the
+        event being delivered (an observer may stop another and release what
+        that one uses).
 
         @return: a function that removes the observer.
         """
@@ -162,8 +165,8 @@ class SMTPServer(ServerFactory):
     def _observe(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
         """L{observe}, also for our own events (C{REFUSAL_REPLY}: "reply" for codes of 400 and more)."""
         # Copy on write: _notify iterates the list it found, a snapshot, so an observer
-        # that adds or removes observers during an event changes who hears the next one,
-        # not who hears this one (no copy per event on the hot path).
+        # added during an event hears the next one (no copy per event on the hot path);
+        # _notify sees the list replaced and skips the observers removed meanwhile.
         self._observers[event] = [*self._observers[event], callback]
 
         def remove() -> None:
@@ -173,7 +176,11 @@ class SMTPServer(ServerFactory):
         return remove
 
     def _notify(self, event: str, *args: Any) -> None:
-        for callback in self._observers[event]:
+        observers = self._observers
+        found = observers[event]
+        for callback in found:
+            if observers[event] is not found and callback not in observers[event]:
+                continue  # removed by an observer of this event: removal is at once (see observe)
             try:
                 result = callback(*args)
                 # (None first: isinstance(None, Deferred) runs ABCMeta's __instancecheck__.)
