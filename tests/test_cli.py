@@ -65,7 +65,12 @@ def test_limits_reach_the_server_options(tmp_path, monkeypatch):
     (["--max-command-length", "100"], "--max-command-length: '100' is not an integer >= 512"),
     (["--bare-line-endings", "maybe"], "--bare-line-endings: 'maybe' is not one of reject, accept"),
     (["--disabled-commands", "FOO"], "--disabled-commands: unknown command(s) FOO"),
-    (["-l", "smtpproxy:trusted=notacidr:tcp:2635"], "--listen smtpproxy:trusted=notacidr:tcp:2635: not an IP"),
+    (["-l", "smtpproxy:trusted=notacidr:tcp:2635"],
+     "--listen smtpproxy:trusted=notacidr:tcp:2635: 'notacidr' is not a network"),
+    # Host bits: the network lists' own error (it trusted all of 10.0.0.0/8).
+    (["-l", "smtpproxy:trusted=10.0.0.1/8:tcp:2635"],
+     "--listen smtpproxy:trusted=10.0.0.1/8:tcp:2635: '10.0.0.1/8' has host bits set: write 10.0.0.0/8 for the "
+     "network, or 10.0.0.1/32 for the one address"),
     (["--auth", "file:/nonexistent"], "--auth file:/nonexistent: no such file"),
     (["--metrics", "tcp:x"], "--metrics tcp:x: invalid literal"),
     # Coerced while parsing: named too (Twisted's own text, "Parameter type enforcement failed", is not).

@@ -667,7 +667,7 @@ def test_untrusted_peer_allowed_through():
 
 
 def test_trusted_networks():
-    """CIDRs (non-strict), IPv4-mapped peers and UNIX peers count as trusted."""
+    """CIDRs, IPv4-mapped peers and UNIX peers count as trusted."""
     factory = ProxyWrappingFactory(GreeterFactory(), trusted="10.0.0.0/8, 192.0.2.1", reactor=Clock())
     assert factory.is_trusted(IPv4Address("TCP", "10.1.2.3", 1))
     assert factory.is_trusted(IPv4Address("TCP", "192.0.2.1", 1))
@@ -676,11 +676,31 @@ def test_trusted_networks():
     assert not factory.is_trusted(IPv6Address("TCP", "::1", 1))
     assert factory.is_trusted(UNIXAddress(b"/run/x"))
     assert not factory.is_trusted(object())  # type: ignore[arg-type]
-    v6 = ProxyWrappingFactory(GreeterFactory(), trusted=["fd00::1/8"], reactor=Clock())
+    v6 = ProxyWrappingFactory(GreeterFactory(), trusted=["fd00::/8"], reactor=Clock())
     assert v6.is_trusted(IPv6Address("TCP", "fd12::5", 1))
     assert v6.is_trusted(IPv6Address("TCP", "fd12::5%eth0", 1))
     with pytest.raises(ValueError):
         ProxyWrappingFactory(GreeterFactory(), trusted=["nonsense"], reactor=Clock())
+
+
+@pytest.mark.parametrize("trusted", ["10.0.0.1/8", ["10.0.0.1/8"], "127.0.0.0/8, 10.0.0.1/8", ["fd00::1/8"]])
+def test_trusted_networks_with_host_bits_are_refused(trusted: Any) -> None:
+    """
+    As the server's network lists refuse them (one parser, _ipaddr.parse_networks):
+    10.0.0.1/8 trusted all of 10.0.0.0/8 where one address may have been meant.
+    """
+    with pytest.raises(ValueError, match="has host bits set: write (10.0.0.0/8|fd00::/8) for the network"):
+        ProxyWrappingFactory(GreeterFactory(), trusted=trusted, reactor=Clock())
+    with pytest.raises(ValueError, match="has host bits set"):
+        proxyEndpoint(TCP4ServerEndpoint(MemoryReactorClock(), 2525), trusted=trusted)
+
+
+def test_trusted_networks_read_as_the_server_lists_read_them() -> None:
+    """Spaces separate too, and an IPv4-mapped network is the IPv4 network it is."""
+    factory = ProxyWrappingFactory(GreeterFactory(), trusted="192.0.2.1 ::ffff:10.0.0.0/104", reactor=Clock())
+    assert [str(n) for n in factory.trusted] == ["192.0.2.1/32", "10.0.0.0/8"]
+    assert factory.is_trusted(IPv4Address("TCP", "10.9.9.9", 1))
+    assert factory.is_trusted(IPv6Address("TCP", "::ffff:10.9.9.9", 1))
 
 
 def test_header_timeout():
@@ -809,7 +829,7 @@ def test_proxy_endpoint_wraps_factory():
 def test_endpoint_string():
     """smtpproxy: strings (escaped IPv6 colons) build a ProxyServerEndpoint around the inner endpoint."""
     memory = MemoryReactorClock()
-    ep = serverFromString(memory, r"smtpproxy:trusted=127.0.0.1/8,\:\:1:timeout=5:tcp:2525:interface=127.0.0.1")
+    ep = serverFromString(memory, r"smtpproxy:trusted=127.0.0.0/8,\:\:1:timeout=5:tcp:2525:interface=127.0.0.1")
     assert isinstance(ep, ProxyServerEndpoint)
     assert [str(n) for n in ep.trusted] == ["127.0.0.0/8", "::1/128"]
     assert ep.timeout == 5.0 and not ep.allow_untrusted
@@ -830,7 +850,8 @@ def test_endpoint_string_options():
     ep.listen(GreeterFactory())
     assert memory.tcpServers[0][3] == "::1"
     for bad in ("smtpproxy:trusted=127.0.0.1", "smtpproxy:timeout=x:tcp:25", "smtpproxy:timeout=nan:tcp:25", "smtpproxy:untrusted=maybe:tcp:25",
-                "smtpproxy:trusted=banana:tcp:25", "smtpproxy:maxHeaderSize=big:tcp:25"):
+                "smtpproxy:trusted=banana:tcp:25", "smtpproxy:trusted=127.0.0.1/8:tcp:25",
+                "smtpproxy:maxHeaderSize=big:tcp:25"):
         with pytest.raises(ValueError):
             serverFromString(memory, bad)
 

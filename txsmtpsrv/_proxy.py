@@ -87,7 +87,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from ._halfclose import ForwardsHalfClose
-from ._ipaddr import canonical_ip
+from ._ipaddr import canonical_ip, parse_networks
 # The header's names stay importable from here (re-exported).
 from ._proxyheader import (  # noqa: F401
     DEFAULT_MAX_HEADER_SIZE,
@@ -141,18 +141,12 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 def _networks(trusted: Iterable[str | Network] | str) -> tuple[Network, ...]:
-    if isinstance(trusted, str):
-        trusted = [t for t in trusted.split(",") if t.strip()]
-    nets = []
-    for item in trusted:
-        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            nets.append(item)
-        else:
-            try:
-                nets.append(ipaddress.ip_network(str(item).strip(), strict=False))
-            except ValueError:
-                raise ValueError(f"not an IP network: {item!r}") from None
-    return tuple(nets)
+    """
+    The trusted networks, read as the server's network lists are (one parser,
+    L{parse_networks}): C{10.0.0.1/8}, host bits set, is an error naming both
+    readings rather than all of 10.0.0.0/8 trusted.
+    """
+    return parse_networks(trusted)
 
 
 def _to_address(family: str, host: str, port: int | None) -> IAddress:
@@ -388,7 +382,7 @@ class ProxyWrappingFactory(WrappingFactory[ProxyProtocolWrapper]):
     @param wrappedFactory: the real server factory.
     @param trusted: networks (strings like C{"10.0.0.0/8"}, a comma-separated
         string, or C{ipaddress} network objects) whose connections carry a
-        header.  Peers on a UNIX socket are always trusted (the socket's file
+        header; host bits set (C{"10.0.0.1/8"}) are a C{ValueError}.  Peers on a UNIX socket are always trusted (the socket's file
         permissions decide who may connect).
     @param timeout: seconds to wait for the complete header; 0/None disables.
     @param reactor: supplies C{callLater} (an C{IReactorTime}, e.g. a Clock).
@@ -546,14 +540,15 @@ class ProxyEndpointParser:
     C{serverFromString}; inner endpoints can therefore not use these names):
 
       - C{trusted=NET,NET...}: comma-separated networks or addresses allowed
-        to send a header (default C{127.0.0.1/32,::1/128}).  Escape the
+        to send a header (default C{127.0.0.1/32,::1/128}); a network with
+        host bits set (C{10.0.0.1/8}) is an error.  Escape the
         colons of IPv6 networks: C{trusted=10.0.0.0/8,fd00\\:\\:/8}.
       - C{timeout=SECONDS}: header timeout (default 10; 0 disables).
       - C{untrusted=reject|pass}: close connections from other peers
         (default) or let them through without a header.
       - C{maxHeaderSize=BYTES}: cap on a v2 header (default 4096).
 
-    Example: C{smtpproxy:trusted=127.0.0.1/8,\\:\\:1:timeout=5:tcp:2525:interface=127.0.0.1}.
+    Example: C{smtpproxy:trusted=127.0.0.0/8,\\:\\:1:timeout=5:tcp:2525:interface=127.0.0.1}.
     """
 
     prefix = "smtpproxy"
