@@ -15,9 +15,11 @@ do) compiles the dialogue's pure modules with mypyc (shipped with mypy)
 into C extensions: ~15 % fewer instructions per message (bench/README.md).
 The Python sources stay the source of truth and the default build is pure,
 so a machine without a C compiler installs as before.  Build a wheel with
-it (C{TXSMTPSRV_MYPYC=1 pip wheel .}), not an editable install: a compiled
-module next to its C{.py} in a checkout would shadow every later edit of
-the C{.py}.  Which build runs: C{txsmtpsrv._build.compiled()}.
+it (C{TXSMTPSRV_MYPYC=1 pip wheel .}), not an editable install or
+C{build_ext --inplace} (both refused): a compiled module next to its C{.py}
+in a checkout would shadow every later edit of the C{.py}. An sdist is the
+sources either way (C{TXSMTPSRV_MYPYC=1 python -m build} compiles the wheel
+it builds from it).  Which build runs: C{txsmtpsrv._build.compiled()}.
 """
 
 import glob
@@ -44,18 +46,19 @@ MYPYC_MODULES = [
 ]
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+try:
+    # One reading of TXSMTPSRV_MYPYC and of what may be compiled, for the backend and here.
+    from _build_backend import BuildExt, compiles
+finally:
+    del sys.path[0]
+
+
 def _ext_modules() -> list:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
-    try:
-        from _build_backend import wants_mypyc  # one reading of TXSMTPSRV_MYPYC for both
-    finally:
-        del sys.path[0]
-    if not wants_mypyc():
-        return []
-    if {"develop", "editable_wheel"} & set(sys.argv):
-        # The developer trap: a .so beside each .py of a checkout, shadowing every later edit.
-        sys.exit("TXSMTPSRV_MYPYC=1 builds wheels only, not an editable install (see setup.py)")
-    if {"egg_info", "dist_info"} & set(sys.argv):  # metadata only (pip's first steps): nothing to compile
+    # Nothing for metadata (pip's first steps) or an sdist; an editable install or
+    # build_ext --inplace is refused (the developer trap: a .so beside each .py of a
+    # checkout, shadowing every later edit), and BuildExt refuses it however asked.
+    if not compiles(sys.argv[1:]):
         return []
     try:
         from mypyc.build import mypycify  # the build requirements add mypy (tools/_build_backend.py)
@@ -68,4 +71,4 @@ def _ext_modules() -> list:
     return mypycify(["--follow-imports=silent", *MYPYC_MODULES], opt_level=os.environ.get("TXSMTPSRV_MYPYC_OPT", "3"))
 
 
-setup(ext_modules=_ext_modules())
+setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExt})

@@ -11,11 +11,13 @@ the other one.
 from __future__ import annotations
 
 import ast
+import glob
 import os
+import shutil
 import subprocess
 import sys
 import types
-from typing import Any
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -148,3 +150,90 @@ def test_bench_measures_the_build_it_names() -> None:
     else:
         assert proc.returncode != 0
         assert "does not hold a compiled txsmtpsrv" in proc.stderr
+
+
+def _backend() -> Any:
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import _build_backend
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    return _build_backend
+
+
+def _setup_py(tmp_path: Any, *args: str) -> Tuple[subprocess.CompletedProcess[str], bool]:
+    """
+    Run a copy of the checkout's setup.py with TXSMTPSRV_MYPYC=1 and a mypyc
+    that notes its import and is then missing: whether the command went as
+    far as compiling, without compiling anything.
+    """
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".mypy_cache", "bench", "docs"))
+    fake = tmp_path / "fake" / "mypyc"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "mypyc-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('no mypyc here')\n")
+    done = subprocess.run([sys.executable, "setup.py", *args], cwd=tree, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TXSMTPSRV_MYPYC="1", PYTHONPATH=str(tmp_path / "fake")))
+    return done, marker.exists()
+
+
+@pytest.mark.parametrize("args", [["build_ext", "--inplace"], ["build_ext", "-i"], ["build_ext", "-fi"],
+                                  ["build_ext", "-j", "2", "--inplace"]])
+def test_no_compiled_modules_built_into_the_checkout(tmp_path: Any, args: List[str]) -> None:
+    """setup.py build_ext --inplace refuses TXSMTPSRV_MYPYC=1 before compiling: a .so beside each .py shadows edits."""
+    done, compiling = _setup_py(tmp_path, *args)
+    assert done.returncode != 0
+    assert "builds wheels only" in done.stderr
+    assert not compiling
+
+
+def test_the_build_ext_command_refuses_inplace_extensions(tmp_path: Any) -> None:
+    """
+    The backstop for every other way of asking for in-place extensions
+    (setup.cfg's [build_ext] inplace=1, ...): setup.py's build_ext command
+    refuses to put compiled modules into the checkout; with no extension
+    (the pure build) there is nothing to refuse.
+    """
+    from setuptools import Distribution, Extension
+
+    backend = _backend()
+    for extensions, refused in (([Extension("txsmtpsrv._x", ["x.c"])], True), ([], False)):
+        dist = Distribution({"ext_modules": extensions, "cmdclass": {"build_ext": backend.BuildExt},
+                             "script_name": "setup.py"})
+        command = dist.get_command_obj("build_ext")
+        command.inplace = 1
+        command.build_temp = command.build_lib = str(tmp_path)
+        command.ensure_finalized()
+        if refused:
+            with pytest.raises(SystemExit, match="builds wheels only"):
+                command.run()
+        else:
+            command.run()
+
+
+@pytest.mark.parametrize("args, compiles", [
+    (["sdist"], False), (["sdist", "--formats", "gztar"], False), (["egg_info"], False), (["dist_info"], False),
+    (["bdist_wheel"], True), (["build"], True), (["build_ext"], True), (["install"], True),
+    (["sdist", "bdist_wheel"], True),
+])
+def test_which_commands_compile(monkeypatch: Any, args: List[str], compiles: bool) -> None:
+    """An sdist is the sources either way; TXSMTPSRV_MYPYC=1 applies to the wheels built from it."""
+    backend = _backend()
+    monkeypatch.setenv("TXSMTPSRV_MYPYC", "1")
+    assert backend.compiles(args) is compiles
+    monkeypatch.setenv("TXSMTPSRV_MYPYC", "0")
+    assert backend.compiles(args) is False
+
+
+def test_an_sdist_with_mypyc_asked_for_is_the_sources(tmp_path: Any) -> None:
+    """
+    TXSMTPSRV_MYPYC=1 python -m build makes an sdist, then a wheel from it:
+    the sdist step compiled (or, in build's isolated environment without
+    mypy, stopped with "needs mypy"); it now makes the plain sdist.
+    """
+    done, compiling = _setup_py(tmp_path, "sdist", "--dist-dir", str(tmp_path / "dist"))
+    assert not compiling
+    assert "needs mypy" not in done.stderr
+    assert not glob.glob(str(tmp_path / "tree" / "build" / "*.c"))
