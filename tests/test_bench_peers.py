@@ -262,6 +262,19 @@ def test_tls_bench_smoke_run_resumes(tmp_path: Any) -> None:
     assert result["openssl"]["resumed_share"] == 1.0
 
 
+def test_pipeline_async_bench_smoke_run() -> None:
+    """bench/pipeline_async.py against this checkout: the server answers every group (times not checked; no
+    --baseline, which needs git: the mypyc pass runs in a copy without .git)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "pipeline_async.py"), "--groups", "3"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["this checkout"], proc.stdout
+    assert all(" 3 groups, ms per group median " in line for line in lines), proc.stdout
+
+
 @pytest.mark.parametrize("code, error", [
     ("print('hello', flush=True)", "unexpected start line b'hello\\n'"),
     ("import sys; sys.exit(3)", "exited with 3 before listening"),

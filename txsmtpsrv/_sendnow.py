@@ -48,7 +48,7 @@ from twisted.internet.tcp import Connection
 
 from ._proxy import ProxyProtocolWrapper
 
-__all__ = ["ReplyWriter", "eligible"]
+__all__ = ["ReplyWriter", "eligible", "no_delay"]
 
 
 def eligible(transport: Any) -> Optional[socket.socket]:
@@ -70,6 +70,24 @@ def eligible(transport: Any) -> Optional[socket.socket]:
     except OSError:  # closed already
         return None
     return sock
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on the connection's TCP socket, whatever
+    wraps it (Twisted's TLS and our PROXY wrapper forward the call).
+
+    Why: the replies of one read already leave in one write, so Nagle's
+    coalescing gains nothing, and it stalls the replies a hook gives later.
+    A reply sent while an earlier one is unacknowledged (the pipelined MAIL's
+    250, then an asynchronous C{on_rcpt_to}'s)
+    waits for the client's delayed ACK: 40 ms per group on Linux, measured.
+    Twisted's C{setTcpNoDelay} ignores the error of a socket that is not
+    TCP (UNIX); in-memory transports have no such method.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
 
 
 class ReplyWriter:
