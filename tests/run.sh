@@ -118,7 +118,7 @@ case $builds in *,mypyc,*)
   else
     tree=$(mktemp -d "${TMPDIR:-/tmp}/txsmtpsrv-mypyc.XXXXXX")
     trap 'rm -rf "$tree"' EXIT
-    tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+    tar -cf - --exclude=./.git --exclude=./.venv --exclude=./.wheel --exclude=./build --exclude='*.egg-info' \
         --exclude=__pycache__ --exclude=./.hypothesis --exclude=./.mypy_cache . | tar -xf - -C "$tree"
     TXSMTPSRV_MYPYC=1 "$py" -m pip wheel -q --no-deps --disable-pip-version-check "$tree" -w "$tree/.wheel"
     "$py" - "$tree" <<'EOF_UNPACK'
