@@ -66,6 +66,7 @@ from zope.interface import directlyProvides, implementer
 from ._halfclose import half_closeable
 from ._sendnow import ReplyWriter, eligible as direct_socket
 from ._tlsconn import keep_declarations
+from ._tlsgather import gather_records
 
 __all__ = ["ENABLED", "TLSLayer", "eligible", "start_tls", "upgrade"]
 
@@ -479,4 +480,5 @@ def upgrade(transport: Any, creator: Any, protocol: Any, out: ReplyWriter) -> Re
         return type(out)(layer, None)
     transport.startTLS(creator)
     keep_declarations(transport)  # zope caches them weakly: keep them for the next one
+    gather_records(transport)  # a read's tiny records handed over together, as here
     return out
