@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any, List, Optional
+import time
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
@@ -168,3 +169,81 @@ class TinyRecordTests(unittest.TestCase):
 
     def test_starttls_on_the_lean_layer(self) -> Any:
         return self.check("tcp:0:interface=127.0.0.1", proxy=False, starttls=True)
+
+
+def quit_then_fin(port: int, proxy: bool, starttls: bool) -> Tuple[List[bytes], float]:
+    """QUIT, its 221, then a TCP FIN (no close_notify): the replies and how long until the server closed."""
+    client = MemoryClient(port, proxy)
+    try:
+        got: List[bytes] = []
+        if starttls:
+            client.send(b"EHLO client.test\r\n")
+            got += client.replies(2)
+            client.send(b"STARTTLS\r\n")
+            got += client.replies(1)
+        client.start_tls()
+        if not starttls:
+            got += client.replies(1)
+        client.send(b"NOOP\r\nQUIT\r\n")
+        got += client.replies(2)
+        client.sock.shutdown(socket.SHUT_WR)
+        start = time.monotonic()
+        while client.sock.recv(1 << 16):
+            pass
+        return got, time.monotonic() - start
+    finally:
+        client.close()
+
+
+class Paths:
+    """The endpoints of every TLS path: (endpoint, PROXY header, STARTTLS)."""
+
+    lean = ("tcp:0:interface=127.0.0.1", False, True)
+    implicit = ("smtps:tcp:0:interface=127.0.0.1", False, False)
+    proxy_starttls = ("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1", True, True)
+    implicit_over_proxy = ("smtps:smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1", True, False)
+
+
+class FinAfterQuitTests(unittest.TestCase):
+    """
+    After QUIT the server sent its close_notify; a client that then shuts
+    down its sending side without one (a FIN) can send nothing more: the
+    server closes at once, not when a timer gives up on it.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def check(self, endpoint: str, proxy: bool, starttls: bool) -> Any:
+        closed: List[str] = []
+
+        class Closing:
+            def on_close(self, session: Any) -> None:
+                closed.append(session.id)
+
+        server = SMTPServer(Closing(), name="mx.test", tls=test_ca().server_config(), disable_reverse_lookup=True,
+                            socket_timeout=30)
+        self.addCleanup(server.close)
+        port = yield server.listen(listen_endpoint(reactor, endpoint, lambda: server.tls))
+        got, waited = yield deferToThread(quit_then_fin, port.getHost().port, proxy, starttls).addTimeout(
+            45, reactor)
+        codes = [b"220", b"250", b"220"] if starttls else [b"220"]
+        self.assertEqual(got, codes + [b"250", b"221"])
+        self.assertLess(waited, 5.0)  # socket_timeout is 30 s
+        self.assertEqual(len(closed), 1)
+
+    def test_lean_layer(self) -> Any:
+        return self.check(*Paths.lean)
+
+    def test_implicit_tls(self) -> Any:
+        return self.check(*Paths.implicit)
+
+    def test_starttls_behind_the_proxy_wrapper(self) -> Any:
+        return self.check(*Paths.proxy_starttls)
+
+    def test_implicit_tls_over_the_proxy_wrapper(self) -> Any:
+        return self.check(*Paths.implicit_over_proxy)
+
+    def test_starttls_on_twisteds_layer(self) -> Any:
+        self.patch(_tlslayer, "ENABLED", False)
+        return self.check(*Paths.lean)

@@ -80,8 +80,15 @@ class HalfCloseable:
     def _close_when_answered(self) -> None:
         """Close if the dialogue has nothing more to say (or can never finish what it is doing)."""
         core = self.core
-        if self._gone or core.finished:
-            return  # closing already (e.g. after QUIT), or closed
+        if self._gone:
+            return
+        if core.finished:  # closing already (e.g. after QUIT)
+            tls = tls_layer(self.transport)
+            if tls is not None:
+                # Twisted's TLS sent its close_notify and waits for the client's,
+                # which cannot come after a FIN: close TCP (after what it holds).
+                tls.transport.loseConnection()
+            return
         stream = self._stream
         mid_message = stream is not None and not stream.ended
         if core.holds and not mid_message:
