@@ -426,10 +426,10 @@ class TLSTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_close_notify_before_the_fin_still_closes(self) -> Any:
         """
-        Not covered: a TLS close_notify before the FIN makes Twisted's TLS
-        layer shut the connection down at once (replies still to come are
-        lost). What is kept: the connection ends at once, and a message
-        whose data hook was already running is still stored.
+        A TLS close_notify before the FIN: on Twisted's layer
+        (C{TwistedLayerHalfCloseTests}) the connection is shut down at once
+        (replies still to come are lost); the lean layer answers first
+        (C{tests/test_tls_closenotify.py}). Either way it ends promptly.
         """
         codes = yield self.session(b"NOOP\r\n", close_notify=True)
         self.assertIn(codes, ([], [b"250"]))

@@ -29,8 +29,9 @@ once. Once the handshake is done, L{pass_half_close_through_tls} makes
 that connection's TLS layer provide it and pass the end of input on (an
 attribute on the instance, through public attributes only); and our close
 then also closes TCP, since the TLS layer's own close would wait for the
-client's close_notify, which can no longer come. A client that sends
-close_notify before its FIN (a TLS 1.3 half-close) still loses the replies
+client's close_notify, which can no longer come. A client's TLS 1.3
+close_notify before its FIN is a half-close too on our layer, which tells
+the protocol as for a FIN; on Twisted's layer it still loses the replies
 written after it: on close_notify Twisted's TLS layer shuts the whole
 connection down, in code with no public hook.
 """

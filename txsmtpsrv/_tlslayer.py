@@ -36,8 +36,9 @@ What it keeps as it was (each has a test in C{tests/test_tlslayer.py}):
 plaintext written before the handshake ends waits for it; a failed
 handshake passes OpenSSL's error to C{connectionLost} (an EOF in violation
 of TLS as C{ConnectionLost}), after sending OpenSSL's alert; the handshake
-timer aborts as before; the client's close_notify is answered with ours and
-the connection closes; the end of input (TCP FIN) after the handshake is a
+timer aborts as before; the client's close_notify under TLS 1.2 is answered
+with ours and the connection closes, under TLS 1.3 (which closes only the
+client's side, RFC 8446 6.1) it is a half-close, as a TCP FIN; the end of input (TCP FIN) after the handshake is a
 half-close the SMTP protocol answers (L{txsmtpsrv._halfclose}), before it
 the end of the connection; our close sends close_notify and then closes TCP
 (not waiting for the client's, which RFC 8446 6.1 and RFC 5246 7.2.1 allow);
@@ -128,7 +129,7 @@ class TLSLayer:
     """
 
     __slots__ = ("_transport", "_protocol", "_conn", "_rbio", "_wbio", "_raw", "_queue", "_done", "_closing",
-                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener")
+                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof")
 
     def __init__(self, transport: Server, protocol: Any, sock: Any) -> None:
         self._transport = transport
@@ -148,6 +149,7 @@ class TLSLayer:
         self._ended = False  # the client's input ended (TCP FIN)
         self._reason: Optional[Failure] = None  # for the protocol's connectionLost
         self._clean = False  # the client's close_notify arrived
+        self._eof = 0  # after a TLS 1.3 close_notify: 1 the protocol is still to be told, 2 told
         self._listener = IHandshakeListener.providedBy(protocol)
 
     # -- what the transport asks of its protocol ------------------------------------
@@ -156,8 +158,8 @@ class TLSLayer:
         """IProtocol; never called (the transport was connected before STARTTLS)."""
 
     def dataReceived(self, data: bytes) -> None:
-        """Ciphertext from the socket."""
-        if self._over:
+        """Ciphertext from the socket (after the client's close_notify: nothing more, discarded)."""
+        if self._over or self._eof:
             return
         conn = self._conn
         conn.bio_write(data)
@@ -172,6 +174,8 @@ class TLSLayer:
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client's FIN."""
         self._ended = True
+        if self._eof:
+            return  # its close_notify ended its input already: the protocol knows
         if self._done and not self._over and half_closeable(self._protocol):
             self._protocol.readConnectionLost()
         else:
@@ -255,6 +259,8 @@ class TLSLayer:
         self._paused = False
         if not self._busy and self._done and not self._over:  # (while busy, that loop goes on)
             self._deliver()
+            if self._eof == 1 and not self._paused and not self._over:
+                self._input_closed()
         if not self._paused and not self._ended:
             FileDescriptor.resumeProducing(self._transport)
 
@@ -324,8 +330,8 @@ class TLSLayer:
         pyOpenSSL, Twisted nor txsmtpsrv change), so an empty BIO means no
         record is left: no C{recv} that would only raise C{WantReadError}.
         """
-        if self._busy:
-            return
+        if self._busy or self._eof:
+            return  # (an outer call goes on; after close_notify nothing more comes)
         self._busy = True
         conn = self._conn
         protocol = self._protocol
@@ -403,9 +409,26 @@ class TLSLayer:
         FileDescriptor.loseConnection(transport)
 
     def _peer_closed(self) -> None:
-        """The client's close_notify: ours in answer, and the connection ends (as Twisted's layer does)."""
+        """
+        The client's close_notify. Under TLS 1.3 it closes only the client's
+        side (RFC 8446 6.1): a half-close, as a TCP FIN is, so the commands
+        sent before it are answered and then the protocol closes (our
+        close_notify, then TCP). Under TLS 1.2 (RFC 5246 7.2.1), or for a
+        protocol that cannot half-close: ours in answer, and the connection
+        ends at once (what Twisted's layer does).
+        """
         self._clean = True
-        self._shutdown()
+        if self._conn.get_protocol_version_name() != "TLSv1.3" or not half_closeable(self._protocol):
+            self._shutdown()
+            return
+        self._eof = 1
+        if not self._paused:  # else once the protocol reads again (resumeProducing)
+            self._input_closed()
+
+    def _input_closed(self) -> None:
+        """Tell the protocol the client's input ended (after its close_notify)."""
+        self._eof = 2
+        self._protocol.readConnectionLost()
 
     def _fail(self, failure: Failure) -> None:
         """TLS failed (a handshake refused, a bad record): send OpenSSL's alert and close."""
