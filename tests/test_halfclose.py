@@ -343,8 +343,10 @@ def tls_half_close(port: int, commands: bytes, starttls: bool, close_notify: boo
         if not starttls:
             head = b""
             while b"\r\n" not in head:
-                head += client.tls.read(4096) if client.tls.pending() or client.incoming.pending \
-                    else (client._pump_in() or b"")
+                try:
+                    head += client.tls.read(4096)
+                except ssl.SSLWantReadError:  # (bytes in the BIO can be a session ticket: no data)
+                    client._pump_in()
         client.send(commands)
         if close_notify:
             try:
