@@ -20,10 +20,10 @@ hook or the message's verdict is pending; at once, without a reply, in
 the middle of a message (its end can never arrive: the message is
 discarded as for a lost connection).
 
-After STARTTLS on plain TCP the FIN reaches our own TLS layer
+Under TLS on plain TCP (STARTTLS, implicit TLS) the FIN reaches our own TLS layer
 (L{txsmtpsrv._tlslayer}), which passes it on once the handshake is done and
-closes TCP right after its close_notify. Elsewhere (implicit TLS, the PROXY
-wrapper) it reaches Twisted's C{TLSMemoryBIOProtocol}, which does
+closes TCP right after its close_notify. Elsewhere (the PROXY wrapper,
+C{_tlslayer.ENABLED = False}) it reaches Twisted's C{TLSMemoryBIOProtocol}, which does
 not provide the interface: C{tcp.Connection} would end the connection at
 once. Once the handshake is done, L{pass_half_close_through_tls} makes
 that connection's TLS layer provide it and pass the end of input on (an

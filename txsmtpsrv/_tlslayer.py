@@ -29,8 +29,9 @@ users' code see the transport they saw before:
 Ciphertext goes out through a L{ReplyWriter} of its own: directly on the
 socket while the transport has nothing queued, else (for good) through
 C{FileDescriptor.write}, which is the transport's raw, pre-TLS write. Only a
-C{twisted.internet.tcp.Server} qualifies (L{eligible}); a PROXY wrapper,
-implicit TLS and in-memory transports keep Twisted's layer.
+C{twisted.internet.tcp.Server} qualifies (L{eligible}); a PROXY wrapper
+and in-memory transports keep Twisted's layer. Implicit TLS on plain TCP
+starts this layer as the connection is made (L{txsmtpsrv._tlsimplicit}).
 
 What it keeps as it was (each has a test in C{tests/test_tlslayer.py}):
 plaintext written before the handshake ends waits for it; a failed
