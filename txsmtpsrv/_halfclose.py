@@ -84,7 +84,7 @@ class HalfCloseable:
         if self._gone:
             return
         if core.finished:  # closing already (e.g. after QUIT)
-            tls = tls_layer(self.transport)
+            tls = tls_layer(self.transport) if core.tls_active else None  # (plain TCP: not even the look)
             if tls is not None:
                 # Twisted's TLS sent its close_notify and waits for the client's,
                 # which cannot come after a FIN: close TCP (after what it holds).
