@@ -41,7 +41,6 @@ from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANC
 from ._rdns import reverse_lookup
 from ._sendnow import ReplyWriter, eligible
 from ._halfclose import HalfCloseable, pass_half_close_through_tls
-from ._tlsgather import gather_records
 from ._session import Session
 
 __all__ = ["SMTPServerProtocol"]
@@ -164,6 +163,7 @@ class SMTPServerProtocol(HalfCloseable):
         self._out = ReplyWriter(transport, eligible(transport))
         ctx.connected(self)
         if implicit:  # the handshake is under way (on Twisted's layer: gather its tiny records)
+            from ._tlsgather import gather_records
             gather_records(transport)
             self._tls_timer = self._start_handshake_timer()
         else:
