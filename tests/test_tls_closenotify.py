@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 from typing import Any, List, Tuple
 
 import pytest

@@ -14,16 +14,16 @@ C{test_halfclose.py} (half-close), which run on both layers.
 from __future__ import annotations
 
 import os
+import shutil
 import smtplib
 import socket
 import ssl
 import tempfile
-import time
 from typing import Any, Callable, List, Tuple
 
 from cryptography import x509
 from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
@@ -124,21 +124,16 @@ class PathTests(unittest.TestCase):
     def test_other_paths_keep_twisteds_layer(self) -> Any:
         """smtps: over smtpproxy:, smtps:unix: and ENABLED = False: Twisted's layer, the same dialogue."""
         counting = _Counting(self)
-        directory = tempfile.mkdtemp()
-        self.addCleanup(lambda: [os.unlink(os.path.join(directory, f)) for f in os.listdir(directory)]
-                        and None or os.rmdir(directory))
+        directory = tempfile.mkdtemp()  # (a short path: UNIX socket names are limited)
+        self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "s")
         seen: List[bool] = []
-
-        class Seeing(Secure):
-            def on_connect(self, session: Any) -> None:
-                pass
 
         for endpoint in ("smtps:smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1",
                          f"smtps:unix:{path}", "smtps:tcp:0:interface=127.0.0.1"):
             if endpoint.startswith("smtps:tcp"):
                 self.patch(_tlslayer, "ENABLED", False)
-            hooks = Seeing()
+            hooks = Secure()
             port = yield self.serve(endpoint, hooks)
             protocols: List[Any] = []
             original = self.server.buildProtocol
