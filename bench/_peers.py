@@ -148,8 +148,14 @@ def serve_txsmtpsrv(cert: str | None = None, key: str | None = None) -> None:
     if cert is not None:
         server.load_tls()  # a bad file shows now, not at the first STARTTLS
     version = getattr(txsmtpsrv, "__version__", "dev")
+    try:  # which build runs: pure Python, or mypyc-compiled (bench/_mypyc.py)
+        from txsmtpsrv._build import compiled
+
+        build = "mypyc" if compiled() else "pure"
+    except ImportError:  # a baseline tree from before txsmtpsrv._build
+        build = "pure"
     _run_reactor_listening(
-        lambda: server.listen("tcp:0:interface=127.0.0.1"), f"txsmtpsrv={version}"
+        lambda: server.listen("tcp:0:interface=127.0.0.1"), f"txsmtpsrv={version} build={build}"
     )
 
 

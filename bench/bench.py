@@ -16,6 +16,8 @@ servers interleaved) and the median is reported, with txsmtpsrv/peer ratios and,
 over several rounds, the lowest and highest ratio within one round.
 ``txsmtpsrv@NAME`` is the txsmtpsrv sink on twistd's reactor ``NAME``
 (``smtpsrv-epoll``), measured beside the default one in the same run.
+``txsmtpsrv+mypyc`` (also ``+mypyc@NAME``) is the mypyc-compiled build
+(``bench/_mypyc.py``: a wheel built with ``TXSMTPSRV_MYPYC=1``, or ``--mypyc-tree``).
 
 This is a benchmark, not a test: it never asserts timings.  It does check
 every SMTP reply and reports runs that had failures.
@@ -53,6 +55,7 @@ import _load  # noqa: E402
 from _common import CPUClock, NotReady, pin_cpus, proc_cpu_seconds, proc_status_kib, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
+import _mypyc  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -61,8 +64,17 @@ PEERS = tuple(k for k in _peers.KINDS if k != SUBJECT)
 
 
 def base_kind(server: str) -> str:
-    """C{txsmtpsrv@smtpsrv-epoll} -> C{txsmtpsrv}: the _peers.py kind of a server name."""
-    return server.partition("@")[0]
+    """C{txsmtpsrv+mypyc@smtpsrv-epoll} -> C{txsmtpsrv}: the _peers.py kind of a server name."""
+    return _mypyc.split(server.partition("@")[0])[0]
+
+
+def is_mypyc(server: str) -> bool:
+    """C{txsmtpsrv+mypyc} (or C{txsmtpsrv+mypyc@NAME}): the mypyc-compiled build (bench/_mypyc.py)."""
+    return _mypyc.split(server.partition("@")[0])[1]
+
+
+#: The unpacked mypyc build for C{txsmtpsrv+mypyc} servers (set by main()).
+MYPYC_TREE = ""
 
 
 def is_subject(server: str) -> bool:
@@ -256,6 +268,8 @@ class ServerProcess:
         reactor = self.kind.partition("@")[2]
         if reactor:  # txsmtpsrv@NAME: the txsmtpsrv sink on twistd's reactor NAME
             env["TXSMTPSRV_BENCH_REACTOR"] = reactor
+        if is_mypyc(self.kind):  # the compiled build first on the path
+            env["PYTHONPATH"] = os.pathsep.join((MYPYC_TREE, env["PYTHONPATH"]))
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -274,6 +288,8 @@ class ServerProcess:
             raise ServerError(f"{self.kind}: {e}" + (f"\n{self.read_stderr()}" if exited else "")) from None
         if self.server_pid != self.proc.pid and not os.path.exists(f"/proc/{self.server_pid}/stat"):
             raise ServerError(f"{self.kind}: READY names pid {self.server_pid}, which is not running")
+        if is_mypyc(self.kind) and "build=mypyc" not in self.detail:
+            raise ServerError(f"{self.kind}: the server does not run the mypyc build ({self.detail})")
 
     def check_alive(self) -> None:
         assert self.proc is not None
@@ -815,7 +831,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join((SUBJECT,) + PEERS)
                    + " (default: all; a server whose toolchain is missing is skipped with a note); "
                    "txsmtpsrv@NAME runs the txsmtpsrv sink on twistd's reactor NAME "
-                   "(e.g. txsmtpsrv,txsmtpsrv@smtpsrv-epoll,twisted.mail)")
+                   "(e.g. txsmtpsrv,txsmtpsrv@smtpsrv-epoll,twisted.mail); txsmtpsrv+mypyc (also "
+                   "with @NAME) runs the mypyc-compiled build (built from this checkout, or --mypyc-tree)")
+    p.add_argument("--mypyc-tree", metavar="DIR",
+                   help="an unpacked mypyc build for txsmtpsrv+mypyc (default: build one, ~1 minute)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--pipelining", action="store_true",
@@ -834,7 +853,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s for s in args.servers.split(",") if s]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for s in args.servers:
-        if s not in (SUBJECT,) + PEERS and not (is_subject(s) and s.partition("@")[2]):
+        if s not in (SUBJECT,) + PEERS and not (is_subject(s) and (s.partition("@")[2] or is_mypyc(s))):
             p.error(f"unknown server {s!r}")
     for s in args.scenarios:
         if s not in SCENARIOS:
@@ -887,6 +906,14 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.client == "smtp-source" else "asyncio (bench/_load.py, EHLO)"
         ),
     }
+    global MYPYC_TREE
+    if any(is_mypyc(s) for s in args.servers):
+        if args.mypyc_tree:
+            _mypyc.check_tree(args.mypyc_tree)
+            MYPYC_TREE = os.path.abspath(args.mypyc_tree)
+        else:
+            MYPYC_TREE = _mypyc.build_tree()
+        meta["mypyc_tree"] = MYPYC_TREE
     for kind in args.servers:
         error = check_available(kind)
         if error is None:

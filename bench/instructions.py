@@ -67,6 +67,7 @@ is missing.
     python bench/instructions.py --baseline 060bd64     # a git ref (git archive) ...
     python bench/instructions.py --baseline /work/bench-old   # ... or a directory holding txsmtpsrv/
     python bench/instructions.py --servers new,twisted.mail --scenarios persist --repeat 1
+    python bench/instructions.py --servers new,new+mypyc,twisted.mail   # pure vs mypyc build (bench/_mypyc.py)
     python bench/instructions.py --syscalls --json out.json
     python bench/instructions.py --keep /tmp/cg       # keep the callgrind dumps for callgrind_annotate
 """
@@ -93,6 +94,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+import _mypyc  # noqa: E402
 from _common import NotReady, export_tree, proc_cpu_seconds, wait_ready  # noqa: E402
 
 MIB = 1024 * 1024
@@ -238,10 +240,12 @@ class Server:
 
     def wait_ready(self) -> None:
         try:
-            self.port, self.pid, _ = wait_ready(self.proc, START_TIMEOUT)
+            self.port, self.pid, detail = wait_ready(self.proc, START_TIMEOUT)
         except NotReady as e:
             exited = self.proc.returncode is not None
             raise ServerError(f"{self.target.label}: {e}" + (f"\n{self.errors()}" if exited else "")) from None
+        if "+mypyc" in self.target.label and "build=mypyc" not in detail:
+            raise ServerError(f"{self.target.label}: the server does not run the mypyc build ({detail})")
 
     def control(self, *args: str) -> None:
         """``callgrind_control ARGS PID``; the server is idle in epoll_wait, vgdb wakes it."""
@@ -553,7 +557,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--servers", default="old,new,twisted.mail",
                    help="comma list of old, new, twisted.mail, aiosmtpd (default: old,new,twisted.mail); "
                         "old@NAME / new@NAME run that txsmtpsrv sink on twistd's reactor NAME "
-                        "(e.g. new,new@smtpsrv-epoll)")
+                        "(e.g. new,new@smtpsrv-epoll); new+mypyc (also with @NAME) is the working tree's "
+                        "mypyc-compiled build (bench/_mypyc.py; or --mypyc-tree)")
+    p.add_argument("--mypyc-tree", metavar="DIR",
+                   help="an unpacked mypyc build for new+mypyc (default: build one, ~1 minute)")
     p.add_argument("--client", choices=("asyncio", "smtp-source"), default="asyncio",
                    help="load generator: bench/_load.py (default) or Postfix's smtp-source, as bench.py "
                         "--client smtp-source (HELO, lock-step; pipelined stays with the asyncio client)")
@@ -580,7 +587,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     labels = [s for s in args.servers.split(",") if s]
     bad = [s for s in scenarios if s not in SCENARIOS] + [
         s for s in labels
-        if s not in ("old", "new") + PEERS and not (s.partition("@")[0] in ("old", "new") and s.partition("@")[2])]
+        if s not in ("old", "new", "new+mypyc") + PEERS
+        and not (s.partition("@")[0] in ("old", "new", "new+mypyc") and s.partition("@")[2])]
     if bad:
         sys.stderr.write(f"unknown scenario/server: {', '.join(bad)}\n")
         return 2
@@ -607,6 +615,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             base, _, reactor = lab.partition("@")
             if base == "new":
                 targets.append(Target(lab, "txsmtpsrv", ROOT, reactor))
+            elif base == "new+mypyc":
+                if not meta.get("new+mypyc"):
+                    if args.mypyc_tree:
+                        _mypyc.check_tree(args.mypyc_tree)
+                    meta["new+mypyc"] = os.path.abspath(args.mypyc_tree or _mypyc.build_tree())
+                targets.append(Target(lab, "txsmtpsrv", meta["new+mypyc"], reactor))
             elif base == "old":
                 tree, desc = resolve_baseline(args.baseline, scratch)
                 meta["old"] = desc

@@ -27,7 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from txsmtpsrv._selfsigned import CA_KEY_USAGE, key_pem, self_signed as _self_signed
 
 __all__ = [
-    "CA", "Leaf", "client_context", "common_name", "make_ca", "pem_dir", "self_signed", "write_leaf", "write_pem",
+    "CA", "Leaf", "client_context", "common_name", "make_ca", "pem_dir", "self_signed", "unverified_client_context",
+    "write_leaf", "write_pem",
 ]
 
 
@@ -176,15 +177,30 @@ def self_signed(cn: str, *, rsa_key: bool = False) -> Leaf:
     return Leaf(key, cert)
 
 
+def unverified_client_context(*, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """
+    A client C{ssl} context that checks neither the server's certificate nor
+    its name: for servers on the development certificate or a throwaway
+    self-signed one, in tests only. C{version} pins both the minimum and
+    the maximum TLS version.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
 def client_context(ca: CA, *, verify: bool = True, cert: tuple[str, str] | None = None,
                    max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     """A client context trusting C{ca} (or nothing if not C{verify}), with (cert, key) files; no name check."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False  # names are checked by the tests via the CN
     if verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False  # names are checked by the tests via the CN
         ctx.load_verify_locations(cadata=ca.cert_pem.decode())
     else:
-        ctx.verify_mode = ssl.CERT_NONE
+        ctx = unverified_client_context()
     if cert is not None:
         ctx.load_cert_chain(*cert)
     if max_version is not None:

@@ -14,6 +14,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# The builds to test (see below), checked before anything is installed: a typo
+# would otherwise run no pass at all and exit 0.
+builds=",${TXSMTPSRV_TEST_BUILDS:-pure,mypyc},"
+case $builds in ,pure,|,mypyc,|,pure,mypyc,|,mypyc,pure,) ;;
+  *) echo "TXSMTPSRV_TEST_BUILDS=${TXSMTPSRV_TEST_BUILDS:-}: name pure, mypyc or pure,mypyc" >&2; exit 2;;
+esac
+
 as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 apt_updated=""
 apt_install() {  # apt_install [--no-install-recommends] PACKAGE...
@@ -54,7 +61,7 @@ fi
 if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
   py="$VIRTUAL_ENV/bin/python"
 else
-  py=.venv/bin/python
+  py="$PWD/.venv/bin/python"  # absolute: the mypyc pass runs from a copy of the checkout
   if ! "$py" -m pip --version >/dev/null 2>&1; then
     rm -rf .venv
     if ! python3 -m venv .venv >/dev/null 2>&1; then
@@ -69,4 +76,49 @@ else
 fi
 
 "$py" -m pip install -q --disable-pip-version-check -e '.[test]'
-exec "$py" -m pytest -q -p no:cacheprovider "$@" tests
+
+# Two builds, each pass told which one it must be testing (tests/test_build.py):
+# - pure: the checkout itself, as installed above (the default build);
+# - mypyc: the dialogue's modules compiled (setup.py, TXSMTPSRV_MYPYC=1), a wheel
+#   built from a copy of the checkout and unpacked in that copy, so that no compiled
+#   module ever lands in the checkout (it would shadow edits of the .py files).
+# TXSMTPSRV_TEST_BUILDS=pure (or mypyc) runs one pass only (checked at the top); CI runs both.
+status=0
+case $builds in *,pure,*)
+  echo "== the pure-Python build"
+  TXSMTPSRV_EXPECT_BUILD=pure "$py" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+  # pytest's 2 (interrupted: Ctrl-C) and 4 (bad arguments): no second suite, build and all.
+  case $status in 2|4) exit $status;; esac
+esac
+case $builds in *,mypyc,*)
+  echo "== the mypyc build"
+  has_headers() {
+    "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+  }
+  if ! command -v gcc >/dev/null 2>&1 || ! has_headers; then
+    if as_root; then
+      echo "installing: gcc libc6-dev python3-dev"
+      apt_install gcc libc6-dev python3-dev
+    fi
+  fi
+  if ! command -v gcc >/dev/null 2>&1 || ! has_headers; then
+    echo "cannot test the mypyc build: it needs gcc and Python's headers (Debian: gcc python3-dev)" >&2
+    [ -n "${CI:-}" ] && status=1
+  else
+    tree=$(mktemp -d "${TMPDIR:-/tmp}/txsmtpsrv-mypyc.XXXXXX")
+    trap 'rm -rf "$tree"' EXIT
+    tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=./.hypothesis --exclude=./.mypy_cache . | tar -xf - -C "$tree"
+    TXSMTPSRV_MYPYC=1 "$py" -m pip wheel -q --no-deps --disable-pip-version-check "$tree" -w "$tree/.wheel"
+    "$py" - "$tree" <<'EOF_UNPACK'
+import glob, sys, zipfile
+tree = sys.argv[1]
+(wheel,) = glob.glob(f"{tree}/.wheel/txsmtpsrv-*.whl")
+with zipfile.ZipFile(wheel) as z:  # the package with its compiled modules; not the metadata
+    z.extractall(tree, [n for n in z.namelist() if ".dist-info/" not in n])
+EOF_UNPACK
+    (cd "$tree" && TXSMTPSRV_EXPECT_BUILD=mypyc PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}" \
+        "$py" -m pytest -q -p no:cacheprovider "$@" tests) || status=$?
+  fi
+esac
+exit $status

@@ -131,6 +131,19 @@ def test_rate_limit_window():
     assert lim.admit(a, 60) is None  # a minute after the first: a new window
 
 
+def test_exceptions_have_no_admission_key_but_keep_their_key():
+    """Exempt addresses are not counted or limited (admission_key None); their key stays, for AUTH limits."""
+    nets = [ipaddress.ip_network("127.0.0.0/30"), ipaddress.ip_network("2001:db8::1/128")]
+    lim = ConnectionLimiter(max_per_address=1, max_rate=1, exceptions=nets)
+    for address in ("127.0.0.1", "127.0.0.3", "::ffff:127.0.0.2", "2001:db8::1", "2001:db8::1%eth0"):
+        assert lim.admission_key(address) is None
+        assert lim.key(address) is not None
+    assert lim.admission_key("127.0.0.4") == "127.0.0.4"
+    assert lim.admission_key("2001:db8::2") == "2001:db8::/64"
+    assert lim.admission_key(None) is None and lim.admission_key("not an address") is None
+    assert ConnectionLimiter(max_per_address=1).admission_key("127.0.0.1") == "127.0.0.1"
+
+
 def test_unix_socket_never_limited():
     lim = ConnectionLimiter(max_per_address=1, max_rate=1)
     assert [lim.admit(None, 0) for _ in range(5)] == [None] * 5

@@ -36,6 +36,7 @@ import _common  # noqa: E402
 import _load  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
+import _mypyc  # noqa: E402
 
 
 @pytest.fixture
@@ -289,3 +290,39 @@ def test_wait_ready_reads_port_pid_detail() -> None:
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+# -- bench/_mypyc.py: the compiled build for txsmtpsrv+mypyc ----------------------------------------
+
+
+def _fake_pip_wheel(monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    """subprocess.run makes a one-file wheel in its -w directory (or fails) instead of compiling."""
+    import zipfile
+
+    def run(cmd: list[str], **kwargs: Any) -> Any:
+        if fail:
+            raise subprocess.CalledProcessError(1, cmd)
+        with zipfile.ZipFile(os.path.join(cmd[cmd.index("-w") + 1], "txsmtpsrv-0-py3-none-any.whl"), "w") as z:
+            z.writestr("txsmtpsrv/_fake.so", "x")
+
+    monkeypatch.setattr(_mypyc.subprocess, "run", run)
+    monkeypatch.setattr(_mypyc, "check_tree", lambda tree: None)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_mypyc_build_tree_leaves_only_the_tree(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    """The wheel's directory goes; a temporary tree stays only when the build worked (and says where)."""
+    import io
+
+    monkeypatch.setattr(_mypyc.tempfile, "tempdir", str(tmp_path))
+    _fake_pip_wheel(monkeypatch, fail)
+    log = io.StringIO()
+    if fail:
+        with pytest.raises(subprocess.CalledProcessError):
+            _mypyc.build_tree(log=log)
+        assert os.listdir(tmp_path) == []
+    else:
+        tree = _mypyc.build_tree(log=log)
+        assert os.listdir(tmp_path) == [os.path.basename(tree)]
+        assert os.path.exists(os.path.join(tree, "txsmtpsrv", "_fake.so"))
+        assert f"--mypyc-tree {tree}" in log.getvalue()

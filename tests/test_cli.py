@@ -73,6 +73,7 @@ def test_limits_reach_the_server_options(tmp_path, monkeypatch):
     (["--tls-ticket-lifetime", "-1"], "--tls-ticket-lifetime: '-1' is not a positive number of seconds"),
     (["--xclient-trusted", "10.0.0.0/8,nowhere"], "--xclient-trusted: 'nowhere' is not a network"),
     (["--xclient-trusted", ","], "--xclient-trusted: ',' names no network"),
+    (["--xclient-trusted", "10.1.2.3/8"], "--xclient-trusted: '10.1.2.3/8' has host bits set: write 10.0.0.0/8"),
     (["--ipv6-prefix", "129"], "--ipv6-prefix: '129' is not an integer from 0 to 128"),
     (["--greeting-delay", "3601"], "--greeting-delay: '3601' is not a number of seconds from 0 to 3600"),
 ])

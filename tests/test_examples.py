@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from tests._certs import make_ca, write_pem
+from tests._certs import make_ca, unverified_client_context, write_pem
 from tests._support import HAProxy, haproxy_path, stop_process
 from txsmtpsrv.testing import TestClient, make_server
 
@@ -168,14 +168,6 @@ def maildir_messages(path: str) -> List[bytes]:
     return result
 
 
-def unverified_tls() -> ssl.SSLContext:
-    """A client context that accepts the self-signed development certificate."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 MESSAGE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: example test\r\n\r\nHello from the test.\r\n"
 
 
@@ -246,7 +238,7 @@ def submit(port: int, user: str, password: str, message: bytes = MESSAGE,
     """Connect, STARTTLS, log in; return the client (caller quits)."""
     client = smtplib.SMTP("127.0.0.1", port, timeout=WAIT_TIMEOUT)
     client.ehlo("client.test")
-    client.starttls(context=context or unverified_tls())
+    client.starttls(context=context or unverified_client_context())
     client.ehlo("client.test")
     client.login(user, password)
     return client
@@ -272,7 +264,7 @@ def test_submission_server(run_example: Any, tmp_path: Any) -> None:
     # After STARTTLS, AUTH PLAIN / LOGIN; a wrong password gets 535.
     with smtplib.SMTP("127.0.0.1", port, timeout=WAIT_TIMEOUT) as client:
         client.ehlo("client.test")
-        client.starttls(context=unverified_tls())
+        client.starttls(context=unverified_client_context())
         client.ehlo("client.test")
         assert set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
         with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
@@ -285,7 +277,7 @@ def test_submission_server(run_example: Any, tmp_path: Any) -> None:
         client = smtplib.SMTP("127.0.0.1", port, timeout=WAIT_TIMEOUT)
         try:
             client.ehlo("client.test")
-            client.starttls(context=unverified_tls())
+            client.starttls(context=unverified_client_context())
             client.ehlo("client.test")
             client.user, client.password = module.DEMO_USER, module.DEMO_PASSWORD
             code, _ = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"), initial_response_ok=True)

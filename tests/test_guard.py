@@ -8,6 +8,7 @@ tarpit. Over real sockets: tests/test_guard_loopback.py.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -156,6 +157,79 @@ def test_xclient_counts_the_real_client():
     assert proxy[2].command("XCLIENT ADDR=203.0.113.10").code == 220
     proxy[0].disconnect()
     assert server._context.guard.connections.open_connections("203.0.113.9") == 0
+
+
+# -- connection_limit_exceptions (health checks) -----------------------------------------------------
+
+
+def test_connection_limit_exceptions_neither_limited_nor_counted():
+    """
+    A monitoring probe's network is exempt from both per-address connection
+    limits and leaves no count behind; neighbours outside it (the same IPv6
+    /64 too) are limited as before.
+    """
+    server, clock = make_server(max_clients_per_ip=1, max_connect_rate=2,
+                                connection_limit_exceptions="198.51.100.0/30, 2001:db8::1/128")
+    probes = [TestClient(server, peer(1)) for _ in range(10)]  # held open, and 10 a minute
+    probes += [TestClient(server, ("::ffff:198.51.100.2", 1)), TestClient(server, ("2001:db8::1", 1)),
+               TestClient(server, ("2001:db8::1", 2))]
+    assert [p.greeting.code for p in probes] == [220] * 13
+    guard = server._context.guard
+    assert guard.sizes["open"] == guard.sizes["rate"] == 0
+    assert TestClient(server, ("2001:db8::2", 1)).greeting.code == 220  # its /64 was not charged by ::1
+    assert TestClient(server, ("2001:db8::3", 1)).greeting.code == 421
+    assert TestClient(server, peer(5)).greeting.code == 220  # 198.51.100.5: outside the /30
+    refused = TestClient(server, peer(5))
+    assert (refused.greeting.code, refused.greeting.enhanced) == (421, "4.7.0")
+    for p in probes:
+        p.disconnect()
+    assert guard.sizes["open"] == 2  # 2001:db8::/64 and 198.51.100.5, nothing of the probes
+
+
+def test_connection_limit_exceptions_waive_nothing_else():
+    """max_clients and the per-address AUTH failure limit still apply to an exempt client."""
+    hooks = Auth()
+    server, _ = make_server(hooks, max_clients=3, max_clients_per_ip=1, allow_insecure_auth=True,
+                            max_auth_failures_per_ip=2, connection_limit_exceptions=["198.51.100.1"])
+    clients = [TestClient(server, peer(1)) for _ in range(3)]
+    over = TestClient(server, peer(1))
+    assert [c.greeting.code for c in clients] == [220] * 3
+    assert over.greeting.code == 421 and "Too many connected clients" in over.greeting.text
+    clients[0].command("EHLO x")
+    assert [clients[0].command(plain(password="guess")).code for _ in range(2)] == [535, 535]
+    clients[1].command("EHLO x")
+    assert clients[1].command(plain()).code == 454  # the address is over its AUTH failures
+
+
+def test_connection_limit_exceptions_apply_to_the_xclient_client():
+    """After XCLIENT the real client's address is the one looked up in the exceptions."""
+    server, _ = make_server(max_clients_per_ip=1, use_xclient=True, xclient_trusted=["192.0.2.200"],
+                            connection_limit_exceptions=["203.0.113.9"])
+    for i in range(3):
+        proxy = TestClient(server, ("192.0.2.200", 1000 + i))
+        proxy.command("EHLO proxy")
+        assert proxy.command("XCLIENT ADDR=203.0.113.9").code == 220
+    proxy = TestClient(server, ("192.0.2.200", 2000))
+    proxy.command("EHLO proxy")
+    proxy.command("XCLIENT ADDR=203.0.113.10")
+    proxy = TestClient(server, ("192.0.2.200", 2001))
+    proxy.command("EHLO proxy")
+    assert proxy.command("XCLIENT ADDR=203.0.113.10").code == 421
+
+
+def test_connection_limit_exceptions_in_ipv4_mapped_spelling():
+    """An exemption written as an IPv4-mapped network covers its clients on IPv4 and dual-stack listeners."""
+    server, _ = make_server(max_clients_per_ip=1, connection_limit_exceptions="::ffff:198.51.100.0/126")
+    probes = [TestClient(server, (address, 1)) for address in ("198.51.100.1", "::ffff:198.51.100.1") * 2]
+    assert [p.greeting.code for p in probes] == [220] * 4
+    assert [TestClient(server, peer(5)).greeting.code for _ in range(2)] == [220, 421]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300/8", "health-checker", "10.0.0.0/33", ["127.0.0.1", "::1/129"]])
+def test_connection_limit_exceptions_bad_network(value):
+    """A bad network is a ValueError naming the option and the value at construction."""
+    with pytest.raises(ValueError, match=r"^connection_limit_exceptions: .*(300|health|33|129)"):
+        make_server(connection_limit_exceptions=value)
 
 
 def test_flood_tables_stay_bounded():
@@ -471,6 +545,42 @@ def test_per_ip_limit_counts_the_proxy_header_client():
     assert via_proxy("203.0.113.1", 1001).startswith(b"220 ")
     assert via_proxy("203.0.113.1", 1002).startswith(b"421 4.7.0 ")  # same client behind the proxy
     assert via_proxy("203.0.113.2", 1003).startswith(b"220 ")  # another client through the same proxy
+
+
+def test_connection_limit_exceptions_behind_the_proxy_header():
+    """
+    Behind PROXY the exemption is looked up for the client the header names:
+    exempting the proxy exempts none of its clients, only its own connections
+    (v2 LOCAL: a balancer's health check); exempting a client exempts it.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from txsmtpsrv import ProxyWrappingFactory
+
+    local = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"  # v2, LOCAL, UNSPEC, no addresses
+
+    def via_proxy(factory: Any, header: bytes, port: int) -> bytes:
+        peer = IPv4Address("TCP", "10.0.0.1", port)
+        wrapper = factory.buildProtocol(peer)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.2", 25), peerAddress=peer)
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(header)
+        return transport.value()[:4]
+
+    def proxied(source: str, port: int) -> bytes:
+        return f"PROXY TCP4 {source} 192.0.2.25 {port} 25\r\n".encode()
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="10.0.0.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.2", 1000 + i), 1000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 2000 + i) for i in range(3)] == [b"220 "] * 3
+
+    server, clock = make_server(max_clients_per_ip=1, connection_limit_exceptions="203.0.113.1")
+    factory = ProxyWrappingFactory(server, trusted=["10.0.0.0/8"], reactor=clock)
+    assert [via_proxy(factory, proxied("203.0.113.1", 1000 + i), 1000 + i) for i in range(3)] == [b"220 "] * 3
+    assert [via_proxy(factory, proxied("203.0.113.2", 2000 + i), 2000 + i) for i in range(2)] == [b"220 ", b"421 "]
+    assert [via_proxy(factory, local, 3000 + i) for i in range(2)] == [b"220 ", b"421 "]  # the proxy is not exempt
 
 
 @settings(max_examples=40, deadline=None)

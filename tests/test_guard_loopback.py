@@ -20,6 +20,8 @@ from twisted.trial import unittest
 
 from txsmtpsrv import SMTPError, SMTPServer
 
+from tests._certs import unverified_client_context
+
 PASSWORD = "tiger"
 
 
@@ -145,9 +147,7 @@ class GuardLoopback(unittest.TestCase):
                 return data + b"|" + s.recv(100)
 
         def tls() -> str:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+            context = unverified_client_context()
             with raw(self.port, "127.0.0.3") as s:
                 read_reply(s)  # the greeting, then a TLS client starts its handshake anyway
                 try:

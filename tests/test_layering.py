@@ -24,7 +24,7 @@ MAX_LINES = 600
 #: The sans-IO layer: parsers, the dialogue state machine and what they use.
 PURE = {
     "_addrlimits", "_authlimit", "_guard", "_cmd_guard", "_junk", "_sniff", "_passwd",
-    "_authgate", "_commands", "_core", "_dispatch", "_cmd_mail", "_cmd_session", "_context", "_dialogue", "_dotcodec",
+    "_actions", "_authgate", "_commands", "_core", "_dispatch", "_cmd_mail", "_cmd_session", "_context", "_dialogue", "_dotcodec",
     "_errors", "_ipaddr", "_outcome", "_phases", "_proxyheader", "_reader", "_sasl", "_session", "_xclient",
 }
 

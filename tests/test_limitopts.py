@@ -16,6 +16,8 @@ from txsmtpsrv._limitopts import LIMIT_FLAGS, beyond_loopback
 from txsmtpsrv._cli import Options, server_kwargs, worker_arguments
 from txsmtpsrv._tap import SMTPService, makeService
 
+from tests.test_twistd import CLEAN_EXITS, twistd  # noqa: F401  (the fixture)
+
 
 def parse(*argv: str) -> Options:
     options = Options()
@@ -109,6 +111,114 @@ def test_workers_get_the_computed_values(tmp_path):
     assert server_kwargs(worker)["greeting_delay"] == 0.1 and server_kwargs(worker)["max_clients_per_ip"] == 5
 
 
+def test_connection_limit_exceptions_flag(tmp_path):
+    """--connection-limit-exceptions: CIDRs to the server (none by default) and to the workers."""
+    assert "connection_limit_exceptions" not in server_kwargs(parse("--maildir", str(tmp_path)))
+    options = parse("--maildir", str(tmp_path), "-l", "tcp:25", "--workers", "2",
+                    "--connection-limit-exceptions", "127.0.0.1/32, 10.1.2.0/24,2001:db8::/64")
+    kwargs = server_kwargs(options)
+    assert kwargs["connection_limit_exceptions"] == ("127.0.0.1/32", "10.1.2.0/24", "2001:db8::/64")
+    assert [str(n) for n in ServerOptions(**kwargs).connection_limit_exceptions] == \
+        ["127.0.0.1/32", "10.1.2.0/24", "2001:db8::/64"]
+    args = worker_arguments(options)
+    assert "--connection-limit-exceptions=127.0.0.1/32,10.1.2.0/24,2001:db8::/64" in args
+    worker = Options()
+    worker.parseOptions(["--worker", "--adopt=3:INET"] + args)
+    assert server_kwargs(worker)["connection_limit_exceptions"] == kwargs["connection_limit_exceptions"]
+
+
+EXAMPLE = " (e.g. 10.0.0.0/8 or 2001:db8::/32)"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("10.0.0.300/8", "'10.0.0.300/8' is not a network" + EXAMPLE),
+    ("127.0.0.1,health-check", "'health-check' is not a network" + EXAMPLE),
+    ("10.0.0.0/33", "'10.0.0.0/33' is not a network" + EXAMPLE),
+    (" , ", "' , ' names no network"),
+    ("10.1.2.3/16", "'10.1.2.3/16' has host bits set: write 10.1.0.0/16 for the network, "
+                    "or 10.1.2.3/32 for the one address"),
+])
+def test_connection_limit_exceptions_bad_network(tmp_path, value, message):
+    """A bad CIDR is one usage error naming the flag and the network."""
+    with pytest.raises(usage.UsageError) as e:
+        parse("--maildir", str(tmp_path), "--connection-limit-exceptions", value)
+    assert str(e.value) == f"--connection-limit-exceptions: {message}"
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+@pytest.mark.parametrize("value, error", [
+    # Host bits beyond the prefix silently widened the list (10.1.2.3/8 to all of 10.0.0.0/8).
+    ("10.1.2.3/8", "'10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the network, or 10.1.2.3/32"),
+    (["2001:db8::1/32"], "'2001:db8::1/32' has host bits set: write 2001:db8::/32 for the network, "
+                         "or 2001:db8::1/128"),
+    # Bytes were read as a sequence of numbers: 0.0.0.49/32, 0.0.0.48/32 ...
+    (b"10.0.0.0/8", "networks must be text, not bytes"),
+    ([49], "'49' is not a network"),
+    (5, "not networks: 5"),
+])
+def test_bad_networks_are_refused(field, value, error):
+    """The network lists of ServerOptions refuse what would silently trust or exempt other addresses."""
+    with pytest.raises(ValueError) as e:
+        ServerOptions(**{field: value})
+    assert str(e.value).startswith(f"{field}: {error}")
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+def test_a_network_object_is_one_network(field):
+    """
+    One ipaddress network (not in a list) is that network: it used to be
+    iterated into one /32 per address (16 million for a /8, hanging start-up).
+    """
+    import ipaddress
+
+    assert getattr(ServerOptions(**{field: ipaddress.ip_network("10.0.0.0/24")}), field) == \
+        (ipaddress.ip_network("10.0.0.0/24"),)
+    mixed = ServerOptions(**{field: ["192.0.2.1", ipaddress.ip_network("2001:db8::/32"), " 10.0.0.0/8 "]})
+    assert [str(n) for n in getattr(mixed, field)] == ["192.0.2.1/32", "2001:db8::/32", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize("field", ["connection_limit_exceptions", "xclient_trusted", "ignored_hosts"])
+def test_ipv4_mapped_networks_are_ipv4(field):
+    """
+    ::ffff:192.0.2.0/120 is 192.0.2.0/24: client addresses are unmapped
+    before they are looked up, so the mapped spelling never matched anyone.
+    """
+    import ipaddress
+
+    value = ServerOptions(**{field: ["::ffff:192.0.2.0/120", ipaddress.ip_network("::ffff:10.0.0.1/128"), "::/0"]})
+    assert [str(n) for n in getattr(value, field)] == ["192.0.2.0/24", "10.0.0.1/32", "::/0"]
+
+
+def test_twistd_exempts_the_named_probe(twistd, tmp_path):  # noqa: F811  (the fixture)
+    """
+    The real daemon, daemon defaults plus --max-connect-rate 3: a probe from
+    127.0.0.2 (exempt) connects 6 times, all greeted; 127.0.0.3 gets 421 on
+    its 4th connection.
+    """
+    import smtplib
+    import socket
+
+    server = twistd("--maildir", str(tmp_path / "Maildir"), "--max-connect-rate", "3",
+                    "--connection-limit-exceptions", "127.0.0.2/32")
+
+    def greeting(source: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0)) as s:
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = s.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+            s.sendall(b"QUIT\r\n")
+            return data[:3]
+
+    assert [greeting("127.0.0.2") for _ in range(6)] == [b"220"] * 6
+    assert [greeting("127.0.0.3") for _ in range(4)] == [b"220"] * 3 + [b"421"]
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10, source_address=("127.0.0.2", 0)) as c:
+        assert c.noop()[0] == 250
+    assert server.terminate() in CLEAN_EXITS
+
+
 # -- --auth file: ----------------------------------------------------------------------------------
 
 
@@ -198,6 +308,7 @@ def test_per_address_refusals_logged_once_a_minute():
     {"greeting_delay": 60}, {"greeting_delay": 5, "socket_timeout": 5},
     {"max_auth_failures_per_ip": -1}, {"max_auth_failures_per_user": 0.5},
     {"auth_failure_window": 0}, {"auth_failure_delay": -1}, {"auth_failure_max_delay": 7200},
+    {"connection_limit_exceptions": "10.0.0.300/8"}, {"connection_limit_exceptions": ["::1/129"]},
 ])
 def test_invalid_limit_options(kwargs):
     with pytest.raises(ValueError):
@@ -210,3 +321,4 @@ def test_library_defaults():
         == (0, 0, 64, 0.0, 100)
     assert (o.max_auth_failures_per_ip, o.max_auth_failures_per_user, o.auth_failure_window,
             o.auth_failure_delay, o.auth_failure_max_delay) == (0, 0, 300.0, 0.0, 30.0)
+    assert o.connection_limit_exceptions == ()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 import re
 import subprocess
 import urllib.request
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from txsmtpsrv import ServerMetrics
 from txsmtpsrv.testing import TestClient, make_server
 
+from tests._certs import unverified_client_context
 from tests._support import tool_path
 from tests.test_oplog import Policy, plain
 from tests.test_twistd import CLEAN_EXITS, TIMEOUT, Twistd, workers_with_policy
@@ -133,9 +133,7 @@ def test_twistd_metrics_over_http(tmp_path):
         listener = f"127.0.0.1:{server.port}"
         key = ("txsmtpsrv_messages_total", (("outcome", "accepted"),))
         assert samples(before).get(key, 0.0) == 0
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the development certificate
+        context = unverified_client_context()  # the development certificate
         for i in range(3):
             with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
                 if i == 0:

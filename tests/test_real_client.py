@@ -593,6 +593,45 @@ def test_xforward_cleared_by_rset():
     assert client.protocol.session.xforward == {}
 
 
+def test_xforward_restored_by_ehlo_and_undone_before_xclient():
+    """
+    EHLO ends the transaction XFORWARD described (the proxy's identity is
+    back, on a session that already keeps other per-connection extras); an
+    XCLIENT after XFORWARD sets its own client, not one restored over it.
+    """
+    client = xforward_client(use_xclient=True)
+    s = client.protocol.session
+    s.user = "proxy-user"  # the session's extras exist before XFORWARD
+    assert client.command("XFORWARD ADDR=203.0.113.9 NAME=orig.example.test").code == 250
+    assert (s.remote_address, s.client_hostname) == ("203.0.113.9", "orig.example.test")
+    ehlo_lines(client)
+    assert (s.remote_address, s.client_hostname, s.xforward) == ("192.0.2.10", "[192.0.2.10]", {})
+    assert s.user == "proxy-user"
+    assert client.command("XFORWARD ADDR=203.0.113.9").code == 250
+    assert client.command("XCLIENT ADDR=198.51.100.20 NAME=real.example.test").code == 220
+    assert (s.remote_address, s.client_hostname, s.xforward) == ("198.51.100.20", "real.example.test", {})
+    ehlo_lines(client)
+    assert client.command("RSET").code == 250
+    assert (s.remote_address, s.client_hostname) == ("198.51.100.20", "real.example.test")
+
+
+def test_session_xforward_begin_and_end():
+    """Session's XFORWARD API: the first begin saves the identity, end restores it once; end alone is a no-op."""
+    from txsmtpsrv._session import Session
+
+    s = Session("id", "192.0.2.1", 25, "192.0.2.10", 40000)
+    s._end_xforward()
+    assert s._extra is None  # nothing made for a session that never forwarded
+    s._begin_xforward("203.0.113.9", "[203.0.113.9]", {"ADDR": "203.0.113.9"})
+    s._begin_xforward("203.0.113.9", "orig.example.test", {"NAME": "orig.example.test"})
+    assert s.xforward == {"ADDR": "203.0.113.9", "NAME": "orig.example.test"}
+    s._end_xforward()
+    assert (s.remote_address, s.client_hostname, s.xforward) == ("192.0.2.10", "[192.0.2.10]", {})
+    s.remote_address = "192.0.2.11"
+    s._end_xforward()
+    assert s.remote_address == "192.0.2.11"  # restored once, not again
+
+
 @pytest.mark.parametrize("args", ["LOGIN=alice", "ADDR=not-an-ip", "SOURCE=elsewhere", "PORT=65536", ""])
 def test_xforward_bad_attribute(args):
     """A bad XFORWARD attribute or value gets 501 5.5.4 and records nothing."""

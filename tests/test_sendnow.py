@@ -15,7 +15,6 @@ import os
 import shutil
 import smtplib
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -37,6 +36,8 @@ from zope.interface import directlyProvides
 from txsmtpsrv import SMTPServer, _protocol
 from txsmtpsrv._proxy import ProxyProtocolWrapper, ProxyWrappingFactory
 from txsmtpsrv._sendnow import ReplyWriter, eligible
+
+from tests._certs import unverified_client_context
 
 # -- the writer's logic, with fakes -------------------------------------------------
 
@@ -206,13 +207,6 @@ class Spy:
         self.cls = SpyWriter
 
 
-def unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class Recorder:
     def __init__(self) -> None:
         self.messages: List[Tuple[str, bytes, bool, str]] = []
@@ -271,7 +265,7 @@ class LoopbackTests(unittest.TestCase):
                 s.ehlo("client.test")
                 for i in range(5):
                     s.sendmail(f"plain{i}@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\nplain\r\n")
-                s.starttls(context=unverified())
+                s.starttls(context=unverified_client_context())
                 s.ehlo("client.test")
                 for i in range(3):
                     s.sendmail(f"tls{i}@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\ntls\r\n")

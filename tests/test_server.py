@@ -120,6 +120,38 @@ def test_observer_events_listed():
                                     "reply", "auth", "tls", "hook", "refused"}
 
 
+def test_observer_removing_itself_during_its_event_does_not_skip_the_next():
+    """
+    Every observer registered when an event starts hears it, even if one of them
+    removes itself (or adds another) meanwhile: the event goes to a snapshot.
+    """
+    server, _ = make_server()
+    seen: List[str] = []
+
+    def once(session: Any, verb: str, arg: str) -> None:
+        seen.append("once " + verb)
+        remove_once()
+        server.observe("command", lambda *a: seen.append("late"))
+
+    remove_once = server.observe("command", once)
+    server.observe("command", lambda session, verb, arg: seen.append("always " + verb))
+    client = TestClient(server)
+    client.command("NOOP")
+    assert seen == ["once NOOP", "always NOOP"]  # the live list skipped "always"; "late" waits
+    client.command("RSET")
+    assert seen[2:] == ["always RSET", "late"]
+
+
+def test_removing_an_observer_twice_is_an_error():
+    """The remover keeps list.remove's contract: a second call raises ValueError."""
+    server, _ = make_server()
+    remove = server.observe("connect", print)
+    remove()
+    with pytest.raises(ValueError):
+        remove()
+    assert print not in server._observers["connect"]
+
+
 # -- close() ---------------------------------------------------------------------------
 
 

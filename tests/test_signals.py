@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Set
 
-from tests._certs import make_ca, write_pem
+from tests._certs import make_ca, unverified_client_context, write_pem
 from tests.test_twistd import CLEAN_EXITS, TIMEOUT, Twistd, workers_with_policy
 
 
@@ -30,13 +30,6 @@ def fingerprint(port: int, context: ssl.SSLContext) -> str:
         client.starttls(context=context)
         der = client.sock.getpeercert(binary_form=True)
         return hashlib.sha256(der).hexdigest()
-
-
-def insecure() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def reload_lines(log: str) -> Set[str]:
@@ -53,7 +46,7 @@ def test_sighup_reaches_every_worker(tmp_path):
     try:
         worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
         server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
-        context = insecure()
+        context = unverified_client_context()
         assert {fingerprint(server.port, context) for _ in range(6)} == {hashlib.sha256(
             ssl.PEM_cert_to_DER_cert(old.cert_pem.decode())).hexdigest()}
         write_pem(str(tmp_path), "key.pem", new.key_pem)
@@ -117,7 +110,7 @@ def test_failed_reload_is_one_error_line(tmp_path):
         line = server.wait_for(r"^.*TLS reload failed.*$").group(0)
         assert "#error]" in line and "previous certificates stay in use" in line
         expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.cert_pem.decode())).hexdigest()
-        assert fingerprint(server.port, insecure()) == expected
+        assert fingerprint(server.port, unverified_client_context()) == expected
         assert server.terminate() in CLEAN_EXITS
         assert "Traceback" not in server.log()
     finally:
@@ -133,7 +126,7 @@ def test_workers_share_one_development_certificate(tmp_path):
         directory = Path(re.search(r"development certificate for all processes in (\S+) ", server.log()).group(1))
         assert oct(directory.stat().st_mode & 0o777) == "0o700"
         assert oct((directory / "key.pem").stat().st_mode & 0o777) == "0o600"
-        context = insecure()
+        context = unverified_client_context()
         prints = {fingerprint(server.port, context) for _ in range(20)}
         assert set(int(p) for p in pids_file.read_text().split()) == {server.proc.pid, worker}
         assert len(prints) == 1

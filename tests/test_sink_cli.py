@@ -24,12 +24,18 @@ from txsmtpsrv._sink import DEFAULT_LISTEN, SinkOptions
 MESSAGE = b"From: me@example.test\r\nSubject: sink test\r\n\r\nthe body text\r\n"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Sink:
     """A running C{python -m txsmtpsrv}; C{port} once it said where it listens."""
 
     def __init__(self, *args: str) -> None:
+        # SIGINT as a terminal gives it: a suite started in the background (`cmd &`) runs with
+        # SIGINT ignored, which a child inherits, and Twisted then leaves Ctrl-C alone, as it should.
         self.proc = subprocess.Popen([sys.executable, "-m", "txsmtpsrv", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
         self.err: List[str] = []
         self.out: List[str] = []
         self._readers = [threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),

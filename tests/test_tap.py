@@ -50,6 +50,12 @@ from txsmtpsrv.testing import FakeResolver, TestClient
 from tests._certs import make_ca, write_pem
 
 
+@pytest.fixture(autouse=True)
+def _scratch_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --maildir, parsing makes ./Maildir: in the test's directory, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def parse(*argv: str) -> Options:
     """Parse a C{twistd smtpsrv} command line."""
     options = Options()

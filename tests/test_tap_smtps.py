@@ -7,11 +7,11 @@ certificates (here the development certificate), delivering to the Maildir.
 from __future__ import annotations
 
 import smtplib
-import ssl
 
 import pytest
 from twisted.python import usage
 
+from tests._certs import unverified_client_context
 from tests.test_twistd import CLEAN_EXITS, Twistd, maildir_messages
 from txsmtpsrv._tap import Options
 
@@ -20,9 +20,7 @@ def test_smtps_listener_delivers_over_implicit_tls(tmp_path):
     """A client speaking TLS from the first byte (SMTPS) delivers into the Maildir."""
     server = Twistd(tmp_path, ["-l", "smtps:tcp:0:interface=127.0.0.1", "--no-reverse-lookup"])
     try:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the development certificate
+        context = unverified_client_context()  # the development certificate
         with smtplib.SMTP_SSL("127.0.0.1", server.port, context=context, timeout=10) as client:
             code, features = client.ehlo("client.test")
             assert code == 250 and b"STARTTLS" not in features
@@ -80,9 +78,7 @@ def test_sighup_reloads_certificates(tmp_path):
     try:
         os.kill(server.proc.pid, signal.SIGHUP)
         server.wait_for(r"TLS configuration reloaded")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = unverified_client_context()
         with smtplib.SMTP_SSL("127.0.0.1", server.port, context=context, timeout=10) as client:
             assert client.noop()[0] == 250
         assert server.terminate() in CLEAN_EXITS

@@ -7,7 +7,6 @@ delivered and the connection really ends (it must not wait for a producer).
 from __future__ import annotations
 
 import socket
-import ssl
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -15,12 +14,12 @@ from twisted.trial import unittest
 
 from txsmtpsrv import SMTPError, SMTPServer
 
+from tests._certs import unverified_client_context
+
 
 def read_until_eof(port: int) -> bytes:
     """Implicit-TLS client: everything the server sends until it closes (10 s at most)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_client_context()
     data = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw) as tls:

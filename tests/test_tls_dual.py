@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.trial import unittest
 
-from tests._certs import self_signed
+from tests._certs import self_signed, unverified_client_context
 from tests._support import tool_path
 from tests.test_tls import Recorder, _TLSTestCase, material
 from txsmtpsrv._tls import TLSConfig, TLSConfigError, TLSContextHolder
@@ -87,9 +87,7 @@ class SideBySideTests(_TLSTestCase):
         _, port = await self.start(Recorder(), tls=dual_config())
 
         def names(ciphers: str | None) -> str:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+            ctx = unverified_client_context()
             if ciphers:
                 ctx.maximum_version = ssl.TLSVersion.TLSv1_2
                 ctx.set_ciphers(ciphers)

@@ -29,6 +29,7 @@ from OpenSSL import SSL
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
+from tests._certs import unverified_client_context
 from tests._support import tool_path
 from tests.test_tls import Recorder, _TLSTestCase, mx_config
 from tests.test_twistd import CLEAN_EXITS, TIMEOUT, twistd  # noqa: F401  (the fixture)
@@ -39,11 +40,7 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 
 
 def client_context(version: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ctx.maximum_version = version
-    return ctx
+    return unverified_client_context(version=version)
 
 
 def handshake(holder: Any, client: ssl.SSLContext, session: Optional[ssl.SSLSession] = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 
 from txsmtpsrv._workers import SharedPort, split_wrappers
 
+from tests._certs import unverified_client_context
 from tests.test_twistd import CLEAN_EXITS, POLICY, TIMEOUT, Twistd, read_reply
 
 POLICY_WITH_PEER = POLICY + '''
@@ -107,9 +107,7 @@ def test_workers_serve_unix_proxy_and_smtps(tmp_path):
         assert sorted(addr for _, addr in lines) == sorted(f"192.0.2.{i + 1}" for i in range(16))
 
         pids.write_text("")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = unverified_client_context()
         for _ in range(16):
             with smtplib.SMTP_SSL("127.0.0.1", smtps_port, context=context, timeout=TIMEOUT) as client:
                 assert client.noop()[0] == 250

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from typing import Dict, Generic, Optional, Tuple, TypeVar
+from typing import Dict, Generic, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._ipaddr import parse_ip
 
@@ -127,16 +127,22 @@ class ConnectionLimiter:
 
     @param max_per_address: concurrent connections per key (0: no limit).
     @param max_rate: new connections per key per window (0: no limit).
+    @param exceptions: networks whose clients neither limit applies to nor
+        are counted by (an operator's monitoring probe, a load balancer's
+        health checks): their L{admission_key} is C{None}, as for a UNIX
+        socket. (Per-address AUTH failure limits still use their L{key}.)
     """
 
-    __slots__ = ("max_per_address", "max_rate", "window", "ipv6_prefix", "_open", "_rate")
+    __slots__ = ("max_per_address", "max_rate", "window", "ipv6_prefix", "exceptions", "_open", "_rate")
 
     def __init__(self, max_per_address: int = 0, max_rate: int = 0, *, ipv6_prefix: int = 64,
-                 window: float = 60.0, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+                 window: float = 60.0, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 exceptions: Sequence[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]] = ()) -> None:
         self.max_per_address = max_per_address
         self.max_rate = max_rate
         self.window = window
         self.ipv6_prefix = ipv6_prefix
+        self.exceptions = tuple(exceptions)
         self._open: Dict[str, int] = {}
         self._rate: ExpiringTable[list[float]] = ExpiringTable(max_entries)
 
@@ -146,7 +152,18 @@ class ConnectionLimiter:
         return bool(self.max_per_address or self.max_rate)
 
     def key(self, address: Optional[str]) -> Optional[str]:
-        """The key C{address} counts under."""
+        """The key C{address} counts under (also for the AUTH failure limits)."""
+        return address_key(address, self.ipv6_prefix)
+
+    def admission_key(self, address: Optional[str]) -> Optional[str]:
+        """
+        The key a connection from C{address} is limited and counted under
+        (L{admit}): its L{key}, or C{None} (neither) in L{exceptions}.
+        """
+        if self.exceptions and address:
+            addr = parse_ip(address)
+            if addr is not None and any(addr in net for net in self.exceptions):
+                return None
         return address_key(address, self.ipv6_prefix)
 
     def admit(self, key: Optional[str], now: float) -> Optional[str]:

@@ -26,9 +26,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import _limitopts
-from ._optcheck import (absolute, check_endpoint, check_listen, check_maildir, check_mbox, check_tls_files,
-                        check_writable_file, checked, choice, cidrs, coerce_option, integer, seconds,
-                        server_options_error, text)
+from ._optcheck import (absolute, check_common, check_endpoint, check_listen, check_server_kwargs,
+                        check_writable_file, checked, choice, cidrs, coerce_option, integer, seconds, text)
 from ._adopted import FAMILIES
 from ._authres import _tap as _authres
 from ._options import ServerOptions
@@ -78,8 +77,6 @@ LIMITS: Tuple[Tuple[str, Callable[[str], Any], str], ...] = (
 # Issue 12's abuse limits (their daemon defaults: _limitopts.apply_defaults).
 LIMITS += tuple((field, coerce, doc) for _, field, coerce, _, doc in _limitopts.LIMIT_FLAGS)
 _LIMIT_NAMES = {field.replace("_", "-"): (field, coerce) for field, coerce, _ in LIMITS}
-#: Options whose ServerOptions errors are reported under the option's name.
-_SERVER_OPTION_NAMES = frozenset(_LIMIT_NAMES) | {"name", "banner"}
 
 #: Flags passed through to ServerOptions as True when given.
 FLAGS = (
@@ -248,27 +245,10 @@ class Options(usage.Options, AuthOptionMixin):
         self["auth"].append(description)
 
     def postOptions(self) -> None:
-        if self["maildir"] and self["mbox"]:
-            raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
-        if not self["mbox"]:
-            self["maildir"] = absolute(self["maildir"] or "Maildir")
-            if not self["worker"]:
-                check_maildir(self["maildir"])
-        else:
-            self["mbox"] = absolute(self["mbox"])
-            check_mbox(self["mbox"])
-        for key in ("tls-key", "tls-cert", "tls-key2", "tls-cert2"):
-            if self[key]:
-                self[key] = absolute(self[key])
-        if (self["tls-key2"] or self["tls-cert2"]) and not (self["tls-key"] or self["tls-cert"]):
-            raise usage.UsageError("--tls-key2/--tls-cert2 need --tls-key/--tls-cert")
-        if self["tls-key"] or self["tls-cert"]:
-            check_tls_files(self["tls-key"], self["tls-cert"], self["tls-key2"], self["tls-cert2"])
+        check_common(self, DEFAULT_LISTEN, "Maildir", create_maildir=not self["worker"])
         if self["tls-ticket-secret"]:
             self["tls-ticket-secret"] = absolute(self["tls-ticket-secret"])
             _check_ticket_secret(self["tls-ticket-secret"], self["tls-ticket-lifetime"])
-        if not self["listen"] and not self["adopt"]:
-            self["listen"] = [DEFAULT_LISTEN]
         if self["metrics"]:
             check_endpoint("--metrics", self["metrics"])
             # find_spec, not import: --workers must set PROMETHEUS_MULTIPROC_DIR before the import.
@@ -292,10 +272,7 @@ class Options(usage.Options, AuthOptionMixin):
             self["max-clients"] = 1000  # a daemon's default; the library's is no limit
         _limitopts.apply_defaults(self, self["listen"], bool(self["adopt"]))
         self.serverKwargs = server_kwargs(self)
-        try:
-            ServerOptions.build(**self.serverKwargs)
-        except (TypeError, ValueError) as e:
-            raise usage.UsageError(server_options_error(str(e), _SERVER_OPTION_NAMES)) from None
+        check_server_kwargs(self, self.serverKwargs)
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
         _authres.post_options(self)

@@ -13,13 +13,14 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from ._addrlimits import OVER_RATE
 from ._core import CoreBase
 from ._guard import Guard
 from ._junk import JunkCounter
 from ._phases import Phase
+from ._session import Session
 from ._sniff import HTTP_METHODS, is_http_request_line, looks_like_tls
 
 __all__ = ["GuardCommands", "SLEEP"]
@@ -36,12 +37,16 @@ class GuardCommands(CoreBase):
     __slots__ = ("_guard", "_client_key", "_sniff", "_pregreet", "_delaying", "_greet_waiting", "_screening",
                  "_junk_counter")
 
-    def __init__(self, *args: Any, guard: Optional[Guard] = None, **kwargs: Any) -> None:
+    def __init__(self, options: Any, session: Session, hooks: FrozenSet[str],
+                 observers: Mapping[str, List[Any]], reply_cache: Dict[Any, bytes],
+                 clock: Callable[[], float], *, tls_available: bool = False, tls_active: bool = False,
+                 notify: Optional[Callable[..., None]] = None, guard: Optional[Guard] = None) -> None:
         """
         @param guard: the server's L{Guard} (per-address limits shared by
             its connections); by default one of this dialogue's own.
         """
-        super().__init__(*args, **kwargs)
+        super().__init__(options, session, hooks, observers, reply_cache, clock, tls_available=tls_available,
+                         tls_active=tls_active, notify=notify)
         self._guard = guard if guard is not None else Guard(self.options)
         self._client_key: Optional[str] = None  # counted under this address key while connected
         self._sniff: Optional[bytes] = None  # the first bytes, until they tell whether TLS comes
@@ -59,7 +64,7 @@ class GuardCommands(CoreBase):
         limiter = guard.connections
         if not limiter.enabled:
             return True
-        key = limiter.key(self.session.remote_address)
+        key = limiter.admission_key(self.session.remote_address)  # None: connection_limit_exceptions
         now = self._clock()
         why = limiter.admit(key, now)
         if why is None:

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
                         parse_orcpt)
-from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT, CoreBase
+from ._cmd_session import SessionCommands
+from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
@@ -37,7 +38,7 @@ __all__ = ["MailCommands"]
 _IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS, _VERDICT})
 
 
-class MailCommands(CoreBase):
+class MailCommands(SessionCommands):
     """The commands of one mail transaction, and its body."""
 
     __slots__ = ()
@@ -64,12 +65,8 @@ class MailCommands(CoreBase):
         env = s.envelope
         if env.mail_from is not None or env._rcpt:  # (_rcpt: asking rcpt_to would make the list)
             s.envelope = Envelope()
-        extra = s._extra  # Session._extra: [xclient, xforward, tls, proxy, user, the client before XFORWARD]
-        if extra is not None and extra[1]:  # XFORWARD describes one transaction (no dict made to ask)
-            extra[1] = None
-            if extra[5] is not None:  # the proxy's own identity, from before XFORWARD
-                s.remote_address, s.client_hostname = extra[5]
-                extra[5] = None
+        if s._extra is not None:  # XFORWARD describes one transaction (no call without extras: the hot path)
+            s._end_xforward()
         if self.phase in _IN_TRANSACTION:
             self.phase = _COMMAND
 

@@ -483,11 +483,7 @@ class SessionCommands(GuardCommands):
         attrs = self._x_attributes("XFORWARD", self.options.use_xforward, parse_xforward, arg)
         if attrs is not None:
             s = self.session
-            extra = s._extras()  # [5]: the proxy's own identity, back after the transaction
-            if extra[5] is None:
-                extra[5] = (s.remote_address, s.client_hostname)
-            s.remote_address, s.client_hostname = forwarded_client(attrs, s.remote_address, s.client_hostname)
-            s.xforward = {**s.xforward, **self._as_text(attrs)}
+            s._begin_xforward(*forwarded_client(attrs, s.remote_address, s.client_hostname), self._as_text(attrs))
             self._log("info", "XFORWARD: client is {remote_address}", remote_address=s.remote_address)
             self._reply(250, "2.0.0", "OK")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from ._actions import ActionQueue
 from ._errors import format_reply
 from ._outcome import LOCAL_ERROR, Outcome, hook_outcome
 from ._phases import Phase, refusal
@@ -77,19 +78,6 @@ Done = Callable[[Any, Optional[BaseException], bool], None]
 def _seconds_per_byte(min_data_rate: float) -> float:
     """C{1 / min_data_rate}, 0 for no rate: one float per server, not one per connection."""
     return 1.0 / min_data_rate if min_data_rate else 0.0
-
-
-class ActionQueue(List[Tuple[Any, ...]]):
-    """
-    The actions not yet performed, oldest first: a list (56 bytes empty,
-    where a C{deque} takes 760 in every idle connection) with C{deque}'s
-    C{popleft}. It rarely holds more than a few actions.
-    """
-
-    __slots__ = ()
-
-    def popleft(self) -> Tuple[Any, ...]:
-        return self.pop(0)
 
 
 class CoreBase:
@@ -174,7 +162,7 @@ class CoreBase:
         # (value, error, timed_out, the driver's record of the error for logs)
         self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool, Any]] = None
         self._asking: Optional[int] = None
-        # (remote_address, client_hostname) before an XFORWARD replaced them: kept by the session (its _extra[5]).
+        # (remote_address, client_hostname) before an XFORWARD replaced them: kept by the session (_begin_xforward).
         # The verb the next replies answer, for the "reply" observers
         # (CONNECT for the greeting, UNKNOWN for what is not a command).
         self._verb = "CONNECT"

@@ -4,7 +4,9 @@ The SMTP/LMTP dialogue as a sans-IO state machine.
 
 L{Dialogue} = the machinery of L{_core} + the reading loop of
 L{_dispatch} + the session commands of L{_cmd_session} + the mail
-transaction of L{_cmd_mail}. Feed it bytes, hook
+transaction of L{_cmd_mail}: one chain of single inheritance (CoreBase <-
+GuardCommands <- SessionCommands <- MailCommands <- CommandDispatch), the
+same method order as mixins, and what mypyc can compile (see setup.py). Feed it bytes, hook
 answers, TLS-up, timer ticks and shutdown; perform its C{actions} and write
 its C{out}. It never does I/O and imports nothing from Twisted, so it can be
 tested (and fuzzed) with plain bytes: see C{tests/test_dialogue.py}.
@@ -17,8 +19,6 @@ from __future__ import annotations
 from typing import Callable, Dict, FrozenSet, Tuple
 
 from ._cmd_guard import SLEEP
-from ._cmd_mail import MailCommands
-from ._cmd_session import SessionCommands
 from ._core import ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY, START_TLS
 from ._dispatch import CommandDispatch
 from ._phases import COMMAND_PHASES, COMMANDS, Phase
@@ -27,7 +27,7 @@ __all__ = ["Dialogue", "Phase", "ASK", "CANCEL", "BODY_START", "BODY", "BODY_END
            "CLOSE", "ABORT", "NOTIFY", "LOG", "SLEEP"]
 
 
-class Dialogue(CommandDispatch, MailCommands, SessionCommands):
+class Dialogue(CommandDispatch):
     """One connection's dialogue; see the module docstring of L{_core} for its inputs and actions."""
 
     __slots__ = ()

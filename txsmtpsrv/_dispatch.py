@@ -14,10 +14,10 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, FrozenSet, Tuple
+from typing import ClassVar, Callable, Dict, FrozenSet, Tuple
 
 from ._authgate import CLOSE as GATE_CLOSE, REFUSE as GATE_REFUSE, unauthenticated_command
-from ._core import CoreBase
+from ._cmd_mail import MailCommands
 from ._outcome import LOCAL_ERROR
 from ._phases import Phase
 from ._reader import TOO_LONG
@@ -31,13 +31,13 @@ _BDAT_CHUNK = Phase.BDAT_CHUNK
 __all__ = ["CommandDispatch"]
 
 
-class CommandDispatch(CoreBase):
+class CommandDispatch(MailCommands):
     """Reads what the client sent and hands each command to its handler."""
 
     __slots__ = ()
 
     #: Command verb (upper-case bytes) -> (name, handler, phases it runs in); built by L{_dialogue}.
-    _handlers: Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]] = {}
+    _handlers: ClassVar[Dict[bytes, Tuple[str, Callable[..., None], FrozenSet[Phase]]]] = {}
 
     def _process(self) -> None:
         """Handle buffered input until it runs out or something holds us."""
@@ -90,7 +90,7 @@ class CommandDispatch(CoreBase):
         entry = self._handlers.get(verb)
         if entry is None:
             self._verb = "UNKNOWN"
-            if not self._other_protocol(verb, line):  # type: ignore[attr-defined]
+            if not self._other_protocol(verb, line):
                 self._unrecognized_command(verb)
             return
         name, handler, phases = entry

@@ -32,7 +32,8 @@ class Guard:
     def __init__(self, options: Any) -> None:
         self.ipv6_prefix = options.ipv6_prefix
         self.connections = ConnectionLimiter(options.max_clients_per_ip, options.max_connect_rate,
-                                             ipv6_prefix=options.ipv6_prefix)
+                                             ipv6_prefix=options.ipv6_prefix,
+                                             exceptions=options.connection_limit_exceptions)
         self.auth = AuthFailures(options.max_auth_failures_per_ip, options.max_auth_failures_per_user,
                                  options.auth_failure_window, options.auth_failure_delay,
                                  options.auth_failure_max_delay)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import Optional, Union
+from typing import Any, Optional, Tuple, Union
 
-__all__ = ["IPAddress", "address_literal", "canonical_ip", "client_hostname", "parse_ip", "plain_ipv4", "unmapped"]
+__all__ = ["IPAddress", "IPNetwork", "address_literal", "canonical_ip", "client_hostname", "parse_ip", "parse_network",
+           "parse_networks", "plain_ipv4", "unmapped", "unmapped_network"]
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}").fullmatch
@@ -86,3 +87,59 @@ def address_literal(ip: str) -> str:
 def client_hostname(ip: str, name: Optional[str]) -> str:
     """The name to show for a client: its PTR name, else its address literal."""
     return name if name else address_literal(ip)
+
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def parse_network(text: str) -> IPNetwork:
+    """
+    C{text} (C{10.0.0.0/8}, C{2001:db8::/32}, or one address) as a network.
+
+    Raises C{ValueError} for what is not one, and for host bits set beyond
+    the prefix: C{10.1.2.3/8} would silently trust or exempt all of
+    10.0.0.0/8 where the operator may have meant the one address.
+    """
+    try:
+        return unmapped_network(ipaddress.ip_network(text))
+    except ValueError:
+        try:
+            wider = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network (e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
+    address = text.split("/", 1)[0]
+    raise ValueError(f"{text!r} has host bits set: write {wider} for the network, "
+                     f"or {address}/{wider.max_prefixlen} for the one address")
+
+
+def unmapped_network(net: IPNetwork) -> IPNetwork:
+    """
+    An IPv4-mapped IPv6 network (C{::ffff:192.0.2.0/120}) as the IPv4
+    network it is: L{parse_ip} unmaps client addresses, which such a
+    network would otherwise never contain.
+    """
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
+
+
+def parse_networks(value: Any) -> Tuple[IPNetwork, ...]:
+    """
+    Networks given as one string (comma or space separated), one network
+    object, or an iterable of strings and network objects (what
+    L{ServerOptions} accepts): each checked by L{parse_network}. Bytes are
+    refused rather than read as a sequence of numbers, and a network object
+    is one network, not the addresses iterating it would give.
+    """
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return (unmapped_network(value),)
+    if isinstance(value, (bytes, bytearray)):
+        raise ValueError(f"networks must be text, not {type(value).__name__}: {value!r}")
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    elif not hasattr(value, "__iter__"):
+        raise ValueError(f"not networks: {value!r} (e.g. \"10.0.0.0/8, 2001:db8::/32\" or a list)")
+    return tuple(unmapped_network(v) if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                 else parse_network(v.strip() if isinstance(v, str) else repr(v)) for v in value)

@@ -17,7 +17,7 @@ import ipaddress
 import re
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from ._optcheck import integer, seconds, seconds_upto
+from ._optcheck import cidrs, integer, seconds, seconds_upto
 
 __all__ = ["LIMIT_FLAGS", "apply_defaults", "beyond_loopback", "file_checker", "reload_checkers"]
 
@@ -27,7 +27,7 @@ _prefix = integer(0, 128)
 _delay = seconds_upto(3600)
 
 
-#: (flag, ServerOptions field, coerce, twistd default (None: computed), help)
+#: (flag, ServerOptions field, coerce, twistd default (None: none, or computed: greeting-delay), help)
 LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("max-clients-per-ip", "max_clients_per_ip", _count, 20,
      "Concurrent connections from one client address (IPv6: one --ipv6-prefix network), after "
@@ -35,6 +35,10 @@ LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("max-connect-rate", "max_connect_rate", _count, 120,
      "New connections per minute from one client address, refused ones included; more get "
      "421 4.7.0 as the greeting. [default: 120]"),
+    ("connection-limit-exceptions", "connection_limit_exceptions", cidrs, None,
+     "Networks exempt from --max-clients-per-ip and --max-connect-rate (monitoring probes, a load "
+     "balancer's health checks), comma separated CIDRs (e.g. 127.0.0.1/32,10.1.2.0/24); nothing else "
+     "is waived. [default: none]"),
     ("ipv6-prefix", "ipv6_prefix", _prefix, 64,
      "IPv6 clients are counted per network of this many bits. [default: 64]"),
     ("greeting-delay", "greeting_delay", _delay, None,

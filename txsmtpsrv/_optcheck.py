@@ -13,19 +13,21 @@ problem; L{checked} and L{coerce_option} put the option's name in front.
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import os
 import tempfile
-from typing import Callable, Collection, Optional, Tuple, TypeVar
+from typing import Any, Callable, Collection, FrozenSet, Optional, Tuple, TypeVar
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from ._ipaddr import parse_network
 from ._workers import SMTPS
 
 __all__ = ["integer", "seconds", "seconds_upto", "choice", "text", "cidrs", "checked", "coerce_option",
-           "option_error", "server_options_error", "check_endpoint", "check_listen", "check_tls_files",
-           "check_maildir", "check_mbox", "check_writable_file", "probe", "absolute"]
+           "option_error", "server_options_error", "server_option_names", "check_server_kwargs", "check_endpoint",
+           "check_listen", "check_tls_files", "check_maildir", "check_mbox", "check_writable_file", "probe",
+           "absolute", "check_common"]
 
 T = TypeVar("T")
 
@@ -94,10 +96,7 @@ def cidrs(value: str) -> Tuple[str, ...]:
     if not networks:
         raise ValueError(f"{value!r} names no network")
     for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ValueError(f"{network!r} is not a network (e.g. 10.0.0.0/8 or 2001:db8::/32)") from None
+        parse_network(network)  # as ServerOptions will: the error names the flag now
     return networks
 
 
@@ -142,8 +141,64 @@ def server_options_error(message: str, options: Collection[str]) -> str:
     return message
 
 
+def server_option_names(options: Any) -> FrozenSet[str]:
+    """
+    The options of a parsed C{usage.Options} that are L{ServerOptions} fields
+    under their command-line names (C{--max-clients} is C{max_clients}):
+    derived from the option definitions, so that a new option's errors are
+    reported under its name without a list to keep up to date.
+    """
+    from ._options import ServerOptions
+
+    fields = {f.name for f in dataclasses.fields(ServerOptions)}
+    return frozenset(name for name in (opt.rstrip("=") for opt in options.longOpt)
+                     if name.replace("-", "_") in fields)
+
+
+def check_server_kwargs(options: Any, kwargs: Any) -> None:
+    """Build L{ServerOptions} from C{kwargs} now: a bad value is a usage error naming its option."""
+    from ._options import ServerOptions
+
+    try:
+        ServerOptions.build(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise usage.UsageError(server_options_error(str(e), server_option_names(options))) from None
+
+
 # ---------------------------------------------------------------------------
 # Endpoints and files: checked at start-up, so a mistake is one line
+
+
+def check_common(options: Any, default_listen: str, default_maildir: Optional[str] = None,
+                 create_maildir: bool = True) -> None:
+    """
+    The start-up checks C{twistd smtpsrv} and C{python -m txsmtpsrv} share,
+    on their parsed options (a C{usage.Options}, a dict): one delivery of
+    C{--maildir} (else C{default_maildir}, if any) and C{--mbox}, created or
+    checked now (the Maildir only if C{create_maildir}); the TLS files made
+    absolute and loaded; C{default_listen} when no C{--listen} (or C{--adopt})
+    is given. Paths become absolute: the daemon may change directory.
+    """
+    if options["maildir"] and options["mbox"]:
+        raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
+    maildir: Optional[str] = options["maildir"] or default_maildir
+    if options["mbox"]:
+        options["mbox"] = absolute(options["mbox"])
+        check_mbox(options["mbox"])
+    elif maildir:
+        options["maildir"] = absolute(maildir)
+        if create_maildir:
+            check_maildir(options["maildir"])
+    for key in ("tls-key", "tls-cert", "tls-key2", "tls-cert2"):
+        if options.get(key):
+            options[key] = absolute(options[key])
+    key2, cert2 = options.get("tls-key2"), options.get("tls-cert2")
+    if (key2 or cert2) and not (options["tls-key"] or options["tls-cert"]):
+        raise usage.UsageError("--tls-key2/--tls-cert2 need --tls-key/--tls-cert")
+    if options["tls-key"] or options["tls-cert"]:
+        check_tls_files(options["tls-key"], options["tls-cert"], key2, cert2)
+    if not options["listen"] and not options.get("adopt"):
+        options["listen"] = [default_listen]
 
 
 class _NoReactor:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Literal, Mapping, Optional, Tuple, TypedDict, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Literal, Mapping, Optional, Tuple, TypedDict, cast
 
+from ._ipaddr import IPNetwork, parse_networks
 from ._optdoc import with_help_text
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from ._tls import TLSConfig
 
 __all__ = ["ServerOptions", "ServerOptionsArgs"]
-
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Commands a server can be told to refuse with C{disabled_commands}.
 KNOWN_COMMANDS = frozenset(
@@ -268,6 +266,16 @@ class ServerOptions:
     included; more get C{421 4.7.0} at the greeting (0: no limit;
     C{twistd smtpsrv}: 120).
     """
+    connection_limit_exceptions: Tuple[IPNetwork, ...] = ()
+    """
+    Networks (CIDR strings, or one comma separated string) whose clients
+    C{max_clients_per_ip} and C{max_connect_rate} neither limit nor count:
+    a monitoring probe or a load balancer's health checks connecting every
+    few seconds. Everything else still applies to them (C{max_clients},
+    the AUTH failure limits, timeouts, sizes). Empty by default, nothing
+    exempt. (Postfix: C{smtpd_client_event_limit_exceptions}, which
+    defaults to C{$mynetworks}.)
+    """
     max_junk_commands: int = 100
     """
     NOOP, RSET, VRFY, EXPN and HELP allowed between delivered messages; the
@@ -312,12 +320,9 @@ class ServerOptions:
         set_ = object.__setattr__
         for name in ("disabled_commands", "mail_params", "rcpt_params"):
             set_(self, name, _upper_set(getattr(self, name)))
-        for name in ("xclient_trusted", "ignored_hosts"):
-            value: Any = getattr(self, name)
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
+        for name in ("xclient_trusted", "ignored_hosts", "connection_limit_exceptions"):
             try:
-                set_(self, name, tuple(ipaddress.ip_network(v, strict=False) for v in value))
+                set_(self, name, parse_networks(getattr(self, name)))
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
         tls: Any = self.tls
@@ -452,6 +457,7 @@ class ServerOptionsArgs(TypedDict, total=False):
     max_clients_per_ip: int
     ipv6_prefix: int
     max_connect_rate: int
+    connection_limit_exceptions: str | Iterable[str]
     max_junk_commands: int
     greeting_delay: float
     max_auth_failures_per_ip: int

@@ -130,11 +130,6 @@ class SMTPServerProtocol(HalfCloseable):
         """C{IProtocol}'s flag, as C{BaseProtocol} keeps it: 1 once C{makeConnection} ran."""
         return 0 if self.transport is None else 1
 
-    @property
-    def options(self) -> Any:
-        """The server's L{ServerOptions}."""
-        return self.context.options
-
     def makeConnection(self, transport: Any) -> None:
         """IProtocol: the connection is up (what C{BaseProtocol.makeConnection} does)."""
         self.transport = transport

@@ -150,7 +150,8 @@ class SMTPServer(ServerFactory):
         """
         Call C{callback} on C{event} (see L{OBSERVER_EVENTS}) for logging or
         metrics. Observers cannot delay or change the dialogue: their return
-        value is ignored and their exceptions are logged.
+        value is ignored and their exceptions are logged. An observer added or
+        removed while an event is being delivered counts from the next event.
 
         @return: a function that removes the observer.
         """
@@ -160,8 +161,16 @@ class SMTPServer(ServerFactory):
 
     def _observe(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
         """L{observe}, also for our own events (C{REFUSAL_REPLY}: "reply" for codes of 400 and more)."""
-        self._observers[event].append(callback)
-        return lambda: self._observers[event].remove(callback)
+        # Copy on write: _notify iterates the list it found, a snapshot, so an observer
+        # that adds or removes observers during an event changes who hears the next one,
+        # not who hears this one (no copy per event on the hot path).
+        self._observers[event] = [*self._observers[event], callback]
+
+        def remove() -> None:
+            current = list(self._observers[event])
+            current.remove(callback)
+            self._observers[event] = current
+        return remove
 
     def _notify(self, event: str, *args: Any) -> None:
         for callback in self._observers[event]:

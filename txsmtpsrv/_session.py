@@ -199,6 +199,33 @@ class Session:
     def xforward(self, value: Dict[str, str]) -> None:
         self._extras()[1] = value
 
+    def _begin_xforward(self, remote_address: str, client_hostname: str, attributes: Dict[str, str]) -> None:
+        """
+        XFORWARD (for the dialogue): the client of this transaction is
+        C{remote_address}/C{client_hostname}, C{attributes} join L{xforward}.
+        The proxy's own identity, from before the first XFORWARD, is kept
+        for L{_end_xforward}.
+        """
+        extra = self._extras()
+        if extra[5] is None:
+            extra[5] = (self.remote_address, self.client_hostname)
+        self.remote_address, self.client_hostname = remote_address, client_hostname
+        extra[1] = {**(extra[1] or {}), **attributes}
+
+    def _end_xforward(self) -> None:
+        """
+        The transaction is over: XFORWARD's attributes go, the proxy's own
+        identity comes back. (Callers on the hot path may skip the call
+        while C{_extra} is None: then there is nothing to undo.)
+        """
+        extra = self._extra
+        if extra is not None:  # (no list made to ask: most sessions never have one)
+            if extra[1]:
+                extra[1] = None
+            if extra[5] is not None:
+                self.remote_address, self.client_hostname = extra[5]
+                extra[5] = None
+
     @property
     def local_address(self) -> str:
         """The address the client connected to."""

@@ -26,18 +26,13 @@ from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate, FilteringL
 from twisted.python import usage
 
 from ._data import MessageStream
-from ._optcheck import (absolute, check_listen, check_maildir, check_mbox, check_tls_files, checked, integer,
-                        seconds, server_options_error)
+from ._optcheck import check_common, check_listen, check_server_kwargs, checked, integer, seconds, server_option_names
 from ._session import Session
 
 __all__ = ["SinkOptions", "main"]
 
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
 log = Logger()
-
-
-#: Options whose ServerOptions errors are reported under the option's name.
-_SERVER_OPTION_NAMES = frozenset({"name", "banner", "size", "max-clients", "socket-timeout", "close-timeout"})
 
 
 class SinkOptions(usage.Options):
@@ -87,38 +82,17 @@ class SinkOptions(usage.Options):
 
     def postOptions(self) -> None:
         """Check every value now, as C{twistd smtpsrv} does (the same checks, the same error texts)."""
-        from ._options import ServerOptions
-
-        if self["maildir"] and self["mbox"]:
-            raise usage.UsageError("--maildir and --mbox exclude each other: choose one delivery")
         if self["reverse-lookup"] and self["no-reverse-lookup"]:
             raise usage.UsageError("--reverse-lookup and --no-reverse-lookup exclude each other")
-        if self["maildir"]:
-            self["maildir"] = absolute(self["maildir"])
-            check_maildir(self["maildir"])
-        elif self["mbox"]:
-            self["mbox"] = absolute(self["mbox"])
-            check_mbox(self["mbox"])
-        for key in ("tls-key", "tls-cert"):
-            if self[key]:
-                self[key] = absolute(self[key])
-        if self["tls-key"] or self["tls-cert"]:
-            check_tls_files(self["tls-key"], self["tls-cert"])
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
-        kwargs: dict[str, Any] = {"name": self["name"], "lmtp": bool(self["lmtp"]),
-                                  "disable_reverse_lookup": not self["reverse-lookup"],
-                                  "close_timeout": self["close-timeout"]}
-        for option in ("banner", "size", "max-clients", "socket-timeout"):
+        check_common(self, DEFAULT_LISTEN)
+        kwargs: dict[str, Any] = {"lmtp": bool(self["lmtp"]), "disable_reverse_lookup": not self["reverse-lookup"]}
+        for option in server_option_names(self) - {"lmtp"}:  # every option named as a ServerOptions field
             if self[option] is not None:
                 kwargs[option.replace("-", "_")] = self[option]
         tls = {field: self[option] for option, field in (("tls-key", "key"), ("tls-cert", "cert")) if self[option]}
         if tls:
             kwargs["tls"] = tls
-        try:
-            ServerOptions.build(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise usage.UsageError(server_options_error(str(e), _SERVER_OPTION_NAMES)) from None
+        check_server_kwargs(self, kwargs)
         self.serverKwargs = kwargs
 
 
