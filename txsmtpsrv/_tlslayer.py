@@ -32,6 +32,11 @@ C{FileDescriptor.write}, which is the transport's raw, pre-TLS write. Only a
 C{twisted.internet.tcp.Server} qualifies (L{eligible}); a PROXY wrapper
 and in-memory transports keep Twisted's layer. Implicit TLS on plain TCP
 starts this layer as the connection is made (L{txsmtpsrv._tlsimplicit}).
+What one read makes the layer send (handshake messages, TLS 1.3 session
+tickets, the implicit-TLS greeting, replies, our close_notify) leaves in one
+send at the end of the read (up to C{_HOLD} bytes): sent as made, a second
+small segment waits under Nagle for the client's delayed ACK of the first
+(40 ms per implicit-TLS connection: C{bench/README.md}, tls16/tls17).
 
 What it keeps as it was (each has a test in C{tests/test_tlslayer.py}):
 plaintext written before the handshake ends waits for it; a failed
@@ -85,6 +90,10 @@ _GATHER = 1 << 13
 #: answer means the BIO is empty (no C{WantReadError} raised to learn it).
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
 _BIO_SIZE = 1 << 16
+#: Ciphertext held back in a read (to leave in one send at its end) at most:
+#: beyond it, it goes now, so that a full socket still pauses the protocol
+#: (C{FileDescriptor.write}'s producer pausing) while it answers a long pipeline.
+_HOLD = 1 << 14
 
 try:
     # How many bytes a memory BIO holds, without a read that raises when it
@@ -130,7 +139,7 @@ class TLSLayer:
     """
 
     __slots__ = ("_transport", "_protocol", "_conn", "_rbio", "_wbio", "_raw", "_queue", "_done", "_closing",
-                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof")
+                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof", "_hold")
 
     def __init__(self, transport: Server, protocol: Any, sock: Any) -> None:
         self._transport = transport
@@ -152,6 +161,7 @@ class TLSLayer:
         self._clean = False  # the client's close_notify arrived
         self._eof = 0  # after a TLS 1.3 close_notify: 1 the protocol is still to be told, 2 told
         self._listener = IHandshakeListener.providedBy(protocol)
+        self._hold = False  # in a read: ciphertext stays in OpenSSL's BIO until its end (one send)
 
     # -- what the transport asks of its protocol ------------------------------------
 
@@ -162,15 +172,26 @@ class TLSLayer:
         """Ciphertext from the socket (after the client's close_notify: nothing more, discarded)."""
         if self._over or self._eof:
             return
-        conn = self._conn
-        conn.bio_write(data)
-        if not self._done:
-            self._handshake()
+        # What this read makes us send (OpenSSL's handshake messages and
+        # session tickets, the implicit-TLS greeting written in
+        # handshakeCompleted, the replies, our close_notify) leaves in one
+        # send at its end: sent one by one, the second small segment waits
+        # for the client's (delayed, 40 ms) ACK of the first under Nagle,
+        # and each send wakes the client.
+        self._hold = True
+        try:
+            self._conn.bio_write(data)
             if not self._done:
-                return
-        elif self._queue:
-            self._unqueue()  # a write that waited for a read (renegotiation)
-        self._deliver()
+                if self._handshake():
+                    self._deliver()  # application data that came with the client's Finished
+            else:
+                if self._queue:
+                    self._unqueue()  # a write that waited for a read (renegotiation)
+                self._deliver()
+        finally:
+            self._hold = False
+        if not self._over:
+            self._flush()
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client's FIN."""
@@ -267,29 +288,35 @@ class TLSLayer:
 
     def abortConnection(self) -> None:
         """Drop the connection now: nothing more is sent or handed over."""
+        if self._hold and self._done and not self._over:
+            self._hold = False  # (what was written before the abort goes, as it went at once before)
+            self._flush()
         self._over = True
         self._raw.stop()
         Server.abortConnection(self._transport)
 
     # -- TLS ------------------------------------------------------------------------------
 
-    def _handshake(self) -> None:
+    def _handshake(self) -> bool:
+        """Go on with the handshake; whether it is done."""
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
             if not self._over:  # (aborted meanwhile: nothing more goes out)
                 self._flush()
-            return
+            return False
         except SSL.Error:
             self._fail(Failure())
-            return
+            return False
         if self._over:  # aborted meanwhile (e.g. by the SNI callback)
-            return
+            return False
         self._done = True
-        self._flush()  # the end of OpenSSL's part (TLS 1.3: the session ticket)
+        # The end of OpenSSL's part (TLS 1.3: the session tickets) is flushed
+        # with what waited and what handshakeCompleted writes (the greeting).
         self._unqueue()
         if self._listener:
             self._protocol.handshakeCompleted()
+        return True
 
     def _unqueue(self) -> None:
         """Send what waited for the handshake (or for a read); then close if asked to."""
@@ -374,12 +401,15 @@ class TLSLayer:
             self._flush()  # what OpenSSL wrote while reading: alerts, a refused renegotiation
 
     def _flush(self) -> None:
-        """Send what OpenSSL has written to its memory BIO."""
+        """
+        Send what OpenSSL has written to its memory BIO; in a read, at its
+        end, unless C{_HOLD} bytes wait (without the BIO's fill: at once).
+        """
         conn = self._conn
         wbio = self._wbio
         if wbio is not None:
             size = _held(wbio, _NULL)
-            if size:
+            if size and (size >= _HOLD or not self._hold):
                 self._raw.write(conn.bio_read(size))
             return
         while True:
@@ -394,6 +424,7 @@ class TLSLayer:
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP after what is queued."""
         self._over = True
+        self._hold = False  # what is held goes first, with the close_notify
         try:
             self._conn.shutdown()
         except SSL.Error:
@@ -438,6 +469,7 @@ class TLSLayer:
         if self._reason is None:
             self._reason = failure
         self._over = True
+        self._hold = False  # what is held goes first (OpenSSL's alert last)
         self._flush()
         self._close_tcp()
 
