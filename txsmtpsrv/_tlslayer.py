@@ -90,9 +90,10 @@ _GATHER = 1 << 13
 #: answer means the BIO is empty (no C{WantReadError} raised to learn it).
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
 _BIO_SIZE = 1 << 16
-#: Ciphertext held back in a read (to leave in one send at its end) at most:
-#: beyond it, it goes now, so that a full socket still pauses the protocol
-#: (C{FileDescriptor.write}'s producer pausing) while it answers a long pipeline.
+#: Plaintext written in a read whose ciphertext is held back (to leave in one
+#: send at the read's end) at most: beyond it, it goes now, so that a full
+#: socket still pauses the protocol (C{FileDescriptor.write}'s producer
+#: pausing) while it answers a long pipeline.
 _HOLD = 1 << 14
 
 try:
@@ -139,7 +140,8 @@ class TLSLayer:
     """
 
     __slots__ = ("_transport", "_protocol", "_conn", "_rbio", "_wbio", "_raw", "_queue", "_done", "_closing",
-                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof", "_hold")
+                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof", "_hold",
+                 "_unsent")
 
     def __init__(self, transport: Server, protocol: Any, sock: Any) -> None:
         self._transport = transport
@@ -162,6 +164,7 @@ class TLSLayer:
         self._eof = 0  # after a TLS 1.3 close_notify: 1 the protocol is still to be told, 2 told
         self._listener = IHandshakeListener.providedBy(protocol)
         self._hold = False  # in a read: ciphertext stays in OpenSSL's BIO until its end (one send)
+        self._unsent = 0  # plaintext written (encrypted, not sent) in this read
 
     # -- what the transport asks of its protocol ------------------------------------
 
@@ -190,6 +193,7 @@ class TLSLayer:
                 self._deliver()
         finally:
             self._hold = False
+            self._unsent = 0
         if not self._over:
             self._flush()
 
@@ -289,8 +293,7 @@ class TLSLayer:
     def abortConnection(self) -> None:
         """Drop the connection now: nothing more is sent or handed over."""
         if self._hold and self._done and not self._over:
-            self._hold = False  # (what was written before the abort goes, as it went at once before)
-            self._flush()
+            self._flush()  # (what was written before the abort goes, as it went at once before)
         self._over = True
         self._raw.stop()
         Server.abortConnection(self._transport)
@@ -302,9 +305,7 @@ class TLSLayer:
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
-            if not self._over:  # (aborted meanwhile: nothing more goes out)
-                self._flush()
-            return False
+            return False  # (OpenSSL's flight leaves at the end of the read)
         except SSL.Error:
             self._fail(Failure())
             return False
@@ -342,11 +343,17 @@ class TLSLayer:
         except SSL.WantReadError:
             # OpenSSL needs the client's next message first (TLS 1.2
             # renegotiation): the rest waits for the next read.
-            self._flush()
+            if not self._hold:
+                self._flush()
             return data
         except SSL.Error:
             self._fail(Failure())
             return None
+        if self._hold:  # in a read: sent at its end, unless that is much
+            self._unsent += len(data)
+            if self._unsent < _HOLD:
+                return None
+            self._unsent = 0
         self._flush()
         return None
 
@@ -397,19 +404,16 @@ class TLSLayer:
                     break  # nothing more in the BIO
         finally:
             self._busy = False
-        if not self._over:
+        if not self._over and not self._hold:
             self._flush()  # what OpenSSL wrote while reading: alerts, a refused renegotiation
 
     def _flush(self) -> None:
-        """
-        Send what OpenSSL has written to its memory BIO; in a read, at its
-        end, unless C{_HOLD} bytes wait (without the BIO's fill: at once).
-        """
+        """Send what OpenSSL has written to its memory BIO."""
         conn = self._conn
         wbio = self._wbio
         if wbio is not None:
             size = _held(wbio, _NULL)
-            if size and (size >= _HOLD or not self._hold):
+            if size:
                 self._raw.write(conn.bio_read(size))
             return
         while True:
@@ -423,8 +427,7 @@ class TLSLayer:
 
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP after what is queued."""
-        self._over = True
-        self._hold = False  # what is held goes first, with the close_notify
+        self._over = True  # (what a read held goes with the close_notify)
         try:
             self._conn.shutdown()
         except SSL.Error:
@@ -468,8 +471,7 @@ class TLSLayer:
             failure = Failure(main.CONNECTION_LOST)
         if self._reason is None:
             self._reason = failure
-        self._over = True
-        self._hold = False  # what is held goes first (OpenSSL's alert last)
+        self._over = True  # (what a read held goes first, OpenSSL's alert last)
         self._flush()
         self._close_tcp()
 
