@@ -142,6 +142,8 @@ def serve_txsmtpsrv(cert: str | None = None, key: str | None = None) -> None:
         from txsmtpsrv import TLSConfig
 
         tls["tls"] = TLSConfig(cert=cert, key=key)
+    if cert is not None and os.environ.get("TXSMTPSRV_BENCH_IMPLICIT"):
+        tls["secure"] = True  # bench/tls.py --implicit: TLS from the first byte
     server = SMTPServer(SinkHooks(), name="bench", size=0, socket_timeout=IDLE_TIMEOUT, **tls)
     if cert is not None:
         server.load_tls()  # a bad file shows now, not at the first STARTTLS

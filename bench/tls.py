@@ -23,6 +23,11 @@ the certificate, runs lock-step and is pinned to another core than the server):
   - ``openssl`` (once, in this process): the server side of full and resumed
     TLS 1.3 handshakes with txsmtpsrv's contexts, OpenSSL alone.
 
+``--implicit``: txsmtpsrv listens with implicit TLS (``secure=True``, port 465
+style; ``$TXSMTPSRV_BENCH_IMPLICIT`` tells ``_peers.py``) and the client wraps
+the socket before the greeting instead of STARTTLS; ``plain`` is skipped, so
+``full`` and ``resumed`` are whole connections (the handshake ratio is theirs).
+
 The handshake cost is ``full - plain`` and ``resumed - plain``; their ratio is
 the issue's target (resumed <= 0.3x full). ``resumed`` also says how many
 connections really resumed: a server without tickets (twisted.mail's
@@ -58,6 +63,8 @@ TIMEOUT = 30.0  # every socket operation of the client
 START_TIMEOUT = 30.0  # a server's READY line
 SCENARIOS = ("persist", "large", "plain", "full", "resumed")
 EXTRA = ("openssl",)  # not per server: see openssl_handshakes
+#: --implicit: TLS from the first byte (txsmtpsrv's secure=True) instead of STARTTLS.
+IMPLICIT = False
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,7 +117,8 @@ class Client:
         self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = self.sock.makefile("rb")
-        self.expect(220)
+        if not IMPLICIT:
+            self.expect(220)
 
     def expect(self, code: int) -> None:
         while True:
@@ -127,11 +135,14 @@ class Client:
         self.expect(code)
 
     def starttls(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> ssl.SSLSocket:
-        self.command(b"EHLO client.bench\r\n", 250)
-        self.command(b"STARTTLS\r\n", 220)
+        if not IMPLICIT:
+            self.command(b"EHLO client.bench\r\n", 250)
+            self.command(b"STARTTLS\r\n", 220)
         tls = context.wrap_socket(self.sock, session=session)
         self.sock = tls
         self.reader = tls.makefile("rb")
+        if IMPLICIT:
+            self.expect(220)  # the greeting, under TLS
         self.command(b"EHLO client.bench\r\n", 250)  # after the handshake: TLS 1.3 tickets are read here
         return tls
 
@@ -405,7 +416,7 @@ def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any
             server = _ins.Server.__new__(_ins.Server)
             server.pid, server.outdir, server.dumps = pid, outdir, 0
             figures: dict[str, Any] = {}
-            for mode in ("plain", "full", "resumed"):
+            for mode in ("full", "resumed") if IMPLICIT else ("plain", "full", "resumed"):
                 churn(port, 1, 3, mode)  # warm-up
                 tracers: list[Any] = []
 
@@ -432,7 +443,7 @@ def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any
                 print(f"{label} {mode}: {count / outcome.units:,.0f} instructions/connection "
                       f"({gc_count / outcome.units:,.0f} of them in the cyclic GC)"
                       + (f", {sum(calls.values()) / outcome.units:.1f} syscalls" if calls else ""), file=sys.stderr)
-            for mode in ("persist-plain", "persist-tls"):
+            for mode in ("persist-tls",) if IMPLICIT else ("persist-plain", "persist-tls"):
                 counts = []
                 for messages in (args.messages // 5, args.messages):
                     def counted() -> None:
@@ -447,7 +458,7 @@ def instructions(args: argparse.Namespace, cert: str, key: str) -> dict[str, Any
                 per_message = (counts[1][0] - counts[0][0]) / (args.messages - args.messages // 5)
                 figures[mode] = {"per_message": per_message, "dumps": [c[1] for c in counts]}
                 print(f"{label} {mode}: {per_message:,.0f} instructions/message", file=sys.stderr)
-            plain = figures["plain"]["per_conn"]
+            plain = figures["plain"]["per_conn"] if "plain" in figures else 0  # (--implicit: whole connections)
             full, again = figures["full"]["per_conn"] - plain, figures["resumed"]["per_conn"] - plain
             figures["handshake"] = {"full": full, "resumed": again, "ratio": again / full}
             out[label] = figures
@@ -498,7 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         figures: dict[str, Any] = {}
         for scenario in args.scenarios:
-            if scenario not in SCENARIOS:
+            if scenario not in SCENARIOS or (IMPLICIT and scenario == "plain"):
                 continue
             values, resumed, errors = [], [], []
             for _ in range(args.repeat):
@@ -526,6 +537,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plain = figures.get("plain", {}).get("median")
         full = figures.get("full", {}).get("median")
         again = figures.get("resumed", {}).get("median")
+        if IMPLICIT and full is not None and again is not None:
+            plain = 0.0  # whole connections
         if plain is not None and full is not None and again is not None and full > plain:
             figures["handshake"] = {"full_us": full - plain, "resumed_us": again - plain,
                                     "ratio": (again - plain) / (full - plain)}
@@ -580,14 +593,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="txsmtpsrv only, under callgrind: instructions per plain/full/resumed connection")
     parser.add_argument("--baseline", help="with --instructions: also a git ref or a tree holding txsmtpsrv/")
     parser.add_argument("--strace", action="store_true", help="with --instructions: system calls per connection")
+    parser.add_argument("--implicit", action="store_true",
+                        help="txsmtpsrv only: implicit TLS (secure=True) instead of STARTTLS")
     args = parser.parse_args(argv)
+    if args.implicit:
+        global IMPLICIT
+        IMPLICIT = True
+        os.environ["TXSMTPSRV_BENCH_IMPLICIT"] = "1"  # to the server processes (_peers.py)
+        args.servers = [k for k in args.servers if k == "txsmtpsrv"]
     if args.instructions:
         directory = tempfile.mkdtemp(prefix="txsmtpsrv-bench-tls-")
         cert, key = make_certificate(directory, args.key_type)
         found = instructions(args, cert, key)
         for label, figures in found.items():
             h = figures["handshake"]
-            print(f"{label} ({args.key_type}): plain {figures['plain']['per_conn']:,.0f}, full "
+            print(f"{label} ({args.key_type}): plain {figures.get('plain', {}).get('per_conn', 0):,.0f}, full "
                   f"{figures['full']['per_conn']:,.0f}, resumed {figures['resumed']['per_conn']:,.0f} "
                   f"({figures['resumed']['resumed']}/{figures['resumed']['units']} resumed) instructions/connection; "
                   f"handshake full {h['full']:,.0f} / resumed {h['resumed']:,.0f} = {h['ratio']:.2f}x")

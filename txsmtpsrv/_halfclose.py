@@ -20,17 +20,18 @@ hook or the message's verdict is pending; at once, without a reply, in
 the middle of a message (its end can never arrive: the message is
 discarded as for a lost connection).
 
-After STARTTLS on plain TCP the FIN reaches our own TLS layer
+Under TLS on plain TCP (STARTTLS, implicit TLS) the FIN reaches our own TLS layer
 (L{txsmtpsrv._tlslayer}), which passes it on once the handshake is done and
-closes TCP right after its close_notify. Elsewhere (implicit TLS, the PROXY
-wrapper) it reaches Twisted's C{TLSMemoryBIOProtocol}, which does
+closes TCP right after its close_notify. Elsewhere (the PROXY wrapper,
+C{_tlslayer.ENABLED = False}) it reaches Twisted's C{TLSMemoryBIOProtocol}, which does
 not provide the interface: C{tcp.Connection} would end the connection at
 once. Once the handshake is done, L{pass_half_close_through_tls} makes
 that connection's TLS layer provide it and pass the end of input on (an
 attribute on the instance, through public attributes only); and our close
 then also closes TCP, since the TLS layer's own close would wait for the
-client's close_notify, which can no longer come. A client that sends
-close_notify before its FIN (a TLS 1.3 half-close) still loses the replies
+client's close_notify, which can no longer come. A client's TLS 1.3
+close_notify before its FIN is a half-close too on our layer, which tells
+the protocol as for a FIN; on Twisted's layer it still loses the replies
 written after it: on close_notify Twisted's TLS layer shuts the whole
 connection down, in code with no public hook.
 """
@@ -80,8 +81,15 @@ class HalfCloseable:
     def _close_when_answered(self) -> None:
         """Close if the dialogue has nothing more to say (or can never finish what it is doing)."""
         core = self.core
-        if self._gone or core.finished:
-            return  # closing already (e.g. after QUIT), or closed
+        if self._gone:
+            return
+        if core.finished:  # closing already (e.g. after QUIT)
+            tls = tls_layer(self.transport) if core.tls_active else None  # (plain TCP: not even the look)
+            if tls is not None:
+                # Twisted's TLS sent its close_notify and waits for the client's,
+                # which cannot come after a FIN: close TCP (after what it holds).
+                tls.transport.loseConnection()
+            return
         stream = self._stream
         mid_message = stream is not None and not stream.ended
         if core.holds and not mid_message:

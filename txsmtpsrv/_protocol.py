@@ -158,7 +158,9 @@ class SMTPServerProtocol(HalfCloseable):
         self._out = ReplyWriter(transport, eligible(transport))
         no_delay(transport)  # replies a hook gives later must not wait for the client's delayed ACK
         ctx.connected(self)
-        if implicit:  # the handshake is under way
+        if implicit:  # the handshake is under way (on Twisted's layer: gather its tiny records)
+            from ._tlsgather import gather_records
+            gather_records(transport)
             self._tls_timer = self._start_handshake_timer()
         else:
             # Under TLS only once the handshake is done: before, the TLS layer

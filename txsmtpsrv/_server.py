@@ -236,8 +236,8 @@ class SMTPServer(ServerFactory):
         else:
             target = endpoint
         if self.options.secure:
-            from twisted.internet.endpoints import wrapServerTLS
-            target = wrapServerTLS(self.tls, target)
+            from ._tlsimplicit import wrap_server_tls  # our TLS layer on plain TCP, else Twisted's
+            target = wrap_server_tls(self.tls, target)
         elif not self.options.hide_starttls:
             self.load_tls()
         d = target.listen(self)

@@ -29,15 +29,22 @@ users' code see the transport they saw before:
 Ciphertext goes out through a L{ReplyWriter} of its own: directly on the
 socket while the transport has nothing queued, else (for good) through
 C{FileDescriptor.write}, which is the transport's raw, pre-TLS write. Only a
-C{twisted.internet.tcp.Server} qualifies (L{eligible}); a PROXY wrapper,
-implicit TLS and in-memory transports keep Twisted's layer.
+C{twisted.internet.tcp.Server} qualifies (L{eligible}); a PROXY wrapper
+and in-memory transports keep Twisted's layer. Implicit TLS on plain TCP
+starts this layer as the connection is made (L{txsmtpsrv._tlsimplicit}).
+What one read makes the layer send (handshake messages, TLS 1.3 session
+tickets, the implicit-TLS greeting, replies, our close_notify) leaves in one
+send at the end of the read (up to C{_HOLD} bytes): sent as made, a second
+small segment waits under Nagle for the client's delayed ACK of the first
+(40 ms per implicit-TLS connection: C{bench/README.md}, tls16/tls17).
 
 What it keeps as it was (each has a test in C{tests/test_tlslayer.py}):
 plaintext written before the handshake ends waits for it; a failed
 handshake passes OpenSSL's error to C{connectionLost} (an EOF in violation
 of TLS as C{ConnectionLost}), after sending OpenSSL's alert; the handshake
-timer aborts as before; the client's close_notify is answered with ours and
-the connection closes; the end of input (TCP FIN) after the handshake is a
+timer aborts as before; the client's close_notify under TLS 1.2 is answered
+with ours and the connection closes, under TLS 1.3 (which closes only the
+client's side, RFC 8446 6.1) it is a half-close, as a TCP FIN; the end of input (TCP FIN) after the handshake is a
 half-close the SMTP protocol answers (L{txsmtpsrv._halfclose}), before it
 the end of the connection; our close sends close_notify and then closes TCP
 (not waiting for the client's, which RFC 8446 6.1 and RFC 5246 7.2.1 allow);
@@ -66,6 +73,7 @@ from zope.interface import directlyProvides, implementer
 from ._halfclose import half_closeable
 from ._sendnow import ReplyWriter, eligible as direct_socket
 from ._tlsconn import keep_declarations
+from ._tlsgather import gather_records
 
 __all__ = ["ENABLED", "TLSLayer", "eligible", "start_tls", "upgrade"]
 
@@ -82,6 +90,11 @@ _GATHER = 1 << 13
 #: answer means the BIO is empty (no C{WantReadError} raised to learn it).
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
 _BIO_SIZE = 1 << 16
+#: Plaintext written in a read whose ciphertext is held back (to leave in one
+#: send at the read's end) at most: beyond it, it goes now, so that a full
+#: socket still pauses the protocol (C{FileDescriptor.write}'s producer
+#: pausing) while it answers a long pipeline.
+_HOLD = 1 << 14
 
 try:
     # How many bytes a memory BIO holds, without a read that raises when it
@@ -127,7 +140,8 @@ class TLSLayer:
     """
 
     __slots__ = ("_transport", "_protocol", "_conn", "_rbio", "_wbio", "_raw", "_queue", "_done", "_closing",
-                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener")
+                 "_over", "_paused", "_busy", "_ended", "_reason", "_clean", "_listener", "_eof", "_hold",
+                 "_unsent")
 
     def __init__(self, transport: Server, protocol: Any, sock: Any) -> None:
         self._transport = transport
@@ -147,7 +161,10 @@ class TLSLayer:
         self._ended = False  # the client's input ended (TCP FIN)
         self._reason: Optional[Failure] = None  # for the protocol's connectionLost
         self._clean = False  # the client's close_notify arrived
+        self._eof = 0  # after a TLS 1.3 close_notify: 1 the protocol is still to be told, 2 told
         self._listener = IHandshakeListener.providedBy(protocol)
+        self._hold = False  # in a read: ciphertext stays in OpenSSL's BIO until its end (one send)
+        self._unsent = 0  # plaintext written (encrypted, not sent) in this read
 
     # -- what the transport asks of its protocol ------------------------------------
 
@@ -155,22 +172,36 @@ class TLSLayer:
         """IProtocol; never called (the transport was connected before STARTTLS)."""
 
     def dataReceived(self, data: bytes) -> None:
-        """Ciphertext from the socket."""
-        if self._over:
+        """Ciphertext from the socket (after the client's close_notify: nothing more, discarded)."""
+        if self._over or self._eof:
             return
-        conn = self._conn
-        conn.bio_write(data)
-        if not self._done:
-            self._handshake()
+        # What this read makes us send (OpenSSL's handshake messages and
+        # session tickets, the implicit-TLS greeting written in
+        # handshakeCompleted, the replies, our close_notify) leaves in one
+        # send at its end: sent one by one, the second small segment waits
+        # for the client's (delayed, 40 ms) ACK of the first under Nagle,
+        # and each send wakes the client.
+        self._hold = True
+        try:
+            self._conn.bio_write(data)
             if not self._done:
-                return
-        elif self._queue:
-            self._unqueue()  # a write that waited for a read (renegotiation)
-        self._deliver()
+                if self._handshake():
+                    self._deliver()  # application data that came with the client's Finished
+            else:
+                if self._queue:
+                    self._unqueue()  # a write that waited for a read (renegotiation)
+                self._deliver()
+        finally:
+            self._hold = False
+            self._unsent = 0
+        if not self._over:
+            self._flush()
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client's FIN."""
         self._ended = True
+        if self._eof:
+            return  # its close_notify ended its input already: the protocol knows
         if self._done and not self._over and half_closeable(self._protocol):
             self._protocol.readConnectionLost()
         else:
@@ -254,34 +285,39 @@ class TLSLayer:
         self._paused = False
         if not self._busy and self._done and not self._over:  # (while busy, that loop goes on)
             self._deliver()
+            if self._eof == 1 and not self._paused and not self._over:
+                self._input_closed()
         if not self._paused and not self._ended:
             FileDescriptor.resumeProducing(self._transport)
 
     def abortConnection(self) -> None:
         """Drop the connection now: nothing more is sent or handed over."""
+        if self._hold and self._done and not self._over:
+            self._flush()  # (what was written before the abort goes, as it went at once before)
         self._over = True
         self._raw.stop()
         Server.abortConnection(self._transport)
 
     # -- TLS ------------------------------------------------------------------------------
 
-    def _handshake(self) -> None:
+    def _handshake(self) -> bool:
+        """Go on with the handshake; whether it is done."""
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
-            if not self._over:  # (aborted meanwhile: nothing more goes out)
-                self._flush()
-            return
+            return False  # (OpenSSL's flight leaves at the end of the read)
         except SSL.Error:
             self._fail(Failure())
-            return
+            return False
         if self._over:  # aborted meanwhile (e.g. by the SNI callback)
-            return
+            return False
         self._done = True
-        self._flush()  # the end of OpenSSL's part (TLS 1.3: the session ticket)
+        # The end of OpenSSL's part (TLS 1.3: the session tickets) is flushed
+        # with what waited and what handshakeCompleted writes (the greeting).
         self._unqueue()
         if self._listener:
             self._protocol.handshakeCompleted()
+        return True
 
     def _unqueue(self) -> None:
         """Send what waited for the handshake (or for a read); then close if asked to."""
@@ -307,11 +343,17 @@ class TLSLayer:
         except SSL.WantReadError:
             # OpenSSL needs the client's next message first (TLS 1.2
             # renegotiation): the rest waits for the next read.
-            self._flush()
+            if not self._hold:
+                self._flush()
             return data
         except SSL.Error:
             self._fail(Failure())
             return None
+        if self._hold:  # in a read: sent at its end, unless that is much
+            self._unsent += len(data)
+            if self._unsent < _HOLD:
+                return None
+            self._unsent = 0
         self._flush()
         return None
 
@@ -323,8 +365,8 @@ class TLSLayer:
         pyOpenSSL, Twisted nor txsmtpsrv change), so an empty BIO means no
         record is left: no C{recv} that would only raise C{WantReadError}.
         """
-        if self._busy:
-            return
+        if self._busy or self._eof:
+            return  # (an outer call goes on; after close_notify nothing more comes)
         self._busy = True
         conn = self._conn
         protocol = self._protocol
@@ -362,7 +404,7 @@ class TLSLayer:
                     break  # nothing more in the BIO
         finally:
             self._busy = False
-        if not self._over:
+        if not self._over and not self._hold:
             self._flush()  # what OpenSSL wrote while reading: alerts, a refused renegotiation
 
     def _flush(self) -> None:
@@ -385,7 +427,7 @@ class TLSLayer:
 
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP after what is queued."""
-        self._over = True
+        self._over = True  # (what a read held goes with the close_notify)
         try:
             self._conn.shutdown()
         except SSL.Error:
@@ -402,9 +444,26 @@ class TLSLayer:
         FileDescriptor.loseConnection(transport)
 
     def _peer_closed(self) -> None:
-        """The client's close_notify: ours in answer, and the connection ends (as Twisted's layer does)."""
+        """
+        The client's close_notify. Under TLS 1.3 it closes only the client's
+        side (RFC 8446 6.1): a half-close, as a TCP FIN is, so the commands
+        sent before it are answered and then the protocol closes (our
+        close_notify, then TCP). Under TLS 1.2 (RFC 5246 7.2.1), or for a
+        protocol that cannot half-close: ours in answer, and the connection
+        ends at once (what Twisted's layer does).
+        """
         self._clean = True
-        self._shutdown()
+        if self._conn.get_protocol_version_name() != "TLSv1.3" or not half_closeable(self._protocol):
+            self._shutdown()
+            return
+        self._eof = 1
+        if not self._paused:  # else once the protocol reads again (resumeProducing)
+            self._input_closed()
+
+    def _input_closed(self) -> None:
+        """Tell the protocol the client's input ended (after its close_notify)."""
+        self._eof = 2
+        self._protocol.readConnectionLost()
 
     def _fail(self, failure: Failure) -> None:
         """TLS failed (a handshake refused, a bad record): send OpenSSL's alert and close."""
@@ -412,7 +471,7 @@ class TLSLayer:
             failure = Failure(main.CONNECTION_LOST)
         if self._reason is None:
             self._reason = failure
-        self._over = True
+        self._over = True  # (what a read held goes first, OpenSSL's alert last)
         self._flush()
         self._close_tcp()
 
@@ -479,4 +538,5 @@ def upgrade(transport: Any, creator: Any, protocol: Any, out: ReplyWriter) -> Re
         return type(out)(layer, None)
     transport.startTLS(creator)
     keep_declarations(transport)  # zope caches them weakly: keep them for the next one
+    gather_records(transport)  # a read's tiny records handed over together, as here
     return out

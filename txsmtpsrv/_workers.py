@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from twisted.application.service import Service
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._adopted import FAMILIES  # --adopt FD:FAMILY names, as in adopted: strings
+from ._tlsimplicit import wrap_server_tls  # smtps: on our TLS layer where it is plain TCP
 
 #: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
 SMTPS = "smtps:"
@@ -238,7 +239,7 @@ def listen_endpoint(reactor: Any, description: str, tls: Callable[[], Any]) -> A
         endpoint = serverFromString(reactor, description[len(SMTPS):] if implicit_tls else description)
     except (ValueError, KeyError, TypeError) as e:
         raise usage.UsageError(f"--listen {description}: {e}") from None
-    return wrapServerTLS(tls(), endpoint) if implicit_tls else endpoint
+    return wrap_server_tls(tls(), endpoint) if implicit_tls else endpoint
 
 
 def _bind_unix(description: str, inner: str) -> socket.socket:

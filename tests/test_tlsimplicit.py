@@ -1,0 +1,292 @@
+# -*- test-case-name: tests.test_tlsimplicit -*-
+"""
+Implicit TLS (C{smtps:}, C{secure=True}) on the lean layer
+(L{txsmtpsrv._tlsimplicit}): which connections take it, that what a client
+and the hooks see is what Twisted's layer gives (the existing implicit-TLS
+tests run again on Twisted's layer here), that failures are reported the
+same way, and that the PROXY wrapper and UNIX sockets keep Twisted's layer.
+The adversarial edges of the layer itself are pinned by
+C{tests/test_tlslayer.py}, C{test_review14c.py}, C{test_tls_closenotify.py};
+on implicit TLS by C{test_tlsgather.py} (tiny records, FIN after QUIT) and
+C{test_halfclose.py} (half-close), which run on both layers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import tempfile
+from typing import Any, Callable, List, Tuple
+
+from cryptography import x509
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.trial import unittest
+
+from tests import test_tls, test_tls_close
+from tests.test_tls import client_context, common_name, material, mx_config
+from txsmtpsrv import SMTPServer, _tlsimplicit, _tlslayer
+from txsmtpsrv._tls import TLSConfig
+from txsmtpsrv._testca import test_ca
+from txsmtpsrv._workers import listen_endpoint
+
+IO_TIMEOUT = 10.0
+
+
+class _Counting:
+    """Counts the connections that start the lean layer, and keeps what each SMTP protocol saw."""
+
+    def __init__(self, case: unittest.TestCase) -> None:
+        self.layers: List[Any] = []
+        original = _tlslayer.start_tls
+
+        def counting(*args: Any) -> Any:
+            layer = original(*args)
+            self.layers.append(layer)
+            return layer
+        case.patch(_tlslayer, "start_tls", counting)
+
+
+class Secure:
+    """Hooks: on_secure's TLS facts, the transport the session ran on."""
+
+    def __init__(self) -> None:
+        self.secure: List[Any] = []
+        self.messages: List[bytes] = []
+        self.closed = 0
+
+    def on_secure(self, session: Any) -> None:
+        self.secure.append(session.tls)
+
+    def on_data(self, session: Any, stream: Any) -> Any:
+        return stream.content().addCallback(self.messages.append)
+
+    def on_close(self, session: Any) -> None:
+        self.closed += 1
+
+
+def smtp_ssl(port: int, context: ssl.SSLContext, sni: str = "localhost") -> Tuple[Any, ...]:
+    """smtplib's SMTP_SSL: greeting, EHLO, a message, QUIT; the certificate's CN and the TLS version."""
+    s = smtplib.SMTP_SSL(context=context, timeout=IO_TIMEOUT)
+    s._host = sni  # type: ignore[attr-defined]  # the SNI name
+    try:
+        greeting = s.connect("127.0.0.1", port)
+        cn = common_name(x509.load_der_x509_certificate(s.sock.getpeercert(binary_form=True)))
+        version = s.sock.version()
+        s.ehlo("client.test")
+        refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+        code = s.quit()[0]
+        return greeting[0], cn, version, refused, code
+    finally:
+        s.close()
+
+
+class PathTests(unittest.TestCase):
+    timeout = 60
+
+    def serve(self, endpoint: str, hooks: Any = None, **options: Any) -> "defer.Deferred[Any]":
+        options.setdefault("tls", test_ca().server_config())
+        server = self.server = SMTPServer(hooks or Secure(), name="mx.test", disable_reverse_lookup=True, **options)
+        self.addCleanup(server.close)
+        return server.listen(listen_endpoint(reactor, endpoint, lambda: server.tls))
+
+    def test_which_endpoints(self) -> None:
+        """tcp:, tcp6: and adopted: endpoints take our factory; the PROXY wrapper and unix: Twisted's wrapServerTLS."""
+        holder = object()
+        for description, ours in (("tcp:0", True), ("tcp6:0", True), ("unix:/tmp/x.sock", False),
+                                  ("smtpproxy:trusted=127.0.0.0/8:tcp:0", False)):
+            endpoint = _tlsimplicit.wrap_server_tls(holder, serverFromString(reactor, description))
+            self.assertEqual(isinstance(endpoint, _tlsimplicit.ImplicitTLSEndpoint), ours, description)
+
+    @defer.inlineCallbacks
+    def test_smtps_takes_the_layer(self) -> Any:
+        """smtps:tcp: a message over SMTP_SSL on our layer: greeting, certificate, on_secure's facts, QUIT."""
+        counting = _Counting(self)
+        hooks = Secure()
+        port = yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks)
+        got = yield deferToThread(smtp_ssl, port.getHost().port, test_ca().client_context())
+        self.assertEqual(got[0], 220)
+        self.assertEqual(got[3:], ({}, 221))
+        self.assertEqual(len(counting.layers), 1)
+        [info] = hooks.secure
+        self.assertEqual(info.version, got[2])
+        self.assertFalse(info.resumed)
+        self.assertEqual(hooks.messages, [b"Subject: x\r\n\r\nbody\r\n"])
+
+    @defer.inlineCallbacks
+    def test_other_paths_keep_twisteds_layer(self) -> Any:
+        """smtps: over smtpproxy:, smtps:unix: and ENABLED = False: Twisted's layer, the same dialogue."""
+        counting = _Counting(self)
+        directory = tempfile.mkdtemp()  # (a short path: UNIX socket names are limited)
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s")
+        seen: List[bool] = []
+
+        for endpoint in ("smtps:smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1",
+                         f"smtps:unix:{path}", "smtps:tcp:0:interface=127.0.0.1"):
+            if endpoint.startswith("smtps:tcp"):
+                self.patch(_tlslayer, "ENABLED", False)
+            hooks = Secure()
+            port = yield self.serve(endpoint, hooks)
+            protocols: List[Any] = []
+            original = self.server.buildProtocol
+
+            def building(addr: Any, _o: Callable[..., Any] = original) -> Any:
+                p = _o(addr)
+                protocols.append(p)
+                return p
+            self.server.buildProtocol = building  # type: ignore[method-assign]
+
+            def client(endpoint: str = endpoint, port: Any = port) -> Tuple[Any, ...]:
+                if endpoint.startswith("smtps:unix"):
+                    raw = socket.socket(socket.AF_UNIX)
+                    raw.connect(path)
+                else:
+                    raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=IO_TIMEOUT)
+                    if "smtpproxy" in endpoint:
+                        raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n")
+                raw.settimeout(IO_TIMEOUT)
+                s = smtplib.SMTP()
+                s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+                s.file = None
+                code = s.getreply()[0]
+                s.ehlo("client.test")
+                refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+                return code, refused, s.quit()[0]
+
+            self.assertEqual((yield deferToThread(client)), (220, {}, 221), endpoint)
+            self.assertEqual(len(hooks.secure), 1, endpoint)
+            [protocol] = protocols
+            seen.append(isinstance(protocol.transport, TLSMemoryBIOProtocol))
+        self.assertEqual(seen, [True, True, True])
+        self.assertEqual(counting.layers, [])
+
+    @defer.inlineCallbacks
+    def test_transport_as_on_twisteds_layer(self) -> Any:
+        """What the SMTP protocol sees: ISSLTransport, getHandle() the SSL.Connection, the peer and host."""
+        counting = _Counting(self)
+        seen: List[Any] = []
+        server_connections = lambda: list(self.server._connections)  # noqa: E731
+
+        class Looking(Secure):
+            def on_secure(self, session: Any) -> None:
+                [protocol] = [p for p in server_connections() if p.session is session]
+                t = protocol.transport
+                seen.append((ISSLTransport.providedBy(t), t.getHandle(), t.getPeer().host, t.getHost().port,
+                             t.getPeerCertificate()))
+        port = yield self.serve("smtps:tcp:0:interface=127.0.0.1", Looking())
+        yield deferToThread(smtp_ssl, port.getHost().port, test_ca().client_context())
+        [(ssl_transport, handle, peer, host, certificate)] = seen
+        self.assertTrue(ssl_transport)
+        self.assertIs(handle, counting.layers[0]._conn)
+        self.assertEqual((peer, host), ("127.0.0.1", port.getHost().port))
+        self.assertIsNone(certificate)
+
+    @defer.inlineCallbacks
+    def test_sni_and_client_certificates(self) -> Any:
+        """SNI picks the certificate; a requested client certificate reaches on_secure, verified."""
+        counting = _Counting(self)
+        hooks = Secure()
+        config = mx_config(ca=material().ca.cert_pem, request_client_cert=True)
+        port = yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks, tls=config)
+        got = yield deferToThread(smtp_ssl, port.getHost().port, client_context(cert="client"), "mx.test")
+        self.assertEqual(got[1], "mx.test")
+        [info] = hooks.secure
+        self.assertEqual(info.server_name, "mx.test")
+        self.assertEqual(common_name(info.peer_certificate), "client.test")
+        self.assertTrue(info.peer_certificate_verified)
+        self.assertEqual(len(counting.layers), 1)
+
+    @defer.inlineCallbacks
+    def test_failures_reported_as_by_twisted(self) -> Any:
+        """
+        Plaintext instead of a ClientHello, a stalled and an abandoned
+        handshake: the "tls" observer event, the client's view and on_close
+        are the same on both layers.
+        """
+        config = test_ca().server_config()
+
+        def attempt(kind: str, port: int) -> str:
+            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+                if kind == "garbage":
+                    sock.sendall(b"EHLO client.test\r\n")
+                elif kind == "abandoned":
+                    return "closed"
+                try:
+                    data = sock.recv(1000)
+                except ConnectionResetError:
+                    return "reset"
+                return "eof" if data == b"" else f"data {data[:1]!r}"
+
+        outcomes = {}
+        for enabled in (True, False):
+            self.patch(_tlslayer, "ENABLED", enabled)
+            for kind in ("garbage", "stalled", "abandoned"):
+                events: List[str] = []
+                closed: List[str] = []
+                hooks = type("H", (), {"on_close": lambda self, s: closed.append(s.id)})()
+                yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks,
+                                 tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=0.5))
+                port = self.server._ports[-1].getHost().port
+                self.server.observe("tls", lambda session, why, _e=events: _e.append(why))
+                with capturedLogs():
+                    client = yield deferToThread(attempt, kind, port)
+                    for _ in range(100):
+                        if closed:
+                            break
+                        yield task.deferLater(reactor, 0.02, lambda: None)
+                outcomes[(enabled, kind)] = (client, events, len(closed))
+        for kind in ("garbage", "stalled", "abandoned"):
+            self.assertEqual(outcomes[(True, kind)], outcomes[(False, kind)], kind)
+        self.assertIn("wrong version number", outcomes[(True, "garbage")][1][0])
+
+    @defer.inlineCallbacks
+    def test_nothing_kept_after_the_connections(self) -> Any:
+        """Twenty smtps: sessions come and go: no layer outlives them (cycles only, collected)."""
+        import gc
+
+        from twisted.logger import globalLogBeginner, globalLogPublisher
+        history = getattr(globalLogBeginner, "_temporaryObserver", None)
+        if history is not None:
+            globalLogPublisher.removeObserver(history)
+            self.addCleanup(globalLogPublisher.addObserver, history)
+        counting = _Counting(self)
+        port = yield self.serve("smtps:tcp:0:interface=127.0.0.1")
+
+        def client() -> None:
+            for _ in range(20):
+                smtp_ssl(port.getHost().port, test_ca().client_context())
+        yield deferToThread(client)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(counting.layers), 20)
+        ours = {id(layer) for layer in counting.layers}
+        del counting.layers[:]
+        gc.collect()
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, _tlslayer.TLSLayer) and id(o) in ours], [])
+
+
+# The existing implicit-TLS tests run on our layer (the default); again on Twisted's layer.
+
+
+class TwistedLayerImplicitTLSTests(test_tls.ImplicitTLSTests):
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
+
+
+class TwistedLayerImplicitTLSCloseTests(test_tls_close.ImplicitTLSCloseTests):
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
+
+
+class TwistedLayerRequiredClientCertificateTests(test_tls._TLSTestCase):
+    test_required = test_tls.ClientCertificateTests.test_required
+
+    def setUp(self) -> None:
+        self.patch(_tlslayer, "ENABLED", False)
