@@ -19,6 +19,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import time
 from typing import Any, Callable, List, Tuple
 
 from cryptography import x509
@@ -270,6 +271,56 @@ class PathTests(unittest.TestCase):
         del counting.layers[:]
         gc.collect()
         self.assertEqual([o for o in gc.get_objects() if isinstance(o, _tlslayer.TLSLayer) and id(o) in ours], [])
+
+
+class OverTheLimitTests(unittest.TestCase):
+    """
+    A client over C{max_clients} on an implicit-TLS listener: its 421 waits
+    for the handshake. One that never shakes hands is dropped after the
+    handshake timeout (it was kept for as long as it liked, uncounted: a
+    way round C{max_clients}); one that does reads the 421. Both layers.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def check(self, enabled: bool) -> Any:
+        self.patch(_tlslayer, "ENABLED", enabled)
+        config = test_ca().server_config()
+        server = SMTPServer(None, name="mx.test", disable_reverse_lookup=True, max_clients=1, socket_timeout=30,
+                            tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=1.0))
+        self.addCleanup(server.close)
+        port = yield server.listen(listen_endpoint(reactor, "smtps:tcp:0:interface=127.0.0.1", lambda: server.tls))
+        number = port.getHost().port
+
+        def clients() -> Tuple[str, float, int]:
+            with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw:
+                inside = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+                assert inside.recv(100).startswith(b"220")  # the one within the limit, holding its slot
+                with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as silent:
+                    start = time.monotonic()
+                    try:
+                        outcome = "eof" if silent.recv(100) == b"" else "data"
+                    except ConnectionResetError:
+                        outcome = "reset"
+                    except socket.timeout:
+                        outcome = "still open"
+                    waited = time.monotonic() - start
+                with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw2:
+                    late = test_ca().client_context().wrap_socket(raw2, server_hostname="localhost")
+                    code = int(late.recv(100)[:3])
+                return outcome, waited, code
+
+        outcome, waited, code = yield deferToThread(clients)
+        self.assertIn(outcome, ("eof", "reset"))
+        self.assertLess(waited, 5.0)  # handshake_timeout is 1 s, socket_timeout 30 s
+        self.assertEqual(code, 421)
+
+    def test_lean_layer(self) -> Any:
+        return self.check(True)
+
+    def test_twisteds_layer(self) -> Any:
+        return self.check(False)
 
 
 # The existing implicit-TLS tests run on our layer (the default); again on Twisted's layer.
