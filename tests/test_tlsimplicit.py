@@ -170,6 +170,48 @@ class PathTests(unittest.TestCase):
         self.assertEqual(counting.layers, [])
 
     @defer.inlineCallbacks
+    def test_adopted_unix_socket_falls_back_per_connection(self) -> Any:
+        """
+        smtps:adopted:FD:UNIX is an endpoint our factory takes (adopted:),
+        but its connections are not TCP: each falls back to Twisted's layer
+        in the same factory (C{_Start}), and the dialogue is the same.
+        """
+        counting = _Counting(self)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s")
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(path)
+        listening.listen(5)
+        listening.setblocking(False)
+        hooks = Secure()
+        endpoint = f"smtps:adopted:{listening.detach()}:UNIX"  # (the endpoint closes the descriptor it adopts)
+        self.assertIsInstance(listen_endpoint(reactor, endpoint, lambda: None), _tlsimplicit.ImplicitTLSEndpoint)
+        yield self.serve(endpoint, hooks)
+        transports: List[Any] = []
+        self.server.observe("connect", lambda session: transports.extend(
+            p.transport for p in self.server._connections if p.session is session))
+
+        def client() -> Tuple[Any, ...]:
+            raw = socket.socket(socket.AF_UNIX)
+            raw.settimeout(IO_TIMEOUT)
+            raw.connect(path)
+            s = smtplib.SMTP()
+            s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+            s.file = None
+            code = s.getreply()[0]
+            s.ehlo("client.test")
+            refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+            return code, refused, s.quit()[0]
+
+        self.assertEqual((yield deferToThread(client)), (220, {}, 221))
+        self.assertEqual(len(hooks.secure), 1)
+        self.assertEqual(hooks.messages, [b"Subject: x\r\n\r\nbody\r\n"])
+        [transport] = transports
+        self.assertIsInstance(transport, TLSMemoryBIOProtocol)
+        self.assertEqual(counting.layers, [])
+
+    @defer.inlineCallbacks
     def test_transport_as_on_twisteds_layer(self) -> Any:
         """What the SMTP protocol sees: ISSLTransport, getHandle() the SSL.Connection, the peer and host."""
         counting = _Counting(self)
