@@ -248,6 +248,41 @@ class PathTests(unittest.TestCase):
         self.assertEqual(len(counting.layers), 1)
 
     @defer.inlineCallbacks
+    def test_sessions_resume_as_on_twisteds_layer(self) -> Any:
+        """
+        A client that keeps its session resumes it on the next connection
+        (TLS 1.3 ticket, TLS 1.2 ticket), and on_secure's C{resumed} says so:
+        the same on both layers.
+        """
+        seen = {}
+        for enabled in (True, False):
+            self.patch(_tlslayer, "ENABLED", enabled)
+            hooks = Secure()
+            port = yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks)
+
+            def client(number: int = port.getHost().port) -> List[bool]:
+                reused = []
+                for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                    context = test_ca().client_context()
+                    context.maximum_version = version
+                    session = None
+                    for _ in range(2):
+                        with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw:
+                            with context.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                                s.recv(1000)  # the greeting (and, before it, TLS 1.3's ticket)
+                                s.sendall(b"QUIT\r\n")
+                                s.recv(1000)
+                                reused.append(s.session_reused)
+                                session = s.session
+                return reused
+
+            client_side = yield deferToThread(client)
+            seen[enabled] = (client_side, [(info.version, info.resumed) for info in hooks.secure])
+        expected = ([False, True, False, True],
+                    [("TLSv1.3", False), ("TLSv1.3", True), ("TLSv1.2", False), ("TLSv1.2", True)])
+        self.assertEqual(seen, {True: expected, False: expected})
+
+    @defer.inlineCallbacks
     def test_failures_reported_as_by_twisted(self) -> Any:
         """
         Plaintext instead of a ClientHello, a stalled and an abandoned
