@@ -6,7 +6,8 @@ a half-close, as a TCP FIN is. The commands sent before it are answered,
 also those whose replies come later (a hook, the data hook's verdict), then
 our close_notify and TCP close. Mid-message nothing is stored; under TLS
 1.2 (RFC 5246 7.2.1) the connection still ends at once. Real-client tests
-over loopback (Python's C{ssl}, which sends close_notify and keeps reading)
+over loopback (Python's C{ssl}, which sends close_notify and keeps reading;
+STARTTLS and implicit TLS)
 and deterministic ones on L{tests.test_tlslayer.Wire}.
 """
 
@@ -70,12 +71,13 @@ class RealClientTests(unittest.TestCase):
 
     timeout = 60
 
-    def serve(self) -> "defer.Deferred[int]":
+    def serve(self, implicit: bool = False) -> "defer.Deferred[int]":
         self.hooks = LateHooks()
         server = SMTPServer(self.hooks, disable_reverse_lookup=True, name="mx.test", socket_timeout=30,
                             tls=test_ca().server_config())
         self.addCleanup(server.close)
-        endpoint = listen_endpoint(reactor, "tcp:0:interface=127.0.0.1", lambda: server.tls)
+        description = ("smtps:" if implicit else "") + "tcp:0:interface=127.0.0.1"
+        endpoint = listen_endpoint(reactor, description, lambda: server.tls)
         return server.listen(endpoint).addCallback(lambda port: port.getHost().port)
 
     @defer.inlineCallbacks
@@ -90,6 +92,15 @@ class RealClientTests(unittest.TestCase):
         self.assertEqual(finals(data), [b"220", b"250", b"250", b"250", b"354", b"250"])
         self.assertEqual([m[0] for m in self.hooks.messages], ["a@example.test"])
         self.assertLess(waited, 5.0)  # closed once answered, not after socket_timeout (30 s)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls(self) -> Any:
+        """The same on an smtps: listener, which runs on the lean layer too."""
+        port = yield self.serve(implicit=True)
+        data, waited = yield deferToThread(tls_half_close, port, MESSAGE, False, True).addTimeout(30, reactor)
+        self.assertEqual(finals(data), [b"220", b"250", b"250", b"250", b"354", b"250"])
+        self.assertEqual([m[0] for m in self.hooks.messages], ["a@example.test"])
+        self.assertLess(waited, 5.0)
 
     @defer.inlineCallbacks
     def test_close_notify_without_fin(self) -> Any:

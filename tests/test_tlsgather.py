@@ -7,7 +7,9 @@ not one chunk per record. The lean layer gathers them itself
 server on loopback and a client that sends its body as one-byte records:
 implicit TLS (C{smtps:}), STARTTLS behind the PROXY wrapper, C{smtps:}
 over C{smtpproxy:}, and STARTTLS on plain TCP with the lean layer switched
-off (Twisted's layer).
+off (Twisted's layer); and, deterministically, on Twisted's layer over a
+C{StringTransport} (the handshake's end and the records of its read, the
+handover every C{GATHER} bytes).
 """
 
 from __future__ import annotations
@@ -18,10 +20,16 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
+from zope.interface import directlyProvides
 
 from txsmtpsrv import SMTPServer, _tlslayer
+from txsmtpsrv._tls import TLSContextHolder
+from txsmtpsrv._tlsgather import GATHER, gather_records
 from txsmtpsrv._testca import test_ca
 from txsmtpsrv._workers import listen_endpoint
 
@@ -247,3 +255,82 @@ class FinAfterQuitTests(unittest.TestCase):
     def test_starttls_on_twisteds_layer(self) -> Any:
         self.patch(_tlslayer, "ENABLED", False)
         return self.check(*Paths.lean)
+
+
+class _Recording:
+    """The protocol under Twisted's TLS layer: what reaches it, in order."""
+
+    def __init__(self) -> None:
+        self.events: List[Tuple[str, bytes]] = []
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def handshakeCompleted(self) -> None:
+        self.events.append(("handshake", b""))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def connectionLost(self, reason: Any) -> None:
+        self.events.append(("lost", b""))
+
+
+class InMemoryTests(unittest.SynchronousTestCase):
+    """
+    L{gather_records} on Twisted's C{TLSMemoryBIOProtocol} over a
+    C{StringTransport}, the client on memory BIOs: what one read's records
+    make of the protocol's input, deterministically.
+    """
+
+    def setUp(self) -> None:
+        self.protocol = _Recording()
+        directlyProvides(self.protocol, IHandshakeListener)
+        factory = TLSMemoryBIOFactory(TLSContextHolder(test_ca().server_config()), False, None)
+        self.tls = factory.protocol(factory, self.protocol)
+        self.wire = StringTransport()
+        self.tls.makeConnection(self.wire)
+        gather_records(self.tls)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.client = test_ca().client_context().wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+
+    def exchange(self) -> None:
+        """The server's bytes to the client."""
+        self.incoming.write(self.wire.value())
+        self.wire.clear()
+
+    def handshake_until_finished(self) -> bytes:
+        """The client's handshake up to (not including) sending its Finished: those bytes."""
+        with self.assertRaises(ssl.SSLWantReadError):
+            self.client.do_handshake()
+        self.tls.dataReceived(self.outgoing.read())  # ClientHello
+        self.exchange()
+        self.client.do_handshake()  # (TLS 1.3: done on the client's side once it has sent its Finished)
+        return self.outgoing.read()
+
+    def test_finished_and_records_in_one_read(self) -> None:
+        """The client's Finished and ten small records in one read: the handshake, then one chunk, in order."""
+        finished = self.handshake_until_finished()
+        for i in range(10):
+            self.client.write(b"line %d\r\n" % i)
+        self.tls.dataReceived(finished + self.outgoing.read())
+        self.assertEqual(self.protocol.events,
+                         [("handshake", b""), ("data", b"".join(b"line %d\r\n" % i for i in range(10)))])
+
+    def test_handed_over_at_gather_bytes(self) -> None:
+        """
+        A read of 300 records of 100 bytes: chunks of GATHER bytes (give or
+        take a record) as they fill, the rest at the end of the read,
+        everything in order.
+        """
+        self.tls.dataReceived(self.handshake_until_finished())
+        payload = bytes(range(100)) * 300
+        for i in range(300):
+            self.client.write(payload[i * 100:(i + 1) * 100])
+        self.tls.dataReceived(self.outgoing.read())
+        chunks = [data for kind, data in self.protocol.events if kind == "data"]
+        self.assertEqual(b"".join(chunks), payload)
+        self.assertEqual(len(chunks), -(-len(payload) // (GATHER + 100 - GATHER % 100)))
+        for chunk in chunks[:-1]:
+            self.assertTrue(GATHER <= len(chunk) < GATHER + 100, len(chunk))

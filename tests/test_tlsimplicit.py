@@ -19,6 +19,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import time
 from typing import Any, Callable, List, Tuple
 
 from cryptography import x509
@@ -169,6 +170,48 @@ class PathTests(unittest.TestCase):
         self.assertEqual(counting.layers, [])
 
     @defer.inlineCallbacks
+    def test_adopted_unix_socket_falls_back_per_connection(self) -> Any:
+        """
+        smtps:adopted:FD:UNIX is an endpoint our factory takes (adopted:),
+        but its connections are not TCP: each falls back to Twisted's layer
+        in the same factory (C{_Start}), and the dialogue is the same.
+        """
+        counting = _Counting(self)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s")
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(path)
+        listening.listen(5)
+        listening.setblocking(False)
+        hooks = Secure()
+        endpoint = f"smtps:adopted:{listening.detach()}:UNIX"  # (the endpoint closes the descriptor it adopts)
+        self.assertIsInstance(listen_endpoint(reactor, endpoint, lambda: None), _tlsimplicit.ImplicitTLSEndpoint)
+        yield self.serve(endpoint, hooks)
+        transports: List[Any] = []
+        self.server.observe("connect", lambda session: transports.extend(
+            p.transport for p in self.server._connections if p.session is session))
+
+        def client() -> Tuple[Any, ...]:
+            raw = socket.socket(socket.AF_UNIX)
+            raw.settimeout(IO_TIMEOUT)
+            raw.connect(path)
+            s = smtplib.SMTP()
+            s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+            s.file = None
+            code = s.getreply()[0]
+            s.ehlo("client.test")
+            refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+            return code, refused, s.quit()[0]
+
+        self.assertEqual((yield deferToThread(client)), (220, {}, 221))
+        self.assertEqual(len(hooks.secure), 1)
+        self.assertEqual(hooks.messages, [b"Subject: x\r\n\r\nbody\r\n"])
+        [transport] = transports
+        self.assertIsInstance(transport, TLSMemoryBIOProtocol)
+        self.assertEqual(counting.layers, [])
+
+    @defer.inlineCallbacks
     def test_transport_as_on_twisteds_layer(self) -> Any:
         """What the SMTP protocol sees: ISSLTransport, getHandle() the SSL.Connection, the peer and host."""
         counting = _Counting(self)
@@ -203,6 +246,41 @@ class PathTests(unittest.TestCase):
         self.assertEqual(common_name(info.peer_certificate), "client.test")
         self.assertTrue(info.peer_certificate_verified)
         self.assertEqual(len(counting.layers), 1)
+
+    @defer.inlineCallbacks
+    def test_sessions_resume_as_on_twisteds_layer(self) -> Any:
+        """
+        A client that keeps its session resumes it on the next connection
+        (TLS 1.3 ticket, TLS 1.2 ticket), and on_secure's C{resumed} says so:
+        the same on both layers.
+        """
+        seen = {}
+        for enabled in (True, False):
+            self.patch(_tlslayer, "ENABLED", enabled)
+            hooks = Secure()
+            port = yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks)
+
+            def client(number: int = port.getHost().port) -> List[bool]:
+                reused = []
+                for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                    context = test_ca().client_context()
+                    context.maximum_version = version
+                    session = None
+                    for _ in range(2):
+                        with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw:
+                            with context.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                                s.recv(1000)  # the greeting (and, before it, TLS 1.3's ticket)
+                                s.sendall(b"QUIT\r\n")
+                                s.recv(1000)
+                                reused.append(s.session_reused)
+                                session = s.session
+                return reused
+
+            client_side = yield deferToThread(client)
+            seen[enabled] = (client_side, [(info.version, info.resumed) for info in hooks.secure])
+        expected = ([False, True, False, True],
+                    [("TLSv1.3", False), ("TLSv1.3", True), ("TLSv1.2", False), ("TLSv1.2", True)])
+        self.assertEqual(seen, {True: expected, False: expected})
 
     @defer.inlineCallbacks
     def test_failures_reported_as_by_twisted(self) -> Any:
@@ -270,6 +348,56 @@ class PathTests(unittest.TestCase):
         del counting.layers[:]
         gc.collect()
         self.assertEqual([o for o in gc.get_objects() if isinstance(o, _tlslayer.TLSLayer) and id(o) in ours], [])
+
+
+class OverTheLimitTests(unittest.TestCase):
+    """
+    A client over C{max_clients} on an implicit-TLS listener: its 421 waits
+    for the handshake. One that never shakes hands is dropped after the
+    handshake timeout (it was kept for as long as it liked, uncounted: a
+    way round C{max_clients}); one that does reads the 421. Both layers.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def check(self, enabled: bool) -> Any:
+        self.patch(_tlslayer, "ENABLED", enabled)
+        config = test_ca().server_config()
+        server = SMTPServer(None, name="mx.test", disable_reverse_lookup=True, max_clients=1, socket_timeout=30,
+                            tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=1.0))
+        self.addCleanup(server.close)
+        port = yield server.listen(listen_endpoint(reactor, "smtps:tcp:0:interface=127.0.0.1", lambda: server.tls))
+        number = port.getHost().port
+
+        def clients() -> Tuple[str, float, int]:
+            with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw:
+                inside = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+                assert inside.recv(100).startswith(b"220")  # the one within the limit, holding its slot
+                with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as silent:
+                    start = time.monotonic()
+                    try:
+                        outcome = "eof" if silent.recv(100) == b"" else "data"
+                    except ConnectionResetError:
+                        outcome = "reset"
+                    except socket.timeout:
+                        outcome = "still open"
+                    waited = time.monotonic() - start
+                with socket.create_connection(("127.0.0.1", number), timeout=IO_TIMEOUT) as raw2:
+                    late = test_ca().client_context().wrap_socket(raw2, server_hostname="localhost")
+                    code = int(late.recv(100)[:3])
+                return outcome, waited, code
+
+        outcome, waited, code = yield deferToThread(clients)
+        self.assertIn(outcome, ("eof", "reset"))
+        self.assertLess(waited, 5.0)  # handshake_timeout is 1 s, socket_timeout 30 s
+        self.assertEqual(code, 421)
+
+    def test_lean_layer(self) -> Any:
+        return self.check(True)
+
+    def test_twisteds_layer(self) -> Any:
+        return self.check(False)
 
 
 # The existing implicit-TLS tests run on our layer (the default); again on Twisted's layer.

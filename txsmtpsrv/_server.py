@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Union
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import IListeningPort, ISSLTransport, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,15 +48,41 @@ OBSERVER_EVENTS = {
 
 
 class _TooBusy(Protocol):
-    """Answers the client over C{max_clients} with 421 and hangs up."""
+    """
+    Answers the client over C{max_clients} with 421 and hangs up.
+
+    Under implicit TLS the 421 waits for the handshake (and Twisted's layer
+    then waits for the client's close_notify): a client that never finishes
+    either would keep its socket for as long as it likes, uncounted, where
+    a client within the limit is dropped by its timers. It gets as long as
+    a handshake may take (C{handshake_timeout}, at most C{socket_timeout}).
+    """
 
     def __init__(self, reply: bytes) -> None:
         self._reply = reply
+        self._timer: Any = None
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self._reply)
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None
+        if ISSLTransport.providedBy(transport):  # (set first: the close may be reported at once)
+            self._timer = self.factory.reactor.callLater(self._time_allowed(), transport.abortConnection)
+        transport.write(self._reply)
+        transport.loseConnection()
+
+    def _time_allowed(self) -> float:
+        server = self.factory
+        limit: float = server.options.socket_timeout
+        try:
+            handshake = server.tls.handshake_timeout
+        except Exception:  # (TLS settings of the user's own endpoint, not ours: theirs may not load)
+            handshake = None
+        return limit if handshake is None else min(limit, handshake)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class SMTPServer(ServerFactory):

@@ -9,8 +9,9 @@ of ciphertext each) turns one 64 KiB read into ~2,800 calls into the SMTP
 dialogue and ~2,800 chunks for a data hook's reader: a reader keeping its
 chunks (C{stream.content()}) holds ~40 bytes per body byte. Our own layer
 (L{txsmtpsrv._tlslayer}) gathers small records itself; this module does the
-same for the paths still on Twisted's layer (implicit TLS, the PROXY
-wrapper, in-memory transports, C{_tlslayer.ENABLED = False}).
+same for the paths still on Twisted's layer (the PROXY wrapper, implicit
+TLS over it or over C{unix:}, in-memory transports,
+C{_tlslayer.ENABLED = False}).
 
 How, through public attributes only (C{tcp.Connection.protocol} and
 C{ProtocolWrapper.wrappedProtocol}, as L{txsmtpsrv._halfclose} does): the
