@@ -129,6 +129,25 @@ class LoopbackTests(unittest.TestCase):
         self.assertTrue(flags[0])
 
 
+    @defer.inlineCallbacks
+    def test_implicit_tls_through_the_proxy_wrapper(self) -> None:
+        """Twisted's TLS over our PROXY wrapper (the path implicit TLS keeps on Twisted's layer)."""
+        port = yield self.serve("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1",
+                                tls=TLSConfig(), secure=True)
+
+        def connect() -> ssl.SSLSocket:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n")
+            s = unverified_client_context().wrap_socket(raw)
+            greeting = s.recv(1024)
+            assert greeting.startswith(b"220 "), greeting
+            return s
+
+        flags = yield self.hold_open(connect)
+        self.assertEqual(len(flags), 1)
+        self.assertTrue(flags[0])
+
+
 class _Refusing:
     """A TCP socket as macOS has it once the client reset: C{setsockopt} fails with C{EINVAL}."""
 
