@@ -211,14 +211,14 @@ class QuietFailureTests(unittest.TestCase):
         self.assertEqual(self.refusing.asked, 0)
 
 
-def test_unix_socket_left_alone() -> None:
-    """A UNIX connection (a C{tcp.Server} subclass) is never asked for a TCP option."""
+def test_unix_socket_quiet() -> None:
+    """A UNIX connection (a C{tcp.Server} subclass): its refusal of the TCP option (EOPNOTSUPP) is no error."""
     from twisted.internet.unix import Server as UNIXServer
     a, b = socket.socketpair()
     try:
         a.setblocking(False)
         server = UNIXServer(a, None, None, None, 1, MemoryReactor())
-        no_delay(server)  # EOPNOTSUPP if asked
+        no_delay(server)
     finally:
         a.close()
         b.close()

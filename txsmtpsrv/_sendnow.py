@@ -51,6 +51,8 @@ from ._proxy import ProxyProtocolWrapper
 
 __all__ = ["ReplyWriter", "eligible", "no_delay"]
 
+_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+
 
 def eligible(transport: Any) -> Optional[socket.socket]:
     """
@@ -90,17 +92,18 @@ def no_delay(transport: Any) -> None:
     scanner or a health check does on every connection. Nothing is lost
     then: there is no one left to answer. Other transports (not Twisted's
     TCP under any number of wrappers) are asked through C{setTcpNoDelay}
-    where they have it; UNIX sockets are left alone.
+    where they have it. (No family check first: C{socket.family} costs more than
+    the call; a UNIX socket's refusal is caught like any other.)
     """
     real = transport
     while isinstance(real, ProtocolWrapper):
         real = real.transport
     if isinstance(real, Connection):
         sock = getattr(real, "socket", None)  # not getHandle(): after STARTTLS that is the TLS connection
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is not None:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
+                sock.setsockopt(_TCP, _NODELAY, 1)
+            except OSError:  # refused (above), or a UNIX socket (EOPNOTSUPP): no TCP to tune
                 pass
         return
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
