@@ -20,8 +20,8 @@ import ssl
 from typing import Any, List
 
 from twisted.internet import defer, reactor
-from twisted.internet.tcp import Connection
-from twisted.internet.testing import StringTransport
+from twisted.internet.tcp import Connection, Server
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
@@ -127,3 +127,98 @@ class LoopbackTests(unittest.TestCase):
         flags = yield self.hold_open(connect)
         self.assertEqual(len(flags), 1)
         self.assertTrue(flags[0])
+
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_through_the_proxy_wrapper(self) -> None:
+        """Twisted's TLS over our PROXY wrapper (the path implicit TLS keeps on Twisted's layer)."""
+        port = yield self.serve("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1",
+                                tls=TLSConfig(), secure=True)
+
+        def connect() -> ssl.SSLSocket:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n")
+            s = unverified_client_context().wrap_socket(raw)
+            greeting = s.recv(1024)
+            assert greeting.startswith(b"220 "), greeting
+            return s
+
+        flags = yield self.hold_open(connect)
+        self.assertEqual(len(flags), 1)
+        self.assertTrue(flags[0])
+
+
+class _Refusing:
+    """A TCP socket as macOS has it once the client reset: C{setsockopt} fails with C{EINVAL}."""
+
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def setsockopt(self, *args: Any) -> None:
+        self.asked += 1
+        raise OSError(22, "Invalid argument")
+
+
+class QuietFailureTests(unittest.TestCase):
+    """
+    A refused option is no error worth a line: macOS refuses C{TCP_NODELAY}
+    (C{EINVAL}) on a socket the client has already reset (a port scanner, a
+    health check), and Twisted's C{setTcpNoDelay} would log a traceback for it.
+    """
+
+    def setUp(self) -> None:
+        from twisted.logger import globalLogPublisher
+        self.events: List[Any] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, addr = listener.accept()
+        accepted.setblocking(False)
+        for s in (listener, client, accepted):
+            self.addCleanup(s.close)
+        self.server = Server(accepted, None, addr, None, 1, MemoryReactor())  # (it watches the socket: not ours)
+        self.refusing = _Refusing()
+        self.server.socket = self.refusing
+
+    def assertQuiet(self) -> None:
+        self.assertEqual(self.refusing.asked, 1)
+        self.assertEqual([e for e in self.events if e.get("log_failure") is not None or e.get("isError")], [])
+
+    def test_tcp(self) -> None:
+        no_delay(self.server)
+        self.assertQuiet()
+
+    def test_through_wrappers(self) -> None:
+        """Through the PROXY wrapper and Twisted's TLS alike (both C{ProtocolWrapper}s)."""
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+        outer = self.server
+        for _ in range(2):
+            wrapper = ProtocolWrapper(WrappingFactory(None), None)
+            wrapper.transport = outer
+            outer = wrapper
+        no_delay(outer)
+        self.assertQuiet()
+
+    def test_gone(self) -> None:
+        """After C{connectionLost} Twisted's connection has no socket: nothing to do, nothing raised."""
+        del self.server.socket
+        no_delay(self.server)
+        self.assertEqual(self.refusing.asked, 0)
+
+
+def test_unix_socket_quiet() -> None:
+    """A UNIX connection (a C{tcp.Server} subclass): its refusal of the TCP option (EOPNOTSUPP) is no error."""
+    from twisted.internet.unix import Server as UNIXServer
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        server = UNIXServer(a, None, None, None, 1, MemoryReactor())
+        no_delay(server)
+    finally:
+        a.close()
+        b.close()

@@ -45,10 +45,13 @@ from typing import Any, Optional
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.tcp import Connection
+from twisted.protocols.policies import ProtocolWrapper
 
 from ._proxy import ProxyProtocolWrapper
 
 __all__ = ["ReplyWriter", "eligible", "no_delay"]
+
+_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 
 
 def eligible(transport: Any) -> Optional[socket.socket]:
@@ -75,16 +78,34 @@ def eligible(transport: Any) -> Optional[socket.socket]:
 def no_delay(transport: Any) -> None:
     """
     Turn Nagle's algorithm off on the connection's TCP socket, whatever
-    wraps it (Twisted's TLS and our PROXY wrapper forward the call).
+    wraps it (Twisted's TLS, our PROXY wrapper: C{ProtocolWrapper}s).
 
     Why: the replies of one read already leave in one write, so Nagle's
     coalescing gains nothing, and it stalls the replies a hook gives later.
     A reply sent while an earlier one is unacknowledged (the pipelined MAIL's
     250, then an asynchronous C{on_rcpt_to}'s)
     waits for the client's delayed ACK: 40 ms per group on Linux, measured.
-    Twisted's C{setTcpNoDelay} ignores the error of a socket that is not
-    TCP (UNIX); in-memory transports have no such method.
+
+    Set on the socket itself, quietly: Twisted's C{setTcpNoDelay} logs a
+    failure as an error with a traceback, and macOS refuses the option
+    (C{EINVAL}) on a socket the client has already reset, which a port
+    scanner or a health check does on every connection. Nothing is lost
+    then: there is no one left to answer. Other transports (not Twisted's
+    TCP under any number of wrappers) are asked through C{setTcpNoDelay}
+    where they have it. (No family check first: C{socket.family} costs more than
+    the call; a UNIX socket's refusal is caught like any other.)
     """
+    real = transport
+    while isinstance(real, ProtocolWrapper):
+        real = real.transport
+    if isinstance(real, Connection):
+        sock = getattr(real, "socket", None)  # not getHandle(): after STARTTLS that is the TLS connection
+        if sock is not None:
+            try:
+                sock.setsockopt(_TCP, _NODELAY, 1)
+            except OSError:  # refused (above), or a UNIX socket (EOPNOTSUPP): no TCP to tune
+                pass
+        return
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         set_no_delay(True)
