@@ -35,7 +35,8 @@ from ._halfclose import tls_layer
 
 __all__ = ["GATHER", "gather_records"]
 
-#: Plaintext of small records gathered into one handover (as the lean layer's C{_GATHER}).
+#: Plaintext of small records gathered into one handover (a plain TCP read's worth, roughly), on
+#: Twisted's layer here and on the lean one (C{_tlslayer}).
 GATHER = 1 << 13
 
 

@@ -73,7 +73,7 @@ from zope.interface import directlyProvides, implementer
 from ._halfclose import half_closeable
 from ._sendnow import ReplyWriter, eligible as direct_socket
 from ._tlsconn import keep_declarations
-from ._tlsgather import gather_records
+from ._tlsgather import GATHER as _GATHER, gather_records
 
 __all__ = ["ENABLED", "TLSLayer", "eligible", "start_tls", "upgrade"]
 
@@ -84,8 +84,6 @@ ENABLED = True
 #: Plaintext asked of OpenSSL per C{recv}: more than a record holds (16 KiB),
 #: so each call returns one whole record.
 _RECV_SIZE = 1 << 15
-#: Plaintext of small records gathered into one handover (a plain TCP read's worth, roughly).
-_GATHER = 1 << 13
 #: Ciphertext taken out of OpenSSL's memory BIO per C{bio_read}; a shorter
 #: answer means the BIO is empty (no C{WantReadError} raised to learn it).
 #: Below glibc's 128 KiB C{mmap} threshold: each call allocates this much.
