@@ -140,15 +140,6 @@ DEFAULT_TRUSTED: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
-def _networks(trusted: Iterable[str | Network] | str) -> tuple[Network, ...]:
-    """
-    The trusted networks, read as the server's network lists are (one parser,
-    L{parse_networks}): C{10.0.0.1/8}, host bits set, is an error naming both
-    readings rather than all of 10.0.0.0/8 trusted.
-    """
-    return parse_networks(trusted)
-
-
 def _to_address(family: str, host: str, port: int | None) -> IAddress:
     if family == "INET":
         return IPv4Address("TCP", host, port or 0)
@@ -408,7 +399,7 @@ class ProxyWrappingFactory(WrappingFactory[ProxyProtocolWrapper]):
 
             reactor = _reactor
         self.clock: IReactorTime = reactor
-        self.trusted = _networks(trusted)
+        self.trusted = parse_networks(trusted)  # one parser for every network list: host bits are an error
         if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a finite number of seconds >= 0")
         self.timeout = timeout
@@ -466,7 +457,7 @@ class ProxyServerEndpoint:
     ) -> None:
         self.endpoint = endpoint
         # validate early, not at listen time
-        self.trusted = _networks(trusted)
+        self.trusted = parse_networks(trusted)  # one parser for every network list: host bits are an error
         if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a finite number of seconds >= 0")
         if max_header_size < 16:
