@@ -58,6 +58,21 @@ def tcp_socket(transport: Any) -> socket.socket:
     return transport.socket
 
 
+PROXY_HEADER = b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n"
+PROXIED = "smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1"
+
+
+def greeted(sock: Any) -> Any:
+    """C{sock} once its whole 220 greeting line has been read (a plain or a TLS socket)."""
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        chunk = sock.recv(1024)
+        assert chunk, "closed before the greeting"
+        greeting += chunk
+    assert greeting.startswith(b"220 "), greeting
+    return sock
+
+
 class LoopbackTests(unittest.TestCase):
     timeout = 60
 
@@ -73,14 +88,18 @@ class LoopbackTests(unittest.TestCase):
                 for p in self.server._connections]
 
     @defer.inlineCallbacks
-    def hold_open(self, connect: Any) -> Any:
-        """Connect in a thread (C{connect} returns after the greeting), read the flags, then let go."""
+    def assert_no_delay(self, connect: Any) -> Any:
+        """
+        Connect in a thread (C{connect} returns after the greeting): the one
+        server-side connection has TCP_NODELAY on; then let the client go.
+        """
         client = yield deferToThread(connect).addTimeout(30, reactor)
         try:
             flags = self.flags()
         finally:
             yield deferToThread(client.close).addTimeout(30, reactor)
-        return flags
+        self.assertEqual(len(flags), 1)
+        self.assertTrue(flags[0])
 
     @defer.inlineCallbacks
     def test_plain_tcp(self) -> None:
@@ -91,61 +110,40 @@ class LoopbackTests(unittest.TestCase):
             s.ehlo("client.test")
             return s
 
-        flags = yield self.hold_open(connect)
-        self.assertEqual(len(flags), 1)
-        self.assertTrue(flags[0])
+        yield self.assert_no_delay(connect)
 
     @defer.inlineCallbacks
     def test_through_the_proxy_wrapper(self) -> None:
-        port = yield self.serve("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1")
+        port = yield self.serve(PROXIED)
 
         def connect() -> socket.socket:
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n")
-            greeting = b""
-            while not greeting.endswith(b"\r\n"):
-                chunk = s.recv(1024)
-                assert chunk, "closed before the greeting"
-                greeting += chunk
-            assert greeting.startswith(b"220 "), greeting
-            return s
+            s.sendall(PROXY_HEADER)
+            return greeted(s)
 
-        flags = yield self.hold_open(connect)
-        self.assertEqual(len(flags), 1)
-        self.assertTrue(flags[0])
+        yield self.assert_no_delay(connect)
 
     @defer.inlineCallbacks
     def test_implicit_tls(self) -> None:
         port = yield self.serve(tls=TLSConfig(), secure=True)
 
         def connect() -> ssl.SSLSocket:
-            s = unverified_client_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
-            greeting = s.recv(1024)
-            assert greeting.startswith(b"220 "), greeting
-            return s
+            return greeted(unverified_client_context().wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=10)))
 
-        flags = yield self.hold_open(connect)
-        self.assertEqual(len(flags), 1)
-        self.assertTrue(flags[0])
-
+        yield self.assert_no_delay(connect)
 
     @defer.inlineCallbacks
     def test_implicit_tls_through_the_proxy_wrapper(self) -> None:
         """Twisted's TLS over our PROXY wrapper (the path implicit TLS keeps on Twisted's layer)."""
-        port = yield self.serve("smtpproxy:trusted=127.0.0.0/8:timeout=5:tcp:0:interface=127.0.0.1",
-                                tls=TLSConfig(), secure=True)
+        port = yield self.serve(PROXIED, tls=TLSConfig(), secure=True)
 
         def connect() -> ssl.SSLSocket:
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-            raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n")
-            s = unverified_client_context().wrap_socket(raw)
-            greeting = s.recv(1024)
-            assert greeting.startswith(b"220 "), greeting
-            return s
+            raw.sendall(PROXY_HEADER)
+            return greeted(unverified_client_context().wrap_socket(raw))
 
-        flags = yield self.hold_open(connect)
-        self.assertEqual(len(flags), 1)
-        self.assertTrue(flags[0])
+        yield self.assert_no_delay(connect)
 
 
 class _Refusing:
