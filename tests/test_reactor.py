@@ -272,6 +272,87 @@ def test_install_refuses_a_twisted_without_what_it_reads(monkeypatch: pytest.Mon
     assert installed == []
 
 
+def _unchosen(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """No reactor installed yet (restored after the test), and L{_reactor.install} only recorded."""
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+    calls: List[str] = []
+    monkeypatch.setattr(_reactor, "install", lambda: calls.append("install"))
+    return calls
+
+
+def test_install_unless_chosen_installs_when_nothing_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's default: with no reactor installed and epoll here, smtpsrv-epoll is installed."""
+    calls = _unchosen(monkeypatch)
+    assert _reactor.install_unless_chosen() is None
+    assert calls == ["install"]
+
+
+def test_install_unless_chosen_keeps_an_installed_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reactor already installed (--reactor, twist, an import) is kept: nothing is installed."""
+    calls: List[str] = []
+    monkeypatch.setattr(_reactor, "install", lambda: calls.append("install"))
+    assert "twisted.internet.reactor" in sys.modules  # this test process's reactor
+    assert _reactor.install_unless_chosen() is None
+    assert calls == []
+
+
+def test_install_unless_chosen_without_epoll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No epoll (macOS, BSD): Twisted's default stays, and that is nothing to warn about."""
+    calls = _unchosen(monkeypatch)
+    monkeypatch.delattr(select, "epoll")
+    assert _reactor.install_unless_chosen() is None
+    assert calls == []
+
+
+def test_install_unless_chosen_says_why_it_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Twisted without the attributes doPoll reads: the reason comes back for the caller's warning."""
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+
+    def refuse() -> None:
+        raise RuntimeError("smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']")
+
+    monkeypatch.setattr(_reactor, "install", refuse)
+    assert _reactor.install_unless_chosen() == "smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']"
+
+
+@pytest.mark.parametrize("parent, asked", [("twistd", True), ("twist", False), (None, False)])
+def test_smtpsrv_options_install_only_under_twistd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   parent: Optional[str], asked: bool) -> None:
+    """
+    Only twistd leaves the reactor to us: C{twist} installs the one it names
+    after its subcommand's options, and a program parsing L{Options} itself
+    has its own.
+    """
+    from twisted.application.twist._options import TwistOptions
+    from twisted.scripts.twistd import ServerOptions
+
+    from txsmtpsrv._cli import Options
+
+    calls: List[str] = []
+    monkeypatch.setattr(_reactor, "install_unless_chosen", lambda: calls.append("asked"))
+    options = Options()
+    if parent is not None:
+        options.parent = ServerOptions() if parent == "twistd" else TwistOptions()
+    options.parseOptions(["--maildir", str(tmp_path / "Maildir")])
+    assert calls == (["asked"] if asked else [])
+
+
+def test_smtpsrv_options_warn_when_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A refusal is one warning naming the reactor and the reason; the options still parse."""
+    from twisted.logger import LogLevel, capturedLogs
+    from twisted.scripts.twistd import ServerOptions
+
+    from txsmtpsrv._cli import Options
+
+    monkeypatch.setattr(_reactor, "install_unless_chosen", lambda: "a reason")
+    options = Options()
+    options.parent = ServerOptions()
+    with capturedLogs() as events:
+        options.parseOptions(["--maildir", str(tmp_path / "Maildir")])
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [(e["name"], e["reason"]) for e in warnings] == [(_reactor.SHORT_NAME, "a reason")]
+
+
 def _env() -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -299,6 +380,11 @@ def test_loopback_suites_under_trial_on_this_reactor(tmp_path: Path) -> None:
     assert ran > 90, out[-3000:]
 
 
+def _class_path(name: str) -> str:
+    """Where twistd finds a reactor class of this name, as its start-up line spells it."""
+    return f"txsmtpsrv._reactor.{name}" if name == "SMTPEPollReactor" else f"twisted.internet.epollreactor.{name}"
+
+
 REACTOR_POLICY = '''
 import os
 from twisted.internet import reactor
@@ -312,14 +398,24 @@ class Policy(Hooks):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_twistd_smtpsrv_on_this_reactor(twistd: Any, tmp_path: Path, workers: int) -> None:
-    """C{twistd --reactor=smtpsrv-epoll smtpsrv} (alone and with --workers) stores smtplib's mail."""
+@pytest.mark.parametrize("chosen, runs", [(_reactor.SHORT_NAME, "SMTPEPollReactor"),
+                                          (None, "SMTPEPollReactor"),  # the daemon's default
+                                          ("epoll", "EPollReactor")])  # Twisted's own, when asked for
+def test_twistd_smtpsrv_on_this_reactor(twistd: Any, tmp_path: Path, workers: int,
+                                        chosen: Optional[str], runs: str) -> None:
+    """
+    C{twistd smtpsrv} (alone and with --workers) runs smtpsrv-epoll unless
+    C{--reactor} names another, every process runs the same one, and it
+    stores smtplib's mail.
+    """
     (tmp_path / "reactorpolicy.py").write_text(REACTOR_POLICY)
     seen = tmp_path / "seen.txt"
     maildir = tmp_path / "Maildir"
     extra = ["--workers", str(workers)] if workers else []
     server = twistd("--maildir", str(maildir), "--hooks", "reactorpolicy:Policy", *extra,
-                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(seen)}, reactor=_reactor.SHORT_NAME)
+                    pythonpath=[str(tmp_path)], env={"TXSMTPSRV_TEST_PIDS": str(seen)}, reactor=chosen)
+    # twistd's own start-up line (logged before "listening", which the fixture waited for)
+    assert re.findall(r"reactor class: ([\w.]+)\.$", server.log(), re.M) == [f"{_class_path(runs)}"]
     if workers:
         worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
         server.wait_for(rf"listening on 127\.0\.0\.1:{server.port} \(adopted fd 3\), pid {worker}")
@@ -330,8 +426,38 @@ def test_twistd_smtpsrv_on_this_reactor(twistd: Any, tmp_path: Path, workers: in
                 client.sendmail("a@x.test", ["b@x.test"], f"Subject: {i}.{j}\r\n\r\n.dot\r\nx\r\n".encode())
     rows = [line.split() for line in seen.read_text().split("\n") if line]
     assert len(rows) == count
-    assert {name for _, name in rows} == {"SMTPEPollReactor"}
+    assert {name for _, name in rows} == {runs}
     assert len({pid for pid, _ in rows}) == (2 if workers else 1)
     messages = maildir_messages(maildir)
     assert len(messages) == 3 * count and all(m.endswith(b"\n.dot\nx\n") for m in messages)
+    assert server.terminate() in CLEAN_EXITS
+
+
+REFUSING_TWISTED = '''
+import txsmtpsrv._reactor as _reactor
+
+def _refuse():
+    raise RuntimeError("smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']; use the default reactor")
+
+_reactor.install = _refuse  # as on a Twisted that changed what smtpsrv-epoll reads
+'''
+
+
+def test_twistd_smtpsrv_falls_back_to_twisteds_reactor(twistd: Any, tmp_path: Path) -> None:
+    """
+    Where smtpsrv-epoll refuses (another Twisted), C{twistd smtpsrv} says so
+    once and runs on Twisted's default reactor instead of failing to start.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(REFUSING_TWISTED)
+    maildir = tmp_path / "Maildir"
+    server = twistd("--maildir", str(maildir), pythonpath=[str(site)])
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
+        client.sendmail("a@x.test", ["b@x.test"], b"Subject: s\r\n\r\nbody\r\n")
+    text = server.log()
+    assert re.findall(r"reactor class: ([\w.]+)\.$", text, re.M) == [_class_path("EPollReactor")]
+    warnings = re.findall(r"running Twisted's default reactor, not smtpsrv-epoll: (.*)$", text, re.M)
+    assert warnings == ["smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']; use the default reactor"]
+    assert len(maildir_messages(maildir)) == 1
     assert server.terminate() in CLEAN_EXITS

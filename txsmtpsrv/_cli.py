@@ -182,7 +182,21 @@ class Options(usage.Options, AuthOptionMixin):
         """
         Parse; run by twistd (C{self.parent} set), a usage error exits with one
         line on standard error and status 1 instead of twistd's help dump.
+
+        Under twistd, install smtpsrv-epoll first unless C{--reactor} chose one:
+        twistd installs its default only after the service is made, and a
+        C{--hooks} or C{--auth} module that imports the reactor would install
+        Twisted's default here. C{twist} (and so each C{--workers} process)
+        installs the reactor it is told, or its default, itself.
         """
+        from twisted.application.app import ServerOptions as TwistdOptions
+
+        if isinstance(getattr(self, "parent", None), TwistdOptions):
+            from ._reactor import SHORT_NAME, install_unless_chosen
+
+            refused = install_unless_chosen()
+            if refused is not None:
+                log.warn("running Twisted's default reactor, not {name}: {reason}", name=SHORT_NAME, reason=refused)
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         except usage.UsageError as e:

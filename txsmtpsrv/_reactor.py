@@ -27,12 +27,17 @@ events go through C{log.callWithLogger} exactly as in Twisted.
 Linux only (epoll). The reactor plugin in C{twisted/plugins} names it
 C{smtpsrv-epoll} for C{twistd}/C{twist}/C{trial --reactor}; a program that
 runs its own reactor calls L{install} before anything imports
-C{twisted.internet.reactor}.
+C{twisted.internet.reactor}. C{twistd smtpsrv} installs it itself when no
+reactor was chosen (L{install_unless_chosen}): twistd installs a C{--reactor}
+while parsing options, but its default only after the plugin has made the
+service.
 """
 
 from __future__ import annotations
 
 import errno
+import select
+import sys
 from typing import Any, Optional
 
 from twisted.internet.epollreactor import EPollReactor
@@ -122,5 +127,28 @@ def install() -> None:
     reactor = SMTPEPollReactor()  # type: ignore[no-untyped-call]  # Twisted: unannotated __init__
     missing = [name for name in ("_poller", "_selectables", "_doReadOrWrite") if not hasattr(reactor, name)]
     if missing:
+        poller = getattr(reactor, "_poller", None)
+        if poller is not None:
+            poller.close()
         raise RuntimeError(f"{SHORT_NAME}: this Twisted's EPollReactor lacks {missing}; use the default reactor")
     installReactor(reactor)
+
+
+def install_unless_chosen() -> Optional[str]:
+    """
+    Install L{SMTPEPollReactor} if nothing has installed a reactor yet: the
+    daemon's default, where its saving is nobody's opt-in.
+
+    A reactor already installed (C{twistd --reactor=...}, C{twist}, a program or
+    plugin that imported C{twisted.internet.reactor}) is kept, and so is
+    Twisted's default where there is no epoll. Returns the reason when a
+    Twisted lacks the attributes this reactor reads (Twisted's default then
+    runs, and the caller says so), else None.
+    """
+    if "twisted.internet.reactor" in sys.modules or not hasattr(select, "epoll"):
+        return None
+    try:
+        install()
+    except RuntimeError as e:
+        return str(e)
+    return None
