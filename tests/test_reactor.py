@@ -296,14 +296,6 @@ def test_install_unless_chosen_keeps_an_installed_reactor(monkeypatch: pytest.Mo
     assert calls == []
 
 
-def test_install_unless_chosen_without_epoll(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No epoll (macOS, BSD): Twisted's default stays, and that is nothing to warn about."""
-    calls = _unchosen(monkeypatch)
-    monkeypatch.delattr(select, "epoll")
-    assert _reactor.install_unless_chosen() is None
-    assert calls == []
-
-
 def test_install_unless_chosen_says_why_it_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Twisted without the attributes doPoll reads: the reason comes back for the caller's warning."""
     monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
@@ -335,6 +327,24 @@ def test_smtpsrv_options_install_only_under_twistd(monkeypatch: pytest.MonkeyPat
         options.parent = ServerOptions() if parent == "twistd" else TwistOptions()
     options.parseOptions(["--maildir", str(tmp_path / "Maildir")])
     assert calls == (["asked"] if asked else [])
+
+
+def test_smtpsrv_options_without_epoll(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """
+    No epoll (macOS, BSD): Twisted's default stays, nothing to warn about,
+    and txsmtpsrv._reactor is not imported (Twisted's epollreactor, which it
+    imports, fails to import there; a None in sys.modules makes it fail here).
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    from txsmtpsrv._cli import Options
+
+    monkeypatch.delattr(select, "epoll")
+    monkeypatch.setitem(sys.modules, "txsmtpsrv._reactor", None)  # any import of it raises ImportError
+    options = Options()
+    options.parent = ServerOptions()
+    options.parseOptions(["--maildir", str(tmp_path / "Maildir")])
+    assert options["maildir"] == str(tmp_path / "Maildir")
 
 
 def test_smtpsrv_options_warn_when_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import select
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
@@ -191,7 +192,8 @@ class Options(usage.Options, AuthOptionMixin):
         """
         from twisted.application.app import ServerOptions as TwistdOptions
 
-        if isinstance(getattr(self, "parent", None), TwistdOptions):
+        # select.epoll first: _reactor imports Twisted's epollreactor, which fails without it (macOS).
+        if isinstance(getattr(self, "parent", None), TwistdOptions) and hasattr(select, "epoll"):
             from ._reactor import SHORT_NAME, install_unless_chosen
 
             refused = install_unless_chosen()

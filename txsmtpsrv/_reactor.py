@@ -36,7 +36,6 @@ service.
 from __future__ import annotations
 
 import errno
-import select
 import sys
 from typing import Any, Optional
 
@@ -140,12 +139,12 @@ def install_unless_chosen() -> Optional[str]:
     daemon's default, where its saving is nobody's opt-in.
 
     A reactor already installed (C{twistd --reactor=...}, C{twist}, a program or
-    plugin that imported C{twisted.internet.reactor}) is kept, and so is
-    Twisted's default where there is no epoll. Returns the reason when a
-    Twisted lacks the attributes this reactor reads (Twisted's default then
-    runs, and the caller says so), else None.
+    plugin that imported C{twisted.internet.reactor}) is kept. Returns the
+    reason when a Twisted lacks the attributes this reactor reads (Twisted's
+    default then runs, and the caller says so), else None. (Without epoll this
+    module does not import: the caller checks C{select.epoll} first.)
     """
-    if "twisted.internet.reactor" in sys.modules or not hasattr(select, "epoll"):
+    if "twisted.internet.reactor" in sys.modules:
         return None
     try:
         install()
