@@ -369,6 +369,15 @@ def _env() -> Dict[str, str]:
     return env
 
 
+def test_your_own_program_installs_it_through_twisted() -> None:
+    """The README's way for a program of one's own: Twisted's installReactor finds it by name."""
+    code = ("from twisted.application.reactors import installReactor; installReactor('smtpsrv-epoll'); "
+            "from twisted.internet import reactor; print(type(reactor).__module__, type(reactor).__name__)")
+    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["txsmtpsrv._reactor", "SMTPEPollReactor"]
+
+
 def test_loopback_suites_under_trial_on_this_reactor(tmp_path: Path) -> None:
     """
     The loopback suites written as trial test cases (smtplib, Twisted's ESMTP client,
