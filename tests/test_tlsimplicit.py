@@ -20,7 +20,7 @@ import socket
 import ssl
 import tempfile
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Generator, List, Tuple
 
 from cryptography import x509
 from twisted.internet import defer, reactor, task
@@ -89,6 +89,75 @@ def smtp_ssl(port: int, context: ssl.SSLContext, sni: str = "localhost") -> Tupl
         s.close()
 
 
+def smtp_over_tls(raw: socket.socket) -> Tuple[Any, ...]:
+    """
+    smtplib over C{raw}, TLS from its first byte (where SMTP_SSL cannot
+    connect: a UNIX socket, a PROXY header first): the greeting's code, a
+    message's refusals, QUIT's code.
+    """
+    s = smtplib.SMTP()
+    s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
+    s.file = None
+    code = s.getreply()[0]
+    s.ehlo("client.test")
+    refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
+    return code, refused, s.quit()[0]
+
+
+#: The handshakes that fail: plaintext where the ClientHello belongs, none at all, the client gone first.
+FAILED_HANDSHAKES = ("garbage", "stalled", "abandoned")
+
+
+def _fail_handshake(kind: str, port: int, before: Callable[[socket.socket], None], garbage: bytes) -> str:
+    """A blocking client that fails its handshake as C{kind} says; what it saw (closed itself, reset, eof, data)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+        before(sock)
+        if kind == "garbage":
+            sock.sendall(garbage)
+        elif kind == "abandoned":
+            return "closed"
+        try:
+            data = sock.recv(1000)
+        except ConnectionResetError:
+            return "reset"
+        return "eof" if data == b"" else f"data {data[:1]!r}"
+
+
+@defer.inlineCallbacks
+def compare_failed_handshakes(case: unittest.TestCase,
+                              serve: Callable[[Any, TLSConfig], "defer.Deferred[Tuple[SMTPServer, int]]"],
+                              before: Callable[[socket.socket], None],
+                              garbage: bytes) -> Generator["defer.Deferred[Any]", Any, None]:
+    """
+    Each of L{FAILED_HANDSHAKES} on each layer (C{ENABLED} patched on
+    C{case}) against a new server: C{serve(hooks, tls)} listens and gives
+    the server and its port; the client does C{before} (STARTTLS, or
+    nothing on implicit TLS) and sends C{garbage} as its handshake. The
+    "tls" observer event, the client's view and on_close must be the same
+    on both layers: one check, so that STARTTLS and C{smtps:} compare alike.
+    """
+    config = test_ca().server_config()
+    outcomes = {}
+    for enabled in (True, False):
+        case.patch(_tlslayer, "ENABLED", enabled)
+        for kind in FAILED_HANDSHAKES:
+            events: List[str] = []
+            closed: List[str] = []
+            hooks = type("H", (), {"on_close": lambda self, s: closed.append(s.id)})()
+            server, port = yield serve(hooks, TLSConfig(key=config.key, cert=config.cert, handshake_timeout=0.5))
+            server.observe("tls", lambda session, why, _e=events: _e.append(why))
+            with capturedLogs():
+                client = yield deferToThread(_fail_handshake, kind, port, before, garbage).addTimeout(60, reactor)
+                for _ in range(100):
+                    if closed:
+                        break
+                    yield task.deferLater(reactor, 0.02, lambda: None)
+            outcomes[(enabled, kind)] = (client, events, len(closed))
+    for kind in FAILED_HANDSHAKES:
+        case.assertEqual(outcomes[(True, kind)], outcomes[(False, kind)], kind)
+    case.assertIn("wrong version number", outcomes[(True, "garbage")][1][0])
+
+
 class PathTests(unittest.TestCase):
     timeout = 60
 
@@ -154,13 +223,7 @@ class PathTests(unittest.TestCase):
                     if "smtpproxy" in endpoint:
                         raw.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n")
                 raw.settimeout(IO_TIMEOUT)
-                s = smtplib.SMTP()
-                s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
-                s.file = None
-                code = s.getreply()[0]
-                s.ehlo("client.test")
-                refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
-                return code, refused, s.quit()[0]
+                return smtp_over_tls(raw)
 
             self.assertEqual((yield deferToThread(client)), (220, {}, 221), endpoint)
             self.assertEqual(len(hooks.secure), 1, endpoint)
@@ -196,13 +259,7 @@ class PathTests(unittest.TestCase):
             raw = socket.socket(socket.AF_UNIX)
             raw.settimeout(IO_TIMEOUT)
             raw.connect(path)
-            s = smtplib.SMTP()
-            s.sock = test_ca().client_context().wrap_socket(raw, server_hostname="localhost")
-            s.file = None
-            code = s.getreply()[0]
-            s.ehlo("client.test")
-            refused = s.sendmail("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n")
-            return code, refused, s.quit()[0]
+            return smtp_over_tls(raw)
 
         self.assertEqual((yield deferToThread(client)), (220, {}, 221))
         self.assertEqual(len(hooks.secure), 1)
@@ -289,41 +346,10 @@ class PathTests(unittest.TestCase):
         handshake: the "tls" observer event, the client's view and on_close
         are the same on both layers.
         """
-        config = test_ca().server_config()
-
-        def attempt(kind: str, port: int) -> str:
-            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
-                if kind == "garbage":
-                    sock.sendall(b"EHLO client.test\r\n")
-                elif kind == "abandoned":
-                    return "closed"
-                try:
-                    data = sock.recv(1000)
-                except ConnectionResetError:
-                    return "reset"
-                return "eof" if data == b"" else f"data {data[:1]!r}"
-
-        outcomes = {}
-        for enabled in (True, False):
-            self.patch(_tlslayer, "ENABLED", enabled)
-            for kind in ("garbage", "stalled", "abandoned"):
-                events: List[str] = []
-                closed: List[str] = []
-                hooks = type("H", (), {"on_close": lambda self, s: closed.append(s.id)})()
-                yield self.serve("smtps:tcp:0:interface=127.0.0.1", hooks,
-                                 tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=0.5))
-                port = self.server._ports[-1].getHost().port
-                self.server.observe("tls", lambda session, why, _e=events: _e.append(why))
-                with capturedLogs():
-                    client = yield deferToThread(attempt, kind, port)
-                    for _ in range(100):
-                        if closed:
-                            break
-                        yield task.deferLater(reactor, 0.02, lambda: None)
-                outcomes[(enabled, kind)] = (client, events, len(closed))
-        for kind in ("garbage", "stalled", "abandoned"):
-            self.assertEqual(outcomes[(True, kind)], outcomes[(False, kind)], kind)
-        self.assertIn("wrong version number", outcomes[(True, "garbage")][1][0])
+        yield compare_failed_handshakes(
+            self, lambda hooks, tls: self.serve("smtps:tcp:0:interface=127.0.0.1", hooks, tls=tls).addCallback(
+                lambda port: (self.server, port.getHost().port)),
+            lambda sock: None, b"EHLO client.test\r\n")
 
     @defer.inlineCallbacks
     def test_nothing_kept_after_the_connections(self) -> Any:

@@ -40,6 +40,7 @@ from twisted.trial import unittest
 from zope.interface.declarations import Provides
 
 from tests import test_halfclose, test_tls
+from tests.test_tlsimplicit import compare_failed_handshakes
 from txsmtpsrv import SMTPServer, _tlsconn, _tlslayer
 from txsmtpsrv._protocol import SMTPServerProtocol
 from txsmtpsrv._tls import tls_info
@@ -122,11 +123,16 @@ class Wire:
     L{feed}, queued writes flushed by L{pump}, timers run by L{advance}.
     """
 
-    def __init__(self, hooks: Any = None, **options: Any) -> None:
-        self.clock = MemoryReactorClock()
-        options.setdefault("name", "mx.test")
-        options.setdefault("tls", test_ca().server_config())
-        self.server = SMTPServer(hooks, reactor=self.clock, disable_reverse_lookup=True, **options)
+    def __init__(self, hooks: Any = None, server: Optional[SMTPServer] = None, **options: Any) -> None:
+        # (C{server}: a second connection to a server already made, which may resume its sessions)
+        if server is None:
+            self.clock = MemoryReactorClock()
+            options.setdefault("name", "mx.test")
+            options.setdefault("tls", test_ca().server_config())
+            server = SMTPServer(hooks, reactor=self.clock, disable_reverse_lookup=True, **options)
+        else:
+            self.clock = server.reactor
+        self.server = server
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -140,13 +146,17 @@ class Wire:
         self.protocol.factory = self.server
         self.protocol.lost = self.lost
         self.transport = Server(server_sock, self.protocol, peer, _Port(), 1, self.clock)  # type: ignore[arg-type]
-        self.protocol.makeConnection(self.transport)
         self.tls: Optional[ssl.SSLObject] = None
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.plain = b""  # what the client read before TLS
         self.closed_by_server = False
         self.reset = False
+        self.start()
+
+    def start(self) -> None:
+        """Make the connection as C{tcp:} does: plain SMTP (a subclass may start TLS at once instead)."""
+        self.protocol.makeConnection(self.transport)
 
     # -- the reactor's part ------------------------------------------------------------
 
@@ -265,8 +275,12 @@ class Wire:
 
     def read(self) -> bytes:
         """Application data the server sent so far (under TLS)."""
-        assert self.tls is not None
         self.client_in()
+        return self.plaintext()
+
+    def plaintext(self) -> bytes:
+        """What the client's TLS can decrypt of what it was given (a close_notify as C{<close_notify>})."""
+        assert self.tls is not None
         data = b""
         while True:
             try:
@@ -951,52 +965,23 @@ class LoopbackTests(unittest.TestCase):
             self.assertEqual(len(self.started), expected, endpoint)
 
     @defer.inlineCallbacks
-    def test_failures_reported_as_by_twisted(self) -> None:
+    def test_failures_reported_as_by_twisted(self) -> Any:
         """
         A failed, a stalled and an abandoned handshake: the "tls" observer
         event, the client's view and the on_close hook are the same on both
         layers.
         """
-        from txsmtpsrv._tls import TLSConfig
-        config = test_ca().server_config()
+        def starttls(sock: socket.socket) -> None:
+            sock.recv(1000)
+            sock.sendall(b"EHLO client.test\r\n")
+            time.sleep(0.05)
+            sock.recv(1000)
+            sock.sendall(b"STARTTLS\r\n")
+            sock.recv(1000)
 
-        def attempt(kind: str, port: int) -> str:
-            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
-                sock.recv(1000)
-                sock.sendall(b"EHLO client.test\r\n")
-                time.sleep(0.05)
-                sock.recv(1000)
-                sock.sendall(b"STARTTLS\r\n")
-                sock.recv(1000)
-                if kind == "garbage":
-                    sock.sendall(b"MAIL FROM:<x@y.test>\r\n")
-                elif kind == "abandoned":
-                    return "closed"
-                try:
-                    data = sock.recv(1000)
-                except ConnectionResetError:
-                    return "reset"
-                return "eof" if data == b"" else f"data {data[:1]!r}"
-
-        outcomes = {}
-        for enabled in (True, False):
-            self.patch(_tlslayer, "ENABLED", enabled)
-            for kind in ("garbage", "stalled", "abandoned"):
-                events: List[str] = []
-                closed: List[str] = []
-                hooks = type("H", (), {"on_close": lambda self, s: closed.append(s.id)})()
-                port = yield self.serve(hooks, tls=TLSConfig(key=config.key, cert=config.cert, handshake_timeout=0.5))
-                self.smtp_server.observe("tls", lambda session, why, _e=events: _e.append(why))
-                with capturedLogs():
-                    client = yield self.thread(attempt, kind, port)
-                    for _ in range(100):
-                        if closed:
-                            break
-                        yield task.deferLater(reactor, 0.02, lambda: None)
-                outcomes[(enabled, kind)] = (client, events, len(closed))
-        for kind in ("garbage", "stalled", "abandoned"):
-            self.assertEqual(outcomes[(True, kind)], outcomes[(False, kind)], kind)
-        self.assertIn("wrong version number", outcomes[(True, "garbage")][1][0])
+        yield compare_failed_handshakes(
+            self, lambda hooks, tls: self.serve(hooks, tls=tls).addCallback(lambda port: (self.smtp_server, port)),
+            starttls, b"MAIL FROM:<x@y.test>\r\n")
         self.assertEqual(len(self.started), 0)  # the last round ran on Twisted's layer
 
 
