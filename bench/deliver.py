@@ -84,6 +84,9 @@ NOOP_INTERVAL = 0.005
 #: ``perf_counter`` calls per pass; compare instrumented runs with each other.
 INSTRUMENT = r"""
 import array, gc, json, os, socket as _s, struct, time
+if os.environ.get("DELIVER_REACTOR"):  # --reactor: installed here, before the import below installs the default
+    from twisted.application.reactors import installReactor
+    installReactor(os.environ["DELIVER_REACTOR"])
 from twisted.internet import reactor as _r
 _gc = {"start": 0.0, "runs": []}
 def _gc_timer(phase, info):
@@ -174,14 +177,21 @@ def _has_option(tree: str, name: str) -> bool:
 class Daemon:
     """``twistd -n smtpsrv --maildir`` from a given tree."""
 
-    def __init__(self, tree: str, workdir: str, cpu: Optional[int], instrument: bool = False) -> None:
+    def __init__(self, tree: str, workdir: str, cpu: Optional[int], instrument: bool = False,
+                 reactor: Optional[str] = None) -> None:
         env = dict(os.environ, PYTHONPATH=tree)
         self.maildir = os.path.join(workdir, "Maildir")
         self.stats_path: Optional[str] = None
+        self.reactor_class = "?"
         code = "from twisted.scripts.twistd import run; run()"
+        chosen = [f"--reactor={reactor}"] if reactor else []
         if instrument:
+            # INSTRUMENT imports the reactor before twistd runs: it installs the chosen one itself
+            # (with none chosen, Twisted's default runs, not the tree's own twistd default).
             self.stats_path = env["DELIVER_STATS"] = os.path.join(workdir, "stats.json")
+            env["DELIVER_REACTOR"] = reactor or ""
             code = INSTRUMENT + code
+            chosen = []
         # The daemon's anti-abuse defaults would refuse the load itself: 21 connections from
         # one address (limit 20), 120 connections a minute, and the NOOP clients' NOOPs
         # (cut off with 421 after 100, i.e. after half a second). Trees from before those
@@ -190,7 +200,7 @@ class Daemon:
         if not _has_option(tree, "max-junk-commands"):
             limits = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "-n", "--pidfile=",
+            [sys.executable, "-c", code, "-n", "--pidfile=", *chosen,
              "smtpsrv", "-l", "tcp:0:interface=127.0.0.1", "--maildir", self.maildir, *limits],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -205,6 +215,9 @@ class Daemon:
             seen.append(line)
             if not line:
                 break
+            found = re.search(r"reactor class: ([\w.]+)\.$", line.rstrip())
+            if found:
+                self.reactor_class = found.group(1).rsplit(".", 1)[-1]
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
@@ -424,10 +437,11 @@ def pass_stats(stats: Dict[str, Any], window: List[float]) -> Dict[str, float]:
             "busy_share": sum(busy) / (window[1] - window[0])}
 
 
-def run_once(tree: str, base_dir: str, messages: int, cpus: tuple, instrument: bool = False) -> Dict[str, Any]:
+def run_once(tree: str, base_dir: str, messages: int, cpus: tuple, instrument: bool = False,
+             reactor: Optional[str] = None) -> Dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="deliver-", dir=base_dir)
     try:
-        daemon = Daemon(tree, workdir, cpus[0], instrument)
+        daemon = Daemon(tree, workdir, cpus[0], instrument, reactor)
         try:
             res = asyncio.run(load(daemon.port, messages, daemon.proc.pid, cpus[1]))
         finally:
@@ -436,6 +450,7 @@ def run_once(tree: str, base_dir: str, messages: int, cpus: tuple, instrument: b
         if stats is not None:
             res.update(pass_stats(stats, res["window"]))
         res["stored"] = len(os.listdir(os.path.join(daemon.maildir, "new")))
+        res["reactor_class"] = daemon.reactor_class
         return res
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -451,6 +466,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", help="write all runs here")
     p.add_argument("--instrument", action="store_true",
                    help="time every reactor loop pass in the daemons (adds a little CPU to both trees)")
+    p.add_argument("--reactor", metavar="NAME",
+                   help="twistd --reactor for both trees (default: each tree's own twistd default; "
+                        "smtpsrv-epoll since it became the daemon's default, Twisted's epoll before)")
     p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the NOOP prober process
     args = p.parse_args(argv)
     if args.probe:
@@ -466,7 +484,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             order = list(trees) if rep % 2 == 0 else list(reversed(trees))
             for name in order:
                 res = run_once(trees[name], args.dir or tempfile.gettempdir(), args.messages, pinned,
-                               args.instrument)
+                               args.instrument, args.reactor)
                 runs[name].append(res)
                 print(f"{name:6} run {rep + 1}: {res['msgs_per_s']:7.0f} msg/s  {res['cpu_us_per_msg']:6.0f} µs CPU/msg"
                       f" (reactor {res['reactor_cpu_us_per_msg']:.0f}, threads {res['threads_cpu_us_per_msg']:.0f},"
@@ -474,7 +492,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"  NOOP in-loop p50 {res['noop_p50_ms']:.2f} p99 {res['noop_p99_ms']:.2f}"
                       f" max {res['noop_max_ms']:.1f} ms; own process p50 {res['probe_p50_ms']:.2f}"
                       f" p99 {res['probe_p99_ms']:.2f} max {res['probe_max_ms']:.1f} ms"
-                      f"  ({res['delivered']} ok, {res['failures']} failed, {res['stored']} stored)", file=sys.stderr)
+                      f"  ({res['delivered']} ok, {res['failures']} failed, {res['stored']} stored)"
+                      f"  on {res['reactor_class']}", file=sys.stderr)
                 if "passes" in res:
                     print(f"{'':6}        loop passes {res['passes']}: busy p50 {res['pass_p50_ms']:.2f} p99"
                           f" {res['pass_p99_ms']:.2f} max {res['pass_max_ms']:.1f} ms (on the CPU: p99"

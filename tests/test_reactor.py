@@ -9,8 +9,10 @@ observes is compared — the legacy log context seen inside C{doRead}/C{doWrite}
 every log event, every C{connectionLost} reason, what propagates. Then the
 real thing: the loopback suites (smtplib, Twisted's ESMTP client, swaks, the
 direct reply writer, STARTTLS) run under C{trial --reactor=smtpsrv-epoll},
-and C{twistd --reactor=smtpsrv-epoll smtpsrv} (one process and C{--workers})
-takes mail from smtplib.
+and C{twistd smtpsrv} (one process and C{--workers}) takes mail from smtplib
+on it, by default and by name, and on Twisted's epoll reactor when asked.
+When the daemon installs it by default (L{_reactor.install_unless_chosen}),
+and when it falls back to Twisted's reactor with a warning.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
-from twisted.application.reactors import getReactorTypes
+
+if not hasattr(select, "epoll"):  # smtpsrv-epoll, and Twisted's epollreactor imported below, need it
+    pytest.skip("no epoll on this system", allow_module_level=True)
+
+from twisted.application.reactors import getReactorTypes  # noqa: E402
 from twisted.internet import error
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE
@@ -256,6 +262,27 @@ def test_plugin_and_install_names() -> None:
         reactor.waker.connectionLost(None)
 
 
+def test_a_refused_install_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reactor made and refused closes its epoll object and its waker's pipe."""
+    fds: List[int] = []
+
+    class Changed(SMTPEPollReactor):
+        def __init__(self) -> None:
+            super().__init__()
+            fds.extend([self._poller.fileno(), self.waker.i, self.waker.o])
+            del self._selectables
+
+    monkeypatch.setattr(_reactor, "SMTPEPollReactor", Changed)
+    monkeypatch.setattr("twisted.internet.main.installReactor", lambda reactor: pytest.fail("installed"))
+    with pytest.raises(RuntimeError, match="_selectables"):
+        _reactor.install()
+    assert len(fds) == 3
+    for fd in fds:
+        with pytest.raises(OSError) as closed:
+            os.fstat(fd)
+        assert closed.value.errno == errno.EBADF
+
+
 def test_install_refuses_a_twisted_without_what_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Twisted whose EPollReactor lacks the private attributes doPoll reads: a clear error, nothing installed."""
     class Changed(SMTPEPollReactor):
@@ -289,11 +316,41 @@ def test_install_unless_chosen_installs_when_nothing_did(monkeypatch: pytest.Mon
 
 def test_install_unless_chosen_keeps_an_installed_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reactor already installed (--reactor, twist, an import) is kept: nothing is installed."""
-    calls: List[str] = []
-    monkeypatch.setattr(_reactor, "install", lambda: calls.append("install"))
-    assert "twisted.internet.reactor" in sys.modules  # this test process's reactor
+    calls = _unchosen(monkeypatch)
+    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", object())
     assert _reactor.install_unless_chosen() is None
     assert calls == []
+
+
+def test_the_checked_twisted_is_this_one() -> None:
+    """
+    The Twisted code smtpsrv-epoll replaces and inlines is the code it was
+    checked against. When this fails, a new Twisted changed it: read the
+    change, mend SMTPEPollReactor.doPoll, then update CHECKED_TWISTED.
+    """
+    assert _reactor._twisted_digest() == _reactor.CHECKED_TWISTED
+
+
+@pytest.mark.parametrize("digest, word", [("0123456789abcdef", "changed"), (None, "unreadable")])
+def test_install_unless_chosen_refuses_a_changed_twisted(monkeypatch: pytest.MonkeyPatch,
+                                                         digest: Optional[str], word: str) -> None:
+    """A Twisted whose epoll dispatch changed (or cannot be read): its own reactor, and the reason why."""
+    calls = _unchosen(monkeypatch)
+    monkeypatch.setattr(_reactor, "_twisted_digest", lambda: digest)
+    reason = _reactor.install_unless_chosen()
+    assert calls == []
+    assert reason is not None and f"Twisted's {word} epoll dispatch" in reason and "--reactor=smtpsrv-epoll" in reason
+
+
+def test_the_digest_follows_the_inlined_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another callWithLogger (what doPoll inlines) is another digest."""
+    before = _reactor._twisted_digest()
+
+    def callWithLogger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:  # a changed Twisted's
+        return func(*args, **kw)
+
+    monkeypatch.setattr(log, "callWithLogger", callWithLogger)
+    assert _reactor._twisted_digest() not in (before, None)
 
 
 def test_install_unless_chosen_says_why_it_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,6 +523,8 @@ def test_twistd_smtpsrv_falls_back_to_twisteds_reactor(twistd: Any, tmp_path: Pa
     """
     Where smtpsrv-epoll refuses (another Twisted), C{twistd smtpsrv} says so
     once and runs on Twisted's default reactor instead of failing to start.
+    (The refusal comes from a C{sitecustomize} on PYTHONPATH, which shadows a
+    distribution's own for this one subprocess; the warning shows it ran.)
     """
     site = tmp_path / "site"
     site.mkdir()

@@ -184,11 +184,13 @@ class Options(usage.Options, AuthOptionMixin):
         Parse; run by twistd (C{self.parent} set), a usage error exits with one
         line on standard error and status 1 instead of twistd's help dump.
 
-        Under twistd, install smtpsrv-epoll first unless C{--reactor} chose one:
-        twistd installs its default only after the service is made, and a
-        C{--hooks} or C{--auth} module that imports the reactor would install
-        Twisted's default here. C{twist} (and so each C{--workers} process)
-        installs the reactor it is told, or its default, itself.
+        Under twistd, install smtpsrv-epoll first unless a reactor is installed
+        already (C{--reactor} installs one while twistd parses its own
+        options): otherwise the first import of C{twisted.internet.reactor}
+        installs Twisted's default, in a C{--hooks} or C{--auth} module while
+        we parse, or when the service is made. C{twist} (and so each
+        C{--workers} process) installs the reactor it is told, or its
+        default, itself.
         """
         from twisted.application.app import ServerOptions as TwistdOptions
 

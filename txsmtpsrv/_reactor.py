@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_reactor -*-
 """
 An epoll reactor that dispatches each I/O event without Twisted's generic
-per-event logging wrapper: C{twistd --reactor=smtpsrv-epoll smtpsrv ...}.
+per-event logging wrapper: C{twistd smtpsrv}'s default on Linux, and
+C{--reactor=smtpsrv-epoll} for C{twist}, C{trial} and the like.
 
 Why: Twisted's C{EPollReactor.doPoll} runs every read/write event through
 C{log.callWithLogger}, which pushes the selectable's C{logPrefix()} as the
@@ -28,9 +29,13 @@ Linux only (epoll). The reactor plugin in C{twisted/plugins} names it
 C{smtpsrv-epoll} for C{twistd}/C{twist}/C{trial --reactor}; a program that
 runs its own reactor calls L{install} before anything imports
 C{twisted.internet.reactor}. C{twistd smtpsrv} installs it itself when no
-reactor was chosen (L{install_unless_chosen}): twistd installs a C{--reactor}
-while parsing options, but its default only after the plugin has made the
-service.
+reactor was installed yet (L{install_unless_chosen}): twistd installs a
+C{--reactor} while parsing its own options and has none installed when it
+parses ours; the first import of C{twisted.internet.reactor} would install
+Twisted's default. As a default (not when chosen by name) it is installed
+only where Twisted's code it replaces and inlines is the code it was checked
+against (L{CHECKED_TWISTED}): a Twisted that changed it gets its own reactor
+and a warning, not a silent divergence.
 """
 
 from __future__ import annotations
@@ -45,7 +50,14 @@ from twisted.python import context, log
 __all__ = ["SMTPEPollReactor", "install", "SHORT_NAME"]
 
 SHORT_NAME = "smtpsrv-epoll"
-"""The reactor plugin's name: C{twistd --reactor=smtpsrv-epoll}."""
+"""The reactor plugin's name, for C{--reactor=smtpsrv-epoll}."""
+
+CHECKED_TWISTED = "b3e4fb76ff952801"
+"""
+Digest of the Twisted source L{SMTPEPollReactor.doPoll} replaces and inlines
+(L{_twisted_digest}), as last checked (Twisted 26.10). Update it after
+reading what changed, and L{SMTPEPollReactor} with it.
+"""
 
 _ILogContext = log.ILogContext
 _BUGGY_PREFIX = "(buggy logPrefix method)"  # log.callWithLogger's text
@@ -129,6 +141,8 @@ def install() -> None:
         poller = getattr(reactor, "_poller", None)
         if poller is not None:
             poller.close()
+        if getattr(reactor, "waker", None) is not None:
+            reactor.waker.connectionLost(None)  # its pipe
         raise RuntimeError(f"{SHORT_NAME}: this Twisted's EPollReactor lacks {missing}; use the default reactor")
     installReactor(reactor)
 
@@ -146,8 +160,30 @@ def install_unless_chosen() -> Optional[str]:
     """
     if "twisted.internet.reactor" in sys.modules:
         return None
+    digest = _twisted_digest()
+    if digest != CHECKED_TWISTED:
+        return (f"Twisted's {'unreadable' if digest is None else 'changed'} epoll dispatch is not the code it was "
+                f"checked against; --reactor={SHORT_NAME} runs it anyway")
     try:
         install()
     except RuntimeError as e:
         return str(e)
     return None
+
+
+def _twisted_digest() -> Optional[str]:
+    """
+    A short SHA-256 of the source of what C{doPoll} replaces (C{EPollReactor.doPoll})
+    and inlines (C{log.callWithLogger}, C{log.callWithContext}, the context
+    trackers), or None where the source cannot be read.
+    """
+    import hashlib
+    import inspect
+
+    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext,
+             context.ContextTracker, context.ThreadedContextTracker)
+    try:
+        text = "\0".join(inspect.getsource(part) for part in parts)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
