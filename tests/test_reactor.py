@@ -404,6 +404,15 @@ def test_smtpsrv_options_without_epoll(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert options["maildir"] == str(tmp_path / "Maildir")
 
 
+def test_the_help_says_which_reactor_runs() -> None:
+    """An operator reading C{twistd smtpsrv --help} learns the default and how to choose another."""
+    from txsmtpsrv._cli import Options
+
+    text = " ".join(Options().getUsage(width=200).split())
+    assert "runs the smtpsrv-epoll reactor unless one is chosen" in text
+    assert "twistd --reactor=epoll smtpsrv" in text
+
+
 def test_smtpsrv_options_warn_when_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A refusal is one warning naming the reactor and the reason; the options still parse."""
     from twisted.logger import LogLevel, capturedLogs

@@ -104,7 +104,8 @@ class Options(usage.Options, AuthOptionMixin):
         "(default ./Maildir) or an mbox file. Repeat --listen for several endpoints; "
         "use --hooks to add policy or your own delivery, --auth to offer SMTP AUTH "
         "against twisted.cred checkers, --workers to use several processes and "
-        "--metrics to serve Prometheus metrics."
+        "--metrics to serve Prometheus metrics. On Linux it runs the smtpsrv-epoll "
+        "reactor unless one is chosen (twistd --reactor=epoll smtpsrv for Twisted's own)."
     )
 
     optFlags: List[List[Any]] = [
