@@ -87,6 +87,13 @@ import array, gc, json, os, socket as _s, struct, time
 if os.environ.get("DELIVER_REACTOR"):  # --reactor: installed here, before the import below installs the default
     from twisted.application.reactors import installReactor
     installReactor(os.environ["DELIVER_REACTOR"])
+else:  # the tree's own twistd default, as its Options.parseOptions would install it
+    try:
+        from txsmtpsrv._reactor import install_unless_chosen
+    except ImportError:  # a tree from before smtpsrv-epoll, or before it became the default: Twisted's
+        pass
+    else:
+        install_unless_chosen()
 from twisted.internet import reactor as _r
 _gc = {"start": 0.0, "runs": []}
 def _gc_timer(phase, info):
@@ -186,8 +193,8 @@ class Daemon:
         code = "from twisted.scripts.twistd import run; run()"
         chosen = [f"--reactor={reactor}"] if reactor else []
         if instrument:
-            # INSTRUMENT imports the reactor before twistd runs: it installs the chosen one itself
-            # (with none chosen, Twisted's default runs, not the tree's own twistd default).
+            # INSTRUMENT imports the reactor before twistd runs: it installs the chosen one, or
+            # the tree's own default, itself.
             self.stats_path = env["DELIVER_STATS"] = os.path.join(workdir, "stats.json")
             env["DELIVER_REACTOR"] = reactor or ""
             code = INSTRUMENT + code
@@ -468,7 +475,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="time every reactor loop pass in the daemons (adds a little CPU to both trees)")
     p.add_argument("--reactor", metavar="NAME",
                    help="twistd --reactor for both trees (default: each tree's own twistd default; "
-                        "smtpsrv-epoll since it became the daemon's default, Twisted's epoll before)")
+                        "smtpsrv-epoll since it became the daemon's default, Twisted's epoll before). "
+                        "Both trees must know NAME (smtpsrv-epoll: from 07bdd63 on); --instrument "
+                        "needs an epoll reactor (it wraps the reactor's _poller)")
     p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the NOOP prober process
     args = p.parse_args(argv)
     if args.probe:

@@ -331,7 +331,7 @@ def test_the_checked_twisted_is_this_one() -> None:
     assert _reactor._twisted_digest() == _reactor.CHECKED_TWISTED
 
 
-@pytest.mark.parametrize("digest, word", [("0123456789abcdef", "changed"), (None, "unreadable")])
+@pytest.mark.parametrize("digest, word", [("0123456789abcdef", "is 0123456789abcdef"), (None, "cannot be read")])
 def test_install_unless_chosen_refuses_a_changed_twisted(monkeypatch: pytest.MonkeyPatch,
                                                          digest: Optional[str], word: str) -> None:
     """A Twisted whose epoll dispatch changed (or cannot be read): its own reactor, and the reason why."""
@@ -339,29 +339,48 @@ def test_install_unless_chosen_refuses_a_changed_twisted(monkeypatch: pytest.Mon
     monkeypatch.setattr(_reactor, "_twisted_digest", lambda: digest)
     reason = _reactor.install_unless_chosen()
     assert calls == []
-    assert reason is not None and f"Twisted's {word} epoll dispatch" in reason and "--reactor=smtpsrv-epoll" in reason
+    assert reason is not None and word in reason and _reactor.CHECKED_TWISTED in reason
+    assert "choose it explicitly with --reactor=smtpsrv-epoll" in reason
 
 
-def test_the_digest_follows_the_inlined_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another callWithLogger (what doPoll inlines) is another digest."""
+def _changed_twisted_code(*args: Any, **kw: Any) -> Any:  # what a changed Twisted might have instead
+    return None
+
+
+@pytest.mark.parametrize("where, name", [(EPollReactor, "doPoll"), (log, "callWithLogger"),
+                                         (log, "callWithContext")])
+def test_the_digest_follows_the_replaced_and_inlined_code(monkeypatch: pytest.MonkeyPatch,
+                                                          where: Any, name: str) -> None:
+    """Other code in any part doPoll replaces or inlines is another digest."""
     before = _reactor._twisted_digest()
-
-    def callWithLogger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:  # a changed Twisted's
-        return func(*args, **kw)
-
-    monkeypatch.setattr(log, "callWithLogger", callWithLogger)
+    monkeypatch.setattr(where, name, _changed_twisted_code)
     assert _reactor._twisted_digest() not in (before, None)
 
 
-def test_install_unless_chosen_says_why_it_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Twisted without the attributes doPoll reads: the reason comes back for the caller's warning."""
-    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+def test_the_digest_follows_the_context_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """C{twisted.python.context} is hashed whole: its module-level call/get are what callWithContext runs."""
+    import inspect
 
-    def refuse() -> None:
-        raise RuntimeError("smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']")
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource",
+                        lambda obj: real(obj) + "\ncall = other" if obj is context else real(obj))
+    assert _reactor._twisted_digest() not in (_reactor.CHECKED_TWISTED, None)
 
-    monkeypatch.setattr(_reactor, "install", refuse)
-    assert _reactor.install_unless_chosen() == "smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']"
+
+@pytest.mark.parametrize("error", [OSError("could not get source code"), TypeError("built-in"), ValueError("odd")])
+def test_an_unreadable_twisted_is_a_warning_not_a_crash(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """No sources (a .pyc-only install) or any other failure reading them: the reason, never an exception."""
+    import inspect
+
+    def unreadable(obj: Any) -> str:
+        raise error
+
+    calls = _unchosen(monkeypatch)
+    monkeypatch.setattr(inspect, "getsource", unreadable)
+    assert _reactor._twisted_digest() is None
+    reason = _reactor.install_unless_chosen()
+    assert reason is not None and "cannot be read" in reason
+    assert calls == []
 
 
 @pytest.mark.parametrize("parent, asked", [("twistd", True), ("twist", False), (None, False)])
@@ -527,17 +546,30 @@ def _refuse():
 _reactor.install = _refuse  # as on a Twisted that changed what smtpsrv-epoll reads
 '''
 
+CHANGED_TWISTED = '''
+import txsmtpsrv._reactor as _reactor
 
-def test_twistd_smtpsrv_falls_back_to_twisteds_reactor(twistd: Any, tmp_path: Path) -> None:
+_reactor.CHECKED_TWISTED = "0123456789abcdef"  # as on a Twisted whose epoll dispatch code changed
+'''
+
+
+@pytest.mark.parametrize("site_code, warning", [
+    (REFUSING_TWISTED, "smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']; use the default reactor"),
+    (CHANGED_TWISTED, f"the digest of Twisted's epoll dispatch code is {_reactor._twisted_digest()}, not "
+                      "0123456789abcdef as checked; choose it explicitly with --reactor=smtpsrv-epoll"),
+])
+def test_twistd_smtpsrv_falls_back_to_twisteds_reactor(twistd: Any, tmp_path: Path, site_code: str,
+                                                       warning: str) -> None:
     """
-    Where smtpsrv-epoll refuses (another Twisted), C{twistd smtpsrv} says so
-    once and runs on Twisted's default reactor instead of failing to start.
-    (The refusal comes from a C{sitecustomize} on PYTHONPATH, which shadows a
+    Where smtpsrv-epoll refuses (another Twisted) or Twisted's code is not the
+    code it was checked against, C{twistd smtpsrv} says so once and runs on
+    Twisted's default reactor instead of failing to start. (The Twisted is
+    simulated by a C{sitecustomize} on PYTHONPATH, which shadows a
     distribution's own for this one subprocess; the warning shows it ran.)
     """
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(REFUSING_TWISTED)
+    (site / "sitecustomize.py").write_text(site_code)
     maildir = tmp_path / "Maildir"
     server = twistd("--maildir", str(maildir), pythonpath=[str(site)])
     with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
@@ -545,6 +577,6 @@ def test_twistd_smtpsrv_falls_back_to_twisteds_reactor(twistd: Any, tmp_path: Pa
     text = server.log()
     assert re.findall(r"reactor class: ([\w.]+)\.$", text, re.M) == [_class_path("EPollReactor")]
     warnings = re.findall(r"running Twisted's default reactor, not smtpsrv-epoll: (.*)$", text, re.M)
-    assert warnings == ["smtpsrv-epoll: this Twisted's EPollReactor lacks ['_poller']; use the default reactor"]
+    assert warnings == [warning]
     assert len(maildir_messages(maildir)) == 1
     assert server.terminate() in CLEAN_EXITS

@@ -105,7 +105,8 @@ class Options(usage.Options, AuthOptionMixin):
         "use --hooks to add policy or your own delivery, --auth to offer SMTP AUTH "
         "against twisted.cred checkers, --workers to use several processes and "
         "--metrics to serve Prometheus metrics. On Linux it runs the smtpsrv-epoll "
-        "reactor unless one is chosen (twistd --reactor=epoll smtpsrv for Twisted's own)."
+        "reactor unless one is chosen (twistd --reactor=epoll smtpsrv for Twisted's own), "
+        "or with a warning Twisted's default where Twisted's code differs from the code it was checked against."
     )
 
     optFlags: List[List[Any]] = [

@@ -18,8 +18,8 @@ exception and disconnecting the selectable with it), the same
 "(buggy logPrefix method)" fallback, and the same C{log.err(system=...)} for
 anything that escapes it. Nothing else differs from C{EPollReactor}.
 
-It reads two attributes of C{EPollReactor} that are not public API
-(C{_poller} and C{_selectables}) and C{log}'s context tracker; L{install}
+It reads three attributes of C{EPollReactor} that are not public API
+(C{_poller}, C{_selectables} and C{_doReadOrWrite}) and C{log}'s context tracker; L{install}
 refuses to install it when they are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
@@ -52,11 +52,11 @@ __all__ = ["SMTPEPollReactor", "install", "SHORT_NAME"]
 SHORT_NAME = "smtpsrv-epoll"
 """The reactor plugin's name, for C{--reactor=smtpsrv-epoll}."""
 
-CHECKED_TWISTED = "b3e4fb76ff952801"
+CHECKED_TWISTED = "5397c80ed2a68f5c"
 """
 Digest of the Twisted source L{SMTPEPollReactor.doPoll} replaces and inlines
-(L{_twisted_digest}), as last checked (Twisted 26.10). Update it after
-reading what changed, and L{SMTPEPollReactor} with it.
+(L{_twisted_digest}), as last checked (the same in Twisted 26.4 and 26.10).
+Update it after reading what changed, and L{SMTPEPollReactor} with it.
 """
 
 _ILogContext = log.ILogContext
@@ -153,17 +153,20 @@ def install_unless_chosen() -> Optional[str]:
     daemon's default, where its saving is nobody's opt-in.
 
     A reactor already installed (C{twistd --reactor=...}, C{twist}, a program or
-    plugin that imported C{twisted.internet.reactor}) is kept. Returns the
-    reason when a Twisted lacks the attributes this reactor reads (Twisted's
-    default then runs, and the caller says so), else None. (Without epoll this
-    module does not import: the caller checks C{select.epoll} first.)
+    plugin that imported C{twisted.internet.reactor}) is kept. Returns why this
+    reactor was not installed -- Twisted's code it replaces and inlines is not
+    the code it was checked against (L{CHECKED_TWISTED}), or Twisted lacks the
+    attributes it reads -- for the caller's warning (Twisted's default then
+    runs), else None. (Without epoll this module does not import: the caller
+    checks C{select.epoll} first.)
     """
     if "twisted.internet.reactor" in sys.modules:
         return None
     digest = _twisted_digest()
     if digest != CHECKED_TWISTED:
-        return (f"Twisted's {'unreadable' if digest is None else 'changed'} epoll dispatch is not the code it was "
-                f"checked against; --reactor={SHORT_NAME} runs it anyway")
+        found = "cannot be read" if digest is None else f"is {digest}"
+        return (f"the digest of Twisted's epoll dispatch code {found}, not {CHECKED_TWISTED} as checked; "
+                f"choose it explicitly with --reactor={SHORT_NAME}")
     try:
         install()
     except RuntimeError as e:
@@ -174,16 +177,17 @@ def install_unless_chosen() -> Optional[str]:
 def _twisted_digest() -> Optional[str]:
     """
     A short SHA-256 of the source of what C{doPoll} replaces (C{EPollReactor.doPoll})
-    and inlines (C{log.callWithLogger}, C{log.callWithContext}, the context
-    trackers), or None where the source cannot be read.
+    and inlines (C{log.callWithLogger}, C{log.callWithContext}, and the whole of
+    C{twisted.python.context}: the trackers and its module-level C{call}/C{get}),
+    or None where the source cannot be read. Only a default hangs on it, so no
+    failure here may stop the daemon from starting.
     """
     import hashlib
     import inspect
 
-    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext,
-             context.ContextTracker, context.ThreadedContextTracker)
+    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context)
     try:
         text = "\0".join(inspect.getsource(part) for part in parts)
-    except (OSError, TypeError):
+    except Exception:  # OSError/TypeError without sources (.pyc only, a frozen build), or anything else
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:16]
