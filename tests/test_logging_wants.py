@@ -93,3 +93,18 @@ def test_instance_logger_wants_is_reading_the_attribute() -> None:
         assert instance_logger_wants(shadowed, LogLevel.debug)  # the instance's own Logger
     finally:
         del Sub.log
+
+
+def test_log_prefix_asks_the_object_else_names_its_class() -> None:
+    """What the wrappers (PROXY factory, TLS record gatherer, implicit TLS start-up) name their log context after."""
+    from txsmtpsrv._logging import log_prefix
+
+    class Named:
+        def logPrefix(self) -> str:
+            return "named"
+
+    class Plain:
+        pass
+
+    assert log_prefix(Named()) == "named"
+    assert log_prefix(Plain()) == "Plain"

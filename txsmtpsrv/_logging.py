@@ -26,7 +26,17 @@ from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilte
 from twisted.logger._filter import shouldLogEvent
 from twisted.logger._observer import bitbucketLogObserver
 
-__all__ = ["SessionLogger", "session_system", "observer_wants", "instance_logger_wants"]
+__all__ = ["SessionLogger", "session_system", "observer_wants", "instance_logger_wants", "log_prefix"]
+
+
+def log_prefix(obj: Any) -> str:
+    """
+    C{obj.logPrefix()}, or its class name when it has none: what a wrapper
+    (the PROXY factory, the TLS record gatherer, implicit TLS's start-up
+    protocol) names its log context after.
+    """
+    prefix = getattr(obj, "logPrefix", None)
+    return prefix() if prefix is not None else type(obj).__name__
 
 
 def session_system(session_id: str, level: LogLevel) -> str:

@@ -88,6 +88,7 @@ from twisted.python.failure import Failure
 
 from ._halfclose import ForwardsHalfClose
 from ._ipaddr import canonical_ip, parse_networks
+from ._logging import log_prefix
 # The header's names stay importable from here (re-exported).
 from ._proxyheader import (  # noqa: F401
     DEFAULT_MAX_HEADER_SIZE,
@@ -418,9 +419,7 @@ class ProxyWrappingFactory(WrappingFactory[ProxyProtocolWrapper]):
 
     def logPrefix(self) -> str:
         """Mark the wrapped factory's prefix as PROXY-wrapped."""
-        inner = self.wrappedFactory
-        prefix = inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
-        return f"{prefix} (PROXY)"
+        return f"{log_prefix(self.wrappedFactory)} (PROXY)"
 
     def buildProtocol(self, addr: IAddress | None) -> ProxyProtocolWrapper:
         """Build only the wrapper; the wrapped protocol comes after the header."""

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
 from ._halfclose import tls_layer
+from ._logging import log_prefix
 
 __all__ = ["GATHER", "gather_records"]
 
@@ -75,8 +76,7 @@ class _Records:
         self._protocol.connectionLost(reason)
 
     def logPrefix(self) -> str:
-        prefix = getattr(self._protocol, "logPrefix", None)
-        return prefix() if prefix is not None else type(self._protocol).__name__
+        return log_prefix(self._protocol)
 
 
 def gather_records(transport: Any) -> None:

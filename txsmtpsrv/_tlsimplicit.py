@@ -33,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from . import _tlslayer
+from ._logging import log_prefix
 from ._sendnow import eligible as direct_socket
 
 __all__ = ["ImplicitTLSEndpoint", "ImplicitTLSFactory", "wrap_server_tls"]
@@ -111,8 +112,7 @@ class _Start:
 
     def logPrefix(self) -> str:
         """The transport names its log context after this (once): the server protocol's."""
-        prefix = getattr(self._protocol, "logPrefix", None)
-        return prefix() if prefix is not None else type(self._protocol).__name__
+        return log_prefix(self._protocol)
 
     def makeConnection(self, transport: Any) -> None:
         factory, protocol = self._factory, self._protocol
