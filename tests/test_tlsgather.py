@@ -84,6 +84,24 @@ class MemoryClient:
                 self._recv()
         self._push()
 
+    def secure(self, starttls: bool) -> List[bytes]:
+        """
+        Up to the first command under TLS, shared by every path: the greeting,
+        EHLO and STARTTLS then the handshake, or (implicit TLS) the handshake
+        then the greeting. The reply codes so far.
+        """
+        got: List[bytes] = []
+        if starttls:
+            got += self.replies(1)
+            self.send(b"EHLO client.test\r\n")
+            got += self.replies(1)
+            self.send(b"STARTTLS\r\n")
+            got += self.replies(1)
+        self.start_tls()
+        if not starttls:
+            got += self.replies(1)
+        return got
+
     def send(self, data: bytes) -> None:
         if self.tls is None:
             self.sock.sendall(data)
@@ -116,16 +134,7 @@ def tiny_records(port: int, proxy: bool, starttls: bool) -> List[bytes]:
     """One message whose body goes as one-byte TLS records, all sent at once; the final replies."""
     client = MemoryClient(port, proxy)
     try:
-        got: List[bytes] = []
-        if starttls:
-            got += client.replies(1)
-            client.send(b"EHLO client.test\r\n")
-            got += client.replies(1)
-            client.send(b"STARTTLS\r\n")
-            got += client.replies(1)
-        client.start_tls()
-        if not starttls:
-            got += client.replies(1)
+        got = client.secure(starttls)
         client.send(b"EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
         got += client.replies(4)
         assert client.tls is not None
@@ -183,15 +192,7 @@ def quit_then_fin(port: int, proxy: bool, starttls: bool) -> Tuple[List[bytes], 
     """QUIT, its 221, then a TCP FIN (no close_notify): the replies and how long until the server closed."""
     client = MemoryClient(port, proxy)
     try:
-        got: List[bytes] = []
-        if starttls:
-            client.send(b"EHLO client.test\r\n")
-            got += client.replies(2)
-            client.send(b"STARTTLS\r\n")
-            got += client.replies(1)
-        client.start_tls()
-        if not starttls:
-            got += client.replies(1)
+        got = client.secure(starttls)
         client.send(b"NOOP\r\nQUIT\r\n")
         got += client.replies(2)
         client.sock.shutdown(socket.SHUT_WR)
