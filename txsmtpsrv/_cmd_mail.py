@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocol_transaction -*-
 """
 The mail transaction in the dialogue: MAIL, RCPT, DATA and BDAT (RFC 5321,
 RFC 3030), the message body on its way to the data hook, and the verdict.

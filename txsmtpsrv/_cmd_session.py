@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocol_commands -*-
 """
 The session commands of the dialogue: HELO/EHLO/LHLO, AUTH (RFC 4954),
 STARTTLS (RFC 3207), XCLIENT/XFORWARD (Postfix), RSET, NOOP, QUIT, VRFY,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocol_hooks,tests.test_protocol_commands -*-
 """
 SMTP replies as values and as exceptions.
 

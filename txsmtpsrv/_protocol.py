@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocol_commands,tests.test_protocol_transaction,tests.test_protocol_hooks,tests.test_protocol_observers -*-
 """
 The Twisted side of one SMTP/LMTP connection: L{SMTPServerProtocol} drives
 a sans-IO L{Dialogue}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocol_observers -*-
 """
 What hooks see: the session, its current envelope and the addresses in it.
 
