@@ -478,7 +478,7 @@ def test_loopback_suites_under_trial_on_this_reactor(tmp_path: Path) -> None:
     """
     modules = ["tests.reactor_probe", "tests.test_loopback", "tests.test_sendnow", "tests.test_reply_loopback",
                "tests.test_auth_loopback", "tests.test_tls", "tests.test_tls_close", "tests.test_lmtp_bdat_loopback",
-               "tests.test_guard_loopback", "tests.test_proxy", "tests.test_delivery_async",
+               "tests.test_guard_loopback", "tests.test_proxy_endpoint", "tests.test_delivery_async",
                "tests.test_tlslayer.LoopbackTests", "tests.test_halfclose.TLSTests"]
     result = subprocess.run(
         [sys.executable, "-m", "twisted.trial", f"--reactor={_reactor.SHORT_NAME}", *modules],

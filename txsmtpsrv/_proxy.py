@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_wrapper,tests.test_proxy_endpoint -*-
 """
 PROXY protocol (v1 and v2) in front of any stream server, SMTP included.
 

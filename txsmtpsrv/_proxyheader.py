@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_parser -*-
 """
 The PROXY protocol header (v1 and v2), sans-IO: L{ProxyHeaderParser} takes
 bytes split at any point and returns the parsed L{ProxyInfo} and the bytes

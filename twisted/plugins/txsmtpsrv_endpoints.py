@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_endpoint -*-
 """
 Twisted plugin: the C{smtpproxy:} server endpoint string (PROXY protocol, see
 L{txsmtpsrv._proxy}) and C{adopted:FD:FAMILY} (an inherited listening
