@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.test_proxy_parser,tests.test_proxy_wrapper,tests.test_proxy_endpoint -*-
+# -*- test-case-name: tests.test_proxy_parser,tests.test_proxy_wrapper,tests.test_proxy_endpoint,tests.test_real_client_proxy -*-
 """
 What the PROXY protocol tests (C{tests/test_proxy_*.py}) share: builders of
 v1 and v2 headers, and a server-speaks-first protocol (L{Greeter}) with its
-factory to put behind the wrapper.
+factory to put behind the wrapper. C{tests/test_real_client_proxy.py} builds
+its TLVs with L{tlv} too.
 """
 
 from __future__ import annotations
