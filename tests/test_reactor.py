@@ -477,7 +477,8 @@ def test_loopback_suites_under_trial_on_this_reactor(tmp_path: Path) -> None:
     on smtpsrv-epoll; the probe module fails unless trial really ran them on it.
     """
     modules = ["tests.reactor_probe", "tests.test_loopback", "tests.test_sendnow", "tests.test_reply_loopback",
-               "tests.test_auth_loopback", "tests.test_tls", "tests.test_tls_close", "tests.test_lmtp_bdat_loopback",
+               "tests.test_auth_loopback", "tests.test_tls_dialogue", "tests.test_tls_certificates",
+               "tests.test_tls_tools", "tests.test_tls_close", "tests.test_lmtp_bdat_loopback",
                "tests.test_guard_loopback", "tests.test_proxy_endpoint", "tests.test_delivery_async",
                "tests.test_tlslayer.LoopbackTests", "tests.test_halfclose.TLSTests"]
     result = subprocess.run(

@@ -17,7 +17,7 @@ from OpenSSL import SSL
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from tests.test_tls import material, mx_config
+from tests._tls import material, mx_config
 from tests.test_tls_tickets import SECRET, _Handle, client_context, handshake
 from txsmtpsrv._tls import TLSContextHolder, tls_info
 

@@ -25,7 +25,7 @@ from zope.interface import implementedBy, providedBy
 from zope.interface.declarations import Provides
 
 from tests._support import tool_path
-from tests.test_tls import IO_TIMEOUT, _TLSTestCase, mx_config
+from tests._tls import IO_TIMEOUT, _TLSTestCase, mx_config
 from tests.test_tls_tickets import _resumption, _s_client, client_context, handshake
 from txsmtpsrv import _tlsconn, _tlslayer, _tlsnative, _tlstickets
 from txsmtpsrv._tls import TLSContextHolder

@@ -26,7 +26,7 @@ from twisted.trial import unittest
 
 from tests._certs import self_signed, unverified_client_context
 from tests._support import tool_path
-from tests.test_tls import Recorder, _TLSTestCase, material
+from tests._tls import Recorder, _TLSTestCase, material
 from txsmtpsrv._tls import TLSConfig, TLSConfigError, TLSContextHolder
 
 

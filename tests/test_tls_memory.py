@@ -5,7 +5,7 @@ STARTTLS, implicit TLS and REQUIRETLS in the protocol, in memory.
 A L{StringTransport} that provides C{ITLSTransport} records the context
 C{startTLS} receives; the test then plays the end of the handshake by
 calling C{handshakeCompleted()} itself. No crypto runs here (that is
-C{tests/test_tls.py}); what is checked is the dialogue: advertisement, the
+C{tests/test_tls_dialogue.py}); what is checked is the dialogue: advertisement, the
 error replies, RFC 3207's "forget everything" rule, the CVE-2011-0411
 plaintext-injection defence, C{needs_upgrade}, the C{on_secure} hook, the
 handshake timer and REQUIRETLS (RFC 8689).

@@ -31,7 +31,7 @@ from twisted.trial import unittest
 
 from tests._certs import unverified_client_context
 from tests._support import tool_path
-from tests.test_tls import Recorder, _TLSTestCase, mx_config
+from tests._tls import Recorder, _TLSTestCase, mx_config
 from tests.test_twistd import CLEAN_EXITS, TIMEOUT, twistd  # noqa: F401  (the fixture)
 from txsmtpsrv import _tlsnative, _tlstickets
 from txsmtpsrv._tls import TLSConfig, TLSConfigError, TLSContextHolder, build_server_options, tls_info
@@ -199,7 +199,7 @@ class ResumptionTests(unittest.SynchronousTestCase):
 
     def test_sni_context(self) -> None:
         """A client whose SNI selects another certificate resumes too (the session belongs to the first context)."""
-        from tests.test_tls import material
+        from tests._tls import material
 
         m = material()
         holder = TLSContextHolder(mx_config(sni={"other.test": (m.mx.key_pem, m.mx.cert_pem)}))
@@ -232,7 +232,7 @@ class ClientCertificateTests(unittest.SynchronousTestCase):
     """A resumed session skips certificate verification: what tls_info reports must not change."""
 
     def _infos(self, **kw: Any) -> List[Any]:
-        from tests.test_tls import material
+        from tests._tls import material
 
         m = material()
         holder = TLSContextHolder(mx_config(request_client_cert=True, **kw))
@@ -250,7 +250,7 @@ class ClientCertificateTests(unittest.SynchronousTestCase):
         self.assertEqual([i.peer_certificate_verified for i in infos], [False, False])
 
     def test_verified_stays_verified(self) -> None:
-        from tests.test_tls import material
+        from tests._tls import material
 
         infos = self._infos(ca=material().ca.cert_pem)
         self.assertEqual([i.peer_certificate_verified for i in infos], [True, True])

@@ -31,8 +31,9 @@ from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial import unittest
 
-from tests import test_tls, test_tls_close
-from tests.test_tls import client_context, common_name, material, mx_config
+from tests import _tls, test_tls_certificates, test_tls_close, test_tls_dialogue
+from tests._certs import common_name
+from tests._tls import client_context, material, mx_config
 from txsmtpsrv import SMTPServer, _tlsimplicit, _tlslayer
 from txsmtpsrv._tls import TLSConfig
 from txsmtpsrv._testca import test_ca
@@ -429,7 +430,7 @@ class OverTheLimitTests(unittest.TestCase):
 # The existing implicit-TLS tests run on our layer (the default); again on Twisted's layer.
 
 
-class TwistedLayerImplicitTLSTests(test_tls.ImplicitTLSTests):
+class TwistedLayerImplicitTLSTests(test_tls_dialogue.ImplicitTLSTests):
     def setUp(self) -> None:
         self.patch(_tlslayer, "ENABLED", False)
 
@@ -439,8 +440,8 @@ class TwistedLayerImplicitTLSCloseTests(test_tls_close.ImplicitTLSCloseTests):
         self.patch(_tlslayer, "ENABLED", False)
 
 
-class TwistedLayerRequiredClientCertificateTests(test_tls._TLSTestCase):
-    test_required = test_tls.ClientCertificateTests.test_required
+class TwistedLayerRequiredClientCertificateTests(_tls._TLSTestCase):
+    test_required = test_tls_certificates.ClientCertificateTests.test_required
 
     def setUp(self) -> None:
         self.patch(_tlslayer, "ENABLED", False)

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface.declarations import Provides
 
-from tests import test_halfclose, test_tls
+from tests import test_halfclose, test_tls_certificates, test_tls_dialogue
 from tests.test_tlsimplicit import compare_failed_handshakes
 from txsmtpsrv import SMTPServer, _tlsconn, _tlslayer
 from txsmtpsrv._protocol import SMTPServerProtocol
@@ -788,7 +788,7 @@ class BackpressureTests(unittest.SynchronousTestCase):
 class ClientCertificateTests(unittest.SynchronousTestCase):
     def test_peer_certificate(self) -> None:
         """A client certificate: getPeerCertificate on the transport and tls_info see it, verified."""
-        from tests.test_tls import client_context, material, mx_config
+        from tests._tls import client_context, material, mx_config
         wire = Wire(Hooks(), tls=mx_config(ca=material().ca.cert_pem, request_client_cert=True))
         wire.starttls(client_context(verify=False, cert="client"))
         wire.handshake()
@@ -990,14 +990,14 @@ class LoopbackTests(unittest.TestCase):
 # same tests again on Twisted's layer, which the PROXY wrapper still uses.
 
 
-class TwistedLayerStartTLSTests(test_tls.StartTLSTests):
-    """tests/test_tls.py's STARTTLS tests with C{ENABLED = False}."""
+class TwistedLayerStartTLSTests(test_tls_dialogue.StartTLSTests):
+    """tests/test_tls_dialogue.py's STARTTLS tests with C{ENABLED = False}."""
 
     def setUp(self) -> None:
         self.patch(_tlslayer, "ENABLED", False)
 
 
-class TwistedLayerClientCertificateTests(test_tls.ClientCertificateTests):
+class TwistedLayerClientCertificateTests(test_tls_certificates.ClientCertificateTests):
     def setUp(self) -> None:
         self.patch(_tlslayer, "ENABLED", False)
 
