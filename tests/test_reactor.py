@@ -480,7 +480,7 @@ def test_loopback_suites_under_trial_on_this_reactor(tmp_path: Path) -> None:
                "tests.test_auth_loopback", "tests.test_tls_dialogue", "tests.test_tls_certificates",
                "tests.test_tls_tools", "tests.test_tls_close", "tests.test_lmtp_bdat_loopback",
                "tests.test_guard_loopback", "tests.test_proxy_endpoint", "tests.test_delivery_async",
-               "tests.test_tlslayer.LoopbackTests", "tests.test_halfclose.TLSTests"]
+               "tests.test_tlslayer_loopback.LoopbackTests", "tests.test_halfclose.TLSTests"]
     result = subprocess.run(
         [sys.executable, "-m", "twisted.trial", f"--reactor={_reactor.SHORT_NAME}", *modules],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ from OpenSSL import SSL
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from tests.test_tlslayer import Hooks, Wire, finals
+from tests._tlswire import Hooks, Wire, finals
 
 #: A plaintext command an attacker would inject (CVE-2011-0411).
 INJECTED = b"MAIL FROM:<injected@attacker.test>\r\n"

@@ -8,7 +8,7 @@ our close_notify and TCP close. Mid-message nothing is stored; under TLS
 1.2 (RFC 5246 7.2.1) the connection still ends at once. Real-client tests
 over loopback (Python's C{ssl}, which sends close_notify and keeps reading;
 STARTTLS and implicit TLS)
-and deterministic ones on L{tests.test_tlslayer.Wire}.
+and deterministic ones on L{tests._tlswire.Wire}.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.test_halfclose import MESSAGE, TLSClient, LateHooks, read_reply, tls_half_close
-from tests.test_tlslayer import MESSAGE as WIRE_MESSAGE, Hooks, Wire, finals
+from tests._tlswire import MESSAGE as WIRE_MESSAGE, Hooks, Wire, finals
 from txsmtpsrv import SMTPServer, _tlslayer
 from txsmtpsrv._testca import test_ca
 from txsmtpsrv._workers import listen_endpoint

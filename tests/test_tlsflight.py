@@ -15,7 +15,7 @@ Twisted's layer wrote both in one send (its writes wait for the reactor).
 
 The sends are counted where the layer makes them (its C{ReplyWriter}, one
 C{write} per send on the socket), on a real C{tcp.Server} whose reactor is
-the test (L{tests.test_tlslayer.Wire}); the client is Python's C{ssl} over
+the test (L{tests._tlswire.Wire}); the client is Python's C{ssl} over
 memory BIOs and is handed one send at a time, so "the greeting is in the
 same send as the tickets" is checked by decrypting that send alone.
 """
@@ -27,7 +27,7 @@ from typing import List, Optional
 
 from twisted.trial import unittest
 
-from tests.test_tlslayer import Hooks, Wire, finals
+from tests._tlswire import Hooks, Wire, finals
 from txsmtpsrv import _tlsimplicit, _tlslayer
 from txsmtpsrv._sendnow import ReplyWriter
 from txsmtpsrv._testca import test_ca

@@ -6,7 +6,7 @@ and the hooks see is what Twisted's layer gives (the existing implicit-TLS
 tests run again on Twisted's layer here), that failures are reported the
 same way, and that the PROXY wrapper and UNIX sockets keep Twisted's layer.
 The adversarial edges of the layer itself are pinned by
-C{tests/test_tlslayer.py}, C{test_review14c.py}, C{test_tls_closenotify.py};
+C{tests/test_tlslayer_*.py}, C{test_review14c.py}, C{test_tls_closenotify.py};
 on implicit TLS by C{test_tlsgather.py} (tiny records, FIN after QUIT) and
 C{test_halfclose.py} (half-close), which run on both layers.
 """

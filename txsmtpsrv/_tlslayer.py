@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tlslayer -*-
+# -*- test-case-name: tests.test_tlslayer_dialogue,tests.test_tlslayer_flow,tests.test_tlslayer_peer,tests.test_tlslayer_loopback -*-
 """
 STARTTLS on a plain TCP connection without Twisted's TLS protocol wrapper.
 
@@ -38,7 +38,7 @@ send at the end of the read (up to C{_HOLD} bytes): sent as made, a second
 small segment waits under Nagle for the client's delayed ACK of the first
 (40 ms per implicit-TLS connection: C{bench/README.md}, tls16/tls17).
 
-What it keeps as it was (each has a test in C{tests/test_tlslayer.py}):
+What it keeps as it was (each has a test in C{tests/test_tlslayer_*.py}):
 plaintext written before the handshake ends waits for it; a failed
 handshake passes OpenSSL's error to C{connectionLost} (an EOF in violation
 of TLS as C{ConnectionLost}), after sending OpenSSL's alert; the handshake
