@@ -220,7 +220,15 @@ class TLSLayer:
             # Gone without close_notify (or mid-handshake): what Twisted's layer says.
             reason = Failure(main.CONNECTION_LOST)
         self._reason = None
-        self._protocol.connectionLost(reason)
+        protocol, self._protocol = self._protocol, None  # (its writer holds us: nothing uses it once _over)
+        protocol.connectionLost(reason)
+        # Undo what else holds this layer in cycles -- the transport's methods start_tls
+        # pointed at it, OpenSSL's app data -- so that reference counting frees the
+        # connection, not the cyclic collector. The transport's own methods serve now.
+        self._conn.set_app_data(None)
+        patched = self._transport.__dict__
+        for name in _PATCHED:
+            patched.pop(name, None)
 
     # -- what the SMTP protocol's transport calls reach (transport.TLS) ----------------
 
@@ -486,6 +494,10 @@ class _RawWrite:
         FileDescriptor.write(self._transport, data)
 
 
+#: The transport's methods that reach the layer while TLS runs (undone when the connection is lost).
+_PATCHED = ("getHandle", "getPeerCertificate", "pauseProducing", "resumeProducing", "abortConnection")
+
+
 def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSLayer:
     """
     Start TLS (server side) on C{transport}, which L{eligible} accepted:
@@ -508,11 +520,8 @@ def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSL
         layer._wbio = getattr(conn, "_from_ssl", None)
     t: Any = transport
     t.protocol = layer
-    t.getHandle = layer.getHandle
-    t.getPeerCertificate = layer.getPeerCertificate
-    t.pauseProducing = layer.pauseProducing
-    t.resumeProducing = layer.resumeProducing
-    t.abortConnection = layer.abortConnection
+    for name in _PATCHED:
+        setattr(t, name, getattr(layer, name))
     directlyProvides(transport, ISSLTransport)
     keep_declarations(transport)  # Provides(tcp.Server, ISSLTransport), which zope caches weakly
     t.TLS = True
