@@ -17,7 +17,6 @@ import json
 import os
 import smtplib
 import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 
+from tests._certs import unverified_client_context
 from tests._support import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,21 +72,14 @@ def messages_and_quit(server: CycleServer) -> None:
             client.sendmail("a@x.test", ["b@y.test"], BODY)
 
 
-def _unverified() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the server's development certificate
-    return context
-
-
 def starttls(server: CycleServer) -> None:
     with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
-        client.starttls(context=_unverified())
+        client.starttls(context=unverified_client_context())
         client.sendmail("a@x.test", ["b@y.test"], BODY)
 
 
 def implicit_tls(server: CycleServer) -> None:
-    with smtplib.SMTP_SSL("127.0.0.1", server.smtps_port, timeout=10, context=_unverified()) as client:
+    with smtplib.SMTP_SSL("127.0.0.1", server.smtps_port, timeout=10, context=unverified_client_context()) as client:
         client.sendmail("a@x.test", ["b@y.test"], BODY)
 
 

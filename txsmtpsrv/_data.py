@@ -86,7 +86,10 @@ class MessageStream:
         """
         Connect C{protocol} to the body: C{makeConnection(producer)},
         C{dataReceived(chunk)}s, then C{connectionLost(reason)} with
-        L{MessageDone} or the failure that cut the body short.
+        L{MessageDone} or the failure that cut the body short. A reader
+        keeping the stream (as C{self.transport}) after C{connectionLost}
+        makes a reference cycle with it: set it to C{None} there, and the
+        message's objects are freed at once.
         """
         if self._consumer is not None:
             raise RuntimeError("the message body is already being read")
