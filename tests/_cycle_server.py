@@ -9,7 +9,7 @@ connection, Twisted's TCP and TLS transports included, with logging begun as a
 daemon begins it (a test run's log buffer would hold the connections).
 
     python tests/_cycle_server.py   ->  "listening PORT SMTPS_PORT PROXY_PORT"
-    stdin "start"                   ->  "started"   (collector run, then off)
+    stdin "start"                   ->  "started"   (once no connection is open: collector run, then off)
     stdin "report"                  ->  one JSON line, once no connection is open:
                                         {"garbage": [type names], "alive": [type names]}
 """
@@ -68,17 +68,27 @@ def main() -> None:
 
         def lineReceived(self, line: bytes) -> None:
             if line == b"start":
-                gc.collect()
-                before["counts"] = Counter(_ours(gc.get_objects()))
-                gc.disable()
-                self.sendLine(b"started")
+                self._when_closed(self._start, 500)
             elif line == b"report":
-                self._report(500)
+                self._when_closed(self._report, 500)
 
-        def _report(self, tries: int) -> None:
+        def _when_closed(self, then: Any, tries: int) -> None:
+            """Call C{then()} once every connection is closed (or after 5 s: the report says so)."""
             if (server.connections or smtps.connections) and tries:
-                reactor.callLater(0.01, self._report, tries - 1)
+                reactor.callLater(0.01, self._when_closed, then, tries - 1)
                 return
+            try:
+                then()
+            except Exception as e:  # the test reads one line per command: never leave it waiting
+                self.sendLine(json.dumps({"error": repr(e)}).encode())
+
+        def _start(self) -> None:
+            gc.collect()
+            before["counts"] = Counter(_ours(gc.get_objects()))
+            gc.disable()
+            self.sendLine(b"started")
+
+        def _report(self) -> None:
             gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
             garbage = sorted(_ours(gc.garbage))

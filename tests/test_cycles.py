@@ -383,3 +383,71 @@ def test_a_hook_bug_is_logged_whole_and_leaves_nothing() -> None:
     assert len(texts) == 1
     text = texts[0]
     assert "KeyError" in text and "on_mail_from" in text and "missing" in text
+
+
+class SlowReader:
+    """The usual data hook (C{return stream.collect(f)}) whose chunk callback never finishes."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.pending: List[Deferred[None]] = []
+        self.kept: List[Deferred[None]] = []
+        self.keep = keep
+
+    def on_data(self, session: Any, stream: Any) -> Any:
+        def chunk(data: bytes) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            self.pending.append(d)
+            return d
+        done = stream.collect(chunk)
+        if self.keep:
+            self.kept.append(done)
+        return done
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["returned", "kept too"])
+def test_a_reader_past_hook_timeout_leaves_no_unhandled_error(keep: bool) -> None:
+    """
+    hook_timeout cancels the collect Deferred while the body still streams:
+    451, and the Deferred is either freed unfired or fired with None -- not
+    failed with CancelledError that nobody handles (logged as "Unhandled
+    error in Deferred" when it is freed). Found in review of the change that
+    lets go of it.
+    """
+    hooks = SlowReader(keep)
+    server, clock = make_server(hooks, hook_timeout=5, socket_timeout=300)
+    with capturedLogs() as captured:
+        client = TestClient(server)
+        client.ehlo()
+        client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n" + BODY + b".\r\n")
+        clock.advance(6)
+        assert client.codes()[-1] == (451, "4.3.0")
+        if keep:
+            assert hooks.kept[0].called and hooks.kept[0].result is None
+        assert client.command("QUIT").code == 221
+        close(client)
+        del client, hooks
+        gc.collect()
+    assert not [e for e in captured if "Unhandled error" in str(e.get("log_format", ""))]
+
+
+def test_a_kept_collect_deferred_fires_after_a_chunk_callback_fails() -> None:
+    """
+    A hook that keeps the Deferred of C{stream.collect} it returns gets it
+    fired with None after the connection took the answer directly, also
+    when a chunk callback raised (C{answer_directly}'s promise). Found in
+    review of the change that lets go of it.
+    """
+    kept: List[Deferred[None]] = []
+
+    class Keeps:
+        def on_data(self, session: Any, stream: Any) -> Any:
+            def chunk(data: bytes) -> None:
+                raise ValueError("bad chunk")
+            d = stream.collect(chunk)
+            kept.append(d)
+            return d
+
+    server, _ = make_server(Keeps())
+    client = TestClient(server)
+    assert client.sendmail("a@x.test", ["b@y.test"], BODY)[-1].code == 451
+    assert kept[0].called and kept[0].result is None

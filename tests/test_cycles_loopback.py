@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import smtplib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -38,17 +40,36 @@ class CycleServer:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_cycle_server.py")], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening "), line
-        self.port, self.smtps_port, self.proxy_port = (int(p) for p in line.split()[1:])
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self._buffer = b""
+        try:
+            line = self._readline()
+            assert line.startswith("listening "), line
+            self.port, self.smtps_port, self.proxy_port = (int(p) for p in line.split()[1:])
+        except BaseException:
+            stop_process(self.proc, 10)
+            raise
+
+    def _readline(self, timeout: float = 30) -> str:
+        """The server's next line, or a failure after C{timeout} seconds (never a hang)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise AssertionError(f"no answer from the server in {timeout} s")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise AssertionError(f"the server exited ({self.proc.wait(10)})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode() + "\n"
 
     def _ask(self, command: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
         self.proc.stdin.flush()
-        return self.proc.stdout.readline()
+        return self._readline()
 
     def left_after(self, scenario: Callable[["CycleServer"], None]) -> Dict[str, Any]:
         """Run C{scenario(self)} once to warm up, then again counted: what it left."""

@@ -360,11 +360,11 @@ class _Collector:
         if self._failed:
             return
         self._failed = True
-        producer, done = self._producer, self.done
+        producer = self._producer
         if self._direct is not None:
-            self._answer(failure)
-        elif done is not None and not done.called and not self._answered:
-            done.errback(failure)
+            self._answer(failure)  # (no local name for done here: _answer counts who holds it)
+        elif self.done is not None and not self.done.called and not self._answered:
+            self.done.errback(failure)
         if producer is not None:
             producer.discard()
         self._let_go()
@@ -377,9 +377,13 @@ class _Collector:
         if self._direct is not None:
             self._answer(reason)
             return
+        if self._answered:
+            # Answered directly; maybe from inside _answer (its callback discards the
+            # stream, which ends it): _answer still fires done and lets go after.
+            return
         done = self.done
         self._let_go()
-        if done is None or done.called or self._answered:
+        if done is None or done.called:
             return
         if reason is None:
             done.callback(None)

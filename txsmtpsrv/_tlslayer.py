@@ -25,6 +25,9 @@ users' code see the transport they saw before:
     C{abortConnection} also go through the layer (instance attributes, as
     C{startTLS} sets C{getHandle}), so that it stops handing over decrypted
     data the moment the SMTP protocol pauses, and never sends after an abort.
+    When the connection is lost these instance attributes go (they and
+    OpenSSL's app data hold the layer in reference cycles): the closed
+    transport answers with its own methods from then on.
 
 Ciphertext goes out through a L{ReplyWriter} of its own: directly on the
 socket while the transport has nothing queued, else (for good) through
