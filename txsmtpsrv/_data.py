@@ -86,7 +86,10 @@ class MessageStream:
         """
         Connect C{protocol} to the body: C{makeConnection(producer)},
         C{dataReceived(chunk)}s, then C{connectionLost(reason)} with
-        L{MessageDone} or the failure that cut the body short.
+        L{MessageDone} or the failure that cut the body short. A reader
+        keeping the stream (as C{self.transport}) after C{connectionLost}
+        makes a reference cycle with it: set it to C{None} there, and the
+        message's objects are freed at once.
         """
         if self._consumer is not None:
             raise RuntimeError("the message body is already being read")
@@ -106,8 +109,9 @@ class MessageStream:
         with the reason it was cut short (or the callback's error).
         """
         collector = _Collector(callback)
+        done = collector.done  # (the collector lets go of it once the body is over, maybe at once)
         self.deliver_body(collector)
-        return collector.done
+        return done  # type: ignore[return-value]  # not None: made just above
 
     def content(self) -> "Deferred[bytes]":
         """Collect the whole body in memory; only for messages known to be small."""
@@ -297,7 +301,8 @@ class _Collector:
         self._callback = callback
         self._producer: Optional[MessageStream] = None
         self._failed = False
-        self.done: Deferred[None] = Deferred(self._cancel)
+        # None once the outcome has left (L{_let_go}).
+        self.done: Optional[Deferred[None]] = Deferred(self._cancel)
 
     def _cancel(self, d: "Deferred[None]") -> None:
         """C{done} is cancelled: tell the direct callback (if any); else C{done} fails with C{CancelledError}."""
@@ -346,20 +351,23 @@ class _Collector:
         # chained to (the usual case: the hook returned it and the connection
         # has let go) is left unfired, which nobody can tell: Deferred.callback
         # costs ~4,000 instructions even with no callbacks (issue 13).
-        if not done.called and (_refcount is None or getattr(done, "_callbacks", True)
-                                or _refcount(done) > _UNSHARED):
+        if done is not None and not done.called and (_refcount is None or getattr(done, "_callbacks", True)
+                                                     or _refcount(done) > _UNSHARED):
             done.callback(None)
+        self._let_go()
 
     def _fail(self, failure: Failure) -> None:
         if self._failed:
             return
         self._failed = True
+        producer = self._producer
         if self._direct is not None:
-            self._answer(failure)
-        elif not self.done.called and not self._answered:
+            self._answer(failure)  # (no local name for done here: _answer counts who holds it)
+        elif self.done is not None and not self.done.called and not self._answered:
             self.done.errback(failure)
-        if self._producer is not None:
-            self._producer.discard()
+        if producer is not None:
+            producer.discard()
+        self._let_go()
 
     def connectionLost(self, reason: Failure) -> None:
         self.ended(None if reason.check(MessageDone) else reason)
@@ -369,9 +377,27 @@ class _Collector:
         if self._direct is not None:
             self._answer(reason)
             return
-        if self.done.called or self._answered:
+        if self._answered:
+            # Answered directly; maybe from inside _answer (its callback discards the
+            # stream, which ends it): _answer still fires done and lets go after.
+            return
+        done = self.done
+        self._let_go()
+        if done is None or done.called:
             return
         if reason is None:
-            self.done.callback(None)
+            done.callback(None)
         else:
-            self.done.errback(reason)
+            done.errback(reason)
+
+    def _let_go(self) -> None:
+        """
+        The outcome has left: drop the stream and C{done}, which hold this
+        collector in turn (C{done} through its canceller). Without these
+        cycles a message's objects are freed by reference counting as soon
+        as nobody else holds them, so mail traffic gives the cyclic garbage
+        collector nothing to collect and no reason to run (issue 13).
+        A chunk's Deferred settling later then has nothing left to resume.
+        """
+        self._producer = None
+        self.done = None

@@ -181,6 +181,9 @@ class SMTPServerProtocol(HalfCloseable):
         self._tls_timer = None
         self.core.connection_lost()
         self._run()
+        # The last message's stream calls back into us (pause, resume): let go of it, so
+        # that the connection's objects are freed at once, not by the cyclic collector.
+        self._stream = None
         s = self.session
         self.context.disconnected(self)
         self.context.notify("disconnect", s)
@@ -449,6 +452,9 @@ class SMTPServerProtocol(HalfCloseable):
             core.answer(token, value, None, False, late)
         else:
             core.answer(token, None, failure.value, bool(failure.check(TimeoutError)), late, failure)
+            # Its traceback's frames hold the failure again (and this connection): a cycle only
+            # the cyclic collector would free. A log of it still has the text of every frame.
+            failure.cleanFailure()
         if token == self._data_token:
             self._data_token = None
             if stream is not None and (not stream.has_reader or failure is not None):

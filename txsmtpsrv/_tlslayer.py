@@ -25,6 +25,9 @@ users' code see the transport they saw before:
     C{abortConnection} also go through the layer (instance attributes, as
     C{startTLS} sets C{getHandle}), so that it stops handing over decrypted
     data the moment the SMTP protocol pauses, and never sends after an abort.
+    When the connection is lost these instance attributes go (they and
+    OpenSSL's app data hold the layer in reference cycles): the closed
+    transport answers with its own methods from then on.
 
 Ciphertext goes out through a L{ReplyWriter} of its own: directly on the
 socket while the transport has nothing queued, else (for good) through
@@ -220,7 +223,15 @@ class TLSLayer:
             # Gone without close_notify (or mid-handshake): what Twisted's layer says.
             reason = Failure(main.CONNECTION_LOST)
         self._reason = None
-        self._protocol.connectionLost(reason)
+        protocol, self._protocol = self._protocol, None  # (its writer holds us: nothing uses it once _over)
+        protocol.connectionLost(reason)
+        # Undo what else holds this layer in cycles -- the transport's methods start_tls
+        # pointed at it, OpenSSL's app data -- so that reference counting frees the
+        # connection, not the cyclic collector. The transport's own methods serve now.
+        self._conn.set_app_data(None)
+        patched = self._transport.__dict__
+        for name in _PATCHED:
+            patched.pop(name, None)
 
     # -- what the SMTP protocol's transport calls reach (transport.TLS) ----------------
 
@@ -486,6 +497,10 @@ class _RawWrite:
         FileDescriptor.write(self._transport, data)
 
 
+#: The transport's methods that reach the layer while TLS runs (undone when the connection is lost).
+_PATCHED = ("getHandle", "getPeerCertificate", "pauseProducing", "resumeProducing", "abortConnection")
+
+
 def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSLayer:
     """
     Start TLS (server side) on C{transport}, which L{eligible} accepted:
@@ -508,11 +523,8 @@ def start_tls(transport: Server, creator: Any, protocol: Any, sock: Any) -> TLSL
         layer._wbio = getattr(conn, "_from_ssl", None)
     t: Any = transport
     t.protocol = layer
-    t.getHandle = layer.getHandle
-    t.getPeerCertificate = layer.getPeerCertificate
-    t.pauseProducing = layer.pauseProducing
-    t.resumeProducing = layer.resumeProducing
-    t.abortConnection = layer.abortConnection
+    for name in _PATCHED:
+        setattr(t, name, getattr(layer, name))
     directlyProvides(transport, ISSLTransport)
     keep_declarations(transport)  # Provides(tcp.Server, ISSLTransport), which zope caches weakly
     t.TLS = True
