@@ -34,7 +34,13 @@ def under_ci() -> bool:
     C{true}, C{1} or their own name (Woodpecker: C{woodpecker}); C{CI=false}
     is a developer turning it off. tests/run.sh reads it the same way.
     """
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+    return reads_as_ci(os.environ.get("CI", ""))
+
+
+def reads_as_ci(value: str) -> bool:
+    """L{under_ci}'s rule for one value of C{CI}."""
+    # ASCII white space only, as bash's [[:space:]] (str.strip() would also take \x1c-\x1f).
+    return value.strip(" \t\n\r\x0b\x0c").lower() not in ("", "0", "false", "no", "off")
 
 
 def require(path: str | None, missing: str, skip: str) -> str:

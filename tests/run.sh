@@ -29,7 +29,8 @@ esac
 # as tests/_support.py's under_ci reads it (CI systems set true, 1 or their own name).
 under_ci() {
   local value=${CI:-}
-  value=${value//[[:space:]]/}
+  value=${value#"${value%%[![:space:]]*}"}  # leading and trailing white space only, as str.strip()
+  value=${value%"${value##*[![:space:]]}"}
   case ${value,,} in ""|0|false|no|off) return 1;; esac
 }
 as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }

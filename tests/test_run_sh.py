@@ -14,6 +14,8 @@ import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,3 +198,36 @@ def test_no_path_means_the_tests_directory(tmp_path: Any) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line for line in done.stdout.splitlines() if "::" in line] == ["tests/test_a.py::test_it"]
+
+
+def _bash_under_ci(values: List[str]) -> List[bool]:
+    """run.sh's own C{under_ci}, taken from the script, asked about each value in one bash."""
+    with open(os.path.join(REPO, "tests", "run.sh"), encoding="utf-8") as f:
+        script = f.read()
+    start = script.index("under_ci() {")
+    function = script[start:script.index("\n}\n", start) + 3]
+    lines = [function]
+    for i in range(len(values)):
+        lines.append(f'CI=$V{i} under_ci && echo yes || echo no')
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    env.update({f"V{i}": value for i, value in enumerate(values)})
+    out = subprocess.run(["bash", "-c", "\n".join(lines)], env=env, capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    return [answer == "yes" for answer in out]
+
+
+_CI_TEXT = st.text(alphabet=st.sampled_from(list("01fFaAlLsSeEnNoOtTrRuUwWdk \t\n\r\x0b\x0c\x1c\x1f-_.")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.one_of(_CI_TEXT, st.sampled_from([" false ", "\tOFF\n", "f alse", "n o", " 0", "0 0"])),
+                       min_size=1, max_size=40))
+def test_run_sh_and_python_read_ci_alike(values: List[str]) -> None:
+    """
+    tests/run.sh (bash) and tests/_support.under_ci (Python) implement one
+    rule in two languages: for any value they agree (run.sh once removed
+    white space inside the value too, so CI="f alse" was CI to Python only).
+    """
+    from tests._support import reads_as_ci
+
+    assert _bash_under_ci(values) == [reads_as_ci(value) for value in values]
