@@ -18,7 +18,8 @@ from txsmtpsrv import Hooks
 from txsmtpsrv._delivery import MaildirDelivery
 from txsmtpsrv._tap import LayeredHooks, makeService
 
-from tests._tap import _scratch_directory, parse, result  # noqa: F401 (the autouse fixture)
+from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
+from tests._tap import parse, result
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from twisted.python import usage
 from txsmtpsrv._tap import DEFAULT_LISTEN, Options, _endpoint_arguments, _shareable_address, makeService
 
 from tests._certs import make_ca, write_pem
-from tests._tap import _scratch_directory, parse  # noqa: F401 (the autouse fixture)
+from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
+from tests._tap import parse
 
 
 # ---------------------------------------------------------------------------

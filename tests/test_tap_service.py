@@ -24,7 +24,8 @@ from txsmtpsrv._tap import SMTPService, _worker_options, makeService
 from txsmtpsrv.testing import FakeResolver, TestClient
 
 from tests._certs import make_ca, write_pem
-from tests._tap import _scratch_directory, parse, result  # noqa: F401 (the autouse fixture)
+from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
+from tests._tap import parse, result
 
 
 # ---------------------------------------------------------------------------
