@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delivery -*-
+# -*- test-case-name: tests.test_delivery_maildir,tests.test_delivery_mbox,tests.test_delivery_print,tests.test_delivery_trace -*-
 """
 Built-in deliveries: hooks objects whose C{on_data} stores each message.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delivery,tests.test_delivery_async -*-
+# -*- test-case-name: tests.test_delivery_maildir,tests.test_delivery_mbox,tests.test_delivery_async -*-
 """
 The shared writer of the file deliveries: blocking file work kept off the
 reactor thread, and group commit.

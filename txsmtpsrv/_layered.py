@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap_hooks,tests.test_tap_service -*-
 """
 How C{twistd smtpsrv} composes its hooks: the user's C{--hooks} object,
 the C{--auth} authenticator and the built-in delivery, in that order.

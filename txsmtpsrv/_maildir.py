@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delivery,tests.test_delivery_async -*-
+# -*- test-case-name: tests.test_delivery_maildir,tests.test_delivery_async -*-
 """
 L{MaildirDelivery}: one file per message in a Maildir (maildir(5)).
 """

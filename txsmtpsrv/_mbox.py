@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delivery,tests.test_delivery_async -*-
+# -*- test-case-name: tests.test_delivery_mbox,tests.test_delivery_async -*-
 """
 L{MboxDelivery}: append each message to an mbox file, mboxrd style, with
 appends to one file serialised and made durable in batches.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap_options,tests.test_tap_hooks,tests.test_tap_service,tests.test_tap_workers -*-
 """
 C{twistd smtpsrv}: a mail receiver out of the box::
 

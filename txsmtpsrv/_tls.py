@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_config -*-
+# -*- test-case-name: tests.test_tls_config_handshake,tests.test_tls_config_reload,tests.test_tls_config_errors -*-
 """
 TLS configuration: from PEM files to OpenSSL server connections.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_config -*-
+# -*- test-case-name: tests.test_tls_config_errors,tests.test_tls_config_reload -*-
 """
 Reading keys and certificates for L{txsmtpsrv._tls}: from files, PEM bytes
 or text, or C{cryptography} objects, with errors (L{TLSConfigError}) that

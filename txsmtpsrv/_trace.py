@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delivery -*-
+# -*- test-case-name: tests.test_delivery_trace -*-
 """
 The trace headers a final delivery adds (RFC 5321 4.4): C{Return-Path:} and
 C{Received:}, built from what the session learned, with every client-chosen

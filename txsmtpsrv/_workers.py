@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap_workers,tests.test_tap_options -*-
 """
 C{--workers N}: N processes serving one set of ports.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap_options -*-
 """The C{twistd smtpsrv} plugin; all logic lives in L{txsmtpsrv._tap}."""
 from twisted.application.service import ServiceMaker
 
