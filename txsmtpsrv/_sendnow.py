@@ -25,6 +25,12 @@ Twisted's public API offers no cheap "is the buffer empty" (the buffer is
 private; C{IReactorFDSet.getWriters()} is public but builds a list of every
 waiting connection), so the writer does not ask.
 
+On the daemon's reactor (L{txsmtpsrv._reactor.SMTPEPollReactor}, which has
+C{held_replies}) a direct write is held until the reactor has handled the
+pass's events, then sent, one send per connection, just before it polls
+(why: that module). L{stop} sends what is held first, so the order of the
+bytes on the wire is the order of the writes either way.
+
 The caller must L{stop} the writer before anything else writes to the
 connection or changes what a byte on it means: before C{startTLS} (the
 writer keeps the raw socket it was given, so a direct send would put
@@ -140,20 +146,40 @@ class ReplyWriter:
         """Send C{data} after everything written before, one way or the other."""
         sock = self._sock
         if sock is not None:
-            try:
-                sent = sock.send(data)
-            except OSError:
-                # EAGAIN: the kernel's buffer is full; EPIPE, ECONNRESET: the
-                # transport meets the same error on its next send and closes
-                # the connection the usual way.
-                sent = 0
-            if sent == len(data):
+            held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
+            if held is not None:  # (the reactor sends them, just before it waits: see held_until_poll)
+                earlier = held.get(self)
+                held[self] = data if earlier is None else earlier + data
                 return
-            self.stop()
-            if sent:
-                data = data[sent:]
+            self._send(sock, data)
+            return
         self._transport.write(data)
 
+    def send_held(self, data: bytes) -> None:
+        """For the reactor: send what L{write} held (unless the writer stopped since)."""
+        sock = self._sock
+        if sock is not None:
+            self._send(sock, data)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            sent = sock.send(data)
+        except OSError:
+            # EAGAIN: the kernel's buffer is full; EPIPE, ECONNRESET, EBADF: the
+            # transport meets the same error on its next send (or is closed) and
+            # ends the connection the usual way.
+            sent = 0
+        if sent == len(data):
+            return
+        self._sock = None  # for good (nothing is held any more: see stop)
+        self._transport.write(data[sent:] if sent else data)
+
     def stop(self) -> None:
-        """From now on every write goes through the transport."""
+        """Send what is held now; from now on every write goes through the transport."""
+        sock = self._sock
+        if sock is not None:
+            held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
+            data = held.pop(self, None) if held else None
+            if data is not None:
+                self._send(sock, data)
         self._sock = None

@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_held_replies -*-
+"""
+Replies held to the end of the reactor pass on the daemon's reactor
+(L{txsmtpsrv._reactor.SMTPEPollReactor.held_replies}, L{txsmtpsrv._sendnow}).
+
+Why it matters: the bytes on the wire must be exactly what the writes were,
+in their order, whatever the writer is asked meanwhile (stop before STARTTLS
+or a close, a refused or partial send, a closed socket, the reactor shutting
+down), and a held reply must not wait past the reactor's next poll.
+
+First the writer and the reactor's part with fakes, then a real
+C{SMTPEPollReactor} in a process of its own serving C{smtplib} clients.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+
+from txsmtpsrv._sendnow import ReplyWriter
+
+select = pytest.importorskip("select")
+if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
+    pytest.skip("no epoll here", allow_module_level=True)
+
+from txsmtpsrv._reactor import SMTPEPollReactor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeSocket:
+    """Takes at most C{room} bytes per send, or raises what it is told to."""
+
+    def __init__(self, room: int = 1 << 30, error: Optional[OSError] = None) -> None:
+        self.room = room
+        self.error = error
+        self.sent: List[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.sent.append(taken)
+        return len(taken)
+
+
+class Reactor:
+    """What the writer looks for on its transport's reactor."""
+
+    def __init__(self) -> None:
+        self.held_replies: Dict[Any, bytes] = {}
+
+    def send_held(self) -> None:
+        held, self.held_replies = self.held_replies, {}
+        for w, data in held.items():
+            w.send_held(data)
+
+
+def held_writer(sock: Any) -> tuple[ReplyWriter, StringTransport, Reactor]:
+    transport = StringTransport()
+    reactor = Reactor()
+    transport.reactor = reactor  # type: ignore[attr-defined]  # as tcp.Connection has it
+    return ReplyWriter(transport, sock), transport, reactor
+
+
+def test_writes_wait_for_the_reactor_then_leave_in_one_send() -> None:
+    sock = FakeSocket()
+    w, t, r = held_writer(sock)
+    w.write(b"250 a\r\n")
+    w.write(b"250 b\r\n")
+    assert sock.sent == [] and r.held_replies == {w: b"250 a\r\n250 b\r\n"}
+    r.send_held()
+    assert sock.sent == [b"250 a\r\n250 b\r\n"] and t.value() == b"" and w.direct
+
+
+def test_a_reactor_without_held_replies_sends_at_once() -> None:
+    """Twisted's own reactors (and transports without a reactor) are served as before."""
+    sock = FakeSocket()
+    transport = StringTransport()
+    transport.reactor = object()  # type: ignore[attr-defined]
+    w = ReplyWriter(transport, sock)
+    w.write(b"250 a\r\n")
+    assert sock.sent == [b"250 a\r\n"]
+
+
+def test_stop_sends_what_is_held_first() -> None:
+    """Before STARTTLS or a close: the held reply leaves, then the transport has the connection."""
+    sock = FakeSocket()
+    w, t, r = held_writer(sock)
+    w.write(b"220 go ahead\r\n")
+    w.stop()
+    assert sock.sent == [b"220 go ahead\r\n"] and r.held_replies == {} and not w.direct
+    w.write(b"after\r\n")
+    assert t.value() == b"after\r\n"
+    r.send_held()
+    assert sock.sent == [b"220 go ahead\r\n"]
+
+
+def test_a_partial_send_of_held_bytes_keeps_their_order() -> None:
+    sock = FakeSocket(room=5)
+    w, t, r = held_writer(sock)
+    w.write(b"250 first\r\n")
+    w.write(b"250 second\r\n")
+    r.send_held()
+    w.write(b"250 third\r\n")
+    assert b"".join(sock.sent) + t.value() == b"250 first\r\n250 second\r\n250 third\r\n"
+    assert not w.direct and r.held_replies == {}
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EPIPE, errno.EBADF])
+def test_a_refused_send_of_held_bytes_goes_to_the_transport(code: int) -> None:
+    """A full buffer, a reset or an already closed socket: the transport gets the bytes (or drops them, closed)."""
+    sock = FakeSocket(error=OSError(code, os.strerror(code)))
+    w, t, r = held_writer(sock)
+    w.write(b"250 ok\r\n")
+    r.send_held()
+    assert t.value() == b"250 ok\r\n" and not w.direct
+
+
+def test_the_reactor_sends_before_it_polls_and_logs_a_failing_writer() -> None:
+    """C{doPoll} sends what a pass (or a timer) held before it waits; one writer's bug costs only its bytes."""
+    reactor = SMTPEPollReactor()
+    try:
+        sent: List[bytes] = []
+
+        class Good:
+            def send_held(self, data: bytes) -> None:
+                sent.append(data)
+
+        class Broken:
+            def send_held(self, data: bytes) -> None:
+                raise RuntimeError("a bug")
+
+        reactor.held_replies[Broken()] = b"lost\r\n"
+        reactor.held_replies[Good()] = b"250 ok\r\n"
+        with capturedLogs() as events:
+            reactor.doPoll(0)
+        assert sent == [b"250 ok\r\n"] and reactor.held_replies == {}
+        assert [e["log_failure"].type for e in events if e.get("log_failure")] == [RuntimeError]
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+
+
+def test_shutdown_sends_what_is_held_before_dropping_connections() -> None:
+    reactor = SMTPEPollReactor()
+    try:
+        sent: List[bytes] = []
+
+        class Good:
+            def send_held(self, data: bytes) -> None:
+                sent.append(data)
+
+        reactor.held_replies[Good()] = b"421 bye\r\n"
+        reactor.disconnectAll()
+        assert sent == [b"421 bye\r\n"] and reactor.held_replies == {}
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)
+
+
+SERVE = """
+import sys
+from twisted.application.reactors import installReactor
+reactor = installReactor("smtpsrv-epoll")
+from txsmtpsrv import SMTPServer
+
+class Hooks:
+    def on_rcpt_to(self, session, address):
+        # an answer given later, from a timer: it must not wait for another event
+        from twisted.internet.task import deferLater
+        return deferLater(reactor, 0.05, lambda: None)
+    def on_data(self, session, stream):
+        return stream.collect(lambda chunk: None)
+
+server = SMTPServer(Hooks(), name="held.test")
+def listening(port):
+    print(port.getHost().port, type(reactor).__name__, flush=True)
+server.listen("tcp:0:interface=127.0.0.1").addCallback(listening)
+reactor.run()
+"""
+
+
+def test_real_clients_on_the_daemons_reactor() -> None:
+    """
+    smtplib clients, one after another and several at once, pipelining
+    (MAIL, RCPT, DATA in one write: the replies of one read held together),
+    with a RCPT hook answering from a timer: every reply arrives, in order.
+    """
+    import smtplib
+    import threading
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, kind = proc.stdout.readline().split()
+        assert kind == "SMTPEPollReactor"
+        errors: List[BaseException] = []
+
+        def session() -> None:
+            try:
+                with smtplib.SMTP("127.0.0.1", int(port), timeout=10) as client:
+                    for _ in range(5):
+                        assert client.sendmail("a@x.test", ["b@y.test", "c@y.test"], b"Subject: s\r\n\r\nbody\r\n") == {}
+                    assert client.noop()[0] == 250
+            except BaseException as e:  # (re-raised in the test's thread)
+                errors.append(e)
+
+        session()
+        threads = [threading.Thread(target=session) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == [] and not any(t.is_alive() for t in threads)
+    finally:
+        proc.terminate()
+        proc.wait(10)
