@@ -120,3 +120,20 @@ class Rejector:
 
     def on_data(self, session, stream):
         raise SMTPError(554, "Rejected")
+
+
+class FakeSocket:
+    """Takes at most C{room} bytes per send, or raises what it is told to."""
+
+    def __init__(self, room: int = 1 << 30, error: Optional[OSError] = None) -> None:
+        self.room = room
+        self.error = error
+        self.sent: List[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.sent.append(taken)
+        return len(taken)

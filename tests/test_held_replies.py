@@ -19,13 +19,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from txsmtpsrv._sendnow import ReplyWriter
+
+from tests._memory import FakeSocket
 
 select = pytest.importorskip("select")
 if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
@@ -34,23 +36,6 @@ if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
 from txsmtpsrv._reactor import SMTPEPollReactor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class FakeSocket:
-    """Takes at most C{room} bytes per send, or raises what it is told to."""
-
-    def __init__(self, room: int = 1 << 30, error: Optional[OSError] = None) -> None:
-        self.room = room
-        self.error = error
-        self.sent: List[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        if self.error is not None:
-            raise self.error
-        taken = data[: self.room]
-        self.room -= len(taken)
-        self.sent.append(taken)
-        return len(taken)
 
 
 class Reactor:
@@ -126,46 +111,46 @@ def test_a_refused_send_of_held_bytes_goes_to_the_transport(code: int) -> None:
     assert t.value() == b"250 ok\r\n" and not w.direct
 
 
-def test_the_reactor_sends_before_it_polls_and_logs_a_failing_writer() -> None:
+@pytest.fixture
+def epoll_reactor() -> Iterator[SMTPEPollReactor]:
+    """An unused reactor of its own (not the global one), closed after the test."""
+    reactor = SMTPEPollReactor()
+    yield reactor
+    reactor._poller.close()
+    reactor.waker.connectionLost(None)
+
+
+class Recorder:
+    """A writer as the reactor sees one: what it was asked to send."""
+
+    def __init__(self, sent: List[bytes]) -> None:
+        self.sent = sent
+
+    def send_held(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class Broken:
+    def send_held(self, data: bytes) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_the_reactor_sends_before_it_polls_and_logs_a_failing_writer(epoll_reactor: SMTPEPollReactor) -> None:
     """C{doPoll} sends what a pass (or a timer) held before it waits; one writer's bug costs only its bytes."""
-    reactor = SMTPEPollReactor()
-    try:
-        sent: List[bytes] = []
-
-        class Good:
-            def send_held(self, data: bytes) -> None:
-                sent.append(data)
-
-        class Broken:
-            def send_held(self, data: bytes) -> None:
-                raise RuntimeError("a bug")
-
-        reactor.held_replies[Broken()] = b"lost\r\n"
-        reactor.held_replies[Good()] = b"250 ok\r\n"
-        with capturedLogs() as events:
-            reactor.doPoll(0)
-        assert sent == [b"250 ok\r\n"] and reactor.held_replies == {}
-        assert [e["log_failure"].type for e in events if e.get("log_failure")] == [RuntimeError]
-    finally:
-        reactor._poller.close()
-        reactor.waker.connectionLost(None)
+    sent: List[bytes] = []
+    epoll_reactor.held_replies[Broken()] = b"lost\r\n"
+    epoll_reactor.held_replies[Recorder(sent)] = b"250 ok\r\n"
+    with capturedLogs() as events:
+        epoll_reactor.doPoll(0)
+    assert sent == [b"250 ok\r\n"] and epoll_reactor.held_replies == {}
+    assert [e["log_failure"].type for e in events if e.get("log_failure")] == [RuntimeError]
 
 
-def test_shutdown_sends_what_is_held_before_dropping_connections() -> None:
-    reactor = SMTPEPollReactor()
-    try:
-        sent: List[bytes] = []
-
-        class Good:
-            def send_held(self, data: bytes) -> None:
-                sent.append(data)
-
-        reactor.held_replies[Good()] = b"421 bye\r\n"
-        reactor.disconnectAll()
-        assert sent == [b"421 bye\r\n"] and reactor.held_replies == {}
-    finally:
-        reactor._poller.close()
-        reactor.waker.connectionLost(None)
+def test_shutdown_sends_what_is_held_before_dropping_connections(epoll_reactor: SMTPEPollReactor) -> None:
+    sent: List[bytes] = []
+    epoll_reactor.held_replies[Recorder(sent)] = b"421 bye\r\n"
+    epoll_reactor.disconnectAll()
+    assert sent == [b"421 bye\r\n"] and epoll_reactor.held_replies == {}
 
 
 SERVE = """

@@ -38,25 +38,9 @@ from txsmtpsrv._proxy import ProxyProtocolWrapper, ProxyWrappingFactory
 from txsmtpsrv._sendnow import ReplyWriter, eligible
 
 from tests._certs import unverified_client_context
+from tests._memory import FakeSocket
 
 # -- the writer's logic, with fakes -------------------------------------------------
-
-
-class FakeSocket:
-    """Takes at most C{room} bytes per send, or raises what it is told to."""
-
-    def __init__(self, room: int = 1 << 30, error: Optional[OSError] = None) -> None:
-        self.room = room
-        self.error = error
-        self.sent: List[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        if self.error is not None:
-            raise self.error
-        taken = data[: self.room]
-        self.room -= len(taken)
-        self.sent.append(taken)
-        return len(taken)
 
 
 def writer(sock: Any) -> Tuple[ReplyWriter, StringTransport]:

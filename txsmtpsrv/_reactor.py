@@ -149,7 +149,7 @@ class SMTPEPollReactor(EPollReactor):
     def disconnectAll(self) -> None:
         """At shutdown: what is held goes out before the connections are dropped."""
         self._send_held()
-        super().disconnectAll()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        super().disconnectAll()
 
     def _send_held(self) -> None:
         """The replies written since the last poll, one send per connection (a failing one is logged)."""
@@ -175,7 +175,7 @@ def install() -> None:
     """Install L{SMTPEPollReactor} as Twisted's global reactor."""
     from twisted.internet.main import installReactor
 
-    reactor = SMTPEPollReactor()  # type: ignore[no-untyped-call]  # Twisted: unannotated __init__
+    reactor = SMTPEPollReactor()
     missing = [name for name in ("_poller", "_selectables", "_doReadOrWrite") if not hasattr(reactor, name)]
     if missing:
         poller = getattr(reactor, "_poller", None)
