@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,22 +136,88 @@ class Broken:
         raise RuntimeError("a bug")
 
 
-def test_the_reactor_sends_before_it_polls_and_logs_a_failing_writer(epoll_reactor: SMTPEPollReactor) -> None:
-    """C{doPoll} sends what a pass (or a timer) held before it waits; one writer's bug costs only its bytes."""
-    sent: List[bytes] = []
-    epoll_reactor.held_replies[Broken()] = b"lost\r\n"
-    epoll_reactor.held_replies[Recorder(sent)] = b"250 ok\r\n"
-    with capturedLogs() as events:
-        epoll_reactor.doPoll(0)
-    assert sent == [b"250 ok\r\n"] and epoll_reactor.held_replies == {}
-    assert [e["log_failure"].type for e in events if e.get("log_failure")] == [RuntimeError]
+class Readable:
+    """A selectable with a byte to read; its doRead writes a reply as a connection would (C{write})."""
+
+    def __init__(self, reactor: SMTPEPollReactor, write: Any) -> None:
+        self.reactor = reactor
+        self.ours, self.theirs = socket.socketpair()
+        self.theirs.send(b"x")
+        self.write = write
+        self.seen: List[Any] = []
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def logPrefix(self) -> str:
+        return "readable"
+
+    def doRead(self) -> None:
+        self.ours.recv(1)
+        self.seen.append(self.reactor.held_replies)
+        self.write(self.reactor.held_replies)
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.reactor.removeReader(self)
+        self.ours.close()
+        self.theirs.close()
 
 
-def test_shutdown_sends_what_is_held_before_dropping_connections(epoll_reactor: SMTPEPollReactor) -> None:
+def hold_or_send(sent: List[bytes], data: bytes, writer: Any = None) -> Any:
+    """What ReplyWriter.write does with the reactor's held_replies (None: send at once)."""
+    def write(held: Any) -> None:
+        if held is None:
+            sent.append(b"at once " + data)
+        else:
+            held[writer or Recorder(sent)] = data
+    return write
+
+
+def test_a_pass_of_several_events_sends_at_its_end(epoll_reactor: SMTPEPollReactor) -> None:
+    """Two connections read in one pass: both replies are held during the pass, then sent, nothing left held."""
     sent: List[bytes] = []
-    epoll_reactor.held_replies[Recorder(sent)] = b"421 bye\r\n"
-    epoll_reactor.disconnectAll()
-    assert sent == [b"421 bye\r\n"] and epoll_reactor.held_replies == {}
+    readers = [Readable(epoll_reactor, hold_or_send(sent, b"250 %d" % i)) for i in range(2)]
+    try:
+        for r in readers:
+            epoll_reactor.addReader(r)
+        epoll_reactor.doPoll(1)
+        assert [r.seen[0] is not None for r in readers] == [True, True]
+        assert sorted(sent) == [b"250 0", b"250 1"] and epoll_reactor.held_replies is None
+    finally:
+        for r in readers:
+            r.close()
+
+
+def test_a_pass_of_one_event_sends_at_once(epoll_reactor: SMTPEPollReactor) -> None:
+    """Nothing to send together with: no holding (and nothing held outside a pass: timers, threads)."""
+    sent: List[bytes] = []
+    assert epoll_reactor.held_replies is None
+    reader = Readable(epoll_reactor, hold_or_send(sent, b"250 ok"))
+    try:
+        epoll_reactor.addReader(reader)
+        epoll_reactor.doPoll(1)
+        assert reader.seen == [None] and sent == [b"at once 250 ok"]
+    finally:
+        reader.close()
+
+
+def test_a_failing_writer_is_logged_and_the_others_still_sent(epoll_reactor: SMTPEPollReactor) -> None:
+    sent: List[bytes] = []
+    readers = [Readable(epoll_reactor, hold_or_send(sent, b"lost", Broken())),
+               Readable(epoll_reactor, hold_or_send(sent, b"250 ok"))]
+    try:
+        for r in readers:
+            epoll_reactor.addReader(r)
+        with capturedLogs() as events:
+            epoll_reactor.doPoll(1)
+        assert sent == [b"250 ok"] and epoll_reactor.held_replies is None
+        assert [e["log_failure"].type for e in events if e.get("log_failure")] == [RuntimeError]
+    finally:
+        for r in readers:
+            r.close()
 
 
 SERVE = """

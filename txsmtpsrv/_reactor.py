@@ -18,17 +18,18 @@ exception and disconnecting the selectable with it), the same
 "(buggy logPrefix method)" fallback, and the same C{log.err(system=...)} for
 anything that escapes it.
 
-It also sends the replies of a pass together, just before it polls again
-(L{SMTPEPollReactor.held_replies}): a connection's L{_sendnow.ReplyWriter}
-hands its reply to the reactor instead of sending it at once. Why: to a local
-client (a test sink's sender, an MTA handing over by LMTP, a benchmark's
-load generator), each send that finds the client asleep wakes it, and on a
-VM that wake-up (an inter-processor interrupt) costs more than the send; sent
-back to back at the end of the pass, the replies find it awake (persist -7 to
--9 % server CPU per message, bench/README.md). Redis writes its replies the
-same way (before it sleeps). A reply waits at most for the rest of the pass
-and its due timers: never later than Twisted's own C{transport.write}, which
-sends in the next pass. Nothing else differs from C{EPollReactor}.
+It also sends the replies of a pass with several events together, once the
+pass's events are handled (L{SMTPEPollReactor.held_replies}): a connection's
+L{_sendnow.ReplyWriter} hands its reply to the reactor instead of sending it
+at once. Why: to a local client (a test sink's sender, an MTA handing over by
+LMTP, a benchmark's load generator), each send that finds the client asleep
+wakes it, and on a VM that wake-up (an inter-processor interrupt) costs more
+than the send; sent back to back at the end of the pass, the replies find it
+awake (bench/README.md). Redis writes its replies the same way (before it
+sleeps). A reply waits at most for the rest of its pass's events: never
+later than Twisted's own C{transport.write}, which sends in the next pass.
+A pass with one event, and replies written outside the events (timers,
+threads), send at once, as before. Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}) and C{log}'s context tracker; L{install}
@@ -80,20 +81,19 @@ _BUGGY_PREFIX = "(buggy logPrefix method)"  # log.callWithLogger's text
 class SMTPEPollReactor(EPollReactor):
     """
     C{EPollReactor} whose C{doPoll} pushes the log context inline, and sends
-    the connections' held replies just before it waits (see the module).
+    the replies of a pass with several events together at its end (see the module).
 
-    @ivar held_replies: L{_sendnow.ReplyWriter} -> the bytes it was given
-        since the last poll, in the order written.
+    @ivar held_replies: while such a pass's events are handled, each
+        L{_sendnow.ReplyWriter} that wrote -> the bytes it was given, in
+        order; C{None} otherwise (writers send at once then).
     """
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
-        self.held_replies: Dict[Any, bytes] = {}
+        self.held_replies: Optional[Dict[Any, bytes]] = None
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
-        if self.held_replies:
-            self._send_held()
         if timeout is None:
             timeout = -1  # wait indefinitely
         try:
@@ -108,7 +108,17 @@ class SMTPEPollReactor(EPollReactor):
         if type(tracker) is not context.ThreadedContextTracker:
             self._dispatch_logged(events)
             return
-        stack = tracker.currentContext().contexts
+        if len(events) == 1 or self.held_replies is not None:  # one event: send at once; nested: the outer pass sends
+            self._dispatch(events, tracker.currentContext().contexts)
+            return
+        self.held_replies = {}
+        try:
+            self._dispatch(events, tracker.currentContext().contexts)
+        finally:
+            self._send_held()
+
+    def _dispatch(self, events: Any, stack: Any) -> None:
+        """Each event as C{log.callWithLogger(selectable, self._doReadOrWrite, ...)} would handle it."""
         selectables = self._selectables
         dispatch = self._doReadOrWrite
         for fd, event in events:
@@ -146,15 +156,10 @@ class SMTPEPollReactor(EPollReactor):
 
     doIteration = doPoll
 
-    def disconnectAll(self) -> None:
-        """At shutdown: what is held goes out before the connections are dropped."""
-        self._send_held()
-        super().disconnectAll()
-
     def _send_held(self) -> None:
-        """The replies written since the last poll, one send per connection (a failing one is logged)."""
-        held, self.held_replies = self.held_replies, {}
-        for writer, data in held.items():
+        """The pass's replies, one send per connection; a failing writer is logged, the others still sent."""
+        held, self.held_replies = self.held_replies, None
+        for writer, data in (held or {}).items():
             try:
                 writer.send_held(data)
             except Exception:

@@ -25,11 +25,11 @@ Twisted's public API offers no cheap "is the buffer empty" (the buffer is
 private; C{IReactorFDSet.getWriters()} is public but builds a list of every
 waiting connection), so the writer does not ask.
 
-On the daemon's reactor (L{txsmtpsrv._reactor.SMTPEPollReactor}, which has
-C{held_replies}) a direct write is held until the reactor has handled the
-pass's events, then sent, one send per connection, just before it polls
-(why: that module). L{stop} sends what is held first, so the order of the
-bytes on the wire is the order of the writes either way.
+On the daemon's reactor (L{txsmtpsrv._reactor.SMTPEPollReactor}), while it
+handles a pass of several events (its C{held_replies} is a dict then), a
+direct write is held until the pass's events are handled, then sent, one
+send per connection (why: that module). L{stop} sends what is held first,
+so the order of the bytes on the wire is the order of the writes either way.
 
 The caller must L{stop} the writer before anything else writes to the
 connection or changes what a byte on it means: before C{startTLS} (the
@@ -147,7 +147,7 @@ class ReplyWriter:
         sock = self._sock
         if sock is not None:
             held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
-            if held is not None:  # (the reactor sends them, just before it waits: see held_until_poll)
+            if held is not None:  # (the reactor sends them once its pass's events are handled)
                 earlier = held.get(self)
                 held[self] = data if earlier is None else earlier + data
                 return
