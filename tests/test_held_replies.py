@@ -29,6 +29,7 @@ from twisted.logger import capturedLogs
 from txsmtpsrv._sendnow import ReplyWriter
 
 from tests._memory import FakeSocket
+from tests._support import stop_process
 
 select = pytest.importorskip("select")
 if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
@@ -89,6 +90,36 @@ def test_stop_sends_what_is_held_first() -> None:
     assert t.value() == b"after\r\n"
     r.send_held()
     assert sock.sent == [b"220 go ahead\r\n"]
+
+
+@pytest.mark.parametrize("room, direct", [(1 << 20, True), (5, False)], ids=["sent whole", "partly queued"])
+def test_stop_says_whether_everything_went_out_directly(room: int, direct: bool) -> None:
+    sock = FakeSocket(room=room)
+    w, t, r = held_writer(sock)
+    w.write(b"220 2.0.0 Ready to start TLS\r\n")
+    assert w.stop() is direct
+    assert b"".join(sock.sent) + t.value() == b"220 2.0.0 Ready to start TLS\r\n"
+
+
+@pytest.mark.parametrize("room, raw", [(1 << 20, True), (5, False)], ids=["sent whole", "partly queued"])
+def test_starttls_after_a_held_220_sends_ciphertext_directly_only_when_nothing_is_queued(
+        monkeypatch: Any, room: int, raw: bool) -> None:
+    """
+    The 220 held till STARTTLS's upgrade: if sending it then fell back on the
+    transport, the TLS layer must not send on the socket directly (its
+    ServerHello would overtake the queued end of the 220). Found in review.
+    """
+    from txsmtpsrv import _tlslayer
+
+    given: List[Any] = []
+    monkeypatch.setattr(_tlslayer, "ENABLED", True)
+    monkeypatch.setattr(_tlslayer, "eligible", lambda transport, creator: True)
+    monkeypatch.setattr(_tlslayer, "direct_socket", lambda transport: "the socket")
+    monkeypatch.setattr(_tlslayer, "start_tls", lambda transport, creator, protocol, sock: given.append(sock))
+    w, t, r = held_writer(FakeSocket(room=room))
+    w.write(b"220 2.0.0 Ready to start TLS\r\n")
+    _tlslayer.upgrade(t, None, None, w)
+    assert given == ["the socket" if raw else None]
 
 
 def test_a_partial_send_of_held_bytes_keeps_their_order() -> None:
@@ -226,6 +257,15 @@ from twisted.application.reactors import installReactor
 reactor = installReactor("smtpsrv-epoll")
 from txsmtpsrv import SMTPServer
 
+held = [0]
+send_held = reactor._send_held
+def counting():
+    held[0] += len(reactor.held_replies or ())
+    send_held()
+    with open(sys.argv[1], "w") as f:
+        f.write(str(held[0]))
+reactor._send_held = counting
+
 class Hooks:
     def on_rcpt_to(self, session, address):
         # an answer given later, from a timer: it must not wait for another event
@@ -242,20 +282,23 @@ reactor.run()
 """
 
 
-def test_real_clients_on_the_daemons_reactor() -> None:
+def test_real_clients_on_the_daemons_reactor(tmp_path: Path) -> None:
     """
     smtplib clients, one after another and several at once, pipelining
     (MAIL, RCPT, DATA in one write: the replies of one read held together),
-    with a RCPT hook answering from a timer: every reply arrives, in order.
+    with a RCPT hook answering from a timer: every reply arrives, in order,
+    and some were held (the server counts what its passes sent together).
     """
     import smtplib
     import threading
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE, text=True)
+    counted = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(counted)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 30)[0], "the server did not start in 30 s"
         port, kind = proc.stdout.readline().split()
         assert kind == "SMTPEPollReactor"
         errors: List[BaseException] = []
@@ -276,6 +319,6 @@ def test_real_clients_on_the_daemons_reactor() -> None:
         for t in threads:
             t.join(30)
         assert errors == [] and not any(t.is_alive() for t in threads)
+        assert int(counted.read_text()) > 0  # replies of several connections went out together
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc, 10)

@@ -30,6 +30,8 @@ handles a pass of several events (its C{held_replies} is a dict then), a
 direct write is held until the pass's events are handled, then sent, one
 send per connection (why: that module). L{stop} sends what is held first,
 so the order of the bytes on the wire is the order of the writes either way.
+(The TLS layer's own writer sends at once: STARTTLS and implicit TLS
+connections are not held.)
 
 The caller must L{stop} the writer before anything else writes to the
 connection or changes what a byte on it means: before C{startTLS} (the
@@ -174,12 +176,19 @@ class ReplyWriter:
         self._sock = None  # for good (nothing is held any more: see stop)
         self._transport.write(data[sent:] if sent else data)
 
-    def stop(self) -> None:
-        """Send what is held now; from now on every write goes through the transport."""
+    def stop(self) -> bool:
+        """
+        Send what is held now; from now on every write goes through the
+        transport. Returns whether every byte went out directly (nothing is
+        queued in the transport): what L{direct} said before, unless sending
+        what was held fell back on the transport.
+        """
         sock = self._sock
         if sock is not None:
             held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
             data = held.pop(self, None) if held else None
             if data is not None:
                 self._send(sock, data)
+        direct = self._sock is not None
         self._sock = None
+        return direct

@@ -539,8 +539,9 @@ def upgrade(transport: Any, creator: Any, protocol: Any, out: ReplyWriter) -> Re
     writer for the protocol's replies from now on (C{out} is stopped: it
     holds the raw socket, and no plaintext byte may follow the 220).
     """
-    direct = out.direct  # nothing queued in the transport: ciphertext may go straight out
-    out.stop()
+    # Sends the 220 if it is still held (a pass's replies); True: nothing is queued
+    # in the transport, so ciphertext may go straight out.
+    direct = out.stop()
     if ENABLED and eligible(transport, creator):
         layer = start_tls(transport, creator, protocol, direct_socket(transport) if direct else None)
         # Replies to the layer itself, not through tcp.Connection.write (the
