@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests._support import tool_path
-from txsmtpsrv import SMTPServer, _protocol, _tlslayer
+from txsmtpsrv import SMTPServer, _sendnow, _tlslayer
 from txsmtpsrv._halfclose import ForwardsHalfClose, half_closeable, pass_half_close_through_tls, tls_layer
 from txsmtpsrv._testca import test_ca
 from txsmtpsrv._workers import listen_endpoint
@@ -109,7 +109,7 @@ class PlainTCPTests(unittest.TestCase):
 
     def serve(self, endpoint: str = "tcp:0:interface=127.0.0.1", **options: Any) -> "defer.Deferred[int]":
         if not self.direct:
-            self.patch(_protocol, "eligible", lambda transport: None)
+            self.patch(_sendnow, "eligible", lambda transport: None)
         self.hooks = LateHooks()
         options.setdefault("name", "mx.test")
         options.setdefault("socket_timeout", 30)
@@ -211,7 +211,7 @@ class NetcatTests(unittest.TestCase):
 
     def test_netcat_through_the_transport(self) -> Any:
         """Every reply queued in Twisted's transport (on main the last ones were dropped at nc's FIN)."""
-        self.patch(_protocol, "eligible", lambda transport: None)
+        self.patch(_sendnow, "eligible", lambda transport: None)
         return self.netcat()
 
     @defer.inlineCallbacks

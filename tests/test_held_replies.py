@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from txsmtpsrv._sendnow import ReplyWriter
+from txsmtpsrv._sendnow import HeldReplyWriter, ReplyWriter, reply_writer
 
 from tests._memory import FakeSocket
 from tests._support import stop_process
@@ -53,10 +54,11 @@ class Reactor:
 
 
 def held_writer(sock: Any) -> tuple[ReplyWriter, StringTransport, Reactor]:
+    """A writer for a client on this host, in a pass of the daemon's reactor (its held_replies a dict)."""
     transport = StringTransport()
     reactor = Reactor()
     transport.reactor = reactor  # type: ignore[attr-defined]  # as tcp.Connection has it
-    return ReplyWriter(transport, sock), transport, reactor
+    return HeldReplyWriter(transport, sock), transport, reactor
 
 
 def test_writes_wait_for_the_reactor_then_leave_in_one_send() -> None:
@@ -69,14 +71,42 @@ def test_writes_wait_for_the_reactor_then_leave_in_one_send() -> None:
     assert sock.sent == [b"250 a\r\n250 b\r\n"] and t.value() == b"" and w.direct
 
 
-def test_a_reactor_without_held_replies_sends_at_once() -> None:
-    """Twisted's own reactors (and transports without a reactor) are served as before."""
+def test_outside_a_pass_of_several_events_it_sends_at_once() -> None:
+    """held_replies None (a pass of one event, a timer, a thread): at once."""
     sock = FakeSocket()
-    transport = StringTransport()
-    transport.reactor = object()  # type: ignore[attr-defined]
-    w = ReplyWriter(transport, sock)
+    w, t, r = held_writer(sock)
+    r.held_replies = None  # type: ignore[assignment]
     w.write(b"250 a\r\n")
     assert sock.sent == [b"250 a\r\n"]
+    assert w.stop() is True
+
+
+class FakeTCP(StringTransport):
+    """What reply_writer asks of a transport, with the socket eligible() would find."""
+
+    def __init__(self, peer: Any, reactor: Any) -> None:
+        super().__init__(peerAddress=peer)
+        self.reactor = reactor
+
+
+@pytest.mark.parametrize("peer, held", [
+    (IPv4Address("TCP", "127.0.0.1", 5000), True),
+    (IPv4Address("TCP", "127.8.9.10", 5000), True),
+    (IPv6Address("TCP", "::1", 5000), True),
+    (IPv6Address("TCP", "::ffff:127.0.0.1", 5000), True),
+    (UNIXAddress(b"/run/lmtp.sock"), True),
+    (IPv4Address("TCP", "192.0.2.7", 5000), False),
+    (IPv6Address("TCP", "2001:db8::7", 5000), False),
+    (IPv6Address("TCP", "::ffff:192.0.2.7", 5000), False),
+])
+def test_only_clients_on_this_host_on_the_daemons_reactor_are_held(monkeypatch: Any, peer: Any, held: bool) -> None:
+    """A send to a client elsewhere wakes nobody here: its replies leave at once, as before."""
+    from txsmtpsrv import _sendnow
+
+    monkeypatch.setattr(_sendnow, "eligible", lambda transport: FakeSocket())
+    assert type(reply_writer(FakeTCP(peer, SMTPEPollReactor.__new__(SMTPEPollReactor)))) is (
+        HeldReplyWriter if held else ReplyWriter)
+    assert type(reply_writer(FakeTCP(peer, object()))) is ReplyWriter  # Twisted's own reactors
 
 
 def test_stop_sends_what_is_held_first() -> None:
@@ -252,6 +282,7 @@ def test_a_failing_writer_is_logged_and_the_others_still_sent(epoll_reactor: SMT
 
 
 SERVE = """
+import os
 import sys
 from twisted.application.reactors import installReactor
 reactor = installReactor("smtpsrv-epoll")
@@ -262,8 +293,9 @@ send_held = reactor._send_held
 def counting():
     held[0] += len(reactor.held_replies or ())
     send_held()
-    with open(sys.argv[1], "w") as f:
+    with open(sys.argv[1] + ".new", "w") as f:
         f.write(str(held[0]))
+    os.replace(sys.argv[1] + ".new", sys.argv[1])  # (the test may read it any time)
 reactor._send_held = counting
 
 class Hooks:

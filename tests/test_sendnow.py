@@ -33,9 +33,9 @@ from twisted.protocols.policies import ThrottlingFactory, ThrottlingProtocol, Wr
 from twisted.trial import unittest
 from zope.interface import directlyProvides
 
-from txsmtpsrv import SMTPServer, _protocol
+from txsmtpsrv import SMTPServer, _sendnow
 from txsmtpsrv._proxy import ProxyProtocolWrapper, ProxyWrappingFactory
-from txsmtpsrv._sendnow import ReplyWriter, eligible
+from txsmtpsrv._sendnow import HeldReplyWriter, ReplyWriter, eligible
 
 from tests._certs import unverified_client_context
 from tests._memory import FakeSocket
@@ -173,7 +173,7 @@ class Spy:
         self.writes: List[Tuple[bool, bytes]] = []  # (direct at the time, what)
         spy = self
 
-        class SpyWriter(ReplyWriter):
+        class Spying(ReplyWriter):
             __slots__ = ()
 
             def __init__(self, transport: Any, sock: Optional[socket.socket]) -> None:
@@ -188,7 +188,11 @@ class Spy:
                     spy.fallback += 1
                 super().write(data)
 
-        self.cls = SpyWriter
+        class SpyHeld(Spying, HeldReplyWriter):  # (a client on this host, on smtpsrv-epoll)
+            __slots__ = ()
+
+        self.cls = Spying
+        self.held_cls = SpyHeld
 
 
 class Recorder:
@@ -228,7 +232,8 @@ class LoopbackTests(unittest.TestCase):
     timeout = 60
 
     def serve(self, spy: Spy, endpoint: str = "tcp:0:interface=127.0.0.1", **options: Any) -> "defer.Deferred[int]":
-        self.patch(_protocol, "ReplyWriter", spy.cls)
+        self.patch(_sendnow, "ReplyWriter", spy.cls)
+        self.patch(_sendnow, "HeldReplyWriter", spy.held_cls)
         self.hooks = Recorder()
         options.setdefault("name", "mx.test")
         server = SMTPServer(self.hooks, disable_reverse_lookup=True, **options)

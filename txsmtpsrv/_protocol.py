@@ -39,7 +39,7 @@ from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
-from ._sendnow import ReplyWriter, eligible, no_delay
+from ._sendnow import ReplyWriter, no_delay, reply_writer
 from ._halfclose import HalfCloseable, pass_half_close_through_tls
 from ._session import Session
 
@@ -155,7 +155,7 @@ class SMTPServerProtocol(HalfCloseable):
         self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
-        self._out = ReplyWriter(transport, eligible(transport))
+        self._out = reply_writer(transport)  # (held to the end of a pass for a client on this host)
         no_delay(transport)  # replies a hook gives later must not wait for the client's delayed ACK
         ctx.connected(self)
         if implicit:  # the handshake is under way (on Twisted's layer: gather its tiny records)

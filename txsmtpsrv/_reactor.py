@@ -18,18 +18,20 @@ exception and disconnecting the selectable with it), the same
 "(buggy logPrefix method)" fallback, and the same C{log.err(system=...)} for
 anything that escapes it.
 
-It also sends the replies of a pass with several events together, once the
-pass's events are handled (L{SMTPEPollReactor.held_replies}): a connection's
-L{_sendnow.ReplyWriter} hands its reply to the reactor instead of sending it
-at once. Why: to a local client (a test sink's sender, an MTA handing over by
-LMTP, a benchmark's load generator), each send that finds the client asleep
-wakes it, and on a VM that wake-up (an inter-processor interrupt) costs more
-than the send; sent back to back at the end of the pass, the replies find it
-awake (bench/README.md). Redis writes its replies the same way (before it
-sleeps). A reply waits at most for the rest of its pass's events: never
-later than Twisted's own C{transport.write}, which sends in the next pass.
-A pass with one event, and replies written outside the events (timers,
-threads), send at once, as before. Nothing else differs from C{EPollReactor}.
+It also sends the replies to clients on this host of a pass with several
+events together, once the pass's events are handled
+(L{SMTPEPollReactor.held_replies}): such a connection's
+L{_sendnow.HeldReplyWriter} hands its reply to the reactor instead of sending
+it at once. Why: to a local client (a test sink's sender, an MTA handing
+over by LMTP, a benchmark's load generator), each send that finds the client
+asleep wakes it, and on a VM that wake-up (an inter-processor interrupt)
+costs more than the send; sent back to back at the end of the pass, the
+replies find it awake (bench/README.md). Redis writes its replies the same
+way (before it sleeps). A reply waits at most for the rest of its pass's
+events: never later than Twisted's own C{transport.write}, which sends in
+the next pass. A pass with one event, replies written outside the events
+(timers, threads), and clients elsewhere (whose sends wake nobody here) are
+sent at once, as before. Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}) and C{log}'s context tracker; L{install}
@@ -88,9 +90,7 @@ class SMTPEPollReactor(EPollReactor):
         order; C{None} otherwise (writers send at once then).
     """
 
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
-        self.held_replies: Optional[Dict[Any, bytes]] = None
+    held_replies: Optional[Dict[Any, bytes]] = None
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
@@ -180,7 +180,7 @@ def install() -> None:
     """Install L{SMTPEPollReactor} as Twisted's global reactor."""
     from twisted.internet.main import installReactor
 
-    reactor = SMTPEPollReactor()
+    reactor = SMTPEPollReactor()  # type: ignore[no-untyped-call]  # Twisted: unannotated __init__
     missing = [name for name in ("_poller", "_selectables", "_doReadOrWrite") if not hasattr(reactor, name)]
     if missing:
         poller = getattr(reactor, "_poller", None)

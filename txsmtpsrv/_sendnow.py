@@ -25,13 +25,11 @@ Twisted's public API offers no cheap "is the buffer empty" (the buffer is
 private; C{IReactorFDSet.getWriters()} is public but builds a list of every
 waiting connection), so the writer does not ask.
 
-On the daemon's reactor (L{txsmtpsrv._reactor.SMTPEPollReactor}), while it
-handles a pass of several events (its C{held_replies} is a dict then), a
-direct write is held until the pass's events are handled, then sent, one
-send per connection (why: that module). L{stop} sends what is held first,
-so the order of the bytes on the wire is the order of the writes either way.
-(The TLS layer's own writer sends at once: STARTTLS and implicit TLS
-connections are not held.)
+On the daemon's reactor (L{txsmtpsrv._reactor.SMTPEPollReactor}), a client
+on this host gets a L{HeldReplyWriter}: what it writes while the reactor
+handles a pass of several events is sent once the pass's events are handled
+(why: that module). The TLS layer's own writer sends at once: STARTTLS and
+implicit TLS connections are not held.
 
 The caller must L{stop} the writer before anything else writes to the
 connection or changes what a byte on it means: before C{startTLS} (the
@@ -51,13 +49,14 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 
 from ._proxy import ProxyProtocolWrapper
 
-__all__ = ["ReplyWriter", "eligible", "no_delay"]
+__all__ = ["HeldReplyWriter", "ReplyWriter", "eligible", "no_delay", "reply_writer"]
 
 _TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 
@@ -148,17 +147,12 @@ class ReplyWriter:
         """Send C{data} after everything written before, one way or the other."""
         sock = self._sock
         if sock is not None:
-            held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
-            if held is not None:  # (the reactor sends them once its pass's events are handled)
-                earlier = held.get(self)
-                held[self] = data if earlier is None else earlier + data
-                return
             self._send(sock, data)
-            return
-        self._transport.write(data)
+        else:
+            self._transport.write(data)
 
     def send_held(self, data: bytes) -> None:
-        """For the reactor: send what L{write} held (unless the writer stopped since)."""
+        """For the reactor: send what L{HeldReplyWriter.write} held (unless the writer stopped since)."""
         sock = self._sock
         if sock is not None:
             self._send(sock, data)
@@ -173,22 +167,75 @@ class ReplyWriter:
             sent = 0
         if sent == len(data):
             return
-        self._sock = None  # for good (nothing is held any more: see stop)
+        self._sock = None  # for good
         self._transport.write(data[sent:] if sent else data)
 
     def stop(self) -> bool:
         """
-        Send what is held now; from now on every write goes through the
-        transport. Returns whether every byte went out directly (nothing is
-        queued in the transport): what L{direct} said before, unless sending
-        what was held fell back on the transport.
+        From now on every write goes through the transport. Returns whether
+        every byte so far went out directly (nothing is queued in the
+        transport).
         """
-        sock = self._sock
-        if sock is not None:
-            held = getattr(getattr(self._transport, "reactor", None), "held_replies", None)
-            data = held.pop(self, None) if held else None
-            if data is not None:
-                self._send(sock, data)
         direct = self._sock is not None
         self._sock = None
         return direct
+
+
+class HeldReplyWriter(ReplyWriter):
+    """
+    A L{ReplyWriter} for a client on this host (loopback, a UNIX socket) on
+    the daemon's reactor: while the reactor handles a pass of several events
+    (its C{held_replies} is a dict), a direct write is held, and the reactor
+    sends it, one send per connection, once the pass's events are handled
+    (why: L{txsmtpsrv._reactor}). L{stop} sends what is held first, so the
+    bytes on the wire are the writes in their order either way.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is not None:
+            held = self._transport.reactor.held_replies
+            if held is not None:
+                earlier = held.get(self)
+                held[self] = data if earlier is None else earlier + data
+                return
+            self._send(sock, data)
+        else:
+            self._transport.write(data)
+
+    def stop(self) -> bool:
+        """Send what is held now, then as L{ReplyWriter.stop} (a fallback while sending it counts)."""
+        sock = self._sock
+        if sock is not None:
+            held = self._transport.reactor.held_replies
+            data = held.pop(self, None) if held else None
+            if data is not None:
+                self._send(sock, data)
+        return ReplyWriter.stop(self)
+
+
+def reply_writer(transport: Any) -> ReplyWriter:
+    """
+    The writer for a new connection's replies: a L{HeldReplyWriter} for a
+    client on this host on a reactor that holds replies, else a
+    L{ReplyWriter}. Toward a client elsewhere a send wakes nobody here, so
+    there is nothing to save, and its replies leave at once as before.
+    """
+    sock = eligible(transport)
+    if sock is not None and _holds(getattr(transport, "reactor", None)) and _local(transport.getPeer()):
+        return HeldReplyWriter(transport, sock)
+    return ReplyWriter(transport, sock)
+
+
+def _holds(reactor: Any) -> bool:
+    return hasattr(type(reactor), "held_replies")
+
+
+def _local(peer: Any) -> bool:
+    """Whether C{peer} (a transport's C{getPeer()}) is on this host: loopback, or a UNIX socket."""
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", "")
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
