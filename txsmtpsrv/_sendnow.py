@@ -147,28 +147,23 @@ class ReplyWriter:
         """Send C{data} after everything written before, one way or the other."""
         sock = self._sock
         if sock is not None:
-            self._send(sock, data)
-        else:
-            self._transport.write(data)
+            try:
+                sent = sock.send(data)
+            except OSError:
+                # EAGAIN: the kernel's buffer is full; EPIPE, ECONNRESET, EBADF: the
+                # transport meets the same error on its next send (or is closed) and
+                # ends the connection the usual way.
+                sent = 0
+            if sent == len(data):
+                return
+            self._sock = None  # for good
+            if sent:
+                data = data[sent:]
+        self._transport.write(data)
 
-    def send_held(self, data: bytes) -> None:
-        """For the reactor: send what L{HeldReplyWriter.write} held (unless the writer stopped since)."""
-        sock = self._sock
-        if sock is not None:
-            self._send(sock, data)
-
-    def _send(self, sock: socket.socket, data: bytes) -> None:
-        try:
-            sent = sock.send(data)
-        except OSError:
-            # EAGAIN: the kernel's buffer is full; EPIPE, ECONNRESET, EBADF: the
-            # transport meets the same error on its next send (or is closed) and
-            # ends the connection the usual way.
-            sent = 0
-        if sent == len(data):
-            return
-        self._sock = None  # for good
-        self._transport.write(data[sent:] if sent else data)
+    #: For the reactor: send what L{HeldReplyWriter.write} held (a writer that
+    #: stopped since has sent it already: L{HeldReplyWriter.stop}).
+    send_held = write
 
     def stop(self) -> bool:
         """
@@ -194,25 +189,21 @@ class HeldReplyWriter(ReplyWriter):
     __slots__ = ()
 
     def write(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is not None:
+        if self._sock is not None:
             held = self._transport.reactor.held_replies
             if held is not None:
                 earlier = held.get(self)
                 held[self] = data if earlier is None else earlier + data
                 return
-            self._send(sock, data)
-        else:
-            self._transport.write(data)
+        ReplyWriter.write(self, data)
 
     def stop(self) -> bool:
         """Send what is held now, then as L{ReplyWriter.stop} (a fallback while sending it counts)."""
-        sock = self._sock
-        if sock is not None:
+        if self._sock is not None:
             held = self._transport.reactor.held_replies
             data = held.pop(self, None) if held else None
             if data is not None:
-                self._send(sock, data)
+                ReplyWriter.write(self, data)
         return ReplyWriter.stop(self)
 
 
