@@ -31,7 +31,7 @@ handles a pass of several events is sent once the pass's events are handled
 (why: that module). The TLS layer's own writer sends at once: STARTTLS and
 implicit TLS connections are not held.
 
-The caller must L{stop} the writer before anything else writes to the
+The caller must L{stop<ReplyWriter.stop>} the writer before anything else writes to the
 connection or changes what a byte on it means: before C{startTLS} (the
 writer keeps the raw socket it was given, so a direct send would put
 plaintext into the TLS stream), C{loseConnection} and C{abortConnection}
@@ -182,7 +182,7 @@ class HeldReplyWriter(ReplyWriter):
     the daemon's reactor: while the reactor handles a pass of several events
     (its C{held_replies} is a dict), a direct write is held, and the reactor
     sends it, one send per connection, once the pass's events are handled
-    (why: L{txsmtpsrv._reactor}). L{stop} sends what is held first, so the
+    (why: L{txsmtpsrv._reactor}). L{stop<HeldReplyWriter.stop>} sends what is held first, so the
     bytes on the wire are the writes in their order either way.
     """
 
@@ -195,7 +195,7 @@ class HeldReplyWriter(ReplyWriter):
                 earlier = held.get(self)
                 held[self] = data if earlier is None else earlier + data
                 return
-        ReplyWriter.write(self, data)
+        super().write(data)
 
     def stop(self) -> bool:
         """Send what is held now, then as L{ReplyWriter.stop} (a fallback while sending it counts)."""
@@ -203,8 +203,8 @@ class HeldReplyWriter(ReplyWriter):
             held = self._transport.reactor.held_replies
             data = held.pop(self, None) if held else None
             if data is not None:
-                ReplyWriter.write(self, data)
-        return ReplyWriter.stop(self)
+                super().write(data)
+        return super().stop()
 
 
 def reply_writer(transport: Any) -> ReplyWriter:
