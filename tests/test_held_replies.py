@@ -5,8 +5,8 @@ Replies held to the end of the reactor pass on the daemon's reactor
 
 Why it matters: the bytes on the wire must be exactly what the writes were,
 in their order, whatever the writer is asked meanwhile (stop before STARTTLS
-or a close, a refused or partial send, a closed socket, the reactor shutting
-down), and a held reply must not wait past the reactor's next poll.
+or a close, a refused or partial send, a closed socket, a nested pass), and
+a held reply must not wait past the end of its pass.
 
 First the writer and the reactor's part with fakes, then a real
 C{SMTPEPollReactor} in a process of its own serving C{smtplib} clients.
@@ -50,7 +50,7 @@ class Reactor:
     def send_held(self) -> None:
         held, self.held_replies = self.held_replies, {}
         for w, data in held.items():
-            w.send_held(data)
+            w.send_held(data if type(data) is bytes else b"".join(data))
 
 
 def held_writer(sock: Any) -> tuple[ReplyWriter, StringTransport, Reactor]:
@@ -66,7 +66,7 @@ def test_writes_wait_for_the_reactor_then_leave_in_one_send() -> None:
     w, t, r = held_writer(sock)
     w.write(b"250 a\r\n")
     w.write(b"250 b\r\n")
-    assert sock.sent == [] and r.held_replies == {w: b"250 a\r\n250 b\r\n"}
+    assert sock.sent == [] and r.held_replies == {w: [b"250 a\r\n", b"250 b\r\n"]}
     r.send_held()
     assert sock.sent == [b"250 a\r\n250 b\r\n"] and t.value() == b"" and w.direct
 
@@ -107,6 +107,20 @@ def test_only_clients_on_this_host_on_the_daemons_reactor_are_held(monkeypatch: 
     assert type(reply_writer(FakeTCP(peer, SMTPEPollReactor.__new__(SMTPEPollReactor)))) is (
         HeldReplyWriter if held else ReplyWriter)
     assert type(reply_writer(FakeTCP(peer, object()))) is ReplyWriter  # Twisted's own reactors
+
+
+@pytest.mark.parametrize("proxy, held", [("127.0.0.1", True), ("192.0.2.9", False)], ids=["local", "elsewhere"])
+def test_behind_our_proxy_wrapper_the_proxys_own_address_decides(monkeypatch: Any, proxy: str, held: bool) -> None:
+    """The process a send wakes is the proxy (HAProxy on this host), whatever client its header names."""
+    from txsmtpsrv import _sendnow
+    from txsmtpsrv._proxy import ProxyProtocolWrapper, ProxyWrappingFactory
+
+    monkeypatch.setattr(_sendnow, "eligible", lambda transport: FakeSocket())
+    wrapper = ProxyProtocolWrapper(ProxyWrappingFactory(None, trusted="0.0.0.0/0"))  # type: ignore[arg-type]
+    wrapper.transport = FakeTCP(IPv4Address("TCP", proxy, 5000), SMTPEPollReactor.__new__(SMTPEPollReactor))
+    wrapper._peer = IPv4Address("TCP", "198.51.100.20", 40000)  # what the PROXY header said
+    assert wrapper.getPeer().host == "198.51.100.20"
+    assert type(reply_writer(wrapper)) is (HeldReplyWriter if held else ReplyWriter)
 
 
 def test_stop_sends_what_is_held_first() -> None:
@@ -263,6 +277,62 @@ def test_a_pass_of_one_event_sends_at_once(epoll_reactor: SMTPEPollReactor) -> N
         assert reader.seen == [None] and sent == [b"at once 250 ok"]
     finally:
         reader.close()
+
+
+def test_a_nested_pass_leaves_the_sending_to_the_outer_one(epoll_reactor: SMTPEPollReactor) -> None:
+    """
+    A pass run from inside a pass (C{reactor.iterate()} in a handler) writes
+    into the outer pass's dict and sends nothing: the outer one sends it all,
+    in order (a fresh dict would lose what the outer pass held, or reorder it).
+    """
+    sent: List[bytes] = []
+    outer: Dict[Any, Any] = {}
+    epoll_reactor.held_replies = outer
+    readers = [Readable(epoll_reactor, hold_or_send(sent, b"250 %d" % i)) for i in range(2)]
+    try:
+        for r in readers:
+            epoll_reactor.addReader(r)
+        epoll_reactor.doPoll(1)
+        assert epoll_reactor.held_replies is outer and len(outer) == 2 and sent == []
+    finally:
+        epoll_reactor.held_replies = None
+        for r in readers:
+            r.close()
+
+
+class Interrupting(Readable):
+    """A selectable whose logPrefix raises KeyboardInterrupt (which escapes the pass)."""
+
+    def logPrefix(self) -> str:
+        raise KeyboardInterrupt
+
+
+def test_what_a_pass_held_is_sent_when_an_interrupt_escapes_it(epoll_reactor: SMTPEPollReactor) -> None:
+    sent: List[bytes] = []
+    first = Readable(epoll_reactor, hold_or_send(sent, b"250 ok"))
+    epoll_reactor.addReader(first)
+    second = Interrupting(epoll_reactor, hold_or_send(sent, b"never"))  # (ready after the first)
+    epoll_reactor.addReader(second)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            epoll_reactor.doPoll(1)
+        assert sent == [b"250 ok"] and epoll_reactor.held_replies is None
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_interrupt_while_sending_still_sends_the_others(epoll_reactor: SMTPEPollReactor) -> None:
+    sent: List[bytes] = []
+
+    class Interrupted:
+        def send_held(self, data: bytes) -> None:
+            raise KeyboardInterrupt
+
+    epoll_reactor.held_replies = {Interrupted(): b"lost", Recorder(sent): [b"250 ", b"ok"]}
+    with pytest.raises(KeyboardInterrupt):
+        epoll_reactor._send_held()
+    assert sent == [b"250 ok"] and epoll_reactor.held_replies is None
 
 
 def test_a_failing_writer_is_logged_and_the_others_still_sent(epoll_reactor: SMTPEPollReactor) -> None:

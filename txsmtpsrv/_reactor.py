@@ -86,11 +86,12 @@ class SMTPEPollReactor(EPollReactor):
     the replies of a pass with several events together at its end (see the module).
 
     @ivar held_replies: while such a pass's events are handled, each
-        L{_sendnow.ReplyWriter} that wrote -> the bytes it was given, in
-        order; C{None} otherwise (writers send at once then).
+        L{_sendnow.HeldReplyWriter} that wrote -> the bytes it was given
+        (a list of them after its second write), in order; C{None}
+        otherwise (writers send at once then).
     """
 
-    held_replies: Optional[Dict[Any, bytes]] = None
+    held_replies: Optional[Dict[Any, Any]] = None
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
@@ -157,13 +158,22 @@ class SMTPEPollReactor(EPollReactor):
     doIteration = doPoll
 
     def _send_held(self) -> None:
-        """The pass's replies, one send per connection; a failing writer is logged, the others still sent."""
+        """
+        The pass's replies, one send per connection. A writer's failure is
+        logged and the others still sent; so are they before a
+        C{KeyboardInterrupt} or C{SystemExit} raised meanwhile goes on up.
+        """
         held, self.held_replies = self.held_replies, None
+        escaped: Optional[BaseException] = None
         for writer, data in (held or {}).items():
             try:
-                writer.send_held(data)
+                writer.send_held(data if type(data) is bytes else b"".join(data))
             except Exception:
                 _log.failure("sending a connection's held replies failed")
+            except BaseException as e:
+                escaped = escaped or e
+        if escaped is not None:
+            raise escaped
 
     def _dispatch_logged(self, events: Any) -> None:
         """Twisted's own dispatch, for a process with another context tracker."""

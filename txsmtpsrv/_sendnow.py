@@ -193,7 +193,12 @@ class HeldReplyWriter(ReplyWriter):
             held = self._transport.reactor.held_replies
             if held is not None:
                 earlier = held.get(self)
-                held[self] = data if earlier is None else earlier + data
+                if earlier is None:
+                    held[self] = data
+                elif type(earlier) is list:  # (joined once, when sent: no copying per write)
+                    earlier.append(data)
+                else:
+                    held[self] = [earlier, data]
                 return
         super().write(data)
 
@@ -203,7 +208,7 @@ class HeldReplyWriter(ReplyWriter):
             held = self._transport.reactor.held_replies
             data = held.pop(self, None) if held else None
             if data is not None:
-                super().write(data)
+                super().write(data if type(data) is bytes else b"".join(data))
         return super().stop()
 
 
@@ -215,8 +220,12 @@ def reply_writer(transport: Any) -> ReplyWriter:
     there is nothing to save, and its replies leave at once as before.
     """
     sock = eligible(transport)
-    if sock is not None and _holds(getattr(transport, "reactor", None)) and _local(transport.getPeer()):
-        return HeldReplyWriter(transport, sock)
+    if sock is not None and _holds(getattr(transport, "reactor", None)):
+        # The socket's own peer: behind our PROXY wrapper getPeer() is the proxied client,
+        # while the process a send wakes is the proxy's.
+        real: Any = transport.transport if type(transport) is ProxyProtocolWrapper else transport
+        if _local(real.getPeer()):
+            return HeldReplyWriter(transport, sock)
     return ReplyWriter(transport, sock)
 
 
