@@ -528,8 +528,9 @@ def test_twistd_smtpsrv_on_this_reactor(twistd: Any, tmp_path: Path, workers: in
     # twistd's own start-up line (logged before "listening", which the fixture waited for)
     assert re.findall(r"reactor class: ([\w.]+)\.$", server.log(), re.M) == [f"{_class_path(runs)}"]
     if workers:
-        worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
-        server.wait_for(rf"listening on 127\.0\.0\.1:{server.port} \(adopted fd 3\), pid {worker}")
+        # (log() above may have read these lines already: wait_for alone would miss them, a flaky test)
+        worker = int(server.find_or_wait(r"started worker 1, pid (\d+)").group(1))
+        server.find_or_wait(rf"listening on 127\.0\.0\.1:{server.port} \(adopted fd 3\), pid {worker}")
     count = 20
     for i in range(count):
         with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:

@@ -80,6 +80,15 @@ class Twistd:
             if match:
                 return match
 
+    def find_or_wait(self, pattern: str, timeout: float = TIMEOUT) -> "re.Match[str]":
+        """
+        The first line logged so far that matches C{pattern}, else the next
+        one to come (L{wait_for} sees only lines not yet read, and L{log}
+        reads them all: a line it read is not waited for again).
+        """
+        match = re.search(pattern, self.log(), re.M)
+        return match if match is not None else self.wait_for(pattern, timeout)
+
     def log(self) -> str:
         """Everything logged so far (drains what the reader thread has queued)."""
         while True:
