@@ -4,8 +4,8 @@ What the L{txsmtpsrv._delivery} tests (tests/test_delivery_*.py) share: an
 autouse fixture running the file work in the calling thread, a fixed
 receipt time and body, a session and a L{MessageStream} as the protocol
 leaves them when DATA starts, feeding the stream by hand in small chunks,
-the result of a fired Deferred (and the 451 4.3.0 a failed one must
-carry), and Maildir listings.
+the 451 4.3.0 a failed Deferred must carry, and Maildir listings (the
+result of a fired one: C{tests._support.result}).
 
 Everything runs in memory against a real L{MessageStream}, except the mbox
 lock tests, which need a second process because fcntl locks are per
@@ -19,12 +19,13 @@ from typing import Any, List
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from txsmtpsrv import _diskio
 from txsmtpsrv._data import MessageStream
 from txsmtpsrv._errors import SMTPError
 from txsmtpsrv._session import Address, Session
+
+from tests._support import result
 
 
 @pytest.fixture(autouse=True)
@@ -57,16 +58,6 @@ def make_session(rcpts=("alice@example.org",), sender="bob@example.com", helo="c
 def make_stream(limit: int = 0) -> MessageStream:
     """A message stream whose connection side does nothing on pause/resume."""
     return MessageStream(lambda: None, lambda: None, limit)
-
-
-def result(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must have fired; failures are raised."""
-    out: List[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 def listing(maildir, sub: str) -> List[str]:

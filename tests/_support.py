@@ -17,9 +17,11 @@ import socket
 import subprocess
 import tempfile
 import unittest
-from typing import Any
+from typing import Any, List
 
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial import unittest as trial
 
 __all__ = [
@@ -41,6 +43,16 @@ def reads_as_ci(value: str) -> bool:
     """L{under_ci}'s rule for one value of C{CI}."""
     # ASCII white space only, as bash's [[:space:]] (str.strip() would also take \x1c-\x1f).
     return value.strip(" \t\n\r\x0b\x0c").lower() not in ("", "0", "false", "no", "off")
+
+
+def result(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that must have fired; failures are raised."""
+    out: List[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
 
 
 def require(path: str | None, missing: str, skip: str) -> str:

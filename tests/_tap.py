@@ -2,8 +2,8 @@
 """
 What the L{txsmtpsrv._tap} tests (tests/test_tap_*.py) share: an autouse
 fixture that runs each test in its own scratch directory (parsing without
---maildir makes ./Maildir), parsing a C{twistd smtpsrv} command line, and
-the result of a Deferred that must have fired.
+--maildir makes ./Maildir) and parsing a C{twistd smtpsrv} command line
+(the result of a fired Deferred: C{tests._support.result}).
 
 The tests run in memory: options are parsed directly, services run on a
 C{MemoryReactorClock}, workers on a fake process reactor. The real thing
@@ -12,11 +12,9 @@ C{MemoryReactorClock}, workers on a fake process reactor. The real thing
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from txsmtpsrv._tap import Options
 
@@ -34,11 +32,3 @@ def parse(*argv: str) -> Options:
     return options
 
 
-def result(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must have fired; failures are raised."""
-    out: List[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]

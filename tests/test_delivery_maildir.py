@@ -28,7 +28,8 @@ from txsmtpsrv._diskio import ToLF as _ToLF
 from txsmtpsrv.testing import TestClient, make_server
 
 from tests._delivery import inline_file_work  # noqa: F401 (the autouse fixture)
-from tests._delivery import BODY, WHEN, assert_local_error, feed, listing, make_session, make_stream, result
+from tests._delivery import BODY, WHEN, assert_local_error, feed, listing, make_session, make_stream
+from tests._support import result
 
 
 # ---------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from txsmtpsrv._delivery import MboxDelivery, received_header, return_path_heade
 from txsmtpsrv._mbox import MboxrdQuoter as _MboxrdQuoter
 
 from tests._delivery import inline_file_work  # noqa: F401 (the autouse fixture)
-from tests._delivery import BODY, WHEN, assert_local_error, feed, make_session, make_stream, result
+from tests._delivery import BODY, WHEN, assert_local_error, feed, make_session, make_stream
+from tests._support import result
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import io
 from txsmtpsrv._delivery import PrintDelivery
 
 from tests._delivery import inline_file_work  # noqa: F401 (the autouse fixture)
-from tests._delivery import feed, make_session, make_stream, result
+from tests._delivery import feed, make_session, make_stream
+from tests._support import result
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from txsmtpsrv._delivery import MaildirDelivery
 from txsmtpsrv._tap import LayeredHooks, makeService
 
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
-from tests._tap import parse, result
+from tests._support import result
+from tests._tap import parse
 
 
 # ---------------------------------------------------------------------------

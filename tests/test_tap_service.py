@@ -25,7 +25,8 @@ from txsmtpsrv.testing import FakeResolver, TestClient
 
 from tests._certs import make_ca, write_pem
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
-from tests._tap import parse, result
+from tests._support import result
+from tests._tap import parse
 
 
 # ---------------------------------------------------------------------------

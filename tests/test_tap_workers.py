@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 from txsmtpsrv._tap import Options, _ParentWatch, _SharedPort, _WorkerPool, _WorkerProtocol, makeService
 
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
-from tests._tap import parse, result
+from tests._support import result
+from tests._tap import parse
 
 
 # ---------------------------------------------------------------------------
