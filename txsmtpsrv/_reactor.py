@@ -164,10 +164,12 @@ class SMTPEPollReactor(EPollReactor):
         C{KeyboardInterrupt} or C{SystemExit} raised meanwhile goes on up.
         """
         held, self.held_replies = self.held_replies, None
+        if not held:
+            return
         escaped: Optional[BaseException] = None
-        for writer, data in (held or {}).items():
+        for writer, data in held.items():
             try:
-                writer.send_held(data if type(data) is bytes else b"".join(data))
+                writer.send_held(data)
             except Exception:
                 _log.failure("sending a connection's held replies failed")
             except BaseException as e:

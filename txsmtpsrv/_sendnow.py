@@ -47,7 +47,7 @@ TLS) must see every byte, and other reactors' sockets have their own rules.
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional
+from typing import Any, List, Optional, Union
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
@@ -161,10 +161,6 @@ class ReplyWriter:
                 data = data[sent:]
         self._transport.write(data)
 
-    #: For the reactor: send what L{HeldReplyWriter.write} held (a writer that
-    #: stopped since has sent it already: L{HeldReplyWriter.stop}).
-    send_held = write
-
     def stop(self) -> bool:
         """
         From now on every write goes through the transport. Returns whether
@@ -202,13 +198,20 @@ class HeldReplyWriter(ReplyWriter):
                 return
         super().write(data)
 
+    def send_held(self, data: Union[bytes, List[bytes]]) -> None:
+        """
+        Send what L{write} held (for the reactor, and L{stop}): the bytes, or
+        the list of them after a second write in the pass, joined once here.
+        """
+        super().write(data if isinstance(data, bytes) else b"".join(data))
+
     def stop(self) -> bool:
         """Send what is held now, then as L{ReplyWriter.stop} (a fallback while sending it counts)."""
         if self._sock is not None:
             held = self._transport.reactor.held_replies
             data = held.pop(self, None) if held else None
             if data is not None:
-                super().write(data if type(data) is bytes else b"".join(data))
+                self.send_held(data)
         return super().stop()
 
 
