@@ -288,28 +288,28 @@ def check_expected(info: ProxyInfo, expected: dict[str, Any]) -> None:
             assert getattr(info, key) == value, key
 
 
-@settings(max_examples=300)
-@given(v1_headers(), st.binary(max_size=30), st.lists(st.integers(0, 200), max_size=8))
-def test_v1_any_split_same_result(case, tail, cuts):
-    """Property: a valid v1 header split anywhere parses to the same ProxyInfo and remainder."""
+def assert_any_split_same_result(case, tail, cuts):
+    """A header and what follows it, parsed whole and fed in pieces cut at C{cuts}: the same result."""
     header, expected = case
     data = header + tail
     info, rest = parse_proxy_header(data)
     check_expected(info, expected)
     assert rest == tail
     assert feed_chunks(data, [c for c in cuts if c <= len(data)]) == (info, rest)
+
+
+@settings(max_examples=300)
+@given(v1_headers(), st.binary(max_size=30), st.lists(st.integers(0, 200), max_size=8))
+def test_v1_any_split_same_result(case, tail, cuts):
+    """Property: a valid v1 header split anywhere parses to the same ProxyInfo and remainder."""
+    assert_any_split_same_result(case, tail, cuts)
 
 
 @settings(max_examples=300)
 @given(v2_headers(), st.binary(max_size=30), st.lists(st.integers(0, 600), max_size=8))
 def test_v2_any_split_same_result(case, tail, cuts):
     """Property: a valid v2 header split anywhere parses to the same ProxyInfo and remainder."""
-    header, expected = case
-    data = header + tail
-    info, rest = parse_proxy_header(data)
-    check_expected(info, expected)
-    assert rest == tail
-    assert feed_chunks(data, [c for c in cuts if c <= len(data)]) == (info, rest)
+    assert_any_split_same_result(case, tail, cuts)
 
 
 @settings(max_examples=300)
