@@ -8,6 +8,7 @@ parentheses, hence the ``rindex(b")")``) reaches every script.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import subprocess
@@ -85,6 +86,31 @@ class CPUClock:
         ran = sum(end_ns[t] - self.start_ns.get(t, 0) for t in end_ns) / 1e9 if exact else ticks
         return {"seconds": ran, "source": "schedstat" if exact else "stat", "tick_seconds": ticks,
                 "user": user - self.start_user, "system": system - self.start_system}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """
+    A confidence interval for the median of C{values} that assumes no
+    distribution (order statistics): the k-th smallest and k-th largest value,
+    k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2. Per-round
+    ratios on this machine are skewed and heavy-tailed (a neighbour's burst
+    lands in one server's slice), so a normal interval would mislead. None
+    when there are too few values for the level (fewer than 6 at 95 %).
+    """
+    n = len(values)
+    tail = (1 - level) / 2
+    below = 0.0  # P(Binomial(n, 1/2) <= j - 1)
+    k = 0
+    for j in range(n + 1):
+        p = math.comb(n, j) / 2 ** n
+        if below + p > tail:
+            break
+        below += p
+        k = j + 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
 
 
 def pin_cpus() -> tuple[int | None, int | None]:

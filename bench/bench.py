@@ -52,7 +52,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
-from _common import CPUClock, NotReady, pin_cpus, proc_cpu_seconds, proc_status_kib, wait_ready  # noqa: E402
+from _common import CPUClock, NotReady, median_interval, pin_cpus, proc_cpu_seconds, proc_status_kib, wait_ready  # noqa: E402
 import _peers  # noqa: E402
 import _smtp_source  # noqa: E402
 import _mypyc  # noqa: E402
@@ -693,8 +693,16 @@ def summarise(results: list[RunResult], cfg: Config, servers: list[str]) -> dict
                 "servers": per_server,
                 "ratios": ratios,
                 "round_ratios": rounds,
+                # median of the per-round ratios and its 95 % interval (None: too few rounds)
+                "round_ratio_ci": {col: median_ci(r) for col, r in rounds.items()},
             }
     return out
+
+
+def median_ci(values: list[float]) -> list[float] | None:
+    """C{[median, low, high]}: the median of C{values} and its 95 % interval (L{median_interval})."""
+    ci = median_interval(values)
+    return None if ci is None else [statistics.median(values), ci[0], ci[1]]
 
 
 def round_ratios(results: list[RunResult], fig: Figure, subject: str, peer: str) -> list[float]:
@@ -770,8 +778,27 @@ def render_table(summary: dict[str, Any], cfg: Config, servers: list[str], meta:
     if any(len(v) > 1 for e in summary.values() for v in e.get("round_ratios", {}).values()):
         lines.append("ratios: of the medians; [low-high]: the ratio within each round (both servers' "
                      "runs of the same repeat)")
+    lines.extend(render_intervals(summary, by_key))
     lines.append("CPU: run time from /proc/PID/task/*/schedstat (ns), else utime+stime (10 ms ticks)")
     return "\n".join(lines)
+
+
+def render_intervals(summary: dict[str, Any], by_key: dict[str, Figure]) -> list[str]:
+    """
+    The median of the per-round ratios with its 95 % confidence interval, for
+    each ratio with enough rounds: whether a target such as "<= 1.0x Node" is
+    met or missed beyond this machine's noise, or not decided by the run.
+    """
+    out = []
+    for key, entry in summary.items():
+        for col, ci in entry.get("round_ratio_ci", {}).items():
+            if ci is not None:
+                rounds = len(entry["round_ratios"][col])
+                out.append(f"  {by_key[key].scenario:8} {col.replace(SUBJECT, 'tx'):40} "
+                           f"{ci[0]:.2f} [{ci[1]:.2f}-{ci[2]:.2f}] ({rounds} rounds)")
+    if out:
+        out.insert(0, "per-round ratios: median [95 % confidence interval of the median, order statistics]")
+    return out
 
 
 def render_problems(results: list[RunResult]) -> str:
