@@ -1,9 +1,10 @@
 """
 What every bench script does the same way: read a server's CPU time from
 ``/proc/PID/stat``, export a baseline tree from this checkout with
-``git archive``, wait for a server's READY line, pin server and client to a
-core each. One copy, so a fix (the ``comm`` field may hold spaces and
-parentheses, hence the ``rindex(b")")``) reaches every script.
+``git archive`` (or take a directory as the baseline), wait for a server's
+READY line, pin server and client to a core each. One copy, so a fix (the
+``comm`` field may hold spaces and parentheses, hence the ``rindex(b")")``)
+reaches every script.
 """
 
 from __future__ import annotations
@@ -129,6 +130,17 @@ def export_tree(ref: str, into: str) -> str:
     os.makedirs(into, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
     return into
+
+
+def resolve_baseline(spec: str, scratch: str) -> tuple[str, str]:
+    """(tree directory, description) for a directory holding txsmtpsrv/ or a git ref (exported into C{scratch})."""
+    if os.path.isdir(os.path.join(spec, "txsmtpsrv")):
+        return os.path.abspath(spec), f"directory {os.path.abspath(spec)}"
+    commit = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", f"{spec}^{{commit}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    return export_tree(commit, os.path.join(scratch, "baseline")), f"git {spec} ({commit})"
 
 
 class NotReady(Exception):

@@ -6,7 +6,6 @@ which decides whether a target such as "persist <= 1.0x Node" is met beyond the 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -17,14 +16,9 @@ from hypothesis import strategies as st
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
+import _bench_config  # noqa: E402
+import _bench_report  # noqa: E402
 import _common  # noqa: E402
-
-# bench/bench.py by its path: "bench" alone may name the directory (a namespace package).
-_spec = importlib.util.spec_from_file_location("bench_main", os.path.join(REPO, "bench", "bench.py"))
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_main"] = bench  # its dataclasses look their module up there
-_spec.loader.exec_module(bench)
 
 
 def _below(n: int, k: int) -> float:
@@ -60,12 +54,12 @@ def test_interval_is_the_narrowest_that_covers(values: list[float]) -> None:
 
 def test_report_lines() -> None:
     """The report prints each ratio's median and interval, and nothing for too few rounds."""
-    fig = bench.Figure("persist_cpu", "persist", "persist", "us", 0)
+    fig = _bench_config.Figure("persist_cpu", "persist", "persist", "us", 0)
     summary = {"persist_cpu": {
         "round_ratios": {"txsmtpsrv/node": [1.0] * 3 + [1.1] * 4, "txsmtpsrv/twisted.mail": [0.5] * 3},
-        "round_ratio_ci": {"txsmtpsrv/node": bench.median_ci([1.0] * 3 + [1.1] * 4),
-                           "txsmtpsrv/twisted.mail": bench.median_ci([0.5] * 3)},
+        "round_ratio_ci": {"txsmtpsrv/node": _bench_report.median_ci([1.0] * 3 + [1.1] * 4),
+                           "txsmtpsrv/twisted.mail": _bench_report.median_ci([0.5] * 3)},
     }}
-    lines = bench.render_intervals(summary, {"persist_cpu": fig})
+    lines = _bench_report.render_intervals(summary, {"persist_cpu": fig})
     assert len(lines) == 2
     assert "tx/node" in lines[1] and "1.10 [1.00-1.10] (7 rounds)" in lines[1]
