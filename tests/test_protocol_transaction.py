@@ -147,6 +147,11 @@ def test_mail_smtputf8_hidden_is_unknown():
     assert answer("MAIL FROM:<a@x.test> SMTPUTF8", hide_smtputf8=True) == (555, "5.5.4")
 
 
+def test_mail_smtputf8_not_offered_without_8bitmime():
+    """With hide_8bitmime SMTPUTF8 is not offered (RFC 6531 3.1 item 8), so on MAIL it is unknown too."""
+    assert answer("MAIL FROM:<a@x.test> SMTPUTF8", hide_8bitmime=True) == (555, "5.5.4")
+
+
 def test_mail_unknown_param():
     """An unregistered MAIL parameter is 555 5.5.4."""
     assert answer("MAIL FROM:<a@x.test> FOO=bar") == (555, "5.5.4")

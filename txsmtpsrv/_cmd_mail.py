@@ -149,7 +149,7 @@ class MailCommands(SessionCommands):
                     body_type = body
                 else:
                     raise CommandError(501, "5.5.4", f"Error: unsupported BODY value {(value or '')[:20]}")
-            elif key == "SMTPUTF8" and not o.hide_smtputf8:
+            elif key == "SMTPUTF8" and o.offers_smtputf8:
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: SMTPUTF8 takes no value")
                 smtputf8 = True

@@ -44,7 +44,7 @@ def ehlo_keywords(core: "SessionCommands") -> List[str]:
         ext.append("PIPELINING")
     if not o.hide_8bitmime:
         ext.append("8BITMIME")
-    if not o.hide_smtputf8:
+    if o.offers_smtputf8:
         ext.append("SMTPUTF8")
     if core._esc:
         ext.append("ENHANCEDSTATUSCODES")

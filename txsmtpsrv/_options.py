@@ -86,7 +86,11 @@ class ServerOptions:
     hide_pipelining: bool = False
     """Do not advertise PIPELINING (RFC 2920). (smtp-server: C{hidePIPELINING})"""
     hide_8bitmime: bool = False
-    """Do not advertise 8BITMIME (RFC 6152). (smtp-server: C{hide8BITMIME})"""
+    """
+    Do not advertise 8BITMIME (RFC 6152); SMTPUTF8 goes with it (RFC 6531
+    3.1: a server offering SMTPUTF8 must offer 8BITMIME). (smtp-server:
+    C{hide8BITMIME}, which keeps offering SMTPUTF8)
+    """
     hide_smtputf8: bool = False
     """Do not advertise SMTPUTF8 (RFC 6531). (smtp-server: C{hideSMTPUTF8})"""
     hide_enhancedstatuscodes: bool = False
@@ -315,6 +319,11 @@ class ServerOptions:
     """
     auth_failure_max_delay: float = 30.0
     """Longest tarpit wait in seconds (see C{auth_failure_delay})."""
+
+    @property
+    def offers_smtputf8(self) -> bool:
+        """Whether SMTPUTF8 is offered: not hidden, and 8BITMIME offered (RFC 6531 3.1 item 8)."""
+        return not (self.hide_smtputf8 or self.hide_8bitmime)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
