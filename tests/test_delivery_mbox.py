@@ -20,10 +20,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from txsmtpsrv import _mbox
-from txsmtpsrv._delivery import MboxDelivery, received_header, return_path_header
+from txsmtpsrv._delivery import MaildirDelivery, MboxDelivery, received_header, return_path_header
 from txsmtpsrv._mbox import MboxrdQuoter as _MboxrdQuoter
 
 from tests._delivery import inline_file_work  # noqa: F401 (the autouse fixture)
@@ -207,3 +208,29 @@ def test_mbox_deliveries_in_one_process_do_not_interleave(tmp_path):
     assert messages[0].startswith(b"From two@x.test") and b"AAAA" not in messages[0]
     assert messages[1].startswith(b"one@x.test") and b"BBBB" not in messages[1]
     assert _mbox._appenders == {}
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+@pytest.mark.parametrize("fails", [False, True])
+def test_delivery_lines_name_the_session_in_their_system(tmp_path, monkeypatch, kind, fails):
+    """
+    "Stored message" and "delivery failed" carry the session id in their
+    system (C{[txsmtpsrv#info <id>]}), as every other line of a session does.
+    """
+    if fails:
+        def fsync(fd):
+            raise OSError(errno.EIO, "I/O error")
+        monkeypatch.setattr(os, "fsync", fsync)
+    delivery = (MaildirDelivery(str(tmp_path / "Maildir"), "mx.test") if kind == "maildir"
+                else MboxDelivery(str(tmp_path / "mbox"), "mx.test"))
+    stream = make_stream()
+    with capturedLogs() as events:
+        d = delivery.on_data(make_session(), stream)
+        feed(stream, BODY)
+        if fails:
+            assert_local_error(d)
+        else:
+            result(d)
+    ours = [e for e in events if e.get("session_id") == "s3ss10n"]
+    assert ours and all(e.get("log_system", "").endswith(" s3ss10n") for e in ours)
+    assert any(e.get("log_failure") is not None for e in ours) == fails

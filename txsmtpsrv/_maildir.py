@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from txsmtpsrv._diskio import ChunkFile, GroupCommit, ToLF, Writer, make_directory, make_io
 from txsmtpsrv._errors import SMTPError
+from txsmtpsrv._logging import SessionLogger
 from txsmtpsrv._maildir_tmp import TMP_CLEAN_INTERVAL, TMP_MAX_AGE, TmpCleaner, default_clock
 from txsmtpsrv._session import Session
 from txsmtpsrv._trace import sender_of, trace_headers
@@ -106,7 +107,7 @@ class MaildirDelivery:
         priority); 0 for none; default 4 (L{txsmtpsrv._diskio.DEFAULT_THREADS}).
     """
 
-    log = Logger()
+    log = SessionLogger()  # a line with a session_id names the session in its system
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtpsrv._diskio import BlockingIO, ChunkFile, ToLF, Writer, fsync_directory, make_directory, make_io, write_all
+from txsmtpsrv._logging import SessionLogger
 from txsmtpsrv._maildir import count, local_error, now
 from txsmtpsrv._maildir_tmp import default_clock
 from txsmtpsrv._session import Session
@@ -253,7 +254,7 @@ class MboxDelivery:
     @param clock: for header times and lock retries; defaults to the reactor.
     """
 
-    log = Logger()
+    log = SessionLogger()  # a line with a session_id names the session in its system
     lock_poll_interval = 0.05
 
     def __init__(
