@@ -230,7 +230,8 @@ class MailCommands(SessionCommands):
         if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
             return
         if not env._rcpt:  # (rcpt_to without the property call)
-            self._reply(554, "5.5.1", "Error: no valid recipients")
+            # RFC 5321 3.3 lets SMTP say 503 or 554; RFC 2033 4.2: LMTP MUST say 503.
+            self._reply(503 if self.options.lmtp else 554, "5.5.1", "Error: no valid recipients")
             return
         if env.body_type == "BINARYMIME":
             self._reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT")
