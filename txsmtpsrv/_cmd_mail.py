@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
-                        parse_orcpt)
+from ._commands import (CommandError, fast_mail_argument, parse_auth_param, parse_bdat, parse_envid, parse_mail_argument,
+                        parse_notify, parse_orcpt)
 from ._cmd_session import SessionCommands
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT
 from ._dotcodec import BodyCheck, DotDecoder
@@ -166,6 +166,8 @@ class MailCommands(SessionCommands):
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
                 requiretls = True
+            elif key == "AUTH" and self._auth_offered():
+                parse_auth_param(value)  # RFC 4954 5: accepted (checked), authenticated or not
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
         return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls
