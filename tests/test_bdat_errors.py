@@ -56,6 +56,18 @@ def test_failed_bdat_before_mail_does_not_poison_next_transaction():
     assert hooks.bodies == [b"hello"]
 
 
+def test_chunk_refused_without_rcpt_fails_the_transaction():
+    """A chunk refused for want of a recipient is lost: a RCPT after it cannot let a later chunk end the
+    message without it (RFC 3030 2: the transaction failed); the next transaction is unaffected."""
+    hooks = Recorder()
+    client = greeted(hooks)
+    client.send(b"MAIL FROM:<s@example.test>\r\nBDAT 3\r\nabcRCPT TO:<r@example.test>\r\nBDAT 3 LAST\r\ndef"
+                + MAIL_RCPT + bdat(b"hello"))
+    assert codes(client.replies()) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (554, "5.5.1"),
+                                       (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0")]
+    assert hooks.bodies == [b"hello"]
+
+
 @pytest.mark.parametrize("arg", ["x", "", "-1", "5 MORE", "5 LAST extra", "1e3", "9" * 19])
 def test_bad_size_closes_connection(arg):
     """A BDAT whose size cannot be read: 501 5.5.4 and the connection is closed (the stream is lost)."""

@@ -449,6 +449,8 @@ class MailCommands(SessionCommands):
         """A failed chunk ends a LAST transfer; otherwise later chunks get C{error} too."""
         if last:
             self._reset_transaction()
-        elif self._body:
+        elif self._body or self.session.envelope.mail_from is not None:
+            # RFC 3030 2: the transaction failed. Also a chunk refused before a recipient was
+            # accepted: it is lost, so no later chunk may end the message without it.
             self._bdat_error = error
 
