@@ -68,6 +68,19 @@ def test_chunk_refused_without_rcpt_fails_the_transaction():
     assert hooks.bodies == [b"hello"]
 
 
+def test_data_after_refused_chunk_refused():
+    """DATA after a BDAT of the same transaction MUST be 503 (RFC 3030 2), also when that chunk was
+    refused (no recipient yet): DATA cannot deliver the message without it."""
+    hooks = Recorder()
+    client = greeted(hooks)
+    client.send(b"MAIL FROM:<s@example.test>\r\nBDAT 3\r\nabcRCPT TO:<r@example.test>\r\nDATA\r\nRSET\r\n"
+                + MAIL_RCPT + b"DATA\r\nhi\r\n.\r\n")
+    assert codes(client.replies()) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (503, "5.5.1"),
+                                       (250, "2.0.0"), (250, "2.1.0"), (250, "2.1.5"), (354, None),
+                                       (250, "2.0.0")]
+    assert hooks.bodies == [b"hi\r\n"]
+
+
 @pytest.mark.parametrize("arg", ["x", "", "-1", "5 MORE", "5 LAST extra", "1e3", "9" * 19])
 def test_bad_size_closes_connection(arg):
     """A BDAT whose size cannot be read: 501 5.5.4 and the connection is closed (the stream is lost)."""

@@ -22,7 +22,7 @@ from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDI
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
-from ._phases import Phase, refusal
+from ._phases import COMMANDS, Phase, refusal
 from ._session import Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
@@ -230,6 +230,9 @@ class MailCommands(SessionCommands):
             self._reply(501, "5.5.4", "Error: syntax: DATA")
             return
         if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
+            return
+        if self._bdat_error is not None:  # RFC 3030 2: after a BDAT of this transaction, even a refused one
+            self._reply(*COMMANDS["DATA"].refusals[_BETWEEN_CHUNKS])
             return
         if not env._rcpt:  # (rcpt_to without the property call)
             # RFC 5321 3.3 lets SMTP say 503 or 554; RFC 2033 4.2: LMTP MUST say 503.
