@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 
@@ -79,6 +81,40 @@ def test_data_after_refused_chunk_refused():
                                        (250, "2.0.0"), (250, "2.1.0"), (250, "2.1.5"), (354, None),
                                        (250, "2.0.0")]
     assert hooks.bodies == [b"hi\r\n"]
+
+
+class Picky(Recorder):
+    """Recorder hooks that refuse the recipient C{nobody@...}."""
+
+    def on_rcpt_to(self, session, address):
+        if address.local_part == "nobody":
+            raise SMTPError(550, "No such user", "5.1.1")
+
+
+_STEP = st.one_of(st.booleans().map(lambda ok: b"RCPT TO:<%s@example.test>\r\n" % (b"r" if ok else b"nobody")),
+                  st.tuples(st.binary(max_size=4), st.booleans()).map(lambda c: bdat(c[0], last=c[1])))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_STEP, max_size=8))
+def test_accepted_message_has_every_chunk(steps):
+    """Whatever RCPTs and chunks (refused or not) a transaction mixes, a message that is accepted is
+    every chunk the client sent in it, up to the LAST one: none is lost (RFC 3030 2)."""
+    hooks = Picky()
+    client = greeted(hooks, bare_line_endings="accept")
+    wire = b"MAIL FROM:<s@example.test>\r\n" + b"".join(steps) + bdat(b"") + b"RSET\r\n"
+    client.send(wire)
+    client.replies()
+    chunks, rest = [], wire
+    while b"BDAT " in rest:  # what the client sent as chunks, up to and including its first LAST
+        rest = rest.partition(b"BDAT ")[2]
+        command, _, rest = rest.partition(b"\r\n")
+        size = int(command.split(b" ")[0])
+        chunks.append(rest[:size])
+        rest = rest[size:]
+        if command.endswith(b"LAST"):
+            break
+    assert hooks.bodies in ([], [b"".join(chunks)])
 
 
 @pytest.mark.parametrize("arg", ["x", "", "-1", "5 MORE", "5 LAST extra", "1e3", "9" * 19])
