@@ -147,6 +147,15 @@ def test_transmission_type_is_lmtp():
     assert hooks.messages[0][2] == "LMTP"
 
 
+def test_transmission_type_utf8lmtp():
+    """With SMTPUTF8 it is UTF8LMTP (RFC 6531 4.3), not LMTP."""
+    hooks = Recorder()
+    client = lmtp_client(hooks)
+    client.send(b"MAIL FROM:<s@example.test> SMTPUTF8\r\nRCPT TO:<\xc3\xa9@example.test>\r\nDATA\r\nhi\r\n.\r\n")
+    assert codes(client.replies())[-1] == (250, "2.0.0")
+    assert hooks.messages[0][2] == "UTF8LMTP"
+
+
 # -- one reply per recipient ----------------------------------------------------
 
 
