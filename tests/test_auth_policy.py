@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.logger import capturedLogs, eventAsText
 
 from txsmtpsrv.testing import TestClient, make_server
@@ -237,3 +238,46 @@ def test_disconnect_while_hook_pending():
     assert hooks.pending[0].called  # cancelled
     hooks.pending[0].addErrback(lambda f: None)
     assert client.protocol.session.user is None
+
+
+# -- the AUTH parameter of MAIL (RFC 4954 section 5) -------------------------------------
+
+
+class SeesMail(AuthHooks):
+    """AuthHooks that keep the MAIL addresses they are shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail: list[Any] = []
+
+    def on_mail_from(self, session, address):
+        self.mail.append(address)
+
+
+@pytest.mark.parametrize("value", ["<>", "alice+40example.test", "+3C+3E"])
+@pytest.mark.parametrize("authenticated", [True, False], ids=["authenticated", "anonymous"])
+def test_mail_auth_parameter_accepted(value, authenticated):
+    """A server offering AUTH MUST take MAIL's AUTH= even from a client that has not authenticated."""
+    hooks = SeesMail()
+    client = connect(hooks, auth_optional=True)
+    if authenticated:
+        assert client.command("AUTH PLAIN " + plain_ir()).code == 235
+    reply = client.command(f"MAIL FROM:<a@example.test> AUTH={value}")
+    assert code(reply) == (250, "2.1.0")
+    assert hooks.mail[0].params["AUTH"] == value
+
+
+@pytest.mark.parametrize("param", ["AUTH", "AUTH=a+4", "AUTH=a+0Db", "AUTH=a\u00e9"])
+def test_mail_auth_parameter_checked(param):
+    """AUTH= is xtext of a mailbox or <>: none, a bad escape, a control or 8-bit text is 501 5.5.4."""
+    client = connect(auth_optional=True)
+    assert code(client.command(f"MAIL FROM:<a@example.test> {param}")) == (501, "5.5.4")
+
+
+@pytest.mark.parametrize("options", [{"allow_insecure_auth": False}, {"disabled_commands": "AUTH"}],
+                         ids=["not-offered-in-plaintext", "disabled"])
+def test_mail_auth_parameter_only_when_auth_offered(options):
+    """Where EHLO does not offer AUTH, the AUTH parameter is unknown: 555 5.5.4."""
+    client = connect(auth_optional=True, **options)
+    assert auth_lines(client.ehlo) == []  # type: ignore[attr-defined]
+    assert code(client.command("MAIL FROM:<a@example.test> AUTH=<>")) == (555, "5.5.4")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 
@@ -54,6 +56,69 @@ def test_failed_bdat_before_mail_does_not_poison_next_transaction():
     client.send(b"BDAT 3\r\nabc" + MAIL_RCPT + bdat(b"hello"))
     assert codes(client.replies()) == [(503, "5.5.1"), (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0")]
     assert hooks.bodies == [b"hello"]
+
+
+def test_chunk_refused_without_rcpt_fails_the_transaction():
+    """A chunk refused for want of a recipient is lost: a RCPT after it cannot let a later chunk end the
+    message without it (RFC 3030 2: the transaction failed); the next transaction is unaffected."""
+    hooks = Recorder()
+    client = greeted(hooks)
+    client.send(b"MAIL FROM:<s@example.test>\r\nBDAT 3\r\nabcRCPT TO:<r@example.test>\r\nBDAT 3 LAST\r\ndef"
+                + MAIL_RCPT + bdat(b"hello"))
+    assert codes(client.replies()) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (554, "5.5.1"),
+                                       (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0")]
+    assert hooks.bodies == [b"hello"]
+
+
+def test_data_after_refused_chunk_refused():
+    """DATA after a BDAT of the same transaction MUST be 503 (RFC 3030 2), also when that chunk was
+    refused (no recipient yet): DATA cannot deliver the message without it."""
+    hooks = Recorder()
+    client = greeted(hooks)
+    client.send(b"MAIL FROM:<s@example.test>\r\nBDAT 3\r\nabcRCPT TO:<r@example.test>\r\nDATA\r\nRSET\r\n"
+                + MAIL_RCPT + b"DATA\r\nhi\r\n.\r\n")
+    assert codes(client.replies()) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (503, "5.5.1"),
+                                       (250, "2.0.0"), (250, "2.1.0"), (250, "2.1.5"), (354, None),
+                                       (250, "2.0.0")]
+    assert hooks.bodies == [b"hi\r\n"]
+
+
+class Picky(Recorder):
+    """Recorder hooks that refuse the recipient C{nobody@...}."""
+
+    def on_rcpt_to(self, session, address):
+        if address.local_part == "nobody":
+            raise SMTPError(550, "No such user", "5.1.1")
+
+
+_STEP = st.one_of(st.booleans().map(lambda ok: b"RCPT TO:<%s@example.test>\r\n" % (b"r" if ok else b"nobody")),
+                  st.tuples(st.binary(max_size=4), st.booleans()).map(lambda c: bdat(c[0], last=c[1])))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_STEP, max_size=8))
+def test_accepted_message_has_every_chunk(steps):
+    """Whatever RCPTs and chunks (refused or not) a transaction mixes, a message that is accepted is
+    every chunk the client sent in it, up to the LAST one: none is lost (RFC 3030 2). And it is
+    accepted exactly when a recipient was accepted before the first chunk (else that chunk is
+    refused, and the transaction with it)."""
+    hooks = Picky()
+    client = greeted(hooks, bare_line_endings="accept")
+    wire = b"MAIL FROM:<s@example.test>\r\n" + b"".join(steps) + bdat(b"") + b"RSET\r\n"
+    client.send(wire)
+    client.replies()
+    chunks, rest = [], wire
+    while b"BDAT " in rest:  # what the client sent as chunks, up to and including its first LAST
+        rest = rest.partition(b"BDAT ")[2]
+        command, _, rest = rest.partition(b"\r\n")
+        size = int(command.split(b" ")[0])
+        chunks.append(rest[:size])
+        rest = rest[size:]
+        if command.endswith(b"LAST"):
+            break
+    first = next((i for i, step in enumerate(steps) if step.startswith(b"BDAT ")), len(steps))
+    accepted = any(step.startswith(b"RCPT TO:<r@") for step in steps[:first])
+    assert hooks.bodies == ([b"".join(chunks)] if accepted else [])
 
 
 @pytest.mark.parametrize("arg", ["x", "", "-1", "5 MORE", "5 LAST extra", "1e3", "9" * 19])

@@ -147,6 +147,15 @@ def test_transmission_type_is_lmtp():
     assert hooks.messages[0][2] == "LMTP"
 
 
+def test_transmission_type_utf8lmtp():
+    """With SMTPUTF8 it is UTF8LMTP (RFC 6531 4.3), not LMTP."""
+    hooks = Recorder()
+    client = lmtp_client(hooks)
+    client.send(b"MAIL FROM:<s@example.test> SMTPUTF8\r\nRCPT TO:<\xc3\xa9@example.test>\r\nDATA\r\nhi\r\n.\r\n")
+    assert codes(client.replies())[-1] == (250, "2.0.0")
+    assert hooks.messages[0][2] == "UTF8LMTP"
+
+
 # -- one reply per recipient ----------------------------------------------------
 
 
@@ -173,11 +182,21 @@ def test_same_recipient_twice_gets_two_replies():
     assert [r.text for r in final] == ["OK: message accepted for <a@example.test>"] * 2
 
 
-def test_no_accepted_recipient_means_no_data():
-    """All recipients refused: DATA gets 554 and there is no per-recipient reply."""
+@pytest.mark.parametrize("rcpt", [b"RCPT TO:<nobody@example.test>\r\n", b""], ids=["refused", "none"])
+def test_no_accepted_recipient_means_no_data(rcpt):
+    """No accepted recipient: DATA gets 503 (RFC 2033 4.2: MUST) and there is no per-recipient reply."""
     client = lmtp_client(Recorder())
-    client.send(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\n")
-    assert codes(client.replies()) == [(250, "2.1.0"), (550, "5.1.1"), (554, "5.5.1")]
+    client.send(b"MAIL FROM:<s@example.test>\r\n" + rcpt + b"DATA\r\nNOOP\r\n")
+    assert codes(client.replies()) == [(250, "2.1.0")] + [(550, "5.1.1")] * bool(rcpt) + [
+        (503, "5.5.1"), (250, "2.0.0")]
+
+
+def test_smtp_data_without_recipient_stays_554():
+    """SMTP may answer 554 or 503 there (RFC 5321 3.3); it keeps 554, as the operator's log shows."""
+    server, _ = make_server(Recorder())
+    client = TestClient(server)
+    client.send(b"EHLO c.test\r\nMAIL FROM:<s@example.test>\r\nDATA\r\n")
+    assert codes(client.replies())[-1] == (554, "5.5.1")
 
 
 def test_hook_none_accepts_all():

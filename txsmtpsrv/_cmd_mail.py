@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
-                        parse_orcpt)
+from ._commands import (CommandError, fast_mail_argument, parse_auth_param, parse_bdat, parse_envid, parse_mail_argument,
+                        parse_notify, parse_orcpt)
 from ._cmd_session import SessionCommands
 from ._core import ASKING, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, VERDICT
 from ._dotcodec import BodyCheck, DotDecoder
 from ._junk import JunkCounter
 from ._outcome import hook_outcome, lmtp_outcomes
-from ._phases import Phase, refusal
+from ._phases import COMMANDS, Phase, refusal
 from ._session import Address, Envelope
 
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
@@ -166,6 +166,8 @@ class MailCommands(SessionCommands):
                 if value is not None:
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
                 requiretls = True
+            elif key == "AUTH" and self._auth_offered():
+                parse_auth_param(value)  # RFC 4954 5: accepted (checked), authenticated or not
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
         return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls
@@ -229,8 +231,12 @@ class MailCommands(SessionCommands):
             return
         if self.phase is not _TRANSACTION and self._phase_refused("DATA"):
             return
+        if self._bdat_error is not None:  # RFC 3030 2: after a BDAT of this transaction, even a refused one
+            self._reply(*COMMANDS["DATA"].refusals[_BETWEEN_CHUNKS])
+            return
         if not env._rcpt:  # (rcpt_to without the property call)
-            self._reply(554, "5.5.1", "Error: no valid recipients")
+            # RFC 5321 3.3 lets SMTP say 503 or 554; RFC 2033 4.2: LMTP MUST say 503.
+            self._reply(503 if self.options.lmtp else 554, "5.5.1", "Error: no valid recipients")
             return
         if env.body_type == "BINARYMIME":
             self._reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT")
@@ -446,6 +452,8 @@ class MailCommands(SessionCommands):
         """A failed chunk ends a LAST transfer; otherwise later chunks get C{error} too."""
         if last:
             self._reset_transaction()
-        elif self._body:
+        elif self._body or self.session.envelope.mail_from is not None:
+            # RFC 3030 2: the transaction failed. Also a chunk refused before a recipient was
+            # accepted: it is lost, so no later chunk may end the message without it.
             self._bdat_error = error
 

@@ -13,8 +13,8 @@ import re
 from typing import Dict, Optional, Tuple
 
 __all__ = ["CommandError", "parse_path_argument", "parse_params", "parse_mail_argument", "fast_mail_argument",
-           "parse_notify", "parse_orcpt", "parse_envid", "parse_bdat", "parse_helo", "valid_address_literal", "has_control",
-           "XTextError", "xtext_decode", "xtext_encode"]
+           "parse_notify", "parse_orcpt", "parse_envid", "parse_auth_param", "parse_bdat", "parse_helo",
+           "valid_address_literal", "has_control", "XTextError", "xtext_decode", "xtext_encode"]
 
 
 class CommandError(Exception):
@@ -340,6 +340,19 @@ def parse_envid(value: Optional[str]) -> str:
     decoded = _xtext(value, "ENVID")
     if not all(" " <= c <= "~" for c in decoded):  # also refuses every control (issue 10)
         raise CommandError(501, "5.5.4", "Error: ENVID must be printable US-ASCII")
+    return decoded
+
+
+def parse_auth_param(value: Optional[str]) -> str:
+    """
+    RFC 4954 5: MAIL's C{AUTH=} is the xtext of a mailbox or C{<>}; a server
+    offering AUTH must take it, from any client. Returns it decoded.
+    """
+    if not value:
+        raise CommandError(501, "5.5.4", "Error: AUTH= needs a mailbox or <>")
+    decoded = _xtext(value, "AUTH")
+    if has_control(decoded):
+        raise CommandError(501, "5.5.4", "Error: AUTH= must not contain control characters")
     return decoded
 
 

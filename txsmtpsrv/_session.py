@@ -284,7 +284,7 @@ class Session:
         SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP..., UTF8SMTP... .
         """
         if self.lmtp:
-            base = "LMTP"
+            base = "UTF8LMTP" if self.envelope.smtputf8 else "LMTP"
         elif self.envelope.smtputf8:
             base = "UTF8SMTP"
         elif self.opening_command == "EHLO":
