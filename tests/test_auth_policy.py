@@ -254,10 +254,16 @@ class SeesMail(AuthHooks):
         self.mail.append(address)
 
 
-@pytest.mark.parametrize("value", ["<>", "alice+40example.test", "+3C+3E"])
+@pytest.mark.parametrize("value, decoded", [("<>", "<>"), ("alice+40example.test", "alice@example.test"),
+                                            ("+3C+3E", "<>"), ("b+2Bc@example.test", "b+c@example.test")])
 @pytest.mark.parametrize("authenticated", [True, False], ids=["authenticated", "anonymous"])
-def test_mail_auth_parameter_accepted(value, authenticated):
-    """A server offering AUTH MUST take MAIL's AUTH= even from a client that has not authenticated."""
+def test_mail_auth_parameter_accepted(value, decoded, authenticated):
+    """
+    A server offering AUTH MUST take MAIL's AUTH= even from a client that has
+    not authenticated, and then MUST behave as if it were AUTH=<> (RFC 4954 5):
+    hooks see the decoded submitter of an authenticated client, <> otherwise,
+    and the value sent in params (for logs).
+    """
     hooks = SeesMail()
     client = connect(hooks, auth_optional=True)
     if authenticated:
@@ -265,11 +271,23 @@ def test_mail_auth_parameter_accepted(value, authenticated):
     reply = client.command(f"MAIL FROM:<a@example.test> AUTH={value}")
     assert code(reply) == (250, "2.1.0")
     assert hooks.mail[0].params["AUTH"] == value
+    assert hooks.mail[0].submitter == (decoded if authenticated else "<>")
 
 
-@pytest.mark.parametrize("param", ["AUTH", "AUTH=a+4", "AUTH=a+0Db", "AUTH=a\u00e9"])
+def test_mail_without_auth_parameter_has_no_submitter():
+    """No AUTH= on MAIL: no submitter, authenticated or not."""
+    hooks = SeesMail()
+    client = connect(hooks, auth_optional=True)
+    assert client.command("AUTH PLAIN " + plain_ir()).code == 235
+    assert code(client.command("MAIL FROM:<a@example.test> SIZE=10")) == (250, "2.1.0")
+    assert code(client.command("RSET")) == (250, "2.0.0")
+    assert code(client.command("MAIL FROM:<a@example.test>")) == (250, "2.1.0")
+    assert [a.submitter for a in hooks.mail] == [None, None]
+
+
+@pytest.mark.parametrize("param", ["AUTH", "AUTH=a+4", "AUTH=a+0Db", "AUTH=a\u00e9", "AUTH=" + "a" * 501])
 def test_mail_auth_parameter_checked(param):
-    """AUTH= is xtext of a mailbox or <>: none, a bad escape, a control or 8-bit text is 501 5.5.4."""
+    """AUTH= is xtext: none, a bad escape, a control, 8-bit text or over 500 characters is 501 5.5.4."""
     client = connect(auth_optional=True)
     assert code(client.command(f"MAIL FROM:<a@example.test> {param}")) == (501, "5.5.4")
 

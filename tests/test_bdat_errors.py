@@ -65,8 +65,11 @@ def test_chunk_refused_without_rcpt_fails_the_transaction():
     client = greeted(hooks)
     client.send(b"MAIL FROM:<s@example.test>\r\nBDAT 3\r\nabcRCPT TO:<r@example.test>\r\nBDAT 3 LAST\r\ndef"
                 + MAIL_RCPT + bdat(b"hello"))
-    assert codes(client.replies()) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (554, "5.5.1"),
-                                       (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0")]
+    replies = client.replies()
+    assert codes(replies) == [(250, "2.1.0"), (554, "5.5.1"), (250, "2.1.5"), (554, "5.5.1"),
+                              (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0")]
+    assert "no valid recipients" in replies[1].text  # (a recipient was accepted by then: not the reason)
+    assert "an earlier chunk was refused" in replies[3].text
     assert hooks.bodies == [b"hello"]
 
 

@@ -192,7 +192,7 @@ def test_no_accepted_recipient_means_no_data(rcpt):
 
 
 def test_smtp_data_without_recipient_stays_554():
-    """SMTP may answer 554 or 503 there (RFC 5321 3.3); it keeps 554, as the operator's log shows."""
+    """SMTP may answer 554 or 503 there (RFC 5321 3.3); it keeps 554, the code it always gave."""
     server, _ = make_server(Recorder())
     client = TestClient(server)
     client.send(b"EHLO c.test\r\nMAIL FROM:<s@example.test>\r\nDATA\r\n")

@@ -229,16 +229,17 @@ def test_observer_results() -> None:
 
 def test_address_init_is_the_dataclasses() -> None:
     a = Address("a@b.test")
-    assert a.params == {} and a.notify is None and a.orcpt is None
+    assert a.params == {} and a.notify is None and a.orcpt is None and a.submitter is None
     assert Address("x@y.test").params is not Address("x@y.test").params  # a fresh dict each time
     b = Address("a@b.test", {"SIZE": "10"}, ("NEVER",), ("rfc822", "o@p.test"))
     assert b == Address(address="a@b.test", params={"SIZE": "10"}, notify=("NEVER",), orcpt=("rfc822", "o@p.test"))
     assert hash(a) == hash(Address("a@b.test", {"BODY": "8BITMIME"}))  # params are not hashed
-    assert repr(a) == "Address(address='a@b.test', params={}, notify=None, orcpt=None)"
+    assert repr(a) == "Address(address='a@b.test', params={}, notify=None, orcpt=None, submitter=None)"
+    assert Address("a@b.test", submitter="<>") == Address(address="a@b.test", submitter="<>") != a
     assert dataclasses.replace(b, address="c@d.test").params == {"SIZE": "10"}
     assert dataclasses.asdict(b)["orcpt"] == ("rfc822", "o@p.test")
     assert pickle.loads(pickle.dumps(b)) == b
-    assert [f.name for f in dataclasses.fields(Address)] == ["address", "params", "notify", "orcpt"]
+    assert [f.name for f in dataclasses.fields(Address)] == ["address", "params", "notify", "orcpt", "submitter"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.address = "x"  # type: ignore[misc]
     assert (str(b), b.local_part, b.domain) == ("a@b.test", "a", "b.test")

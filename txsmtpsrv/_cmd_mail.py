@@ -25,6 +25,8 @@ from ._outcome import hook_outcome, lmtp_outcomes
 from ._phases import COMMANDS, Phase, refusal
 from ._session import Address, Envelope
 
+#: What later chunks of a transaction get after one was refused for want of a recipient.
+_EARLIER_CHUNK_REFUSED = (554, "5.5.1", "Error: transaction failed: an earlier chunk was refused")
 # Enum member lookups cost ~0.4 us each on Python 3.11: the hot paths compare module constants.
 _COMMAND = Phase.COMMAND
 _TRANSACTION = Phase.TRANSACTION
@@ -101,7 +103,8 @@ class MailCommands(SessionCommands):
         if not mailbox.isascii() and not (values is not None and values[1]):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
-        address = Address(mailbox, params)
+        address = Address(mailbox, params) if values is None or values[6] is None else \
+            Address(mailbox, params, submitter=values[6])
 
         def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
             if value is None and error is None:  # the default answer: _answered's hot path, inline
@@ -113,7 +116,7 @@ class MailCommands(SessionCommands):
             env = s.envelope
             env.mail_from = address
             if values is not None:
-                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
+                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls, _ = values
             s.transaction += 1
             if self.phase is _COMMAND:
                 self.phase = _TRANSACTION
@@ -126,13 +129,15 @@ class MailCommands(SessionCommands):
             done(None, None, False)
 
     def _mail_params(self, params: Dict[str, Optional[str]]) -> Tuple[str, bool, Optional[int], Optional[str],
-                                                                     Optional[str], bool]:
+                                                                     Optional[str], bool, Optional[str]]:
         """
         Check MAIL parameters; the result is what they set in the envelope
-        once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls).
+        once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls),
+        and the sender's C{submitter}.
         """
         o = self.options
         body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls = "7BIT", False, None, None, None, False
+        submitter: Optional[str] = None
         if self.session.opening_command == "HELO":
             raise CommandError(555, "5.5.4", "Error: MAIL parameters need EHLO")
         for key, value in params.items():
@@ -167,10 +172,13 @@ class MailCommands(SessionCommands):
                     raise CommandError(501, "5.5.4", "Error: REQUIRETLS takes no value")
                 requiretls = True
             elif key == "AUTH" and self._auth_offered():
-                parse_auth_param(value)  # RFC 4954 5: accepted (checked), authenticated or not
+                # RFC 4954 5: taken from any client, but as AUTH=<> from one that did not authenticate.
+                submitter = parse_auth_param(value)
+                if self.session.user is None:
+                    submitter = "<>"
             elif key not in o.mail_params:
                 raise CommandError(555, "5.5.4", f"Error: unsupported MAIL parameter {key[:40]}")
-        return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls
+        return body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls, submitter
 
     # -- RCPT ---------------------------------------------------------------------
 
@@ -452,8 +460,10 @@ class MailCommands(SessionCommands):
         """A failed chunk ends a LAST transfer; otherwise later chunks get C{error} too."""
         if last:
             self._reset_transaction()
-        elif self._body or self.session.envelope.mail_from is not None:
-            # RFC 3030 2: the transaction failed. Also a chunk refused before a recipient was
-            # accepted: it is lost, so no later chunk may end the message without it.
-            self._bdat_error = error
+        elif self._body:
+            self._bdat_error = error  # RFC 3030 2: the transaction failed
+        elif self.session.envelope.mail_from is not None:
+            # A chunk refused before a recipient was accepted is lost, so no later chunk may
+            # end the message without it; "no valid recipients" would no longer be why.
+            self._bdat_error = _EARLIER_CHUNK_REFUSED
 

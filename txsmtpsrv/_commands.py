@@ -350,6 +350,8 @@ def parse_auth_param(value: Optional[str]) -> str:
     """
     if not value:
         raise CommandError(501, "5.5.4", "Error: AUTH= needs a mailbox or <>")
+    if len(value) > 500:  # RFC 4954 5 grants the MAIL line 500 more characters for it
+        raise CommandError(501, "5.5.4", "Error: AUTH= is too long")
     decoded = _xtext(value, "AUTH")
     if has_control(decoded):
         raise CommandError(501, "5.5.4", "Error: AUTH= must not contain control characters")

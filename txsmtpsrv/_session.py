@@ -38,9 +38,16 @@ class Address:
     notify: Optional[Tuple[str, ...]] = None
     #: DSN ORCPT (RFC 3461 4.2): C{(addr_type, decoded original address)}.
     orcpt: Optional[Tuple[str, str]] = None
+    #: MAIL's C{AUTH=} (RFC 4954 5) as the server must take it: the decoded
+    #: mailbox (or C{"<>"}) from a client that authenticated, C{"<>"} from any
+    #: other (whatever it sent: C{params["AUTH"]} keeps that, for logs);
+    #: C{None} when not given. Whether to trust an authenticated client's
+    #: claim, and pass it on when relaying, is the application's decision.
+    submitter: Optional[str] = None
 
     def __init__(self, address: str, params: Mapping[str, Optional[str]] = _NO_PARAMS,
-                 notify: Optional[Tuple[str, ...]] = None, orcpt: Optional[Tuple[str, str]] = None) -> None:
+                 notify: Optional[Tuple[str, ...]] = None, orcpt: Optional[Tuple[str, str]] = None,
+                 submitter: Optional[str] = None) -> None:
         # What the dataclass's __init__ does (object.__setattr__, it is
         # frozen), without its per-field global lookups and default-factory
         # test: two addresses are made per message (issue 13).
@@ -48,6 +55,7 @@ class Address:
         _set(self, "params", {} if params is _NO_PARAMS else params)
         _set(self, "notify", notify)
         _set(self, "orcpt", orcpt)
+        _set(self, "submitter", submitter)
 
     @property
     def local_part(self) -> str:
@@ -281,7 +289,7 @@ class Session:
     def transmission_type(self) -> str:
         """
         The C{with} keyword of a Received header (RFC 3848, RFC 6531):
-        SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP..., UTF8SMTP... .
+        SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP..., UTF8SMTP..., UTF8LMTP... .
         """
         if self.lmtp:
             base = "UTF8LMTP" if self.envelope.smtputf8 else "LMTP"
