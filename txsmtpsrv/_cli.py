@@ -249,9 +249,13 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_auth(self, description: str) -> None:
         """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
         kind, _, argument = description.partition(":")
-        if kind == "file" and not (os.path.isfile(argument) and os.access(argument, os.R_OK)):
-            why = "no such file" if not os.path.exists(argument) else "not a readable file"
-            raise usage.UsageError(f"--auth {description}: {why}")
+        if kind == "file":
+            # Absolute now, as --maildir: after --rundir's chdir, SIGHUP re-reads it and workers start there.
+            argument = absolute(argument)
+            description = f"file:{argument}"
+            if not (os.path.isfile(argument) and os.access(argument, os.R_OK)):
+                why = "no such file" if not os.path.exists(argument) else "not a readable file"
+                raise usage.UsageError(f"--auth {description}: {why}")
         try:
             checker = _limitopts.file_checker(description)  # file: is read once, into memory
             if checker is None:
