@@ -178,6 +178,8 @@ class Options(usage.Options, AuthOptionMixin):
         self["adopt"] = []
         self["auth"] = []
         self.hooksObject: Any = None
+        #: The working directory C{--hooks} was imported in (searched last), for the workers.
+        self.hooksDirectory: Optional[str] = None
         #: L{ServerOptions} keyword arguments, checked by L{postOptions}.
         self.serverKwargs: Dict[str, Any] = {}
 
@@ -299,6 +301,7 @@ class Options(usage.Options, AuthOptionMixin):
         check_server_kwargs(self, self.serverKwargs)
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
+            self.hooksDirectory = os.getcwd()
         _authres.post_options(self)
 
     def credentialCheckers(self) -> List[ICredentialsChecker]:

@@ -403,7 +403,8 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
             from ._metrics import process_dead
 
             on_exit = process_dead
-        pool = WorkerPool(reactor, shared, workers - 1, argv, worker_environment(),
+        search = [options.hooksDirectory] if options.hooksDirectory else []
+        pool = WorkerPool(reactor, shared, workers - 1, argv, worker_environment(search),
                           stop_timeout=server.options.close_timeout + 10.0, factory=server, on_exit=on_exit)
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         service.pool = pool

@@ -338,14 +338,20 @@ _REACTOR_NAMES = {
 }
 
 
-def worker_environment() -> Dict[str, str]:
-    """Our environment, with the directory we import txsmtpsrv from on PYTHONPATH."""
+def worker_environment(search: Sequence[str] = ()) -> Dict[str, str]:
+    """
+    Our environment, with the directory we import txsmtpsrv from on PYTHONPATH,
+    and after it C{search}: where the parent found modules it imported from its
+    working directory (C{--hooks}), since a worker starts after twistd's
+    C{--rundir} C{chdir}.
+    """
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     standard = set(site.getsitepackages()) | {site.getusersitepackages()}
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in standard and root not in paths:
         paths.insert(0, root)
+    paths += [p for p in search if p not in paths]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
