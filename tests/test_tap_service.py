@@ -8,6 +8,7 @@ values as usage errors, and stopping waiting for a transaction in progress.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import pytest
@@ -156,10 +157,12 @@ def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     client.send(b"Subject: x\r\n\r\nfirst half\r\n")
     stopped = service.stopService()
     assert not stopped.called
+    assert signal.getsignal(signal.SIGHUP) == service._hangup  # a SIGHUP now must not kill the transaction
     client.send(b"second half\r\n.\r\n")
     replies = client.replies()
     assert [r.code for r in replies] == [250, 421]
     client.disconnect()
     assert result(stopped) is None
+    assert signal.getsignal(signal.SIGHUP) == service._previous_hup
     [name] = os.listdir(tmp_path / "new")
     assert (tmp_path / "new" / name).read_bytes().endswith(b"first half\nsecond half\n")

@@ -186,11 +186,17 @@ class SMTPService(MultiService):
         except Exception as e:
             log.error("TLS reload failed, the previous certificates stay in use: {error}", error=str(e))
 
-    def stopService(self) -> "Deferred[None]":
-        """Stop listening (and the workers) and let transactions in progress finish."""
+    def _restore_signals(self) -> None:
         if self._hup_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._hup_installed = False
+
+    def stopService(self) -> "Deferred[None]":
+        """
+        Stop listening (and the workers) and let transactions in progress
+        finish. SIGHUP stays handled until they have: its default action
+        would kill them (and leave the pid file behind).
+        """
         children = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         closing = maybeDeferred(self.server.close)
         d = DeferredList([children, closing], consumeErrors=True)
@@ -199,6 +205,7 @@ class SMTPService(MultiService):
             for ok, value in results:
                 if not ok:
                     log.failure("error while stopping txsmtpsrv", value)
+            self._restore_signals()
             for cleanup in self.cleanups:
                 cleanup()
 
