@@ -95,6 +95,19 @@ class _AnnouncingEndpoint:
         return port
 
 
+class ListenError(Exception, SystemExit):
+    """
+    A port that cannot be bound, under twistd: exit status 1 without a traceback
+    (a C{SystemExit}), and an C{Exception}, which twistd reports: daemonising,
+    it passes this text to the waiting C{twistd} command and removes the pid
+    file (a bare C{SystemExit} left that command waiting for ever).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1  # the message is in the log already: exit quietly
+
+
 class _Listener(StreamServerEndpointService):
     """A listening service that says when its socket is closed (clients are refused from then on)."""
 
@@ -115,7 +128,8 @@ class _Listener(StreamServerEndpointService):
                 raise
             log.critical("twistd smtpsrv: error: cannot listen on {description}: {error}",
                          description=self.description, error=str(e))
-            raise SystemExit(1) from None
+            why = getattr(getattr(e, "socketError", None), "strerror", None) or str(e)
+            raise ListenError(f"cannot listen on {self.description}: {why}") from None
 
     def stopService(self) -> "Deferred[None]":
         d: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
