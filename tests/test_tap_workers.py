@@ -253,6 +253,18 @@ def test_worker_logs_are_relayed():
     assert json.loads(eventAsJSON(relayed))["worker_pid"] == 4242
 
 
+def test_relayed_worker_lines_keep_their_format_specs():
+    """A worker's summary line reads as the parent's: duration=0.013s, not the float's every digit."""
+    protocol = _WorkerProtocol(None, 1)  # type: ignore[arg-type]
+    protocol.makeConnection(FakeProcessTransport(4242))
+    event = {"log_format": "accepted={accepted} duration={duration:.3f}s", "accepted": 1,
+             "duration": 0.01322174072265625, "log_level": LogLevel.info, "log_namespace": "x.y", "log_time": 1.0}
+    with capturedLogs() as events:
+        protocol.childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode())
+    [relayed] = events
+    assert formatEvent(relayed) == "accepted=1 duration=0.013s"
+
+
 class StoppableReactor:
     """Records addReader/removeReader and stop()."""
 

@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._adopted import FAMILIES  # --adopt FD:FAMILY names, as in adopted: strings
+from ._logging import apply_format_specs
 from ._tlsimplicit import wrap_server_tls  # smtps: on our TLS layer where it is plain TCP
 
 #: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
@@ -400,6 +401,7 @@ class _WorkerProtocol(ProcessProtocol):
             except ValueError:
                 event = None
             if isinstance(event, dict):
+                apply_format_specs(event)
                 if event.get("log_format") == READY and not self.ready:
                     self.pool._worker_ready(self)
                 event["worker_pid"] = self.pid
