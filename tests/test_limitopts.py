@@ -343,3 +343,15 @@ def test_relative_auth_file_is_made_absolute(tmp_path, monkeypatch):
     checker._pooled.call = lambda f, *args: defer.maybeDeferred(f, *args)  # the pool's work, inline
     checker.reload()
     assert checker.table is not table and len(checker.table) == 2
+
+
+def test_two_auth_files_are_refused(tmp_path):
+    """
+    The portal would ask only the last checker for passwords (the first file's users
+    getting 535): a second --auth of the same kind is a start-up error instead.
+    """
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(f"{name}:secret\n")
+    with pytest.raises(usage.UsageError) as e:
+        parse("--maildir", str(tmp_path), "--auth", f"file:{tmp_path / 'a'}", "--auth", f"file:{tmp_path / 'b'}")
+    assert str(e.value).startswith(f"--auth file:{tmp_path / 'a'} and --auth file:{tmp_path / 'b'} check the same")

@@ -268,6 +268,7 @@ class Options(usage.Options, AuthOptionMixin):
             raise usage.UsageError(str(e)) from None
         except usage.UsageError as e:
             raise usage.UsageError(f"--auth {description}: {e}") from None
+        _one_checker_per_kind(self, description)
         self["auth"].append(description)
 
     def postOptions(self) -> None:
@@ -307,6 +308,20 @@ class Options(usage.Options, AuthOptionMixin):
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
         return list(self.get("credCheckers", []))
+
+
+def _one_checker_per_kind(options: Options, description: str) -> None:
+    """
+    The portal asks one checker per kind of credentials, the last registered:
+    a second --auth for user names and passwords would silently shut out the
+    first one's users, so it is refused.
+    """
+    *earlier, new = options["credCheckers"]
+    kinds = set(new.credentialInterfaces) & set(Options.supportedInterfaces)  # the ones SMTP AUTH uses
+    for checker, given in zip(earlier, options["auth"]):
+        if kinds & set(checker.credentialInterfaces):
+            raise usage.UsageError(f"--auth {given} and --auth {description} check the same kind of "
+                                   f"credentials, and only one of them would be asked: give one")
 
 
 def server_kwargs(options: Any) -> Dict[str, Any]:
