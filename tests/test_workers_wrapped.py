@@ -60,6 +60,16 @@ def test_unix_socket_is_bound_once_and_removed(tmp_path):
     assert not path.exists()
 
 
+def test_unix_socket_positional_mode_as_twisted_reads_it(tmp_path):
+    """unix:PATH:600:7 is mode 600 and backlog 7 (Twisted's order), as without --workers: not a 0666 socket."""
+    path = tmp_path / "s.sock"
+    port = SharedPort.bind(f"unix:{path}:600:7", 2)
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        port.close()
+
+
 def served(pids_file: Path) -> set:
     return {int(line) for line in pids_file.read_text().split()}
 

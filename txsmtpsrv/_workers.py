@@ -203,9 +203,9 @@ def split_wrappers(description: str) -> Tuple[str, str]:
 
 
 def _unix_address(description: str) -> Tuple[str, int, int]:
-    """C{(path, mode, backlog)} of a C{unix:} endpoint string."""
+    """C{(path, mode, backlog)} of a C{unix:} endpoint string (positional arguments in Twisted's order)."""
     args, kwargs = _endpoint_arguments(description)
-    names = ["address", "backlog", "mode", "lockfile"]
+    names = ["address", "mode", "backlog", "lockfile"]
     values = {"backlog": "50", "mode": "666", "lockfile": "0"}
     if len(args) - 1 > len(names) or set(kwargs) - set(names) - {"wantPID"}:
         raise usage.UsageError(f"--listen {description}: unexpected arguments for --workers")
