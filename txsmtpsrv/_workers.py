@@ -486,7 +486,10 @@ class WorkerPool(Service):
         protocol = _WorkerProtocol(self, index)
         self.workers[index] = protocol
         argv = self.worker_argv()
-        self._reactor.spawnProcess(protocol, argv[0], argv, env=self._env, childFDs=child_fds)
+        try:
+            self._reactor.spawnProcess(protocol, argv[0], argv, env=self._env, childFDs=child_fds)
+        except Exception:  # fork failed (EAGAIN, ENOMEM): as a worker that died, or its socket goes unserved
+            self._worker_ended(protocol, Failure())
 
     def reload(self) -> None:
         """Forward a certificate reload (SIGHUP) to every worker, now or once it is ready."""
