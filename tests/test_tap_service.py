@@ -138,6 +138,17 @@ def test_auth_checkers_are_wired(tmp_path):
     assert "PLAIN" in authenticator.mechanisms
 
 
+def test_reload_without_tls_makes_no_certificate(tmp_path):
+    """
+    SIGHUP (say, to re-read --auth) under --hide-starttls: no development certificate
+    is made, and the log does not say one is in use or that TLS was reloaded.
+    """
+    service = makeService(parse("--maildir", str(tmp_path / "md"), "--hide-starttls"), reactor=MemoryReactorClock())
+    with capturedLogs() as events:
+        service.reload()
+    assert not [formatEvent(e) for e in events if "TLS" in formatEvent(e) or "certificate" in formatEvent(e)]
+
+
 def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     """Stopping lets an accepted transaction finish (its 250 goes out), then closes with 421."""
     from txsmtpsrv import _diskio
