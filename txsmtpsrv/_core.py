@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 from ._actions import ActionQueue
 from ._errors import format_reply
 from ._outcome import LOCAL_ERROR, Outcome, hook_outcome
-from ._phases import COMMAND_PHASES, Phase, refusal
+from ._phases import Phase, refusal
 from ._reader import CommandReader
 from ._session import Session
 
@@ -324,9 +324,16 @@ class CoreBase:
         """
         A 421 said on our own: when it is the client's turn to send a command, it
         answers none (not a DATA answered 250 already, then counted refused).
+        Between two BDAT chunks it cuts the message short: BDAT's answer, as
+        mid-chunk or mid-DATA (whatever command came last, a NOOP say).
         """
-        if self.phase in COMMAND_PHASES and not self.holds & _OURS:
+        if self.holds & _OURS:
+            return
+        phase = self.phase
+        if phase is _COMMAND or phase is _TRANSACTION:
             self._verb = "CONNECT"
+        elif phase is _BETWEEN_CHUNKS:
+            self._verb = "BDAT"
 
     @property
     def hook_pending(self) -> bool:
