@@ -143,3 +143,18 @@ def test_workers_find_hooks_in_the_parents_directory(tmp_path, monkeypatch):
         for cleanup in service.cleanups:  # the shared development certificate's directory
             cleanup()
         sys.modules.pop(name, None)
+
+
+def test_workers_find_hooks_on_a_relative_pythonpath(tmp_path, monkeypatch):
+    """
+    PYTHONPATH=lib found the --hooks module here (Python made the entry absolute on
+    sys.path); the workers, started after --rundir's chdir, get it absolute too.
+    """
+    from txsmtpsrv._workers import worker_environment
+
+    (tmp_path / "lib").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["lib", str(tmp_path / "other")]))
+    paths = worker_environment()["PYTHONPATH"].split(os.pathsep)
+    assert str(tmp_path / "lib") in paths and "lib" not in paths
+    assert str(tmp_path / "other") in paths

@@ -344,12 +344,12 @@ def worker_environment(search: Sequence[str] = ()) -> Dict[str, str]:
     Our environment, with the directory we import txsmtpsrv from on PYTHONPATH,
     and after it C{search}: where the parent found modules it imported from its
     working directory (C{--hooks}), since a worker starts after twistd's
-    C{--rundir} C{chdir}.
+    C{--rundir} C{chdir} (relative PYTHONPATH entries are made absolute too).
     """
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     standard = set(site.getsitepackages()) | {site.getusersitepackages()}
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in standard and root not in paths:
         paths.insert(0, root)
     paths += [p for p in search if p not in paths]
