@@ -126,3 +126,19 @@ def test_workers_serve_unix_proxy_and_smtps(tmp_path):
         assert not sock_path.exists()  # the parent removed its socket file
     finally:
         server.kill()
+
+
+def test_relative_unix_socket_is_removed_where_it_was_bound(tmp_path, monkeypatch):
+    """
+    unix:rel.sock is bound before twistd's --rundir chdir and closed after it:
+    the socket file goes, and a file of that name in the new directory stays.
+    """
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "rundir").mkdir()
+    monkeypatch.chdir(tmp_path / "launch")
+    port = SharedPort.bind("unix:rel.sock", 2)
+    monkeypatch.chdir(tmp_path / "rundir")
+    (tmp_path / "rundir" / "rel.sock").write_text("not ours")
+    port.close()
+    assert not (tmp_path / "launch" / "rel.sock").exists()
+    assert (tmp_path / "rundir" / "rel.sock").read_text() == "not ours"

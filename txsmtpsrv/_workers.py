@@ -294,7 +294,7 @@ class SharedPort:
         prefix, inner = split_wrappers(description)
         if inner.split(":", 1)[0].lower() == "unix":
             return cls(description, socket.AF_UNIX, [_bind_unix(description, inner)], prefix,
-                       _unix_address(inner)[0])
+                       os.path.abspath(_unix_address(inner)[0]))  # removed after --rundir's chdir
         family, interface, port, backlog = shareable_address(inner)
         reuse_port = hasattr(socket, "SO_REUSEPORT")
         sockets: List[socket.socket] = []
