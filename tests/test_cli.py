@@ -200,6 +200,31 @@ def test_twistd_port_in_use_is_one_line(tmp_path):
     assert "Address already in use" in line and "Traceback" not in text
 
 
+def test_daemon_port_in_use_fails_the_start(tmp_path):
+    """
+    Daemonising (no -n), a port that cannot be bound is reported by the twistd
+    command, which exits 1, and the pid file is removed: it used to wait for ever.
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                                 f"--pidfile={pidfile}", f"--logfile={logfile}", "smtpsrv",
+                                 "-l", f"tcp:{port}:interface=127.0.0.1"], cwd=tmp_path, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, (out, err)
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use" in err.decode()
+    assert not pidfile.exists()
+    assert f"twistd smtpsrv: error: cannot listen on tcp:{port}:interface=127.0.0.1: " in logfile.read_text()
+
+
 def test_failed_start_leaves_no_temporary_directories(tmp_path, monkeypatch):
     """makeService failing after making its temporary directories removes them again."""
     import tempfile

@@ -7,6 +7,7 @@ read once into memory, SIGHUP re-reading it, and --workers passing it all on.
 from __future__ import annotations
 
 import pytest
+from twisted.internet import defer
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -322,3 +323,35 @@ def test_library_defaults():
     assert (o.max_auth_failures_per_ip, o.max_auth_failures_per_user, o.auth_failure_window,
             o.auth_failure_delay, o.auth_failure_max_delay) == (0, 0, 300.0, 0.0, 30.0)
     assert o.connection_limit_exceptions == ()
+
+
+def test_relative_auth_file_is_made_absolute(tmp_path, monkeypatch):
+    """
+    --auth file:users is read again on SIGHUP and by every worker, after twistd's
+    --rundir chdir: it names the file in the directory it was given in.
+    """
+    (tmp_path / "users").write_text("alice:secret\n")
+    options = parse("--maildir", str(tmp_path), "--auth", "file:users", "--workers", "2")
+    [checker] = options.credentialCheckers()
+    assert options["auth"] == [f"file:{tmp_path / 'users'}"]
+    assert f"--auth=file:{tmp_path / 'users'}" in worker_arguments(options)
+    elsewhere = tmp_path / "rundir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tmp_path / "users").write_text("alice:secret\nbob:other\n")
+    table = checker.table
+    checker._pooled.call = lambda f, *args: defer.maybeDeferred(f, *args)  # the pool's work, inline
+    checker.reload()
+    assert checker.table is not table and len(checker.table) == 2
+
+
+def test_two_auth_files_are_refused(tmp_path):
+    """
+    The portal would ask only the last checker for passwords (the first file's users
+    getting 535): a second --auth of the same kind is a start-up error instead.
+    """
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(f"{name}:secret\n")
+    with pytest.raises(usage.UsageError) as e:
+        parse("--maildir", str(tmp_path), "--auth", f"file:{tmp_path / 'a'}", "--auth", f"file:{tmp_path / 'b'}")
+    assert str(e.value).startswith(f"--auth file:{tmp_path / 'a'} and --auth file:{tmp_path / 'b'} check the same")

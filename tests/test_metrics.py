@@ -183,3 +183,85 @@ def test_twistd_workers_one_scrape_shows_every_process(tmp_path):
         assert not directory.exists()  # the multiprocess files go with the server
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("end", ["timeout", "shutdown"])
+def test_421_after_an_accepted_message_is_not_a_refused_one(end):
+    """
+    A client idle after its 250 (a timeout, or the server stopping) gets a 421 that
+    answers no command: the summary and the metrics still say one message accepted,
+    none refused, and no DATA answered 4xx. (A timeout in the body is DATA's answer.)
+    """
+    from twisted.logger import capturedLogs
+
+    from tests.test_oplog import text_lines
+
+    registry = CollectorRegistry()
+    server, clock = make_server(Policy(), auth_optional=True)
+    ServerMetrics(registry).observe(server)
+    with capturedLogs() as events:
+        client = TestClient(server, peer=("198.51.100.7", 1))
+        if end == "timeout":
+            stalled = TestClient(server, peer=("198.51.100.8", 1))
+            stalled.ehlo()
+            for line, code in (("MAIL FROM:<a@x.test>", 250), ("RCPT TO:<b@x.test>", 250), ("DATA", 354)):
+                assert stalled.command(line).code == code
+            stalled.send(b"Subject: never finished\r\n")
+        replies = client.sendmail("a@x.test", ["b@x.test"], b"Subject: m\r\n\r\nhello\r\n")
+        assert [r.code for r in replies] == [250, 250, 250, 354, 250]
+        if end == "timeout":
+            clock.advance(server.options.socket_timeout + 1)
+            assert [r.code for r in stalled.replies()] == [421]
+            stalled.disconnect()
+        else:
+            server.close()
+        assert [r.code for r in client.replies()] == [421]
+        client.disconnect()
+    assert value(registry, "txsmtpsrv_messages_total", outcome="accepted") == 1
+    assert value(registry, "txsmtpsrv_commands_total", verb="DATA", reply_class="2xx") == 1
+    summaries = {line.split("client=")[1].split()[0]: line
+                 for line in text_lines(events) if "connection closed:" in line}
+    assert "accepted=1 refused=0" in summaries["198.51.100.7"], summaries
+    stalled_refused = 1 if end == "timeout" else 0  # the unfinished body: DATA answered 421
+    if end == "timeout":
+        assert "accepted=0 refused=1" in summaries["198.51.100.8"], summaries
+    assert value(registry, "txsmtpsrv_messages_total", outcome="refused") == stalled_refused
+    assert value(registry, "txsmtpsrv_commands_total", verb="DATA", reply_class="4xx") == stalled_refused
+
+
+@pytest.mark.parametrize("end", ["timeout", "force_close"])
+@pytest.mark.parametrize("noop", [False, True])
+def test_421_between_bdat_chunks_refuses_the_message(end, noop):
+    """
+    A 421 between two BDAT chunks cuts the message short: a refused message and
+    BDAT answered 4xx, as one mid-chunk or mid-DATA is (even after a NOOP there),
+    not a 421 that answers no command.
+    """
+    from twisted.logger import capturedLogs
+
+    from tests.test_oplog import text_lines
+
+    registry = CollectorRegistry()
+    server, clock = make_server(Policy(), auth_optional=True)
+    ServerMetrics(registry).observe(server)
+    with capturedLogs() as events:
+        client = TestClient(server, peer=("198.51.100.7", 1))
+        client.ehlo()
+        for line, code in (("MAIL FROM:<a@x.test>", 250), ("RCPT TO:<b@x.test>", 250)):
+            assert client.command(line).code == code
+        client.send(b"BDAT 5\r\nhello")
+        if noop:
+            client.send(b"NOOP\r\n")
+        assert [r.code for r in client.replies()] == ([250, 250] if noop else [250])
+        if end == "timeout":
+            clock.advance(server.options.socket_timeout + 1)
+        else:
+            server.close()
+            clock.advance(server.options.close_timeout + 1)
+        assert [r.code for r in client.replies()] == [421]
+        client.disconnect()
+    [summary] = [line for line in text_lines(events) if "connection closed:" in line]
+    assert "accepted=0 refused=1" in summary
+    assert value(registry, "txsmtpsrv_messages_total", outcome="refused") == 1
+    assert value(registry, "txsmtpsrv_commands_total", verb="BDAT", reply_class="4xx") == 1
+    assert value(registry, "txsmtpsrv_commands_total", verb="CONNECT", reply_class="4xx") == 0

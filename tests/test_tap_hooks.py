@@ -8,6 +8,7 @@ to every layer.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -118,3 +119,42 @@ def test_on_close_goes_to_every_layer():
         result(LayeredHooks(A(), B()).on_close("session"))
     assert calls == ["a", "b"]
     assert any("on_close hook failed" in formatEvent(e) for e in events)
+
+
+def test_workers_find_hooks_in_the_parents_directory(tmp_path, monkeypatch):
+    """
+    A --hooks module found in the working directory is found by the workers too:
+    they start after twistd's --rundir chdir, so the directory goes on their
+    PYTHONPATH.
+    """
+    name = "txsmtpsrv_test_rundir_policy"
+    write_module(tmp_path, name, POLICY)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    options = parse("--hooks", f"{name}:Policy", "--workers", "2", "-l", "tcp:0:interface=127.0.0.1",
+                    "--maildir", str(tmp_path / "md"))
+    service = makeService(options, reactor=MemoryReactorClock())
+    pool = service.pool
+    try:
+        assert str(tmp_path) in pool._env["PYTHONPATH"].split(os.pathsep)
+    finally:
+        for port in pool.ports:
+            port.close()
+        for cleanup in service.cleanups:  # the shared development certificate's directory
+            cleanup()
+        sys.modules.pop(name, None)
+
+
+def test_workers_find_hooks_on_a_relative_pythonpath(tmp_path, monkeypatch):
+    """
+    PYTHONPATH=lib found the --hooks module here (Python made the entry absolute on
+    sys.path); the workers, started after --rundir's chdir, get it absolute too.
+    """
+    from txsmtpsrv._workers import worker_environment
+
+    (tmp_path / "lib").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["lib", str(tmp_path / "other")]))
+    paths = worker_environment()["PYTHONPATH"].split(os.pathsep)
+    assert str(tmp_path / "lib") in paths and "lib" not in paths
+    assert str(tmp_path / "other") in paths

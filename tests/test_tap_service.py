@@ -8,6 +8,7 @@ values as usage errors, and stopping waiting for a transaction in progress.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import pytest
@@ -137,6 +138,17 @@ def test_auth_checkers_are_wired(tmp_path):
     assert "PLAIN" in authenticator.mechanisms
 
 
+def test_reload_without_tls_makes_no_certificate(tmp_path):
+    """
+    SIGHUP (say, to re-read --auth) under --hide-starttls: no development certificate
+    is made, and the log does not say one is in use or that TLS was reloaded.
+    """
+    service = makeService(parse("--maildir", str(tmp_path / "md"), "--hide-starttls"), reactor=MemoryReactorClock())
+    with capturedLogs() as events:
+        service.reload()
+    assert not [formatEvent(e) for e in events if "TLS" in formatEvent(e) or "certificate" in formatEvent(e)]
+
+
 def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     """Stopping lets an accepted transaction finish (its 250 goes out), then closes with 421."""
     from txsmtpsrv import _diskio
@@ -156,10 +168,12 @@ def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     client.send(b"Subject: x\r\n\r\nfirst half\r\n")
     stopped = service.stopService()
     assert not stopped.called
+    assert signal.getsignal(signal.SIGHUP) == service._hangup  # a SIGHUP now must not kill the transaction
     client.send(b"second half\r\n.\r\n")
     replies = client.replies()
     assert [r.code for r in replies] == [250, 421]
     client.disconnect()
     assert result(stopped) is None
+    assert signal.getsignal(signal.SIGHUP) == service._previous_hup
     [name] = os.listdir(tmp_path / "new")
     assert (tmp_path / "new" / name).read_bytes().endswith(b"first half\nsecond half\n")

@@ -205,6 +205,42 @@ def test_pool_backs_off_and_serves_a_dead_workers_socket(pool):
     assert call.getTime() - reactor.seconds() == pool.restart_delay
 
 
+def test_pool_retries_a_worker_it_could_not_fork(pool):
+    """
+    A failed fork (out of memory, process limit) is a worker that died: the parent
+    serves its socket and tries again later; stopping does not wait for it.
+    """
+    reactor, pool = pool
+    adopted: List[Any] = []
+
+    class Listening:
+        def stopListening(self):
+            pass
+
+    reactor.adoptStreamPort = lambda fd, family, factory: adopted.append(fd) or Listening()
+    pool._factory = object()
+    spawn = reactor.spawnProcess
+
+    def fork_fails(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    reactor.spawnProcess = fork_fails
+    with capturedLogs() as events:
+        pool.startService()
+    assert [e["index"] for e in events if e["log_level"] == LogLevel.error] == [1, 2]
+    assert adopted == [s.fileno() for s in pool.ports[0].sockets[1:]] and pool.workers == {}
+    reactor.spawnProcess = spawn
+    reactor.advance(pool.restart_delay)
+    assert len(reactor.spawned) == 2
+    reactor.spawnProcess = fork_fails
+    with capturedLogs():
+        end(reactor.spawned[0], 1)
+        reactor.advance(pool.restart_delay * 2)  # the second failure in a row: the back-off doubled
+    d = pool.stopService()
+    end(reactor.spawned[1])
+    assert result(d) is None
+
+
 def test_pool_stop_terminates_and_waits(pool):
     """Stopping sends SIGTERM, closes the parent's sockets and fires once every worker ended."""
     reactor, pool = pool
@@ -251,6 +287,18 @@ def test_worker_logs_are_relayed():
     assert formatEvent(plain) == "worker 4242: not json"
     assert formatEvent(err) == "worker 4242: Traceback (most recent call last):"
     assert json.loads(eventAsJSON(relayed))["worker_pid"] == 4242
+
+
+def test_relayed_worker_lines_keep_their_format_specs():
+    """A worker's summary line reads as the parent's: duration=0.013s, not the float's every digit."""
+    protocol = _WorkerProtocol(None, 1)  # type: ignore[arg-type]
+    protocol.makeConnection(FakeProcessTransport(4242))
+    event = {"log_format": "accepted={accepted} duration={duration:.3f}s", "accepted": 1,
+             "duration": 0.01322174072265625, "log_level": LogLevel.info, "log_namespace": "x.y", "log_time": 1.0}
+    with capturedLogs() as events:
+        protocol.childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode())
+    [relayed] = events
+    assert formatEvent(relayed) == "accepted=1 duration=0.013s"
 
 
 class StoppableReactor:

@@ -60,6 +60,16 @@ def test_unix_socket_is_bound_once_and_removed(tmp_path):
     assert not path.exists()
 
 
+def test_unix_socket_positional_mode_as_twisted_reads_it(tmp_path):
+    """unix:PATH:600:7 is mode 600 and backlog 7 (Twisted's order), as without --workers: not a 0666 socket."""
+    path = tmp_path / "s.sock"
+    port = SharedPort.bind(f"unix:{path}:600:7", 2)
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        port.close()
+
+
 def served(pids_file: Path) -> set:
     return {int(line) for line in pids_file.read_text().split()}
 
@@ -116,3 +126,19 @@ def test_workers_serve_unix_proxy_and_smtps(tmp_path):
         assert not sock_path.exists()  # the parent removed its socket file
     finally:
         server.kill()
+
+
+def test_relative_unix_socket_is_removed_where_it_was_bound(tmp_path, monkeypatch):
+    """
+    unix:rel.sock is bound before twistd's --rundir chdir and closed after it:
+    the socket file goes, and a file of that name in the new directory stays.
+    """
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "rundir").mkdir()
+    monkeypatch.chdir(tmp_path / "launch")
+    port = SharedPort.bind("unix:rel.sock", 2)
+    monkeypatch.chdir(tmp_path / "rundir")
+    (tmp_path / "rundir" / "rel.sock").write_text("not ours")
+    port.close()
+    assert not (tmp_path / "launch" / "rel.sock").exists()
+    assert (tmp_path / "rundir" / "rel.sock").read_text() == "not ours"

@@ -178,6 +178,8 @@ class Options(usage.Options, AuthOptionMixin):
         self["adopt"] = []
         self["auth"] = []
         self.hooksObject: Any = None
+        #: The working directory C{--hooks} was imported in (searched last), for the workers.
+        self.hooksDirectory: Optional[str] = None
         #: L{ServerOptions} keyword arguments, checked by L{postOptions}.
         self.serverKwargs: Dict[str, Any] = {}
 
@@ -249,9 +251,13 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_auth(self, description: str) -> None:
         """Offer SMTP AUTH, checking credentials with a twisted.cred checker, e.g. --auth file:/etc/smtp.passwd (lines user:password); see --help-auth. Clients must then authenticate to send mail unless --auth-optional."""  # noqa: E501
         kind, _, argument = description.partition(":")
-        if kind == "file" and not (os.path.isfile(argument) and os.access(argument, os.R_OK)):
-            why = "no such file" if not os.path.exists(argument) else "not a readable file"
-            raise usage.UsageError(f"--auth {description}: {why}")
+        if kind == "file":
+            # Absolute now, as --maildir: after --rundir's chdir, SIGHUP re-reads it and workers start there.
+            argument = absolute(argument)
+            description = f"file:{argument}"
+            if not (os.path.isfile(argument) and os.access(argument, os.R_OK)):
+                why = "no such file" if not os.path.exists(argument) else "not a readable file"
+                raise usage.UsageError(f"--auth {description}: {why}")
         try:
             checker = _limitopts.file_checker(description)  # file: is read once, into memory
             if checker is None:
@@ -262,6 +268,7 @@ class Options(usage.Options, AuthOptionMixin):
             raise usage.UsageError(str(e)) from None
         except usage.UsageError as e:
             raise usage.UsageError(f"--auth {description}: {e}") from None
+        _one_checker_per_kind(self, description)
         self["auth"].append(description)
 
     def postOptions(self) -> None:
@@ -295,11 +302,26 @@ class Options(usage.Options, AuthOptionMixin):
         check_server_kwargs(self, self.serverKwargs)
         if self["hooks"]:
             self.hooksObject = _load_hooks_target(self["hooks"])
+            self.hooksDirectory = os.getcwd()
         _authres.post_options(self)
 
     def credentialCheckers(self) -> List[ICredentialsChecker]:
         """The checkers given with --auth, in order."""
         return list(self.get("credCheckers", []))
+
+
+def _one_checker_per_kind(options: Options, description: str) -> None:
+    """
+    The portal asks one checker per kind of credentials, the last registered:
+    a second --auth for user names and passwords would silently shut out the
+    first one's users, so it is refused.
+    """
+    *earlier, new = options["credCheckers"]
+    kinds = set(new.credentialInterfaces) & set(Options.supportedInterfaces)  # the ones SMTP AUTH uses
+    for checker, given in zip(earlier, options["auth"]):
+        if kinds & set(checker.credentialInterfaces):
+            raise usage.UsageError(f"--auth {given} and --auth {description} check the same kind of "
+                                   f"credentials, and only one of them would be asked: give one")
 
 
 def server_kwargs(options: Any) -> Dict[str, Any]:

@@ -162,8 +162,8 @@ class CoreBase:
         # (value, error, timed_out, the driver's record of the error for logs)
         self._data_outcome: Optional[Tuple[Any, Optional[BaseException], bool, Any]] = None
         self._asking: Optional[int] = None
-        # The verb the next replies answer, for the "reply" observers
-        # (CONNECT for the greeting, UNKNOWN for what is not a command).
+        # The verb the next replies answer, for the "reply" observers (CONNECT for
+        # the greeting and what is said between commands, UNKNOWN for what is not a command).
         self._verb = "CONNECT"
         self.byte_length = 0
         self.refused_for_size = False  # the body went past the size limit and the server refuses that
@@ -315,9 +315,25 @@ class CoreBase:
             self._cancel_all()
             self.actions.append((ABORT,))
             return None
+        self._unprompted()
         self._reply(421, "4.4.2", f"{o.name} Error: timeout exceeded")
         self._close()
         return None
+
+    def _unprompted(self) -> None:
+        """
+        A 421 said on our own: when it is the client's turn to send a command, it
+        answers none (not a DATA answered 250 already, then counted refused).
+        Between two BDAT chunks it cuts the message short: BDAT's answer, as
+        mid-chunk or mid-DATA (whatever command came last, a NOOP say).
+        """
+        if self.holds & _OURS:
+            return
+        phase = self.phase
+        if phase is _COMMAND or phase is _TRANSACTION:
+            self._verb = "CONNECT"
+        elif phase is _BETWEEN_CHUNKS:
+            self._verb = "BDAT"
 
     @property
     def hook_pending(self) -> bool:
@@ -534,6 +550,7 @@ class CoreBase:
         return True
 
     def _say_shutting_down(self) -> None:
+        self._unprompted()
         self._reply(421, "4.3.2", f"{self.options.name} Service shutting down")
         self._close()
 

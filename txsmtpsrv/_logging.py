@@ -20,13 +20,16 @@ line is only built when one would.
 from __future__ import annotations
 
 from functools import partial
+from string import Formatter
 from typing import Any, Dict, Tuple
 
 from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, LogPublisher
 from twisted.logger._filter import shouldLogEvent
+from twisted.logger._flatten import KeyFlattener
 from twisted.logger._observer import bitbucketLogObserver
 
-__all__ = ["SessionLogger", "session_system", "observer_wants", "instance_logger_wants", "log_prefix"]
+__all__ = ["SessionLogger", "session_system", "observer_wants", "instance_logger_wants", "log_prefix",
+           "apply_format_specs"]
 
 
 def log_prefix(obj: Any) -> str:
@@ -156,3 +159,26 @@ class SessionLogger(Logger):
     def wants(self, level: Any) -> bool:
         """Whether an event of C{level} from this logger might be kept (see L{observer_wants})."""
         return observer_wants(self.observer, level, self.namespace)
+
+
+def apply_format_specs(event: Dict[str, Any]) -> None:
+    """
+    An event read back from Twisted's JSON log (a worker's, relayed) is
+    formatted from its flattened fields, each C{str(value)} without the
+    format spec: the summary's C{duration={duration:.3f}s} read
+    C{duration=0.01322174072265625s}. Format those fields again from the
+    values the flattening kept beside them (as C{flattenEvent} names both).
+    """
+    flattened, text = event.get("log_flattened"), event.get("log_format")
+    if not isinstance(flattened, dict) or not isinstance(text, str) or ":" not in text:
+        return
+    shown, kept = KeyFlattener(), KeyFlattener()
+    for _, name, spec, conversion in Formatter().parse(text):
+        if name is None:
+            continue
+        key, value_key = shown.flatKey(name, spec, conversion or "s"), kept.flatKey(name, spec, "")
+        if spec and not conversion and value_key in flattened:
+            try:
+                flattened[key] = format(flattened[value_key], spec)
+            except (TypeError, ValueError):
+                pass  # not the type it was (a value JSON could not keep): its str() stays

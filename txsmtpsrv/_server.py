@@ -243,8 +243,13 @@ class SMTPServer(ServerFactory):
     def reload_tls(self, config: Any = None) -> None:
         """
         Use new certificates (a L{TLSConfig}; C{None} re-reads the files) for
-        new connections; established ones keep theirs.
+        new connections; established ones keep theirs. Without a config, a
+        server that has not loaded TLS (C{hide_starttls}, no implicit TLS)
+        has nothing to re-read: it does not make a development certificate
+        for a SIGHUP.
         """
+        if config is None and self._tls_holder is None:
+            return  # whatever first uses TLS reads the files then
         self.tls.reload(config)
 
     # -- listening and closing ---------------------------------------------------

@@ -95,6 +95,19 @@ class _AnnouncingEndpoint:
         return port
 
 
+class ListenError(Exception, SystemExit):
+    """
+    A port that cannot be bound, under twistd: exit status 1 without a traceback
+    (a C{SystemExit}), and an C{Exception}, which twistd reports: daemonising,
+    it passes this text to the waiting C{twistd} command and removes the pid
+    file (a bare C{SystemExit} left that command waiting for ever).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1  # the message is in the log already: exit quietly
+
+
 class _Listener(StreamServerEndpointService):
     """A listening service that says when its socket is closed (clients are refused from then on)."""
 
@@ -115,7 +128,8 @@ class _Listener(StreamServerEndpointService):
                 raise
             log.critical("twistd smtpsrv: error: cannot listen on {description}: {error}",
                          description=self.description, error=str(e))
-            raise SystemExit(1) from None
+            why = getattr(getattr(e, "socketError", None), "strerror", None) or str(e)
+            raise ListenError(f"cannot listen on {self.description}: {why}") from None
 
     def stopService(self) -> "Deferred[None]":
         d: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
@@ -186,11 +200,17 @@ class SMTPService(MultiService):
         except Exception as e:
             log.error("TLS reload failed, the previous certificates stay in use: {error}", error=str(e))
 
-    def stopService(self) -> "Deferred[None]":
-        """Stop listening (and the workers) and let transactions in progress finish."""
+    def _restore_signals(self) -> None:
         if self._hup_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._hup_installed = False
+
+    def stopService(self) -> "Deferred[None]":
+        """
+        Stop listening (and the workers) and let transactions in progress
+        finish. SIGHUP stays handled until they have: its default action
+        would kill them (and leave the pid file behind).
+        """
         children = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         closing = maybeDeferred(self.server.close)
         d = DeferredList([children, closing], consumeErrors=True)
@@ -199,6 +219,7 @@ class SMTPService(MultiService):
             for ok, value in results:
                 if not ok:
                     log.failure("error while stopping txsmtpsrv", value)
+            self._restore_signals()
             for cleanup in self.cleanups:
                 cleanup()
 
@@ -403,7 +424,8 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
             from ._metrics import process_dead
 
             on_exit = process_dead
-        pool = WorkerPool(reactor, shared, workers - 1, argv, worker_environment(),
+        search = [options.hooksDirectory] if options.hooksDirectory else []
+        pool = WorkerPool(reactor, shared, workers - 1, argv, worker_environment(search),
                           stop_timeout=server.options.close_timeout + 10.0, factory=server, on_exit=on_exit)
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         service.pool = pool

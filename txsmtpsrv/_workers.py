@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._adopted import FAMILIES  # --adopt FD:FAMILY names, as in adopted: strings
+from ._logging import apply_format_specs
 from ._tlsimplicit import wrap_server_tls  # smtps: on our TLS layer where it is plain TCP
 
 #: A --listen prefix for implicit TLS (port 465 style) with the server's own certificates.
@@ -202,9 +203,9 @@ def split_wrappers(description: str) -> Tuple[str, str]:
 
 
 def _unix_address(description: str) -> Tuple[str, int, int]:
-    """C{(path, mode, backlog)} of a C{unix:} endpoint string."""
+    """C{(path, mode, backlog)} of a C{unix:} endpoint string (positional arguments in Twisted's order)."""
     args, kwargs = _endpoint_arguments(description)
-    names = ["address", "backlog", "mode", "lockfile"]
+    names = ["address", "mode", "backlog", "lockfile"]
     values = {"backlog": "50", "mode": "666", "lockfile": "0"}
     if len(args) - 1 > len(names) or set(kwargs) - set(names) - {"wantPID"}:
         raise usage.UsageError(f"--listen {description}: unexpected arguments for --workers")
@@ -293,7 +294,7 @@ class SharedPort:
         prefix, inner = split_wrappers(description)
         if inner.split(":", 1)[0].lower() == "unix":
             return cls(description, socket.AF_UNIX, [_bind_unix(description, inner)], prefix,
-                       _unix_address(inner)[0])
+                       os.path.abspath(_unix_address(inner)[0]))  # removed after --rundir's chdir
         family, interface, port, backlog = shareable_address(inner)
         reuse_port = hasattr(socket, "SO_REUSEPORT")
         sockets: List[socket.socket] = []
@@ -338,14 +339,20 @@ _REACTOR_NAMES = {
 }
 
 
-def worker_environment() -> Dict[str, str]:
-    """Our environment, with the directory we import txsmtpsrv from on PYTHONPATH."""
+def worker_environment(search: Sequence[str] = ()) -> Dict[str, str]:
+    """
+    Our environment, with the directory we import txsmtpsrv from on PYTHONPATH,
+    and after it C{search}: where the parent found modules it imported from its
+    working directory (C{--hooks}), since a worker starts after twistd's
+    C{--rundir} C{chdir} (relative PYTHONPATH entries are made absolute too).
+    """
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     standard = set(site.getsitepackages()) | {site.getusersitepackages()}
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in standard and root not in paths:
         paths.insert(0, root)
+    paths += [p for p in search if p not in paths]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
@@ -394,6 +401,7 @@ class _WorkerProtocol(ProcessProtocol):
             except ValueError:
                 event = None
             if isinstance(event, dict):
+                apply_format_specs(event)
                 if event.get("log_format") == READY and not self.ready:
                     self.pool._worker_ready(self)
                 event["worker_pid"] = self.pid
@@ -478,7 +486,10 @@ class WorkerPool(Service):
         protocol = _WorkerProtocol(self, index)
         self.workers[index] = protocol
         argv = self.worker_argv()
-        self._reactor.spawnProcess(protocol, argv[0], argv, env=self._env, childFDs=child_fds)
+        try:
+            self._reactor.spawnProcess(protocol, argv[0], argv, env=self._env, childFDs=child_fds)
+        except Exception:  # fork failed (EAGAIN, ENOMEM): as a worker that died, or its socket goes unserved
+            self._worker_ended(protocol, Failure())
 
     def reload(self) -> None:
         """Forward a certificate reload (SIGHUP) to every worker, now or once it is ready."""
