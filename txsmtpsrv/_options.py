@@ -88,8 +88,8 @@ class ServerOptions:
     hide_8bitmime: bool = False
     """
     Do not advertise 8BITMIME (RFC 6152); SMTPUTF8 goes with it (RFC 6531
-    3.1: a server offering SMTPUTF8 must offer 8BITMIME). (smtp-server:
-    C{hide8BITMIME}, which keeps offering SMTPUTF8)
+    3.1: a server offering SMTPUTF8 must offer 8BITMIME; smtp-server's option
+    keeps offering it). (smtp-server: C{hide8BITMIME})
     """
     hide_smtputf8: bool = False
     """Do not advertise SMTPUTF8 (RFC 6531). (smtp-server: C{hideSMTPUTF8})"""
