@@ -13,6 +13,7 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional, Tuple
 
 from ._commands import (CommandError, fast_mail_argument, parse_bdat, parse_envid, parse_mail_argument, parse_notify,
@@ -34,6 +35,9 @@ _BETWEEN_CHUNKS = Phase.BETWEEN_CHUNKS
 _VERDICT = Phase.VERDICT
 
 __all__ = ["MailCommands"]
+
+#: What accepted MAIL parameters set in the envelope (see L{MailCommands._mail_params}).
+_MailValues = Tuple[str, bool, Optional[int], Optional[str], Optional[str], bool]
 
 _IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS, _VERDICT})
 
@@ -102,31 +106,32 @@ class MailCommands(SessionCommands):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
         address = Address(mailbox, params)
-
-        def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if value is None and error is None:  # the default answer: _answered's hot path, inline
-                self._reply(250, "2.1.0", "Accepted")
-            elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                return
-            # The envelope made when the last transaction ended (or the
-            # session began) is this transaction's: one per transaction.
-            env = s.envelope
-            env.mail_from = address
-            if values is not None:
-                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
-            s.transaction += 1
-            if self.phase is _COMMAND:
-                self.phase = _TRANSACTION
-            if self.observers["mail"]:
-                self._notify("mail", s, address)
-
         if "on_mail_from" in self.hooks:
-            self._ask("on_mail_from", (s, address), done)
-        else:
-            done(None, None, False)
+            self._ask("on_mail_from", (s, address), partial(self._mail_answered, address, values))
+        else:  # (no closure per command: a method, called at once)
+            self._mail_answered(address, values, None, None, False)
 
-    def _mail_params(self, params: Dict[str, Optional[str]]) -> Tuple[str, bool, Optional[int], Optional[str],
-                                                                     Optional[str], bool]:
+    def _mail_answered(self, address: Address, values: Optional[_MailValues], value: Any,
+                       error: Optional[BaseException], timed_out: bool) -> None:
+        """MAIL's answer (the hook's, or the default): the reply, and the envelope's sender once accepted."""
+        if value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.1.0", "Accepted")
+        elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
+            return
+        # The envelope made when the last transaction ended (or the
+        # session began) is this transaction's: one per transaction.
+        s = self.session
+        env = s.envelope
+        env.mail_from = address
+        if values is not None:
+            env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls = values
+        s.transaction += 1
+        if self.phase is _COMMAND:
+            self.phase = _TRANSACTION
+        if self.observers["mail"]:
+            self._notify("mail", s, address)
+
+    def _mail_params(self, params: Dict[str, Optional[str]]) -> _MailValues:
         """
         Check MAIL parameters; the result is what they set in the envelope
         once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls).
@@ -200,25 +205,27 @@ class MailCommands(SessionCommands):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
         address = Address(mailbox, params, notify, orcpt)
-
-        def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if value is None and error is None:  # the default answer: _answered's hot path, inline
-                self._reply(250, "2.1.5", "Accepted")
-            elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
-                return
-            if s.envelope is env:  # not reset meanwhile
-                rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
-                if rcpt is None:
-                    env._rcpt = [address]
-                else:
-                    rcpt.append(address)
-                if self.observers["rcpt"]:
-                    self._notify("rcpt", s, address)
-
         if "on_rcpt_to" in self.hooks:
-            self._ask("on_rcpt_to", (s, address), done)
-        else:
-            done(None, None, False)
+            self._ask("on_rcpt_to", (s, address), partial(self._rcpt_answered, address, env))
+        else:  # (no closure per command: a method, called at once)
+            self._rcpt_answered(address, env, None, None, False)
+
+    def _rcpt_answered(self, address: Address, env: Envelope, value: Any, error: Optional[BaseException],
+                       timed_out: bool) -> None:
+        """RCPT's answer (the hook's, or the default): the reply, and the recipient added once accepted."""
+        if value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.1.5", "Accepted")
+        elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
+            return
+        s = self.session
+        if s.envelope is env:  # not reset meanwhile
+            rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
+            if rcpt is None:
+                env._rcpt = [address]
+            else:
+                rcpt.append(address)
+            if self.observers["rcpt"]:
+                self._notify("rcpt", s, address)
 
     # -- DATA (RFC 5321 4.1.1.4) ------------------------------------------------------
 
