@@ -376,8 +376,10 @@ class SMTPServerProtocol(HalfCloseable):
             return
         deadline = None
         if timed:
-            deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
-            self._schedule(deadline)
+            timeout = self.context.options.hook_timeout  # (positive: the options check it)
+            deadline = self.context.reactor.seconds() + timeout
+            if not self._gone:
+                self._wake_by(deadline, timeout)  # the connection's timer fires by the hook's deadline
         (self._pending if self._pending is not None else self._pending_calls())[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
             result.addBoth(self._fired, token, hook)
@@ -415,11 +417,6 @@ class SMTPServerProtocol(HalfCloseable):
         if self._pending is None:
             self._pending = {}
         return self._pending
-
-    def _schedule(self, deadline: float) -> None:
-        """Have the connection's timer fire by C{deadline} (a hook's): moved earlier if need be."""
-        if not self._gone:
-            self._wake_by(deadline, max(0.0, deadline - self.context.reactor.seconds()))
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """
