@@ -202,10 +202,10 @@ class SMTPServerProtocol(HalfCloseable):
             self._run()
         else:  # the common case: replies only, in one write (_flush, inline: one call less per read)
             out = core.out
-            if out:
+            if out is not None:
                 core.out = None
                 if not self._gone:
-                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
+                    self._out.write(out if isinstance(out, bytes) else b"".join(out))
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -262,10 +262,10 @@ class SMTPServerProtocol(HalfCloseable):
         finally:
             self._driving = False
         out = core.out  # _flush, inline (this runs for most reads)
-        if out:
+        if out is not None:
             core.out = None
             if not self._gone:
-                self._out.write(out[0] if len(out) == 1 else b"".join(out))
+                self._out.write(out if isinstance(out, bytes) else b"".join(out))
         if self._paused or core.holds:
             self._sync_reading()
         if self._input_ended:
