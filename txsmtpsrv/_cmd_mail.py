@@ -184,20 +184,21 @@ class MailCommands(SessionCommands):
         if env._rcpt is not None and len(env._rcpt) >= o.max_recipients:  # (_rcpt: no property call)
             self._reply(452, "4.5.3", "Error: too many recipients")
             return
-        dsn = not o.hide_dsn
         notify = orcpt = None
         try:
             parsed = fast_mail_argument(arg, "TO")
             mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "TO", null_ok=False)
-            if params and s.opening_command == "HELO":
-                raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
-            for key, value in params.items():
-                if key == "NOTIFY" and dsn:
-                    notify = parse_notify(value)
-                elif key == "ORCPT" and dsn:
-                    orcpt = parse_orcpt(value)
-                elif key not in o.rcpt_params:
-                    raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key[:40]}")
+            if params:  # (the usual RCPT has none: no loop over an empty dict)
+                if s.opening_command == "HELO":
+                    raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
+                dsn = not o.hide_dsn
+                for key, value in params.items():
+                    if key == "NOTIFY" and dsn:
+                        notify = parse_notify(value)
+                    elif key == "ORCPT" and dsn:
+                        orcpt = parse_orcpt(value)
+                    elif key not in o.rcpt_params:
+                        raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key[:40]}")
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
             return
