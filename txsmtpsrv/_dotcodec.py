@@ -188,8 +188,8 @@ class DotDecoder:
             body = b"".join(parts)
         elif start == 0 and end == n:
             body = buf
-        else:
-            body = buf[start:end]
+        else:  # (start is past the end, 2 > 0, when all is carried: mypyc's slice would not clamp it)
+            body = buf[start:end] if start < end else b""
         if self._check_bare and self.fault is None:
             # The payload: the buffer up to the end less the dots removed after a
             # CRLF (and the pretended CRLF): the same CR, LF and NUL bytes in the
