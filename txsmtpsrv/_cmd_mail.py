@@ -13,6 +13,7 @@ Pure: no Twisted import (see C{tests/test_layering.py}).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional, Tuple
 
 from ._commands import (CommandError, fast_mail_argument, parse_auth_param, parse_bdat, parse_envid, parse_mail_argument,
@@ -36,6 +37,11 @@ _BETWEEN_CHUNKS = Phase.BETWEEN_CHUNKS
 _VERDICT = Phase.VERDICT
 
 __all__ = ["MailCommands"]
+
+#: What accepted MAIL parameters set in the envelope (see L{MailCommands._mail_params}).
+#: What MAIL's parameters set once it is accepted: the envelope's body_type, smtputf8, size,
+#: dsn_ret, dsn_envid, requiretls, and the sender's submitter (L{MailCommands._mail_params}).
+_MailValues = Tuple[str, bool, Optional[int], Optional[str], Optional[str], bool, Optional[str]]
 
 _IN_TRANSACTION = frozenset({_TRANSACTION, _DATA, _BDAT_CHUNK, _BETWEEN_CHUNKS, _VERDICT})
 
@@ -105,31 +111,32 @@ class MailCommands(SessionCommands):
             return
         address = Address(mailbox, params) if values is None or values[6] is None else \
             Address(mailbox, params, submitter=values[6])
-
-        def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if value is None and error is None:  # the default answer: _answered's hot path, inline
-                self._reply(250, "2.1.0", "Accepted")
-            elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
-                return
-            # The envelope made when the last transaction ended (or the
-            # session began) is this transaction's: one per transaction.
-            env = s.envelope
-            env.mail_from = address
-            if values is not None:
-                env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls, _ = values
-            s.transaction += 1
-            if self.phase is _COMMAND:
-                self.phase = _TRANSACTION
-            if self.observers["mail"]:
-                self._notify("mail", s, address)
-
         if "on_mail_from" in self.hooks:
-            self._ask("on_mail_from", (s, address), done)
-        else:
-            done(None, None, False)
+            self._ask("on_mail_from", (s, address), partial(self._mail_answered, address, values))
+        else:  # (no closure per command: a method, called at once)
+            self._mail_answered(address, values, None, None, False)
 
-    def _mail_params(self, params: Dict[str, Optional[str]]) -> Tuple[str, bool, Optional[int], Optional[str],
-                                                                     Optional[str], bool, Optional[str]]:
+    def _mail_answered(self, address: Address, values: Optional[_MailValues], value: Any,
+                       error: Optional[BaseException], timed_out: bool) -> None:
+        """MAIL's answer (the hook's, or the default): the reply, and the envelope's sender once accepted."""
+        if value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.1.0", "Accepted")
+        elif not self._answered(value, error, timed_out, 250, "2.1.0", "Accepted"):
+            return
+        # The envelope made when the last transaction ended (or the
+        # session began) is this transaction's: one per transaction.
+        s = self.session
+        env = s.envelope
+        env.mail_from = address
+        if values is not None:
+            env.body_type, env.smtputf8, env.size, env.dsn_ret, env.dsn_envid, env.requiretls, _ = values
+        s.transaction += 1
+        if self.phase is _COMMAND:
+            self.phase = _TRANSACTION
+        if self.observers["mail"]:
+            self._notify("mail", s, address)
+
+    def _mail_params(self, params: Dict[str, Optional[str]]) -> _MailValues:
         """
         Check MAIL parameters; the result is what they set in the envelope
         once MAIL is accepted: (body_type, smtputf8, size, dsn_ret, dsn_envid, requiretls),
@@ -189,20 +196,21 @@ class MailCommands(SessionCommands):
         if env._rcpt is not None and len(env._rcpt) >= o.max_recipients:  # (_rcpt: no property call)
             self._reply(452, "4.5.3", "Error: too many recipients")
             return
-        dsn = not o.hide_dsn
         notify = orcpt = None
         try:
             parsed = fast_mail_argument(arg, "TO")
             mailbox, params = parsed if parsed is not None else parse_mail_argument(arg, "TO", null_ok=False)
-            if params and s.opening_command == "HELO":
-                raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
-            for key, value in params.items():
-                if key == "NOTIFY" and dsn:
-                    notify = parse_notify(value)
-                elif key == "ORCPT" and dsn:
-                    orcpt = parse_orcpt(value)
-                elif key not in o.rcpt_params:
-                    raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key[:40]}")
+            if params:  # (the usual RCPT has none: no loop over an empty dict)
+                if s.opening_command == "HELO":
+                    raise CommandError(555, "5.5.4", "Error: RCPT parameters need EHLO")
+                dsn = not o.hide_dsn
+                for key, value in params.items():
+                    if key == "NOTIFY" and dsn:
+                        notify = parse_notify(value)
+                    elif key == "ORCPT" and dsn:
+                        orcpt = parse_orcpt(value)
+                    elif key not in o.rcpt_params:
+                        raise CommandError(555, "5.5.4", f"Error: unsupported RCPT parameter {key[:40]}")
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
             return
@@ -210,25 +218,27 @@ class MailCommands(SessionCommands):
             self._reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
             return
         address = Address(mailbox, params, notify, orcpt)
-
-        def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            if value is None and error is None:  # the default answer: _answered's hot path, inline
-                self._reply(250, "2.1.5", "Accepted")
-            elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
-                return
-            if s.envelope is env:  # not reset meanwhile
-                rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
-                if rcpt is None:
-                    env._rcpt = [address]
-                else:
-                    rcpt.append(address)
-                if self.observers["rcpt"]:
-                    self._notify("rcpt", s, address)
-
         if "on_rcpt_to" in self.hooks:
-            self._ask("on_rcpt_to", (s, address), done)
-        else:
-            done(None, None, False)
+            self._ask("on_rcpt_to", (s, address), partial(self._rcpt_answered, address, env))
+        else:  # (no closure per command: a method, called at once)
+            self._rcpt_answered(address, env, None, None, False)
+
+    def _rcpt_answered(self, address: Address, env: Envelope, value: Any, error: Optional[BaseException],
+                       timed_out: bool) -> None:
+        """RCPT's answer (the hook's, or the default): the reply, and the recipient added once accepted."""
+        if value is None and error is None:  # the default answer: _answered's hot path, inline
+            self._reply(250, "2.1.5", "Accepted")
+        elif not self._answered(value, error, timed_out, 250, "2.1.5", "Accepted"):
+            return
+        s = self.session
+        if s.envelope is env:  # not reset meanwhile
+            rcpt = env._rcpt  # (rcpt_to without the property call; the list is made by the first)
+            if rcpt is None:
+                env._rcpt = [address]
+            else:
+                rcpt.append(address)
+            if self.observers["rcpt"]:
+                self._notify("rcpt", s, address)
 
     # -- DATA (RFC 5321 4.1.1.4) ------------------------------------------------------
 

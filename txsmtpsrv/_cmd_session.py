@@ -190,48 +190,49 @@ class SessionCommands(GuardCommands):
         except CommandError as e:
             self._reply(e.code, e.enhanced, e.text, cache=False)
             return
-
-        def done(value: Any, error: Optional[BaseException], timed_out: bool) -> None:
-            custom = error is None and isinstance(value, Reply) and value.code < 400
-            if not custom and (error is not None or value is not None):
-                self._send(hook_outcome(value, error, timed_out, 250, "", ""))
-                return
-            self._reset_transaction()  # RFC 5321 4.1.4: like RSET
-            s = self.session
-            s.host_name_appears_as = hostname
-            s.opening_command = command
-            o = self.options
-            first: Optional[Tuple[str, bytes, bytes]] = None
-            if custom:  # a Reply from on_helo replaces the greeting line(s)
-                lines = list(value.lines)
-            else:
-                first = _hello_line(o.helo_response, o.name, s.client_hostname, s.remote_address, hostname)
-                lines = [first[0]]
-            keywords: Tuple[str, ...] = () if command == "HELO" else tuple(ehlo_keywords(self))
-            if self.observers["reply"]:
-                self._notify("reply", s, command, 250, None, lines[0])
-            if not self._hungup:
-                if keywords:
-                    # The keyword lines are the same for every session in the
-                    # same state: framed once per server (what format_reply
-                    # would make of the greeting and keywords together).
-                    key = ("EHLO keywords", keywords)
-                    tail = self._cache.get(key)
-                    if tail is None:
-                        tail = self._cache[key] = format_reply(250, keywords, None)
-                    if first is not None:
-                        self._emit(first[2] + tail)
-                    else:
-                        self._emit(b"".join([reply_line("250-", line) for line in lines]) + tail)
-                else:
-                    self._emit(first[1] if first is not None else format_reply(250, lines, None))
-            if self.observers["helo"]:
-                self._notify("helo", s, hostname)
-
         if "on_helo" in self.hooks:
-            self._ask("on_helo", (self.session, hostname), done)
+            self._ask("on_helo", (self.session, hostname), functools.partial(self._hello_answered, command, hostname))
+        else:  # (no closure per command: a method, called at once)
+            self._hello_answered(command, hostname, None, None, False)
+
+    def _hello_answered(self, command: str, hostname: str, value: Any, error: Optional[BaseException],
+                        timed_out: bool) -> None:
+        """HELO/EHLO/LHLO's answer (the hook's, or the default): the greeting, keywords and the session's name."""
+        custom = error is None and isinstance(value, Reply) and value.code < 400
+        if not custom and (error is not None or value is not None):
+            self._send(hook_outcome(value, error, timed_out, 250, "", ""))
+            return
+        self._reset_transaction()  # RFC 5321 4.1.4: like RSET
+        s = self.session
+        s.host_name_appears_as = hostname
+        s.opening_command = command
+        o = self.options
+        first: Optional[Tuple[str, bytes, bytes]] = None
+        if custom:  # a Reply from on_helo replaces the greeting line(s)
+            lines = list(value.lines)
         else:
-            done(None, None, False)
+            first = _hello_line(o.helo_response, o.name, s.client_hostname, s.remote_address, hostname)
+            lines = [first[0]]
+        keywords: Tuple[str, ...] = () if command == "HELO" else tuple(ehlo_keywords(self))
+        if self.observers["reply"]:
+            self._notify("reply", s, command, 250, None, lines[0])
+        if not self._hungup:
+            if keywords:
+                # The keyword lines are the same for every session in the
+                # same state: framed once per server (what format_reply
+                # would make of the greeting and keywords together).
+                key = ("EHLO keywords", keywords)
+                tail = self._cache.get(key)
+                if tail is None:
+                    tail = self._cache[key] = format_reply(250, keywords, None)
+                if first is not None:
+                    self._emit(first[2] + tail)
+                else:
+                    self._emit(b"".join([reply_line("250-", line) for line in lines]) + tail)
+            else:
+                self._emit(first[1] if first is not None else format_reply(250, lines, None))
+        if self.observers["helo"]:
+            self._notify("helo", s, hostname)
 
     # -- AUTH (RFC 4954); the mechanisms live in _sasl ------------------------------
 

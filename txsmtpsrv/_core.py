@@ -8,8 +8,9 @@ The dialogue never does I/O. Its driver (L{_protocol.SMTPServerProtocol})
 feeds it received bytes, hook answers, TLS-up, timer ticks and shutdown, and
 after each input performs the actions it queued, in order:
 
-  - reply bytes collect in L{CoreBase.out}; the driver writes them in one
-    write once it is done with the input (one write per read);
+  - reply bytes collect in L{CoreBase.out} (the bytes of one reply, or a
+    list of several); the driver writes them in one write once it is done
+    with the input (one write per read);
   - everything else is a tuple in L{CoreBase.actions}: C{(ASK, token, hook,
     args)} (call a hook, answer with L{CoreBase.answer} and the token),
     C{(CANCEL, token)}, C{(BODY_START, token, session)} (open the message
@@ -28,7 +29,7 @@ C{docs/architecture.md}.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 from ._actions import ActionQueue
 from ._errors import format_reply
@@ -85,7 +86,8 @@ class CoreBase:
     State and machinery shared by the command mixins.
 
     @ivar phase: the current L{Phase}.
-    @ivar out: reply bytes not yet written (a list), or C{None} when there are none.
+    @ivar out: reply bytes not yet written: one reply's bytes (the usual
+        case: no list per reply), a list of several, or C{None} when there are none.
     @ivar actions: actions not yet performed (see the module docstring).
     """
 
@@ -125,7 +127,7 @@ class CoreBase:
         # RFC 2033: LMTP servers always do ENHANCEDSTATUSCODES and PIPELINING.
         self._esc = options.lmtp or not options.hide_enhancedstatuscodes
         self.phase = _GREETING
-        self.out: Optional[List[bytes]] = None  # reply bytes not yet written (None: none)
+        self.out: Union[None, bytes, List[bytes]] = None  # reply bytes not yet written (None: none)
         self.actions = ActionQueue()
         self.reader = CommandReader(options.max_command_length)
         #: Why reading waits (HOOK | STREAM | VERDICT | WRITE | ASKING); 0: it goes on.
@@ -348,9 +350,9 @@ class CoreBase:
     def take_output(self) -> bytes:
         """The reply bytes to write now, in one write."""
         out, self.out = self.out, None
-        if not out:
+        if out is None:
             return b""
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out if isinstance(out, bytes) else b"".join(out)
 
     def _auth_required_text(self) -> str:
         if self.options.needs_upgrade and not self.session.secure:
@@ -408,15 +410,19 @@ class CoreBase:
             data = self._cache[key] = format_reply(code, text.split("\n"), enhanced if self._esc else None)
         out = self.out  # _emit, inline: this is every fixed reply's path
         if out is None:
-            self.out = [data]
+            self.out = data
+        elif isinstance(out, bytes):
+            self.out = [out, data]
         else:
             out.append(data)
 
     def _emit(self, data: bytes) -> None:
-        """Queue reply bytes (the list is made for them: an idle connection keeps none)."""
+        """Queue reply bytes (a list only for a second reply: an idle connection keeps none)."""
         out = self.out
         if out is None:
-            self.out = [data]
+            self.out = data
+        elif isinstance(out, bytes):
+            self.out = [out, data]
         else:
             out.append(data)
 

@@ -85,8 +85,8 @@ class CommandDispatch(MailCommands):
             self.phase = _COMMAND
             self._auth_step(exchange, line)
             return
-        sp = line.find(b" ")
-        verb = (line if sp < 0 else line[:sp]).upper()
+        word, sp, rest = line.partition(b" ")  # (bytes.find parses its arguments as a tuple: dearer)
+        verb = word.upper()
         entry = self._handlers.get(verb)
         if entry is None:
             self._verb = "UNKNOWN"
@@ -109,7 +109,7 @@ class CommandDispatch(MailCommands):
                 self._reply(530, "5.7.0", self._auth_required_text())
                 return
         try:
-            arg = line[sp + 1:].decode("utf-8").strip(" ") if sp >= 0 else ""
+            arg = rest.decode().strip(" ") if sp else ""  # (UTF-8, the default: no codec name to look up)
         except UnicodeDecodeError:
             self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
             return

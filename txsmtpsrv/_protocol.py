@@ -202,10 +202,10 @@ class SMTPServerProtocol(HalfCloseable):
             self._run()
         else:  # the common case: replies only, in one write (_flush, inline: one call less per read)
             out = core.out
-            if out:
+            if out is not None:
                 core.out = None
                 if not self._gone:
-                    self._out.write(out[0] if len(out) == 1 else b"".join(out))
+                    self._out.write(out if isinstance(out, bytes) else b"".join(out))
             if self._paused or core.holds:
                 self._sync_reading()
 
@@ -262,10 +262,10 @@ class SMTPServerProtocol(HalfCloseable):
         finally:
             self._driving = False
         out = core.out  # _flush, inline (this runs for most reads)
-        if out:
+        if out is not None:
             core.out = None
             if not self._gone:
-                self._out.write(out[0] if len(out) == 1 else b"".join(out))
+                self._out.write(out if isinstance(out, bytes) else b"".join(out))
         if self._paused or core.holds:
             self._sync_reading()
         if self._input_ended:
@@ -376,8 +376,10 @@ class SMTPServerProtocol(HalfCloseable):
             return
         deadline = None
         if timed:
-            deadline = self.context.reactor.seconds() + self.context.options.hook_timeout
-            self._schedule(deadline)
+            timeout = self.context.options.hook_timeout  # (positive: the options check it)
+            deadline = self.context.reactor.seconds() + timeout
+            if not self._gone:
+                self._wake_by(deadline, timeout)  # the connection's timer fires by the hook's deadline
         (self._pending if self._pending is not None else self._pending_calls())[token] = (result, deadline)
         if stream is None or not stream.answer_directly(result, self._fired, token, hook):
             result.addBoth(self._fired, token, hook)
@@ -415,11 +417,6 @@ class SMTPServerProtocol(HalfCloseable):
         if self._pending is None:
             self._pending = {}
         return self._pending
-
-    def _schedule(self, deadline: float) -> None:
-        """Have the connection's timer fire by C{deadline} (a hook's): moved earlier if need be."""
-        if not self._gone:
-            self._wake_by(deadline, max(0.0, deadline - self.context.reactor.seconds()))
 
     def _expire_hooks(self, now: float) -> Optional[float]:
         """

@@ -172,6 +172,11 @@ class ReplyWriter:
         return direct
 
 
+#: L{ReplyWriter.write} for L{HeldReplyWriter}, called as a function: super() would build
+#: a super object for every reply.
+_write = ReplyWriter.write
+
+
 class HeldReplyWriter(ReplyWriter):
     """
     A L{ReplyWriter} for a client on this host (loopback, a UNIX socket) on
@@ -196,14 +201,14 @@ class HeldReplyWriter(ReplyWriter):
                 else:
                     held[self] = [earlier, data]
                 return
-        super().write(data)
+        _write(self, data)
 
     def send_held(self, data: Union[bytes, List[bytes]]) -> None:
         """
         Send what L{write} held (for the reactor, and L{stop}): the bytes, or
         the list of them after a second write in the pass, joined once here.
         """
-        super().write(data if isinstance(data, bytes) else b"".join(data))
+        _write(self, data if isinstance(data, bytes) else b"".join(data))
 
     def stop(self) -> bool:
         """Send what is held now, then as L{ReplyWriter.stop} (a fallback while sending it counts)."""

@@ -17,7 +17,6 @@ __all__ = ["Address", "Envelope", "Session"]
 
 #: The default of L{Address}'s C{params}: a fresh dict is made for each address that gets it.
 _NO_PARAMS: Mapping[str, Optional[str]] = MappingProxyType({})
-_set = object.__setattr__
 
 
 @dataclass(frozen=True, init=False)
@@ -48,14 +47,16 @@ class Address:
     def __init__(self, address: str, params: Mapping[str, Optional[str]] = _NO_PARAMS,
                  notify: Optional[Tuple[str, ...]] = None, orcpt: Optional[Tuple[str, str]] = None,
                  submitter: Optional[str] = None) -> None:
-        # What the dataclass's __init__ does (object.__setattr__, it is
-        # frozen), without its per-field global lookups and default-factory
-        # test: two addresses are made per message (issue 13).
-        _set(self, "address", address)
-        _set(self, "params", {} if params is _NO_PARAMS else params)
-        _set(self, "notify", notify)
-        _set(self, "orcpt", orcpt)
-        _set(self, "submitter", submitter)
+        # What the dataclass's __init__ does, without its per-field global
+        # lookups and default-factory test: two addresses are made per message
+        # (issue 13). The fields go into the instance's dict directly (it is
+        # frozen): an object.__setattr__ call costs more than the five stores.
+        fields = self.__dict__
+        fields["address"] = address
+        fields["params"] = {} if params is _NO_PARAMS else params
+        fields["notify"] = notify
+        fields["orcpt"] = orcpt
+        fields["submitter"] = submitter
 
     @property
     def local_part(self) -> str:
