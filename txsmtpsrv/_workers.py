@@ -262,7 +262,7 @@ class WorkerPool(Service):
         try:
             self._reactor.spawnProcess(protocol, argv[0], argv, env=self._env, childFDs=child_fds)
         except Exception:  # fork failed (EAGAIN, ENOMEM): as a worker that died, or its socket goes unserved
-            self._worker_ended(protocol, Failure())
+            self._worker_ended(protocol, Failure(), started=False)
 
     def reload(self) -> None:
         """Forward a certificate reload (SIGHUP) to every worker, now or once it is ready."""
@@ -278,7 +278,11 @@ class WorkerPool(Service):
             worker.reload_pending = False
             self._signal(worker, "HUP")
 
-    def _worker_ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
+    def _worker_ended(self, protocol: _WorkerProtocol, reason: Failure, started: bool = True) -> None:
+        """
+        A worker ended (or, C{started} false, could not be forked): serve its
+        sockets from the parent and start it again after the back-off.
+        """
         if self.workers.get(protocol.index) is protocol:
             del self.workers[protocol.index]
         if self._on_exit is not None and protocol.pid is not None:
@@ -294,10 +298,14 @@ class WorkerPool(Service):
         failures = 1 if ran >= self.healthy_after else self._failures.get(index, 0) + 1
         self._failures[index] = failures
         delay = min(self.restart_delay * 2 ** (failures - 1), self.max_restart_delay)
-        log.error(
-            "worker {index} (pid {worker_pid}) exited unexpectedly ({reason}); restarting in {delay} s",
-            index=index, worker_pid=protocol.pid, reason=reason.getErrorMessage(), delay=delay,
-        )
+        if started:
+            log.error(
+                "worker {index} (pid {worker_pid}) exited unexpectedly ({reason}); restarting in {delay} s",
+                index=index, worker_pid=protocol.pid, reason=reason.getErrorMessage(), delay=delay,
+            )
+        else:  # no process, so no pid: saying it exited would send the operator looking for one
+            log.error("worker {index} could not be started ({reason}); trying again in {delay} s",
+                      index=index, reason=reason.getErrorMessage(), delay=delay)
         self._cover(index)
         self._restarts[index] = self._reactor.callLater(delay, self._spawn, index)
 
