@@ -201,6 +201,11 @@ class SMTPService(MultiService):
             log.error("TLS reload failed, the previous certificates stay in use: {error}", error=str(e))
 
     def _restore_signals(self) -> None:
+        """
+        Give SIGHUP back its previous handler; called once the server has
+        closed, not when stopping starts: until then a SIGHUP's default
+        action would kill transactions still finishing (and leave the pid file).
+        """
         if self._hup_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._hup_installed = False
