@@ -27,7 +27,7 @@ from tests._support import tool_path
 from txsmtpsrv import SMTPServer, _sendnow, _tlslayer
 from txsmtpsrv._halfclose import ForwardsHalfClose, half_closeable, pass_half_close_through_tls, tls_layer
 from txsmtpsrv._testca import test_ca
-from txsmtpsrv._workers import listen_endpoint
+from txsmtpsrv._sharedports import listen_endpoint
 
 #: Seconds every client waits at most (far below the server's socket_timeout).
 DEADLINE = 10.0

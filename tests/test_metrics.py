@@ -227,6 +227,9 @@ def test_421_after_an_accepted_message_is_not_a_refused_one(end):
         assert "accepted=0 refused=1" in summaries["198.51.100.8"], summaries
     assert value(registry, "txsmtpsrv_messages_total", outcome="refused") == stalled_refused
     assert value(registry, "txsmtpsrv_commands_total", verb="DATA", reply_class="4xx") == stalled_refused
+    # As the README's metrics table says: CONNECT counts the greetings and the 421 said at the client's turn.
+    assert value(registry, "txsmtpsrv_commands_total", verb="CONNECT", reply_class="2xx") == (2 if end == "timeout" else 1)
+    assert value(registry, "txsmtpsrv_commands_total", verb="CONNECT", reply_class="4xx") == 1
 
 
 @pytest.mark.parametrize("end", ["timeout", "force_close"])

@@ -208,7 +208,8 @@ def test_pool_backs_off_and_serves_a_dead_workers_socket(pool):
 def test_pool_retries_a_worker_it_could_not_fork(pool):
     """
     A failed fork (out of memory, process limit) is a worker that died: the parent
-    serves its socket and tries again later; stopping does not wait for it.
+    serves its socket and tries again later; stopping does not wait for it. The log
+    says it could not be started, and why, not that a process with no pid exited.
     """
     reactor, pool = pool
     adopted: List[Any] = []
@@ -227,15 +228,23 @@ def test_pool_retries_a_worker_it_could_not_fork(pool):
     reactor.spawnProcess = fork_fails
     with capturedLogs() as events:
         pool.startService()
-    assert [e["index"] for e in events if e["log_level"] == LogLevel.error] == [1, 2]
+    errors = [e for e in events if e["log_level"] == LogLevel.error]
+    assert [e["index"] for e in errors] == [1, 2]
+    # It never ran: the log says so (and why), not that a process without a pid exited.
+    assert formatEvent(errors[0]) == (
+        "worker 1 could not be started ([Errno 11] Resource temporarily unavailable); trying again in 1.0 s")
     assert adopted == [s.fileno() for s in pool.ports[0].sockets[1:]] and pool.workers == {}
     reactor.spawnProcess = spawn
     reactor.advance(pool.restart_delay)
     assert len(reactor.spawned) == 2
     reactor.spawnProcess = fork_fails
-    with capturedLogs():
+    with capturedLogs() as events:
         end(reactor.spawned[0], 1)
         reactor.advance(pool.restart_delay * 2)  # the second failure in a row: the back-off doubled
+    died, unforked = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+    assert died.startswith(f"worker 1 (pid {reactor.spawned[0]['transport'].pid}) exited unexpectedly (")
+    assert died.endswith("; restarting in 2.0 s")
+    assert unforked == "worker 1 could not be started ([Errno 11] Resource temporarily unavailable); trying again in 4.0 s"
     d = pool.stopService()
     end(reactor.spawned[1])
     assert result(d) is None

@@ -27,7 +27,7 @@ from tests.test_halfclose import MESSAGE, TLSClient, LateHooks, read_reply, tls_
 from tests._tlswire import MESSAGE as WIRE_MESSAGE, Hooks, Wire, finals
 from txsmtpsrv import SMTPServer, _tlslayer
 from txsmtpsrv._testca import test_ca
-from txsmtpsrv._workers import listen_endpoint
+from txsmtpsrv._sharedports import listen_endpoint
 
 CLOSE_NOTIFY = b"<close_notify>"
 

@@ -31,7 +31,7 @@ from txsmtpsrv import SMTPServer, _tlslayer
 from txsmtpsrv._tls import TLSContextHolder
 from txsmtpsrv._tlsgather import GATHER, gather_records
 from txsmtpsrv._testca import test_ca
-from txsmtpsrv._workers import listen_endpoint
+from txsmtpsrv._sharedports import listen_endpoint
 
 IO_TIMEOUT = 10.0
 PROXY_HEADER = b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 465\r\n"

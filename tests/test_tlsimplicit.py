@@ -37,7 +37,7 @@ from tests._tls import client_context, material, mx_config
 from txsmtpsrv import SMTPServer, _tlsimplicit, _tlslayer
 from txsmtpsrv._tls import TLSConfig
 from txsmtpsrv._testca import test_ca
-from txsmtpsrv._workers import listen_endpoint
+from txsmtpsrv._sharedports import listen_endpoint
 
 IO_TIMEOUT = 10.0
 

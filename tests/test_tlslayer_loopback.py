@@ -25,7 +25,7 @@ from tests._tlswire import IO_TIMEOUT
 from tests.test_tlsimplicit import compare_failed_handshakes
 from txsmtpsrv import SMTPServer, _tlslayer
 from txsmtpsrv._testca import test_ca
-from txsmtpsrv._workers import listen_endpoint
+from txsmtpsrv._sharedports import listen_endpoint
 
 
 # --------------------------------------------------------------------------------------

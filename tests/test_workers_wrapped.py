@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 
-from txsmtpsrv._workers import SharedPort, split_wrappers
+from txsmtpsrv._sharedports import SharedPort, split_wrappers
 
 from tests._certs import unverified_client_context
 from tests.test_twistd import CLEAN_EXITS, POLICY, TIMEOUT, Twistd, read_reply

@@ -34,7 +34,7 @@ from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
 # Defined with the worker pool, which needs it too (and must not import this module).
-from ._workers import SMTPS
+from ._sharedports import SMTPS
 
 __all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
 
@@ -288,7 +288,7 @@ class Options(usage.Options, AuthOptionMixin):
         if self["workers"] > 1:
             if self["adopt"] or self["worker"]:
                 raise usage.UsageError("--workers cannot be combined with --adopt or --worker")
-            from ._workers import check_shareable
+            from ._sharedports import check_shareable
 
             for description in self["listen"]:
                 check_shareable(description)  # a UsageError saying why not

@@ -18,7 +18,8 @@ C{connections_total} by C{listener} (the local address); C{refusals_total}
 by C{reason} (max_clients, shutting_down, timeout, unrecognized_commands,
 unauthenticated_commands, auth_failures, connect_hook); C{commands_total} by
 C{verb} and C{reply_class} (2xx..5xx; one per final reply, so an LMTP DATA
-counts once per recipient); C{messages_total} by C{outcome} (accepted,
+counts once per recipient; verb CONNECT is the greeting and a 421 said
+between commands, a timeout or shutdown); C{messages_total} by C{outcome} (accepted,
 refused) and C{received_bytes_total}; C{tls_handshakes_total} by C{result}
 (ok, failed); C{auth_total} by C{mechanism} and C{result} (success,
 failure); C{hook_duration_seconds} by C{hook} and C{session_duration_seconds}

@@ -22,7 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from ._ipaddr import parse_network
-from ._workers import SMTPS
+from ._sharedports import SMTPS
 
 __all__ = ["integer", "seconds", "seconds_upto", "choice", "text", "cidrs", "checked", "coerce_option",
            "option_error", "server_options_error", "server_option_names", "check_server_kwargs", "check_endpoint",
@@ -220,7 +220,7 @@ def check_endpoint(option: str, description: str, given: Optional[str] = None) -
 
 
 def check_listen(description: str) -> None:
-    """A C{--listen} endpoint, maybe behind C{smtps:} (checked as L{_workers.listen_endpoint} reads it)."""
+    """A C{--listen} endpoint, maybe behind C{smtps:} (checked as L{_sharedports.listen_endpoint} reads it)."""
     inner = description[len(SMTPS):] if description.startswith(SMTPS) else description
     check_endpoint("--listen", inner, description)
 

@@ -156,7 +156,7 @@ def _server(options: SinkOptions, out: Optional[IO[str]], reactor: Any) -> Any:
 
 
 async def _run(reactor: Any, options: SinkOptions, out: IO[str]) -> None:
-    from ._workers import SMTPS, listen_endpoint
+    from ._sharedports import SMTPS, listen_endpoint
 
     server = _server(options, out, reactor)
     for description in options["listen"]:

@@ -12,7 +12,7 @@ This module is the plugin's logic (L{makeService}, L{SMTPService}); the
 plugin file C{twisted/plugins/txsmtpsrv_plugin.py} only names it, so
 C{twistd --help} stays fast. The command line is L{txsmtpsrv._cli}, the
 hooks composition L{txsmtpsrv._layered}, the worker processes
-L{txsmtpsrv._workers}.
+L{txsmtpsrv._workers} and the sockets they share L{txsmtpsrv._sharedports}.
 
 What runs: one L{SMTPServer} whose hooks are, in order of precedence, the
 user's C{--hooks} object, the C{--auth} authenticator and the built-in
@@ -50,8 +50,8 @@ from . import _limitopts
 from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
-from ._workers import (READY, ParentWatch, SharedPort, WorkerPool, _endpoint_arguments,  # noqa: F401
-                       _WorkerProtocol, listen_endpoint, shareable_address, twist_command, worker_environment)
+from ._sharedports import SharedPort, _endpoint_arguments, listen_endpoint, shareable_address  # noqa: F401
+from ._workers import READY, ParentWatch, WorkerPool, _WorkerProtocol, twist_command, worker_environment  # noqa: F401
 
 __all__ = ["Options", "makeService", "SMTPService"]
 
@@ -201,6 +201,11 @@ class SMTPService(MultiService):
             log.error("TLS reload failed, the previous certificates stay in use: {error}", error=str(e))
 
     def _restore_signals(self) -> None:
+        """
+        Give SIGHUP back its previous handler; called once the server has
+        closed, not when stopping starts: until then a SIGHUP's default
+        action would kill transactions still finishing (and leave the pid file).
+        """
         if self._hup_installed and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._hup_installed = False
