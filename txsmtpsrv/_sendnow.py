@@ -173,7 +173,8 @@ class ReplyWriter:
 
 
 #: L{ReplyWriter.write} for L{HeldReplyWriter}, called as a function: super() would build
-#: a super object for every reply.
+#: a super object for every reply. (A class put between the two would be skipped: mix
+#: such a class in before L{HeldReplyWriter}, as the tests' spies do.)
 _write = ReplyWriter.write
 
 
