@@ -38,7 +38,6 @@ _VERDICT = Phase.VERDICT
 
 __all__ = ["MailCommands"]
 
-#: What accepted MAIL parameters set in the envelope (see L{MailCommands._mail_params}).
 #: What MAIL's parameters set once it is accepted: the envelope's body_type, smtputf8, size,
 #: dsn_ret, dsn_envid, requiretls, and the sender's submitter (L{MailCommands._mail_params}).
 _MailValues = Tuple[str, bool, Optional[int], Optional[str], Optional[str], bool, Optional[str]]
