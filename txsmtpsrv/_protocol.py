@@ -20,7 +20,6 @@ behind pauses the stream, which holds the dialogue and pauses the transport.
 
 from __future__ import annotations
 
-import os
 from types import CoroutineType
 from typing import Any, Callable, Dict, Optional, Protocol as TypingProtocol, Tuple, cast
 
@@ -32,6 +31,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._accepted import accepted, address_parts, session_id
 from ._context import ServerContext
 from ._deadlines import Deadline, Linger
 from ._data import BareLineEnding, MessageDiscarded, MessageStream
@@ -39,7 +39,7 @@ from ._logging import SessionLogger, instance_logger_wants
 from ._dialogue import (ABORT, ASK, BODY, BODY_ABORT, BODY_END, BODY_START, CANCEL, CLOSE, LOG, NOTIFY,
                         SLEEP, START_TLS, Dialogue)
 from ._rdns import reverse_lookup
-from ._sendnow import ReplyWriter, no_delay, reply_writer
+from ._sendnow import ReplyWriter, reply_writer
 from ._halfclose import HalfCloseable, pass_half_close_through_tls
 from ._session import Session
 
@@ -51,13 +51,6 @@ _EXPIRED = -1.0
 #: Slack in comparing a hook's deadline with the clock (timer arithmetic may round down).
 _EPSILON = 1e-6
 _LEVELS = {level.name: level for level in LogLevel.iterconstants()}  # LogLevel.levelWithName, a dict lookup
-
-
-def _address_parts(address: Any) -> Tuple[str, int]:
-    host = getattr(address, "host", None)
-    if host is None:  # UNIX sockets and friends
-        return "", 0
-    return str(host), int(getattr(address, "port", 0) or 0)
 
 
 class _Connection(TypingProtocol):
@@ -143,11 +136,12 @@ class SMTPServerProtocol(HalfCloseable):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        peer = _address_parts(transport.getPeer())
-        host = _address_parts(transport.getHost())  # the Session shares one (address, port) per listener
+        peer_address = transport.getPeer()
+        peer = address_parts(peer_address)
+        host = accepted(transport)  # Nagle off; the Session shares one (address, port) per listener
         ctx = self.context
         o = ctx.options
-        s = Session(os.urandom(8).hex(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
+        s = Session(session_id(), host[0], host[1], peer[0], peer[1], lmtp=o.lmtp)
         s.secure = o.secured
         # Behind our PROXY wrapper getPeer() is already the real client.
         s.proxy = getattr(transport, "proxy_info", None)
@@ -155,8 +149,7 @@ class SMTPServerProtocol(HalfCloseable):
         self.core = Dialogue(o, s, ctx.hook_names, ctx.observers, ctx.reply_cache, ctx.reactor.seconds,
                              tls_available=ITLSTransport.providedBy(transport), tls_active=implicit, guard=ctx.guard,
                              notify=ctx.notify)
-        self._out = reply_writer(transport)  # (held to the end of a pass for a client on this host)
-        no_delay(transport)  # replies a hook gives later must not wait for the client's delayed ACK
+        self._out = reply_writer(transport, peer_address)  # (held to the end of a pass for a client on this host)
         ctx.connected(self)
         if implicit:  # the handshake is under way (on Twisted's layer: gather its tiny records)
             from ._tlsgather import gather_records

@@ -31,10 +31,19 @@ way (before it sleeps). A reply waits at most for the rest of its pass's
 events: never later than Twisted's own C{transport.write}, which sends in
 the next pass. A pass with one event, replies written outside the events
 (timers, threads), and clients elsewhere (whose sends wake nobody here) are
-sent at once, as before. Nothing else differs from C{EPollReactor}.
+sent at once, as before.
+
+And it closes a TCP or UNIX connection at the end of the pass in which
+C{loseConnection} was called, when nothing is left in the transport's
+buffer (L{SMTPEPollReactor.addWriter}): Twisted waits for a write event
+first, which costs two C{epoll_ctl} calls and a pass per connection, only
+to find that there is nothing to write. The close is Twisted's own
+(C{_postLoseConnection}, C{_disconnectSelectable}), in the selectable's log
+context. Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
-(C{_poller}, C{_selectables} and C{_doReadOrWrite}) and C{log}'s context tracker; L{install}
+(C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
+and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}); L{install}
 refuses to install it when they are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
@@ -59,6 +68,7 @@ import errno
 import sys
 from typing import Any, Dict, Optional
 
+from twisted.internet import tcp, unix
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
 from twisted.python import context, log
@@ -68,10 +78,10 @@ __all__ = ["SMTPEPollReactor", "install", "SHORT_NAME"]
 SHORT_NAME = "smtpsrv-epoll"
 """The reactor plugin's name, for C{--reactor=smtpsrv-epoll}."""
 
-CHECKED_TWISTED = "5397c80ed2a68f5c"
+CHECKED_TWISTED = "25193ba86ecc4064"
 """
-Digest of the Twisted source L{SMTPEPollReactor.doPoll} replaces and inlines
-(L{_twisted_digest}), as last checked (the same in Twisted 26.4 and 26.10).
+Digest of the Twisted source L{SMTPEPollReactor} replaces, inlines and relies on
+(L{_twisted_digest}), as last checked (Twisted 26.10).
 Update it after reading what changed, and L{SMTPEPollReactor} with it.
 """
 
@@ -82,16 +92,24 @@ _BUGGY_PREFIX = "(buggy logPrefix method)"  # log.callWithLogger's text
 
 class SMTPEPollReactor(EPollReactor):
     """
-    C{EPollReactor} whose C{doPoll} pushes the log context inline, and sends
-    the replies of a pass with several events together at its end (see the module).
+    C{EPollReactor} whose C{doPoll} pushes the log context inline, sends
+    the replies of a pass with several events together at its end, and
+    closes a connection with nothing left to send at the end of its pass
+    (see the module).
 
     @ivar held_replies: while such a pass's events are handled, each
         L{_sendnow.HeldReplyWriter} that wrote -> the bytes it was given
         (a list of them after its second write), in order; C{None}
         otherwise (writers send at once then).
+    @ivar _in_pass: whether a pass's events are being handled.
+    @ivar _closing: the TCP and UNIX transports that asked to write with
+        empty buffers during the pass (in order, as dict keys), which
+        L{addWriter} left out of epoll; made on first use.
     """
 
     held_replies: Optional[Dict[Any, Any]] = None
+    _in_pass = False
+    _closing: Optional[Dict[Any, None]] = None
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
@@ -109,19 +127,38 @@ class SMTPEPollReactor(EPollReactor):
         if type(tracker) is not context.ThreadedContextTracker:
             self._dispatch_logged(events)
             return
-        if len(events) == 1 or self.held_replies is not None:  # one event: send at once; nested: the outer pass sends
-            self._dispatch(events, tracker.currentContext().contexts)
+        stack = tracker.currentContext().contexts
+        if self._in_pass or self.held_replies is not None:  # nested: the outer pass sends and closes
+            self._dispatch(events, stack)
+            return
+        self._in_pass = True
+        if len(events) == 1:  # one event: its replies go at once
+            try:
+                self._dispatch(events, stack)
+            finally:
+                self._in_pass = False
+                if self._closing:
+                    self._close_pending(stack)
             return
         self.held_replies = {}
         try:
-            self._dispatch(events, tracker.currentContext().contexts)
+            self._dispatch(events, stack)
         finally:
-            self._send_held()
+            self._in_pass = False
+            try:
+                if self._closing:
+                    self._close_pending(stack)
+            finally:
+                self._send_held()
 
-    def _dispatch(self, events: Any, stack: Any) -> None:
-        """Each event as C{log.callWithLogger(selectable, self._doReadOrWrite, ...)} would handle it."""
-        selectables = self._selectables
-        dispatch = self._doReadOrWrite
+    def _dispatch(self, events: Any, stack: Any, selectables: Any = None, dispatch: Any = None) -> None:
+        """
+        Each event as C{log.callWithLogger(selectable, dispatch, selectable, fd, event)}
+        would handle it (by default: the poll's events, by C{_doReadOrWrite}).
+        """
+        if selectables is None:
+            selectables = self._selectables
+            dispatch = self._doReadOrWrite
         for fd, event in events:
             try:
                 selectable = selectables[fd]
@@ -147,7 +184,7 @@ class SMTPEPollReactor(EPollReactor):
                 ctx["system"] = prefix
                 stack.append({_ILogContext: ctx})
                 try:
-                    dispatch(selectable, fd, event)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+                    dispatch(selectable, fd, event)
                 finally:
                     stack.pop()
             except KeyboardInterrupt:
@@ -156,6 +193,52 @@ class SMTPEPollReactor(EPollReactor):
                 log.err(system=prefix)
 
     doIteration = doPoll
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        C{EPollReactor.addWriter}, except during a pass for a TCP or UNIX
+        transport with empty buffers: that one is noted, and L{_close_pending}
+        closes it at the end of the pass if it is closing (C{loseConnection}
+        asks to write with nothing buffered, to close once the buffer is
+        empty), or adds it then.
+        """
+        if (self._in_pass and type(writer) in _CLOSE_AT_ONCE
+                and not writer.dataBuffer and not writer._tempDataBuffer):
+            if self._closing is None:
+                self._closing = {}
+            self._closing[writer] = None
+            return
+        EPollReactor.addWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+
+    def removeWriter(self, writer: Any) -> None:
+        """C{EPollReactor.removeWriter}, also forgetting a writer L{addWriter} noted."""
+        closing = self._closing
+        if closing:
+            closing.pop(writer, None)
+        EPollReactor.removeWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+
+    def _close_pending(self, stack: Any) -> None:
+        """
+        The writers L{addWriter} noted in this pass: each still closing with
+        its buffers empty -- a write event would find nothing to send and
+        close it (C{FileDescriptor.doWrite}) -- is closed now, as Twisted
+        closes it then; any other is added to epoll as usual.
+        """
+        closing = self._closing
+        while closing:
+            writer = next(iter(closing))
+            del closing[writer]
+            if writer.disconnected:
+                continue
+            if (writer.disconnecting and writer.producer is None
+                    and not writer.dataBuffer and not writer._tempDataBuffer):
+                self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of the "selectables" (writer,))
+            else:
+                EPollReactor.addWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+
+    def _close_now(self, transport: Any, fd: int, event: int) -> None:
+        """What a write event does to a closing transport with nothing to send (C{FileDescriptor.doWrite})."""
+        self._disconnectSelectable(transport, transport._postLoseConnection(), False)  # type: ignore[no-untyped-call]
 
     def _send_held(self) -> None:
         """
@@ -186,6 +269,11 @@ class SMTPEPollReactor(EPollReactor):
             except KeyError:
                 continue
             log.callWithLogger(selectable, dispatch, selectable, fd, event)
+
+
+#: The transports whose C{loseConnection} L{SMTPEPollReactor} completes in the same pass
+#: (exact types: a subclass may write or close differently).
+_CLOSE_AT_ONCE = (tcp.Server, unix.Server)
 
 
 def install() -> None:
@@ -236,13 +324,19 @@ def _twisted_digest() -> Optional[str]:
     A short SHA-256 of the source of what C{doPoll} replaces (C{EPollReactor.doPoll})
     and inlines (C{log.callWithLogger}, C{log.callWithContext}, and the whole of
     C{twisted.python.context}: the trackers and its module-level C{call}/C{get}),
+    and of what the close at the end of a pass relies on (C{EPollReactor.addWriter}/
+    C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection}),
     or None where the source cannot be read. Only a default hangs on it, so no
     failure here may stop the daemon from starting.
     """
     import hashlib
     import inspect
 
-    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context)
+    from twisted.internet import abstract
+
+    fd = abstract.FileDescriptor
+    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context,
+             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection)
     try:
         text = "\0".join(inspect.getsource(part) for part in parts)
     except Exception:  # OSError/TypeError without sources (.pyc only, a frozen build), or anything else

@@ -221,19 +221,24 @@ class HeldReplyWriter(ReplyWriter):
         return super().stop()
 
 
-def reply_writer(transport: Any) -> ReplyWriter:
+def reply_writer(transport: Any, peer: Any = None) -> ReplyWriter:
     """
     The writer for a new connection's replies: a L{HeldReplyWriter} for a
     client on this host on a reactor that holds replies, else a
     L{ReplyWriter}. Toward a client elsewhere a send wakes nobody here, so
     there is nothing to save, and its replies leave at once as before.
+
+    @param peer: C{transport.getPeer()}, if the caller has it already.
     """
     sock = eligible(transport)
     if sock is not None and _holds(getattr(transport, "reactor", None)):
         # The socket's own peer: behind our PROXY wrapper getPeer() is the proxied client,
         # while the process a send wakes is the proxy's.
-        real: Any = transport.transport if type(transport) is ProxyProtocolWrapper else transport
-        if _local(real.getPeer()):
+        if type(transport) is ProxyProtocolWrapper:
+            peer = transport.transport.getPeer()
+        elif peer is None:
+            peer = transport.getPeer()
+        if _local(peer):
             return HeldReplyWriter(transport, sock)
     return ReplyWriter(transport, sock)
 

@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.test_accepted -*-
+"""
+What a new connection is called: its session id and its two addresses,
+each without a system call where one can be shared (issue 13: a churn
+connection is a few hundred microseconds, and each system call on this
+path costs one or two of them).
+
+- The session id: 16 hex digits of C{os.urandom}, as before, but cut from a
+  block fetched once per 256 connections rather than one C{getrandom} call
+  each. A forked process (C{--workers}) starts a block of its own, so it
+  never repeats its parent's ids.
+- The local address: for a TCP listener bound to one address, every
+  connection it accepts has that address, so it is asked once per listening
+  socket (C{Port.getHost()}) instead of per connection (C{getsockname} and
+  an address object). A wildcard listener, a transparent one (C{IP_TRANSPARENT}:
+  connections keep the address they were sent to), and anything but Twisted's
+  own TCP server transport (TLS, our PROXY wrapper, UNIX, tests' fakes) ask
+  the transport each time, as before.
+- Nagle's algorithm off (L{_sendnow.no_delay}, for why): Linux copies
+  C{TCP_NODELAY} from a listening socket to the connections it accepts, so
+  it is set once on the listening socket, and per connection only until a
+  connection is seen to have it (checked once per listener: where the system
+  does not copy it, every connection gets it set, as before).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Dict, Optional, Tuple
+
+from twisted.internet.tcp import Server
+
+from ._sendnow import no_delay
+
+__all__ = ["accepted", "address_parts", "session_id"]
+
+_BLOCK = 4096  # hex digits of random per block: 256 ids
+_ID = 16  # hex digits per id (8 random bytes)
+
+_random = ""  # the current block, as hex
+_used = _BLOCK
+
+
+def session_id() -> str:
+    """
+    A new session id: 8 random bytes as 16 hex digits. For the reactor's
+    thread (connections are made there): two threads could share an id.
+    """
+    global _random, _used
+    at = _used
+    if at >= _BLOCK:
+        _random = os.urandom(_BLOCK // 2).hex()
+        at = 0
+    _used = at + _ID
+    return _random[at:at + _ID]
+
+
+def _new_block_after_fork() -> None:
+    global _used
+    _used = _BLOCK  # the child's next id starts a block of its own
+
+
+os.register_at_fork(after_in_child=_new_block_after_fork)
+
+
+def address_parts(address: Any) -> Tuple[str, int]:
+    """(host, port) of an C{IAddress}; C{("", 0)} for UNIX sockets and other hostless ones."""
+    host = getattr(address, "host", None)
+    if host is None:  # UNIX sockets and friends
+        return "", 0
+    return str(host), int(getattr(address, "port", 0) or 0)
+
+
+class _Listener:
+    """
+    What every connection a listening socket accepts shares.
+
+    @ivar local: their (address, port), or None where each must be asked.
+    @ivar nodelay: whether they have C{TCP_NODELAY} from the listening
+        socket: C{True}, C{False}, or C{None} until a connection shows it.
+    """
+
+    __slots__ = ("local", "nodelay")
+
+    def __init__(self, local: Optional[Tuple[str, int]], nodelay: Optional[bool]) -> None:
+        self.local = local
+        self.nodelay = nodelay
+
+
+#: listening socket -> its L{_Listener}. Bounded: cleared when full.
+_LISTENERS: Dict[Any, _Listener] = {}
+
+_WILDCARDS = ("0.0.0.0", "::")
+_TRANSPARENT = ((socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19)),
+                (socket.IPPROTO_IPV6, getattr(socket, "IPV6_TRANSPARENT", 75)))
+_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+
+
+def accepted(transport: Any) -> Tuple[str, int]:
+    """
+    Turn Nagle's algorithm off on a new connection (L{no_delay}'s effect)
+    and return the (address, port) the client connected to (what
+    C{address_parts(transport.getHost())} gives), sharing what its listener
+    shares.
+    """
+    if type(transport) is Server:
+        listening = getattr(transport.server, "socket", None)  # (server: None when adopted by fromDescriptor)
+        if listening is not None:
+            try:
+                shared = _LISTENERS[listening]
+            except KeyError:
+                shared = _listener(transport.server, listening)
+                no_delay(transport)  # accepted before the listening socket had it
+            else:
+                if shared.nodelay is None:  # the first connection since: did it get it?
+                    try:
+                        shared.nodelay = bool(transport.socket.getsockopt(_TCP, _NODELAY))
+                    except OSError:
+                        shared.nodelay = False
+                if not shared.nodelay:
+                    no_delay(transport)
+            if shared.local is not None:
+                return shared.local
+            return address_parts(transport.getHost())
+    no_delay(transport)
+    return address_parts(transport.getHost())
+
+
+def _listener(port: Any, listening: socket.socket) -> _Listener:
+    """A listening socket's L{_Listener}, remembered; C{TCP_NODELAY} set on it."""
+    try:
+        listening.setsockopt(_TCP, _NODELAY, 1)
+        nodelay: Optional[bool] = None
+    except OSError:
+        nodelay = False
+    if len(_LISTENERS) >= 64:
+        _LISTENERS.clear()
+    shared = _LISTENERS[listening] = _Listener(_bound_to_one(port, listening), nodelay)
+    return shared
+
+
+def _bound_to_one(port: Any, listening: socket.socket) -> Optional[Tuple[str, int]]:
+    """The listener's (address, port) if every connection it accepts has it, else None."""
+    try:
+        host = address_parts(port.getHost())
+        if host[0] in _WILDCARDS or not host[0]:
+            return None
+        for level, option in _TRANSPARENT:
+            try:
+                if listening.getsockopt(level, option):
+                    return None
+            except OSError:  # not this family's option
+                pass
+    except Exception:  # whatever this listener is, each connection can still be asked
+        return None
+    return host
