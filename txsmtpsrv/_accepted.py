@@ -1,26 +1,26 @@
 # -*- test-case-name: tests.test_accepted -*-
 """
-What a new connection is called: its session id and its two addresses,
-each without a system call where one can be shared (issue 13: a churn
-connection is a few hundred microseconds, and each system call on this
-path costs one or two of them).
+A new connection's set-up: its session id, its local address and Nagle's
+algorithm off, each without a system call per connection where one can be
+shared (issue 13: a one-message connection costs a few hundred microseconds,
+and each system call on this path one or two of them).
 
-- The session id: 16 hex digits of C{os.urandom}, as before, but cut from a
-  block fetched once per 256 connections rather than one C{getrandom} call
-  each. A forked process (C{--workers}) starts a block of its own, so it
-  never repeats its parent's ids.
-- The local address: for a TCP listener bound to one address, every
-  connection it accepts has that address, so it is asked once per listening
-  socket (C{Port.getHost()}) instead of per connection (C{getsockname} and
-  an address object). A wildcard listener, a transparent one (C{IP_TRANSPARENT}:
-  connections keep the address they were sent to), and anything but Twisted's
-  own TCP server transport (TLS, our PROXY wrapper, UNIX, tests' fakes) ask
-  the transport each time, as before.
-- Nagle's algorithm off (L{_sendnow.no_delay}, for why): Linux copies
-  C{TCP_NODELAY} from a listening socket to the connections it accepts, so
-  it is set once on the listening socket, and per connection only until a
-  connection is seen to have it (checked once per listener: where the system
-  does not copy it, every connection gets it set, as before).
+  - The session id: 16 hex digits of C{os.urandom}, as before, but cut from a
+    block fetched once per 256 connections rather than one C{getrandom} call
+    each. A forked process (C{--workers}) starts a block of its own, so it
+    never repeats its parent's ids.
+  - The local address: for a TCP listener bound to one address, every
+    connection it accepts has that address, so it is asked once per listening
+    socket (C{Port.getHost()}) instead of per connection (C{getsockname} and
+    an address object). A wildcard listener, a transparent one (C{IP_TRANSPARENT}:
+    connections keep the address they were sent to), and anything but Twisted's
+    own TCP server transport (TLS, our PROXY wrapper, UNIX, tests' fakes) ask
+    the transport each time, as before.
+  - Nagle's algorithm off (L{_sendnow.no_delay}, for why): Linux copies
+    C{TCP_NODELAY} from a listening socket to the connections it accepts, so
+    it is set once on the listening socket, and per connection only until a
+    connection is seen to have it (checked once per listener: where the system
+    does not copy it, every connection gets it set, as before).
 """
 
 from __future__ import annotations
