@@ -34,6 +34,7 @@ if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
     pytest.skip("no epoll here", allow_module_level=True)
 
 from twisted.internet import error, tcp  # noqa: E402
+from twisted.internet.abstract import FileDescriptor  # noqa: E402
 from twisted.internet.epollreactor import EPollReactor  # noqa: E402
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer, IPushProducer  # noqa: E402
 from twisted.internet.protocol import Factory, Protocol  # noqa: E402
@@ -44,7 +45,7 @@ from zope.interface import implementer  # noqa: E402
 from twisted.protocols import tls as tls_protocols  # noqa: E402
 
 from tests._tls import client_context, mx_config  # noqa: E402  (imports the global reactor: before any fd count)
-from txsmtpsrv import SMTPServer, _tlslayer  # noqa: E402
+from txsmtpsrv import SMTPServer, _reactor, _tlslayer  # noqa: E402
 from txsmtpsrv._reactor import SMTPEPollReactor  # noqa: E402
 from txsmtpsrv._sendnow import HeldReplyWriter, ReplyWriter, eligible, reply_writer  # noqa: E402
 
@@ -444,6 +445,23 @@ def test_abortConnection_after_loseConnection(loops: Any, kind: type) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_loseConnection_after_abortConnection(loops: Any, kind: type) -> None:
+    """
+    An abort, then loseConnection in the same pass (which Twisted lets
+    through: the abort's connectionLost is a call later): still the abort's
+    end -- ConnectionAborted once, a reset -- not a clean close in the pass.
+    """
+    def script(p: Probe, data: bytes) -> None:
+        p.transport.abortConnection()  # type: ignore[union-attr]
+        p.lose()
+
+    loop = run(loops, kind, script)
+    (p,), (c,) = loop.conns, loop.clients
+    assert p.reasons == [error.ConnectionAborted]
+    assert c.reset and bytes(c.data) == b""
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_half_close_then_close(loops: Any, kind: type) -> None:
     """
     loseWriteConnection with nothing to send: the client sees EOF while the
@@ -664,3 +682,22 @@ def test_smtplib_quit_gets_221_then_eof(loops: Any, monkeypatch: pytest.MonkeyPa
     assert len(seen) == 2 and seen[0][0] == 221 and seen[1] == b"", seen
     if tls != "twisted-layer":  # (Twisted's TLS layer queues every record in the transport)
         assert not any(events & select.EPOLLOUT for _, _, events in loop.spy.changes)
+
+
+# -- what the close relies on --------------------------------------------------------------
+
+
+def _changed(*args: Any, **kw: Any) -> Any:  # what a changed Twisted might have instead
+    return None
+
+
+@pytest.mark.parametrize("where, name", [(EPollReactor, "addWriter"), (EPollReactor, "removeWriter"),
+                                         (FileDescriptor, "loseConnection"), (FileDescriptor, "doWrite"),
+                                         (FileDescriptor, "_postLoseConnection"),
+                                         (tcp._AbortingMixin, "abortConnection")])
+def test_the_digest_follows_what_the_close_relies_on(monkeypatch: pytest.MonkeyPatch, where: Any, name: str) -> None:
+    """A Twisted that changed any of it is another digest: the daemon then falls back to Twisted's reactor."""
+    before = _reactor._twisted_digest()
+    assert before == _reactor.CHECKED_TWISTED
+    monkeypatch.setattr(where, name, _changed)
+    assert _reactor._twisted_digest() not in (before, None)

@@ -43,7 +43,7 @@ context. Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
-and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}); L{install}
+and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}) and C{_aborting}; L{install}
 refuses to install it when they are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
@@ -78,7 +78,7 @@ __all__ = ["SMTPEPollReactor", "install", "SHORT_NAME"]
 SHORT_NAME = "smtpsrv-epoll"
 """The reactor plugin's name, for C{--reactor=smtpsrv-epoll}."""
 
-CHECKED_TWISTED = "25193ba86ecc4064"
+CHECKED_TWISTED = "78b3530782604b29"
 """
 Digest of the Twisted source L{SMTPEPollReactor} replaces, inlines and relies on
 (L{_twisted_digest}), as last checked (Twisted 26.10).
@@ -222,7 +222,11 @@ class SMTPEPollReactor(EPollReactor):
         The writers L{addWriter} noted in this pass: each still closing with
         its buffers empty -- a write event would find nothing to send and
         close it (C{FileDescriptor.doWrite}) -- is closed now, as Twisted
-        closes it then; any other is added to epoll as usual.
+        closes it then; any other is added to epoll as usual. An aborted one
+        (C{abortConnection}, then C{loseConnection}) is left to its abort:
+        its C{connectionLost(ConnectionAborted)} is a call later, and a clean
+        close now would send a FIN for its reset and tell the protocol
+        C{ConnectionDone}.
         """
         closing = self._closing
         while closing:
@@ -230,7 +234,7 @@ class SMTPEPollReactor(EPollReactor):
             del closing[writer]
             if writer.disconnected:
                 continue
-            if (writer.disconnecting and writer.producer is None
+            if (writer.disconnecting and writer.producer is None and not writer._aborting
                     and not writer.dataBuffer and not writer._tempDataBuffer):
                 self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of the "selectables" (writer,))
             else:
@@ -325,7 +329,8 @@ def _twisted_digest() -> Optional[str]:
     and inlines (C{log.callWithLogger}, C{log.callWithContext}, and the whole of
     C{twisted.python.context}: the trackers and its module-level C{call}/C{get}),
     and of what the close at the end of a pass relies on (C{EPollReactor.addWriter}/
-    C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection}),
+    C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection},
+    C{abortConnection}'s C{_aborting}),
     or None where the source cannot be read. Only a default hangs on it, so no
     failure here may stop the daemon from starting.
     """
@@ -336,7 +341,8 @@ def _twisted_digest() -> Optional[str]:
 
     fd = abstract.FileDescriptor
     parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context,
-             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection)
+             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection,
+             tcp._AbortingMixin.abortConnection)
     try:
         text = "\0".join(inspect.getsource(part) for part in parts)
     except Exception:  # OSError/TypeError without sources (.pyc only, a frozen build), or anything else
