@@ -415,6 +415,24 @@ def test_several_connections_closing_in_one_pass(loops: Any, kind: type) -> None
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_held_reply_goes_before_the_close_even_unstopped(loops: Any, kind: type) -> None:
+    """
+    A held reply whose writer was not stopped before loseConnection (the
+    rule in L{txsmtpsrv._sendnow}, which other code may not keep): the
+    pass's replies are sent before its closes, so it still arrives, then EOF.
+    """
+    def script(p: Probe, data: bytes) -> None:
+        reply_writer(p.transport).write(b"221 bye\r\n")
+        p.lose()
+
+    loop = run(loops, kind, script, clients=2)
+    assert len({p.lose_pass for p in loop.conns}) == 1
+    assert [bytes(c.data) for c in loop.clients] == [b"221 bye\r\n"] * 2
+    assert all(c.eof and not c.reset for c in loop.clients)
+    assert [p.reasons for p in loop.conns] == [[error.ConnectionDone]] * 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_unix_socket(loops: Any, kind: type, tmp_path: Path) -> None:
     def script(p: Probe, data: bytes) -> None:
         direct(p, b"221 bye\r\n")

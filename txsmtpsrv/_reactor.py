@@ -39,7 +39,9 @@ buffer (L{SMTPEPollReactor.addWriter}): Twisted waits for a write event
 first, which costs two C{epoll_ctl} calls and a pass per connection, only
 to find that there is nothing to write. The close is Twisted's own
 (C{_postLoseConnection}, C{_disconnectSelectable}), in the selectable's log
-context. Nothing else differs from C{EPollReactor}.
+context, after the pass's held replies are sent (so a reply still held
+when its connection closes goes before the FIN, as a write event would
+find it sent). Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
@@ -146,10 +148,10 @@ class SMTPEPollReactor(EPollReactor):
         finally:
             self._in_pass = False
             try:
+                self._send_held()  # first: a connection's replies go before its FIN
+            finally:
                 if self._closing:
                     self._close_pending(stack)
-            finally:
-                self._send_held()
 
     def _dispatch(self, events: Any, stack: Any, selectables: Any = None, dispatch: Any = None) -> None:
         """
