@@ -647,6 +647,29 @@ def test_a_failing_connectionLost_is_logged_and_the_others_still_close(loops: An
     assert failures == [(RuntimeError, loop.conns[0].transport.logstr)]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_interrupt_in_connectionLost_leaves_no_connection_behind(loops: Any, kind: type) -> None:
+    """
+    KeyboardInterrupt escapes the pass (as from Twisted's), and whatever
+    else was closing in it still closes: in the passes that follow, with
+    nothing else happening.
+    """
+    def script(p: Probe, data: bytes) -> None:
+        if not any(q.raise_on_lost for q in loop.conns):
+            p.raise_on_lost = KeyboardInterrupt()
+        p.lose()
+
+    loop = make(loops, kind, script)
+    for c in loop.connect(2):
+        c.send(b"QUIT\r\n")
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(PASSES):
+            loop.step()
+    loop.pump(loop.finished)
+    assert [p.reasons for p in loop.conns] == [[error.ConnectionDone]] * 2
+    assert all(c.eof and not c.reset for c in loop.clients)
+
+
 def make(make_loop: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes], None]) -> Loop:
     loop = make_loop(kind)
     loop.listen(script)

@@ -231,16 +231,25 @@ class SMTPEPollReactor(EPollReactor):
         C{ConnectionDone}.
         """
         closing = self._closing
-        while closing:
-            writer = next(iter(closing))
-            del closing[writer]
-            if writer.disconnected:
-                continue
-            if (writer.disconnecting and writer.producer is None and not writer._aborting
-                    and not writer.dataBuffer and not writer._tempDataBuffer):
-                self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of the "selectables" (writer,))
-            else:
-                EPollReactor.addWriter(self, writer)
+        assert closing is not None
+        try:
+            while closing:
+                writer = next(iter(closing))
+                del closing[writer]
+                if writer.disconnected:
+                    continue
+                if (writer.disconnecting and writer.producer is None and not writer._aborting
+                        and not writer.dataBuffer and not writer._tempDataBuffer):
+                    self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of "selectables" (writer,))
+                else:
+                    EPollReactor.addWriter(self, writer)
+        finally:
+            # A KeyboardInterrupt escaped a connectionLost: the rest wait for a write
+            # event, as in Twisted, rather than for the end of a pass that may never come.
+            for writer in list(closing):
+                del closing[writer]
+                if not writer.disconnected:
+                    EPollReactor.addWriter(self, writer)
 
     def _close_now(self, transport: Any, fd: int, event: int) -> None:
         """What a write event does to a closing transport with nothing to send (C{FileDescriptor.doWrite})."""
