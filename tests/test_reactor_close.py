@@ -670,6 +670,31 @@ def test_an_interrupt_in_connectionLost_leaves_no_connection_behind(loops: Any, 
     assert all(c.eof and not c.reset for c in loop.clients)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_nested_pass_closes_what_was_closing(loops: Any, kind: type) -> None:
+    """
+    A handler that closes a connection and then runs passes itself
+    (C{reactor.iterate()}) until it is gone: those passes close it, as on
+    Twisted's reactor, rather than the outer pass after they gave up.
+    """
+    nested: List[bool] = []
+
+    def script(p: Probe, data: bytes) -> None:
+        p.lose()
+        for _ in range(20):
+            if p.lost_pass is not None:
+                break
+            loop.r.doPoll(0.01)
+        nested.append(p.lost_pass is not None)
+
+    loop = make(loops, kind, script)
+    (c,) = loop.connect()
+    c.send(b"QUIT\r\n")
+    loop.pump(loop.finished)
+    assert nested == [True]
+    assert loop.conns[0].reasons == [error.ConnectionDone] and c.eof and not c.reset
+
+
 def make(make_loop: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes], None]) -> Loop:
     loop = make_loop(kind)
     loop.listen(script)

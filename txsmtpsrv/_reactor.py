@@ -117,6 +117,9 @@ class SMTPEPollReactor(EPollReactor):
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
         if timeout is None:
             timeout = -1  # wait indefinitely
+        if self._in_pass and self._closing:
+            self._close_nested()
+            timeout = 0  # (Twisted's poll returns at once with their write events)
         try:
             events = self._poller.poll(timeout, len(self._selectables))
         except OSError as err:
@@ -130,7 +133,7 @@ class SMTPEPollReactor(EPollReactor):
             self._dispatch_logged(events)
             return
         stack = tracker.currentContext().contexts
-        if self._in_pass or self.held_replies is not None:  # nested: the outer pass sends and closes
+        if self._in_pass or self.held_replies is not None:  # nested: the outer pass sends (and closes the rest)
             self._dispatch(events, stack)
             return
         self._in_pass = True
@@ -250,6 +253,17 @@ class SMTPEPollReactor(EPollReactor):
                 del closing[writer]
                 if not writer.disconnected:
                     EPollReactor.addWriter(self, writer)
+
+    def _close_nested(self) -> None:
+        """
+        A pass inside a pass (C{reactor.iterate()} in a handler) closes what
+        the outer one noted so far, as Twisted's poll would (their write
+        events): a handler waiting there for a connection it closed to be
+        gone would otherwise wait forever.
+        """
+        tracker = context.theContextTracker
+        if type(tracker) is context.ThreadedContextTracker:  # (else the outer pass closes them)
+            self._close_pending(tracker.currentContext().contexts)
 
     def _close_now(self, transport: Any, fd: int, event: int) -> None:
         """What a write event does to a closing transport with nothing to send (C{FileDescriptor.doWrite})."""
