@@ -446,6 +446,22 @@ def test_a_unix_socket(loops: Any, kind: type, tmp_path: Path) -> None:
     assert p.closed_in_its_pass is loop.ours and p.asked_to_write is not loop.ours
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_descriptor_queued_with_no_byte_to_carry_it(loops: Any, kind: type, tmp_path: Path) -> None:
+    """
+    A UNIX connection's C{sendFileDescriptor} with nothing written, then
+    loseConnection: Twisted's write event reports the overrun; the close
+    must not drop the descriptor silently as a clean ConnectionDone.
+    """
+    def script(p: Probe, data: bytes) -> None:
+        p.transport.sendFileDescriptor(p.fd)  # type: ignore[union-attr]
+        p.lose()
+
+    loop = run(loops, kind, script, unix=str(tmp_path / "s"))
+    (p,), (c,) = loop.conns, loop.clients
+    assert p.reasons == [error.FileDescriptorOverrun] and c.eof
+
+
 # -- aborts, half-closes, producers -------------------------------------------------------
 
 

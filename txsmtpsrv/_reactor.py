@@ -45,7 +45,8 @@ find it sent). Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
-and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}) and C{_aborting}; L{install}
+and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}, C{_sendmsgQueue}) and
+C{_aborting}; L{install}
 refuses to install it when they are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
@@ -227,11 +228,12 @@ class SMTPEPollReactor(EPollReactor):
         The writers L{addWriter} noted in this pass: each still closing with
         its buffers empty -- a write event would find nothing to send and
         close it (C{FileDescriptor.doWrite}) -- is closed now, as Twisted
-        closes it then; any other is added to epoll as usual. An aborted one
-        (C{abortConnection}, then C{loseConnection}) is left to its abort:
-        its C{connectionLost(ConnectionAborted)} is a call later, and a clean
+        closes it then; any other is added to epoll as usual. That includes
+        an aborted one (C{abortConnection}, then C{loseConnection}): its
+        C{connectionLost(ConnectionAborted)} is a call later, and a clean
         close now would send a FIN for its reset and tell the protocol
-        C{ConnectionDone}.
+        C{ConnectionDone}; and a UNIX one with descriptors queued
+        (C{sendFileDescriptor}), whose write event reports their overrun.
         """
         closing = self._closing
         assert closing is not None
@@ -242,7 +244,8 @@ class SMTPEPollReactor(EPollReactor):
                 if writer.disconnected:
                     continue
                 if (writer.disconnecting and writer.producer is None and not writer._aborting
-                        and not writer.dataBuffer and not writer._tempDataBuffer):
+                        and not writer.dataBuffer and not writer._tempDataBuffer
+                        and not getattr(writer, "_sendmsgQueue", None)):  # (UNIX: descriptors to send)
                     self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of "selectables" (writer,))
                 else:
                     EPollReactor.addWriter(self, writer)
