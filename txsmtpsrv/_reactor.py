@@ -45,9 +45,9 @@ find it sent). Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
-and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}, C{_sendmsgQueue}) and
-C{_aborting}; L{install}
-refuses to install it when they are missing (another Twisted), so a changed
+and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer},
+C{_sendmsgQueue}) and C{_aborting}; L{install}
+refuses to install it when the three are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
 events go through C{log.callWithLogger} exactly as in Twisted.
