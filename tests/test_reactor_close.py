@@ -14,7 +14,12 @@ C{EPollReactor} gives. On ours the close also has to be the cheap one where
 it applies: in the same pass, with no write registration in epoll (a spy
 on the reactor's epoll object sees every C{register}/C{modify}).
 Then the real server: C{smtplib}'s QUIT gets 221 and then EOF, in plain
-text and after STARTTLS (our TLS layer, and Twisted's).
+text and after STARTTLS (our TLS layer, and Twisted's), and behind our
+PROXY wrapper.
+
+To see these tests fail, make C{SMTPEPollReactor.addWriter} always call
+C{EPollReactor.addWriter}: every test that expects the close in its pass
+without a write registration on ours fails (and nothing else).
 """
 
 from __future__ import annotations
@@ -39,13 +44,13 @@ from twisted.internet.epollreactor import EPollReactor  # noqa: E402
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer, IPushProducer  # noqa: E402
 from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 from twisted.logger import globalLogPublisher  # noqa: E402
+from twisted.protocols import tls as tls_protocols  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from twisted.protocols import tls as tls_protocols  # noqa: E402
-
 from tests._tls import client_context, mx_config  # noqa: E402  (imports the global reactor: before any fd count)
 from txsmtpsrv import SMTPServer, _reactor, _tlslayer  # noqa: E402
+from txsmtpsrv._proxy import ProxyWrappingFactory  # noqa: E402
 from txsmtpsrv._reactor import SMTPEPollReactor  # noqa: E402
 from txsmtpsrv._sendnow import HeldReplyWriter, ReplyWriter, eligible, reply_writer  # noqa: E402
 
@@ -311,6 +316,16 @@ def run(make: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes
     return loop
 
 
+def listening(make: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes], None],
+              cls: Type[Probe] = Probe, connect: int = 0) -> Loop:
+    """A L{Loop} listening on 127.0.0.1, with C{connect} clients connected."""
+    loop = make(kind)
+    loop.listen(script, cls)
+    if connect:
+        loop.connect(connect)
+    return loop
+
+
 def direct(p: Probe, data: bytes) -> None:
     """Write as the SMTP protocol does: on the socket while nothing is queued (L{ReplyWriter}), then stop."""
     w = ReplyWriter(p.transport, eligible(p.transport))
@@ -509,7 +524,7 @@ def test_half_close_then_close(loops: Any, kind: type) -> None:
         elif data.startswith(b"MORE"):
             p.lose()
 
-    loop = make_and_connect(loops, kind, script, HalfProbe)
+    loop = listening(loops, kind, script, HalfProbe, connect=1)
     (p,), (c,) = loop.conns, loop.clients
     c.send(b"QUIT\r\n")
     loop.pump(lambda: c.eof)
@@ -539,7 +554,7 @@ def test_half_close_and_close_in_one_pass(loops: Any, kind: type) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_client_half_close_answered_then_closed(loops: Any, kind: type) -> None:
     """The client's FIN (readConnectionLost), answered and closed in the next pass: 221, then EOF."""
-    loop = make_and_connect(loops, kind, lambda p, data: None, HalfProbe)
+    loop = listening(loops, kind, lambda p, data: None, HalfProbe, connect=1)
     (p,), (c,) = loop.conns, loop.clients
     assert isinstance(p, HalfProbe)
     c.sock.shutdown(socket.SHUT_WR)
@@ -615,7 +630,7 @@ def test_a_pull_producer_holds_the_close_until_unregistered(loops: Any, kind: ty
         p.transport.registerProducer(producer, False)  # type: ignore[union-attr]
         p.lose()
 
-    loop = make_and_connect(loops, kind, script)
+    loop = listening(loops, kind, script, connect=1)
     (p,), (c,) = loop.conns, loop.clients
     c.send(b"QUIT\r\n")
     assert not loop.pump(lambda: p.lost_pass is not None, passes=20, must=False)
@@ -623,14 +638,6 @@ def test_a_pull_producer_holds_the_close_until_unregistered(loops: Any, kind: ty
     p.transport.unregisterProducer()  # type: ignore[union-attr]
     loop.pump(loop.finished)
     assert p.reasons == [error.ConnectionDone] and c.eof and not c.reset
-
-
-def make_and_connect(make: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes], None],
-                     cls: Type[Probe] = Probe) -> Loop:
-    loop = make(kind)
-    loop.listen(script, cls)
-    loop.connect()
-    return loop
 
 
 # -- failures, nesting -------------------------------------------------------------------
@@ -643,7 +650,7 @@ def test_a_failing_connectionLost_is_logged_and_the_others_still_close(loops: An
             p.raise_on_lost = RuntimeError("connectionLost failed")
         p.lose()
 
-    loop = make(loops, kind, script)
+    loop = listening(loops, kind, script)
     for c in loop.connect(2):
         c.send(b"QUIT\r\n")
     failures: List[Any] = []
@@ -658,6 +665,7 @@ def test_a_failing_connectionLost_is_logged_and_the_others_still_close(loops: An
         loop.pump(loop.finished)
     finally:
         globalLogPublisher.removeObserver(observer)
+    assert len({p.lose_pass for p in loop.conns}) == 1
     assert [p.reasons for p in loop.conns] == [[error.ConnectionDone]] * 2
     assert all(c.eof and not c.reset for c in loop.clients)
     assert failures == [(RuntimeError, loop.conns[0].transport.logstr)]  # type: ignore[union-attr]
@@ -675,12 +683,13 @@ def test_an_interrupt_in_connectionLost_leaves_no_connection_behind(loops: Any, 
             p.raise_on_lost = KeyboardInterrupt()
         p.lose()
 
-    loop = make(loops, kind, script)
+    loop = listening(loops, kind, script)
     for c in loop.connect(2):
         c.send(b"QUIT\r\n")
     with pytest.raises(KeyboardInterrupt):
         for _ in range(PASSES):
             loop.step()
+    assert len({p.lose_pass for p in loop.conns}) == 1  # (both closing in the pass the interrupt left)
     loop.pump(loop.finished)
     assert [p.reasons for p in loop.conns] == [[error.ConnectionDone]] * 2
     assert all(c.eof and not c.reset for c in loop.clients)
@@ -703,18 +712,12 @@ def test_a_nested_pass_closes_what_was_closing(loops: Any, kind: type) -> None:
             loop.r.doPoll(0.01)
         nested.append(p.lost_pass is not None)
 
-    loop = make(loops, kind, script)
+    loop = listening(loops, kind, script)
     (c,) = loop.connect()
     c.send(b"QUIT\r\n")
     loop.pump(loop.finished)
     assert nested == [True]
     assert loop.conns[0].reasons == [error.ConnectionDone] and c.eof and not c.reset
-
-
-def make(make_loop: Callable[[type], Loop], kind: type, script: Callable[[Probe, bytes], None]) -> Loop:
-    loop = make_loop(kind)
-    loop.listen(script)
-    return loop
 
 
 # -- the real server ---------------------------------------------------------------------
@@ -766,6 +769,25 @@ def test_smtplib_quit_gets_221_then_eof(loops: Any, monkeypatch: pytest.MonkeyPa
         assert not any(events & select.EPOLLOUT for _, _, events in loop.spy.changes)
 
 
+def test_behind_the_proxy_wrapper(loops: Any) -> None:
+    """Through our PROXY wrapper (C{ProxyProtocolWrapper} on a C{tcp.Server}): QUIT, 221, EOF, no write event."""
+    loop = loops(SMTPEPollReactor)
+    server = SMTPServer(reactor=loop.r, name="mx.test", disable_reverse_lookup=True, hide_starttls=True)
+    factory = ProxyWrappingFactory(server, trusted="127.0.0.0/8", reactor=loop.r)
+    loop.ports.append(loop.r.listenTCP(0, factory, interface="127.0.0.1"))
+    loop.address = ("127.0.0.1", loop.ports[0].getHost().port)
+    sock = socket.create_connection(loop.address, timeout=5)
+    c = Client(sock)
+    loop.clients.append(c)
+    c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+    loop.pump(lambda: c.data.endswith(b"\r\n"))
+    assert c.data.startswith(b"220 ")
+    c.send(b"QUIT\r\n")
+    loop.pump(lambda: c.eof and not server._connections)
+    assert c.data.split(b"\r\n")[-2].startswith(b"221 ") and not c.reset
+    assert not any(events & select.EPOLLOUT for _, _, events in loop.spy.changes)
+
+
 # -- what the close relies on --------------------------------------------------------------
 
 
@@ -783,3 +805,4 @@ def test_the_digest_follows_what_the_close_relies_on(monkeypatch: pytest.MonkeyP
     assert before == _reactor.CHECKED_TWISTED
     monkeypatch.setattr(where, name, _changed)
     assert _reactor._twisted_digest() not in (before, None)
+
