@@ -39,12 +39,15 @@ buffer (L{SMTPEPollReactor.addWriter}): Twisted waits for a write event
 first, which costs two C{epoll_ctl} calls and a pass per connection, only
 to find that there is nothing to write. The close is Twisted's own
 (C{_postLoseConnection}, C{_disconnectSelectable}), in the selectable's log
-context. Nothing else differs from C{EPollReactor}.
+context, after the pass's held replies are sent (so a reply still held
+when its connection closes goes before the FIN, as a write event would
+find it sent). Nothing else differs from C{EPollReactor}.
 
 It reads three attributes of C{EPollReactor} that are not public API
 (C{_poller}, C{_selectables} and C{_doReadOrWrite}), C{log}'s context tracker,
-and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer}); L{install}
-refuses to install it when they are missing (another Twisted), so a changed
+and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer},
+C{_sendmsgQueue}) and C{_aborting}; L{install}
+refuses to install it when the three are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
 events go through C{log.callWithLogger} exactly as in Twisted.
@@ -78,7 +81,7 @@ __all__ = ["SMTPEPollReactor", "install", "SHORT_NAME"]
 SHORT_NAME = "smtpsrv-epoll"
 """The reactor plugin's name, for C{--reactor=smtpsrv-epoll}."""
 
-CHECKED_TWISTED = "25193ba86ecc4064"
+CHECKED_TWISTED = "78b3530782604b29"
 """
 Digest of the Twisted source L{SMTPEPollReactor} replaces, inlines and relies on
 (L{_twisted_digest}), as last checked (Twisted 26.10).
@@ -115,6 +118,9 @@ class SMTPEPollReactor(EPollReactor):
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
         if timeout is None:
             timeout = -1  # wait indefinitely
+        if self._in_pass and self._closing:
+            self._close_nested()
+            timeout = 0  # (Twisted's poll returns at once with their write events)
         try:
             events = self._poller.poll(timeout, len(self._selectables))
         except OSError as err:
@@ -128,7 +134,7 @@ class SMTPEPollReactor(EPollReactor):
             self._dispatch_logged(events)
             return
         stack = tracker.currentContext().contexts
-        if self._in_pass or self.held_replies is not None:  # nested: the outer pass sends and closes
+        if self._in_pass or self.held_replies is not None:  # nested: the outer pass sends (and closes the rest)
             self._dispatch(events, stack)
             return
         self._in_pass = True
@@ -146,10 +152,10 @@ class SMTPEPollReactor(EPollReactor):
         finally:
             self._in_pass = False
             try:
+                self._send_held()  # first: a connection's replies go before its FIN
+            finally:
                 if self._closing:
                     self._close_pending(stack)
-            finally:
-                self._send_held()
 
     def _dispatch(self, events: Any, stack: Any, selectables: Any = None, dispatch: Any = None) -> None:
         """
@@ -222,19 +228,45 @@ class SMTPEPollReactor(EPollReactor):
         The writers L{addWriter} noted in this pass: each still closing with
         its buffers empty -- a write event would find nothing to send and
         close it (C{FileDescriptor.doWrite}) -- is closed now, as Twisted
-        closes it then; any other is added to epoll as usual.
+        closes it then; any other is added to epoll as usual. That includes
+        an aborted one (C{abortConnection}, then C{loseConnection}): its
+        C{connectionLost(ConnectionAborted)} is a call later, and a clean
+        close now would send a FIN for its reset and tell the protocol
+        C{ConnectionDone}; and a UNIX one with descriptors queued
+        (C{sendFileDescriptor}), whose write event reports their overrun.
         """
         closing = self._closing
-        while closing:
-            writer = next(iter(closing))
-            del closing[writer]
-            if writer.disconnected:
-                continue
-            if (writer.disconnecting and writer.producer is None
-                    and not writer.dataBuffer and not writer._tempDataBuffer):
-                self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of the "selectables" (writer,))
-            else:
-                EPollReactor.addWriter(self, writer)
+        assert closing is not None
+        try:
+            while closing:
+                writer = next(iter(closing))
+                del closing[writer]
+                if writer.disconnected:
+                    continue
+                if (writer.disconnecting and writer.producer is None and not writer._aborting
+                        and not writer.dataBuffer and not writer._tempDataBuffer
+                        and not getattr(writer, "_sendmsgQueue", None)):  # (UNIX: descriptors to send)
+                    self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of "selectables" (writer,))
+                else:
+                    EPollReactor.addWriter(self, writer)
+        finally:
+            # A KeyboardInterrupt escaped a connectionLost: the rest wait for a write
+            # event, as in Twisted, rather than for the end of a pass that may never come.
+            for writer in list(closing):
+                del closing[writer]
+                if not writer.disconnected:
+                    EPollReactor.addWriter(self, writer)
+
+    def _close_nested(self) -> None:
+        """
+        A pass inside a pass (C{reactor.iterate()} in a handler) closes what
+        the outer one noted so far, as Twisted's poll would (their write
+        events): a handler waiting there for a connection it closed to be
+        gone would otherwise wait forever.
+        """
+        tracker = context.theContextTracker
+        if type(tracker) is context.ThreadedContextTracker:  # (else the outer pass closes them)
+            self._close_pending(tracker.currentContext().contexts)
 
     def _close_now(self, transport: Any, fd: int, event: int) -> None:
         """What a write event does to a closing transport with nothing to send (C{FileDescriptor.doWrite})."""
@@ -325,7 +357,8 @@ def _twisted_digest() -> Optional[str]:
     and inlines (C{log.callWithLogger}, C{log.callWithContext}, and the whole of
     C{twisted.python.context}: the trackers and its module-level C{call}/C{get}),
     and of what the close at the end of a pass relies on (C{EPollReactor.addWriter}/
-    C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection}),
+    C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection},
+    C{abortConnection}'s C{_aborting}),
     or None where the source cannot be read. Only a default hangs on it, so no
     failure here may stop the daemon from starting.
     """
@@ -336,7 +369,8 @@ def _twisted_digest() -> Optional[str]:
 
     fd = abstract.FileDescriptor
     parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context,
-             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection)
+             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection,
+             tcp._AbortingMixin.abortConnection)
     try:
         text = "\0".join(inspect.getsource(part) for part in parts)
     except Exception:  # OSError/TypeError without sources (.pyc only, a frozen build), or anything else

@@ -47,7 +47,7 @@ TLS) must see every byte, and other reactors' sockets have their own rules.
 from __future__ import annotations
 
 import socket
-from typing import Any, List, Optional, Union, cast
+from typing import Any, List, Optional, Union
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
@@ -235,7 +235,8 @@ def reply_writer(transport: Any, peer: Any = None) -> ReplyWriter:
         # The socket's own peer: behind our PROXY wrapper getPeer() is the proxied client,
         # while the process a send wakes is the proxy's.
         if type(transport) is ProxyProtocolWrapper:
-            peer = cast(Any, transport.transport).getPeer()
+            real: Any = transport.transport
+            peer = real.getPeer()
         elif peer is None:
             peer = transport.getPeer()
         if _local(peer):
