@@ -208,14 +208,14 @@ class SMTPEPollReactor(EPollReactor):
                 self._closing = {}
             self._closing[writer] = None
             return
-        EPollReactor.addWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        EPollReactor.addWriter(self, writer)
 
     def removeWriter(self, writer: Any) -> None:
         """C{EPollReactor.removeWriter}, also forgetting a writer L{addWriter} noted."""
         closing = self._closing
         if closing:
             closing.pop(writer, None)
-        EPollReactor.removeWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        EPollReactor.removeWriter(self, writer)
 
     def _close_pending(self, stack: Any) -> None:
         """
@@ -234,7 +234,7 @@ class SMTPEPollReactor(EPollReactor):
                     and not writer.dataBuffer and not writer._tempDataBuffer):
                 self._dispatch(((0, 0),), stack, (writer,), self._close_now)  # (fd 0 of the "selectables" (writer,))
             else:
-                EPollReactor.addWriter(self, writer)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+                EPollReactor.addWriter(self, writer)
 
     def _close_now(self, transport: Any, fd: int, event: int) -> None:
         """What a write event does to a closing transport with nothing to send (C{FileDescriptor.doWrite})."""

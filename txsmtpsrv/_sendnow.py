@@ -235,7 +235,8 @@ def reply_writer(transport: Any, peer: Any = None) -> ReplyWriter:
         # The socket's own peer: behind our PROXY wrapper getPeer() is the proxied client,
         # while the process a send wakes is the proxy's.
         if type(transport) is ProxyProtocolWrapper:
-            peer = transport.transport.getPeer()
+            real: Any = transport.transport
+            peer = real.getPeer()
         elif peer is None:
             peer = transport.getPeer()
         if _local(peer):
