@@ -25,6 +25,7 @@ path costs one or two of them).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import Any, Dict, Optional, Tuple
@@ -91,7 +92,6 @@ class _Listener:
 #: listening socket -> its L{_Listener}. Bounded: cleared when full.
 _LISTENERS: Dict[Any, _Listener] = {}
 
-_WILDCARDS = ("0.0.0.0", "::")
 _TRANSPARENT = ((socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19)),
                 (socket.IPPROTO_IPV6, getattr(socket, "IPV6_TRANSPARENT", 75)))
 _TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
@@ -144,7 +144,7 @@ def _bound_to_one(port: Any, listening: socket.socket) -> Optional[Tuple[str, in
     """The listener's (address, port) if every connection it accepts has it, else None."""
     try:
         host = address_parts(port.getHost())
-        if host[0] in _WILDCARDS or not host[0]:
+        if _any_address(host[0]):
             return None
         for level, option in _TRANSPARENT:
             try:
@@ -155,3 +155,19 @@ def _bound_to_one(port: Any, listening: socket.socket) -> Optional[Tuple[str, in
     except Exception:  # whatever this listener is, each connection can still be asked
         return None
     return host
+
+
+def _any_address(host: str) -> bool:
+    """
+    Whether a listener bound to C{host} takes connections to more than one
+    address: C{0.0.0.0}, C{::} (IPv4 too, v4-mapped, on a dual-stack
+    socket), and C{::ffff:0.0.0.0} (every IPv4 address, on an IPv6 socket).
+    Anything unreadable counts as such: each connection is asked then.
+    """
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_unspecified
+    return ip.is_unspecified
