@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.tcp import Server
 from twisted.internet.testing import MemoryReactor
@@ -393,6 +394,43 @@ class LoopbackTests(unittest.TestCase):
         seen += yield self.connect(("127.0.0.1", number), header=b"PROXY TCP4 192.0.2.8 198.51.100.3 40001 587\r\n")
         self.assertEqual([s.session for s in seen], [("192.0.2.1", 25), ("198.51.100.3", 587)])
         self.assertTrue(all(s.nodelay for s in seen))
+
+    @defer.inlineCallbacks
+    def test_connections_queued_before_the_listener_had_it(self) -> None:
+        """
+        Connections the kernel accepted before the listening socket had
+        TCP_NODELAY (a backlog at start) do not have it: they get it set,
+        and do not stop later connections from sharing the listener's.
+        """
+        raw = socket.socket()
+        self.addCleanup(raw.close)
+        raw.bind(("127.0.0.1", 0))
+        raw.listen(16)
+        raw.setblocking(False)
+        target = raw.getsockname()
+        early = [socket.create_connection(target, timeout=10) for _ in range(3)]  # queued, not accepted yet
+        calls: List[Any] = []
+        real_no_delay = _accepted.no_delay
+
+        def counting(transport: Any) -> None:
+            calls.append(transport)
+            real_no_delay(transport)
+
+        self.patch(_accepted, "no_delay", counting)
+        # (the endpoint closes the descriptor it adopts: it gets a copy of raw's)
+        port = yield self.serve(AdoptedStreamServerEndpoint(reactor, os.dup(raw.fileno()), socket.AF_INET))
+        self.addCleanup(lambda: [c.close() for c in early])  # (before the server's close, which waits for them)
+        for _ in range(200):  # the three queued connections are accepted at the next pass
+            if len(self.server._connections) == 3:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        seen = yield self.connect(target, target)  # after: these two have it from the listener
+        self.assertEqual(len(self.server._connections), 5)
+        for p in self.server._connections:
+            self.assertTrue(tcp_socket(p.transport).getsockopt(*_NODELAY))
+        self.assertIs(_LISTENERS[port.socket].nodelay, True)
+        last = [p for p in self.server._connections if tcp_socket(p.transport).getpeername()[1] == seen[-1].peer_port]
+        self.assertNotIn(last[0].transport, calls)
 
     @defer.inlineCallbacks
     def test_smtplib(self) -> None:
