@@ -47,8 +47,12 @@ _used = _BLOCK
 
 def session_id() -> str:
     """
-    A new session id: 8 random bytes as 16 hex digits. For the reactor's
-    thread (connections are made there): two threads could share an id.
+    A new session id: 8 random bytes as 16 hex digits. Not only the
+    reactor's thread asks (C{testing.TestClient} makes sessions in its
+    caller's thread while a C{ThreadedServer}'s reactor thread makes its
+    own): under the GIL no other thread runs between reading C{_used} and
+    writing it (no call, no backward jump there), and a block fetched
+    meanwhile replaces the old one whole. A free-threaded build needs a lock.
     """
     global _random, _used
     at = _used
