@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_accepted -*-
 """
-A new connection's set-up: its session id, its local address and Nagle's
-algorithm off, each without a system call per connection where one can be
-shared (issue 13: a one-message connection costs a few hundred microseconds,
-and each system call on this path one or two of them).
+What a new connection is called: its session id and its two addresses,
+each without a system call where one can be shared (issue 13: a churn
+connection is a few hundred microseconds, and each system call on this
+path costs one or two of them).
 
   - The session id: 16 hex digits of C{os.urandom}, as before, but cut from a
     block fetched once per 256 connections rather than one C{getrandom} call
@@ -19,12 +19,15 @@ and each system call on this path one or two of them).
   - Nagle's algorithm off (L{_sendnow.no_delay}, for why): Linux copies
     C{TCP_NODELAY} from a listening socket to the connections it accepts, so
     it is set once on the listening socket, and per connection only until a
-    connection is seen to have it (checked once per listener: where the system
-    does not copy it, every connection gets it set, as before).
+    connection is seen to have it. Those the kernel queued before the listener
+    had it lack it, so lacking it decides nothing until more have lacked it
+    than the listener's queue holds: then the system does not copy it, and
+    every connection gets it set, as before.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import Any, Dict, Optional, Tuple
@@ -44,8 +47,12 @@ _used = _BLOCK
 
 def session_id() -> str:
     """
-    A new session id: 8 random bytes as 16 hex digits. For the reactor's
-    thread (connections are made there): two threads could share an id.
+    A new session id: 8 random bytes as 16 hex digits. Not only the
+    reactor's thread asks (C{testing.TestClient} makes sessions in its
+    caller's thread while a C{ThreadedServer}'s reactor thread makes its
+    own): under the GIL no other thread runs between reading C{_used} and
+    writing it (no call, no backward jump there), and a block fetched
+    meanwhile replaces the old one whole. A free-threaded build needs a lock.
     """
     global _random, _used
     at = _used
@@ -78,23 +85,28 @@ class _Listener:
 
     @ivar local: their (address, port), or None where each must be asked.
     @ivar nodelay: whether they have C{TCP_NODELAY} from the listening
-        socket: C{True}, C{False}, or C{None} until a connection shows it.
+        socket: C{True}, C{False}, or C{None} until L{_check} knows.
+    @ivar queued: how many more connections without it may be ones the
+        kernel queued before the listening socket had it.
     """
 
-    __slots__ = ("local", "nodelay")
+    __slots__ = ("local", "nodelay", "queued")
 
-    def __init__(self, local: Optional[Tuple[str, int]], nodelay: Optional[bool]) -> None:
+    def __init__(self, local: Optional[Tuple[str, int]], nodelay: Optional[bool], queued: int) -> None:
         self.local = local
         self.nodelay = nodelay
+        self.queued = queued
 
 
 #: listening socket -> its L{_Listener}. Bounded: cleared when full.
 _LISTENERS: Dict[Any, _Listener] = {}
 
-_WILDCARDS = ("0.0.0.0", "::")
 _TRANSPARENT = ((socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19)),
                 (socket.IPPROTO_IPV6, getattr(socket, "IPV6_TRANSPARENT", 75)))
 _TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+#: A listening socket's queue where its backlog is unknown (adopted): Linux caps
+#: listen()'s backlog at net.core.somaxconn (4096 by default), and holds one more.
+_QUEUE = 4097
 
 
 def accepted(transport: Any) -> Tuple[str, int]:
@@ -113,12 +125,9 @@ def accepted(transport: Any) -> Tuple[str, int]:
                 shared = _listener(transport.server, listening)
                 no_delay(transport)  # accepted before the listening socket had it
             else:
-                if shared.nodelay is None:  # the first connection since: did it get it?
-                    try:
-                        shared.nodelay = bool(transport.socket.getsockopt(_TCP, _NODELAY))
-                    except OSError:
-                        shared.nodelay = False
-                if not shared.nodelay:
+                if shared.nodelay is None:
+                    _check(shared, transport)
+                elif not shared.nodelay:
                     no_delay(transport)
             if shared.local is not None:
                 return shared.local
@@ -134,17 +143,40 @@ def _listener(port: Any, listening: socket.socket) -> _Listener:
         nodelay: Optional[bool] = None
     except OSError:
         nodelay = False
+    backlog = getattr(port, "backlog", None)
+    queued = backlog + 1 if isinstance(backlog, int) and backlog > 0 else _QUEUE
     if len(_LISTENERS) >= 64:
         _LISTENERS.clear()
-    shared = _LISTENERS[listening] = _Listener(_bound_to_one(port, listening), nodelay)
+    shared = _LISTENERS[listening] = _Listener(_bound_to_one(port, listening), nodelay, queued)
     return shared
+
+
+def _check(shared: _Listener, transport: Any) -> None:
+    """
+    Whether a connection got C{TCP_NODELAY} from its listening socket. One
+    that did decides it for every later one: the kernel hands connections
+    over in the order it queued them. One that did not may have been queued
+    before the listening socket had it (a backlog at start): it gets it set,
+    and the next is checked, until more lacked it than the queue holds.
+    """
+    try:
+        inherited = transport.socket.getsockopt(_TCP, _NODELAY)
+    except OSError:
+        inherited = 0
+    if inherited:
+        shared.nodelay = True
+        return
+    no_delay(transport)
+    shared.queued -= 1
+    if shared.queued <= 0:
+        shared.nodelay = False
 
 
 def _bound_to_one(port: Any, listening: socket.socket) -> Optional[Tuple[str, int]]:
     """The listener's (address, port) if every connection it accepts has it, else None."""
     try:
         host = address_parts(port.getHost())
-        if host[0] in _WILDCARDS or not host[0]:
+        if _any_address(host[0]):
             return None
         for level, option in _TRANSPARENT:
             try:
@@ -155,3 +187,19 @@ def _bound_to_one(port: Any, listening: socket.socket) -> Optional[Tuple[str, in
     except Exception:  # whatever this listener is, each connection can still be asked
         return None
     return host
+
+
+def _any_address(host: str) -> bool:
+    """
+    Whether a listener bound to C{host} takes connections to more than one
+    address: C{0.0.0.0}, C{::} (IPv4 too, v4-mapped, on a dual-stack
+    socket), and C{::ffff:0.0.0.0} (every IPv4 address, on an IPv6 socket).
+    Anything unreadable counts as such: each connection is asked then.
+    """
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_unspecified
+    return ip.is_unspecified
