@@ -268,3 +268,29 @@ def test_a_nested_pass_closes_what_was_closing(loops: Any, kind: type) -> None:
     loop.pump(loop.finished)
     assert nested == [True]
     assert loop.conns[0].reasons == [error.ConnectionDone] and c.eof and not c.reset
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_nested_pass_sends_held_replies_before_its_closes(loops: Any, kind: type) -> None:
+    """
+    As at the end of a pass: a reply held in the outer pass (a writer not
+    stopped before loseConnection) goes before the nested pass closes its
+    connection, not after, on a closed socket.
+    """
+    from txsmtpsrv._sendnow import reply_writer
+
+    def script(p: Probe, data: bytes) -> None:
+        reply_writer(p.transport).write(b"221 bye\r\n")
+        p.lose()
+        for _ in range(20):
+            if p.lost_pass is not None:
+                break
+            loop.r.doPoll(0.01)
+
+    loop = listening(loops, kind, script)
+    for c in loop.connect(2):
+        c.send(b"QUIT\r\n")
+    loop.pump(loop.finished)
+    assert [bytes(c.data) for c in loop.clients] == [b"221 bye\r\n"] * 2
+    assert all(c.eof and not c.reset for c in loop.clients)
+    assert [p.reasons for p in loop.conns] == [[error.ConnectionDone]] * 2

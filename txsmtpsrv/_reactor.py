@@ -262,10 +262,13 @@ class SMTPEPollReactor(EPollReactor):
         A pass inside a pass (C{reactor.iterate()} in a handler) closes what
         the outer one noted so far, as Twisted's poll would (their write
         events): a handler waiting there for a connection it closed to be
-        gone would otherwise wait forever.
+        gone would otherwise wait forever. The replies held so far go first.
         """
         tracker = context.theContextTracker
         if type(tracker) is context.ThreadedContextTracker:  # (else the outer pass closes them)
+            if self.held_replies:  # first, as at the end of a pass: a connection's replies go before its FIN
+                self._send_held()
+                self.held_replies = {}  # (the outer pass holds on)
             self._close_pending(tracker.currentContext().contexts)
 
     def _close_now(self, transport: Any, fd: int, event: int) -> None:
