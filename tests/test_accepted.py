@@ -4,7 +4,7 @@ What a new connection is called (L{txsmtpsrv._accepted}): its session id,
 its local address and Nagle's algorithm off, with the system calls shared
 per listening socket where that gives the same answer.
 
-Why it matters: an id that repeats (a forked worker, threads) mixes two
+Why it matters: an id that repeats (a forked process, threads) mixes two
 sessions in the log; a local address from the cache that is not this
 connection's own (a wildcard listener, a transparent one) misleads every
 hook that reads C{session.local_address}; a connection without
@@ -79,7 +79,7 @@ def test_ids_from_several_threads_are_distinct() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
-    """A child (C{--workers}, C{multiprocessing}'s fork) takes ids from a block of its own."""
+    """A child (C{os.fork}, C{multiprocessing}'s fork) takes ids from a block of its own."""
     _accepted._new_block_after_fork()
     session_id()  # the parent now has a block with ids left in it, which the child inherits
     r, w = os.pipe()

@@ -7,8 +7,9 @@ path costs one or two of them).
 
   - The session id: 16 hex digits of C{os.urandom}, as before, but cut from a
     block fetched once per 256 connections rather than one C{getrandom} call
-    each. A forked process (C{--workers}) starts a block of its own, so it
-    never repeats its parent's ids.
+    each. A process forked after making sessions starts a block of its own,
+    so it never repeats its parent's ids (C{--workers} processes are new
+    interpreters: C{spawnProcess}).
   - The local address: for a TCP listener bound to one address, every
     connection it accepts has that address, so it is asked once per listening
     socket (C{Port.getHost()}) instead of per connection (C{getsockname} and

@@ -84,7 +84,7 @@ SHORT_NAME = "smtpsrv-epoll"
 CHECKED_TWISTED = "78b3530782604b29"
 """
 Digest of the Twisted source L{SMTPEPollReactor} replaces, inlines and relies on
-(L{_twisted_digest}), as last checked (Twisted 26.10).
+(L{_twisted_digest}), as last checked (the same in Twisted 26.4 and 26.10).
 Update it after reading what changed, and L{SMTPEPollReactor} with it.
 """
 
