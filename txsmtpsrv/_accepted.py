@@ -117,24 +117,19 @@ def accepted(transport: Any) -> Tuple[str, int]:
     C{address_parts(transport.getHost())} gives), sharing what its listener
     shares.
     """
-    if type(transport) is Server:
-        listening = getattr(transport.server, "socket", None)  # (server: None when adopted by fromDescriptor)
-        if listening is not None:
-            try:
-                shared = _LISTENERS[listening]
-            except KeyError:
-                shared = _listener(transport.server, listening)
-                no_delay(transport)  # accepted before the listening socket had it
-            else:
-                if shared.nodelay is None:
-                    _check(shared, transport)
-                elif not shared.nodelay:
-                    no_delay(transport)
-            if shared.local is not None:
-                return shared.local
-            return address_parts(transport.getHost())
-    no_delay(transport)
-    return address_parts(transport.getHost())
+    listening = getattr(transport.server, "socket", None) if type(transport) is Server else None
+    if listening is None:  # not Twisted's TCP server transport, or adopted by fromDescriptor (no server)
+        no_delay(transport)
+        return address_parts(transport.getHost())
+    shared = _LISTENERS.get(listening)
+    if shared is None:
+        shared = _listener(transport.server, listening)
+        no_delay(transport)  # accepted before the listening socket had it
+    elif shared.nodelay is None:
+        _check(shared, transport)
+    elif not shared.nodelay:
+        no_delay(transport)
+    return shared.local if shared.local is not None else address_parts(transport.getHost())
 
 
 def _listener(port: Any, listening: socket.socket) -> _Listener:
