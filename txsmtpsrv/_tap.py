@@ -45,7 +45,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLog
 from twisted.python import usage
 from zope.interface import implementer
 
-from ._cli import DEFAULT_LISTEN, SMTPS, Options, server_kwargs, worker_arguments  # noqa: F401
+from ._cli import Options, server_kwargs, worker_arguments
 from . import _limitopts
 from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
