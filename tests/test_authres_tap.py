@@ -16,7 +16,8 @@ from tests import _authzone as z
 from tests._dnszone import ZoneProcess
 from tests.test_twistd import maildir_messages, twistd  # noqa: F401  (the fixture)
 from txsmtpsrv import AuthVerifier
-from txsmtpsrv._tap import Options, _worker_options, makeService
+from txsmtpsrv._cli import worker_arguments as _worker_options
+from txsmtpsrv._tap import Options, makeService
 
 
 def parse(*args: str) -> Options:

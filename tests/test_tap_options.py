@@ -14,7 +14,9 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from txsmtpsrv._tap import DEFAULT_LISTEN, Options, _endpoint_arguments, _shareable_address, makeService
+from txsmtpsrv._sharedports import _endpoint_arguments, shareable_address as _shareable_address
+from txsmtpsrv._cli import DEFAULT_LISTEN
+from txsmtpsrv._tap import Options, makeService
 
 from tests._certs import make_ca, write_pem
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)

@@ -21,7 +21,8 @@ from twisted.python import usage
 
 from txsmtpsrv import SMTPServer
 from txsmtpsrv._delivery import MaildirDelivery, MboxDelivery
-from txsmtpsrv._tap import SMTPService, _worker_options, makeService
+from txsmtpsrv._cli import worker_arguments as _worker_options
+from txsmtpsrv._tap import SMTPService, makeService
 from txsmtpsrv.testing import FakeResolver, TestClient
 
 from tests._certs import make_ca, write_pem

@@ -23,7 +23,9 @@ from twisted.logger import LogLevel, capturedLogs, eventAsJSON, formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from txsmtpsrv._tap import Options, _ParentWatch, _SharedPort, _WorkerPool, _WorkerProtocol, makeService
+from txsmtpsrv._sharedports import SharedPort as _SharedPort
+from txsmtpsrv._tap import Options, makeService
+from txsmtpsrv._workers import ParentWatch as _ParentWatch, WorkerPool as _WorkerPool, _WorkerProtocol
 
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
 from tests._support import result

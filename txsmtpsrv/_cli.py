@@ -33,10 +33,8 @@ from ._adopted import FAMILIES
 from ._authres import _tap as _authres
 from ._options import ServerOptions
 from ._version import __version__
-# Defined with the worker pool, which needs it too (and must not import this module).
-from ._sharedports import SMTPS
 
-__all__ = ["Options", "DEFAULT_LISTEN", "SMTPS", "worker_arguments", "server_kwargs"]
+__all__ = ["Options", "DEFAULT_LISTEN", "worker_arguments", "server_kwargs"]
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 

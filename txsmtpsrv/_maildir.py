@@ -14,7 +14,6 @@ from typing import IO, Any, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsmtpsrv._diskio import ChunkFile, GroupCommit, ToLF, Writer, make_directory, make_io

@@ -164,8 +164,7 @@ def listen_endpoint(reactor: Any, description: str, tls: Callable[[], Any]) -> A
     return wrap_server_tls(tls(), endpoint) if implicit_tls else endpoint
 
 
-def _bind_unix(description: str, inner: str) -> socket.socket:
-    path, mode, backlog = _unix_address(inner)
+def _bind_unix(description: str, path: str, mode: int, backlog: int) -> socket.socket:
     if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -219,8 +218,9 @@ class SharedPort:
     def bind(cls, description: str, processes: int) -> "SharedPort":
         prefix, inner = split_wrappers(description)
         if inner.split(":", 1)[0].lower() == "unix":
-            return cls(description, socket.AF_UNIX, [_bind_unix(description, inner)], prefix,
-                       os.path.abspath(_unix_address(inner)[0]))  # removed after --rundir's chdir
+            path, mode, backlog = _unix_address(inner)
+            return cls(description, socket.AF_UNIX, [_bind_unix(description, path, mode, backlog)], prefix,
+                       os.path.abspath(path))  # removed after --rundir's chdir
         family, interface, port, backlog = shareable_address(inner)
         reuse_port = hasattr(socket, "SO_REUSEPORT")
         sockets: List[socket.socket] = []

@@ -45,19 +45,15 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLog
 from twisted.python import usage
 from zope.interface import implementer
 
-from ._cli import DEFAULT_LISTEN, SMTPS, Options, server_kwargs, worker_arguments  # noqa: F401
+from ._cli import Options, server_kwargs, worker_arguments
 from . import _limitopts
 from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
-from ._sharedports import SharedPort, _endpoint_arguments, listen_endpoint, shareable_address  # noqa: F401
-from ._workers import READY, ParentWatch, WorkerPool, _WorkerProtocol, twist_command, worker_environment  # noqa: F401
+from ._sharedports import SharedPort, listen_endpoint
+from ._workers import READY, ParentWatch, WorkerPool, twist_command, worker_environment
 
 __all__ = ["Options", "makeService", "SMTPService"]
-
-# The names the plugin's tests import from here since before the split.
-_ParentWatch, _SharedPort, _WorkerPool, _shareable_address = ParentWatch, SharedPort, WorkerPool, shareable_address
-_worker_options = worker_arguments
 
 log = Logger()
 
