@@ -401,7 +401,7 @@ class MailCommands(SessionCommands):
         else:
             error = refusal("BDAT", self.phase)
         if error is None:
-            if not env.rcpt_to:
+            if not env._rcpt:  # (rcpt_to without the property call, as in DATA: no list made for none)
                 error = (554, "5.5.1", "Error: no valid recipients")
             elif self._bdat_error is not None:
                 error = self._bdat_error

@@ -172,11 +172,11 @@ def apply_format_specs(event: Dict[str, Any]) -> None:
     flattened, text = event.get("log_flattened"), event.get("log_format")
     if not isinstance(flattened, dict) or not isinstance(text, str) or ":" not in text:
         return
-    shown, kept = KeyFlattener(), KeyFlattener()
+    keys = KeyFlattener()  # one, as flattenEvent's: each key is counted apart
     for _, name, spec, conversion in Formatter().parse(text):
         if name is None:
             continue
-        key, value_key = shown.flatKey(name, spec, conversion or "s"), kept.flatKey(name, spec, "")
+        key, value_key = keys.flatKey(name, spec, conversion or "s"), keys.flatKey(name, spec, "")
         if spec and not conversion and value_key in flattened:
             try:
                 flattened[key] = format(flattened[value_key], spec)
