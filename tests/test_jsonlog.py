@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -140,66 +140,69 @@ def test_stdout_is_not_reopened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 # SMTPService: the signals
 
 
-def service_with_log(tmp_path: Path, *extra: str) -> SMTPService:
-    reactor = MemoryReactorClock()
-    reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]  # the hop to the reactor
-    service = makeService(parse("--maildir", str(tmp_path / "md"), "--hide-starttls", *extra), reactor=reactor)
-    assert isinstance(service, SMTPService)
-    return service
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Callable[..., SMTPService]]:
+    """
+    Make a service on a memory reactor and do twistd's privileged start (the
+    signal handlers go in); at teardown stop it (the JSON log closes, the
+    handlers go back) and restore the handlers the test found.
+    """
+    made: List[SMTPService] = []
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGUSR1)}
+
+    def make(*extra: str) -> SMTPService:
+        reactor = MemoryReactorClock()
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[method-assign]  # the hop to the reactor
+        options = parse("--maildir", str(tmp_path / "md"), "--hide-starttls", *extra)
+        service = makeService(options, reactor=reactor)
+        assert isinstance(service, SMTPService)
+        made.append(service)
+        service.privilegedStartService()
+        return service
+
+    yield make
+    for service in made:
+        if service.running:
+            assert result(service.stopService()) is None
+    for signum, handler in found.items():
+        signal.signal(signum, handler)
 
 
-def test_sigusr1_reopens_and_chains(tmp_path: Path) -> None:
+def test_sigusr1_reopens_and_chains(service: Callable[..., SMTPService], tmp_path: Path) -> None:
     """
     SIGUSR1 (installed before listening) reopens --log-json and runs the
     handler it replaced (twistd's, rotating --logfile); stopping restores it.
+    Without --log-json (nothing to reopen) SIGUSR1 is left alone.
     """
     path = tmp_path / "events.json"
-    service = service_with_log(tmp_path, "--log-json", str(path))
     chained: List[Any] = []
-    before = signal.signal(signal.SIGUSR1, lambda signum, frame: chained.append(signum))
-    try:
-        previous = signal.getsignal(signal.SIGUSR1)
-        service.privilegedStartService()
-        assert signal.getsignal(signal.SIGUSR1) == service._user1
-        service.startService()
-        path.rename(tmp_path / "events.json.1")
-        os.kill(os.getpid(), signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while not chained and time.monotonic() < deadline:
-            time.sleep(0.01)  # the Python-level handler runs between bytecodes
-        assert chained == [signal.SIGUSR1]
-        emit.info("{message}", message="after")
-        assert written(path) == ["after"] and len(reopen_lines(path)) == 1
-        assert "after" not in written(tmp_path / "events.json.1")
-        assert result(service.stopService()) is None
-        assert signal.getsignal(signal.SIGUSR1) == previous
-    finally:
-        signal.signal(signal.SIGUSR1, before)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: chained.append(signum))
+    previous = signal.getsignal(signal.SIGUSR1)
+    plain = service()
+    assert signal.getsignal(signal.SIGUSR1) == previous
+    assert result(plain.stopService()) is None
+    with_log = service("--log-json", str(path))
+    assert signal.getsignal(signal.SIGUSR1) == with_log._user1
+    with_log.startService()
+    path.rename(tmp_path / "events.json.1")
+    os.kill(os.getpid(), signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not chained and time.monotonic() < deadline:
+        time.sleep(0.01)  # the Python-level handler runs between bytecodes
+    assert chained == [signal.SIGUSR1]
+    emit.info("{message}", message="after")
+    assert written(path) == ["after"] and len(reopen_lines(path)) == 1
+    assert "after" not in written(tmp_path / "events.json.1")
+    assert result(with_log.stopService()) is None
+    assert signal.getsignal(signal.SIGUSR1) == previous
 
 
-def test_sighup_reopens_too(tmp_path: Path) -> None:
+def test_sighup_reopens_too(service: Callable[..., SMTPService], tmp_path: Path) -> None:
     """SIGHUP's reload reopens --log-json first, so its own lines are in the new file."""
     path = tmp_path / "events.json"
-    service = service_with_log(tmp_path, "--log-json", str(path))
-    service.privilegedStartService()
-    service.startService()
-    try:
-        path.rename(tmp_path / "events.json.1")
-        service._hangup(signal.SIGHUP, None)
-        emit.info("{message}", message="after")
-        assert written(path) == ["after"] and len(reopen_lines(path)) == 1
-    finally:
-        assert result(service.stopService()) is None
-
-
-def test_sigusr1_left_alone_without_log_json(tmp_path: Path) -> None:
-    """No --log-json, nothing to reopen: SIGUSR1 stays whatever it was (twistd's, or the default)."""
-    service = service_with_log(tmp_path)
-    previous = signal.getsignal(signal.SIGUSR1)
-    service.privilegedStartService()
-    service.startService()
-    try:
-        assert signal.getsignal(signal.SIGUSR1) == previous
-        assert signal.getsignal(signal.SIGHUP) == service._hangup
-    finally:
-        assert result(service.stopService()) is None
+    with_log = service("--log-json", str(path))
+    with_log.startService()
+    path.rename(tmp_path / "events.json.1")
+    with_log._hangup(signal.SIGHUP, None)
+    emit.info("{message}", message="after")
+    assert written(path) == ["after"] and len(reopen_lines(path)) == 1
