@@ -5,12 +5,14 @@ every process (parent and workers), each logging once with the new
 certificate's subject and expiry; a SIGHUP right after start-up is handled
 (the handler is installed before the ports open); a failed reload is one
 error line; with C{--workers} and no certificate, every process serves the
-same development certificate.
+same development certificate. C{SIGUSR1} (and C{SIGHUP}) reopen C{--log-json}
+after logrotate renamed it, C{SIGUSR1} rotating twistd's C{--logfile} as well.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -18,7 +20,7 @@ import smtplib
 import ssl
 import time
 from pathlib import Path
-from typing import Set
+from typing import Any, Callable, Dict, List, Set, TypeVar
 
 from tests._certs import make_ca, unverified_client_context, write_pem
 from tests.test_twistd import CLEAN_EXITS, TIMEOUT, Twistd, workers_with_policy
@@ -135,3 +137,100 @@ def test_workers_share_one_development_certificate(tmp_path):
         assert not directory.exists()
     finally:
         server.kill()
+
+
+# ---------------------------------------------------------------------------
+# --log-json and log rotation
+
+T = TypeVar("T")
+
+
+def json_events(path: Path) -> List[Dict[str, Any]]:
+    """Every line of a --log-json file, each of which must be a JSON object."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def formats(events: List[Dict[str, Any]], start: str) -> List[Dict[str, Any]]:
+    return [e for e in events if e.get("log_format", "").startswith(start)]
+
+
+def eventually(check: Callable[[], T]) -> T:
+    """Poll C{check} until it gives something true; fail after L{TIMEOUT} seconds."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+def test_sigusr1_and_sighup_reopen_log_json(tmp_path):
+    """logrotate renames --log-json, then signals: the next events are JSON lines in a new file at the path."""
+    path = tmp_path / "events.json"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--log-json", str(path)])
+    try:
+        path.rename(tmp_path / "events.json.1")
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        server.wait_for(rf"JSON log reopened: {re.escape(str(path))}$")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as client:
+            assert client.ehlo("rotated.test")[0] == 250
+        server.wait_for(r"connection closed: .* helo=rotated\.test")
+        path.rename(tmp_path / "events.json.2")
+        os.kill(server.proc.pid, signal.SIGHUP)  # a reload reopens it too
+        server.wait_for(r"TLS configuration reloaded")
+        assert server.terminate() in CLEAN_EXITS
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
+    first, second, third = (json_events(tmp_path / name) for name in ("events.json.1", "events.json.2", "events.json"))
+    assert formats(first, "txsmtpsrv {protocol} listening on") and not formats(first, "JSON log reopened")
+    assert second[0]["log_format"].startswith("JSON log reopened") and third[0]["log_format"].startswith("JSON log")
+    assert [e["helo"] for e in formats(first + second + third, "connection closed:")] == ["rotated.test"]
+    assert formats(second, "connection closed:") and formats(third, "TLS configuration reloaded")
+    assert formats(third, "txsmtpsrv stopped listening")
+    everything = [(e["log_time"], e["log_format"]) for e in first + second + third]
+    assert len(everything) == len(set(everything))  # nothing written twice
+
+
+def test_sigusr1_rotates_twistd_logfile_too(tmp_path):
+    """twistd --logfile: its SIGUSR1 handler still runs (it rotates its file), so one signal turns both over."""
+    path, text = tmp_path / "events.json", tmp_path / "text.log"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--log-json", str(path)],
+                    logfile=text)
+    try:
+        port = int(eventually(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", text.read_text()
+                                                if text.exists() else "")).group(1))
+        path.rename(tmp_path / "events.json.1")
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        eventually(lambda: path.exists() and (tmp_path / "text.log.1").exists())
+        with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+            assert client.ehlo("rotated.test")[0] == 250
+        eventually(lambda: "helo=rotated.test" in text.read_text())
+        assert server.terminate() in CLEAN_EXITS
+    finally:
+        server.kill()
+    assert "listening on 127.0.0.1:" in (tmp_path / "text.log.1").read_text()
+    assert "listening on 127.0.0.1:" not in text.read_text() and "Traceback" not in text.read_text()
+    assert formats(json_events(path), "connection closed:")
+    assert not formats(json_events(tmp_path / "events.json.1"), "connection closed:")
+
+
+def test_sigusr1_reopens_log_json_with_workers(tmp_path):
+    """--workers 2: the parent writes the file, the workers' events too (relayed), so its reopen covers them."""
+    path = tmp_path / "events.json"
+    server = Twistd(tmp_path, ["-l", "tcp:0:interface=127.0.0.1", "--no-reverse-lookup", "--workers", "2",
+                               "--log-json", str(path)])
+    try:
+        worker = int(server.wait_for(r"started worker 1, pid (\d+)").group(1))
+        server.wait_for(rf"worker {worker}\] txsmtpsrv ready")
+        path.rename(tmp_path / "events.json.1")
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        server.wait_for(r"JSON log reopened")
+        os.kill(server.proc.pid, signal.SIGHUP)  # every process logs a reload: the worker's goes through the parent
+        server.wait_for(rf"\[txsmtpsrv._tls#info worker {worker}\] TLS configuration reloaded")
+        assert server.terminate() in CLEAN_EXITS
+        assert "exited unexpectedly" not in server.log()
+    finally:
+        server.kill()
+    old, new = json_events(tmp_path / "events.json.1"), json_events(path)
+    assert [e for e in old if e.get("worker_pid") == worker] and not formats(old, "TLS configuration reloaded")
+    assert {e.get("worker_pid") for e in formats(new, "TLS configuration reloaded")} == {None, worker}

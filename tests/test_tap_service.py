@@ -159,6 +159,7 @@ def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     reactor = MemoryReactorClock()
     service = makeService(parse("--maildir", str(tmp_path), "--name", "mx.test"), reactor=reactor)
     service.server.resolver = FakeResolver()  # no real DNS in tests
+    previous = signal.getsignal(signal.SIGHUP)
     service.privilegedStartService()
     service.startService()
     client = TestClient(service.server)
@@ -175,6 +176,6 @@ def test_stop_service_waits_for_transaction_in_progress(tmp_path, monkeypatch):
     assert [r.code for r in replies] == [250, 421]
     client.disconnect()
     assert result(stopped) is None
-    assert signal.getsignal(signal.SIGHUP) == service._previous_hup
+    assert signal.getsignal(signal.SIGHUP) == previous
     [name] = os.listdir(tmp_path / "new")
     assert (tmp_path / "new" / name).read_bytes().endswith(b"first half\nsecond half\n")

@@ -37,22 +37,30 @@ class Twistd:
     """A C{twistd smtpsrv} subprocess and its log output."""
 
     def __init__(self, cwd: Path, args: List[str], pythonpath: Optional[List[str]] = None,
-                 env: Optional[dict] = None, reactor: Optional[str] = None) -> None:
+                 env: Optional[dict] = None, reactor: Optional[str] = None,
+                 logfile: Optional[Path] = None) -> None:
+        """
+        @param logfile: twistd's C{--logfile}: the log goes there, not to our
+            pipe, so the port is not waited for (the test reads the file).
+        """
         environ = dict(os.environ)
         environ.update(env or {})
         environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + (pythonpath or []))
         environ.pop("CI_TWISTD_DEBUG", None)
+        twistd_options = [f"--reactor={reactor}"] if reactor else []
+        twistd_options += [f"--logfile={logfile}"] if logfile else []
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", *([f"--reactor={reactor}"] if reactor else []), "smtpsrv", *args],
+             "-n", "--pidfile=", *twistd_options, "smtpsrv", *args],
             cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.output: List[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
-        self.port = int(match.group(1))
+        if logfile is None:
+            match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+            self.port = int(match.group(1))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -151,8 +151,8 @@ class Options(usage.Options, AuthOptionMixin):
          checked("workers", integer(1))],
         ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint, e.g. "
                                 "tcp:9101:interface=127.0.0.1 (needs prometheus_client)."],
-        ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file; "
-                                 "'-' is standard output."],
+        ["log-json", None, None, "Also write the log as JSON lines (one event per line) to this file, "
+                                 "reopened on SIGUSR1 or SIGHUP (log rotation); '-' is standard output."],
     ] + [[name.replace("_", "-"), None, None, doc] for name, _, doc in LIMITS] + _authres.OPT_PARAMETERS
 
     compData = usage.Completions(

@@ -22,7 +22,9 @@ endpoint is a C{StreamServerEndpointService}; stopping the service
 transactions in progress finish (up to C{--close-timeout}) and no message
 answered with C{250} is lost. C{SIGHUP} re-reads the certificates (in every
 worker too); its handler is installed before the ports are opened, so a
-C{SIGHUP} right after start-up never kills the daemon.
+C{SIGHUP} right after start-up never kills the daemon. With C{--log-json
+FILE}, C{SIGUSR1} (and C{SIGHUP}) reopen FILE after log rotation
+(L{txsmtpsrv._jsonlog}); twistd's own C{SIGUSR1} handler still runs.
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -41,7 +42,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -49,6 +50,7 @@ from ._cli import Options, server_kwargs, worker_arguments
 from . import _limitopts
 from ._authres import _tap as _authres
 from ._delivery import MaildirDelivery, MboxDelivery
+from ._jsonlog import JSONLog
 from ._layered import LayeredHooks, authenticator, instantiate_hooks
 from ._sharedports import SharedPort, listen_endpoint
 from ._workers import READY, ParentWatch, WorkerPool, twist_command, worker_environment
@@ -156,14 +158,20 @@ class SMTPService(MultiService):
         self.started: List[Callable[[], None]] = []
         #: Called once everything has stopped (temporary directories go).
         self.cleanups: List[Callable[[], None]] = []
-        self._hup_installed = False
-        self._previous_hup: Any = None
+        #: Called on SIGUSR1 and SIGHUP: log files to reopen after rotation (C{--log-json}).
+        self.reopeners: List[Callable[[], None]] = []
+        self._previous_handlers: Dict[int, Any] = {}  # signal number: the handler ours replaced
 
     def _install_signals(self) -> None:
-        """SIGHUP reloads; installed before any port is opened (twistd opens them while privileged)."""
-        if not self._hup_installed and threading.current_thread() is threading.main_thread():
-            self._previous_hup = signal.signal(signal.SIGHUP, self._hangup)
-            self._hup_installed = True
+        """
+        SIGHUP reloads, SIGUSR1 reopens logs (if there are any to reopen);
+        installed before any port is opened (twistd opens them while privileged).
+        """
+        if self._previous_handlers or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
+        if self.reopeners:
+            self._previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._user1)
 
     def privilegedStartService(self) -> None:
         # The children listen (and log "listening") here, before startService:
@@ -182,8 +190,29 @@ class SMTPService(MultiService):
     def _hangup(self, signum: int, frame: Any) -> None:
         self.server.reactor.callFromThread(self.reload)
 
+    def _user1(self, signum: int, frame: Any) -> None:
+        """
+        Reopen our logs, then run the handler twistd installed for its
+        C{--logfile} (it rotates that file), if there was one: both logs
+        turn over on one signal. Without one, SIGUSR1 no longer kills.
+        """
+        self.server.reactor.callFromThread(self.reopen_logs)
+        previous = self._previous_handlers.get(signal.SIGUSR1)
+        if callable(previous):
+            previous(signum, frame)
+
+    def reopen_logs(self) -> None:
+        """Reopen the log files (C{--log-json}) at their paths, in the reactor thread."""
+        for reopen in self.reopeners:
+            reopen()
+
     def reload(self) -> None:
-        """What SIGHUP does: re-read the certificates and C{--auth file:} here and in every worker."""
+        """
+        What SIGHUP does: reopen the logs (first: the reload's lines go to the
+        new file), re-read the certificates and C{--auth file:} here and in
+        every worker.
+        """
+        self.reopen_logs()
         self.reload_tls()
         _limitopts.reload_checkers(self.credentialCheckers)
         if self.pool is not None:
@@ -198,19 +227,20 @@ class SMTPService(MultiService):
 
     def _restore_signals(self) -> None:
         """
-        Give SIGHUP back its previous handler; called once the server has
-        closed, not when stopping starts: until then a SIGHUP's default
-        action would kill transactions still finishing (and leave the pid file).
+        Give SIGHUP (and SIGUSR1) back their previous handlers; called once the
+        server has closed, not when stopping starts: until then a SIGHUP's
+        default action would kill transactions still finishing (and leave the pid file).
         """
-        if self._hup_installed and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, self._previous_hup)
-            self._hup_installed = False
+        if threading.current_thread() is threading.main_thread():
+            for signum, previous in self._previous_handlers.items():
+                signal.signal(signum, previous)
+            self._previous_handlers = {}
 
     def stopService(self) -> "Deferred[None]":
         """
         Stop listening (and the workers) and let transactions in progress
-        finish. SIGHUP stays handled until they have: its default action
-        would kill them (and leave the pid file behind).
+        finish. SIGHUP (and SIGUSR1) stay handled until they have: the default
+        action would kill them (and leave the pid file behind).
         """
         children = super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         closing = maybeDeferred(self.server.close)
@@ -241,37 +271,6 @@ class _MaildirCleaning(Service):
     def stopService(self) -> None:
         self._delivery.stop_cleaning()
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
-
-
-class _JSONLog:
-    """
-    C{--log-json}: every log event as one JSON line, attached at once so the
-    start-up lines are in it too. twistd replays the events logged before it
-    began logging to every observer, so those are skipped the second time.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._observer = cast(ILogObserver, self)
-        self._file: Any = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
-        self._write = jsonFileLogObserver(self._file, recordSeparator="")
-        self._early: Optional[List[Dict[str, Any]]] = []  # events seen before the service started
-        globalLogPublisher.addObserver(self._observer)
-
-    def __call__(self, event: Dict[str, Any]) -> None:
-        if self._early is not None:
-            if any(seen is event for seen in self._early):
-                return  # the replay of an event we have written
-            self._early.append(event)
-        self._write(event)
-
-    def started(self) -> None:
-        """Logging has begun (and replayed its buffer): no more duplicates to expect."""
-        self._early = None
-
-    def close(self) -> None:
-        globalLogPublisher.removeObserver(self._observer)
-        if self._file is not sys.stdout:
-            self._file.close()
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -342,7 +341,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     from ._server import SMTPServer
 
     workers = options["workers"]
-    json_log = _JSONLog(options["log-json"]) if options["log-json"] and not options["worker"] else None
+    json_log = JSONLog(options["log-json"]) if options["log-json"] and not options["worker"] else None
     if json_log is not None:
         service_cleanups.append(json_log.close)
     metrics_dir: Optional[str] = None
@@ -394,6 +393,7 @@ def _make_service(options: Options, reactor: Any, service_cleanups: List[Callabl
     protocol = "LMTP" if options["lmtp"] else "SMTP"
     if json_log is not None:
         service.started.append(json_log.started)
+        service.reopeners.append(json_log.reopen)
 
     endpoints: List[Tuple[IStreamServerEndpoint, str]] = []
     for fd, family in options["adopt"]:
