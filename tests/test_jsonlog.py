@@ -3,6 +3,8 @@
 L{txsmtpsrv._jsonlog.JSONLog} in memory: a reopen after the file was renamed
 sends new events to a new file at the path, none lost or written twice; a
 reopen that fails keeps the old file; standard output is never reopened.
+Format specs (C{{duration:.3f}}) hold in the JSON log and in twistd's text
+log beside it, whichever observer runs first.
 And L{SMTPService}'s signals: C{SIGUSR1} (chained to the handler before it)
 and C{SIGHUP} reopen C{--log-json}. The real daemon is in C{test_signals.py}.
 """
@@ -16,18 +18,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, cast
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, capturedLogs, formatEvent
+from twisted.logger import (ILogObserver, Logger, LogLevel, capturedLogs, eventAsJSON, eventsFromJSONLogFile,
+                            formatEvent, globalLogPublisher, textFileLogObserver)
 
 from txsmtpsrv._jsonlog import JSONLog
 from txsmtpsrv._tap import SMTPService, makeService
+from txsmtpsrv._workers import _WorkerProtocol
 
 from tests._support import result
 from tests._tap import _scratch_directory  # noqa: F401 (the autouse fixture)
 from tests._tap import parse
+from tests.test_tap_workers import FakeProcessTransport
 
 NAMESPACE = "tests.test_jsonlog"
 emit = Logger(namespace=NAMESPACE)
@@ -134,6 +139,101 @@ def test_stdout_is_not_reopened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not events
     assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["still here"]
     assert os.listdir(tmp_path) == [] and not out.closed
+
+
+# ---------------------------------------------------------------------------
+# Format specs: the JSON log beside twistd's text log
+
+SUMMARY = "closed duration={duration:.3f}s bytes={size:>6} {size}"
+DURATION = 0.0012459754943847656
+ROUNDED = "closed duration=0.001s bytes=   512 512"
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[Callable[[bool], io.StringIO]]:
+    """
+    Attach a JSON log and twistd's text observer (C{textFileLogObserver}),
+    the JSON one first (as twistd does: C{--log-json} is attached when the
+    service is made, before logging begins) or last; give the text output.
+    """
+    attached: List[Any] = []
+
+    def attach(json_first: bool) -> io.StringIO:
+        text = io.StringIO()
+        observer = textFileLogObserver(text)
+        if not json_first:
+            globalLogPublisher.addObserver(observer)
+        attached.append(JSONLog(str(tmp_path / "events.json")))
+        attached[-1].started()
+        if json_first:
+            globalLogPublisher.addObserver(observer)
+        attached.append(observer)
+        return text
+
+    yield attach
+    for each in attached:
+        each.close() if isinstance(each, JSONLog) else globalLogPublisher.removeObserver(each)
+
+
+def loaded(path: Path) -> List[str]:
+    """The JSON log read back as Twisted reads its own, formatted (this module's events)."""
+    with path.open() as f:
+        return [formatEvent(e) for e in eventsFromJSONLogFile(f) if e.get("log_namespace") == NAMESPACE]
+
+
+@pytest.mark.parametrize("json_first", [True, False], ids=["json-first", "text-first"])
+def test_format_specs_in_both_logs(both: Callable[[bool], io.StringIO], tmp_path: Path, json_first: bool) -> None:
+    """
+    The JSON writer flattens the event it is given: the text observer after
+    it read C{duration=0.0012459754943847656s}. Both logs keep the spec,
+    whichever runs first, and the JSON line reads back formatted the same.
+    """
+    text = both(json_first)
+    emit.info(SUMMARY, duration=DURATION, size=512)
+    [line] = text.getvalue().splitlines()
+    assert line.endswith(f"[{NAMESPACE}#info] {ROUNDED}")
+    assert loaded(tmp_path / "events.json") == [ROUNDED]
+    [event] = [json.loads(raw) for raw in (tmp_path / "events.json").read_text().splitlines()]
+    assert event["duration"] == DURATION  # the value itself stays whole for whoever reads the JSON
+
+
+def test_format_specs_of_replayed_start_up_events(tmp_path: Path) -> None:
+    """
+    Logged before twistd's logging began: the JSON log wrote it then, and
+    twistd replays the same event to the text observer (not written twice).
+    """
+    log = JSONLog(str(tmp_path / "events.json"))
+    text = io.StringIO()
+    observer = textFileLogObserver(text)
+    early: List[Any] = []
+    keep = cast(ILogObserver, early.append)
+    globalLogPublisher.addObserver(keep)
+    try:
+        emit.info(SUMMARY, duration=DURATION, size=512)
+        globalLogPublisher.removeObserver(keep)
+        globalLogPublisher.addObserver(observer)
+        for event in early:
+            globalLogPublisher(event)  # as LogBeginner.beginLoggingTo replays its buffer
+        log.started()
+    finally:
+        globalLogPublisher.removeObserver(keep)
+        globalLogPublisher.removeObserver(observer)
+        log.close()
+    [line] = text.getvalue().splitlines()
+    assert line.endswith(ROUNDED)
+    assert loaded(tmp_path / "events.json") == [ROUNDED]
+
+
+def test_format_specs_of_relayed_worker_events(both: Callable[[bool], io.StringIO], tmp_path: Path) -> None:
+    """A worker's line (Twisted's JSON, the specs not applied) reads rounded in the parent's two logs."""
+    text = both(True)
+    protocol = _WorkerProtocol(None, 1)  # type: ignore[arg-type]
+    protocol.makeConnection(FakeProcessTransport(4242))
+    event = {"log_format": SUMMARY, "duration": DURATION, "size": 512, "log_level": LogLevel.info,
+             "log_namespace": NAMESPACE, "log_time": 1.0}
+    protocol.childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode())
+    assert text.getvalue().splitlines()[-1].endswith(f"[{NAMESPACE}#info worker 4242] {ROUNDED}")
+    assert loaded(tmp_path / "events.json") == [ROUNDED]
 
 
 # ---------------------------------------------------------------------------

@@ -17,10 +17,31 @@ import threading
 from typing import Any, Dict, List, Optional, cast
 
 from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger._flatten import flattenEvent
+
+from ._logging import apply_format_specs
 
 __all__ = ["JSONLog"]
 
 log = Logger()
+
+
+def _flattened(event: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    A copy of C{event} flattened for the JSON writer, the format specs applied.
+
+    Twisted's writer flattens the event it is given, so the observers after
+    it (twistd's text log) formatted from each field's C{str()}:
+    C{duration=0.0012459754943847656s} for C{{duration:.3f}}. On a copy the
+    event stays as logged; with the specs the JSON line reads back
+    (C{formatEvent}) as the text line does.
+    """
+    copy = dict(event)
+    if isinstance(copy.get("log_flattened"), dict):  # a relayed worker event's: shared, not ours to change
+        copy["log_flattened"] = dict(copy["log_flattened"])
+    flattenEvent(copy)
+    apply_format_specs(copy)
+    return copy
 
 
 class JSONLog:
@@ -54,7 +75,7 @@ class JSONLog:
                 if any(seen is event for seen in self._early):
                     return  # the replay of an event we have written
                 self._early.append(event)
-            self._write(event)
+            self._write(_flattened(event))
 
     def started(self) -> None:
         """Logging has begun (and replayed its buffer): no more duplicates to expect."""
