@@ -30,6 +30,7 @@ from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_AT
 _GREETING = Phase.GREETING
 _COMMAND = Phase.COMMAND
 _AUTH = Phase.AUTH
+_REFUSED = Phase.REFUSED
 _CLOSING = Phase.CLOSING
 _CLOSED = Phase.CLOSED
 
@@ -153,13 +154,14 @@ class SessionCommands(GuardCommands):
         if error is None and value is None:
             self._greet()
             return
-        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
-        if self._send(hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)):
+        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) waits for QUIT, 421 or 521 closes.
+        outcome = hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)
+        if self._send(outcome):
             self.phase = _COMMAND
             self._greeted()
         else:
             self._refused("connect_hook")
-            self._close()
+            self._greeting_refused(outcome.code)
 
     def _greet(self) -> None:
         o = self.options
@@ -418,8 +420,8 @@ class SessionCommands(GuardCommands):
 
     def tls_up(self, info: Any) -> None:
         """The TLS handshake completed (C{info}: a C{TLSInfo} or C{None}): tell C{on_secure}."""
-        if self._hungup:
-            return  # already said goodbye (e.g. on_connect refused): let the close finish
+        if self._hungup or self.phase is _REFUSED:
+            return  # already said goodbye (a 421), or refused (554): no on_secure for a client that can only QUIT
         s = self.session
         s.secure = True
         self.tls_active = True
