@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from ._addrlimits import OVER_RATE
-from ._core import CoreBase
+from ._core import HOOK, CoreBase
 from ._guard import Guard
 from ._junk import JunkCounter
 from ._phases import Phase
@@ -124,7 +124,21 @@ class GuardCommands(CoreBase):
         if code < 500 or code == 521:
             self._close()
             return
-        self._cancel_all()  # the reverse lookup, the delay, on_connect: nothing waits for them now
+        # Nothing waits now for the reverse lookup, the delay, on_connect or an
+        # implicit-TLS on_secure. A cancelled question is never answered (its
+        # token is gone): the holds of those that hold reading go with them,
+        # else QUIT would never be read nor the client timed out.
+        waiting = self._waiting
+        held = sum(1 for _, hold in waiting.values() if hold) if waiting else 0
+        self._cancel_all()
+        if held:
+            self._hook_waits -= held
+            if not self._hook_waits:
+                self.holds &= ~HOOK
+        # Its turn starts now: a whole socket_timeout to QUIT, however long
+        # on_connect took (during a greeting delay it does not hold reading,
+        # so its answer does not renew the deadline).
+        self._deadline = self._clock() + self.options.socket_timeout
         self.phase = _REFUSED  # every rule but QUIT's answers 503 here (_phases)
         self._auth_needed = False  # 503, not 530: no AUTH can help
         self._delaying = self._greet_waiting = False

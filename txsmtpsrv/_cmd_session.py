@@ -420,8 +420,8 @@ class SessionCommands(GuardCommands):
 
     def tls_up(self, info: Any) -> None:
         """The TLS handshake completed (C{info}: a C{TLSInfo} or C{None}): tell C{on_secure}."""
-        if self._hungup or self.phase is _REFUSED:
-            return  # already said goodbye (a 421), or refused (554): no on_secure for a client that can only QUIT
+        if self._hungup:
+            return  # already said goodbye (e.g. on_connect's 421): let the close finish
         s = self.session
         s.secure = True
         self.tls_active = True
@@ -429,7 +429,8 @@ class SessionCommands(GuardCommands):
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
         self._notify("tls", s, None)
-        if "on_secure" in self.hooks and not self._hungup:
+        # Refused at the greeting (implicit TLS): no on_secure for a client that can only QUIT.
+        if "on_secure" in self.hooks and not self._hungup and self.phase is not _REFUSED:
             self._ask("on_secure", (s,), self._secure_done)
 
     def _secure_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
