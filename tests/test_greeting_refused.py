@@ -8,12 +8,13 @@ dialogue, then the protocol on a fake clock) and over loopback with smtplib.
 
 from __future__ import annotations
 
+import itertools
 import smtplib
 import socket
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -23,6 +24,7 @@ from twisted.trial import unittest
 from txsmtpsrv import Reply, SMTPError, SMTPServer
 from txsmtpsrv._dialogue import ASK, BODY_START, START_TLS
 from txsmtpsrv._phases import Phase
+from txsmtpsrv._sniff import looks_like_tls
 from txsmtpsrv.testing import FakeResolver, TestClient, make_server
 
 from tests.test_dialogue import FRAGMENTS, Harness
@@ -238,17 +240,24 @@ def test_xclient_refused_client_waits_for_quit() -> None:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=12), max_size=30), st.data())
-def test_refused_dialogue_only_refuses(pieces: List[bytes], data: Any) -> None:
-    """Whatever comes, in any chunking: only 503 and 500, then 221 or 421; nothing asked, no body, no TLS."""
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=12), max_size=30),
+       st.lists(st.integers(1, 40), min_size=1, max_size=30))
+@example([b"\x16\x03\x01hello\r\n"], [40])  # a TLS ClientHello's first bytes: closed, no reply
+def test_refused_dialogue_only_refuses(pieces: List[bytes], sizes: List[int]) -> None:
+    """
+    Whatever comes, in any chunking: only 503 and 500, then 221 or 421 (or,
+    for a TLS ClientHello, the close without a reply); nothing asked, no body, no TLS.
+    """
     h = Harness({"on_connect": SMTPError(554, "no", "5.7.1"), "on_auth": True, "on_data": None},
                 use_xclient=True, xclient_trusted=("192.0.2.0/24",), max_command_length=512)
     assert h.codes() == [554] and h.phase is Phase.REFUSED
     stream = b"".join(p.replace(b"{n}", b"1") for p in pieces)
     asked: List[Any] = []
     pos = 0
-    while pos < len(stream) and not h.core.finished:
-        size = data.draw(st.integers(1, 40))
+    for i in itertools.count():
+        if pos >= len(stream) or h.core.finished:
+            break
+        size = sizes[i % len(sizes)]
         h.core.receive(stream[pos:pos + size])
         asked += [a for a in h.core.actions if a[0] in (ASK, BODY_START, START_TLS)]
         h.run()
@@ -256,7 +265,9 @@ def test_refused_dialogue_only_refuses(pieces: List[bytes], data: Any) -> None:
     codes = h.codes()
     assert asked == []
     assert set(codes[:-1]) <= {500, 503}
-    if h.core.finished:
+    if h.core.finished and not codes:
+        assert looks_like_tls(stream[:3]) and h.closed
+    elif h.core.finished:
         assert codes[-1] in (221, 421)
     else:
         assert set(codes) <= {500, 503} and h.phase is Phase.REFUSED
