@@ -16,7 +16,7 @@ dialogue consults it before it calls a handler::
     TRANSACTION --BDAT n--> BDAT_CHUNK --chunk read--> BETWEEN_CHUNKS --BDAT n--> BDAT_CHUNK
     DATA --dot--> VERDICT;  BDAT_CHUNK --LAST read--> VERDICT
     VERDICT --data hook answered--> COMMAND
-    GREETING --554 instead of 220--> REFUSED --QUIT/421--> CLOSING
+    GREETING --5xx (but 521) instead of 220--> REFUSED --QUIT/421--> CLOSING
     any --QUIT/421/refusal--> CLOSING --connection lost--> CLOSED
 
 In L{Phase.REFUSED} lines are read as commands too, but only QUIT runs: every
