@@ -163,6 +163,7 @@ EXPECTED: Dict[Phase, Dict[str, Any]] = {
         "STARTTLS": [220], "XCLIENT": [503], "XFORWARD": [503],
     },
     Phase.VERDICT: {verb: NOT_READ for verb in VERBS},
+    Phase.REFUSED: {verb: [221] if verb == "QUIT" else [503] for verb in VERBS},  # RFC 5321 3.1
     Phase.CLOSING: {verb: NOT_READ for verb in VERBS},
     Phase.CLOSED: {verb: NOT_READ for verb in VERBS},
 }
@@ -175,6 +176,8 @@ def in_phase(phase: Phase) -> Harness:
         answers["on_connect"] = PENDING
     if phase is Phase.VERDICT:
         answers["on_data"] = PENDING
+    if phase is Phase.REFUSED:
+        answers["on_connect"] = SMTPError(554, "no", "5.7.1")
     h = Harness(answers, auth_optional=True, allow_insecure_auth=True, use_xclient=True, use_xforward=True,
                 xclient_trusted=("192.0.2.0/24",), auth_methods=("PLAIN", "LOGIN"))
     steps = {
@@ -186,6 +189,7 @@ def in_phase(phase: Phase) -> Harness:
         Phase.BDAT_CHUNK: b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 100\r\n",
         Phase.BETWEEN_CHUNKS: b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 5\r\nhello",
         Phase.VERDICT: b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n",
+        Phase.REFUSED: b"",
         Phase.CLOSING: b"EHLO c.test\r\nQUIT\r\n",
         Phase.CLOSED: b"EHLO c.test\r\n",
     }
@@ -205,7 +209,7 @@ def test_table_covers_every_phase_and_command():
     assert set(VERBS) == set(COMMANDS)
     for phase, row in EXPECTED.items():
         assert set(row) == set(VERBS), phase
-        if phase in COMMAND_PHASES:
+        if phase in COMMAND_PHASES or phase is Phase.REFUSED:  # lines read as commands
             assert all(isinstance(codes, list) for codes in row.values()), phase
         else:
             assert all(isinstance(codes, str) for codes in row.values()), phase

@@ -260,14 +260,13 @@ def test_greeting_delay_holds_greeting():
     assert c.command("EHLO x").code == 250
 
 
-def test_early_talker_554_and_closed_at_once():
+def test_early_talker_554_then_only_quit():  # (more in test_greeting_refused.py)
     server, clock = make_server(greeting_delay=0.5)
     c = TestClient(server, peer(1))
     clock.advance(0.2)
     c.send(b"EHLO spam\r\n")
-    r = c.replies()
-    assert [(x.code, x.enhanced) for x in r] == [(554, "5.7.1")]
-    assert c.closed  # closed now, not at the end of the delay
+    assert [(x.code, x.enhanced) for x in c.replies()] == [(554, "5.7.1"), (503, "5.5.1")] and not c.closed
+    assert c.command("QUIT").code == 221 and c.closed  # RFC 5321 3.1: the 554 is at once, the close at QUIT
     c.disconnect()
     assert server.connections == 0
     clock.advance(1)
@@ -281,7 +280,8 @@ def test_early_talker_during_reverse_lookup():
     c = TestClient(server, ("203.0.113.5", 1))
     clock.advance(0.5)  # the delay is over, the lookup is not
     c.send(b"EHLO x\r\n")
-    assert [x.code for x in c.replies()] == [554] and c.closed
+    assert [x.code for x in c.replies()] == [554, 503] and not c.closed
+    assert c.command("QUIT").code == 221 and c.closed
 
 
 def test_greeting_delay_overlaps_reverse_lookup():

@@ -561,4 +561,4 @@ def test_custom_greeting_and_rejection_from_on_connect():
     server, _ = make_server(Greeter(refuse), lmtp=True)
     client = TestClient(server, greeting=False)
     assert check_enhanced(client.read(), greeting=False) == [(554, "5.0.0")]
-    assert client.closed
+    assert not client.closed  # RFC 5321 3.1: until QUIT

@@ -273,8 +273,8 @@ def test_hook_timeout_async_sees_cancel():
     assert seen == ["cancelled"]
 
 
-def test_on_connect_rejects_and_closes():
-    """on_connect raising SMTPError(554) answers 554 in place of the greeting and closes."""
+def test_on_connect_rejects_then_waits_for_quit():
+    """on_connect raising SMTPError(554) answers 554 in place of the greeting, then 503 until QUIT (RFC 5321 3.1)."""
     class H:
         def on_connect(self, session):
             raise SMTPError(554, "go away", "5.7.1")
@@ -282,7 +282,9 @@ def test_on_connect_rejects_and_closes():
     server, _ = make_server(H())
     client = TestClient(server, greeting=False)
     assert client.read() == b"554 5.7.1 go away\r\n"
-    assert client.closed
+    assert not client.closed
+    assert client.command("EHLO c.test").code == 503
+    assert client.command("QUIT").code == 221 and client.closed
     client.send(b"EHLO c.test\r\n")
     assert client.read() == b""
 

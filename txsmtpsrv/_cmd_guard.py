@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from ._addrlimits import OVER_RATE
-from ._core import CoreBase
+from ._core import HOOK, CoreBase
 from ._guard import Guard
 from ._junk import JunkCounter
 from ._phases import Phase
@@ -29,6 +29,7 @@ __all__ = ["GuardCommands", "SLEEP"]
 SLEEP = "sleep"
 
 _GREETING = Phase.GREETING
+_REFUSED = Phase.REFUSED
 
 
 class GuardCommands(CoreBase):
@@ -79,10 +80,6 @@ class GuardCommands(CoreBase):
         self._close()
         return False
 
-    def _refusal(self, reason: str, session: Any) -> None:
-        """Tell the "refused" observers (log, metrics) why this connection is closed."""
-        self._notify("refused", reason, self.session.remote_address, session)
-
     def _let_go(self) -> None:
         """The counted session ended (or its client changed): count it out."""
         key, self._client_key = self._client_key, None
@@ -105,12 +102,47 @@ class GuardCommands(CoreBase):
                 return False
             self._sniff = first[:3] if verdict is None else None
         if self._pregreet and self.phase is _GREETING:
+            # A 554 instead of the greeting, as from on_connect; what it sent
+            # is then read as commands (each 503, QUIT 221).
             self._refusal("early_talker", self.session)
             self._reply(554, "5.7.1", f"{self.options.name} Error: you talk before your turn")
-            self._close()
-            return False
+            self._greeting_refused(554)
         self._screening = self._sniff is not None or self._pregreet
         return True
+
+    def _greeting_refused(self, code: int) -> None:
+        """
+        A refusal was said instead of the 220 greeting. After a 5xx the
+        client must be able to QUIT (RFC 5321 3.1: after a 554 the server
+        MUST wait for QUIT, answering any other command 503): a close
+        unannounced would read as a 451 and be retried (RFC 5321 3.8). A 421
+        announces the close (RFC 5321 4.2.3), a 521 may close (RFC 7504 3),
+        and any other 4xx is retried anyway: those close at once.
+        """
+        if self._hungup:
+            return  # an observer of the refusal closed the server (or the connection)
+        if code < 500 or code == 521:
+            self._close()
+            return
+        # Nothing waits now for the reverse lookup, the delay, on_connect or an
+        # implicit-TLS on_secure. A cancelled question is never answered (its
+        # token is gone): the holds of those that hold reading go with them,
+        # else QUIT would never be read nor the client timed out.
+        waiting = self._waiting
+        held = sum(1 for _, hold in waiting.values() if hold) if waiting else 0
+        self._cancel_all()
+        if held:
+            self._hook_waits -= held
+            if not self._hook_waits:
+                self.holds &= ~HOOK
+        # Its turn starts now: a whole socket_timeout to QUIT, however long
+        # on_connect took (during a greeting delay it does not hold reading,
+        # so its answer does not renew the deadline).
+        self._deadline = self._clock() + self.options.socket_timeout
+        self.phase = _REFUSED  # every rule but QUIT's answers 503 here (_phases)
+        self._auth_needed = False  # 503, not 530: no AUTH can help
+        self._delaying = self._greet_waiting = False
+        self._greeted()  # QUIT is its turn now: not an early talker
 
     def _start_greeting_delay(self) -> None:
         """Hold the greeting C{greeting_delay} seconds, reading meanwhile to catch early talkers."""

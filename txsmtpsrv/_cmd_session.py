@@ -30,6 +30,7 @@ from ._xclient import (TEMPUNAVAIL, UNAVAILABLE, XCLIENT_ATTRIBUTES, XFORWARD_AT
 _GREETING = Phase.GREETING
 _COMMAND = Phase.COMMAND
 _AUTH = Phase.AUTH
+_REFUSED = Phase.REFUSED
 _CLOSING = Phase.CLOSING
 _CLOSED = Phase.CLOSED
 
@@ -153,13 +154,14 @@ class SessionCommands(GuardCommands):
         if error is None and value is None:
             self._greet()
             return
-        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) closes.
-        if self._send(hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)):
+        # A Reply is a custom greeting; a rejection (RFC 5321 3.1: 554) waits for QUIT, 421 or 521 closes.
+        outcome = hook_outcome(value, error, timed_out, 220, "", "", name=self.options.name, greeting=True)
+        if self._send(outcome):
             self.phase = _COMMAND
             self._greeted()
         else:
             self._refused("connect_hook")
-            self._close()
+            self._greeting_refused(outcome.code)
 
     def _greet(self) -> None:
         o = self.options
@@ -419,7 +421,7 @@ class SessionCommands(GuardCommands):
     def tls_up(self, info: Any) -> None:
         """The TLS handshake completed (C{info}: a C{TLSInfo} or C{None}): tell C{on_secure}."""
         if self._hungup:
-            return  # already said goodbye (e.g. on_connect refused): let the close finish
+            return  # already said goodbye (e.g. on_connect's 421): let the close finish
         s = self.session
         s.secure = True
         self.tls_active = True
@@ -427,7 +429,8 @@ class SessionCommands(GuardCommands):
         if info is not None:
             self._log("info", "TLS established: {version} {cipher}", version=info.version, cipher=info.cipher)
         self._notify("tls", s, None)
-        if "on_secure" in self.hooks and not self._hungup:
+        # Refused at the greeting (implicit TLS): no on_secure for a client that can only QUIT.
+        if "on_secure" in self.hooks and not self._hungup and self.phase is not _REFUSED:
             self._ask("on_secure", (s,), self._secure_done)
 
     def _secure_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:

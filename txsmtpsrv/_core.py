@@ -47,6 +47,7 @@ _DATA = Phase.DATA
 _BDAT_CHUNK = Phase.BDAT_CHUNK
 _BETWEEN_CHUNKS = Phase.BETWEEN_CHUNKS
 _VERDICT = Phase.VERDICT
+_REFUSED = Phase.REFUSED
 _CLOSING = Phase.CLOSING
 _CLOSED = Phase.CLOSED
 
@@ -332,7 +333,7 @@ class CoreBase:
         if self.holds & _OURS:
             return
         phase = self.phase
-        if phase is _COMMAND or phase is _TRANSACTION:
+        if phase is _COMMAND or phase is _TRANSACTION or phase is _REFUSED:
             self._verb = "CONNECT"
         elif phase is _BETWEEN_CHUNKS:
             self._verb = "BDAT"
@@ -365,6 +366,8 @@ class CoreBase:
         if refused is None:
             return False
         self._reply(*refused)
+        if self.phase is _REFUSED:  # a client that will not QUIT is bounded like one sending junk
+            self._count_unrecognized()
         return True
 
     def _unrecognized_command(self, verb: bytes) -> None:
@@ -384,7 +387,16 @@ class CoreBase:
 
     def _refused(self, reason: str) -> None:
         """Tell the "refused" observers why this connection is being closed."""
-        self._notify("refused", reason, self.session.remote_address, self.session)
+        self._refusal(reason, self.session)
+
+    def _refusal(self, reason: str, session: Any) -> None:
+        """
+        Tell the "refused" observers (log, metrics) why this connection is
+        closed; C{session} is C{None} for a client never admitted. Once: a
+        connection waiting for QUIT after its refused greeting was counted then.
+        """
+        if self.phase is not _REFUSED:
+            self._notify("refused", reason, self.session.remote_address, session)
 
     def _close_over_limit(self, reason: str, what: str) -> None:
         """A per-connection limit was reached: tell the "refused" observers, say 421 "too many C{what}", close."""

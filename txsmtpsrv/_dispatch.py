@@ -27,6 +27,7 @@ _COMMAND = Phase.COMMAND
 _AUTH = Phase.AUTH
 _DATA = Phase.DATA
 _BDAT_CHUNK = Phase.BDAT_CHUNK
+_REFUSED = Phase.REFUSED
 
 __all__ = ["CommandDispatch"]
 
@@ -96,7 +97,9 @@ class CommandDispatch(MailCommands):
         name, handler, phases = entry
         self._verb = name
         o = self.options
-        if name in o.disabled_commands:
+        # After a refused greeting (RFC 5321 3.1) a disabled command or one
+        # not in UTF-8 is refused like any other (503, counted), and QUIT runs.
+        if name in o.disabled_commands and self.phase is not _REFUSED:
             self._reply(502, "5.5.1", "Error: command not implemented")
             return
         if self._auth_needed and self.session.user is None:
@@ -111,8 +114,10 @@ class CommandDispatch(MailCommands):
         try:
             arg = rest.decode().strip(" ") if sp else ""  # (UTF-8, the default: no codec name to look up)
         except UnicodeDecodeError:
-            self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
-            return
+            if self.phase is not _REFUSED:
+                self._reply(501, "5.5.2", "Error: command is not valid UTF-8")
+                return
+            arg = ""
         if self._shutdown and self._shutdown_if_idle():
             return
         if self.observers["command"]:

@@ -29,7 +29,11 @@ class Hooks:
     """
 
     def on_connect(self, session: Session) -> Any:
-        """A client connected; reject to refuse it (e.g. C{SMTPError(554, ...)})."""
+        """
+        A client connected; reject to refuse it (e.g. C{SMTPError(554, ...)}):
+        after a 5xx but 521 the client can only QUIT, every other command
+        gets C{503} (RFC 5321 3.1); a 421 or 521 (RFC 7504) closes at once.
+        """
 
     def on_helo(self, session: Session, hostname: str) -> Any:
         """The client sent HELO, EHLO or LHLO with C{hostname}."""

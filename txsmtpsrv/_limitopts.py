@@ -42,7 +42,7 @@ LIMIT_FLAGS: Tuple[Tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("ipv6-prefix", "ipv6_prefix", _prefix, 64,
      "IPv6 clients are counted per network of this many bits. [default: 64]"),
     ("greeting-delay", "greeting_delay", _delay, None,
-     "Seconds the 220 greeting is held; a client talking before it gets 554 5.7.1 and is closed. "
+     "Seconds the 220 greeting is held; a client talking before it gets 554 5.7.1, then only QUIT. "
      "[default: 0.1 when a --listen address is not loopback, else 0]"),
     ("max-junk-commands", "max_junk_commands", _count, 100,
      "NOOP, RSET, VRFY, EXPN and HELP allowed between delivered messages; the next gets 421. "

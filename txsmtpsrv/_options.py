@@ -192,7 +192,10 @@ class ServerOptions:
     max_recipients: int = 1000
     """Recipients per message; more get C{452 4.5.3}."""
     max_unrecognized_commands: int = 10
-    """Unknown or malformed commands before C{421} and close (0: no limit)."""
+    """
+    Unknown or malformed commands before C{421} and close (0: no limit);
+    after a refused greeting every command but QUIT counts too.
+    """
     hook_timeout: float = 300.0
     """Seconds a hook may take before the client gets C{451 4.3.0}."""
     bare_line_endings: Literal["reject", "accept"] = "reject"
@@ -289,8 +292,9 @@ class ServerOptions:
     greeting_delay: float = 0.0
     """
     Seconds the greeting is held; a client that sends anything before it
-    (an "early talker", spamware that does not wait) gets C{554 5.7.1} and
-    is closed (C{twistd smtpsrv}: 0.1 when listening on a non-loopback
+    (an "early talker", spamware that does not wait) gets C{554 5.7.1} at
+    once instead of the greeting, then C{503} to every command until QUIT
+    (RFC 5321 3.1; C{twistd smtpsrv}: 0.1 when listening on a non-loopback
     address).
     """
     max_auth_failures_per_ip: int = 0

@@ -16,7 +16,11 @@ dialogue consults it before it calls a handler::
     TRANSACTION --BDAT n--> BDAT_CHUNK --chunk read--> BETWEEN_CHUNKS --BDAT n--> BDAT_CHUNK
     DATA --dot--> VERDICT;  BDAT_CHUNK --LAST read--> VERDICT
     VERDICT --data hook answered--> COMMAND
+    GREETING --5xx (but 521) instead of 220--> REFUSED --QUIT/421--> CLOSING
     any --QUIT/421/refusal--> CLOSING --connection lost--> CLOSED
+
+In L{Phase.REFUSED} lines are read as commands too, but only QUIT runs: every
+rule answers the others C{503} there (RFC 5321 3.1).
 
 Pure: no Twisted import (see C{tests/test_layering.py}).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import enum
 from typing import Dict, FrozenSet, Mapping, Optional, Tuple
 
-__all__ = ["Phase", "COMMAND_PHASES", "COMMANDS", "Rule", "refusal"]
+__all__ = ["Phase", "COMMAND_PHASES", "COMMANDS", "Rule", "WAIT_FOR_QUIT", "refusal"]
 
 
 class Phase(enum.Enum):
@@ -48,6 +52,8 @@ class Phase(enum.Enum):
     BETWEEN_CHUNKS = "between chunks"
     #: The body ended; its reply waits for the data hook's verdict.
     VERDICT = "awaiting verdict"
+    #: A 5xx (554) was said instead of the greeting: QUIT gets 221, any other command 503 (RFC 5321 3.1).
+    REFUSED = "greeting refused"
     #: The last reply (221, 421, a refused greeting) is queued; nothing more is read.
     CLOSING = "closing"
     #: The connection is gone.
@@ -57,11 +63,13 @@ class Phase(enum.Enum):
     __hash__ = object.__hash__
 
 
-#: The phases in which a line is read as a command.
+#: The phases in which a command may run (lines are read as commands in L{Phase.REFUSED} too, to refuse them).
 COMMAND_PHASES: FrozenSet[Phase] = frozenset({Phase.COMMAND, Phase.TRANSACTION, Phase.BETWEEN_CHUNKS})
 
 _ALL = COMMAND_PHASES
 _NEED_MAIL = (503, "5.5.1", "Error: need MAIL command")
+#: Every command but QUIT after a refused greeting (RFC 5321 3.1).
+WAIT_FOR_QUIT = (503, "5.5.1", "Error: connection refused, send QUIT")
 _IN_TRANSACTION = (503, "5.5.1", "Error: not allowed during a mail transaction")
 
 Reply3 = Tuple[int, str, str]
@@ -72,7 +80,8 @@ class Rule:
     Where one command runs.
 
     @ivar phases: the command phases in which it is allowed.
-    @ivar refusals: the reply in each other command phase.
+    @ivar refusals: the reply in each other command phase, and in
+        L{Phase.REFUSED} (L{WAIT_FOR_QUIT}) unless it runs there.
     @ivar deferred: whether its handler applies the rule itself, after
         checks that come first (DATA's syntax, whether AUTH or XCLIENT is
         offered at all; BDAT, which must read its chunk even when refused).
@@ -88,6 +97,8 @@ class Rule:
         missing = COMMAND_PHASES - phases - set(self.refusals)
         if missing:
             raise ValueError(f"no reply for {sorted(p.name for p in missing)}")
+        if Phase.REFUSED not in phases:
+            self.refusals.setdefault(Phase.REFUSED, WAIT_FOR_QUIT)
 
 
 _NESTED = (503, "5.5.1", "Error: nested MAIL command")
@@ -110,7 +121,7 @@ COMMANDS: Dict[str, Rule] = {
     "BDAT": Rule(frozenset({Phase.TRANSACTION, Phase.BETWEEN_CHUNKS}), {Phase.COMMAND: _NEED_MAIL}, deferred=True),
     "RSET": Rule(_ALL),
     "NOOP": Rule(_ALL),
-    "QUIT": Rule(_ALL),
+    "QUIT": Rule(_ALL | {Phase.REFUSED}),
     "VRFY": Rule(_ALL),
     "EXPN": Rule(_ALL),
     "HELP": Rule(_ALL),

@@ -558,7 +558,7 @@ class SMTPServerProtocol(HalfCloseable):
             self._tls_timer.cancel()
         self._tls_timer = None
         if self._gone or self.core.finished:
-            return  # already said goodbye (e.g. on_connect refused): let the close finish
+            return  # already said goodbye (e.g. on_connect's 421): let the close finish
         pass_half_close_through_tls(self.transport)
         self._register_backpressure()
         self.core.tls_up(tls_info(self.transport))
