@@ -189,6 +189,14 @@ class SMTPEPollReactor(EPollReactor):
         if poll:
             selectables = self._selectables
             dispatch = self._doReadOrWrite
+        # The current ILogContext, as log.callWithContext finds it for each event: the
+        # same for all of them (each event's own frame is gone before the next one).
+        for frame in reversed(stack):
+            if _ILogContext in frame:
+                current = frame[_ILogContext]
+                break
+        else:
+            current = None
         for fd, event in events:
             try:
                 selectable = selectables[fd]
@@ -208,12 +216,6 @@ class SMTPEPollReactor(EPollReactor):
             try:
                 # log.callWithContext: a copy of the current ILogContext with our system
                 # (no ILogContext at all: AttributeError, logged below as Twisted's is).
-                for frame in reversed(stack):
-                    if _ILogContext in frame:
-                        current = frame[_ILogContext]
-                        break
-                else:
-                    current = None
                 ctx = current.copy()
                 ctx["system"] = prefix
                 stack.append({_ILogContext: ctx})
