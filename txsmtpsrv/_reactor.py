@@ -339,7 +339,7 @@ class SMTPEPollReactor(EPollReactor):
         escaped: Optional[BaseException] = None
         for writer, data in held.items():
             try:
-                writer.send_held(data)
+                writer.send_held(data if type(data) is bytes else b"".join(data))  # (a list after a second write)
             except Exception:
                 _log.failure("sending a connection's held replies failed")
             except BaseException as e:
