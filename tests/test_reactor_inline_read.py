@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import inspect
 import select
+import sys
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
@@ -32,11 +33,13 @@ if not hasattr(select, "epoll"):  # pragma: no cover - the reactor is Linux's
     pytest.skip("no epoll here", allow_module_level=True)
 
 from twisted.internet import error, posixbase, tcp  # noqa: E402
+from twisted.internet.epollreactor import EPollReactor  # noqa: E402
 from twisted.logger import globalLogPublisher  # noqa: E402
 from twisted.python import context, log  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
 from tests._close_harness import KINDS, PASSES, HalfProbe, Loop, Probe, loops  # noqa: E402,F401  (loops: a fixture)
+from txsmtpsrv import _reactor  # noqa: E402
 from txsmtpsrv._reactor import SMTPEPollReactor  # noqa: E402
 
 Script = Callable[["ReadProbe", bytes], Any]
@@ -463,6 +466,92 @@ def test_ours_reads_per_instance_overrides_as_documented(loops: Any) -> None:
         ours = kind is SMTPEPollReactor
         assert calls == ([] if ours else ["doRead"])
         assert r.p.systems == [r.p.logstr if ours else "instance prefix"]
+
+
+# -- what the inline read relies on ----------------------------------------------------------
+
+
+def _changed(*args: Any, **kw: Any) -> Any:  # what a changed Twisted might have instead
+    return None
+
+
+_MIXIN: Any = getattr(tcp, "_TLSServerMixin")  # (tcp.Server's base: from _newtls, not re-exported)
+
+
+@pytest.mark.parametrize("where, name", [(tcp.Server, "doRead"), (_MIXIN, "doRead"),
+                                         (tcp.Server, "logPrefix"), (_MIXIN, "logPrefix"),
+                                         (EPollReactor, "_doReadOrWrite"),
+                                         (posixbase.PosixReactorBase, "_doReadOrWrite")])
+def test_the_digest_follows_what_a_tcp_Server_read_runs(monkeypatch: pytest.MonkeyPatch, where: Any,
+                                                        name: str) -> None:
+    """
+    The digest is of what C{tcp.Server} and C{EPollReactor} resolve C{doRead},
+    C{logPrefix} and C{_doReadOrWrite} to, not of the classes that define them
+    today: a Twisted that overrides one nearer (C{tcp.Server} or its TLS
+    mixin, C{EPollReactor} or C{PosixReactorBase}) is another digest.
+    """
+    before = _reactor._twisted_digest()
+    assert before in _reactor.CHECKED_TWISTED
+    monkeypatch.setattr(where, name, _changed, raising=False)
+    assert _reactor._twisted_digest() not in (before, None)
+
+
+@pytest.mark.parametrize("where, name", [(posixbase._PollLikeMixin, "_doReadOrWrite"), (tcp.Connection, "doRead"),
+                                         (getattr(tcp, "_AbortingMixin"), "abortConnection")])
+def test_a_twisted_without_a_part_is_refused_as_a_default(monkeypatch: pytest.MonkeyPatch, where: Any,
+                                                          name: str) -> None:
+    """
+    A Twisted without one of the digest's parts (renamed, moved): no digest
+    (or another one, where a base class still has it), so the daemon warns
+    and runs Twisted's reactor; the AttributeError must not stop it starting.
+    """
+    monkeypatch.delattr(where, name)
+    assert _reactor._twisted_digest() not in _reactor.CHECKED_TWISTED
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+    monkeypatch.setattr(_reactor, "install", lambda: pytest.fail("installed"))
+    reason = _reactor.install_unless_chosen()
+    assert reason is not None and "choose it explicitly" in reason
+
+
+@pytest.mark.parametrize("name", ["_dataReceived", "logstr", "bufferSize"])
+def test_install_refuses_a_twisted_whose_tcp_Server_lacks_what_the_read_uses(monkeypatch: pytest.MonkeyPatch,
+                                                                             name: str) -> None:
+    """
+    C{--reactor=smtpsrv-epoll} on a Twisted whose C{tcp.Server} lacks what
+    the inline read uses: a clear error at start-up, nothing installed (not
+    every TCP read failing with an AttributeError).
+    """
+    owner = next(c for c in tcp.Server.__mro__ if name in vars(c))
+    monkeypatch.delattr(owner, name)
+    installed: List[Any] = []
+    monkeypatch.setattr("twisted.internet.main.installReactor", installed.append)
+    try:
+        with pytest.raises(RuntimeError, match=f"tcp.Server lacks \\['{name}'\\]"):
+            _reactor.install()
+    finally:
+        for reactor in installed:  # (where it was installed: closed, not left to a later test's descriptor count)
+            reactor._poller.close()
+            reactor.waker.connectionLost(None)
+    assert installed == []
+
+
+def test_a_subclass_with_its_own_doReadOrWrite_gets_every_event(loops: Any) -> None:
+    """
+    A subclass of C{SMTPEPollReactor} that overrides C{_doReadOrWrite} (as a
+    subclass of C{EPollReactor} may) gets the TCP read events too: ours only
+    inlines Twisted's own.
+    """
+    seen: List[int] = []
+
+    class Counting(SMTPEPollReactor):
+        def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+            seen.append(event)
+            super()._doReadOrWrite(selectable, fd, event)  # type: ignore[no-untyped-call]
+
+    r = Run(loops, Counting, lambda p, data: None)
+    seen.clear()
+    r.send(b"one\r\n")
+    assert r.p.chunks == [b"one\r\n"] and select.EPOLLIN in seen
 
 
 # What breaking the inline read in _dispatch does here (each change alone, Twisted 26.10 and 26.4):
