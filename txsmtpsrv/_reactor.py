@@ -19,7 +19,10 @@ exception and disconnecting the selectable with it), the same
 anything that escapes it. For the commonest event, a TCP connection's read,
 it runs C{_doReadOrWrite} and C{doRead} inline, as Twisted's code does them
 (L{SMTPEPollReactor._dispatch}): two calls less per read, 3.4 % of a small
-message's instructions.
+message's instructions. (So a C{doRead} or C{logPrefix} set on one such
+transport, or patched into Twisted's classes while it runs, is not seen
+there; a subclass of the reactor with its own C{_doReadOrWrite} gets every
+event, and a subclass of C{tcp.Server} its own C{doRead}.)
 
 It also sends the replies to clients on this host of a pass with several
 events together, once the pass's events are handled
@@ -51,7 +54,8 @@ It reads four attributes of C{EPollReactor} that are not public API
 a TCP connection's C{logstr}, C{socket}, C{bufferSize} and C{_dataReceived}, C{log}'s context tracker,
 and a closing transport's buffers (C{dataBuffer}, C{_tempDataBuffer},
 C{_sendmsgQueue}) and C{_aborting}; L{install}
-refuses to install it when the four are missing (another Twisted), so a changed
+refuses to install it when the four, or C{tcp.Server}'s C{logstr},
+C{bufferSize} and C{_dataReceived}, are missing (another Twisted), so a changed
 Twisted gives a clear error at start-up rather than a broken loop. If some
 other context tracker has been installed (C{context.installContextTracker}),
 events go through C{log.callWithLogger} exactly as in Twisted.
@@ -92,7 +96,8 @@ CHECKED_TWISTED: Tuple[str, ...] = ("4fae703204572eda", "f8be215b1869423d")
 """
 Digests of the Twisted source L{SMTPEPollReactor} replaces, inlines and relies on
 (L{_twisted_digest}), as last checked: Twisted 26.4 and 26.10 (whose C{doRead}
-differs in its annotations only). Add a release's digest after reading what
+differs in its annotations only; their C{_dataReceived} differs, and is called,
+not inlined). Add a release's digest after reading what
 changed, and mend L{SMTPEPollReactor} with it.
 """
 
@@ -102,6 +107,8 @@ _BUGGY_PREFIX = "(buggy logPrefix method)"  # log.callWithLogger's text
 _EPOLLIN = select.EPOLLIN
 _EWOULDBLOCK = errno.EWOULDBLOCK
 _TCP_SERVER = tcp.Server  # read events handled inline (L{SMTPEPollReactor._dispatch})
+_TCP_SERVER_READS = ("_dataReceived", "logstr", "bufferSize")  # what they use of it (and each one's socket)
+_DO_READ_OR_WRITE = getattr(EPollReactor, "_doReadOrWrite", None)  # the one inlined (None: L{install} refuses)
 # _doReadOrWrite's reason for a selectable whose fileno() is -1 (its own object, where it is found).
 _NO_FILEDESC = getattr(posixbase, "_NO_FILEDESC", None) or error.ConnectionFdescWentAway("File descriptor lost")
 
@@ -126,6 +133,12 @@ class SMTPEPollReactor(EPollReactor):
     held_replies: Optional[Dict[Any, Any]] = None
     _in_pass = False
     _closing: Optional[Dict[Any, None]] = None
+    _inline_reads = True  # a subclass with its own _doReadOrWrite: False (L{__init_subclass__})
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """A subclass that overrides C{_doReadOrWrite} gets every event there: only Twisted's is inlined."""
+        super().__init_subclass__(**kw)
+        cls._inline_reads = getattr(cls, "_doReadOrWrite", None) is _DO_READ_OR_WRITE
 
     def doPoll(self, timeout: Optional[float]) -> None:
         """Poll for events and dispatch each as C{log.callWithLogger(s, self._doReadOrWrite, ...)} would."""
@@ -183,12 +196,14 @@ class SMTPEPollReactor(EPollReactor):
         C{CONNECTION_LOST}, then C{_dataReceived}, Twisted's own, whose result
         ends the connection as a read; an exception logged and the connection
         disconnected with it, not as a read): 3.4 % fewer instructions per
-        message (bench/README.md).
+        message (bench/README.md). Not in a subclass with its own
+        C{_doReadOrWrite} (L{__init_subclass__}): that gets them all.
         """
-        poll = selectables is None
-        if poll:
+        reads = False  # whether TCP reads go inline: a poll's, by Twisted's _doReadOrWrite
+        if selectables is None:
             selectables = self._selectables
             dispatch = self._doReadOrWrite
+            reads = self._inline_reads
         # The current ILogContext, as log.callWithContext finds it for each event: the
         # same for all of them (each event's own frame is gone before the next one).
         for frame in reversed(stack):
@@ -202,7 +217,7 @@ class SMTPEPollReactor(EPollReactor):
                 selectable = selectables[fd]
             except KeyError:
                 continue  # removed by an earlier event of this poll
-            inline = poll and event == _EPOLLIN and type(selectable) is _TCP_SERVER
+            inline = reads and event == _EPOLLIN and type(selectable) is _TCP_SERVER
             if inline:
                 prefix = selectable.logstr  # (what Connection.logPrefix returns)
             else:
@@ -370,13 +385,16 @@ def install() -> None:
     reactor = SMTPEPollReactor()  # type: ignore[no-untyped-call]  # Twisted: unannotated __init__
     missing = [name for name in ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable")
                if not hasattr(reactor, name)]
-    if missing:
+    missing_tcp = [name for name in _TCP_SERVER_READS if not hasattr(tcp.Server, name)]
+    if missing or missing_tcp:
         poller = getattr(reactor, "_poller", None)
         if poller is not None:
             poller.close()
         if getattr(reactor, "waker", None) is not None:
             reactor.waker.connectionLost(None)  # its pipe
-        raise RuntimeError(f"{SHORT_NAME}: this Twisted's EPollReactor lacks {missing}; use the default reactor")
+        lacks = [f"{what} lacks {names}" for what, names in (("EPollReactor", missing), ("tcp.Server", missing_tcp))
+                 if names]
+        raise RuntimeError(f"{SHORT_NAME}: this Twisted's {' and '.join(lacks)}; use the default reactor")
     installReactor(reactor)
 
 
@@ -416,7 +434,9 @@ def _twisted_digest() -> Optional[str]:
     and of what the close at the end of a pass relies on (C{EPollReactor.addWriter}/
     C{removeWriter}, C{FileDescriptor.loseConnection}/C{doWrite}/C{_postLoseConnection},
     C{abortConnection}'s C{_aborting}), and of what a TCP read event inlines
-    (C{_doReadOrWrite}, C{Connection.doRead}/C{logPrefix}),
+    (C{EPollReactor._doReadOrWrite}, C{tcp.Server.doRead}/C{logPrefix}: as
+    resolved, so that an override nearer than today's C{_PollLikeMixin} and
+    C{Connection} changes it too),
     or None where the source cannot be read. Only a default hangs on it, so no
     failure here may stop the daemon from starting.
     """
@@ -426,12 +446,12 @@ def _twisted_digest() -> Optional[str]:
     from twisted.internet import abstract
 
     fd = abstract.FileDescriptor
-    conn = tcp.Connection
-    parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context,
-             EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite, fd._postLoseConnection,
-             tcp._AbortingMixin.abortConnection,
-             posixbase._PollLikeMixin._doReadOrWrite, conn.doRead, conn.logPrefix)
-    try:
+    server = tcp.Server  # (what it resolves them to, wherever they are defined: today tcp.Connection)
+    try:  # (a Twisted without one of them: AttributeError, None as for no source)
+        parts = (EPollReactor.doPoll, log.callWithLogger, log.callWithContext, context,
+                 EPollReactor.addWriter, EPollReactor.removeWriter, fd.loseConnection, fd.doWrite,
+                 fd._postLoseConnection, tcp._AbortingMixin.abortConnection,
+                 EPollReactor._doReadOrWrite, server.doRead, server.logPrefix)
         text = "\0".join(inspect.getsource(part) for part in parts)
     except Exception:  # OSError/TypeError without sources (.pyc only, a frozen build), or anything else
         return None
