@@ -50,7 +50,7 @@ class Reactor:
     def send_held(self) -> None:
         held, self.held_replies = self.held_replies, {}
         for w, data in held.items():
-            w.send_held(data)
+            w.send_held(data if type(data) is bytes else b"".join(data))  # as SMTPEPollReactor._send_held
 
 
 def held_writer(sock: Any) -> tuple[ReplyWriter, StringTransport, Reactor]:
