@@ -9,7 +9,7 @@ after any reply it has to answer. In memory, on a fake clock.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
 
@@ -31,6 +31,13 @@ class SlowConnect:
         return self.gate
 
 
+def slow_connect() -> Tuple[SlowConnect, Any, TestClient]:
+    """A client greeted after a delay of 1 s and a slow on_connect (not answered yet)."""
+    hooks = SlowConnect()
+    server, clock = make_server(hooks, greeting_delay=1.0, socket_timeout=TIMEOUT)
+    return hooks, clock, TestClient(server, greeting=False)
+
+
 def assert_whole_timeout_after_greeting(client: TestClient, clock: Any) -> None:
     """The 220 was just read: the client has socket_timeout to speak, and no more."""
     clock.advance(TIMEOUT - EPSILON)
@@ -40,9 +47,7 @@ def assert_whole_timeout_after_greeting(client: TestClient, clock: Any) -> None:
 
 
 def test_slow_on_connect_does_not_time_the_client_out() -> None:
-    hooks = SlowConnect()
-    server, clock = make_server(hooks, greeting_delay=1.0, socket_timeout=TIMEOUT)
-    client = TestClient(server, greeting=False)
+    hooks, clock, client = slow_connect()
     clock.advance(TIMEOUT + 10)  # past the client's first timeout: on_connect is ours to wait for
     assert client.replies() == [] and not client.closed
     hooks.gate.callback(None)
@@ -51,9 +56,7 @@ def test_slow_on_connect_does_not_time_the_client_out() -> None:
 
 
 def test_after_a_slow_on_connect_the_client_may_talk_until_its_timeout() -> None:
-    hooks = SlowConnect()
-    server, clock = make_server(hooks, greeting_delay=1.0, socket_timeout=TIMEOUT)
-    client = TestClient(server, greeting=False)
+    hooks, clock, client = slow_connect()
     clock.advance(TIMEOUT - 5)
     hooks.gate.callback(None)
     assert [r.code for r in client.replies()] == [220]
@@ -83,13 +86,18 @@ class GatedResolver(FakeResolver):
         return self.gate
 
 
-def test_slow_reverse_lookup_does_not_time_the_client_out() -> None:
-    from twisted.names import error
-
+def slow_lookup() -> Tuple[GatedResolver, Any, TestClient]:
+    """A client greeted after a delay of 1 s and a slow reverse lookup (not answered yet)."""
     resolver = GatedResolver()
     server, clock = make_server(greeting_delay=1.0, socket_timeout=TIMEOUT, resolver=resolver,
                                 reverse_lookup_timeout=TIMEOUT * 3)
-    client = TestClient(server, ("203.0.113.5", 1), greeting=False)
+    return resolver, clock, TestClient(server, ("203.0.113.5", 1), greeting=False)
+
+
+def test_slow_reverse_lookup_does_not_time_the_client_out() -> None:
+    from twisted.names import error
+
+    resolver, clock, client = slow_lookup()
     clock.advance(TIMEOUT + 10)
     assert client.replies() == [] and not client.closed
     resolver.gate.errback(error.DNSNameError("5.113.0.203.in-addr.arpa"))
@@ -111,9 +119,7 @@ def test_reverse_lookup_timing_out_after_socket_timeout() -> None:
 
 
 def test_early_talker_during_a_slow_on_connect_is_refused() -> None:
-    hooks = SlowConnect()
-    server, clock = make_server(hooks, greeting_delay=1.0, socket_timeout=TIMEOUT)
-    client = TestClient(server, greeting=False)
+    hooks, clock, client = slow_connect()
     clock.advance(TIMEOUT + 10)
     client.send(b"EHLO spam\r\n")
     assert client.codes() == [(554, "5.7.1"), (503, "5.5.1")] and not client.closed
@@ -125,10 +131,7 @@ def test_early_talker_during_a_slow_on_connect_is_refused() -> None:
 
 
 def test_early_talker_during_a_slow_reverse_lookup_is_refused() -> None:
-    resolver = GatedResolver()
-    server, clock = make_server(greeting_delay=1.0, socket_timeout=TIMEOUT, resolver=resolver,
-                                reverse_lookup_timeout=TIMEOUT * 3)
-    client = TestClient(server, ("203.0.113.5", 1), greeting=False)
+    resolver, clock, client = slow_lookup()
     clock.advance(TIMEOUT + 10)
     client.send(b"EHLO spam\r\n")
     assert client.codes() == [(554, "5.7.1"), (503, "5.5.1")] and not client.closed
