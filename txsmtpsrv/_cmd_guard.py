@@ -156,7 +156,8 @@ class GuardCommands(CoreBase):
         (early talkers are caught), so no C{HOOK} hold keeps the client safe.
         """
         if self._pregreet and not self._hungup:
-            return self.options.socket_timeout
+            again: float = self.options.socket_timeout  # (check again then)
+            return again
         return super().check_timeout()
 
     def _delay_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
