@@ -136,8 +136,7 @@ class GuardCommands(CoreBase):
             if not self._hook_waits:
                 self.holds &= ~HOOK
         # Its turn starts now: a whole socket_timeout to QUIT, however long
-        # on_connect took (during a greeting delay it does not hold reading,
-        # so its answer does not renew the deadline).
+        # on_connect took (the holds dropped above renew no deadline).
         self._deadline = self._clock() + self.options.socket_timeout
         self.phase = _REFUSED  # every rule but QUIT's answers 503 here (_phases)
         self._auth_needed = False  # 503, not 530: no AUTH can help
@@ -148,6 +147,18 @@ class GuardCommands(CoreBase):
         """Hold the greeting C{greeting_delay} seconds, reading meanwhile to catch early talkers."""
         self._pregreet = self._delaying = self._screening = True
         self._ask(SLEEP, (self.options.greeting_delay,), self._delay_done, hold=False)
+
+    def check_timeout(self) -> Optional[float]:
+        """
+        Before the greeting of a greeting delay the client is never timed
+        out: the 220 waits on our own work (the delay, the reverse lookup,
+        C{on_connect}), each bounded by its own limit, and reading goes on
+        (early talkers are caught), so no C{HOOK} hold keeps the client safe.
+        """
+        if self._pregreet and not self._hungup:
+            again: float = self.options.socket_timeout  # (check again then)
+            return again
+        return super().check_timeout()
 
     def _delay_done(self, value: Any, error: Optional[BaseException], timed_out: bool) -> None:
         """The greeting delay passed: greet once the lookup and C{on_connect} allow."""
@@ -212,5 +223,7 @@ class GuardCommands(CoreBase):
 
     def _greeted(self) -> None:
         """The greeting went out: talking is allowed now."""
-        self._pregreet = False
+        if self._pregreet:  # its turn starts now: a whole socket_timeout, however long the greeting waited
+            self._deadline = self._clock() + self.options.socket_timeout
+            self._pregreet = False
         self._screening = self._sniff is not None
