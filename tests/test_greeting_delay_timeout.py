@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import capturedLogs
 
+from txsmtpsrv import Reply
 from txsmtpsrv.testing import FakeResolver, TestClient, make_server
 
 TIMEOUT = 30.0
@@ -150,6 +152,62 @@ def test_on_connect_past_hook_timeout_still_ends_the_wait() -> None:
     server, clock = make_server(Hung(), greeting_delay=1.0, socket_timeout=TIMEOUT, hook_timeout=TIMEOUT * 2)
     client = TestClient(server, greeting=False)
     clock.advance(1.0)  # on_connect is asked once the delay is over
+    clock.advance(TIMEOUT * 2 - EPSILON)
+    assert client.replies() == [] and not client.closed
+    clock.advance(EPSILON)
+    assert client.codes() == [(421, "4.3.0")] and client.closed
+
+
+class _BreaksOnce:
+    """The dialogue's options, except that the first read of C{name} raises: a bug of ours, injected
+    (through the options, not by patching a module: the mypyc build binds a module's own calls)."""
+
+    def __init__(self, options: Any) -> None:
+        self._options = options
+        self.broken = False
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "name" and not self.broken:
+            self.broken = True
+            raise TypeError("sabotaged")
+        return getattr(self._options, attr)
+
+
+def test_greeting_that_never_comes_still_times_the_client_out() -> None:
+    """Only our pending work spares the client: a bug answered 451 instead of the 220 leaves the usual timeout."""
+    class Custom:
+        def on_connect(self, session: Any) -> Any:
+            return Reply(220, "welcome")  # at once: _connect_done runs in the delay's answer
+
+    server, clock = make_server(Custom(), greeting_delay=1.0, socket_timeout=TIMEOUT)
+    client = TestClient(server, greeting=False)
+    options = client.protocol.core.options = _BreaksOnce(client.protocol.core.options)
+    with capturedLogs():
+        clock.advance(1.0)
+    assert options.broken and client.codes() == [(451, "4.3.0")] and not client.closed
+    clock.advance(TIMEOUT - 1.0)  # the deadline of the connection: nothing of ours is pending
+    assert client.codes() == [(421, "4.4.2")] and client.closed
+
+
+def test_shutdown_during_the_wait_closes_at_once() -> None:
+    """Nothing holds reading before the 220: a graceful close does not wait for on_connect."""
+    hooks, clock, client = slow_connect()
+    clock.advance(TIMEOUT + 10)
+    client.server.close()
+    assert client.codes() == [(421, "4.3.2")] and client.closed
+    assert [f.type for f in hooks.failures] == [CancelledError]
+
+
+def test_slow_lookup_then_hung_on_connect_is_bounded_by_their_limits() -> None:
+    class Hung:
+        def on_connect(self, session: Any) -> Any:
+            return Deferred()
+
+    server, clock = make_server(Hung(), greeting_delay=1.0, socket_timeout=TIMEOUT, hook_timeout=TIMEOUT * 2,
+                                resolver=FakeResolver(hang=True), reverse_lookup_timeout=TIMEOUT + 5)
+    client = TestClient(server, ("203.0.113.5", 1), greeting=False)
+    clock.advance(1.0)
+    clock.advance(TIMEOUT + 4)  # the lookup gives up: on_connect is asked
     clock.advance(TIMEOUT * 2 - EPSILON)
     assert client.replies() == [] and not client.closed
     clock.advance(EPSILON)

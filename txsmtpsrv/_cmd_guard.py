@@ -154,8 +154,10 @@ class GuardCommands(CoreBase):
         out: the 220 waits on our own work (the delay, the reverse lookup,
         C{on_connect}), each bounded by its own limit, and reading goes on
         (early talkers are caught), so no C{HOOK} hold keeps the client safe.
+        Only while that work is pending: a greeting that will never come (a
+        bug of ours answered C{451} at once) leaves the usual timeout.
         """
-        if self._pregreet and not self._hungup:
+        if self._pregreet and self._waiting and not self._hungup:
             again: float = self.options.socket_timeout  # (check again then)
             return again
         return super().check_timeout()
